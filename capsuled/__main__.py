@@ -1,0 +1,3 @@
+from capsuled.cli.server import main
+
+main()

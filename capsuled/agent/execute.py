@@ -1,0 +1,186 @@
+"""Drive one capsule toward its desired state: observe → plan → apply, until the plan is
+empty (or only waits for a running init container), then describe what is there as a
+CapsuleReport."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from capsuled.agent.plan import Plan, compute_plan
+from capsuled.domain import labels as L
+from capsuled.domain import naming
+from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
+from capsuled.domain.spec import ZUN_RESTART_NAMES, CapsuleSpec, ContainerSpec, spec_hash
+from capsuled.drivers.runtime.base import MemberRequest, Observed, RuntimeDriver, SandboxRequest
+from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
+from capsuled.errors import DriverError
+
+LOG = logging.getLogger(__name__)
+MiB = 1024 * 1024
+_MAX_STEPS = 12
+
+
+@dataclass
+class Outcome:
+    report: CapsuleReport | None  # None for a capsule the control plane no longer knows
+    settled: bool  # False: something is still pending; sync again after a back-off
+
+
+@dataclass
+class _Progress:
+    recreated: bool = False
+    events: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    blocked: str | None = None
+
+    def event(self, type_: str, reason: str, message: str, container: str | None = None) -> None:
+        self.events.append((type_, reason, message, container))
+
+
+class CapsuleExecutor:
+    def __init__(self, runtime: RuntimeDriver, volumes: VolumeDriver, instance: str,
+                 infra_image: str, stop_timeout: int, parallel: ThreadPoolExecutor) -> None:
+        self._rt = runtime
+        self._volumes = volumes
+        self._instance = instance
+        self._infra = infra_image
+        self._stop_timeout = stop_timeout
+        self._parallel = parallel
+
+    def sync(self, uuid: str, desired: Assignment | None) -> Outcome:
+        progress = _Progress()
+        error: str | None = None
+        observed: list[Observed] = []
+        try:
+            for _ in range(_MAX_STEPS):
+                observed = self._rt.observe_capsule(self._instance, uuid)
+                plan = compute_plan(desired, observed)
+                progress.blocked = plan.blocked
+                if plan.empty or _waiting_on_init(plan):
+                    break
+                self._apply(uuid, desired, plan, progress)
+                if plan.gone:
+                    return Outcome(self._gone(desired), settled=True)
+        except DriverError as exc:
+            error = exc.message
+            progress.event("Warning", "Failed", exc.message)
+            observed = self._safe_observe(uuid)
+        if desired is None:
+            return Outcome(None, settled=error is None)
+        return Outcome(self._report(desired, observed, progress, error), settled=error is None)
+
+    def _safe_observe(self, uuid: str) -> list[Observed]:
+        try:
+            return self._rt.observe_capsule(self._instance, uuid)
+        except DriverError:
+            return []
+
+    def _gone(self, desired: Assignment | None) -> CapsuleReport | None:
+        if desired is None:
+            return None
+        return CapsuleReport(uuid=desired.uuid, generation=desired.generation, gone=True)
+
+    def _apply(self, uuid: str, desired: Assignment | None, plan: Plan, progress: _Progress) -> None:
+        if plan.remove:
+            # Members first (in parallel), the sandbox last: it holds their namespaces.
+            self._remove_all(plan.remove)
+        if plan.remove_volumes:
+            self._volumes.remove_owned(self._instance, uuid)
+        if desired is None:
+            return
+        if plan.create_sandbox:
+            self._create_sandbox(desired, progress, plan.sandbox_recreated)
+        if plan.run_init is not None and plan.sandbox is not None:
+            self._create_member(desired, plan.run_init, plan.sandbox)
+            progress.event("Normal", "Started", f"started init container {plan.run_init.name}",
+                           plan.run_init.name)
+        if plan.wait_init is not None and plan.start_init:
+            self._rt.start(plan.wait_init.id)
+        if plan.create_apps and plan.sandbox is not None:
+            sandbox = plan.sandbox
+            futures = [(c, self._parallel.submit(self._create_member, desired, c, sandbox))
+                       for c in plan.create_apps]
+            failures = []
+            for c, fut in futures:
+                try:
+                    fut.result()
+                    progress.event("Normal", "Started", f"started container {c.name}", c.name)
+                except DriverError as exc:
+                    failures.append(f"container {c.name}: {exc.message}")
+            if failures:
+                raise DriverError("; ".join(failures))
+        for cid in plan.start:
+            self._rt.start(cid)
+            progress.event("Normal", "Restarted", f"started stopped container {cid[:12]}")
+
+    def _remove_all(self, ids: list[str]) -> None:
+        *members, last = ids
+        list(self._parallel.map(lambda i: self._rt.remove_container(i, self._stop_timeout), members))
+        self._rt.remove_container(last, self._stop_timeout)
+
+    def _create_sandbox(self, desired: Assignment, progress: _Progress, recreated: str | None) -> None:
+        spec = desired.spec
+        for vol in spec.volumes:
+            self._volumes.ensure_volume(VolumeRequest(
+                name=naming.volume_name(desired.uuid, vol.name), size_gib=vol.size,
+                labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.VOLUME: vol.name,
+                        L.AUTO_REMOVE: "true" if vol.auto_remove or vol.type == "emptyDir" else "false"}))
+        self._rt.ensure_image(self._infra, "IfNotPresent")
+        self._rt.create_sandbox(SandboxRequest(
+            name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
+            hostname=spec.name or desired.uuid[:12],
+            labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX}))
+        if recreated:
+            progress.recreated = True
+            progress.event("Warning", "SandboxRecreated",
+                           f"{recreated}; recreated the sandbox and its containers")
+        else:
+            progress.event("Normal", "SandboxCreated", "created the sandbox")
+
+    def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
+        spec = desired.spec
+        self._rt.ensure_image(c.image, c.image_pull_policy)
+        return self._rt.create_member(MemberRequest(
+            name=naming.container_name(desired.uuid, spec.name, c.name), image=c.image,
+            sandbox_id=sandbox.id, labels=self._member_labels(desired.uuid, spec, c, sandbox),
+            entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
+            nano_cpus=int(c.cpu * 1e9) if c.cpu else None,
+            memory_bytes=c.memory * MiB if c.memory else None,
+            binds=[f"{naming.volume_name(desired.uuid, m.name)}:{m.mount_path}:"
+                   f"{'ro' if m.read_only else 'rw'}" for m in c.volume_mounts],
+            restart_policy="no" if c.role == "init" else ZUN_RESTART_NAMES[spec.restart_policy],
+            tty=c.tty, stdin=c.stdin))
+
+    def _member_labels(self, uuid: str, spec: CapsuleSpec, c: ContainerSpec,
+                       sandbox: Observed) -> dict[str, str]:
+        return {L.INSTANCE: self._instance, L.CAPSULE: uuid, L.CONTAINER: c.uuid, L.NAME: c.name,
+                L.ROLE: c.role, L.SPEC_HASH: spec_hash(c, spec.restart_policy),
+                L.SANDBOX_START: sandbox.started_at or ""}
+
+    def _report(self, desired: Assignment, observed: list[Observed], progress: _Progress,
+                error: str | None) -> CapsuleReport:
+        by_uuid = {o.labels.get(L.CONTAINER): o for o in observed}
+        sandboxes = [o for o in observed if o.labels.get(L.ROLE) == L.ROLE_SANDBOX]
+        sandbox = next((o for o in sandboxes if o.state == "running"), sandboxes[0] if sandboxes else None)
+        containers = []
+        for c in desired.spec.all_containers:
+            o = by_uuid.get(c.uuid)
+            containers.append(ContainerReport(uuid=c.uuid, name=c.name, role=c.role) if o is None
+                              else ContainerReport(
+                                  uuid=c.uuid, name=c.name, role=c.role, state=o.state,
+                                  runtime_id=o.id, exit_code=o.exit_code,
+                                  restart_count=o.restart_count, oom_killed=o.oom_killed,
+                                  started_at=o.started_at, finished_at=o.finished_at))
+        return CapsuleReport(uuid=desired.uuid, generation=desired.generation,
+                             sandbox_id=sandbox.id if sandbox else None,
+                             sandbox_state=sandbox.state if sandbox else "missing",
+                             sandbox_recreated=progress.recreated, error=error,
+                             containers=containers, events=progress.events)
+
+
+def _waiting_on_init(plan: Plan) -> bool:
+    """An init container is running: its exit (a Docker event, or failing that the relist)
+    syncs the capsule again. Blocking here instead would hide the init's progress from the
+    API until it exits, hold a worker for as long as it runs and keep a delete from acting."""
+    return plan.wait_init is not None and not plan.start_init

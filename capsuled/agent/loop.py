@@ -1,0 +1,155 @@
+"""The agent: wakes on assignment changes (watch), Docker events and a slow relist, and
+hands capsules to their workers. Level-triggered throughout: a missed wake-up costs
+latency, never correctness, because each sync compares the whole desired capsule with
+everything Docker reports for it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+from capsuled.agent.execute import CapsuleExecutor
+from capsuled.agent.workers import CapsuleWorkers
+from capsuled.config import AgentSettings
+from capsuled.domain import labels as L
+from capsuled.domain.channel import AgentChannel, Assignment
+from capsuled.drivers.runtime.base import RuntimeDriver, Summary
+from capsuled.drivers.volume.base import VolumeDriver
+from capsuled.errors import CapsuledError
+
+LOG = logging.getLogger(__name__)
+_EXIT = re.compile(r"\((-?\d+)\)")
+WATCH_TIMEOUT = 30.0
+HEARTBEAT_EVERY = 10.0
+
+
+class Agent:
+    def __init__(self, channel: AgentChannel, runtime: RuntimeDriver, volumes: VolumeDriver,
+                 settings: AgentSettings, instance: str, infra_image: str) -> None:
+        self._channel = channel
+        self._runtime = runtime
+        self._settings = settings
+        self._host = settings.host_name
+        self._instance = instance
+        self._desired: dict[str, Assignment] = {}
+        self._lock = threading.Lock()
+        self._fingerprints: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        self._stop = threading.Event()
+        self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+        self._executor = CapsuleExecutor(runtime, volumes, instance, infra_image,
+                                         settings.stop_timeout, self._parallel)
+        self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
+                                      settings.backoff_max)
+        self._threads: list[threading.Thread] = []
+        self._first_watch = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._channel.register(self._runtime.host_info(self._host, self._settings.availability_zone))
+        for target in (self._watch_loop, self._event_loop, self._relist_loop, self._heartbeat_loop):
+            t = threading.Thread(target=target, name=f"agent-{target.__name__.strip('_')}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop reconciling; containers are left running for the next start to adopt."""
+        self._stop.set()
+        self.workers.stop()
+        self._parallel.shutdown(wait=False, cancel_futures=True)
+
+    # -- one capsule ---------------------------------------------------------------------
+    def _sync(self, uuid: str) -> bool:
+        if self._stop.is_set():
+            return True
+        with self._lock:
+            desired = self._desired.get(uuid)
+        if desired is None and not self._first_watch.is_set():
+            return False  # don't judge anything an orphan before the first desired set
+        outcome = self._executor.sync(uuid, desired)
+        if outcome.report is not None:
+            self._channel.report(self._host, [outcome.report])
+        return outcome.settled
+
+    # -- wake-ups ------------------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        revision = -1
+        while not self._stop.is_set():
+            try:
+                got = self._channel.watch(self._host, revision, WATCH_TIMEOUT)
+            except CapsuledError as exc:
+                LOG.warning("watch failed: %s", exc.message)
+                self._stop.wait(1.0)
+                continue
+            revision = got.revision
+            fresh = {a.uuid: a for a in got.capsules}
+            with self._lock:
+                old, self._desired = self._desired, fresh
+            self._first_watch.set()
+            for uuid, a in fresh.items():
+                prev = old.get(uuid)
+                if prev is None or prev.generation != a.generation:
+                    self.workers.enqueue(uuid)
+            for uuid in old.keys() - fresh.keys():
+                self.workers.enqueue(uuid)
+
+    def _event_loop(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                for ev in self._runtime.events(self._instance):
+                    delay = 0.5
+                    self.workers.enqueue(ev.capsule)
+                    if self._stop.is_set():
+                        return
+            except CapsuledError as exc:
+                LOG.warning("docker event stream lost: %s", exc.message)
+            except Exception:
+                LOG.exception("docker event stream failed")
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+            self.relist()  # events may have been missed while disconnected
+
+    def _relist_loop(self) -> None:
+        self._first_watch.wait(timeout=WATCH_TIMEOUT)
+        while not self._stop.is_set():
+            try:
+                self.relist()
+            except CapsuledError as exc:
+                LOG.warning("relist failed: %s", exc.message)
+            self._stop.wait(self._settings.relist_interval)
+
+    def relist(self) -> None:
+        """Sync every capsule whose Docker picture changed since the last relist, every
+        desired capsule with nothing in Docker yet, and every orphan."""
+        # List Docker before reading the desired set: a container can only exist for a
+        # capsule that was desired before it was created, so this order never mistakes a
+        # brand-new capsule for an orphan.
+        summaries = self._runtime.list_summaries(self._instance)
+        with self._lock:
+            desired = dict(self._desired)
+        grouped: dict[str, list[Summary]] = defaultdict(list)
+        for s in summaries:
+            if s.labels.get(L.CAPSULE):
+                grouped[s.labels[L.CAPSULE]].append(s)
+        for uuid in grouped.keys() | desired.keys():
+            fp = tuple(sorted((s.id, s.state, _exit_code(s.status)) for s in grouped.get(uuid, [])))
+            if uuid not in desired or self._fingerprints.get(uuid) != fp:
+                self._fingerprints[uuid] = fp
+                self.workers.enqueue(uuid)
+        for uuid in list(self._fingerprints.keys() - grouped.keys() - desired.keys()):
+            self._fingerprints.pop(uuid, None)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            try:
+                self._channel.heartbeat(self._host)
+            except CapsuledError as exc:
+                LOG.warning("heartbeat failed: %s", exc.message)
+
+
+def _exit_code(status: str) -> str:
+    m = _EXIT.search(status) if status.startswith(("Exited", "Restarting")) else None
+    return m.group(1) if m else ""

@@ -1,0 +1,115 @@
+"""compute_plan(desired, observed) → the next actions for one capsule. Pure.
+
+The executor applies a plan, observes again and asks for the next one until nothing is
+left to do, so each plan only needs to be right about the very next step:
+
+    deleting                 remove members, then the sandbox, then owned volumes → gone
+    sandbox missing / down   remove everything, then volumes + a new sandbox
+    sandbox restarted        (members joined an older start) same as down
+    members not in the spec  remove them
+    init containers          in order: start the next one, or wait for the running one;
+                             one that exited non-zero blocks the capsule (Error)
+    app containers           create the missing ones together; restart stopped ones the
+                             restart policy says should run
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from capsuled.domain import labels as L
+from capsuled.domain.channel import Assignment
+from capsuled.domain.spec import ContainerSpec, spec_hash
+from capsuled.drivers.runtime.base import Observed
+
+_UP = ("running", "paused", "restarting")
+
+
+@dataclass
+class Plan:
+    remove: list[str] = field(default_factory=list)
+    remove_volumes: bool = False
+    gone: bool = False
+    create_sandbox: bool = False
+    sandbox_recreated: str | None = None  # why, when an existing sandbox is replaced
+    sandbox: Observed | None = None
+    run_init: ContainerSpec | None = None
+    wait_init: Observed | None = None
+    start_init: bool = False
+    create_apps: list[ContainerSpec] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)
+    blocked: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.remove or self.remove_volumes or self.gone or self.create_sandbox
+                    or self.run_init or self.wait_init or self.create_apps or self.start)
+
+
+def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
+    """`desired` None means the capsule no longer exists: remove what is left of it."""
+    sandboxes = [o for o in observed if o.labels.get(L.ROLE) == L.ROLE_SANDBOX]
+    members = [o for o in observed if o.labels.get(L.ROLE) != L.ROLE_SANDBOX]
+    if desired is None or desired.deleting:
+        if observed:
+            return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes])
+        return Plan(remove_volumes=True, gone=True)
+
+    sandbox = _pick_sandbox(sandboxes)
+    extra = [o.id for o in sandboxes if o is not sandbox]
+    if sandbox is None or sandbox.state != "running":
+        # A sandbox that never started (a crash between its create and start) held no
+        # members: replacing it restarts nothing.
+        why = None if sandbox is None or sandbox.started_at is None else f"sandbox {sandbox.state}"
+        if why is not None and sandbox is not None and sandbox.exit_code is not None:
+            why = f"sandbox exited with code {sandbox.exit_code}"
+        return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
+                    create_sandbox=True, sandbox_recreated=why)
+
+    spec = desired.spec
+    wanted = {c.uuid: c for c in spec.all_containers}
+    unknown = [o.id for o in members if o.labels.get(L.CONTAINER) not in wanted]
+    stale = [o for o in members if o.id not in unknown
+             and o.labels.get(L.SANDBOX_START) != sandbox.started_at]
+    if stale:
+        return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
+                    create_sandbox=True,
+                    sandbox_recreated="sandbox restarted: its containers lost their namespaces")
+    changed = [o.id for o in members if o.id not in unknown and o.labels.get(L.SPEC_HASH) !=
+               spec_hash(wanted[o.labels[L.CONTAINER]], spec.restart_policy)
+               and wanted[o.labels[L.CONTAINER]].role == "app"]
+    if extra or unknown or changed:
+        return Plan(remove=extra + unknown + changed)
+
+    by_uuid = {o.labels.get(L.CONTAINER): o for o in members}
+    for init in spec.init_containers:
+        o = by_uuid.get(init.uuid)
+        if o is None:
+            return Plan(run_init=init, sandbox=sandbox)
+        if o.state in ("created", "running", "restarting", "paused"):
+            return Plan(wait_init=o, start_init=o.state == "created", sandbox=sandbox)
+        if o.exit_code not in (0, None):
+            return Plan(blocked=f"init container {init.name} exited with code {o.exit_code}")
+
+    plan = Plan(sandbox=sandbox)
+    for app in spec.containers:
+        o = by_uuid.get(app.uuid)
+        if o is None:
+            plan.create_apps.append(app)
+        elif o.state == "created" or (o.state == "exited" and _should_run(spec.restart_policy, o)):
+            plan.start.append(o.id)
+    return plan
+
+
+def _pick_sandbox(sandboxes: list[Observed]) -> Observed | None:
+    running = [o for o in sandboxes if o.state == "running"]
+    pool = running or sandboxes
+    return max(pool, key=lambda o: o.started_at or "", default=None)
+
+
+def _should_run(policy: str, o: Observed) -> bool:
+    """Docker restarts crashed containers itself; an exited one that the policy says should
+    run was stopped from outside (by hand, or by a daemon restart)."""
+    if policy == "Always":
+        return True
+    return policy == "OnFailure" and o.exit_code not in (0, None)

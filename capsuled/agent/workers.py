@@ -1,0 +1,90 @@
+"""One worker per capsule: syncs of the same capsule never overlap, different capsules
+run in parallel, and a burst of wake-ups for one capsule collapses into one more sync.
+
+    idle ──enqueue──▶ queued ──pool thread──▶ running ──done, settled──▶ idle
+                        ▲                       │  enqueue while running → dirty
+                        └──── dirty, or unsettled after back-off ◀──────┘
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+LOG = logging.getLogger(__name__)
+
+SyncFn = Callable[[str], bool]  # returns True when the capsule is settled
+
+
+class CapsuleWorkers:
+    def __init__(self, sync: SyncFn, threads: int, backoff_initial: float, backoff_max: float) -> None:
+        self._sync = sync
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="capsule")
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._dirty: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._retries: list[tuple[float, str]] = []
+        self._wake = threading.Event()
+        self._stopped = False
+        self._initial, self._max = backoff_initial, backoff_max
+        self._timer = threading.Thread(target=self._retry_loop, name="capsule-retry", daemon=True)
+        self._timer.start()
+
+    def enqueue(self, uuid: str) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            if uuid in self._running:
+                self._dirty.add(uuid)
+                return
+            self._running.add(uuid)
+        self._pool.submit(self._run, uuid)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._running)
+
+    def _run(self, uuid: str) -> None:
+        try:
+            settled = self._sync(uuid)
+        except Exception:
+            LOG.exception("sync failed capsule=%s", uuid)
+            settled = False
+        with self._lock:
+            self._running.discard(uuid)
+            again = uuid in self._dirty
+            self._dirty.discard(uuid)
+            if settled:
+                self._failures.pop(uuid, None)
+            else:
+                n = self._failures.get(uuid, 0)
+                self._failures[uuid] = n + 1
+                delay = min(self._max, self._initial * (2 ** n))
+                heapq.heappush(self._retries, (time.monotonic() + delay, uuid))
+                self._wake.set()
+        if again:
+            self.enqueue(uuid)
+
+    def _retry_loop(self) -> None:
+        while not self._stopped:
+            with self._lock:
+                now = time.monotonic()
+                due = []
+                while self._retries and self._retries[0][0] <= now:
+                    due.append(heapq.heappop(self._retries)[1])
+                wait = (self._retries[0][0] - now) if self._retries else 1.0
+            for uuid in due:
+                self.enqueue(uuid)
+            self._wake.wait(timeout=max(0.01, min(wait, 1.0)))
+            self._wake.clear()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        self._wake.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)

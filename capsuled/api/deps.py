@@ -1,0 +1,70 @@
+"""Request dependencies: the services, the caller, the microversion, the JSON body."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from capsuled.api.microversions import MIN, ApiVersion
+from capsuled.errors import InvalidInput, NotAuthenticated, UnsupportedMediaType
+from capsuled.identity.base import IdentityProvider, Principal
+
+TRUE = {"true", "1", "yes", "on", "y", "t"}
+FALSE = {"false", "0", "no", "off", "n", "f"}
+
+
+def principal(request: Request) -> Principal:
+    token = request.headers.get("x-auth-token")
+    if not token:
+        raise NotAuthenticated("Authentication required: send a token in the X-Auth-Token header.")
+    identity: IdentityProvider = request.app.state.identity
+    who = identity.authenticate(token)
+    if who is None:
+        raise NotAuthenticated("The token is unknown, revoked or expired.")
+    return who
+
+
+def api_version(request: Request) -> ApiVersion:
+    return getattr(request.state, "api_version", ApiVersion(*MIN))
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object merged over the query string, as Zun's pecan does."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {ctype or 'missing'!r}.")
+    limit = request.app.state.settings.api.max_body_bytes
+    raw = await request.body()
+    if len(raw) > limit:
+        raise InvalidInput(f"body: larger than {limit} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise InvalidInput(f"body: not valid JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("body: must be a JSON object")
+    return {**dict(request.query_params), **body}
+
+
+def flag(value: str | None, name: str) -> bool:
+    if value is None or value == "":
+        return False
+    v = value.strip().lower()
+    if v in TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise InvalidInput(f"{name}: must be a boolean (true/false), not {value!r}")
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+VersionDep = Annotated[ApiVersion, Depends(api_version)]
+BaseUrlDep = Annotated[str, Depends(base_url)]
+BodyDep = Annotated[dict[str, Any], Depends(json_object)]

@@ -1,0 +1,97 @@
+"""Transport conventions every request gets, as one pure ASGI middleware:
+path normalisation (trailing slash, implicit /v1), the request id, microversion
+negotiation and its response headers, and a last-resort 500 in Zun's shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from capsuled.api import microversions
+from capsuled.api.errors import internal_error
+from capsuled.errors import VersionNotAcceptable
+
+_UNVERSIONED = ("/", "/openapi.json", "/docs", "/healthz")
+
+
+class ApiMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _normalise(scope["path"])
+        scope["path"], scope["raw_path"] = path, path.encode()
+        request_id = f"req-{uuid.uuid4()}"
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        extra = {"x-openstack-request-id": request_id}
+        if path.startswith("/v1"):
+            header = _header(scope, microversions.HEADER.lower())
+            try:
+                version = microversions.parse(header)
+            except VersionNotAcceptable as exc:
+                extra.update({k: v for k, v in microversions.response_headers(
+                    microversions.ApiVersion(*microversions.MIN)).items()
+                    if k != microversions.HEADER})
+                await _send_json(send, 406, _error(request_id, 406, "version-not-acceptable",
+                                                   exc.message), extra)
+                return
+            state["api_version"] = version
+            extra.update(microversions.response_headers(version))
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for k, v in extra.items():
+                    headers[k] = v
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started:
+                raise
+            response = internal_error(request_id, path, exc)
+            for k, v in extra.items():
+                response.headers[k] = v
+            await response(scope, receive, send)
+
+
+def _normalise(path: str) -> str:
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    if path in _UNVERSIONED or path == "/v1" or path.startswith("/v1/"):
+        return path
+    return "/v1" + path  # Zun treats /capsules as /v1/capsules
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k.decode("latin-1").lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _error(request_id: str, status: int, code: str, title: str) -> dict[str, Any]:
+    return {"errors": [{"request_id": request_id, "code": f"container.{code}", "status": status,
+                        "title": title, "detail": title, "links": [],
+                        "min_version": microversions.fmt(microversions.MIN),
+                        "max_version": microversions.fmt(microversions.MAX)}]}
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})

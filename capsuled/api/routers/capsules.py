@@ -1,0 +1,103 @@
+"""/v1/capsules: thin handlers over CapsuleService."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag
+from capsuled.api.services.capsules import CapsuleService
+from capsuled.api.views import capsule_view, event_view
+from capsuled.errors import InvalidInput
+from capsuled.store.capsules import Page
+
+router = APIRouter(prefix="/v1/capsules")
+
+
+def _service(request: Request) -> CapsuleService:
+    return request.app.state.capsules  # type: ignore[no-any-return]
+
+
+@router.post("", status_code=202)
+def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
+           version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
+    """Create a capsule from a template."""
+    extra = sorted(set(body) - {"template"} - set(request.query_params))
+    if extra:
+        raise InvalidInput([f"{k}: unknown field (the body is {{\"template\": {{...}}}})" for k in extra])
+    if "template" not in body:
+        raise InvalidInput("template: is required (the body is {\"template\": {...}})")
+    row = _service(request).create(who, body["template"])
+    response.headers["Location"] = f"{base}/v1/capsules/{row.uuid}"
+    return capsule_view(row, version, who.is_admin, base)
+
+
+@router.get("")
+def list_(request: Request, who: PrincipalDep, version: VersionDep, base: BaseUrlDep,
+          limit: str | None = None, marker: str | None = None, sort_key: str = "id",
+          sort_dir: str = "asc", all_projects: str | None = None) -> dict[str, Any]:
+    """List capsules; `labels=k=v,k2=v2` (repeatable) selects by label."""
+    max_limit = request.app.state.settings.api.max_limit
+    page = Page(limit=_limit(limit, max_limit), marker=marker, sort_key=sort_key,
+                sort_dir=_sort_dir(sort_dir))
+    labels = _labels(request.query_params.getlist("labels"))
+    rows = _service(request).list(who, page, flag(all_projects, "all_projects"), labels)
+    nxt = None
+    if rows and len(rows) == page.limit:
+        params = {k: v for k, v in request.query_params.multi_items() if k != "marker"}
+        params.update(sort_key=sort_key, sort_dir=page.sort_dir, limit=str(page.limit),
+                      marker=rows[-1].uuid)
+        nxt = f"{base}/v1/capsules?{urlencode(params)}"
+    return {"capsules": [capsule_view(r, version, who.is_admin, base) for r in rows], "next": nxt}
+
+
+@router.get("/{ident}")
+def show(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+         base: BaseUrlDep) -> dict[str, Any]:
+    """Show a capsule by uuid or name."""
+    return capsule_view(_service(request).get(who, ident), version, who.is_admin, base)
+
+
+@router.get("/{ident}/events")
+def events(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
+    """What happened to a capsule, oldest first (extension)."""
+    return {"events": [event_view(e) for e in _service(request).events(who, ident)]}
+
+
+@router.delete("/{ident}", status_code=204)
+def delete(request: Request, ident: str, who: PrincipalDep,
+           all_projects: str | None = None) -> Response:
+    """Delete a capsule (asynchronous: it shows Deleting until its agent has cleaned up)."""
+    _service(request).delete(who, ident, flag(all_projects, "all_projects"))
+    return Response(status_code=204)
+
+
+def _limit(raw: str | None, max_limit: int) -> int:
+    if raw is None:
+        return max_limit
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("limit: Limit must be positive integer") from None
+    if value <= 0:
+        raise InvalidInput("limit: Limit must be positive integer")
+    return min(value, max_limit)
+
+
+def _sort_dir(raw: str) -> str:
+    if raw not in ("asc", "desc"):
+        raise InvalidInput(f"sort_dir: must be asc or desc, not {raw!r}")
+    return raw
+
+
+def _labels(raw: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in raw:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"labels: {pair!r} is not key=value")
+            out[key] = value
+    return out

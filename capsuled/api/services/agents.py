@@ -1,0 +1,55 @@
+"""The control plane's side of the agent channel: registration, heartbeats, the desired
+set per host (watch), and folding status reports into the store.
+
+In all-in-one mode the agent calls this object directly (it satisfies
+`domain.channel.AgentChannel`); the HTTP agent endpoints of the multi-host mode will call
+the same methods.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from capsuled.domain.channel import Assignments, CapsuleReport, HostInfo
+from capsuled.store import capsules as capsule_repo
+from capsuled.store import hosts as host_repo
+from capsuled.store.engine import Store
+
+# Another API replica may change a host's desired set; re-read the revision this often.
+_POLL_SECONDS = 1.0
+
+
+class ControlPlane:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._changed = threading.Condition()
+
+    def notify(self) -> None:
+        """Wake watchers in this process after a commit that changed some desired set."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def register(self, host: HostInfo) -> None:
+        with self._store.transaction() as s:
+            host_repo.register_host(s, host)
+
+    def heartbeat(self, host: str) -> None:
+        with self._store.transaction() as s:
+            host_repo.heartbeat(s, host)
+
+    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._store.transaction() as s:
+                revision = host_repo.host_revision(s, host)
+                if revision > after_revision or time.monotonic() >= deadline:
+                    return Assignments(host=host, revision=revision,
+                                       capsules=capsule_repo.assignments_for(s, host))
+            with self._changed:
+                self._changed.wait(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def report(self, host: str, reports: list[CapsuleReport]) -> None:
+        with self._store.transaction() as s:
+            for r in reports:
+                capsule_repo.apply_report(s, host, r)

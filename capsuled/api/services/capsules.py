@@ -1,0 +1,70 @@
+"""Capsule use cases: validate → authorise → schedule → store → wake the agent."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from capsuled.api.services.agents import ControlPlane
+from capsuled.domain.status import Status
+from capsuled.domain.template import Limits, parse_template
+from capsuled.errors import Forbidden
+from capsuled.identity.base import Principal
+from capsuled.scheduler.select import NoValidHost, Request, select_host
+from capsuled.store import capsules as repo
+from capsuled.store.engine import Store
+from capsuled.store.hosts import capacities
+from capsuled.store.tables import Capsule, Event, utcnow
+
+
+class CapsuleService:
+    def __init__(self, store: Store, control: ControlPlane, limits: Limits,
+                 host_down_after: timedelta = timedelta(seconds=180)) -> None:
+        self._store = store
+        self._control = control
+        self._limits = limits
+        self._down_after = host_down_after
+
+    def create(self, who: Principal, template: Any) -> Capsule:
+        spec = parse_template(template, self._limits)
+        with self._store.transaction() as s:
+            req = Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
+                          availability_zone=spec.availability_zone)
+            try:
+                host: str | None = select_host(capacities(s), req, utcnow(), self._down_after)
+                status, reason = Status.CREATING, None
+            except NoValidHost as exc:
+                # Zun answers 202 and records the failure on the capsule; zunclient expects it.
+                host, status, reason = None, Status.ERROR, str(exc)
+            row = repo.create_capsule(s, spec, who.project_id, who.user_id, host, status, reason)
+        self._control.notify()
+        return self.get(who, row.uuid, all_projects=who.is_admin)
+
+    def get(self, who: Principal, ident: str, all_projects: bool = False) -> Capsule:
+        with self._store.transaction() as s:
+            return repo.get_capsule(s, ident, self._scope(who, all_projects or who.is_admin))
+
+    def list(self, who: Principal, page: repo.Page, all_projects: bool,
+             labels: dict[str, str]) -> list[Capsule]:
+        with self._store.transaction() as s:
+            return repo.list_capsules(s, self._scope(who, all_projects), page, labels)
+
+    def delete(self, who: Principal, ident: str, all_projects: bool = False) -> None:
+        if all_projects and not who.is_admin:
+            raise Forbidden("Policy doesn't allow capsule:delete_all_projects to be performed.")
+        with self._store.transaction() as s:
+            capsule = repo.get_capsule(s, ident, self._scope(who, all_projects or who.is_admin))
+            repo.mark_deleting(s, capsule)
+        self._control.notify()
+
+    def events(self, who: Principal, ident: str) -> list[Event]:
+        with self._store.transaction() as s:
+            capsule = repo.get_capsule(s, ident, self._scope(who, who.is_admin))
+            return repo.list_events(s, capsule)
+
+    @staticmethod
+    def _scope(who: Principal, all_projects: bool) -> str | None:
+        """None means every project; only admins get it (others silently keep their own, as Zun)."""
+        return None if (all_projects and who.is_admin) else who.project_id
+
+

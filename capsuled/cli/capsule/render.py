@@ -1,0 +1,262 @@
+"""Turning API bodies into what a person (tables) or a program (JSON) reads.
+
+Everything that comes from the server is wrapped in `Text`, never interpolated into rich
+markup: a label value like `[red]` must print as itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
+
+# Piped output is for grep and awk: wrapping a table row across lines would break them.
+PIPE_WIDTH = 400
+STATUS_STYLES = {"Running": "green", "Error": "bold red", "Unknown": "red",
+                 "Deleting": "magenta", "Stopped": "dim"}
+NONE = "-"
+
+
+def make_console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=PIPE_WIDTH)
+    return console
+
+
+def emit(console: Console, renderable: RenderableType) -> None:
+    """Print; off a terminal, without the cell padding rich leaves at the end of lines."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- small formatters -------------------------------------------------------------------
+
+def parse_time(value: str | None) -> datetime | None:
+    """API timestamps are naive UTC (`2026-11-24 08:00:00.123456`); tolerate ISO with a zone."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def humanize(seconds: float) -> str:
+    """kubectl-style ages: precise while young, coarse when old."""
+    s = max(int(seconds), 0)
+    m, h, d = s // 60, s // 3600, s // 86400
+    if s < 120:
+        return f"{s}s"
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if h < 1:
+        return f"{m}m"
+    if h < 10:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if d < 2:
+        return f"{h}h"
+    if d < 8:
+        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
+    return f"{d}d"
+
+
+def age(created_at: str | None, now: datetime | None = None) -> str:
+    when = parse_time(created_at)
+    if when is None:
+        return NONE
+    now = now or datetime.now(timezone.utc)
+    return humanize((now - when).total_seconds())
+
+
+def pairs(mapping: Mapping[str, Any] | None) -> str:
+    if not mapping:
+        return NONE
+    return ",".join(f"{k}={v}" for k, v in mapping.items())
+
+
+def display_name(capsule: Mapping[str, Any]) -> str:
+    """Name if it has one, else uuid: how a capsule is called in one-line messages."""
+    return str(capsule.get("name") or capsule.get("uuid") or "?")
+
+
+def ready(capsule: Mapping[str, Any]) -> str:
+    apps = capsule.get("containers") or []
+    running = sum(1 for c in apps if c.get("status") == "Running")
+    return f"{running}/{len(apps)}"
+
+
+def restarts(capsule: Mapping[str, Any]) -> int:
+    # Sandbox recreations plus every app container's own restarts: one "is it flapping?" number.
+    own = int(capsule.get("restart_count") or 0)
+    return own + sum(int(c.get("restart_count") or 0) for c in capsule.get("containers") or [])
+
+
+def restart_policy(capsule: Mapping[str, Any]) -> str:
+    policy = capsule.get("restart_policy")
+    if isinstance(policy, Mapping):  # microversions >= 1.40
+        return str(policy.get("Name") or NONE)
+    return str(policy or NONE)
+
+
+def status_text(status: str | None) -> Text:
+    value = status or "Unknown"
+    return Text(value, style=STATUS_STYLES.get(value, "yellow"))
+
+
+def text(value: Any) -> Text:
+    return Text(NONE if value is None or value == "" else str(value))
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
+# --- list -----------------------------------------------------------------------------------
+
+def capsule_table(capsules: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Table:
+    table = _table("UUID", "NAME", "STATUS", "CONTAINERS", "RESTARTS", "LABELS", "AGE")
+    for c in capsules:
+        table.add_row(text(c.get("uuid")), text(c.get("name")), status_text(c.get("status")),
+                      Text(ready(c)), Text(str(restarts(c))), Text(pairs(c.get("labels"))),
+                      Text(age(c.get("created_at"), now)))
+    return table
+
+
+# --- describe -------------------------------------------------------------------------------
+
+def _fields(capsule: Mapping[str, Any], now: datetime | None) -> Table:
+    memory = capsule.get("memory")
+    rows: list[tuple[str, RenderableType]] = [
+        ("UUID", text(capsule.get("uuid"))),
+        ("Name", text(capsule.get("name"))),
+        ("Status", status_text(capsule.get("status"))),
+        ("Status reason", text(capsule.get("status_reason"))),
+        ("Labels", text(pairs(capsule.get("labels")))),
+        ("Annotations", text(pairs(capsule.get("annotations")))),
+        ("CPU", text(_number(capsule.get("cpu")))),
+        ("Memory", text(f"{memory} MiB" if memory not in (None, "") else None)),
+        ("Restart policy", text(restart_policy(capsule))),
+        ("Restart count", text(capsule.get("restart_count", 0))),
+    ]
+    if "host" in capsule:  # admins only: absence means "not yours to know", not "none"
+        rows.append(("Host", text(capsule.get("host"))))
+    created = capsule.get("created_at")
+    rows.append(("Created", text(f"{created} UTC ({age(created, now)} ago)" if created else None)))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(f"{key}:", value)
+    return grid
+
+
+def _number(value: Any) -> str | None:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return None if value is None else str(value)
+
+
+def containers_table(capsule: Mapping[str, Any]) -> Table:
+    table = _table("NAME", "IMAGE", "STATUS", "EXIT", "RESTARTS", "REASON")
+    members = [(c, True) for c in capsule.get("init_containers") or []]
+    members += [(c, False) for c in capsule.get("containers") or []]
+    for c, init in members:
+        name = Text(str(c.get("name") or NONE))
+        if init:
+            name.append(" (init)", style="dim")
+        table.add_row(name, text(c.get("image")), status_text(c.get("status")),
+                      text(c.get("exit_code")), text(c.get("restart_count", 0)),
+                      text(c.get("status_reason")))
+    return table
+
+
+def volumes_table(capsule: Mapping[str, Any]) -> Table:
+    table = _table("NAME", "TYPE", "SIZE", "AUTO-REMOVE", "DOCKER VOLUME")
+    for v in capsule.get("volumes") or []:
+        size = v.get("size")
+        table.add_row(text(v.get("name")), text(v.get("type")),
+                      text(f"{size}Gi" if size is not None else None),
+                      Text("yes" if v.get("auto_remove") else "no"), text(v.get("docker_volume")))
+    return table
+
+
+def events_table(events: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Table:
+    table = _table("AGE", "TYPE", "REASON", "CONTAINER", "MESSAGE")
+    for e in events:
+        kind = str(e.get("type") or NONE)
+        table.add_row(Text(age(e.get("created_at"), now)),
+                      Text(kind, style="yellow" if kind == "Warning" else ""),
+                      text(e.get("reason")), text(e.get("container")), text(e.get("message")))
+    return table
+
+
+def _section(title: str, table: Table) -> RenderableType:
+    body: RenderableType = table if table.row_count else Text("<none>", style="dim")
+    return Group(Text(f"{title}:", style="bold"), Padding(body, (0, 0, 0, 2), expand=False))
+
+
+def describe(capsule: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
+             now: datetime | None = None) -> RenderableType:
+    return Group(_fields(capsule, now), Text(),
+                 _section("Containers", containers_table(capsule)), Text(),
+                 _section("Volumes", volumes_table(capsule)), Text(),
+                 _section("Events", events_table(events, now)))
+
+
+# --- waiting ----------------------------------------------------------------------------
+
+class WaitDisplay:
+    """Progress while polling: a live spinner line on a terminal, a line per change otherwise
+    (so CI logs still show what happened without control codes)."""
+
+    def __init__(self, console: Console, goal: str) -> None:
+        self.console = console
+        self.goal = goal
+        self._last: dict[int, str] = {}  # by position: two capsules may share a name
+        self._status: Status | None = None
+
+    def __enter__(self) -> WaitDisplay:
+        if self.console.is_terminal:
+            self._status = self.console.status(f"waiting for capsules to be {self.goal}…")
+            self._status.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+    def update(self, states: Sequence[tuple[str, str]]) -> None:
+        """`states` lists each capsule's display name with its current status."""
+        if self._status is not None:
+            line = Text(f"waiting for {self.goal}: ")
+            for i, (name, status) in enumerate(states):
+                line.append(", " if i else "").append(f"{name} ").append(status_text(status))
+            self._status.update(line)
+            return
+        for key, (name, status) in enumerate(states):
+            if self._last.get(key) != status:
+                self.console.print(Text(f"capsule/{name}: {status}"))
+        self._last = {key: status for key, (_, status) in enumerate(states)}

@@ -1,0 +1,128 @@
+"""`capsuled`: the composition root. The only module where concrete classes meet.
+
+    capsuled [--state-dir DIR] [--listen HOST:PORT]   all-in-one: API + agent, SQLite
+    capsuled image seed                               build the offline images
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from capsuled.config import Settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=False, add_completion=False)
+image_app = typer.Typer(help="Offline images.")
+app.add_typer(image_app, name="image")
+LOG = logging.getLogger("capsuled")
+
+
+def _settings(state_dir: Path | None, listen: str | None, log_level: str | None) -> Settings:
+    overrides: dict[str, object] = {}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    if listen is not None:
+        overrides["listen"] = listen
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+@app.callback(invoke_without_command=True)
+def main_command(
+    ctx: typer.Context,
+    state_dir: Annotated[Path | None, typer.Option(help="State directory (database, admin token). "
+                                                   "Default: /var/lib/capsuled as root, else a per-user data dir.")] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT for the API. Default 127.0.0.1:9517.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Run the all-in-one server: the Zun-compatible API and the agent for this host."""
+    ctx.obj = _settings(state_dir, listen, log_level)
+    if ctx.invoked_subcommand is None:
+        run_all_in_one(ctx.obj)
+
+
+@image_app.command("seed")
+def image_seed(ctx: typer.Context,
+               force: Annotated[bool, typer.Option(help="Re-import even if up to date.")] = False) -> None:
+    """Build busybox:latest and the sandbox infra image offline (docker import; idempotent)."""
+    from capsuled.drivers.docker_client import make_client
+    from capsuled.drivers.image.seed import seed_images
+    from capsuled.errors import CapsuledError
+
+    settings: Settings = ctx.obj
+    try:
+        results = seed_images(make_client(settings.docker.host, settings.docker.timeout),
+                              settings.docker.infra_image, force=force)
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    for r in results:
+        typer.echo(f"{r.image}: {'imported' if r.created else 'up to date'}")
+
+
+def run_all_in_one(settings: Settings) -> None:
+    from capsuled.agent.loop import Agent
+    from capsuled.api.app import create_app
+    from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.capsules import CapsuleService
+    from capsuled.domain.template import Limits
+    from capsuled.drivers.docker_client import make_client
+    from capsuled.drivers.image.seed import seed_images
+    from capsuled.drivers.runtime.docker import DockerRuntime
+    from capsuled.drivers.volume.docker import LocalVolumes
+    from capsuled.errors import CapsuledError
+    from capsuled.identity.local import LocalIdentity, bootstrap
+    from capsuled.paths import ADMIN_TOKEN_FILE
+    from capsuled.store.engine import Store, make_engine, upgrade
+
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url())
+    upgrade(engine)
+    store = Store(engine)
+    instance = bootstrap(store, settings.state_dir, ADMIN_TOKEN_FILE)
+
+    docker_api = make_client(settings.docker.host, settings.docker.timeout)
+    try:
+        docker_api.ping()
+        seed_images(docker_api, settings.docker.infra_image)
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    except Exception as exc:  # the SDK raises plain requests errors on ping
+        typer.echo(f"error: cannot reach the Docker Engine at {settings.docker.host}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+    control = ControlPlane(store)
+    limits = Limits(**settings.limits.model_dump())
+    capsules = CapsuleService(store, control, limits, host_down_after=timedelta(seconds=180))
+    api = create_app(settings, LocalIdentity(store), capsules)
+    agent = Agent(control, DockerRuntime(docker_api), LocalVolumes(docker_api), settings.agent,
+                  instance, settings.docker.infra_image)
+    agent.start()
+
+    host, _, port = settings.listen.rpartition(":")
+    LOG.info("capsuled listening on http://%s admin token in %s", settings.listen,
+             settings.state_dir / ADMIN_TOKEN_FILE)
+    server = uvicorn.Server(uvicorn.Config(api, host=host or "127.0.0.1", port=int(port),
+                                           log_level=settings.log_level, access_log=False))
+    try:
+        server.run()
+    finally:
+        agent.stop()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What crosses the agent channel, in both directions, and the channel's contract.
+
+The agent never sees the store: it is told the full desired set for its host
+(`Assignments`) and answers with what it observed (`CapsuleReport`). In all-in-one mode
+the control plane object itself is the channel; over HTTP the same models are the wire
+format, so both paths carry exactly the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from capsuled.domain.spec import CapsuleSpec
+
+ContainerState = Literal["missing", "created", "running", "paused", "restarting", "exited",
+                         "dead", "removing"]
+
+
+class Assignment(BaseModel):
+    """One capsule the host should run (or tear down, when `deleting`)."""
+
+    uuid: str
+    generation: int
+    deleting: bool = False
+    spec: CapsuleSpec
+
+
+class Assignments(BaseModel):
+    host: str
+    revision: int
+    capsules: list[Assignment]
+
+
+class HostInfo(BaseModel):
+    name: str
+    cpus: float
+    memory_mb: int
+    disk_gb: int
+    availability_zone: str = "nova"
+    labels: dict[str, str] = Field(default_factory=dict)
+    os: str = ""
+    kernel_version: str = ""
+    architecture: str = ""
+    runtime: str = "docker"
+
+
+class ContainerReport(BaseModel):
+    uuid: str
+    name: str
+    role: Literal["init", "app"]
+    state: ContainerState = "missing"
+    runtime_id: str | None = None
+    exit_code: int | None = None
+    restart_count: int = 0
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+
+
+class CapsuleReport(BaseModel):
+    uuid: str
+    generation: int
+    gone: bool = False  # everything removed after a delete
+    sandbox_id: str | None = None
+    sandbox_state: ContainerState = "missing"
+    sandbox_recreated: bool = False
+    progress: str | None = None
+    error: str | None = None
+    containers: list[ContainerReport] = Field(default_factory=list)
+    events: list[tuple[str, str, str, str | None]] = Field(default_factory=list)
+    """(type, reason, message, container name) the agent wants recorded."""
+
+
+class AgentChannel(Protocol):
+    """The agent's only way to the control plane. Every call is idempotent."""
+
+    def register(self, host: HostInfo) -> None: ...
+
+    def heartbeat(self, host: str) -> None: ...
+
+    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+        """The host's full desired set, returned once its revision passes `after_revision`
+        or after `timeout` seconds, whichever comes first."""
+        ...
+
+    def report(self, host: str, reports: list[CapsuleReport]) -> None: ...

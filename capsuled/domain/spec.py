@@ -1,0 +1,98 @@
+"""The normalised capsule spec: what a template means, independent of how it was written.
+
+It is stored with the capsule and sent to the agent, so it is a pydantic model (JSON both
+ways); it is frozen because the agent compares it, never edits it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+Role = Literal["app", "init"]
+
+ZUN_RESTART_NAMES: dict[str, str] = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VolumeMount(_Frozen):
+    name: str
+    mount_path: str
+    read_only: bool = False
+
+
+class Port(_Frozen):
+    container_port: int
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    host_port: int | None = None
+    name: str | None = None
+
+
+class ContainerSpec(_Frozen):
+    uuid: str = ""
+    name: str
+    role: Role = "app"
+    image: str
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    workdir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cpu: float | None = None
+    memory: int | None = None  # MiB
+    ports: list[Port] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    image_pull_policy: PullPolicy = "IfNotPresent"
+    tty: bool = False
+    stdin: bool = False
+
+    @property
+    def zun_command(self) -> list[str]:
+        """Zun shows one list: command followed by args."""
+        return [*self.command, *self.args]
+
+
+class VolumeSpec(_Frozen):
+    name: str
+    type: Literal["cinder", "emptyDir"]
+    size: int | None = None  # GiB
+    auto_remove: bool = True
+
+
+class CapsuleSpec(_Frozen):
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    restart_policy: RestartPolicy = "Always"
+    availability_zone: str | None = None
+    init_containers: list[ContainerSpec] = Field(default_factory=list)
+    containers: list[ContainerSpec]
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+
+    @property
+    def all_containers(self) -> list[ContainerSpec]:
+        return [*self.init_containers, *self.containers]
+
+    def total_cpu(self) -> float:
+        """Init containers run alone, so the capsule needs the larger of their peak and the apps' sum."""
+        apps = sum(c.cpu or 0.0 for c in self.containers)
+        return round(max([apps, *(c.cpu or 0.0 for c in self.init_containers)]), 3)
+
+    def total_memory(self) -> int:
+        apps = sum(c.memory or 0 for c in self.containers)
+        return max([apps, *(c.memory or 0 for c in self.init_containers)])
+
+
+def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
+    """A short digest of everything that requires recreating a container when it changes."""
+    payload = spec.model_dump(mode="json")
+    payload["restart_policy"] = restart_policy
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]

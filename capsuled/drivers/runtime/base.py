@@ -1,0 +1,107 @@
+"""The container runtime as the agent sees it.
+
+Contract: every method is safe to call from several threads and idempotent where its
+name says so (`ensure_*` creates or adopts, `remove_*` succeeds when the thing is gone).
+Objects are found by their `capsuled.*` labels, never by name. Transient failures raise
+`errors.Unavailable` (the agent retries with back-off); permanent ones raise
+`errors.DriverError`, whose message becomes the capsule's status_reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from capsuled.domain.channel import ContainerState, HostInfo
+from capsuled.domain.spec import PullPolicy
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One managed container as the runtime reports it."""
+
+    id: str
+    labels: dict[str, str]
+    state: ContainerState
+    exit_code: int | None = None
+    restart_count: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    oom_killed: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A cheap listing entry (no inspect): enough to notice that something changed."""
+
+    id: str
+    labels: dict[str, str]
+    state: str
+    status: str
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    name: str
+    image: str
+    hostname: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MemberRequest:
+    name: str
+    image: str
+    sandbox_id: str
+    labels: dict[str, str]
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    nano_cpus: int | None = None
+    memory_bytes: int | None = None
+    binds: list[str] = field(default_factory=list)  # "volume:/path:ro|rw"
+    restart_policy: str = "no"  # Docker names: no | always | on-failure
+    tty: bool = False
+    stdin: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    capsule: str
+    container_id: str
+    action: str
+
+
+class RuntimeDriver(Protocol):
+    def host_info(self, name: str, availability_zone: str) -> HostInfo: ...
+
+    def list_summaries(self, instance: str) -> list[Summary]:
+        """Every container of this deployment, one API call, no inspect."""
+        ...
+
+    def observe_capsule(self, instance: str, capsule: str) -> list[Observed]: ...
+
+    def ensure_image(self, image: str, policy: PullPolicy) -> None: ...
+
+    def create_sandbox(self, req: SandboxRequest) -> Observed:
+        """Create and start the infra container; returns it as started."""
+        ...
+
+    def create_member(self, req: MemberRequest) -> str:
+        """Create and start a container in the sandbox's namespaces; returns its id."""
+        ...
+
+    def start(self, container_id: str) -> None: ...
+
+    def wait(self, container_id: str) -> int:
+        """Block until the container exits; its exit code."""
+        ...
+
+    def remove_container(self, container_id: str, stop_timeout: int) -> None: ...
+
+    def events(self, instance: str) -> Iterator[RuntimeEvent]:
+        """Container events of this deployment until the connection drops."""
+        ...

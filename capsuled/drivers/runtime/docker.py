@@ -1,0 +1,184 @@
+"""DockerRuntime: capsules on a Docker Engine through the SDK's low-level APIClient.
+
+What it leaves on the host: containers labelled `capsuled.instance=<deployment>`,
+`capsuled.capsule=<uuid>`, `capsuled.role=sandbox|init|app` (and for members
+`capsuled.container`, `capsuled.name`, `capsuled.spec-hash`, `capsuled.sandbox-start`).
+The sandbox runs the infra image (`catatonit -P`) with a shareable IPC namespace and
+its own network, PID and UTS namespaces; members join all of them with
+`container:<sandbox id>` modes, which also gives them the sandbox's hostname.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+
+from capsuled.domain import labels as L
+from capsuled.domain.channel import HostInfo
+from capsuled.drivers.docker_client import translate_docker_errors
+from capsuled.drivers.runtime.base import (MemberRequest, Observed, RuntimeEvent, SandboxRequest,
+                                           Summary)
+from capsuled.errors import DriverError, ImageNotFound, NotFound
+
+_STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
+_EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop"}
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, client: docker.APIClient) -> None:
+        self._api = client
+        self._images: set[str] = set()
+
+    def host_info(self, name: str, availability_zone: str) -> HostInfo:
+        with translate_docker_errors("docker info"):
+            info = self._api.info()
+        st = os.statvfs(info.get("DockerRootDir") or "/")
+        return HostInfo(name=name, cpus=float(info.get("NCPU") or os.cpu_count() or 1),
+                        memory_mb=int(info.get("MemTotal", 0)) // (1024 * 1024),
+                        disk_gb=st.f_blocks * st.f_frsize // (1024 ** 3),
+                        availability_zone=availability_zone, os=info.get("OperatingSystem", ""),
+                        kernel_version=info.get("KernelVersion", ""),
+                        architecture=info.get("Architecture", platform.machine()))
+
+    def list_summaries(self, instance: str) -> list[Summary]:
+        with translate_docker_errors("list containers"):
+            rows = self._api.containers(all=True, filters={"label": [f"{L.INSTANCE}={instance}"]})
+        return [Summary(id=r["Id"], labels=r.get("Labels") or {}, state=r.get("State", ""),
+                        status=r.get("Status", "")) for r in rows]
+
+    def observe_capsule(self, instance: str, capsule: str) -> list[Observed]:
+        with translate_docker_errors(f"list containers of capsule {capsule}"):
+            rows = self._api.containers(all=True, filters={
+                "label": [f"{L.INSTANCE}={instance}", f"{L.CAPSULE}={capsule}"]})
+        out = []
+        for r in rows:
+            obs = self._inspect(r["Id"])
+            if obs is not None:
+                out.append(obs)
+        return out
+
+    def _inspect(self, container_id: str) -> Observed | None:
+        try:
+            with translate_docker_errors(f"inspect {container_id[:12]}"):
+                data = self._api.inspect_container(container_id)
+        except NotFound:
+            return None
+        st: dict[str, Any] = data.get("State") or {}
+        state: str = st.get("Status", "dead")
+        exited = state in ("exited", "dead") or (state == "restarting")
+        return Observed(
+            id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {},
+            state=state if state in _STATES else "dead",  # type: ignore[arg-type]
+            exit_code=st.get("ExitCode") if exited or state == "exited" else None,
+            restart_count=int(data.get("RestartCount") or 0),
+            started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
+            oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None)
+
+    def ensure_image(self, image: str, policy: str) -> None:
+        ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
+        if policy != "Always" and ref in self._images:
+            return
+        present = self._has_image(ref)
+        if policy == "Never" and not present:
+            raise ImageNotFound(f"image {image} is not present and imagePullPolicy is Never")
+        if policy == "Always" or not present:
+            repo, _, tag = ref.rpartition(":")
+            try:
+                with translate_docker_errors(f"pull {ref}"):
+                    self._api.pull(repo, tag=tag)
+            except DriverError as exc:
+                raise ImageNotFound(f"image {image} is not present and could not be pulled: "
+                                    f"{exc.message}") from exc
+        self._images.add(ref)
+
+    def _has_image(self, ref: str) -> bool:
+        try:
+            with translate_docker_errors(f"inspect image {ref}"):
+                self._api.inspect_image(ref)
+            return True
+        except (NotFound, ImageNotFound):
+            self._images.discard(ref)
+            return False
+
+    def create_sandbox(self, req: SandboxRequest) -> Observed:
+        host_config = self._api.create_host_config(ipc_mode="shareable",
+                                                   restart_policy={"Name": "no"}, init=False)
+        with translate_docker_errors(f"create sandbox {req.name}"):
+            cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
+                                             hostname=_hostname(req.hostname),
+                                             host_config=host_config, detach=True)["Id"]
+            self._api.start(cid)
+        obs = self._inspect(cid)
+        if obs is None or obs.state != "running":
+            raise DriverError(f"sandbox {req.name} did not start"
+                              + (f": {obs.error}" if obs and obs.error else ""))
+        return obs
+
+    def create_member(self, req: MemberRequest) -> str:
+        ns = f"container:{req.sandbox_id}"
+        host_config = self._api.create_host_config(
+            network_mode=ns, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
+            nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes,
+            restart_policy={"Name": req.restart_policy, "MaximumRetryCount": 0}
+            if req.restart_policy != "no" else {"Name": "no"})
+        with translate_docker_errors(f"create container {req.name}"):
+            cid = self._api.create_container(
+                image=req.image, name=req.name, labels=req.labels,
+                entrypoint=req.entrypoint or None, command=req.cmd or None,
+                working_dir=req.workdir, environment=req.env or None, tty=req.tty,
+                stdin_open=req.stdin, host_config=host_config, detach=True)["Id"]
+            self._api.start(cid)
+        return str(cid)
+
+    def start(self, container_id: str) -> None:
+        with translate_docker_errors(f"start {container_id[:12]}"):
+            self._api.start(container_id)
+
+    def wait(self, container_id: str) -> int:
+        with translate_docker_errors(f"wait {container_id[:12]}"):
+            result = self._api.wait(container_id, timeout=None)
+        return int(result.get("StatusCode", -1))
+
+    def remove_container(self, container_id: str, stop_timeout: int) -> None:
+        try:
+            with translate_docker_errors(f"remove {container_id[:12]}"):
+                if stop_timeout > 0:
+                    self._api.stop(container_id, timeout=stop_timeout)
+                self._api.remove_container(container_id, force=True, v=False)
+        except NotFound:
+            return
+        except DriverError as exc:
+            if "already in progress" in exc.message or "No such container" in exc.message:
+                return
+            raise
+
+    def events(self, instance: str) -> Iterator[RuntimeEvent]:
+        with translate_docker_errors("event stream"):
+            stream = self._api.events(decode=True, filters={
+                "type": "container", "label": [f"{L.INSTANCE}={instance}"]})
+        with translate_docker_errors("event stream"):
+            for ev in stream:
+                action = str(ev.get("Action") or ev.get("status") or "").split(":")[0]
+                if action not in _EVENTS:
+                    continue
+                attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                capsule = attrs.get(L.CAPSULE)
+                if capsule:
+                    yield RuntimeEvent(capsule=capsule, container_id=ev.get("id", ""), action=action)
+
+
+def _time(value: str | None) -> str | None:
+    return None if not value or value.startswith(_ZERO_TIME[:10]) else value
+
+
+def _hostname(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9.-]", "-", name)[:63].strip("-.") or "capsule"
+

@@ -1,0 +1,72 @@
+"""The one error taxonomy. No HTTP and no Docker here: api/errors.py maps these to
+status codes, drivers translate their SDK's exceptions into them.
+
+    CapsuledError
+     ├── InvalidInput            a request or template is wrong (carries every problem)
+     ├── NotAuthenticated        no token, or an unknown/expired one
+     ├── Forbidden               policy says no
+     ├── NotFound                missing, or not visible to the caller
+     ├── Conflict                ambiguous name, wrong state, stale generation
+     ├── VersionNotAcceptable    microversion outside the supported range
+     ├── UnsupportedMediaType    body is not JSON where JSON is required
+     ├── Unavailable             a dependency (database, Docker, agent) is unreachable; retry
+     └── DriverError             a runtime operation failed for good (bad image, bad spec)
+         └── ImageNotFound
+"""
+
+from __future__ import annotations
+
+
+class CapsuledError(Exception):
+    """Base class; `message` is what a user sees."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(CapsuledError):
+    """Bad input. `problems` lists each as 'field.path: what is wrong'."""
+
+    def __init__(self, problems: list[str] | str, summary: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if summary is None:
+            summary = "; ".join(self.problems) if len(self.problems) <= 3 else (
+                f"{len(self.problems)} problems: " + "; ".join(self.problems))
+        super().__init__(summary)
+
+
+class NotAuthenticated(CapsuledError):
+    pass
+
+
+class Forbidden(CapsuledError):
+    pass
+
+
+class NotFound(CapsuledError):
+    pass
+
+
+class Conflict(CapsuledError):
+    pass
+
+
+class VersionNotAcceptable(CapsuledError):
+    pass
+
+
+class UnsupportedMediaType(CapsuledError):
+    pass
+
+
+class Unavailable(CapsuledError):
+    pass
+
+
+class DriverError(CapsuledError):
+    pass
+
+
+class ImageNotFound(DriverError):
+    pass

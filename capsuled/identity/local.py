@@ -1,0 +1,47 @@
+"""Standalone identity: tokens this server issued, looked up by digest."""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from pathlib import Path
+
+from capsuled.identity.base import Principal
+from capsuled.store.engine import Store
+from capsuled.store.meta import get_meta, set_meta
+from capsuled.store.tokens import find_token, issue_token
+
+ADMIN_PROJECT = "admin"
+ADMIN_USER = "admin"
+
+
+class LocalIdentity:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def authenticate(self, token: str) -> Principal | None:
+        with self._store.transaction() as s:
+            row = find_token(s, token)
+            if row is None:
+                return None
+            return Principal(project_id=row.project_id, user_id=row.user_id,
+                             roles=frozenset(row.roles))
+
+
+def bootstrap(store: Store, state_dir: Path, token_file: str) -> str:
+    """First start on an empty database: make the instance id and the admin token, and
+    write the token (mode 0600) for the local CLI. Returns the instance id."""
+    with store.transaction() as s:
+        instance = get_meta(s, "instance_id")
+        if instance is not None:
+            return instance
+        instance = uuidlib.uuid4().hex[:12]
+        set_meta(s, "instance_id", instance)
+        token = issue_token(s, ADMIN_PROJECT, ADMIN_USER, ["admin"], description="bootstrap admin")
+        path = state_dir / token_file
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, 0o600)
+    return instance

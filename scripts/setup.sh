@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent machine + project setup: Docker Engine (Debian docker.io), the static
+# binaries the offline images are built from, a virtualenv with the pinned project,
+# and the offline images. Safe to run again; does nothing that is already done.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${CAPSULED_VENV:-$ROOT/.venv}
+export DEBIAN_FRONTEND=noninteractive
+
+need_pkgs=()
+for p in docker.io busybox-static catatonit iptables; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing ${need_pkgs[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# Start dockerd when no engine answers on the default socket.
+if ! /usr/bin/docker -H unix:///var/run/docker.sock version >/dev/null 2>&1; then
+  echo "setup: starting dockerd"
+  mkdir -p /var/log
+  nohup /usr/bin/dockerd >/var/log/capsuled-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    /usr/bin/docker version >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  /usr/bin/docker version >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/capsuled-dockerd.log" >&2; tail -20 /var/log/capsuled-dockerd.log >&2; exit 1; }
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.capsuled-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
+  echo "setup: installing the project into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  touch "$stamp"
+fi
+
+"$VENV/bin/capsuled" image seed

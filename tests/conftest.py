@@ -1,0 +1,232 @@
+"""Shared fixtures: a real `capsuled` process on a free port with its own state dir, an
+HTTP client for it, the Docker SDK, and clean-up by label that doubles as an orphan check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+LATEST = {"OpenStack-API-Version": "container latest"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Server:
+    url: str
+    state_dir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "admin-token").read_text().strip()
+
+    @property
+    def instance(self) -> str:
+        with sqlite3.connect(self.state_dir / "capsuled.db") as db:
+            return str(db.execute("select value from meta where key='instance_id'").fetchone()[0])
+
+    def start(self) -> None:
+        self.log = self.state_dir / "server.log"
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "capsuled"), "--state-dir", str(self.state_dir), "--listen",
+             f"127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env})
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"capsuled exited: {self.log.read_text()[-3000:]}")  # type: ignore[union-attr]
+            try:
+                return httpx.get(self.url + "/", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_for(up, timeout=30, what="capsuled to answer")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self.proc = None
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"X-Auth-Token": token or self.token, **LATEST})
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VENV_BIN / "capsule"), *args], capture_output=True, text=True,
+                              input=input, timeout=timeout,
+                              env={**os.environ, "CAPSULE_URL": self.url,
+                                   "CAPSULE_TOKEN": self.token, "COLUMNS": "200", **(env or {})})
+
+
+def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
+    """Remove every container and volume of one capsuled instance; what was removed."""
+    label = f"capsuled.instance={instance}"
+    left = []
+    for c in api.containers(all=True, filters={"label": [label]}):
+        left.append(c["Names"][0])
+        api.remove_container(c["Id"], force=True)
+    for v in (api.volumes(filters={"label": [label]}) or {}).get("Volumes") or []:
+        left.append(v["Name"])
+        api.remove_volume(v["Name"], force=True)
+    return left
+
+
+@pytest.fixture(scope="session")
+def docker_api() -> docker.APIClient:
+    api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto")
+    api.ping()  # in CI a missing engine must fail the run, not skip it
+    return api
+
+
+def start_server(tmp: Path, docker_api: docker.APIClient, **env: str) -> Server:
+    port = free_port()
+    server = Server(url=f"http://127.0.0.1:{port}", state_dir=tmp, port=port,
+                    env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env})
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, docker_api: docker.APIClient) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("capsuled"), docker_api)
+    instance = srv.instance
+    yield srv
+    srv.stop()
+    remove_instance_objects(docker_api, instance)
+
+
+@pytest.fixture()
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture()
+def unique() -> Callable[[str], str]:
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def template(name: str | None, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": spec.pop("labels", {})}
+    if name is not None:
+        meta["name"] = name
+    return {"kind": "capsule", "metadata": meta, "spec": {"containers": containers, **spec}}
+
+
+def sleeper(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": "busybox", "command": ["sleep", "3600"], **extra}
+
+
+class Capsules:
+    """Creates capsules through the API and deletes what is left at the end of the test."""
+
+    def __init__(self, api: httpx.Client) -> None:
+        self.api = api
+        self.created: list[str] = []
+
+    def create(self, tmpl: dict[str, Any], expect: int = 202) -> dict[str, Any]:
+        r = self.api.post("/v1/capsules", json={"template": tmpl})
+        assert r.status_code == expect, r.text
+        body: dict[str, Any] = r.json()
+        if r.status_code == 202:
+            self.created.append(body["uuid"])
+        return body
+
+    def get(self, ident: str) -> dict[str, Any]:
+        r = self.api.get(f"/v1/capsules/{ident}")
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def wait_status(self, ident: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            body = self.get(ident)
+            return body if body["status"] in statuses else None
+        try:
+            return wait_for(check, timeout=timeout, what=f"{ident} to be {'/'.join(statuses)}")  # type: ignore[no-any-return]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; now: {self.get(ident)}") from None
+
+    def wait_gone(self, ident: str, timeout: float = 60) -> None:
+        wait_for(lambda: self.api.get(f"/v1/capsules/{ident}").status_code == 404,
+                 timeout=timeout, what=f"{ident} to be deleted")
+
+    def cleanup(self) -> None:
+        for u in self.created:
+            self.api.delete(f"/v1/capsules/{u}")
+        for u in self.created:
+            try:
+                self.wait_gone(u, timeout=60)
+            except AssertionError:
+                pass
+
+
+@pytest.fixture()
+def capsules(api: httpx.Client) -> Iterator[Capsules]:
+    c = Capsules(api)
+    yield c
+    c.cleanup()
+
+
+def containers_of(docker_api: docker.APIClient, capsule_uuid: str, all_: bool = True) -> list[dict[str, Any]]:
+    return docker_api.containers(all=all_, filters={"label": [f"capsuled.capsule={capsule_uuid}"]})  # type: ignore[no-any-return]
+
+
+def member(docker_api: docker.APIClient, capsule_uuid: str, name: str) -> dict[str, Any]:
+    found = docker_api.containers(all=True, filters={"label": [
+        f"capsuled.capsule={capsule_uuid}", f"capsuled.name={name}"]})
+    assert len(found) == 1, found
+    return docker_api.inspect_container(found[0]["Id"])  # type: ignore[no-any-return]
+
+
+def sandbox(docker_api: docker.APIClient, capsule_uuid: str) -> dict[str, Any]:
+    found = docker_api.containers(all=True, filters={"label": [
+        f"capsuled.capsule={capsule_uuid}", "capsuled.role=sandbox"]})
+    assert len(found) == 1, found
+    return docker_api.inspect_container(found[0]["Id"])  # type: ignore[no-any-return]
+
+
+def exec_in(docker_api: docker.APIClient, container_id: str, *cmd: str) -> tuple[int, str]:
+    ex = docker_api.exec_create(container_id, list(cmd))
+    out = docker_api.exec_start(ex["Id"]).decode()
+    return int(docker_api.exec_inspect(ex["Id"])["ExitCode"]), out
