@@ -21,7 +21,10 @@ fi
 if ! /usr/bin/docker -H unix:///var/run/docker.sock version >/dev/null 2>&1; then
   echo "setup: starting dockerd"
   mkdir -p /var/log
-  nohup /usr/bin/dockerd >/var/log/capsuled-dockerd.log 2>&1 &
+  # Debian's docker.io installs the daemon in /usr/sbin, which is not on every PATH.
+  dockerd_bin=$(PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH" command -v dockerd || true)
+  [ -n "$dockerd_bin" ] || { echo "setup: dockerd not found after installing docker.io" >&2; exit 1; }
+  nohup "$dockerd_bin" >/var/log/capsuled-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do
     /usr/bin/docker version >/dev/null 2>&1 && break
     sleep 0.5
