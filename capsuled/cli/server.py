@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -114,10 +115,18 @@ def run_all_in_one(settings: Settings) -> None:
              settings.state_dir / ADMIN_TOKEN_FILE)
     server = uvicorn.Server(uvicorn.Config(api, host=host or "127.0.0.1", port=int(port),
                                            log_level=settings.log_level, access_log=False))
+    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
+    # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
+    # exits 0 after the agent stopped, instead of being killed by the default action.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         server.run()
     finally:
         agent.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main() -> None:

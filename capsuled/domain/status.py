@@ -8,7 +8,8 @@ the capsule Running. Here every child counts:
     sandbox or some container not up yet       → Creating
     every app container running                → Running
     some app container in restart back-off     → Restarting
-    some running, some exited                  → Running (the reason names the exited)
+    every app container paused                 → Paused
+    some running, some exited or paused        → Running (the reason names the others)
     all exited: all 0 → Stopped; else          → Error
 """
 
@@ -86,10 +87,16 @@ def derive_capsule_status(report: CapsuleReport, deleting: bool) -> tuple[Status
                           for c in restarting)
         return Status.RESTARTING, f"restarting: {names}"
     exited = [c for c in apps if c.state in ("exited", "dead")]
-    running = [c for c in apps if c.state in ("running", "paused")]
+    paused = [c for c in apps if c.state == "paused"]
+    running = [c for c in apps if c.state == "running"]
+    if paused and len(paused) == len(apps):
+        return Status.PAUSED, "all containers paused"
     gone = ", ".join(f"{c.name} (exit code {c.exit_code})" for c in exited)
-    if running:
-        return Status.RUNNING, f"{len(exited)} of {len(apps)} containers exited: {gone}"
+    if running or paused:
+        parts = [f"{len(exited)} of {len(apps)} containers exited: {gone}"] if exited else []
+        if paused:
+            parts.append("paused: " + ", ".join(c.name for c in paused))
+        return Status.RUNNING, "; ".join(parts)
     if exited and all(c.exit_code == 0 for c in exited):
         return Status.STOPPED, "all containers exited with code 0"
     if exited:

@@ -117,3 +117,14 @@ CONTAINER_CASES: list[tuple[str, ContainerReport, Status, str | None]] = [
 def test_container_status_from_report(c: ContainerReport, status: Status,
                                       reason: str | None) -> None:
     assert container_status(c) == (status, reason)
+
+
+@pytest.mark.parametrize(("rep", "status", "reason"), [
+    (report(app("a", "paused"), app("b", "paused")), Status.PAUSED, "all containers paused"),
+    (report(app("a", "paused"), app("b", "running")), Status.RUNNING, "paused: a"),
+    (report(app("a", "paused"), app("b", "exited", 1)), Status.RUNNING,
+     "1 of 2 containers exited: b (exit code 1); paused: a"),
+])
+def test_paused_containers_are_named_not_counted_as_exited(rep: CapsuleReport, status: Status,
+                                                           reason: str) -> None:
+    assert derive_capsule_status(rep, False) == (status, reason)
