@@ -11,7 +11,9 @@ status codes, drivers translate their SDK's exceptions into them.
      ├── UnsupportedMediaType    body is not JSON where JSON is required
      ├── Unavailable             a dependency (database, Docker, agent) is unreachable; retry
      └── DriverError             a runtime operation failed for good (bad image, bad spec)
-         └── ImageNotFound
+         ├── ImageNotFound
+         ├── RuntimeRejected     the runtime refused a request as invalid (e.g. a bad signal)
+         └── RuntimeConflict     the runtime refused because of the object's state (e.g. paused)
 """
 
 from __future__ import annotations
@@ -69,4 +71,12 @@ class DriverError(CapsuledError):
 
 
 class ImageNotFound(DriverError):
+    pass
+
+
+class RuntimeRejected(DriverError):
+    pass
+
+
+class RuntimeConflict(DriverError):
     pass

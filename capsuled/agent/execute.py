@@ -8,17 +8,16 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from capsuled.agent.plan import Plan, compute_plan
+from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.spec import ZUN_RESTART_NAMES, CapsuleSpec, ContainerSpec, spec_hash
-from capsuled.drivers.runtime.base import MemberRequest, Observed, RuntimeDriver, SandboxRequest
+from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver, SandboxRequest
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
 
 LOG = logging.getLogger(__name__)
-MiB = 1024 * 1024
 _MAX_STEPS = 12
 
 
@@ -113,6 +112,9 @@ class CapsuleExecutor:
         for cid in plan.start:
             self._rt.start(cid)
             progress.event("Normal", "Restarted", f"started stopped container {cid[:12]}")
+        for cid, nano_cpus, memory_bytes in plan.resize:
+            self._rt.update_resources(cid, nano_cpus, memory_bytes)
+            progress.event("Normal", "Resized", f"applied new cpu/memory limits to {cid[:12]}")
 
     def _remove_all(self, ids: list[str]) -> None:
         *members, last = ids
@@ -141,12 +143,11 @@ class CapsuleExecutor:
     def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
         spec = desired.spec
         self._rt.ensure_image(c.image, c.image_pull_policy)
-        return self._rt.create_member(MemberRequest(
+        return self._rt.create_container(ContainerRequest(
             name=naming.container_name(desired.uuid, spec.name, c.name), image=c.image,
             sandbox_id=sandbox.id, labels=self._member_labels(desired.uuid, spec, c, sandbox),
             entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
-            nano_cpus=int(c.cpu * 1e9) if c.cpu else None,
-            memory_bytes=c.memory * MiB if c.memory else None,
+            nano_cpus=resources(c)[0], memory_bytes=resources(c)[1],
             binds=[f"{naming.volume_name(desired.uuid, m.name)}:{m.mount_path}:"
                    f"{'ro' if m.read_only else 'rw'}" for m in c.volume_mounts],
             restart_policy="no" if c.role == "init" else ZUN_RESTART_NAMES[spec.restart_policy],

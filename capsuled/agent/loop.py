@@ -11,11 +11,12 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+from capsuled.agent.bare import BareExecutor
 from capsuled.agent.execute import CapsuleExecutor
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
-from capsuled.domain.channel import AgentChannel, Assignment
+from capsuled.domain.channel import AgentChannel, Assignment, ContainerAssignment
 from capsuled.drivers.runtime.base import RuntimeDriver, Summary
 from capsuled.drivers.volume.base import VolumeDriver
 from capsuled.errors import CapsuledError
@@ -35,12 +36,14 @@ class Agent:
         self._host = settings.host_name
         self._instance = instance
         self._desired: dict[str, Assignment] = {}
+        self._desired_bare: dict[str, ContainerAssignment] = {}
         self._lock = threading.Lock()
         self._fingerprints: dict[str, tuple[tuple[str, str, str], ...]] = {}
         self._stop = threading.Event()
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         self._executor = CapsuleExecutor(runtime, volumes, instance, infra_image,
                                          settings.stop_timeout, self._parallel)
+        self._bare = BareExecutor(runtime, instance, settings.stop_timeout)
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max)
         self._threads: list[threading.Thread] = []
@@ -66,8 +69,16 @@ class Agent:
             return True
         with self._lock:
             desired = self._desired.get(uuid)
-        if desired is None and not self._first_watch.is_set():
+            bare = self._desired_bare.get(uuid)
+        if desired is None and bare is None and not self._first_watch.is_set():
             return False  # don't judge anything an orphan before the first desired set
+        if bare is not None:
+            done = self._bare.sync(uuid, bare)
+            if done.report is not None:
+                self._channel.report(self._host, [], [done.report])
+            return done.settled
+        # A capsule, or an orphan of either kind: removing everything labelled with the
+        # uuid is right for both.
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
             self._channel.report(self._host, [outcome.report])
@@ -85,14 +96,17 @@ class Agent:
                 continue
             revision = got.revision
             fresh = {a.uuid: a for a in got.capsules}
+            fresh_bare = {a.uuid: a for a in got.containers}
             with self._lock:
                 old, self._desired = self._desired, fresh
+                old_bare, self._desired_bare = self._desired_bare, fresh_bare
             self._first_watch.set()
-            for uuid, a in fresh.items():
-                prev = old.get(uuid)
-                if prev is None or prev.generation != a.generation:
+            for uuid, gen in [*((u, a.generation) for u, a in fresh.items()),
+                              *((u, a.generation) for u, a in fresh_bare.items())]:
+                prev = old.get(uuid) or old_bare.get(uuid)
+                if prev is None or prev.generation != gen:
                     self.workers.enqueue(uuid)
-            for uuid in old.keys() - fresh.keys():
+            for uuid in (old.keys() | old_bare.keys()) - fresh.keys() - fresh_bare.keys():
                 self.workers.enqueue(uuid)
 
     def _event_loop(self) -> None:
@@ -129,7 +143,7 @@ class Agent:
         # brand-new capsule for an orphan.
         summaries = self._runtime.list_summaries(self._instance)
         with self._lock:
-            desired = dict(self._desired)
+            desired: dict[str, object] = {**self._desired, **self._desired_bare}
         grouped: dict[str, list[Summary]] = defaultdict(list)
         for s in summaries:
             if s.labels.get(L.CAPSULE):

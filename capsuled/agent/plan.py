@@ -10,7 +10,8 @@ left to do, so each plan only needs to be right about the very next step:
     init containers          in order: start the next one, or wait for the running one;
                              one that exited non-zero blocks the capsule (Error)
     app containers           create the missing ones together; restart stopped ones the
-                             restart policy says should run
+                             restart policy says should run; apply changed cpu/memory
+                             in place
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ class Plan:
     start_init: bool = False
     create_apps: list[ContainerSpec] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
+    resize: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # id, nano cpus, bytes
     blocked: str | None = None
 
     @property
     def empty(self) -> bool:
         return not (self.remove or self.remove_volumes or self.gone or self.create_sandbox
-                    or self.run_init or self.wait_init or self.create_apps or self.start)
+                    or self.run_init or self.wait_init or self.create_apps or self.start
+                    or self.resize)
 
 
 def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
@@ -98,7 +101,14 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
             plan.create_apps.append(app)
         elif o.state == "created" or (o.state == "exited" and _should_run(spec.restart_policy, o)):
             plan.start.append(o.id)
+        if o is not None and (o.nano_cpus, o.memory_bytes) != resources(app):
+            plan.resize.append((o.id, *resources(app)))
     return plan
+
+
+def resources(c: ContainerSpec) -> tuple[int | None, int | None]:
+    """A container's limits as Docker reports them (NanoCpus, Memory in bytes)."""
+    return (int(c.cpu * 1e9) if c.cpu else None, c.memory * 1024 * 1024 if c.memory else None)
 
 
 def _pick_sandbox(sandboxes: list[Observed]) -> Observed | None:

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import FastAPI
 
 from capsuled.api import errors
 from capsuled.api.middleware import ApiMiddleware
-from capsuled.api.routers import capsules, root
+from capsuled.api.routers import capsules, containers, hosts, root
 from capsuled.api.services.capsules import CapsuleService
+from capsuled.api.services.containers import ContainerService
+from capsuled.api.services.hosts import HostService
 from capsuled.config import Settings
 from capsuled.identity.base import IdentityProvider
 
 
-def create_app(settings: Settings, identity: IdentityProvider, capsule_service: CapsuleService) -> FastAPI:
+@dataclass(frozen=True)
+class Services:
+    """The use-case objects the routers call; the composition root builds them."""
+
+    capsules: CapsuleService
+    containers: ContainerService
+    hosts: HostService
+
+
+def create_app(settings: Settings, identity: IdentityProvider, services: Services) -> FastAPI:
     app = FastAPI(title="Capsuled", version="1", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.identity = identity
-    app.state.capsules = capsule_service
+    app.state.capsules = services.capsules
+    app.state.containers = services.containers
+    app.state.hosts = services.hosts
     errors.install(app)
     app.add_middleware(ApiMiddleware)
-    app.include_router(root.router)
-    app.include_router(capsules.router)
+    for module in (root, capsules, containers, hosts):
+        app.include_router(module.router)
     return app

@@ -25,6 +25,8 @@ STATUS: dict[type[errors.CapsuledError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.Unavailable: 503,
     errors.DriverError: 500,
+    errors.RuntimeRejected: 400,
+    errors.RuntimeConflict: 409,
 }
 
 

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
-from capsuled.domain.spec import ZUN_RESTART_NAMES, CapsuleSpec, ContainerSpec
-from capsuled.store.tables import Capsule, Container, Event
+from capsuled.domain.spec import ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec
+from capsuled.store.tables import Capsule, Container, ContainerAction, Event
 
 
 def ts(value: datetime | None) -> str | None:
@@ -101,6 +101,44 @@ def container_view(row: Container, spec: ContainerSpec | None, capsule_spec: Cap
         body.update({"host": capsule.host if capsule else None,
                      "image_pull_policy": spec.image_pull_policy.lower() if spec else None,
                      "privileged": False, "runtime": "runc"})
+    return body
+
+
+def any_container_view(row: Container, is_admin: bool, base_url: str) -> dict[str, Any]:
+    """/v1/containers body: a bare container, or (extension) one of a capsule's."""
+    if row.capsule is not None:
+        cspec = CapsuleSpec.model_validate(row.capsule.spec)
+        spec = next((c for c in cspec.all_containers if c.uuid == row.uuid), None)
+        body = container_view(row, spec, cspec, is_admin, row.capsule)
+        body["capsule_id"] = row.capsule.uuid
+    else:
+        bare = BareSpec.model_validate(row.spec)
+        body = container_view(row, bare.container, None, is_admin)
+        body.update({
+            "restart_policy": {"Name": bare.restart.name,
+                               "MaximumRetryCount": str(bare.restart.max_retry)},
+            "labels": dict(bare.labels), "auto_remove": bare.auto_remove,
+            "hostname": bare.hostname or row.name, "capsule_id": None})
+        if is_admin:
+            body["host"] = row.host
+    body["links"] = [{"href": f"{base_url}/v1/containers/{row.uuid}", "rel": "self"},
+                     {"href": f"{base_url}/containers/{row.uuid}", "rel": "bookmark"}]
+    return body
+
+
+def action_view(a: ContainerAction, is_admin: bool, with_events: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": a.action, "container_uuid": a.container_uuid, "request_id": a.request_id,
+        "user_id": a.user_id, "project_id": a.project_id, "start_time": ts(a.start_time),
+        "finish_time": ts(a.finish_time), "message": a.message}
+    if with_events:
+        event: dict[str, Any] = {
+            "event": f"compute__do_container_{a.action}", "start_time": ts(a.start_time),
+            "finish_time": ts(a.finish_time),
+            "result": None if a.finish_time is None else ("Error" if a.message else "Success")}
+        if is_admin:
+            event["traceback"] = a.detail
+        body["events"] = [event]
     return body
 
 

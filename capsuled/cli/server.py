@@ -70,9 +70,11 @@ def image_seed(ctx: typer.Context,
 
 def run_all_in_one(settings: Settings) -> None:
     from capsuled.agent.loop import Agent
-    from capsuled.api.app import create_app
+    from capsuled.api.app import Services, create_app
     from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
+    from capsuled.api.services.containers import ContainerService
+    from capsuled.api.services.hosts import HostService
     from capsuled.domain.template import Limits
     from capsuled.drivers.docker_client import make_client
     from capsuled.drivers.image.seed import seed_images
@@ -104,9 +106,15 @@ def run_all_in_one(settings: Settings) -> None:
 
     control = ControlPlane(store)
     limits = Limits(**settings.limits.model_dump())
-    capsules = CapsuleService(store, control, limits, host_down_after=timedelta(seconds=180))
-    api = create_app(settings, LocalIdentity(store), capsules)
-    agent = Agent(control, DockerRuntime(docker_api), LocalVolumes(docker_api), settings.agent,
+    down_after = timedelta(seconds=180)
+    runtime = DockerRuntime(docker_api)
+    services = Services(
+        capsules=CapsuleService(store, control, limits, host_down_after=down_after),
+        # All in one: the only host is this one, and its runtime serves the host calls.
+        containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after),
+        hosts=HostService(store, down_after))
+    api = create_app(settings, LocalIdentity(store), services)
+    agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
                   instance, settings.docker.infra_image)
     agent.start()
 

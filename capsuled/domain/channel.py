@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from capsuled.domain.spec import CapsuleSpec
+from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 ContainerState = Literal["missing", "created", "running", "paused", "restarting", "exited",
                          "dead", "removing"]
@@ -27,10 +27,26 @@ class Assignment(BaseModel):
     spec: CapsuleSpec
 
 
+DesiredState = Literal["running", "stopped", "paused"]
+
+
+class ContainerAssignment(BaseModel):
+    """One bare container the host should run, keep stopped or paused (or remove)."""
+
+    uuid: str
+    name: str
+    generation: int
+    deleting: bool = False
+    desired_state: DesiredState = "running"
+    runtime_id: str | None = None  # last one reported: it existed, so missing now means removed
+    spec: BareSpec
+
+
 class Assignments(BaseModel):
     host: str
     revision: int
     capsules: list[Assignment]
+    containers: list[ContainerAssignment] = Field(default_factory=list)
 
 
 class HostInfo(BaseModel):
@@ -49,7 +65,7 @@ class HostInfo(BaseModel):
 class ContainerReport(BaseModel):
     uuid: str
     name: str
-    role: Literal["init", "app"]
+    role: Literal["init", "app", "bare"]
     state: ContainerState = "missing"
     runtime_id: str | None = None
     exit_code: int | None = None
@@ -74,6 +90,16 @@ class CapsuleReport(BaseModel):
     """(type, reason, message, container name) the agent wants recorded."""
 
 
+class BareReport(BaseModel):
+    """What the agent observed of one bare container."""
+
+    uuid: str
+    generation: int
+    gone: bool = False  # removed (after a delete, or by Docker for auto_remove)
+    container: ContainerReport | None = None
+    error: str | None = None
+
+
 class AgentChannel(Protocol):
     """The agent's only way to the control plane. Every call is idempotent."""
 
@@ -86,4 +112,5 @@ class AgentChannel(Protocol):
         or after `timeout` seconds, whichever comes first."""
         ...
 
-    def report(self, host: str, reports: list[CapsuleReport]) -> None: ...
+    def report(self, host: str, reports: list[CapsuleReport],
+               containers: list[BareReport] | None = None) -> None: ...

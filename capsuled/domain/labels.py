@@ -4,13 +4,15 @@ from __future__ import annotations
 
 PREFIX = "capsuled."
 INSTANCE = "capsuled.instance"        # which Capsuled deployment owns the object
-CAPSULE = "capsuled.capsule"          # capsule uuid
+CAPSULE = "capsuled.capsule"          # capsule uuid; on a bare container its own uuid (the unit
+                                      # the agent syncs, watches and removes as a whole)
 CONTAINER = "capsuled.container"      # container uuid (absent on the sandbox)
 NAME = "capsuled.name"                # container name within the capsule
-ROLE = "capsuled.role"                # sandbox | init | app
+ROLE = "capsuled.role"                # sandbox | init | app | bare
 SPEC_HASH = "capsuled.spec-hash"      # recreate when the spec changes
 SANDBOX_START = "capsuled.sandbox-start"  # the sandbox start a member joined; stale when it differs
 VOLUME = "capsuled.volume"            # template volume name
 AUTO_REMOVE = "capsuled.auto-remove"  # "true" on volumes removed with their capsule
 
 ROLE_SANDBOX = "sandbox"
+ROLE_BARE = "bare"

@@ -14,3 +14,7 @@ def container_name(capsule_uuid: str, capsule_name: str | None, container: str) 
 
 def volume_name(capsule_uuid: str, volume: str) -> str:
     return f"capsuled_{capsule_uuid}_{volume}"
+
+
+def bare_name(container_uuid: str, name: str) -> str:
+    return f"{name}_{container_uuid}"

@@ -91,8 +91,40 @@ class CapsuleSpec(_Frozen):
 
 
 def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
-    """A short digest of everything that requires recreating a container when it changes."""
-    payload = spec.model_dump(mode="json")
+    """A short digest of everything that requires recreating a container when it changes.
+    CPU and memory are left out: `docker update` changes them in place."""
+    payload = spec.model_dump(mode="json", exclude={"cpu", "memory"})
     payload["restart_policy"] = restart_policy
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class DockerRestart(_Frozen):
+    """A bare container's restart policy, in Docker's (and Zun's container API's) terms."""
+
+    name: Literal["no", "always", "on-failure", "unless-stopped"] = "no"
+    max_retry: int = 0
+
+
+class BareSpec(_Frozen):
+    """A container created through /v1/containers: one container, no sandbox of its own.
+
+    With `capsule` set it is a request to add the container to that capsule; the stored
+    result is then a capsule member, not a BareSpec."""
+
+    container: ContainerSpec
+    restart: DockerRestart = DockerRestart()
+    auto_remove: bool = False
+    hostname: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    capsule: str | None = None
+    availability_zone: str | None = None
+    host: str | None = None
+
+    def runtime_hash(self) -> str:
+        """Like spec_hash, minus what `docker update` changes in place (cpu, memory)."""
+        payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host"})
+        for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
+            payload["container"].pop(live, None)
+        raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]

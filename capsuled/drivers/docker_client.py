@@ -9,7 +9,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from capsuled.errors import DriverError, ImageNotFound, NotFound, Unavailable
+from capsuled.errors import (DriverError, ImageNotFound, NotFound, RuntimeConflict,
+                             RuntimeRejected, Unavailable)
 
 
 def make_client(base_url: str, timeout: float) -> docker.APIClient:
@@ -26,6 +27,10 @@ def translate_docker_errors(what: str) -> Iterator[None]:
     except docker.errors.NotFound as exc:
         raise NotFound(f"{what}: {exc.explanation or exc}") from exc
     except docker.errors.APIError as exc:
+        if exc.status_code == 409:  # e.g. "container is paused", "is not running"
+            raise RuntimeConflict(f"{what}: {exc.explanation or exc}") from exc
+        if exc.status_code == 400:
+            raise RuntimeRejected(f"{what}: {exc.explanation or exc}") from exc
         raise DriverError(f"{what}: {exc.explanation or exc}") from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise Unavailable(f"{what}: Docker Engine unreachable ({exc})") from exc

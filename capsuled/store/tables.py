@@ -51,6 +51,9 @@ class Host(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    forced_down: Mapped[bool] = mapped_column(Boolean, default=False)
+    report_count: Mapped[int] = mapped_column(Integer, default=0)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime)
     revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -120,6 +123,15 @@ class Container(Base):
     finished_at: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Bare containers only (capsule children live in their capsule's spec and host):
+    # their own desired state, placement and claim.
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    host: Mapped[str | None] = mapped_column(String(255), index=True)
+    cpu: Mapped[float] = mapped_column(Float, default=0)
+    memory: Mapped[int] = mapped_column(Integer, default=0)
+    desired_state: Mapped[str] = mapped_column(String(10), default="running")  # running|stopped|paused
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    deleting: Mapped[bool] = mapped_column(Boolean, default=False)
 
     capsule: Mapped[Capsule | None] = relationship(back_populates="containers")
     __table_args__ = (UniqueConstraint("capsule_id", "name", name="uq_containers_capsule_name"),)
@@ -148,3 +160,19 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ContainerAction(Base):
+    """Zun's action history: one row per state-changing request on a container."""
+
+    __tablename__ = "container_actions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    container_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    start_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finish_time: Mapped[datetime | None] = mapped_column(DateTime)
+    message: Mapped[str | None] = mapped_column(String(255))  # None on success, "Error" on failure
+    detail: Mapped[str | None] = mapped_column(Text)  # why it failed (admins see it as the traceback)

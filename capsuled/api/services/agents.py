@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 import time
 
-from capsuled.domain.channel import Assignments, CapsuleReport, HostInfo
+from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
 from capsuled.store import capsules as capsule_repo
+from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
 from capsuled.store.engine import Store
 
@@ -45,11 +46,15 @@ class ControlPlane:
                 revision = host_repo.host_revision(s, host)
                 if revision > after_revision or time.monotonic() >= deadline:
                     return Assignments(host=host, revision=revision,
-                                       capsules=capsule_repo.assignments_for(s, host))
+                                       capsules=capsule_repo.assignments_for(s, host),
+                                       containers=container_repo.bare_assignments_for(s, host))
             with self._changed:
                 self._changed.wait(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
-    def report(self, host: str, reports: list[CapsuleReport]) -> None:
+    def report(self, host: str, reports: list[CapsuleReport],
+               containers: list[BareReport] | None = None) -> None:
         with self._store.transaction() as s:
             for r in reports:
                 capsule_repo.apply_report(s, host, r)
+            for b in containers or []:
+                container_repo.apply_bare_report(s, host, b)

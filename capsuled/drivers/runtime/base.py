@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from capsuled.domain.channel import ContainerState, HostInfo
+from capsuled.domain.hostops import ContainerOps
 from capsuled.domain.spec import PullPolicy
 
 
@@ -30,6 +31,8 @@ class Observed:
     finished_at: str | None = None
     oom_killed: bool = False
     error: str | None = None
+    nano_cpus: int | None = None
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,12 @@ class SandboxRequest:
 
 
 @dataclass(frozen=True)
-class MemberRequest:
+class ContainerRequest:
+    """A capsule member (joins `sandbox_id`'s namespaces) or, without one, a bare container."""
+
     name: str
     image: str
-    sandbox_id: str
+    sandbox_id: str | None
     labels: dict[str, str]
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
@@ -63,9 +68,13 @@ class MemberRequest:
     nano_cpus: int | None = None
     memory_bytes: int | None = None
     binds: list[str] = field(default_factory=list)  # "volume:/path:ro|rw"
-    restart_policy: str = "no"  # Docker names: no | always | on-failure
+    restart_policy: str = "no"  # Docker names: no | always | on-failure | unless-stopped
+    max_retry: int = 0
     tty: bool = False
     stdin: bool = False
+    hostname: str | None = None  # bare containers only: members share the sandbox's
+    auto_remove: bool = False
+    start: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class RuntimeEvent:
     action: str
 
 
-class RuntimeDriver(Protocol):
+class RuntimeDriver(ContainerOps, Protocol):
     def host_info(self, name: str, availability_zone: str) -> HostInfo: ...
 
     def list_summaries(self, instance: str) -> list[Summary]:
@@ -90,14 +99,8 @@ class RuntimeDriver(Protocol):
         """Create and start the infra container; returns it as started."""
         ...
 
-    def create_member(self, req: MemberRequest) -> str:
-        """Create and start a container in the sandbox's namespaces; returns its id."""
-        ...
-
-    def start(self, container_id: str) -> None: ...
-
-    def wait(self, container_id: str) -> int:
-        """Block until the container exits; its exit code."""
+    def create_container(self, req: ContainerRequest) -> str:
+        """Create (and unless told otherwise start) a container; returns its id."""
         ...
 
     def remove_container(self, container_id: str, stop_timeout: int) -> None: ...

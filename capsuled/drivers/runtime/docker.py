@@ -21,7 +21,8 @@ import docker
 from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.drivers.runtime.base import (MemberRequest, Observed, RuntimeEvent, SandboxRequest,
+from capsuled.domain.hostops import ExecResult, ImageInfo
+from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
 from capsuled.errors import DriverError, ImageNotFound, NotFound
 
@@ -80,7 +81,9 @@ class DockerRuntime:
             exit_code=st.get("ExitCode") if exited or state == "exited" else None,
             restart_count=int(data.get("RestartCount") or 0),
             started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
-            oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None)
+            oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None,
+            nano_cpus=(data.get("HostConfig") or {}).get("NanoCpus") or None,
+            memory_bytes=(data.get("HostConfig") or {}).get("Memory") or None)
 
     def ensure_image(self, image: str, policy: str) -> None:
         ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
@@ -122,30 +125,126 @@ class DockerRuntime:
                               + (f": {obs.error}" if obs and obs.error else ""))
         return obs
 
-    def create_member(self, req: MemberRequest) -> str:
-        ns = f"container:{req.sandbox_id}"
+    def create_container(self, req: ContainerRequest) -> str:
+        ns = f"container:{req.sandbox_id}" if req.sandbox_id else None
+        restart = {"Name": "no"} if req.restart_policy == "no" else {
+            "Name": req.restart_policy, "MaximumRetryCount": req.max_retry}
         host_config = self._api.create_host_config(
             network_mode=ns, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
-            nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes,
-            restart_policy={"Name": req.restart_policy, "MaximumRetryCount": 0}
-            if req.restart_policy != "no" else {"Name": "no"})
+            nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
+            auto_remove=req.auto_remove,
+            # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
+            log_config={"Type": "local", "Config": {}})
         with translate_docker_errors(f"create container {req.name}"):
             cid = self._api.create_container(
                 image=req.image, name=req.name, labels=req.labels,
                 entrypoint=req.entrypoint or None, command=req.cmd or None,
                 working_dir=req.workdir, environment=req.env or None, tty=req.tty,
-                stdin_open=req.stdin, host_config=host_config, detach=True)["Id"]
-            self._api.start(cid)
+                stdin_open=req.stdin, hostname=None if ns else _hostname(req.hostname or req.name),
+                host_config=host_config, detach=True)["Id"]
+            if req.start:
+                self._api.start(cid)
         return str(cid)
 
+    # -- imperative operations (domain.hostops.ContainerOps) ------------------------------
     def start(self, container_id: str) -> None:
         with translate_docker_errors(f"start {container_id[:12]}"):
             self._api.start(container_id)
 
-    def wait(self, container_id: str) -> int:
-        with translate_docker_errors(f"wait {container_id[:12]}"):
-            result = self._api.wait(container_id, timeout=None)
-        return int(result.get("StatusCode", -1))
+    def stop(self, container_id: str, timeout: int) -> None:
+        with translate_docker_errors(f"stop {container_id[:12]}"):
+            self._api.stop(container_id, timeout=timeout)
+
+    def restart(self, container_id: str, timeout: int) -> None:
+        with translate_docker_errors(f"restart {container_id[:12]}"):
+            self._api.restart(container_id, timeout=timeout)
+
+    def kill(self, container_id: str, signal: str | int | None) -> None:
+        with translate_docker_errors(f"kill {container_id[:12]}"):
+            self._api.kill(container_id, signal=signal)
+
+    def pause(self, container_id: str) -> None:
+        with translate_docker_errors(f"pause {container_id[:12]}"):
+            self._api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        with translate_docker_errors(f"unpause {container_id[:12]}"):
+            self._api.unpause(container_id)
+
+    def update_resources(self, container_id: str, nano_cpus: int | None,
+                         memory_bytes: int | None) -> None:
+        # The SDK's update_container has no nano_cpus; the Engine API takes NanoCpus here.
+        body: dict[str, Any] = {}
+        if nano_cpus is not None:
+            body["NanoCpus"] = nano_cpus
+        if memory_bytes is not None:
+            body["Memory"] = memory_bytes
+            body["MemorySwap"] = -1
+        if not body:
+            return
+        with translate_docker_errors(f"update {container_id[:12]}"):
+            url = self._api._url("/containers/{0}/update", container_id)
+            self._api._raise_for_status(self._api._post_json(url, data=body))
+
+    def logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
+             tail: int | None, since: int | None) -> bytes:
+        with translate_docker_errors(f"logs {container_id[:12]}"):
+            out = self._api.logs(container_id, stdout=stdout, stderr=stderr,
+                                 timestamps=timestamps, tail="all" if tail is None else tail,
+                                 since=since)
+        return bytes(out)
+
+    def follow_logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
+                    tail: int | None, since: int | None) -> Iterator[bytes]:
+        with translate_docker_errors(f"logs {container_id[:12]}"):
+            stream = self._api.logs(container_id, stdout=stdout, stderr=stderr,
+                                    timestamps=timestamps, tail="all" if tail is None else tail,
+                                    since=since, stream=True, follow=True)
+        return iter(stream)
+
+    def exec_run(self, container_id: str, command: list[str]) -> ExecResult:
+        with translate_docker_errors(f"exec in {container_id[:12]}"):
+            ex = self._api.exec_create(container_id, command, stdout=True, stderr=True)
+            output = self._api.exec_start(ex["Id"])
+            code = self._api.exec_inspect(ex["Id"]).get("ExitCode")
+        return ExecResult(exit_code=int(code if code is not None else -1), output=bytes(output),
+                          exec_id=str(ex["Id"]))
+
+    def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]:
+        with translate_docker_errors(f"top {container_id[:12]}"):
+            return dict(self._api.top(container_id, ps_args=ps_args or None))
+
+    def stats(self, container_id: str) -> dict[str, Any]:
+        with translate_docker_errors(f"stats {container_id[:12]}"):
+            return dict(self._api.stats(container_id, stream=False))
+
+    def get_archive(self, container_id: str, path: str) -> tuple[bytes, dict[str, Any]]:
+        with translate_docker_errors(f"copy {path} out of {container_id[:12]}"):
+            chunks, stat = self._api.get_archive(container_id, path)
+            return b"".join(chunks), dict(stat)
+
+    def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        with translate_docker_errors(f"copy into {path} of {container_id[:12]}"):
+            if not self._api.put_archive(container_id, path, data):
+                raise DriverError(f"the Docker Engine refused the archive for {path}")
+
+    def list_images(self) -> list[ImageInfo]:
+        with translate_docker_errors("list images"):
+            rows = self._api.images()
+        out = []
+        for r in rows:
+            for ref in r.get("RepoTags") or []:
+                repo, _, tag = ref.rpartition(":")
+                if repo and repo != "<none>":
+                    out.append(ImageInfo(id=r["Id"], repo=repo, tag=tag, size=int(r.get("Size") or 0),
+                                         created=int(r.get("Created") or 0)))
+        return out
+
+    def pull_image(self, repo: str, tag: str) -> ImageInfo:
+        self.ensure_image(f"{repo}:{tag}", "Always")
+        with translate_docker_errors(f"inspect image {repo}:{tag}"):
+            data = self._api.inspect_image(f"{repo}:{tag}")
+        return ImageInfo(id=data["Id"], repo=repo, tag=tag, size=int(data.get("Size") or 0), created=0)
 
     def remove_container(self, container_id: str, stop_timeout: int) -> None:
         try:

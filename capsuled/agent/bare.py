@@ -1,0 +1,167 @@
+"""Bare containers: compute_bare_plan (pure) and BareExecutor, the single-container
+counterpart of plan.py and execute.py.
+
+    deleting / unknown        remove → gone
+    missing, never created    create (started unless desired stopped)
+    missing after it existed  auto_remove: Docker removed it after its exit → gone;
+                              otherwise it was removed by hand → create again
+    spec changed              remove (then create)
+    cpu / memory changed      docker update, in place
+    desired state             stopped: stop · paused: pause · running: unpause, or start
+                              one that was created but never started. An exited container
+                              stays exited: restarting it is its restart policy's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from capsuled.agent.plan import resources
+from capsuled.domain import labels as L
+from capsuled.domain import naming
+from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
+from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver
+from capsuled.errors import DriverError
+
+LOG = logging.getLogger(__name__)
+_MAX_STEPS = 6
+
+
+@dataclass
+class BarePlan:
+    remove: list[str] = field(default_factory=list)
+    gone: bool = False
+    create: bool = False
+    update: bool = False
+    stop: bool = False
+    pause: bool = False
+    unpause: bool = False
+    start: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.remove or self.gone or self.create or self.update or self.stop
+                    or self.pause or self.unpause or self.start)
+
+
+def wanted_resources(desired: ContainerAssignment) -> tuple[int | None, int | None]:
+    return resources(desired.spec.container)
+
+
+def compute_bare_plan(desired: ContainerAssignment | None, observed: list[Observed],
+                      existed: bool = False) -> BarePlan:
+    """`existed`: this agent created the container earlier (the store may not know yet)."""
+    if desired is None or desired.deleting:
+        return BarePlan(remove=[o.id for o in observed]) if observed else BarePlan(gone=True)
+    want_hash = desired.spec.runtime_hash()
+    current = [o for o in observed if o.labels.get(L.SPEC_HASH) == want_hash
+               and o.labels.get(L.ROLE) == L.ROLE_BARE]
+    keep = max(current, key=lambda o: o.started_at or "", default=None)
+    extra = [o.id for o in observed if o is not keep]
+    if extra:
+        return BarePlan(remove=extra)
+    if keep is None:
+        if (existed or desired.runtime_id is not None) and desired.spec.auto_remove:
+            return BarePlan(gone=True)
+        return BarePlan(create=True)
+    plan = BarePlan(update=(keep.nano_cpus, keep.memory_bytes) != wanted_resources(desired))
+    state, goal = keep.state, desired.desired_state
+    if goal == "stopped":
+        plan.unpause = state == "paused"
+        plan.stop = state in ("running", "paused", "restarting")
+    elif goal == "paused":
+        plan.start = state == "created"
+        plan.pause = state in ("running", "created")
+    else:
+        plan.unpause = state == "paused"
+        plan.start = state == "created"
+    return plan
+
+
+@dataclass
+class BareOutcome:
+    report: BareReport | None
+    settled: bool
+
+
+class BareExecutor:
+    def __init__(self, runtime: RuntimeDriver, instance: str, stop_timeout: int) -> None:
+        self._rt = runtime
+        self._instance = instance
+        self._stop_timeout = stop_timeout
+        # Containers created by this process: an auto_remove one that exits at once may be
+        # gone before any report told the store it existed.
+        self._created: set[str] = set()
+
+    def sync(self, uuid: str, desired: ContainerAssignment | None) -> BareOutcome:
+        error: str | None = None
+        observed: list[Observed] = []
+        try:
+            for _ in range(_MAX_STEPS):
+                observed = self._rt.observe_capsule(self._instance, uuid)
+                plan = compute_bare_plan(desired, observed, uuid in self._created)
+                if plan.empty:
+                    break
+                if plan.gone:
+                    report = None if desired is None else BareReport(
+                        uuid=uuid, generation=desired.generation, gone=True)
+                    self._created.discard(uuid)
+                    return BareOutcome(report, settled=True)
+                self._apply(uuid, desired, plan, observed)
+        except DriverError as exc:
+            error = exc.message
+            LOG.warning("container %s: %s", uuid, exc.message)
+        if desired is None:
+            return BareOutcome(None, settled=error is None)
+        return BareOutcome(self._report(desired, observed, error), settled=error is None)
+
+    def _apply(self, uuid: str, desired: ContainerAssignment | None, plan: BarePlan,
+               observed: list[Observed]) -> None:
+        for cid in plan.remove:
+            self._rt.remove_container(cid, self._stop_timeout)
+        if desired is None:
+            return
+        if plan.create:
+            self._create(uuid, desired)
+            self._created.add(uuid)
+            return
+        cid = observed[0].id
+        if plan.update:
+            self._rt.update_resources(cid, *wanted_resources(desired))
+        if plan.unpause:
+            self._rt.unpause(cid)
+        if plan.start:
+            self._rt.start(cid)
+        if plan.stop:
+            self._rt.stop(cid, self._stop_timeout)
+        if plan.pause:
+            self._rt.pause(cid)
+
+    def _create(self, uuid: str, desired: ContainerAssignment) -> None:
+        spec = desired.spec
+        c = spec.container
+        self._rt.ensure_image(c.image, c.image_pull_policy)
+        nano_cpus, memory_bytes = wanted_resources(desired)
+        self._rt.create_container(ContainerRequest(
+            name=naming.bare_name(uuid, desired.name), image=c.image, sandbox_id=None,
+            labels={**spec.labels, L.INSTANCE: self._instance, L.CAPSULE: uuid,
+                    L.CONTAINER: uuid, L.NAME: desired.name, L.ROLE: L.ROLE_BARE,
+                    L.SPEC_HASH: spec.runtime_hash()},
+            entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
+            nano_cpus=nano_cpus, memory_bytes=memory_bytes,
+            restart_policy=spec.restart.name, max_retry=spec.restart.max_retry,
+            tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
+            auto_remove=spec.auto_remove, start=desired.desired_state != "stopped"))
+
+    def _report(self, desired: ContainerAssignment, observed: list[Observed],
+                error: str | None) -> BareReport:
+        o = observed[0] if len(observed) == 1 else None
+        name = desired.name
+        container = ContainerReport(uuid=desired.uuid, name=name, role="bare") if o is None else \
+            ContainerReport(uuid=desired.uuid, name=name, role="bare", state=o.state,
+                            runtime_id=o.id, exit_code=o.exit_code, restart_count=o.restart_count,
+                            oom_killed=o.oom_killed, started_at=o.started_at,
+                            finished_at=o.finished_at)
+        return BareReport(uuid=desired.uuid, generation=desired.generation, container=container,
+                          error=error)

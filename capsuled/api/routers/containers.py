@@ -1,0 +1,212 @@
+"""/v1/containers: thin handlers over ContainerService.
+
+Zun reads parameters from the query string and the JSON body alike (BodyDep merges them);
+`capsule=<name|uuid>` is our extension that reaches the containers of a capsule.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag
+from capsuled.api.microversions import ApiVersion
+from capsuled.api.routers.capsules import _limit, _sort_dir
+from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
+from capsuled.api.views import action_view, any_container_view
+from capsuled.errors import InvalidInput
+from capsuled.store.capsules import Page
+
+router = APIRouter(prefix="/v1/containers")
+LIST_FILTERS = ("name", "image", "project_id", "user_id", "host", "status")
+OCTET = "application/octet-stream"
+
+
+def _service(request: Request) -> ContainerService:
+    return request.app.state.containers  # type: ignore[no-any-return]
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: must be a non-negative integer") from None
+    if out < 0:
+        raise InvalidInput(f"{name}: must be a non-negative integer")
+    return out
+
+
+@router.post("", status_code=202)
+def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
+           version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
+    """Create a container (run=true also starts it); `capsule` adds it to a capsule."""
+    run = flag(body.pop("run", None), "run")
+    row = _service(request).create(who, body, run, _request_id(request),
+                                   command_as_string=not version.at_least((1, 20)))
+    response.headers["Location"] = f"{base}/v1/containers/{row.uuid}"
+    return any_container_view(row, who.is_admin, base)
+
+
+@router.get("")
+def list_(request: Request, who: PrincipalDep, base: BaseUrlDep, limit: str | None = None,
+          marker: str | None = None, sort_key: str = "id", sort_dir: str = "asc",
+          all_projects: str | None = None, capsule: str | None = None) -> dict[str, Any]:
+    """Bare containers (Zun's semantics); `capsule=<ident>` lists a capsule's instead."""
+    page = Page(limit=_limit(limit, request.app.state.settings.api.max_limit), marker=marker,
+                sort_key=sort_key, sort_dir=_sort_dir(sort_dir))
+    filters = {k: request.query_params[k] for k in LIST_FILTERS if k in request.query_params}
+    rows = _service(request).list(who, page, flag(all_projects, "all_projects"), capsule, filters)
+    nxt = None
+    if rows and len(rows) == page.limit:
+        params = {k: v for k, v in request.query_params.multi_items() if k != "marker"}
+        params.update(limit=str(page.limit), marker=rows[-1].uuid)
+        nxt = f"{base}/v1/containers?{urlencode(params)}"
+    return {"containers": [any_container_view(r, who.is_admin, base) for r in rows], "next": nxt}
+
+
+@router.get("/{ident}")
+def show(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
+         capsule: str | None = None) -> dict[str, Any]:
+    return any_container_view(_service(request).get(who, ident, capsule), who.is_admin, base)
+
+
+@router.delete("/{ident}", status_code=204)
+def delete(request: Request, ident: str, who: PrincipalDep, force: str | None = None,
+           stop: str | None = None, all_projects: str | None = None) -> Response:
+    _service(request).delete(who, ident, flag(force, "force"), flag(stop, "stop"),
+                             _request_id(request), flag(all_projects, "all_projects"))
+    return Response(status_code=204)
+
+
+@router.patch("/{ident}")
+def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
+           base: BaseUrlDep) -> dict[str, Any]:
+    """Update cpu/memory (applied live) or rename; a capsule's container needs `capsule`."""
+    capsule = body.pop("capsule", None)
+    row = _service(request).update(who, ident, body, capsule)
+    return any_container_view(row, who.is_admin, base)
+
+
+def _lifecycle(action: str) -> Any:
+    def handler(request: Request, ident: str, who: PrincipalDep, timeout: str | None = None,
+                signal: str | None = None) -> Response:
+        _service(request).action(who, ident, action, _request_id(request),
+                                 timeout=_int(timeout, "timeout"), signal=signal)
+        return Response(status_code=202)
+    handler.__name__ = action
+    handler.__doc__ = f"{action.capitalize()} a bare container."
+    return handler
+
+
+for _action in ("start", "stop", "reboot", "pause", "unpause", "kill"):
+    router.add_api_route(f"/{{ident}}/{_action}", _lifecycle(_action), methods=["POST"],
+                         status_code=202, name=_action)
+
+
+@router.post("/{ident}/rename")
+def rename(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
+           name: str | None = None) -> dict[str, Any]:
+    return any_container_view(_service(request).rename(who, ident, name), who.is_admin, base)
+
+
+@router.get("/{ident}/logs")
+def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = None,
+         stderr: str | None = None, timestamps: str | None = None, tail: str | None = None,
+         since: str | None = None, follow: str | None = None, capsule: str | None = None) -> Response:
+    """A JSON string (Zun); with Accept: application/octet-stream the exact bytes, and with
+    follow=true as well, a stream until the container stops (extensions)."""
+    want_out, want_err = flag(stdout, "stdout"), flag(stderr, "stderr")
+    # Naming one stream (Zun's habit: stdout=true) means only that one; turning one off
+    # (stderr=false) means the other. Neither named: both.
+    if stdout is None:
+        want_out = stderr is None or not want_err
+    if stderr is None:
+        want_err = stdout is None or not want_out
+    req = LogRequest(stdout=want_out, stderr=want_err, timestamps=flag(timestamps, "timestamps"),
+                     tail=parse_tail(tail), since=parse_since(since))
+    raw = OCTET in request.headers.get("accept", "")
+    if flag(follow, "follow"):
+        if not raw:
+            raise InvalidInput(f"follow: needs Accept: {OCTET} (a JSON string cannot stream)")
+        stream = _service(request).follow_logs(who, ident, req, capsule)
+        return StreamingResponse(stream, media_type=OCTET)
+    data = _service(request).logs(who, ident, req, capsule)
+    if raw:
+        return Response(data, media_type=OCTET)
+    return Response(json.dumps(data.decode("utf-8", "replace")), media_type="application/json")
+
+
+@router.post("/{ident}/execute")
+def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
+    if flag(body.get("interactive"), "interactive"):
+        raise InvalidInput("interactive: interactive exec (websocket) is not supported yet; "
+                           "run the command non-interactively")
+    if body.get("run") is not None and not flag(body.get("run"), "run"):
+        raise InvalidInput("run: creating an exec without running it is not supported")
+    result = _service(request).execute(who, ident, body.get("command"), body.get("capsule"))
+    return {"output": result.output.decode("utf-8", "replace"), "exit_code": result.exit_code,
+            "exec_id": result.exec_id, "proxy_url": None,
+            "output_base64": base64.b64encode(result.output).decode()}
+
+
+@router.get("/{ident}/top")
+def top(request: Request, ident: str, who: PrincipalDep, ps_args: str | None = None,
+        capsule: str | None = None) -> dict[str, Any]:
+    return _service(request).top(who, ident, ps_args, capsule)
+
+
+@router.get("/{ident}/stats")
+def stats(request: Request, ident: str, who: PrincipalDep, capsule: str | None = None) -> dict[str, Any]:
+    return _service(request).stats(who, ident, capsule)
+
+
+@router.get("/{ident}/get_archive")
+def get_archive(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+                path: str | None = None, capsule: str | None = None) -> dict[str, Any]:
+    data, stat = _service(request).get_archive(who, ident, path, capsule)
+    return {"data": _encode(data, version), "stat": stat}
+
+
+@router.post("/{ident}/put_archive")
+def put_archive(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
+                version: VersionDep) -> Response:
+    data = body.get("data")
+    if not version.at_least((1, 25)) and isinstance(data, str):
+        data = base64.b64encode(data.encode("latin-1", "replace")).decode()
+    _service(request).put_archive(who, ident, body.get("path"), data, body.get("capsule"))
+    return Response(status_code=200)
+
+
+def _encode(data: bytes, version: ApiVersion) -> str:
+    # Before 1.25 Zun sent the tar as a (latin-1) string; base64 since.
+    return base64.b64encode(data).decode() if version.at_least((1, 25)) else data.decode("latin-1")
+
+
+@router.get("/{ident}/container_actions")
+def actions(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
+    return {"containerActions": [action_view(a, who.is_admin)
+                                 for a in _service(request).actions(who, ident)]}
+
+
+@router.get("/{ident}/container_actions/{request_id}")
+def action_detail(request: Request, ident: str, request_id: str, who: PrincipalDep) -> dict[str, Any]:
+    return action_view(_service(request).action_detail(who, ident, request_id), who.is_admin,
+                       with_events=True)
+
+
+@router.get("/{ident}/attach")
+@router.post("/{ident}/execute_resize")
+@router.post("/{ident}/resize")
+def not_yet(ident: str, who: PrincipalDep) -> None:
+    raise InvalidInput("attach: interactive sessions (attach, resize) are not supported by this server yet")

@@ -1,0 +1,444 @@
+"""Container use cases: bare containers (create, lifecycle actions, update, delete),
+containers added to capsules (`run --capsule`), and the reads every container allows
+(logs, exec, top, stats, archives).
+
+Desired state (running / stopped / paused, cpu and memory, existence) goes to the store
+for the agent to converge; imperative calls (stop now, kill with this signal, read the
+logs) go to the container's host through `ContainerOps`, after the desired state that
+keeps the agent from undoing them has been committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import posixpath
+import shlex
+import tarfile
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from capsuled.domain.container_request import parse_container_request
+from capsuled.domain.hostops import ContainerOps, ExecResult
+from capsuled.domain.spec import BareSpec, CapsuleSpec
+from capsuled.domain.status import Status
+from capsuled.domain.template import Limits
+from capsuled.errors import Conflict, Forbidden, InvalidInput
+from capsuled.identity.base import Principal
+from capsuled.scheduler.select import NoValidHost, Request, select_host
+from capsuled.store import capsules as capsule_repo
+from capsuled.store import containers as repo
+from capsuled.store.capsules import Page
+from capsuled.store.engine import Store
+from capsuled.store.hosts import capacities
+from capsuled.store.tables import Container, ContainerAction, utcnow
+
+MiB = 1024 * 1024
+
+# Zun's valid states per action (zun-spec §4).
+VALID: dict[str, tuple[str, ...]] = {
+    "start": ("Created", "Stopped", "Error"),
+    "stop": ("Running", "Paused", "Restarting"),
+    "reboot": ("Created", "Running", "Stopped", "Error"),
+    "pause": ("Running",),
+    "unpause": ("Paused",),
+    "kill": ("Running",),
+    "delete": ("Created", "Error", "Stopped", "Deleted", "Dead"),
+    "delete_stop": ("Running", "Created", "Error", "Stopped", "Deleted", "Dead", "Paused",
+                    "Restarting"),
+    "update": ("Created", "Running", "Stopped", "Paused"),
+    "logs": ("Created", "Error", "Paused", "Running", "Stopped", "Unknown", "Restarting"),
+    "execute": ("Running",),
+    "top": ("Running",),
+    "stats": ("Running",),
+    "archive": ("Created", "Paused", "Running", "Stopped"),
+}
+# Lifecycle actions a capsule's container does not take on its own: it lives and dies
+# with its capsule (the seed's rule).
+CAPSULE_OWNED = {"delete", "start", "stop", "reboot", "pause", "unpause", "kill", "rename"}
+
+
+@dataclass(frozen=True)
+class LogRequest:
+    stdout: bool = True
+    stderr: bool = True
+    timestamps: bool = False
+    tail: int | None = None
+    since: int | None = None
+
+
+class ContainerService:
+    def __init__(self, store: Store, notify: Callable[[], None], ops_for: Callable[[str], ContainerOps],
+                 limits: Limits, host_down_after: timedelta = timedelta(seconds=180)) -> None:
+        self._store = store
+        self._notify = notify
+        self._ops_for = ops_for
+        self._limits = limits
+        self._down_after = host_down_after
+
+    # -- create / read ----------------------------------------------------------------------
+    def create(self, who: Principal, body: dict[str, Any], run: bool, request_id: str,
+               command_as_string: bool = False) -> Container:
+        spec = parse_container_request(body, self._limits, command_as_string)
+        if spec.host is not None and not who.is_admin:
+            raise Forbidden("Policy doesn't allow container:create:requested_destination to be performed.")
+        if spec.capsule is not None:
+            return self._add_to_capsule(who, spec, request_id)
+        with self._store.transaction() as s:
+            name = spec.container.name or _default_name(s)
+            if s.query(Container).filter_by(role=repo.BARE, name=name,
+                                            project_id=who.project_id).first() is not None:
+                raise Conflict(f"A container named {name} already exists in this project.")
+            req = Request(cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
+                          availability_zone=spec.availability_zone)
+            try:
+                hosts = capacities(s)
+                if spec.host is not None:
+                    hosts = [h for h in hosts if h.name == spec.host]
+                    if not hosts:
+                        raise InvalidInput(f"host: no host named {spec.host}")
+                host: str | None = select_host(hosts, req, utcnow(), self._down_after)
+                status, reason = Status.CREATING, None
+            except NoValidHost as exc:
+                host, status, reason = None, Status.ERROR, str(exc)
+            row = repo.create_bare(s, spec, name, who.project_id, who.user_id, host,
+                                   "running" if run else "stopped", status, reason)
+            repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id,
+                               finished=host is None, error=reason)
+            uuid = row.uuid
+        self._notify()
+        return self.get(who, uuid)
+
+    def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
+        assert spec.capsule is not None
+        with self._store.transaction() as s:
+            capsule = capsule_repo.get_capsule(s, spec.capsule, _scope(who))
+            if capsule.host is None:
+                raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
+                               "a container cannot join it.")
+            name = spec.container.name or _default_name(s)
+            row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))
+            repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
+            uuid = row.uuid
+        self._notify()
+        return self.get(who, uuid)
+
+    def get(self, who: Principal, ident: str, capsule: str | None = None,
+            all_projects: bool = False) -> Container:
+        with self._store.transaction() as s:
+            owner = capsule_repo.get_capsule(s, capsule, _scope(who)) if capsule else None
+            row = repo.get_container(s, ident, _scope(who), owner)
+            _ = row.capsule
+            return row
+
+    def list(self, who: Principal, page: Page, all_projects: bool, capsule: str | None,
+             filters: dict[str, str]) -> list[Container]:
+        if all_projects and not who.is_admin:
+            raise Forbidden("Policy doesn't allow container:get_all_all_projects to be performed.")
+        with self._store.transaction() as s:
+            owner = capsule_repo.get_capsule(s, capsule, _scope(who)) if capsule else None
+            return repo.list_containers(s, _scope(who, all_projects), page, owner, filters)
+
+    # -- desired-state changes ----------------------------------------------------------------
+    def delete(self, who: Principal, ident: str, force: bool, stop: bool, request_id: str,
+               all_projects: bool = False) -> None:
+        if force and not who.is_admin:
+            raise Forbidden("Policy doesn't allow container:delete_force to be performed.")
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            self._check(row, "delete_stop" if stop else "delete", force=force)
+            repo.mark_deleting(s, row)
+            repo.record_action(s, row.uuid, "delete", request_id, who.project_id, who.user_id,
+                               finished=row.host is None)
+        self._notify()
+
+    def action(self, who: Principal, ident: str, action: str, request_id: str,
+               timeout: int | None = None, signal: str | None = None) -> None:
+        """start, stop, reboot, pause, unpause, kill: desired state first, then the host."""
+        desired = {"start": "running", "stop": "stopped", "reboot": "running",
+                   "pause": "paused", "unpause": "running", "kill": None}[action]
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            self._check(row, action)
+            if desired is not None and desired != row.desired_state:
+                repo.set_desired(s, row, desired)
+            host, runtime_id, uuid = row.host, row.runtime_id, row.uuid
+        self._notify()
+        error: str | None = None
+        try:
+            ops = self._ops(host, runtime_id, ident)
+            if action == "start":
+                ops.start(runtime_id)  # type: ignore[arg-type]
+            elif action == "stop":
+                ops.stop(runtime_id, _timeout(timeout))  # type: ignore[arg-type]
+            elif action == "reboot":
+                ops.restart(runtime_id, _timeout(timeout))  # type: ignore[arg-type]
+            elif action == "pause":
+                ops.pause(runtime_id)  # type: ignore[arg-type]
+            elif action == "unpause":
+                ops.unpause(runtime_id)  # type: ignore[arg-type]
+            else:
+                ops.kill(runtime_id, _signal(signal))  # type: ignore[arg-type]
+        except Exception as exc:
+            error = getattr(exc, "message", str(exc))
+            raise
+        finally:
+            with self._store.transaction() as s:
+                repo.record_action(s, uuid, action, request_id, who.project_id, who.user_id,
+                                   finished=True, error=error)
+
+    def update(self, who: Principal, ident: str, body: dict[str, Any], capsule: str | None) -> Container:
+        unknown = sorted(set(body) - {"cpu", "memory", "name", "auto_heal", "capsule"})
+        if unknown:
+            raise InvalidInput([f"{k}: cannot be updated" for k in unknown])
+        changes = {k: body[k] for k in ("cpu", "memory", "name") if body.get(k) is not None}
+        if not changes:
+            raise InvalidInput("body: give at least one of cpu, memory, name")
+        probe = parse_container_request({"image": "x", **{k: v for k, v in changes.items()}},
+                                        self._limits)
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            if row.capsule is not None:
+                if capsule is None:
+                    raise Conflict(f"Container {ident} belongs to capsule "
+                                   f"{row.capsule.name or row.capsule.uuid}; name it with "
+                                   "capsule=<capsule> to update the container.")
+                named = capsule_repo.get_capsule(s, capsule, _scope(who))
+                if named.id != row.capsule.id:
+                    raise InvalidInput(f"capsule: container {ident} does not belong to {capsule}")
+                if "name" in changes:
+                    raise Conflict(f"Container {ident} belongs to capsule "
+                                   f"{row.capsule.name or row.capsule.uuid}; its name is part "
+                                   "of the capsule's template.")
+            self._check(row, "update")
+            if "name" in changes and changes["name"] != row.name:
+                self._rename(s, who, row, probe.container.name)
+            if {"cpu", "memory"} & changes.keys():
+                self._resize(s, row, probe.container.cpu if "cpu" in changes else None,
+                             probe.container.memory if "memory" in changes else None)
+            uuid = row.uuid
+        self._notify()
+        return self.get(who, uuid)
+
+    def rename(self, who: Principal, ident: str, name: Any) -> Container:
+        if not isinstance(name, str):
+            raise InvalidInput("name: is required")
+        probe = parse_container_request({"image": "x", "name": name}, self._limits)
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            self._check(row, "rename")
+            self._rename(s, who, row, probe.container.name)
+            uuid = row.uuid
+        return self.get(who, uuid)
+
+    def _rename(self, s: Any, who: Principal, row: Container, name: str) -> None:
+        clash = s.query(Container).filter_by(role=repo.BARE, name=name,
+                                             project_id=row.project_id).first()
+        if clash is not None and clash.id != row.id:
+            raise Conflict(f"A container named {name} already exists in this project.")
+        row.name = name
+        row.updated_at = utcnow()
+
+    def _resize(self, s: Any, row: Container, cpu: float | None, memory: int | None) -> None:
+        if row.capsule is None:
+            spec = BareSpec.model_validate(row.spec)
+            c = spec.container.model_copy(update={
+                k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None})
+            repo.set_desired(s, row, spec=spec.model_copy(update={"container": c}))
+            return
+        capsule = row.capsule
+        cspec = CapsuleSpec.model_validate(capsule.spec)
+        apps = [c.model_copy(update={k: v for k, v in (("cpu", cpu), ("memory", memory))
+                                     if v is not None}) if c.uuid == row.uuid else c
+                for c in cspec.containers]
+        new = cspec.model_copy(update={"containers": apps})
+        capsule.spec = new.model_dump(mode="json")
+        capsule.cpu, capsule.memory = new.total_cpu(), new.total_memory()
+        capsule.generation += 1
+        capsule.updated_at = utcnow()
+        capsule_repo.bump_host_revision(s, capsule.host)
+
+    # -- reads through the host ------------------------------------------------------------
+    def logs(self, who: Principal, ident: str, req: LogRequest, capsule: str | None = None) -> bytes:
+        ops, cid = self._target(who, ident, "logs", capsule)
+        return ops.logs(cid, req.stdout, req.stderr, req.timestamps, req.tail, req.since)
+
+    def follow_logs(self, who: Principal, ident: str, req: LogRequest,
+                    capsule: str | None = None) -> Iterator[bytes]:
+        ops, cid = self._target(who, ident, "logs", capsule)
+        return ops.follow_logs(cid, req.stdout, req.stderr, req.timestamps, req.tail, req.since)
+
+    def execute(self, who: Principal, ident: str, command: Any, capsule: str | None = None) -> ExecResult:
+        if not isinstance(command, str) or not command.strip():
+            raise InvalidInput("command: is required (a command line, e.g. \"ls -l /\")")
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise InvalidInput(f"command: cannot be split into words: {exc}") from None
+        ops, cid = self._target(who, ident, "execute", capsule)
+        return ops.exec_run(cid, argv)
+
+    def top(self, who: Principal, ident: str, ps_args: str | None,
+            capsule: str | None = None) -> dict[str, Any]:
+        ops, cid = self._target(who, ident, "top", capsule)
+        return ops.top(cid, ps_args)
+
+    def stats(self, who: Principal, ident: str, capsule: str | None = None) -> dict[str, Any]:
+        ops, cid = self._target(who, ident, "stats", capsule)
+        return zun_stats(ident, ops.stats(cid))
+
+    def get_archive(self, who: Principal, ident: str, path: Any,
+                    capsule: str | None = None) -> tuple[bytes, dict[str, Any]]:
+        ops, cid = self._target(who, ident, "archive", capsule)
+        return ops.get_archive(cid, _container_path(path))
+
+    def put_archive(self, who: Principal, ident: str, path: Any, data: Any,
+                    capsule: str | None = None) -> None:
+        raw = _archive_bytes(data)
+        ops, cid = self._target(who, ident, "archive", capsule)
+        ops.put_archive(cid, _container_path(path), raw)
+
+    def actions(self, who: Principal, ident: str) -> list[ContainerAction]:
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            return repo.list_actions(s, row.uuid)
+
+    def action_detail(self, who: Principal, ident: str, request_id: str) -> ContainerAction:
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, _scope(who))
+            return repo.get_action(s, row.uuid, request_id)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _target(self, who: Principal, ident: str, action: str,
+                capsule: str | None) -> tuple[ContainerOps, str]:
+        row = self.get(who, ident, capsule)
+        self._check(row, action)
+        host = row.capsule.host if row.capsule is not None else row.host
+        return self._ops(host, row.runtime_id, ident), row.runtime_id  # type: ignore[return-value]
+
+    def _ops(self, host: str | None, runtime_id: str | None, ident: str) -> ContainerOps:
+        if host is None or runtime_id is None:
+            raise Conflict(f"Container {ident} does not exist on a host yet.")
+        return self._ops_for(host)
+
+    @staticmethod
+    def _check(row: Container, action: str, force: bool = False) -> None:
+        if row.capsule is not None and action in CAPSULE_OWNED:
+            owner = row.capsule.name or row.capsule.uuid
+            verb = "delete" if action == "delete_stop" else action
+            raise Conflict(f"Cannot {verb} container {row.name}: it belongs to capsule {owner}; "
+                           f"its lifecycle follows the capsule (delete or recreate the capsule instead).")
+        if row.deleting and action != "delete":
+            raise Conflict(f"Container {row.name} is being deleted.")
+        valid = VALID.get(action)
+        if force or valid is None or row.status in valid:
+            return
+        verb = "delete" if action == "delete_stop" else action
+        raise Conflict(f"Cannot {verb} container {row.uuid} in {row.status} state.")
+
+
+def _scope(who: Principal, all_projects: bool = True) -> str | None:
+    """None means every project. Admins reach any one container; lists stay in the
+    caller's project unless an admin asks for all of them (as for capsules)."""
+    return None if (all_projects and who.is_admin) else who.project_id
+
+
+def _default_name(s: Any) -> str:
+    # Zun names unnamed containers after a random word; a short uuid reads as well in `docker ps`.
+    return f"container-{uuidlib.uuid4().hex[:8]}"
+
+
+def _timeout(value: int | None) -> int:
+    return 10 if value is None else value
+
+
+def _signal(value: str | None) -> str | int | None:
+    if value is None or value == "":
+        return None
+    v = value.strip().upper()
+    if v.isdigit():
+        return int(v)
+    return v if v.startswith("SIG") else f"SIG{v}"
+
+
+def _container_path(path: Any) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidInput("path: must be an absolute path inside the container")
+    if ".." in path.split("/"):
+        raise InvalidInput(f"path: {path!r} must not contain '..'")
+    return posixpath.normpath(path)
+
+
+def _archive_bytes(data: Any) -> bytes:
+    if not isinstance(data, str) or not data:
+        raise InvalidInput("data: is required (a base64-encoded tar archive)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("data: is not valid base64") from None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/")
+                if member.name.startswith("/") or ".." in parts:
+                    raise InvalidInput(f"data: archive member {member.name!r} would land "
+                                       "outside the target directory")
+                if (member.issym() or member.islnk()) and (
+                        member.linkname.startswith("/") or ".." in member.linkname.split("/")):
+                    raise InvalidInput(f"data: link {member.name!r} points outside the target "
+                                       f"directory ({member.linkname})")
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"data: not a tar archive ({exc})") from None
+    return raw
+
+
+def zun_stats(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Docker's stats document → the flat summary `zun stats` prints."""
+    cpu, pre = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage", {}).get("total_usage", 0)
+                 - pre.get("cpu_usage", {}).get("total_usage", 0))
+    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    ncpu = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or []) or 1
+    cpu_pct = (cpu_delta / sys_delta) * ncpu * 100.0 if cpu_delta > 0 and sys_delta > 0 else 0.0
+    mem = raw.get("memory_stats") or {}
+    usage = mem.get("usage", 0) - (mem.get("stats") or {}).get("inactive_file", 0)
+    limit = mem.get("limit", 0) or 1
+    blk = (raw.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    read = sum(e.get("value", 0) for e in blk if str(e.get("op", "")).lower() == "read")
+    write = sum(e.get("value", 0) for e in blk if str(e.get("op", "")).lower() == "write")
+    nets = (raw.get("networks") or {}).values()
+    rx = sum(n.get("rx_bytes", 0) for n in nets)
+    tx = sum(n.get("tx_bytes", 0) for n in nets)
+    return {"CONTAINER": name, "CPU %": round(cpu_pct, 3),
+            "MEM USAGE(MiB)": round(usage / MiB, 3), "MEM LIMIT(MiB)": round(limit / MiB, 3),
+            "MEM %": round(usage / limit * 100.0, 3), "BLOCK I/O(B)": f"{read}/{write}",
+            "NET I/O(B)": f"{rx}/{tx}"}
+
+
+def parse_since(value: str | None) -> int | None:
+    """Zun's `since`: epoch seconds, or 'YYYY-MM-DD HH:MM:SS,mmm'."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return int(datetime.strptime(value.split(",")[0], "%Y-%m-%d %H:%M:%S").timestamp())
+    except ValueError:
+        raise InvalidInput("since: must be epoch seconds or 'YYYY-MM-DD HH:MM:SS,mmm'") from None
+
+
+def parse_tail(value: str | None) -> int | None:
+    if value is None or value in ("", "all"):
+        return None
+    try:
+        tail = int(value)
+    except ValueError:
+        raise InvalidInput("tail: must be 'all' or a non-negative integer") from None
+    if tail < 0:
+        raise InvalidInput("tail: must be 'all' or a non-negative integer")
+    return tail
+

@@ -1,0 +1,226 @@
+"""Parse Zun's container create body (POST /v1/containers) into a `BareSpec`.
+
+Every problem is reported with its field name, all at once, as `InvalidInput`. Fields Zun
+has for Neutron, Glance, Cinder or placement are accepted when they ask for nothing we
+would have to ignore (empty lists, the default driver), and refused with a clear 400
+otherwise, rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from capsuled.domain.spec import BareSpec, ContainerSpec, DockerRestart, VolumeMount
+from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
+                                      _Problems)
+from capsuled.errors import InvalidInput
+
+RESTART_NAMES = ("no", "always", "on-failure", "unless-stopped")
+KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu_policy",
+         "workdir", "environment", "labels", "restart_policy", "interactive", "tty",
+         "image_driver", "image_pull_policy", "security_groups", "hints", "nets",
+         "auto_remove", "runtime", "hostname", "mounts", "availability_zone", "auto_heal",
+         "privileged", "healthcheck", "exposed_ports", "registry", "host", "run",
+         # extension: add the container to this capsule instead of running it bare
+         "capsule"}
+# Accepted only with these "nothing asked" values.
+INERT: dict[str, tuple[Any, ...]] = {
+    "image_driver": ("docker", None), "security_groups": (None, []), "nets": (None, []),
+    "hints": (None, {}), "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
+    "privileged": (None, False), "auto_heal": (None, False), "registry": (None,),
+    "healthcheck": (None, {}), "exposed_ports": (None, {}), "disk": (None, 0),
+}
+
+
+def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
+                            command_as_string: bool = False) -> BareSpec:
+    """`command_as_string`: before microversion 1.20 Zun took the command as one string."""
+    limits = limits or Limits()
+    p = _Problems()
+    for key in sorted(set(body) - KNOWN):
+        p.add(key, "unknown field")
+    for key, allowed in INERT.items():
+        if body.get(key) not in allowed:
+            p.add(key, "not supported by this server")
+
+    name = body.get("name")
+    if name is not None and not (isinstance(name, str) and CONTAINER_NAME_RE.match(name)):
+        p.add("name", "must start with a letter or digit and contain only letters, digits, "
+                      "'_', '.' and '-' (at most 63 characters)")
+    image = body.get("image")
+    if image is None:
+        p.add("image", "is required")
+    elif not (isinstance(image, str) and IMAGE_RE.match(image) and len(image) <= 255):
+        p.add("image", "must be an image reference such as busybox or registry/repo:tag")
+
+    command = _command(body.get("command"), "command", p, command_as_string)
+    entrypoint = _command(body.get("entrypoint"), "entrypoint", p, False)
+    cpu = _cpu(body.get("cpu"), p, limits)
+    memory = _memory(body.get("memory"), p, limits)
+    env = _string_map(body.get("environment"), "environment", p)
+    labels = _string_map(body.get("labels"), "labels", p)
+    workdir = _optional_str(body.get("workdir"), "workdir", p)
+    hostname = _optional_str(body.get("hostname"), "hostname", p)
+    restart = _restart(body.get("restart_policy"), p)
+    interactive = _bool(body.get("interactive"), "interactive", p)
+    tty = _bool(body.get("tty"), "tty", p)
+    auto_remove = _bool(body.get("auto_remove"), "auto_remove", p)
+    capsule = _optional_str(body.get("capsule"), "capsule", p)
+    mounts = _mounts(body.get("mounts"), p, capsule is not None)
+    pull = body.get("image_pull_policy")
+    if pull is not None and (not isinstance(pull, str) or pull.lower() not in PULL_POLICIES):
+        p.add("image_pull_policy", "must be always, ifnotpresent or never")
+    zone = _optional_str(body.get("availability_zone"), "availability_zone", p)
+    host = _optional_str(body.get("host"), "host", p)
+    if capsule is not None:
+        for key in ("restart_policy", "auto_remove", "hostname", "availability_zone", "host"):
+            if body.get(key) not in (None, False):
+                p.add(key, "comes from the capsule; not allowed with capsule")
+    if restart and restart.name in ("always", "unless-stopped") and restart.max_retry:
+        p.add("restart_policy.MaximumRetryCount", f"must be 0 with {restart.name}")
+    if auto_remove and restart and restart.name != "no":
+        p.add("auto_remove", "cannot be combined with a restart policy other than no")
+    if p.items:
+        raise InvalidInput(p.items)
+
+    spec = ContainerSpec(
+        name=name or "", role="app", image=str(image), command=entrypoint, args=command,
+        workdir=workdir, env=env, cpu=cpu, memory=memory,
+        volume_mounts=mounts,
+        image_pull_policy=PULL_POLICIES[pull.lower()] if isinstance(pull, str) else "IfNotPresent",
+        tty=tty, stdin=interactive)
+    return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
+                    hostname=hostname, labels=labels, capsule=capsule,
+                    availability_zone=zone, host=host)
+
+
+def _command(value: Any, field: str, p: _Problems, as_string: bool) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            p.add(field, f"cannot be split into words: {exc}")
+            return []
+    if as_string:
+        p.add(field, "must be a string before microversion 1.20")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        p.add(field, "must be a list of strings")
+        return []
+    return list(value)
+
+
+def _cpu(value: Any, p: _Problems, limits: Limits) -> float | None:
+    # Unset means no limit and no claim, as with `docker run`; Zun's 1 CPU / 512 MiB
+    # defaults would fill a small host after a couple of containers.
+    if value is None:
+        return None
+    try:
+        cpu = float(value)
+    except (TypeError, ValueError):
+        p.add("cpu", "must be a number")
+        return None
+    if isinstance(value, bool) or not limits.min_cpu <= cpu <= limits.max_cpu:
+        p.add("cpu", f"must be between {limits.min_cpu:g} and {limits.max_cpu:g}")
+    return cpu
+
+
+def _memory(value: Any, p: _Problems, limits: Limits) -> int | None:
+    if value is None:
+        return None
+    raw = value.strip() if isinstance(value, str) else value
+    if isinstance(raw, str) and raw[-1:].upper() == "M":
+        raw = raw[:-1]
+    try:
+        memory = int(raw)
+    except (TypeError, ValueError):
+        p.add("memory", "must be an integer number of MiB")
+        return None
+    if isinstance(value, bool) or not limits.min_memory <= memory <= limits.max_memory:
+        p.add("memory", f"must be between {limits.min_memory} and {limits.max_memory} MiB")
+    return memory
+
+
+def _string_map(value: Any, field: str, p: _Problems) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        p.add(field, "must be an object of string values")
+        return {}
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            p.add(f"{field}.{k}", "must be a string")
+        else:
+            out[str(k)] = str(v)
+    return out
+
+
+def _optional_str(value: Any, field: str, p: _Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        p.add(field, "must be a non-empty string of at most 255 characters")
+        return None
+    return value
+
+
+def _bool(value: Any, field: str, p: _Problems) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    p.add(field, "must be true or false")
+    return False
+
+
+def _restart(value: Any, p: _Problems) -> DockerRestart | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # zunclient's CLI sends "on-failure:3" as an object; be lenient
+        name, _, count = value.partition(":")
+        value = {"Name": name, "MaximumRetryCount": count or "0"}
+    if not isinstance(value, dict):
+        p.add("restart_policy", "must be {\"Name\": ..., \"MaximumRetryCount\": ...}")
+        return None
+    for key in sorted(set(value) - {"Name", "MaximumRetryCount"}):
+        p.add(f"restart_policy.{key}", "unknown field")
+    name = value.get("Name")
+    if name not in RESTART_NAMES:
+        p.add("restart_policy.Name", f"must be one of {', '.join(RESTART_NAMES)}")
+        return None
+    try:
+        count = int(value.get("MaximumRetryCount") or 0)
+    except (TypeError, ValueError):
+        p.add("restart_policy.MaximumRetryCount", "must be a non-negative integer")
+        return None
+    if count < 0:
+        p.add("restart_policy.MaximumRetryCount", "must be a non-negative integer")
+    return DockerRestart(name=name, max_retry=max(count, 0))
+
+
+def _mounts(value: Any, p: _Problems, in_capsule: bool) -> list[VolumeMount]:
+    if value in (None, []):
+        return []
+    if not in_capsule:
+        p.add("mounts", "volumes for bare containers are not supported yet; "
+                        "run the container in a capsule (capsule) to share its volumes")
+        return []
+    if not isinstance(value, list):
+        p.add("mounts", "must be a list of {source, destination}")
+        return []
+    out = []
+    for i, m in enumerate(value):
+        path = f"mounts[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("source"), str) or not isinstance(
+                m.get("destination"), str) or not str(m.get("destination")).startswith("/"):
+            p.add(path, "must be {source: <capsule volume name>, destination: /absolute/path}")
+            continue
+        out.append(VolumeMount(name=m["source"], mount_path=m["destination"],
+                               read_only=bool(m.get("read_only", False))))
+    return out

@@ -1,0 +1,227 @@
+"""Container rows: bare containers (their own desired state and placement), capsule members
+added at run time, lookups across both, and the action history."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, selectinload
+
+from capsuled.domain.channel import BareReport, ContainerAssignment
+from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
+from capsuled.domain.status import Status, container_status
+from capsuled.errors import Conflict, InvalidInput, NotFound
+from capsuled.store.capsules import UUID_RE, Page, add_event, bump_host_revision
+from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
+
+SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
+             "host", "image"}
+BARE = "bare"
+
+
+def _eager(stmt: Select[tuple[Container]]) -> Select[tuple[Container]]:
+    return stmt.options(selectinload(Container.capsule))
+
+
+def create_bare(session: Session, spec: BareSpec, name: str, project_id: str, user_id: str,
+                host: str | None, desired_state: str, status: Status = Status.CREATING,
+                status_reason: str | None = None) -> Container:
+    uuid = str(uuidlib.uuid4())
+    spec = spec.model_copy(update={"container": spec.container.model_copy(
+        update={"uuid": uuid, "name": name, "role": "app"})})
+    c = spec.container
+    row = Container(uuid=uuid, capsule_id=None, role=BARE, position=0, name=name,
+                    project_id=project_id, user_id=user_id, image=c.image, status=status.value,
+                    status_reason=status_reason, spec=spec.model_dump(mode="json"), host=host,
+                    cpu=c.cpu or 0.0, memory=c.memory or 0, desired_state=desired_state,
+                    generation=1, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    bump_host_revision(session, host)
+    return row
+
+
+def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Container:
+    """Add an app container to a running capsule (`run --capsule`): into its spec, which
+    the agent reconciles, and as a row, which the API shows."""
+    if capsule.deleting:
+        raise Conflict(f"Capsule {capsule.name or capsule.uuid} is being deleted.")
+    cspec = CapsuleSpec.model_validate(capsule.spec)
+    if any(c.name == spec.name for c in cspec.all_containers):
+        raise Conflict(f"Capsule {capsule.name or capsule.uuid} already has a container "
+                       f"named {spec.name}.")
+    volumes = {v.name for v in cspec.volumes}
+    missing = [m.name for m in spec.volume_mounts if m.name not in volumes]
+    if missing:
+        raise InvalidInput([f"mounts: capsule {capsule.name or capsule.uuid} has no volume "
+                            f"named {name}" for name in missing])
+    uuid = str(uuidlib.uuid4())
+    spec = spec.model_copy(update={"uuid": uuid, "role": "app"})
+    capsule.spec = cspec.model_copy(update={"containers": [*cspec.containers, spec]}).model_dump(
+        mode="json")
+    capsule.cpu = round(capsule.cpu + (spec.cpu or 0.0), 3)
+    capsule.memory = capsule.memory + (spec.memory or 0)
+    capsule.generation += 1
+    capsule.updated_at = utcnow()
+    row = Container(uuid=uuid, capsule_id=capsule.id, role="app",
+                    position=len(capsule.containers), name=spec.name,
+                    project_id=capsule.project_id, user_id=capsule.user_id, image=spec.image,
+                    status=Status.CREATING.value, created_at=utcnow())
+    capsule.containers.append(row)
+    session.flush()
+    add_event(session, capsule, "Normal", "ContainerAdded", f"container {spec.name} added", spec.name)
+    bump_host_revision(session, capsule.host)
+    return row
+
+
+def get_container(session: Session, ident: str, project_id: str | None,
+                  capsule: Capsule | None = None) -> Container:
+    """By uuid (any container), or by name: a bare container's, or one of `capsule`'s."""
+    stmt = _eager(select(Container))
+    if project_id is not None:
+        stmt = stmt.where(Container.project_id == project_id)
+    if capsule is not None:
+        stmt = stmt.where(Container.capsule_id == capsule.id)
+    if UUID_RE.match(ident):
+        found = session.scalars(stmt.where(Container.uuid == ident.lower())).all()
+    else:
+        if capsule is None:
+            stmt = stmt.where(Container.role == BARE)
+        found = session.scalars(stmt.where(Container.name == ident).limit(2)).all()
+    if not found:
+        raise NotFound(f"Container {ident} could not be found.")
+    if len(found) > 1:
+        raise Conflict(f"Multiple containers exist with name {ident}. Please use the container "
+                       "uuid instead.")
+    return found[0]
+
+
+def list_containers(session: Session, project_id: str | None, page: Page,
+                    capsule: Capsule | None = None,
+                    filters: dict[str, str] | None = None) -> list[Container]:
+    if page.sort_key not in SORT_KEYS:
+        raise InvalidInput(f"sort_key: unknown field {page.sort_key!r}; use one of "
+                           + ", ".join(sorted(SORT_KEYS)))
+    column = getattr(Container, page.sort_key)
+    stmt = _eager(select(Container))
+    stmt = stmt.where(Container.capsule_id == capsule.id) if capsule is not None else stmt.where(
+        Container.role == BARE)
+    if project_id is not None:
+        stmt = stmt.where(Container.project_id == project_id)
+    for key, value in (filters or {}).items():
+        stmt = stmt.where(getattr(Container, key) == value)
+    if page.marker is not None:
+        marker = session.scalars(select(Container).where(Container.uuid == page.marker)).first()
+        if marker is None:
+            raise NotFound(f"Marker {page.marker} could not be found.")
+        mval = getattr(marker, page.sort_key)
+        if page.sort_dir == "asc":
+            stmt = stmt.where((column > mval) | ((column == mval) & (Container.id > marker.id)))
+        else:
+            stmt = stmt.where((column < mval) | ((column == mval) & (Container.id < marker.id)))
+    order = (column.asc(), Container.id.asc()) if page.sort_dir == "asc" else (
+        column.desc(), Container.id.desc())
+    return list(session.scalars(stmt.order_by(*order).limit(page.limit)).all())
+
+
+def set_desired(session: Session, row: Container, desired_state: str | None = None,
+                spec: BareSpec | None = None) -> None:
+    """Change what the agent should converge to; bumps the generation and wakes it."""
+    if desired_state is not None:
+        row.desired_state = desired_state
+    if spec is not None:
+        row.spec = spec.model_dump(mode="json")
+        row.cpu = spec.container.cpu or 0.0
+        row.memory = spec.container.memory or 0
+    row.generation += 1
+    row.updated_at = utcnow()
+    bump_host_revision(session, row.host)
+
+
+def mark_deleting(session: Session, row: Container) -> None:
+    if row.host is None:
+        session.delete(row)
+        return
+    if not row.deleting:
+        row.deleting = True
+        row.status, row.status_reason = Status.DELETING.value, None
+        set_desired(session, row)
+
+
+def bare_assignments_for(session: Session, host: str) -> list[ContainerAssignment]:
+    rows = session.execute(
+        select(Container.uuid, Container.name, Container.generation, Container.deleting,
+               Container.desired_state, Container.runtime_id, Container.spec)
+        .where(Container.host == host, Container.role == BARE).order_by(Container.id)).all()
+    return [ContainerAssignment(uuid=u, name=n, generation=g, deleting=d, desired_state=ds,
+                                runtime_id=rid, spec=BareSpec.model_validate(sp))
+            for u, n, g, d, ds, rid, sp in rows]
+
+
+def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
+    row = session.scalars(select(Container).where(
+        Container.uuid == report.uuid, Container.host == host, Container.role == BARE)).first()
+    if row is None or report.generation < row.generation:
+        return
+    if report.gone:
+        if row.deleting or (row.spec or {}).get("auto_remove"):
+            finish_actions(session, row.uuid, None)
+            session.delete(row)
+        return
+    now = utcnow()
+    if report.error:
+        status, reason = Status.ERROR, report.error
+    elif report.container is not None:
+        status, reason = container_status(report.container)
+        c = report.container
+        row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
+        row.started_at, row.finished_at = c.started_at, c.finished_at
+    else:
+        return
+    if row.deleting:
+        status, reason = Status.DELETING, None
+    if (row.status, row.status_reason) != (status.value, reason):
+        row.updated_at = now
+    row.status, row.status_reason = status.value, reason
+    if status is not Status.CREATING:
+        finish_actions(session, row.uuid, "Error" if status is Status.ERROR else None,
+                       reason if status is Status.ERROR else None, only=("create",))
+
+
+# -- actions ------------------------------------------------------------------------------
+
+def record_action(session: Session, container_uuid: str, action: str, request_id: str,
+                  project_id: str, user_id: str, finished: bool = False,
+                  error: str | None = None) -> ContainerAction:
+    now = utcnow()
+    row = ContainerAction(container_uuid=container_uuid, action=action, request_id=request_id,
+                          project_id=project_id, user_id=user_id, start_time=now,
+                          finish_time=now if finished else None,
+                          message="Error" if error else None, detail=error)
+    session.add(row)
+    return row
+
+
+def finish_actions(session: Session, container_uuid: str, message: str | None,
+                   detail: str | None = None, only: tuple[str, ...] | None = None) -> None:
+    stmt = select(ContainerAction).where(ContainerAction.container_uuid == container_uuid,
+                                         ContainerAction.finish_time.is_(None))
+    if only:
+        stmt = stmt.where(ContainerAction.action.in_(only))
+    for a in session.scalars(stmt).all():
+        a.finish_time, a.message, a.detail = utcnow(), message, detail
+
+
+def list_actions(session: Session, container_uuid: str) -> list[ContainerAction]:
+    return list(session.scalars(select(ContainerAction).where(
+        ContainerAction.container_uuid == container_uuid).order_by(ContainerAction.id)).all())
+
+
+def get_action(session: Session, container_uuid: str, request_id: str) -> ContainerAction:
+    found = session.scalars(select(ContainerAction).where(
+        ContainerAction.container_uuid == container_uuid,
+        ContainerAction.request_id == request_id)).first()
+    if found is None:
+        raise NotFound(f"Action {request_id} could not be found.")
+    return found
