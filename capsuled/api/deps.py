@@ -53,10 +53,16 @@ async def json_object(request: Request) -> dict[str, Any]:
     return {**dict(request.query_params), **body}
 
 
+def given(value: str | None) -> str | None:
+    """A query parameter, or None when absent. zunclient urlencodes unset options as the
+    string 'None' (e.g. kill?signal=None), which means absent too."""
+    return None if value is None or value in ("", "None") else value
+
+
 def flag(value: str | None, name: str) -> bool:
-    if value is None or value == "":
+    if given(value) is None:
         return False
-    v = value.strip().lower()
+    v = str(value).strip().lower()
     if v in TRUE:
         return True
     if v in FALSE:

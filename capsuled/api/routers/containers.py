@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag, given
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _sort_dir
 from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
@@ -102,7 +102,7 @@ def _lifecycle(action: str) -> Any:
     def handler(request: Request, ident: str, who: PrincipalDep, timeout: str | None = None,
                 signal: str | None = None) -> Response:
         _service(request).action(who, ident, action, _request_id(request),
-                                 timeout=_int(timeout, "timeout"), signal=signal)
+                                 timeout=_int(given(timeout), "timeout"), signal=given(signal))
         return Response(status_code=202)
     handler.__name__ = action
     handler.__doc__ = f"{action.capitalize()} a bare container."
@@ -117,7 +117,7 @@ for _action in ("start", "stop", "reboot", "pause", "unpause", "kill"):
 @router.post("/{ident}/rename")
 def rename(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
            name: str | None = None) -> dict[str, Any]:
-    return any_container_view(_service(request).rename(who, ident, name), who.is_admin, base)
+    return any_container_view(_service(request).rename(who, ident, given(name)), who.is_admin, base)
 
 
 @router.get("/{ident}/logs")
@@ -126,6 +126,7 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
          since: str | None = None, follow: str | None = None, capsule: str | None = None) -> Response:
     """A JSON string (Zun); with Accept: application/octet-stream the exact bytes, and with
     follow=true as well, a stream until the container stops (extensions)."""
+    stdout, stderr = given(stdout), given(stderr)
     want_out, want_err = flag(stdout, "stdout"), flag(stderr, "stderr")
     # Naming one stream (Zun's habit: stdout=true) means only that one; turning one off
     # (stderr=false) means the other. Neither named: both.
@@ -134,7 +135,7 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
     if stderr is None:
         want_err = stdout is None or not want_out
     req = LogRequest(stdout=want_out, stderr=want_err, timestamps=flag(timestamps, "timestamps"),
-                     tail=parse_tail(tail), since=parse_since(since))
+                     tail=parse_tail(given(tail)), since=parse_since(given(since)))
     raw = OCTET in request.headers.get("accept", "")
     if flag(follow, "follow"):
         if not raw:
@@ -163,7 +164,7 @@ def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> d
 @router.get("/{ident}/top")
 def top(request: Request, ident: str, who: PrincipalDep, ps_args: str | None = None,
         capsule: str | None = None) -> dict[str, Any]:
-    return _service(request).top(who, ident, ps_args, capsule)
+    return _service(request).top(who, ident, given(ps_args), capsule)
 
 
 @router.get("/{ident}/stats")

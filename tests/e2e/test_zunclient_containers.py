@@ -1,0 +1,161 @@
+"""The unmodified python-zunclient library driving containers on a real server and Docker:
+every container call it has that makes sense without Neutron, Glance or Cinder."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+
+import docker
+import pytest
+from conftest import Server, member, sleeper, template, wait_for
+from zunclient import client as zun_client
+from zunclient.common.apiclient import exceptions as zun_exc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+
+@pytest.fixture()
+def zun(server: Server):  # type: ignore[no-untyped-def]
+    return zun_client.Client("1.latest", auth_token=server.token,
+                             endpoint_override=server.url + "/v1")
+
+
+@pytest.fixture()
+def made(zun) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    uuids: list[str] = []
+    yield uuids
+    for u in uuids:
+        try:
+            zun.containers.delete(u, force=True)
+        except zun_exc.NotFound:
+            pass
+
+
+def status_of(zun, ident: str, *statuses: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+    got = {}
+
+    def check() -> bool:
+        got["c"] = zun.containers.get(ident)
+        return got["c"].status in statuses
+    wait_for(check, timeout=timeout, what=f"{ident} {statuses}")
+    return got["c"]
+
+
+def docker_of(docker_api: docker.APIClient, uuid: str) -> dict:  # type: ignore[type-arg]
+    found = docker_api.containers(all=True, filters={"label": [f"capsuled.container={uuid}"]})
+    assert len(found) == 1, found
+    return docker_api.inspect_container(found[0]["Id"])  # type: ignore[no-any-return]
+
+
+def test_run_list_show_logs_exec_top_stats(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                            unique) -> None:
+    name = unique("zc")
+    c = zun.containers.run(name=name, image="busybox", memory="48", cpu=0.5,
+                           command=["sh", "-c", "echo hello; echo oops >&2; sleep 3600"],
+                           environment={"A": "1"}, labels={"via": "zunclient"},
+                           restart_policy={"Name": "on-failure", "MaximumRetryCount": "1"})
+    made.append(c.uuid)
+    assert c.name == name and c.status == "Creating"
+    shown = status_of(zun, name, "Running")
+    assert shown.memory == "48" and shown.cpu == 0.5 and shown.environment == {"A": "1"}
+    assert name in [x.name for x in zun.containers.list()]
+    d = docker_of(docker_api, c.uuid)
+    assert d["HostConfig"]["Memory"] == 48 * 1024 * 1024 and "A=1" in d["Config"]["Env"]
+
+    wait_for(lambda: "oops" in zun.containers.logs(c.uuid, stdout=True, stderr=True), timeout=10)
+    assert zun.containers.logs(c.uuid, stdout=True, stderr=False) == "hello\n"
+    assert zun.containers.logs(c.uuid, stdout=False, stderr=True) == "oops\n"
+
+    result = zun.containers.execute(c.uuid, command="sh -c 'echo $A; exit 4'", run=True,
+                                    interactive=False)
+    assert result["output"] == "1\n" and result["exit_code"] == 4
+
+    top = zun.containers.top(c.uuid)
+    assert any("sleep" in " ".join(p) for p in top["Processes"])
+    top_args = zun.containers.top(c.uuid, ps_args="-o pid,comm")
+    assert top_args["Titles"] == ["PID", "COMMAND"]
+    stats = zun.containers.stats(c.uuid)
+    assert stats["CONTAINER"] == c.uuid and "MEM %" in stats
+
+
+def test_lifecycle_through_zunclient(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                     unique) -> None:
+    c = zun.containers.create(name=unique("zl"), image="busybox", command=["sleep", "3600"])
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Created")
+    zun.containers.start(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    zun.containers.pause(c.uuid)
+    status_of(zun, c.uuid, "Paused")
+    assert docker_of(docker_api, c.uuid)["State"]["Paused"] is True
+    zun.containers.unpause(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    zun.containers.stop(c.uuid, 1)
+    status_of(zun, c.uuid, "Stopped")
+    zun.containers.restart(c.uuid, 1)
+    status_of(zun, c.uuid, "Running")
+    zun.containers.kill(c.uuid)  # Docker's default: SIGKILL
+    assert status_of(zun, c.uuid, "Stopped").status_detail == "Exited(137)"
+
+    new = unique("renamed")
+    zun.containers.rename(c.uuid, new)
+    assert zun.containers.get(new).uuid == c.uuid
+    zun.containers.update(c.uuid, memory="96", cpu=0.25)
+    wait_for(lambda: docker_of(docker_api, c.uuid)["HostConfig"]["Memory"] == 96 * 1024 * 1024, timeout=15)
+
+    actions = [a.action for a in zun.actions.list(c.uuid)]
+    assert {"create", "start", "pause", "unpause", "stop", "reboot", "kill"} <= set(actions)
+    first = zun.actions.list(c.uuid)[0]
+    assert zun.actions.get(c.uuid, first.request_id).action == "create"
+
+    with pytest.raises(zun_exc.Conflict):
+        zun.containers.pause(c.uuid)  # Stopped: wrong state
+    zun.containers.delete(c.uuid)
+    wait_for(lambda: not docker_api.containers(all=True, filters={"label": [f"capsuled.container={c.uuid}"]}),
+             timeout=30, what="container removed")
+    with pytest.raises(zun_exc.NotFound):
+        wait_for(lambda: zun.containers.get(c.uuid) and False, timeout=15, interval=0.3)
+
+
+def test_archive_round_trip_through_zunclient(zun, made, unique) -> None:  # type: ignore[no-untyped-def]
+    c = zun.containers.run(name=unique("za"), image="busybox", command=["sleep", "3600"])
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("note.txt")
+        payload = b"copied in\n"
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    zun.containers.put_archive(c.uuid, "/tmp", buf.getvalue())
+    got = zun.containers.get_archive(c.uuid, "/tmp/note.txt")
+    assert got["stat"]["name"] == "note.txt" and got["stat"]["size"] == len(payload)
+    with tarfile.open(fileobj=io.BytesIO(got["data"])) as tar:
+        assert tar.extractfile("note.txt").read() == payload  # type: ignore[union-attr]
+
+
+def test_capsule_children_are_refused_lifecycle_actions(zun, server: Server, docker_api,  # type: ignore[no-untyped-def]
+                                                       unique) -> None:
+    name = unique("zcap")
+    cap = zun.capsules.create(template=template(name, [sleeper("main")]))
+    try:
+        wait_for(lambda: zun.capsules.get(cap.uuid).status == "Running", timeout=60)
+        child = zun.capsules.get(cap.uuid).containers[0]["uuid"]
+        assert zun.containers.get(child).name == "main"  # reads work
+        assert child not in [c.uuid for c in zun.containers.list()]  # Zun's list: bare only
+        with pytest.raises(zun_exc.Conflict) as info:
+            zun.containers.stop(child, 1)
+        assert name in str(info.value)
+        with pytest.raises(zun_exc.Conflict):
+            zun.containers.delete(child)
+        assert member(docker_api, cap.uuid, "main")["State"]["Running"] is True
+    finally:
+        zun.capsules.delete(cap.uuid)
+
+
+def test_bad_run_is_a_400_naming_the_field(zun) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(zun_exc.BadRequest) as info:
+        zun.containers.run(image="busybox", memory="lots")
+    assert "memory" in str(info.value)
