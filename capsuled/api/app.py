@@ -8,10 +8,11 @@ from fastapi import FastAPI
 
 from capsuled.api import errors
 from capsuled.api.middleware import ApiMiddleware
-from capsuled.api.routers import capsules, containers, hosts, root
+from capsuled.api.routers import capsules, containers, hosts, images, root
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.hosts import HostService
+from capsuled.api.services.images import ImageService
 from capsuled.config import Settings
 from capsuled.identity.base import IdentityProvider
 
@@ -23,6 +24,7 @@ class Services:
     capsules: CapsuleService
     containers: ContainerService
     hosts: HostService
+    images: ImageService
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services) -> FastAPI:
@@ -32,8 +34,9 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.capsules = services.capsules
     app.state.containers = services.containers
     app.state.hosts = services.hosts
+    app.state.images = services.images
     errors.install(app)
     app.add_middleware(ApiMiddleware)
-    for module in (root, capsules, containers, hosts):
+    for module in (root, capsules, containers, hosts, images):
         app.include_router(module.router)
     return app

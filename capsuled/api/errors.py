@@ -26,6 +26,7 @@ STATUS: dict[type[errors.CapsuledError], int] = {
     errors.Unavailable: 503,
     errors.DriverError: 500,
     errors.RuntimeRejected: 400,
+    errors.ImageNotFound: 404,
     errors.RuntimeConflict: 409,
 }
 

@@ -75,6 +75,7 @@ def run_all_in_one(settings: Settings) -> None:
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.hosts import HostService
+    from capsuled.api.services.images import ImageService
     from capsuled.domain.template import Limits
     from capsuled.drivers.docker_client import make_client
     from capsuled.drivers.image.seed import seed_images
@@ -112,7 +113,8 @@ def run_all_in_one(settings: Settings) -> None:
         capsules=CapsuleService(store, control, limits, host_down_after=down_after),
         # All in one: the only host is this one, and its runtime serves the host calls.
         containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after),
-        hosts=HostService(store, down_after))
+        hosts=HostService(store, down_after),
+        images=ImageService(store, lambda host: runtime, down_after))
     api = create_app(settings, LocalIdentity(store), services)
     agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
                   instance, settings.docker.infra_image)

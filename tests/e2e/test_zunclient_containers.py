@@ -159,3 +159,73 @@ def test_bad_run_is_a_400_naming_the_field(zun) -> None:  # type: ignore[no-unty
     with pytest.raises(zun_exc.BadRequest) as info:
         zun.containers.run(image="busybox", memory="lots")
     assert "memory" in str(info.value)
+
+
+def test_images_list_show_delete_and_failed_pull(zun, docker_api: docker.APIClient, unique) -> None:  # type: ignore[no-untyped-def]
+    repo = f"capsuled-test/{unique('img')}"
+    docker_api.tag("busybox:latest", repo, "v1")
+    try:
+        listed = {f"{i.repo}:{i.tag}": i for i in zun.images.list()}
+        assert "busybox:latest" in listed and f"{repo}:v1" in listed
+        mine = listed[f"{repo}:v1"]
+        assert mine.image_id == docker_api.inspect_image("busybox:latest")["Id"] and mine.size > 0
+        assert zun.images.get(mine.uuid).repo == repo
+        zun.images.delete(mine.uuid)
+        assert f"{repo}:v1" not in {t for i in docker_api.images() for t in i.get("RepoTags") or []}
+        with pytest.raises(zun_exc.NotFound):
+            zun.images.get(mine.uuid)
+        # No registry here: a pull fails with a clear 404, not a 500.
+        with pytest.raises(zun_exc.NotFound) as info:
+            zun.images.create(repo="capsuled-test/does-not-exist:1")
+        assert "does-not-exist" in str(info.value)
+    finally:
+        try:
+            docker_api.remove_image(f"{repo}:v1")
+        except docker.errors.NotFound:
+            pass
+
+
+def _read_until(ws, needle: bytes, timeout: float = 10) -> bytes:  # type: ignore[no-untyped-def]
+    import time
+    seen = b""
+    deadline = time.monotonic() + timeout
+    ws.settimeout(timeout)
+    while needle not in seen and time.monotonic() < deadline:
+        data = ws.recv()
+        seen += data if isinstance(data, bytes) else data.encode()
+    return seen
+
+
+def test_attach_and_interactive_exec_over_websocket(zun, made, unique) -> None:  # type: ignore[no-untyped-def]
+    import websocket  # websocket-client: what the zun CLI itself uses for attach and exec -it
+    c = zun.containers.run(name=unique("tty"), image="busybox", command=["sh"], interactive=True)
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    url = zun.containers.attach(c.uuid)
+    assert url.startswith("ws://") and c.uuid in url
+    ws = websocket.create_connection(url, subprotocols=["binary", "base64"], timeout=10)
+    try:
+        ws.send_binary(b"echo attached-$((40+2))\n")
+        assert b"attached-42" in _read_until(ws, b"attached-42")
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketException):  # the URL was for one use
+        websocket.create_connection(url, timeout=5).recv()
+
+    session = zun.containers.execute(c.uuid, command="sh", run=True, interactive=True)
+    assert session["proxy_url"].startswith("ws://") and session["exec_id"]
+    zun.containers.execute_resize(c.uuid, session["exec_id"], 100, 30)
+    ws = websocket.create_connection(session["proxy_url"], subprotocols=["binary"], timeout=10)
+    try:
+        ws.send_binary(b"stty size; echo exec-$((6*7))\n")
+        out = _read_until(ws, b"exec-42")
+        assert b"exec-42" in out and b"30 100" in out
+    finally:
+        ws.close()
+
+    plain = zun.containers.run(name=unique("notty"), image="busybox", command=["sleep", "3600"])
+    made.append(plain.uuid)
+    status_of(zun, plain.uuid, "Running")
+    with pytest.raises(zun_exc.BadRequest) as info:
+        zun.containers.attach(plain.uuid)
+    assert "interactive" in str(info.value)

@@ -11,7 +11,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request, Response
+import anyio
+import anyio.abc
+from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag, given
@@ -19,7 +21,8 @@ from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _sort_dir
 from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
 from capsuled.api.views import action_view, any_container_view
-from capsuled.errors import InvalidInput
+from capsuled.domain.hostops import RawStream
+from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated
 from capsuled.store.capsules import Page
 
 router = APIRouter(prefix="/v1/containers")
@@ -150,15 +153,99 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
 
 @router.post("/{ident}/execute")
 def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
-    if flag(body.get("interactive"), "interactive"):
-        raise InvalidInput("interactive: interactive exec (websocket) is not supported yet; "
-                           "run the command non-interactively")
-    if body.get("run") is not None and not flag(body.get("run"), "run"):
+    """Run a command: its output and exit code, or with interactive=true a TTY session to
+    join at `proxy_url` (a websocket)."""
+    if body.get("run") is not None and not flag(given(body.get("run")), "run"):
         raise InvalidInput("run: creating an exec without running it is not supported")
-    result = _service(request).execute(who, ident, body.get("command"), body.get("capsule"))
+    service = _service(request)
+    if flag(given(body.get("interactive")), "interactive"):
+        exec_id, token, uuid = service.exec_interactive(who, ident, body.get("command"),
+                                                        body.get("capsule"))
+        return {"output": None, "exit_code": None, "exec_id": exec_id,
+                "proxy_url": _ws_url(request, uuid, token)}
+    result = service.execute(who, ident, body.get("command"), body.get("capsule"))
     return {"output": result.output.decode("utf-8", "replace"), "exit_code": result.exit_code,
             "exec_id": result.exec_id, "proxy_url": None,
             "output_base64": base64.b64encode(result.output).decode()}
+
+
+@router.get("/{ident}/attach")
+def attach(request: Request, ident: str, who: PrincipalDep) -> Response:
+    """The websocket URL of an interactive container's terminal (a JSON string, as Zun)."""
+    token, uuid = _service(request).attach_token(who, ident)
+    return Response(json.dumps(_ws_url(request, uuid, token)), media_type="application/json")
+
+
+@router.post("/{ident}/resize")
+def resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
+    _service(request).resize(who, ident, body.get("w"), body.get("h"))
+    return Response(status_code=200)
+
+
+@router.post("/{ident}/execute_resize")
+def execute_resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
+    exec_id = given(body.get("exec_id"))
+    if not exec_id:
+        raise InvalidInput("exec_id: is required")
+    _service(request).resize(who, ident, body.get("w"), body.get("h"), exec_id)
+    return Response(status_code=200)
+
+
+@router.websocket("/{ident}/terminal")
+async def terminal(websocket: WebSocket, ident: str, token: str = "") -> None:
+    """The websocket side of attach and interactive exec: raw terminal bytes both ways."""
+    service: ContainerService = websocket.app.state.containers
+    try:
+        stream, _ = await anyio.to_thread.run_sync(service.open_session, ident, token)
+    except CapsuledError as exc:
+        await websocket.close(code=4401 if isinstance(exc, NotAuthenticated) else 4400,
+                              reason=exc.message[:120])
+        return
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+    await bridge(websocket, stream)
+
+
+async def bridge(websocket: WebSocket, stream: RawStream) -> None:
+    async def container_to_client() -> None:
+        while True:
+            data = await anyio.to_thread.run_sync(stream.recv, 65536, abandon_on_cancel=True)
+            if not data:
+                return
+            await websocket.send_bytes(data)
+
+    async def client_to_container() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") or (message.get("text") or "").encode()
+            if data:
+                await anyio.to_thread.run_sync(stream.sendall, data)
+
+    async def until_done(pump: Any, group: anyio.abc.TaskGroup) -> None:
+        try:
+            await pump()
+        except Exception:  # noqa: BLE001 - either side hanging up ends the session, quietly
+            pass
+        group.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(until_done, container_to_client, group)
+            group.start_soon(until_done, client_to_container, group)
+    finally:
+        stream.close()
+        try:
+            await websocket.close()
+        except Exception:  # noqa: BLE001 - already closed by the client
+            pass
+
+
+def _ws_url(request: Request, uuid: str, token: str) -> str:
+    base = str(request.base_url).rstrip("/")
+    scheme = "wss" if base.startswith("https") else "ws"
+    return f"{scheme}://{base.split('://', 1)[1]}/v1/containers/{uuid}/terminal?{urlencode({'token': token})}"
 
 
 @router.get("/{ident}/top")
@@ -204,10 +291,3 @@ def actions(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
 def action_detail(request: Request, ident: str, request_id: str, who: PrincipalDep) -> dict[str, Any]:
     return action_view(_service(request).action_detail(who, ident, request_id), who.is_admin,
                        with_events=True)
-
-
-@router.get("/{ident}/attach")
-@router.post("/{ident}/execute_resize")
-@router.post("/{ident}/resize")
-def not_yet(ident: str, who: PrincipalDep) -> None:
-    raise InvalidInput("attach: interactive sessions (attach, resize) are not supported by this server yet")

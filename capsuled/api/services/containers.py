@@ -15,7 +15,10 @@ import binascii
 import io
 import posixpath
 import shlex
+import secrets
 import tarfile
+import threading
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from capsuled.domain.container_request import parse_container_request
-from capsuled.domain.hostops import ContainerOps, ExecResult
+from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits
-from capsuled.errors import Conflict, Forbidden, InvalidInput
+from capsuled.errors import (CapsuledError, Conflict, DriverError, Forbidden, InvalidInput,
+                             NotAuthenticated)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, select_host
 from capsuled.store import capsules as capsule_repo
@@ -62,6 +66,20 @@ VALID: dict[str, tuple[str, ...]] = {
 CAPSULE_OWNED = {"delete", "start", "stop", "reboot", "pause", "unpause", "kill", "rename"}
 
 
+SESSION_TTL = 60.0  # seconds a websocket URL stays usable
+
+
+@dataclass(frozen=True)
+class TerminalSession:
+    """What a one-time websocket token opens: a container's terminal or an exec session."""
+
+    container_uuid: str
+    host: str
+    runtime_id: str
+    exec_id: str | None
+    expires: float
+
+
 @dataclass(frozen=True)
 class LogRequest:
     stdout: bool = True
@@ -79,6 +97,11 @@ class ContainerService:
         self._ops_for = ops_for
         self._limits = limits
         self._down_after = host_down_after
+        # One-time tokens for websocket URLs. In memory: the URL is used within seconds by
+        # the client that asked, through the replica that answered it.
+        self._sessions: dict[str, TerminalSession] = {}
+        self._sessions_lock = threading.Lock()
+        self._pending_sizes: dict[str, tuple[int, int]] = {}
 
     # -- create / read ----------------------------------------------------------------------
     def create(self, who: Principal, body: dict[str, Any], run: bool, request_id: str,
@@ -273,12 +296,7 @@ class ContainerService:
         return ops.follow_logs(cid, req.stdout, req.stderr, req.timestamps, req.tail, req.since)
 
     def execute(self, who: Principal, ident: str, command: Any, capsule: str | None = None) -> ExecResult:
-        if not isinstance(command, str) or not command.strip():
-            raise InvalidInput("command: is required (a command line, e.g. \"ls -l /\")")
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise InvalidInput(f"command: cannot be split into words: {exc}") from None
+        argv = _argv(command)
         ops, cid = self._target(who, ident, "execute", capsule)
         return ops.exec_run(cid, argv)
 
@@ -301,6 +319,71 @@ class ContainerService:
         raw = _archive_bytes(data)
         ops, cid = self._target(who, ident, "archive", capsule)
         ops.put_archive(cid, _container_path(path), raw)
+
+    # -- interactive sessions (websocket) ---------------------------------------------------
+    def attach_token(self, who: Principal, ident: str) -> tuple[str, str]:
+        """A one-time token for the container's terminal, and the container uuid."""
+        row = self.get(who, ident)
+        self._check(row, "execute")
+        if not _interactive(row):
+            raise InvalidInput(f"Container {ident} was not created interactive (interactive/tty); "
+                               "there is no terminal to attach to. Use logs instead.")
+        host = row.capsule.host if row.capsule is not None else row.host
+        self._ops(host, row.runtime_id, ident)
+        return self._new_session(row.uuid, host, row.runtime_id, None), row.uuid  # type: ignore[arg-type]
+
+    def exec_interactive(self, who: Principal, ident: str, command: Any,
+                         capsule: str | None = None) -> tuple[str, str, str]:
+        """Start a TTY exec session: (exec id, one-time token, container uuid)."""
+        argv = _argv(command)
+        row = self.get(who, ident, capsule)
+        self._check(row, "execute")
+        host = row.capsule.host if row.capsule is not None else row.host
+        ops = self._ops(host, row.runtime_id, ident)
+        exec_id = ops.exec_interactive(row.runtime_id, argv)  # type: ignore[arg-type]
+        return exec_id, self._new_session(row.uuid, host, row.runtime_id, exec_id), row.uuid  # type: ignore[arg-type]
+
+    def open_session(self, ident: str, token: str) -> tuple[RawStream, TerminalSession]:
+        with self._sessions_lock:
+            now = time.monotonic()
+            for t in [t for t, s in self._sessions.items() if s.expires < now]:
+                del self._sessions[t]
+            session = self._sessions.pop(token, None)
+        if session is None or session.container_uuid != ident:
+            raise NotAuthenticated("This terminal URL is unknown, used or expired; ask for a new one.")
+        ops = self._ops_for(session.host)
+        if session.exec_id is None:
+            return ops.attach(session.runtime_id), session
+        stream = ops.exec_stream(session.exec_id)
+        with self._sessions_lock:
+            size = self._pending_sizes.pop(session.exec_id, None)
+        if size is not None:
+            try:
+                ops.exec_resize(session.exec_id, *size)
+            except CapsuledError:
+                pass  # the client resizes again on its next SIGWINCH
+        return stream, session
+
+    def resize(self, who: Principal, ident: str, width: Any, height: Any,
+               exec_id: str | None = None) -> None:
+        w, h = _dimension(width, "w"), _dimension(height, "h")
+        ops, cid = self._target(who, ident, "execute", None)
+        if exec_id:
+            try:
+                ops.exec_resize(exec_id, h, w)
+            except DriverError:
+                # Not started yet (the client resizes before it connects): apply on connect.
+                with self._sessions_lock:
+                    self._pending_sizes[exec_id] = (h, w)
+        else:
+            ops.resize(cid, h, w)
+
+    def _new_session(self, uuid: str, host: str, runtime_id: str, exec_id: str | None) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._sessions_lock:
+            self._sessions[token] = TerminalSession(uuid, host, runtime_id, exec_id,
+                                                    time.monotonic() + SESSION_TTL)
+        return token
 
     def actions(self, who: Principal, ident: str) -> list[ContainerAction]:
         with self._store.transaction() as s:
@@ -350,6 +433,33 @@ def _scope(who: Principal, all_projects: bool = True) -> str | None:
 def _default_name(s: Any) -> str:
     # Zun names unnamed containers after a random word; a short uuid reads as well in `docker ps`.
     return f"container-{uuidlib.uuid4().hex[:8]}"
+
+
+def _argv(command: Any) -> list[str]:
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidInput("command: is required (a command line, e.g. \"ls -l /\")")
+    try:
+        return shlex.split(command)
+    except ValueError as exc:
+        raise InvalidInput(f"command: cannot be split into words: {exc}") from None
+
+
+def _interactive(row: Container) -> bool:
+    if row.capsule is not None:
+        spec = next((c for c in CapsuleSpec.model_validate(row.capsule.spec).all_containers
+                     if c.uuid == row.uuid), None)
+        return spec is not None and spec.stdin
+    return BareSpec.model_validate(row.spec).container.stdin
+
+
+def _dimension(value: Any, name: str) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: must be a positive integer") from None
+    if out < 1:
+        raise InvalidInput(f"{name}: must be a positive integer")
+    return out
 
 
 def _timeout(value: int | None) -> int:

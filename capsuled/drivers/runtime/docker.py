@@ -21,7 +21,7 @@ import docker
 from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.domain.hostops import ExecResult, ImageInfo
+from capsuled.domain.hostops import ExecResult, ImageInfo, RawStream
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
 from capsuled.errors import DriverError, ImageNotFound, NotFound
@@ -228,6 +228,30 @@ class DockerRuntime:
             if not self._api.put_archive(container_id, path, data):
                 raise DriverError(f"the Docker Engine refused the archive for {path}")
 
+    def attach(self, container_id: str) -> RawStream:
+        with translate_docker_errors(f"attach to {container_id[:12]}"):
+            sock = self._api.attach_socket(container_id, params={
+                "stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        return _raw(sock)
+
+    def resize(self, container_id: str, height: int, width: int) -> None:
+        with translate_docker_errors(f"resize {container_id[:12]}"):
+            self._api.resize(container_id, height=height, width=width)
+
+    def exec_interactive(self, container_id: str, command: list[str]) -> str:
+        with translate_docker_errors(f"exec in {container_id[:12]}"):
+            ex = self._api.exec_create(container_id, command, stdin=True, tty=True)
+        return str(ex["Id"])
+
+    def exec_stream(self, exec_id: str) -> RawStream:
+        with translate_docker_errors(f"exec session {exec_id[:12]}"):
+            sock = self._api.exec_start(exec_id, tty=True, socket=True)
+        return _raw(sock)
+
+    def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        with translate_docker_errors(f"resize exec session {exec_id[:12]}"):
+            self._api.exec_resize(exec_id, height=height, width=width)
+
     def list_images(self) -> list[ImageInfo]:
         with translate_docker_errors("list images"):
             rows = self._api.images()
@@ -245,6 +269,11 @@ class DockerRuntime:
         with translate_docker_errors(f"inspect image {repo}:{tag}"):
             data = self._api.inspect_image(f"{repo}:{tag}")
         return ImageInfo(id=data["Id"], repo=repo, tag=tag, size=int(data.get("Size") or 0), created=0)
+
+    def remove_image(self, ref: str) -> None:
+        with translate_docker_errors(f"remove image {ref}"):
+            self._api.remove_image(ref)
+        self._images.discard(ref)
 
     def remove_container(self, container_id: str, stop_timeout: int) -> None:
         try:
@@ -272,6 +301,12 @@ class DockerRuntime:
                 capsule = attrs.get(L.CAPSULE)
                 if capsule:
                     yield RuntimeEvent(capsule=capsule, container_id=ev.get("id", ""), action=action)
+
+
+def _raw(sock: Any) -> RawStream:
+    # The SDK hands back a SocketIO wrapper (or a raw socket); the bridge wants the socket.
+    raw = getattr(sock, "_sock", sock)
+    return raw  # type: ignore[no-any-return]
 
 
 def _time(value: str | None) -> str | None:

@@ -1,0 +1,45 @@
+"""/v1/images: the images on the hosts (admin only, as in Zun)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep
+from capsuled.api.services.images import HostImage, ImageService
+
+router = APIRouter(prefix="/v1/images")
+
+
+def _service(request: Request) -> ImageService:
+    return request.app.state.images  # type: ignore[no-any-return]
+
+
+def image_view(image: HostImage, base: str) -> dict[str, Any]:
+    return {"uuid": image.uuid, "image_id": image.info.id, "repo": image.info.repo,
+            "tag": image.info.tag, "size": image.info.size, "host": image.host,
+            "links": [{"href": f"{base}/v1/images/{image.uuid}", "rel": "self"},
+                      {"href": f"{base}/images/{image.uuid}", "rel": "bookmark"}]}
+
+
+@router.get("")
+def list_(request: Request, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+    return {"images": [image_view(i, base) for i in _service(request).list(who)], "next": None}
+
+
+@router.post("", status_code=202)
+def pull(request: Request, body: BodyDep, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+    """Pull `repo` (name[:tag]) to `host` (default: a running host)."""
+    return image_view(_service(request).pull(who, body.get("repo"), body.get("host")), base)
+
+
+@router.get("/{ident}")
+def show(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+    return image_view(_service(request).get(who, ident), base)
+
+
+@router.delete("/{ident}", status_code=204)
+def delete(request: Request, ident: str, who: PrincipalDep) -> Response:
+    _service(request).delete(who, ident)
+    return Response(status_code=204)

@@ -1,0 +1,98 @@
+"""Images on the hosts (Zun's /v1/images, admin only): listed live from each host's
+engine rather than from a table that could drift, pulled and removed through the host.
+
+An image's uuid is derived from (host, repo:tag), so it is stable across calls and
+replicas without being stored.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from capsuled.domain.hostops import ContainerOps, ImageInfo
+from capsuled.errors import CapsuledError, Forbidden, InvalidInput, NotFound
+from capsuled.identity.base import Principal
+from capsuled.store.engine import Store
+from capsuled.store.hosts import capacities
+from capsuled.store.tables import utcnow
+
+_NS = uuidlib.UUID("6f1b2a4e-5c1d-4a8e-9b7e-3f0c2d1e4a5b")
+
+
+@dataclass(frozen=True)
+class HostImage:
+    uuid: str
+    host: str
+    info: ImageInfo
+
+
+def image_uuid(host: str, repo: str, tag: str) -> str:
+    return str(uuidlib.uuid5(_NS, f"{host}/{repo}:{tag}"))
+
+
+class ImageService:
+    def __init__(self, store: Store, ops_for: Callable[[str], ContainerOps],
+                 host_down_after: timedelta) -> None:
+        self._store = store
+        self._ops_for = ops_for
+        self._down_after = host_down_after
+
+    def list(self, who: Principal) -> list[HostImage]:
+        _admin(who, "get_all")
+        out = []
+        for host in self._alive_hosts():
+            try:
+                images = self._ops_for(host).list_images()
+            except CapsuledError:
+                continue  # a host that cannot answer now shows nothing rather than failing all
+            out += [HostImage(image_uuid(host, i.repo, i.tag), host, i) for i in images]
+        return sorted(out, key=lambda h: (h.info.repo, h.info.tag, h.host))
+
+    def get(self, who: Principal, ident: str) -> HostImage:
+        _admin(who, "get_one")
+        for image in self.list(who):
+            if ident in (image.uuid, image.info.id, f"{image.info.repo}:{image.info.tag}"):
+                return image
+        raise NotFound(f"Image {ident} could not be found.")
+
+    def pull(self, who: Principal, repo: object, host: object) -> HostImage:
+        _admin(who, "pull")
+        if not isinstance(repo, str) or not repo.strip():
+            raise InvalidInput("repo: is required (e.g. busybox or busybox:latest)")
+        name, tag = _split(repo.strip())
+        hosts = self._alive_hosts()
+        if host is not None:
+            if host not in hosts:
+                raise InvalidInput(f"host: {host} is not a known, running host")
+            hosts = [str(host)]
+        if not hosts:
+            raise InvalidInput("host: no running host to pull the image to")
+        info = self._ops_for(hosts[0]).pull_image(name, tag)
+        return HostImage(image_uuid(hosts[0], name, tag), hosts[0], info)
+
+    def delete(self, who: Principal, ident: str) -> None:
+        _admin(who, "delete")
+        image = self.get(who, ident)
+        self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
+
+    def _alive_hosts(self) -> list[str]:
+        now = utcnow()
+        with self._store.transaction() as s:
+            return [h.name for h in capacities(s)
+                    if h.last_seen is not None and now - h.last_seen <= self._down_after]
+
+
+def _split(repo: str) -> tuple[str, str]:
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = repo.rpartition(":")
+        return name, tag
+    return repo, "latest"
+
+
+def _admin(who: Principal, rule: str) -> None:
+    if not who.is_admin:
+        raise Forbidden(f"Policy doesn't allow image:{rule} to be performed.")
