@@ -17,6 +17,7 @@ MIN = (1, 1)
 MAX = (1, 40)
 # Versions where behaviour changes for capsules.
 CAPSULE_NEW_BODY = (1, 32)
+HOSTS_API = (1, 4)
 
 _VALUE = re.compile(r"^\s*(\S+)\s+(latest|\d+\.\d+)\s*$", re.I)
 

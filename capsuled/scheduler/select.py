@@ -29,6 +29,8 @@ class Request:
 def _rejects(host: HostCapacity, req: Request, now: datetime, down_after: timedelta) -> str | None:
     if not host.enabled:
         return "disabled"
+    if host.forced_down:
+        return "forced down"
     if host.last_seen is None or now - host.last_seen > down_after:
         return "down (no heartbeat)"
     if req.availability_zone and host.availability_zone != req.availability_zone:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
-from capsuled.store.tables import Capsule, Host, utcnow
+from capsuled.store.tables import Capsule, Container, Host, utcnow
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class HostCapacity:
     name: str
     enabled: bool
     last_seen: datetime | None
+    forced_down: bool
     availability_zone: str
     labels: dict[str, str]
     cpus: float
@@ -36,6 +37,7 @@ def register_host(session: Session, info: HostInfo) -> Host:
     host.info = {"os": info.os, "kernel_version": info.kernel_version,
                  "architecture": info.architecture, "runtime": info.runtime}
     host.last_seen = utcnow()
+    host.report_count = (host.report_count or 0) + 1
     session.flush()
     return host
 
@@ -44,19 +46,60 @@ def heartbeat(session: Session, name: str) -> None:
     host = session.scalars(select(Host).where(Host.name == name)).first()
     if host is not None:
         host.last_seen = utcnow()
+        host.report_count = (host.report_count or 0) + 1
 
 
 def host_revision(session: Session, name: str) -> int:
     return session.scalar(select(Host.revision).where(Host.name == name)) or 0
 
 
+def list_hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).order_by(Host.id)).all())
+
+
+def find_host(session: Session, ident: str) -> Host | None:
+    """A host by uuid or by name."""
+    return session.scalars(select(Host).where((Host.uuid == ident) | (Host.name == ident))).first()
+
+
+def usage(session: Session) -> dict[str, tuple[float, int, int]]:
+    """Per host: claimed CPU, claimed MiB and container count, from capsules and bare
+    containers that are placed there (a deleting one still holds its claim until gone)."""
+    out: dict[str, tuple[float, int, int]] = {}
+
+    def add(host: str, cpu: float | None, memory: int | None, count: int) -> None:
+        c, m, n = out.get(host, (0.0, 0, 0))
+        out[host] = (c + float(cpu or 0.0), m + int(memory or 0), n + count)
+
+    for host, cpu, memory, n in session.execute(
+            select(Capsule.host, func.sum(Capsule.cpu), func.sum(Capsule.memory), func.count())
+            .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all():
+        add(host, cpu, memory, 0)
+    for host, n in session.execute(
+            select(Capsule.host, func.count(Container.id)).join(Container, Container.capsule_id == Capsule.id)
+            .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all():
+        add(host, 0.0, 0, n)
+    for host, cpu, memory, n in session.execute(
+            select(Container.host, func.sum(Container.cpu), func.sum(Container.memory), func.count())
+            .where(Container.role == "bare", Container.host.is_not(None))
+            .group_by(Container.host)).all():
+        add(host, cpu, memory, n)
+    return out
+
+
 def capacities(session: Session) -> list[HostCapacity]:
-    used = dict((h, (c or 0.0, m or 0)) for h, c, m in session.execute(
-        select(Capsule.host, func.sum(Capsule.cpu), func.sum(Capsule.memory))
-        .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all())
+    used = usage(session)
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
+                         forced_down=bool(h.forced_down),
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
                          cpus=h.cpus, memory_mb=h.memory_mb,
-                         cpu_used=float(used.get(h.name, (0.0, 0))[0]),
-                         memory_used=int(used.get(h.name, (0.0, 0))[1]))
-            for h in session.scalars(select(Host).order_by(Host.id)).all()]
+                         cpu_used=used.get(h.name, (0.0, 0, 0))[0],
+                         memory_used=used.get(h.name, (0.0, 0, 0))[1])
+            for h in list_hosts(session)]
+
+
+def placed_count(session: Session, name: str) -> int:
+    """Capsules and bare containers still placed on a host."""
+    return (session.scalar(select(func.count()).select_from(Capsule).where(Capsule.host == name)) or 0) + \
+        (session.scalar(select(func.count()).select_from(Container)
+                        .where(Container.role == "bare", Container.host == name)) or 0)

@@ -229,3 +229,24 @@ def test_attach_and_interactive_exec_over_websocket(zun, made, unique) -> None: 
     with pytest.raises(zun_exc.BadRequest) as info:
         zun.containers.attach(plain.uuid)
     assert "interactive" in str(info.value)
+
+
+def test_hosts_services_and_availability_zones(zun) -> None:  # type: ignore[no-untyped-def]
+    [svc] = zun.services.list()
+    assert svc.binary == "capsuled-agent" and svc.state == "up" and not svc.disabled
+    [host] = zun.hosts.list()
+    assert host.hostname == svc.host and host.cpus > 0 and host.mem_total > 0
+    assert zun.hosts.get(host.uuid).hostname == svc.host
+    zones = [z.availability_zone for z in zun.availability_zones.list()]
+    assert zones == [svc.availability_zone]
+    try:
+        _, body = zun.services.disable(svc.host, "zun-compute", reason="drain")
+        assert body["service"]["disabled"] is True
+        [now] = zun.services.list()
+        assert now.disabled and now.disabled_reason == "drain"
+    finally:
+        _, body = zun.services.enable(svc.host, "zun-compute")
+    assert body["service"]["disabled"] is False
+    assert not zun.services.list()[0].disabled
+    _, body = zun.services.force_down(svc.host, "capsuled-agent", force_down=False)
+    assert body["service"]["forced_down"] is False

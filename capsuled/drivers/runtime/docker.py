@@ -10,9 +10,11 @@ its own network, PID and UTS namespaces; members join all of them with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -303,10 +305,31 @@ class DockerRuntime:
                     yield RuntimeEvent(capsule=capsule, container_id=ev.get("id", ""), action=action)
 
 
+class _SocketStream:
+    """A hijacked Docker socket as a RawStream.
+
+    close() shuts the socket down before closing it: a bare close() does not wake a
+    thread blocked in recv(), which would then keep the server process from exiting.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
 def _raw(sock: Any) -> RawStream:
     # The SDK hands back a SocketIO wrapper (or a raw socket); the bridge wants the socket.
-    raw = getattr(sock, "_sock", sock)
-    return raw  # type: ignore[no-any-return]
+    return _SocketStream(getattr(sock, "_sock", sock))
 
 
 def _time(value: str | None) -> str | None:
