@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    policy: dict[str, str] = Field(default_factory=dict,
+                                   description="Policy rule overrides: name -> check string")
+    policy_file: Path | None = Field(None, description="YAML file of policy rule overrides")
 
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'capsuled.db'}"

@@ -91,6 +91,14 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=30,
                             headers={"X-Auth-Token": token or self.token, **LATEST})
 
+    def issue_token(self, project: str, user: str, *roles: str) -> str:
+        """A new token from the server's token API (admin)."""
+        with self.client() as c:
+            r = c.post("/v1/tokens", json={"project_id": project, "user_id": user,
+                                           "roles": list(roles) or ["member"]})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
     def cli(self, *args: str, input: str | None = None, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(VENV_BIN / "capsule"), *args], capture_output=True, text=True,

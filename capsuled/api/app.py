@@ -8,11 +8,13 @@ from fastapi import FastAPI
 
 from capsuled.api import errors
 from capsuled.api.middleware import ApiMiddleware
-from capsuled.api.routers import capsules, containers, hosts, images, root
+from capsuled.api.policy import Policy
+from capsuled.api.routers import capsules, containers, hosts, images, root, tokens
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
+from capsuled.api.services.tokens import TokenService
 from capsuled.config import Settings
 from capsuled.identity.base import IdentityProvider
 
@@ -25,18 +27,22 @@ class Services:
     containers: ContainerService
     hosts: HostService
     images: ImageService
+    tokens: TokenService
 
 
-def create_app(settings: Settings, identity: IdentityProvider, services: Services) -> FastAPI:
+def create_app(settings: Settings, identity: IdentityProvider, services: Services,
+               policy: Policy | None = None) -> FastAPI:
     app = FastAPI(title="Capsuled", version="1", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.identity = identity
+    app.state.policy = policy or Policy(settings.policy, settings.policy_file)
     app.state.capsules = services.capsules
     app.state.containers = services.containers
     app.state.hosts = services.hosts
     app.state.images = services.images
+    app.state.tokens = services.tokens
     errors.install(app)
     app.add_middleware(ApiMiddleware)
-    for module in (root, capsules, containers, hosts, images):
+    for module in (root, capsules, containers, hosts, images, tokens):
         app.include_router(module.router)
     return app

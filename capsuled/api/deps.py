@@ -70,6 +70,13 @@ def flag(value: str | None, name: str) -> bool:
     raise InvalidInput(f"{name}: must be a boolean (true/false), not {value!r}")
 
 
+def allow(rule: str) -> Any:
+    """A route dependency: the caller must pass the named policy rule (see api/policy.py)."""
+    def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> None:
+        request.app.state.policy.enforce(rule, who)
+    return Depends(check)
+
+
 PrincipalDep = Annotated[Principal, Depends(principal)]
 VersionDep = Annotated[ApiVersion, Depends(api_version)]
 BaseUrlDep = Annotated[str, Depends(base_url)]

@@ -19,11 +19,30 @@ def digest(token: str) -> str:
 
 def issue_token(session: Session, project_id: str, user_id: str, roles: list[str],
                 description: str | None = None, expires_at: datetime | None = None) -> str:
+    return issue(session, project_id, user_id, roles, description, expires_at)[0]
+
+
+def issue(session: Session, project_id: str, user_id: str, roles: list[str],
+          description: str | None = None, expires_at: datetime | None = None) -> tuple[str, Token]:
+    """A new token: the plain value (shown once) and its stored row."""
     plain = "cap_" + secrets.token_urlsafe(32)
-    session.add(Token(uuid=str(uuidlib.uuid4()), token_hash=digest(plain), project_id=project_id,
-                      user_id=user_id, roles=roles, description=description,
-                      expires_at=expires_at, created_at=utcnow()))
-    return plain
+    row = Token(uuid=str(uuidlib.uuid4()), token_hash=digest(plain), project_id=project_id,
+                user_id=user_id, roles=roles, description=description,
+                expires_at=expires_at, created_at=utcnow(), revoked=False)
+    session.add(row)
+    session.flush()
+    return plain, row
+
+
+def list_tokens(session: Session, project_id: str | None = None) -> list[Token]:
+    q = select(Token).order_by(Token.id)
+    if project_id is not None:
+        q = q.where(Token.project_id == project_id)
+    return list(session.scalars(q).all())
+
+
+def get_token(session: Session, uuid: str) -> Token | None:
+    return session.scalars(select(Token).where(Token.uuid == uuid)).first()
 
 
 def find_token(session: Session, plain: str) -> Token | None:

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.views import capsule_view, event_view
 from capsuled.errors import InvalidInput
@@ -20,7 +20,7 @@ def _service(request: Request) -> CapsuleService:
     return request.app.state.capsules  # type: ignore[no-any-return]
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, dependencies=[allow("capsule:create")])
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
            version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
     """Create a capsule from a template."""
@@ -31,10 +31,10 @@ def create(request: Request, response: Response, body: BodyDep, who: PrincipalDe
         raise InvalidInput("template: is required (the body is {\"template\": {...}})")
     row = _service(request).create(who, body["template"])
     response.headers["Location"] = f"{base}/v1/capsules/{row.uuid}"
-    return capsule_view(row, version, who.is_admin, base)
+    return capsule_view(row, version, _service(request).shows_host(who), base)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("capsule:get_all")])
 def list_(request: Request, who: PrincipalDep, version: VersionDep, base: BaseUrlDep,
           limit: str | None = None, marker: str | None = None, sort_key: str = "id",
           sort_dir: str = "asc", all_projects: str | None = None) -> dict[str, Any]:
@@ -50,23 +50,24 @@ def list_(request: Request, who: PrincipalDep, version: VersionDep, base: BaseUr
         params.update(sort_key=sort_key, sort_dir=page.sort_dir, limit=str(page.limit),
                       marker=rows[-1].uuid)
         nxt = f"{base}/v1/capsules?{urlencode(params)}"
-    return {"capsules": [capsule_view(r, version, who.is_admin, base) for r in rows], "next": nxt}
+    shows = _service(request).shows_host(who)
+    return {"capsules": [capsule_view(r, version, shows, base) for r in rows], "next": nxt}
 
 
-@router.get("/{ident}")
+@router.get("/{ident}", dependencies=[allow("capsule:get")])
 def show(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
          base: BaseUrlDep) -> dict[str, Any]:
     """Show a capsule by uuid or name."""
-    return capsule_view(_service(request).get(who, ident), version, who.is_admin, base)
+    return capsule_view(_service(request).get(who, ident), version, _service(request).shows_host(who), base)
 
 
-@router.get("/{ident}/events")
+@router.get("/{ident}/events", dependencies=[allow("capsule:get")])
 def events(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
     """What happened to a capsule, oldest first (extension)."""
     return {"events": [event_view(e) for e in _service(request).events(who, ident)]}
 
 
-@router.delete("/{ident}", status_code=204)
+@router.delete("/{ident}", status_code=204, dependencies=[allow("capsule:delete")])
 def delete(request: Request, ident: str, who: PrincipalDep,
            all_projects: str | None = None) -> Response:
     """Delete a capsule (asynchronous: it shows Deleting until its agent has cleaned up)."""

@@ -16,7 +16,7 @@ import anyio.abc
 from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, flag, given
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _sort_dir
 from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
@@ -50,7 +50,7 @@ def _int(value: Any, name: str) -> int | None:
     return out
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, dependencies=[allow("container:create")])
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
            version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
     """Create a container (run=true also starts it); `capsule` adds it to a capsule."""
@@ -58,10 +58,10 @@ def create(request: Request, response: Response, body: BodyDep, who: PrincipalDe
     row = _service(request).create(who, body, run, _request_id(request),
                                    command_as_string=not version.at_least((1, 20)))
     response.headers["Location"] = f"{base}/v1/containers/{row.uuid}"
-    return any_container_view(row, who.is_admin, base)
+    return any_container_view(row, _service(request).shows_host(who), base)
 
 
-@router.get("")
+@router.get("", dependencies=[allow("container:get_all")])
 def list_(request: Request, who: PrincipalDep, base: BaseUrlDep, limit: str | None = None,
           marker: str | None = None, sort_key: str = "id", sort_dir: str = "asc",
           all_projects: str | None = None, capsule: str | None = None) -> dict[str, Any]:
@@ -75,16 +75,16 @@ def list_(request: Request, who: PrincipalDep, base: BaseUrlDep, limit: str | No
         params = {k: v for k, v in request.query_params.multi_items() if k != "marker"}
         params.update(limit=str(page.limit), marker=rows[-1].uuid)
         nxt = f"{base}/v1/containers?{urlencode(params)}"
-    return {"containers": [any_container_view(r, who.is_admin, base) for r in rows], "next": nxt}
+    return {"containers": [any_container_view(r, _service(request).shows_host(who), base) for r in rows], "next": nxt}
 
 
-@router.get("/{ident}")
+@router.get("/{ident}", dependencies=[allow("container:get_one")])
 def show(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
          capsule: str | None = None) -> dict[str, Any]:
-    return any_container_view(_service(request).get(who, ident, capsule), who.is_admin, base)
+    return any_container_view(_service(request).get(who, ident, capsule), _service(request).shows_host(who), base)
 
 
-@router.delete("/{ident}", status_code=204)
+@router.delete("/{ident}", status_code=204, dependencies=[allow("container:delete")])
 def delete(request: Request, ident: str, who: PrincipalDep, force: str | None = None,
            stop: str | None = None, all_projects: str | None = None) -> Response:
     _service(request).delete(who, ident, flag(force, "force"), flag(stop, "stop"),
@@ -92,13 +92,13 @@ def delete(request: Request, ident: str, who: PrincipalDep, force: str | None = 
     return Response(status_code=204)
 
 
-@router.patch("/{ident}")
+@router.patch("/{ident}", dependencies=[allow("container:update")])
 def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
            base: BaseUrlDep) -> dict[str, Any]:
     """Update cpu/memory (applied live) or rename; a capsule's container needs `capsule`."""
     capsule = body.pop("capsule", None)
     row = _service(request).update(who, ident, body, capsule)
-    return any_container_view(row, who.is_admin, base)
+    return any_container_view(row, _service(request).shows_host(who), base)
 
 
 def _lifecycle(action: str) -> Any:
@@ -114,16 +114,17 @@ def _lifecycle(action: str) -> Any:
 
 for _action in ("start", "stop", "reboot", "pause", "unpause", "kill"):
     router.add_api_route(f"/{{ident}}/{_action}", _lifecycle(_action), methods=["POST"],
-                         status_code=202, name=_action)
+                         status_code=202, name=_action,
+                         dependencies=[allow(f"container:{_action}")])
 
 
-@router.post("/{ident}/rename")
+@router.post("/{ident}/rename", dependencies=[allow("container:rename")])
 def rename(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
            name: str | None = None) -> dict[str, Any]:
-    return any_container_view(_service(request).rename(who, ident, given(name)), who.is_admin, base)
+    return any_container_view(_service(request).rename(who, ident, given(name)), _service(request).shows_host(who), base)
 
 
-@router.get("/{ident}/logs")
+@router.get("/{ident}/logs", dependencies=[allow("container:logs")])
 def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = None,
          stderr: str | None = None, timestamps: str | None = None, tail: str | None = None,
          since: str | None = None, follow: str | None = None, capsule: str | None = None) -> Response:
@@ -151,7 +152,7 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
     return Response(json.dumps(data.decode("utf-8", "replace")), media_type="application/json")
 
 
-@router.post("/{ident}/execute")
+@router.post("/{ident}/execute", dependencies=[allow("container:execute")])
 def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
     """Run a command: its output and exit code, or with interactive=true a TTY session to
     join at `proxy_url` (a websocket)."""
@@ -169,20 +170,20 @@ def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> d
             "output_base64": base64.b64encode(result.output).decode()}
 
 
-@router.get("/{ident}/attach")
+@router.get("/{ident}/attach", dependencies=[allow("container:attach")])
 def attach(request: Request, ident: str, who: PrincipalDep) -> Response:
     """The websocket URL of an interactive container's terminal (a JSON string, as Zun)."""
     token, uuid = _service(request).attach_token(who, ident)
     return Response(json.dumps(_ws_url(request, uuid, token)), media_type="application/json")
 
 
-@router.post("/{ident}/resize")
+@router.post("/{ident}/resize", dependencies=[allow("container:resize")])
 def resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
     _service(request).resize(who, ident, body.get("w"), body.get("h"))
     return Response(status_code=200)
 
 
-@router.post("/{ident}/execute_resize")
+@router.post("/{ident}/execute_resize", dependencies=[allow("container:execute_resize")])
 def execute_resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
     exec_id = given(body.get("exec_id"))
     if not exec_id:
@@ -248,25 +249,25 @@ def _ws_url(request: Request, uuid: str, token: str) -> str:
     return f"{scheme}://{base.split('://', 1)[1]}/v1/containers/{uuid}/terminal?{urlencode({'token': token})}"
 
 
-@router.get("/{ident}/top")
+@router.get("/{ident}/top", dependencies=[allow("container:top")])
 def top(request: Request, ident: str, who: PrincipalDep, ps_args: str | None = None,
         capsule: str | None = None) -> dict[str, Any]:
     return _service(request).top(who, ident, given(ps_args), capsule)
 
 
-@router.get("/{ident}/stats")
+@router.get("/{ident}/stats", dependencies=[allow("container:stats")])
 def stats(request: Request, ident: str, who: PrincipalDep, capsule: str | None = None) -> dict[str, Any]:
     return _service(request).stats(who, ident, capsule)
 
 
-@router.get("/{ident}/get_archive")
+@router.get("/{ident}/get_archive", dependencies=[allow("container:get_archive")])
 def get_archive(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
                 path: str | None = None, capsule: str | None = None) -> dict[str, Any]:
     data, stat = _service(request).get_archive(who, ident, path, capsule)
     return {"data": _encode(data, version), "stat": stat}
 
 
-@router.post("/{ident}/put_archive")
+@router.post("/{ident}/put_archive", dependencies=[allow("container:put_archive")])
 def put_archive(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
                 version: VersionDep) -> Response:
     data = body.get("data")
@@ -281,13 +282,13 @@ def _encode(data: bytes, version: ApiVersion) -> str:
     return base64.b64encode(data).decode() if version.at_least((1, 25)) else data.decode("latin-1")
 
 
-@router.get("/{ident}/container_actions")
+@router.get("/{ident}/container_actions", dependencies=[allow("container:actions")])
 def actions(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
-    return {"containerActions": [action_view(a, who.is_admin)
+    return {"containerActions": [action_view(a, _service(request).shows_host(who))
                                  for a in _service(request).actions(who, ident)]}
 
 
-@router.get("/{ident}/container_actions/{request_id}")
+@router.get("/{ident}/container_actions/{request_id}", dependencies=[allow("container:actions")])
 def action_detail(request: Request, ident: str, request_id: str, who: PrincipalDep) -> dict[str, Any]:
-    return action_view(_service(request).action_detail(who, ident, request_id), who.is_admin,
+    return action_view(_service(request).action_detail(who, ident, request_id), _service(request).shows_host(who),
                        with_events=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from capsuled.api.deps import BaseUrlDep, PrincipalDep, VersionDep, flag, given
+from capsuled.api.deps import BaseUrlDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import HOSTS_API, fmt
 from capsuled.api.services.hosts import AGENT_BINARY, HostService, HostState
 from capsuled.api.views import ts
@@ -59,23 +59,23 @@ def _needs_hosts_api(version: VersionDep) -> None:
                        f"(this request asked for {version}).")
 
 
-@router.get("/v1/hosts")
-def list_hosts(request: Request, who: PrincipalDep, version: VersionDep,
+@router.get("/v1/hosts", dependencies=[allow("host:get_all")])
+def list_hosts(request: Request, version: VersionDep,
                base: BaseUrlDep) -> dict[str, Any]:
     _needs_hosts_api(version)
-    return {"hosts": [host_view(h, base) for h in _service(request).list(who)], "next": None}
+    return {"hosts": [host_view(h, base) for h in _service(request).list()], "next": None}
 
 
-@router.get("/v1/hosts/{ident}")
-def show_host(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+@router.get("/v1/hosts/{ident}", dependencies=[allow("host:get")])
+def show_host(request: Request, ident: str, version: VersionDep,
               base: BaseUrlDep) -> dict[str, Any]:
     _needs_hosts_api(version)
-    return host_view(_service(request).get(who, ident), base)
+    return host_view(_service(request).get(ident), base)
 
 
-@router.get("/v1/services")
-def list_services(request: Request, who: PrincipalDep) -> dict[str, Any]:
-    return {"services": [service_view(h) for h in _service(request).services(who)]}
+@router.get("/v1/services", dependencies=[allow("zun-service:get_all")])
+def list_services(request: Request) -> dict[str, Any]:
+    return {"services": [service_view(h) for h in _service(request).services()]}
 
 
 async def _params(request: Request) -> dict[str, Any]:
@@ -92,35 +92,35 @@ async def _params(request: Request) -> dict[str, Any]:
     return params
 
 
-@router.put("/v1/services/{action}")
-async def update_service(request: Request, action: str, who: PrincipalDep) -> dict[str, Any]:
+@router.put("/v1/services/{action}", dependencies=[allow("zun-service:update")])
+async def update_service(request: Request, action: str) -> dict[str, Any]:
     p = await _params(request)
     service = _service(request)
     host, binary = p.get("host"), p.get("binary")
     if action == "enable":
-        h = service.set_disabled(who, host, binary, False)
+        h = service.set_disabled(host, binary, False)
         return {"service": {"host": h.name, "binary": binary, "disabled": False}}
     if action == "disable":
-        h = service.set_disabled(who, host, binary, True, p.get("disabled_reason"))
+        h = service.set_disabled(host, binary, True, p.get("disabled_reason"))
         return {"service": {"host": h.name, "binary": binary, "disabled": True,
                             "disabled_reason": h.disabled_reason}}
     if action == "force_down":
         value = p.get("forced_down")
         down = value if isinstance(value, bool) else flag(None if value is None else str(value),
                                                           "forced_down")
-        h = service.set_forced_down(who, host, binary, down)
+        h = service.set_forced_down(host, binary, down)
         return {"service": {"host": h.name, "binary": binary, "forced_down": h.forced_down}}
     raise NotFound(f"Unknown service action {action!r}: use enable, disable or force_down.")
 
 
-@router.delete("/v1/services", status_code=204)
-def delete_service(request: Request, who: PrincipalDep, host: str | None = None,
+@router.delete("/v1/services", status_code=204, dependencies=[allow("zun-service:delete")])
+def delete_service(request: Request, host: str | None = None,
                    binary: str | None = None) -> Response:
-    _service(request).delete(who, given(host), given(binary))
+    _service(request).delete(given(host), given(binary))
     return Response(status_code=204)
 
 
-@router.get("/v1/availability_zones")
-def availability_zones(request: Request, who: PrincipalDep) -> dict[str, Any]:
-    zones = _service(request).availability_zones(who)
+@router.get("/v1/availability_zones", dependencies=[allow("availability_zones:get_all")])
+def availability_zones(request: Request) -> dict[str, Any]:
+    zones = _service(request).availability_zones()
     return {"availability_zones": [{"availability_zone": z} for z in zones]}

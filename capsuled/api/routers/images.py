@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep
+from capsuled.api.deps import BaseUrlDep, BodyDep, allow
 from capsuled.api.services.images import HostImage, ImageService
 
 router = APIRouter(prefix="/v1/images")
@@ -23,23 +23,23 @@ def image_view(image: HostImage, base: str) -> dict[str, Any]:
                       {"href": f"{base}/images/{image.uuid}", "rel": "bookmark"}]}
 
 
-@router.get("")
-def list_(request: Request, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
-    return {"images": [image_view(i, base) for i in _service(request).list(who)], "next": None}
+@router.get("", dependencies=[allow("image:get_all")])
+def list_(request: Request, base: BaseUrlDep) -> dict[str, Any]:
+    return {"images": [image_view(i, base) for i in _service(request).list()], "next": None}
 
 
-@router.post("", status_code=202)
-def pull(request: Request, body: BodyDep, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+@router.post("", status_code=202, dependencies=[allow("image:pull")])
+def pull(request: Request, body: BodyDep, base: BaseUrlDep) -> dict[str, Any]:
     """Pull `repo` (name[:tag]) to `host` (default: a running host)."""
-    return image_view(_service(request).pull(who, body.get("repo"), body.get("host")), base)
+    return image_view(_service(request).pull(body.get("repo"), body.get("host")), base)
 
 
-@router.get("/{ident}")
-def show(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
-    return image_view(_service(request).get(who, ident), base)
+@router.get("/{ident}", dependencies=[allow("image:get_one")])
+def show(request: Request, ident: str, base: BaseUrlDep) -> dict[str, Any]:
+    return image_view(_service(request).get(ident), base)
 
 
-@router.delete("/{ident}", status_code=204)
-def delete(request: Request, ident: str, who: PrincipalDep) -> Response:
-    _service(request).delete(who, ident)
+@router.delete("/{ident}", status_code=204, dependencies=[allow("image:delete")])
+def delete(request: Request, ident: str) -> Response:
+    _service(request).delete(ident)
     return Response(status_code=204)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, parse_template
-from capsuled.errors import Forbidden
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, select_host
 from capsuled.store import capsules as repo
@@ -19,8 +19,10 @@ from capsuled.store.tables import Capsule, Event, utcnow
 
 class CapsuleService:
     def __init__(self, store: Store, control: ControlPlane, limits: Limits,
-                 host_down_after: timedelta = timedelta(seconds=180)) -> None:
+                 host_down_after: timedelta = timedelta(seconds=180),
+                 policy: Policy | None = None) -> None:
         self._store = store
+        self._policy = policy or Policy()
         self._control = control
         self._limits = limits
         self._down_after = host_down_after
@@ -38,33 +40,38 @@ class CapsuleService:
                 host, status, reason = None, Status.ERROR, str(exc)
             row = repo.create_capsule(s, spec, who.project_id, who.user_id, host, status, reason)
         self._control.notify()
-        return self.get(who, row.uuid, all_projects=who.is_admin)
+        return self.get(who, row.uuid)
 
-    def get(self, who: Principal, ident: str, all_projects: bool = False) -> Capsule:
+    def get(self, who: Principal, ident: str) -> Capsule:
+        """One capsule; those allowed `capsule:get_one_all_projects` reach any project's."""
         with self._store.transaction() as s:
-            return repo.get_capsule(s, ident, self._scope(who, all_projects or who.is_admin))
+            return repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
 
     def list(self, who: Principal, page: repo.Page, all_projects: bool,
              labels: dict[str, str]) -> list[Capsule]:
         with self._store.transaction() as s:
-            return repo.list_capsules(s, self._scope(who, all_projects), page, labels)
+            return repo.list_capsules(
+                s, self._scope(who, "capsule:get_all_all_projects", all_projects), page, labels)
 
     def delete(self, who: Principal, ident: str, all_projects: bool = False) -> None:
-        if all_projects and not who.is_admin:
-            raise Forbidden("Policy doesn't allow capsule:delete_all_projects to be performed.")
+        if all_projects:
+            self._policy.enforce("capsule:delete_all_projects", who)
         with self._store.transaction() as s:
-            capsule = repo.get_capsule(s, ident, self._scope(who, all_projects or who.is_admin))
+            capsule = repo.get_capsule(s, ident, self._scope(who, "capsule:delete_all_projects"))
             repo.mark_deleting(s, capsule)
         self._control.notify()
 
     def events(self, who: Principal, ident: str) -> list[Event]:
         with self._store.transaction() as s:
-            capsule = repo.get_capsule(s, ident, self._scope(who, who.is_admin))
+            capsule = repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
             return repo.list_events(s, capsule)
 
-    @staticmethod
-    def _scope(who: Principal, all_projects: bool) -> str | None:
-        """None means every project; only admins get it (others silently keep their own, as Zun)."""
-        return None if (all_projects and who.is_admin) else who.project_id
+    def shows_host(self, who: Principal) -> bool:
+        return self._policy.allows("capsule:get:host", who)
+
+    def _scope(self, who: Principal, wide_rule: str, asked: bool = True) -> str | None:
+        """The project a query is limited to; None (every project) only when asked for and
+        `wide_rule` allows it. Others silently keep their own project, as in Zun."""
+        return None if asked and self._policy.allows(wide_rule, who) else who.project_id
 
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from capsuled.api.policy import Policy
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits
-from capsuled.errors import (CapsuledError, Conflict, DriverError, Forbidden, InvalidInput,
+from capsuled.errors import (CapsuledError, Conflict, DriverError, InvalidInput,
                              NotAuthenticated)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, select_host
@@ -91,8 +92,10 @@ class LogRequest:
 
 class ContainerService:
     def __init__(self, store: Store, notify: Callable[[], None], ops_for: Callable[[str], ContainerOps],
-                 limits: Limits, host_down_after: timedelta = timedelta(seconds=180)) -> None:
+                 limits: Limits, host_down_after: timedelta = timedelta(seconds=180),
+                 policy: Policy | None = None) -> None:
         self._store = store
+        self._policy = policy or Policy()
         self._notify = notify
         self._ops_for = ops_for
         self._limits = limits
@@ -103,12 +106,21 @@ class ContainerService:
         self._sessions_lock = threading.Lock()
         self._pending_sizes: dict[str, tuple[int, int]] = {}
 
+    def shows_host(self, who: Principal) -> bool:
+        return self._policy.allows("container:get_one:host", who)
+
+    def _scope(self, who: Principal, asked: bool = True,
+               wide_rule: str = "container:get_one_all_projects") -> str | None:
+        """The project a query is limited to. Those allowed `wide_rule` (admins) reach any
+        one container; lists stay in the caller's project unless asked, as for capsules."""
+        return None if asked and self._policy.allows(wide_rule, who) else who.project_id
+
     # -- create / read ----------------------------------------------------------------------
     def create(self, who: Principal, body: dict[str, Any], run: bool, request_id: str,
                command_as_string: bool = False) -> Container:
         spec = parse_container_request(body, self._limits, command_as_string)
-        if spec.host is not None and not who.is_admin:
-            raise Forbidden("Policy doesn't allow container:create:requested_destination to be performed.")
+        if spec.host is not None:
+            self._policy.enforce("container:create:requested_destination", who)
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
         with self._store.transaction() as s:
@@ -139,7 +151,7 @@ class ContainerService:
     def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
         assert spec.capsule is not None
         with self._store.transaction() as s:
-            capsule = capsule_repo.get_capsule(s, spec.capsule, _scope(who))
+            capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
             if capsule.host is None:
                 raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
                                "a container cannot join it.")
@@ -153,26 +165,26 @@ class ContainerService:
     def get(self, who: Principal, ident: str, capsule: str | None = None,
             all_projects: bool = False) -> Container:
         with self._store.transaction() as s:
-            owner = capsule_repo.get_capsule(s, capsule, _scope(who)) if capsule else None
-            row = repo.get_container(s, ident, _scope(who), owner)
+            owner = capsule_repo.get_capsule(s, capsule, self._scope(who)) if capsule else None
+            row = repo.get_container(s, ident, self._scope(who), owner)
             _ = row.capsule
             return row
 
     def list(self, who: Principal, page: Page, all_projects: bool, capsule: str | None,
              filters: dict[str, str]) -> list[Container]:
-        if all_projects and not who.is_admin:
-            raise Forbidden("Policy doesn't allow container:get_all_all_projects to be performed.")
+        if all_projects:
+            self._policy.enforce("container:get_all_all_projects", who)
         with self._store.transaction() as s:
-            owner = capsule_repo.get_capsule(s, capsule, _scope(who)) if capsule else None
-            return repo.list_containers(s, _scope(who, all_projects), page, owner, filters)
+            owner = capsule_repo.get_capsule(s, capsule, self._scope(who)) if capsule else None
+            return repo.list_containers(s, self._scope(who, all_projects, "container:get_all_all_projects"), page, owner, filters)
 
     # -- desired-state changes ----------------------------------------------------------------
     def delete(self, who: Principal, ident: str, force: bool, stop: bool, request_id: str,
                all_projects: bool = False) -> None:
-        if force and not who.is_admin:
-            raise Forbidden("Policy doesn't allow container:delete_force to be performed.")
+        if force:
+            self._policy.enforce("container:delete_force", who)
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             self._check(row, "delete_stop" if stop else "delete", force=force)
             repo.mark_deleting(s, row)
             repo.record_action(s, row.uuid, "delete", request_id, who.project_id, who.user_id,
@@ -185,7 +197,7 @@ class ContainerService:
         desired = {"start": "running", "stop": "stopped", "reboot": "running",
                    "pause": "paused", "unpause": "running", "kill": None}[action]
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             self._check(row, action)
             if desired is not None and desired != row.desired_state:
                 repo.set_desired(s, row, desired)
@@ -224,13 +236,13 @@ class ContainerService:
         probe = parse_container_request({"image": "x", **{k: v for k, v in changes.items()}},
                                         self._limits)
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             if row.capsule is not None:
                 if capsule is None:
                     raise Conflict(f"Container {ident} belongs to capsule "
                                    f"{row.capsule.name or row.capsule.uuid}; name it with "
                                    "capsule=<capsule> to update the container.")
-                named = capsule_repo.get_capsule(s, capsule, _scope(who))
+                named = capsule_repo.get_capsule(s, capsule, self._scope(who))
                 if named.id != row.capsule.id:
                     raise InvalidInput(f"capsule: container {ident} does not belong to {capsule}")
                 if "name" in changes:
@@ -252,7 +264,7 @@ class ContainerService:
             raise InvalidInput("name: is required")
         probe = parse_container_request({"image": "x", "name": name}, self._limits)
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             self._check(row, "rename")
             self._rename(s, who, row, probe.container.name)
             uuid = row.uuid
@@ -387,12 +399,12 @@ class ContainerService:
 
     def actions(self, who: Principal, ident: str) -> list[ContainerAction]:
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             return repo.list_actions(s, row.uuid)
 
     def action_detail(self, who: Principal, ident: str, request_id: str) -> ContainerAction:
         with self._store.transaction() as s:
-            row = repo.get_container(s, ident, _scope(who))
+            row = repo.get_container(s, ident, self._scope(who))
             return repo.get_action(s, row.uuid, request_id)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -422,12 +434,6 @@ class ContainerService:
             return
         verb = "delete" if action == "delete_stop" else action
         raise Conflict(f"Cannot {verb} container {row.uuid} in {row.status} state.")
-
-
-def _scope(who: Principal, all_projects: bool = True) -> str | None:
-    """None means every project. Admins reach any one container; lists stay in the
-    caller's project unless an admin asks for all of them (as for capsules)."""
-    return None if (all_projects and who.is_admin) else who.project_id
 
 
 def _default_name(s: Any) -> str:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from capsuled.domain.hostops import ContainerOps, ImageInfo
-from capsuled.errors import CapsuledError, Forbidden, InvalidInput, NotFound
-from capsuled.identity.base import Principal
+from capsuled.errors import CapsuledError, InvalidInput, NotFound
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
@@ -40,8 +39,7 @@ class ImageService:
         self._ops_for = ops_for
         self._down_after = host_down_after
 
-    def list(self, who: Principal) -> list[HostImage]:
-        _admin(who, "get_all")
+    def list(self) -> list[HostImage]:
         out = []
         for host in self._alive_hosts():
             try:
@@ -51,15 +49,13 @@ class ImageService:
             out += [HostImage(image_uuid(host, i.repo, i.tag), host, i) for i in images]
         return sorted(out, key=lambda h: (h.info.repo, h.info.tag, h.host))
 
-    def get(self, who: Principal, ident: str) -> HostImage:
-        _admin(who, "get_one")
-        for image in self.list(who):
+    def get(self, ident: str) -> HostImage:
+        for image in self.list():
             if ident in (image.uuid, image.info.id, f"{image.info.repo}:{image.info.tag}"):
                 return image
         raise NotFound(f"Image {ident} could not be found.")
 
-    def pull(self, who: Principal, repo: object, host: object) -> HostImage:
-        _admin(who, "pull")
+    def pull(self, repo: object, host: object) -> HostImage:
         if not isinstance(repo, str) or not repo.strip():
             raise InvalidInput("repo: is required (e.g. busybox or busybox:latest)")
         name, tag = _split(repo.strip())
@@ -73,9 +69,8 @@ class ImageService:
         info = self._ops_for(hosts[0]).pull_image(name, tag)
         return HostImage(image_uuid(hosts[0], name, tag), hosts[0], info)
 
-    def delete(self, who: Principal, ident: str) -> None:
-        _admin(who, "delete")
-        image = self.get(who, ident)
+    def delete(self, ident: str) -> None:
+        image = self.get(ident)
         self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
 
     def _alive_hosts(self) -> list[str]:
@@ -92,7 +87,3 @@ def _split(repo: str) -> tuple[str, str]:
         return name, tag
     return repo, "latest"
 
-
-def _admin(who: Principal, rule: str) -> None:
-    if not who.is_admin:
-        raise Forbidden(f"Policy doesn't allow image:{rule} to be performed.")

@@ -1,0 +1,101 @@
+"""Who may do what: named rules with Zun's names and defaults, enforced by oslo.policy.
+
+Roles: `admin` may do anything in any project; `member` creates and acts on its own
+project's resources; `reader` only reads them. Which project a resource belongs to is
+not decided here: queries are scoped to the caller's project, so another project's
+resource is simply not found (404, never a 403 that confirms it exists). The rules
+therefore decide which *operations* a role may perform, and which extra powers
+(`all_projects`, seeing host names, force delete) it has.
+
+Operators override any rule with check strings in the config (`policy` mapping or a
+YAML `policy_file`), e.g. `{"container:execute": "role:admin"}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from oslo_config import cfg
+from oslo_policy import policy as oslo
+
+from capsuled.errors import Forbidden, InvalidInput
+from capsuled.identity.base import Principal
+
+ADMIN = "rule:admin_api"
+MEMBER = "rule:project_member"
+READER = "rule:project_reader"
+
+_BASE = {
+    "admin_api": "role:admin",
+    "project_member": "rule:admin_api or (role:member and project_id:%(project_id)s)",
+    "project_reader": "rule:project_member or (role:reader and project_id:%(project_id)s)",
+}
+
+_READS = {"get_one", "get_all", "logs", "top", "stats", "get_archive", "actions"}
+_CONTAINER_ACTIONS = ("create", "delete", "update", "start", "stop", "reboot", "pause",
+                      "unpause", "kill", "rename", "execute", "execute_resize", "attach",
+                      "resize", "put_archive", *sorted(_READS))
+
+DEFAULTS: dict[str, str] = {
+    **_BASE,
+    "capsule:create": MEMBER, "capsule:delete": MEMBER, "capsule:get": READER,
+    "capsule:get_all": READER, "capsule:get:host": ADMIN,
+    "capsule:delete_all_projects": ADMIN, "capsule:get_one_all_projects": ADMIN,
+    "capsule:get_all_all_projects": ADMIN,
+    **{f"container:{a}": READER if a in _READS else MEMBER for a in _CONTAINER_ACTIONS},
+    "container:get_one:host": ADMIN, "container:get_one_all_projects": ADMIN,
+    "container:get_all_all_projects": ADMIN, "container:delete_all_projects": ADMIN,
+    "container:delete_force": ADMIN, "container:create:requested_destination": ADMIN,
+    "container:create:privileged": ADMIN, "container:create:runtime": ADMIN,
+    "image:pull": ADMIN, "image:get_all": ADMIN, "image:get_one": ADMIN, "image:delete": ADMIN,
+    "host:get_all": ADMIN, "host:get": ADMIN,
+    "zun-service:get_all": ADMIN, "zun-service:update": ADMIN, "zun-service:delete": ADMIN,
+    "availability_zones:get_all": READER,
+    "quota:get": READER, "quota:get_default": READER, "quota:update": ADMIN,
+    "quota:delete": ADMIN, "quota_class:get": ADMIN, "quota_class:update": ADMIN,
+    "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
+}
+
+
+class Policy:
+    def __init__(self, overrides: Mapping[str, str] | None = None,
+                 policy_file: Path | None = None) -> None:
+        rules = dict(DEFAULTS)
+        for source, extra in (("policy_file", _read_file(policy_file)), ("policy", overrides or {})):
+            for name, check in extra.items():
+                if not isinstance(check, str):
+                    raise InvalidInput(f"{source}: rule {name!r} must be a check string")
+                rules[name] = check
+        conf = cfg.ConfigOpts()
+        conf([], project="capsuled", default_config_files=[], default_config_dirs=[])
+        self._enforcer = oslo.Enforcer(conf, use_conf=False)
+        self._enforcer.set_rules(oslo.Rules.from_dict(rules), overwrite=True, use_conf=False)
+        self._names = frozenset(rules)
+
+    def allows(self, rule: str, who: Principal, project_id: str | None = None) -> bool:
+        """Whether `who` may perform `rule` on a resource of `project_id` (default: the
+        caller's own project, which is where scoped queries keep members anyway)."""
+        if rule not in self._names:
+            raise KeyError(f"no policy rule named {rule}")  # a typo in our code, not input
+        target = {"project_id": project_id or who.project_id}
+        creds = {"roles": sorted(who.roles), "project_id": who.project_id,
+                 "user_id": who.user_id}
+        return bool(self._enforcer.enforce(rule, target, creds))
+
+    def enforce(self, rule: str, who: Principal, project_id: str | None = None) -> None:
+        if not self.allows(rule, who, project_id):
+            raise Forbidden(f"Policy doesn't allow {rule} to be performed.")
+
+
+def _read_file(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"policy_file: cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput(f"policy_file: {path} must map rule names to check strings")
+    return data
