@@ -71,11 +71,13 @@ def image_seed(ctx: typer.Context,
 def run_all_in_one(settings: Settings) -> None:
     from capsuled.agent.loop import Agent
     from capsuled.api.app import Services, create_app
+    from capsuled.api.policy import Policy
     from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.drivers.docker_client import make_client
     from capsuled.drivers.image.seed import seed_images
@@ -105,17 +107,24 @@ def run_all_in_one(settings: Settings) -> None:
         typer.echo(f"error: cannot reach the Docker Engine at {settings.docker.host}: {exc}", err=True)
         raise typer.Exit(1) from exc
 
+    try:
+        policy = Policy(settings.policy, settings.policy_file)
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
     control = ControlPlane(store)
     limits = Limits(**settings.limits.model_dump())
     down_after = timedelta(seconds=180)
     runtime = DockerRuntime(docker_api)
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after),
+        capsules=CapsuleService(store, control, limits, host_down_after=down_after, policy=policy),
         # All in one: the only host is this one, and its runtime serves the host calls.
-        containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after),
+        containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after,
+                                    policy=policy),
         hosts=HostService(store, down_after),
-        images=ImageService(store, lambda host: runtime, down_after))
-    api = create_app(settings, LocalIdentity(store), services)
+        images=ImageService(store, lambda host: runtime, down_after),
+        tokens=TokenService(store))
+    api = create_app(settings, LocalIdentity(store), services, policy)
     agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
                   instance, settings.docker.infra_image)
     agent.start()
