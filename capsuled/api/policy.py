@@ -84,9 +84,18 @@ class Policy:
                  "user_id": who.user_id}
         return bool(self._enforcer.enforce(rule, target, creds))
 
-    def enforce(self, rule: str, who: Principal, project_id: str | None = None) -> None:
+    def enforce(self, rule: str, who: Principal, project_id: str | None = None,
+                why: str | None = None) -> None:
         if not self.allows(rule, who, project_id):
-            raise Forbidden(f"Policy doesn't allow {rule} to be performed.")
+            raise Forbidden(f"Policy doesn't allow {rule} to be performed"
+                            + (f": {why}." if why else "."))
+
+    def check_host_access(self, who: Principal, asks: list[str]) -> None:
+        """Refuse requests for host-level powers (domain.host_access) to the untrusted."""
+        if asks:
+            fields = ", ".join(asks)
+            self.enforce("container:create:privileged", who,
+                         why=f"{fields} {'asks' if len(asks) == 1 else 'ask'} for host-level access")
 
 
 def _read_file(path: Path | None) -> dict[str, str]:

@@ -178,3 +178,43 @@ def test_resources_record_their_project_and_user(world: World) -> None:
     assert (body["project_id"], body["user_id"]) == ("proj-a", "alice")
     cap = world.clients["admin"].get(f"/v1/capsules/{world.capsule}").json()
     assert (cap["project_id"], cap["user_id"]) == ("proj-a", "alice")
+
+
+HOST_LEVEL_TEMPLATES = {
+    "spec.hostNetwork": {"hostNetwork": True},
+    "spec.hostPID": {"hostPID": True},
+    "spec.hostIPC": {"hostIPC": True},
+    "spec.containers[0].securityContext.privileged": None,
+    "spec.volumes[0].hostPath": {"volumes": [{"name": "root", "hostPath": {"path": "/"}}]},
+}
+
+
+@pytest.mark.parametrize("field", sorted(HOST_LEVEL_TEMPLATES))
+def test_members_cannot_ask_for_host_level_access_in_templates(world: World, field: str) -> None:
+    tmpl = template("hostile", [sleeper("app")], **(HOST_LEVEL_TEMPLATES[field] or {}))
+    if field.endswith("securityContext.privileged"):
+        tmpl["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    before = world.clients["admin"].get("/v1/capsules", params={"all_projects": "1"}).json()
+    r = world.clients["member_a"].post("/v1/capsules", json={"template": tmpl})
+    assert r.status_code == 403, r.text
+    detail = r.json()["errors"][0]["detail"]
+    assert field in detail and "container:create:privileged" in detail
+    after = world.clients["admin"].get("/v1/capsules", params={"all_projects": "1"}).json()
+    assert len(after["capsules"]) == len(before["capsules"])
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"privileged": True}, "privileged"),
+    ({"runtime": "kata"}, "runtime"),
+    ({"mounts": [{"source": "/etc", "destination": "/x"}]}, "mounts[0].source"),
+    ({"cap_add": ["SYS_ADMIN"]}, "cap_add"),
+    ({"devices": ["/dev/kvm"]}, "devices"),
+])
+def test_members_cannot_ask_for_host_level_access_in_containers(
+        world: World, body: dict[str, object], field: str) -> None:
+    r = world.clients["member_b"].post("/v1/containers", params={"run": "true"},
+                                       json={"image": "busybox", "name": "hostile", **body})
+    assert r.status_code == 403, r.text
+    assert field in r.json()["errors"][0]["detail"]
+    names = [c["name"] for c in world.clients["member_b"].get("/v1/containers").json()["containers"]]
+    assert "hostile" not in names

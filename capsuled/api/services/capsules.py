@@ -7,6 +7,7 @@ from typing import Any
 
 from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
+from capsuled.domain.host_access import template_asks
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, parse_template
 from capsuled.identity.base import Principal
@@ -28,6 +29,7 @@ class CapsuleService:
         self._down_after = host_down_after
 
     def create(self, who: Principal, template: Any) -> Capsule:
+        self._policy.check_host_access(who, template_asks(template))
         spec = parse_template(template, self._limits)
         with self._store.transaction() as s:
             req = Request(cpu=spec.total_cpu(), memory=spec.total_memory(),

@@ -27,6 +27,7 @@ from typing import Any
 
 from capsuled.api.policy import Policy
 from capsuled.domain.container_request import parse_container_request
+from capsuled.domain.host_access import request_asks
 from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
@@ -118,6 +119,7 @@ class ContainerService:
     # -- create / read ----------------------------------------------------------------------
     def create(self, who: Principal, body: dict[str, Any], run: bool, request_id: str,
                command_as_string: bool = False) -> Container:
+        self._policy.check_host_access(who, request_asks(body))
         spec = parse_container_request(body, self._limits, command_as_string)
         if spec.host is not None:
             self._policy.enforce("container:create:requested_destination", who)

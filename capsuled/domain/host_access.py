@@ -1,0 +1,69 @@
+"""Requests for host-level powers: the fields of a template or a container request that
+would let a container reach past its sandbox (privileged mode, the host's network, PID or
+IPC namespace, host paths, added capabilities, devices, another OCI runtime).
+
+Pure: it only finds them. The API refuses them with 403 to callers the policy does not
+trust (`container:create:privileged`), before any validation or creation, so a tenant
+learns which field was refused and nothing is half-made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Template (Kubernetes-style) fields, per container and per spec.
+_SPEC_FLAGS = ("hostNetwork", "hostPID", "hostIPC")
+_SPEC_VALUES = ("runtimeClassName",)
+_CONTAINER_VALUES = ("privileged", "devices")
+# Zun container-request fields.
+_REQUEST_VALUES = ("privileged", "devices", "cap_add", "security_opt", "network_mode",
+                   "pid_mode", "ipc_mode", "binds")
+_DEFAULT_RUNTIMES = (None, "", "runc")
+
+
+def template_asks(template: Any) -> list[str]:
+    """The paths of host-level asks in a capsule template (empty when there are none)."""
+    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
+        return []
+    spec: dict[str, Any] = template["spec"]
+    asks = [f"spec.{k}" for k in _SPEC_FLAGS if spec.get(k)]
+    asks += [f"spec.{k}" for k in _SPEC_VALUES if spec.get(k) not in _DEFAULT_RUNTIMES]
+    for group in ("initContainers", "containers"):
+        items = spec.get(group)
+        for i, c in enumerate(items if isinstance(items, list) else []):
+            if isinstance(c, dict):
+                asks += _container_asks(c, f"spec.{group}[{i}]")
+    volumes = spec.get("volumes")
+    for i, v in enumerate(volumes if isinstance(volumes, list) else []):
+        if isinstance(v, dict) and "hostPath" in v:
+            asks.append(f"spec.volumes[{i}].hostPath")
+    return asks
+
+
+def _container_asks(c: dict[str, Any], path: str) -> list[str]:
+    asks = [f"{path}.{k}" for k in _CONTAINER_VALUES if c.get(k)]
+    ctx = c.get("securityContext")
+    if isinstance(ctx, dict):
+        if ctx.get("privileged"):
+            asks.append(f"{path}.securityContext.privileged")
+        if ctx.get("allowPrivilegeEscalation"):
+            asks.append(f"{path}.securityContext.allowPrivilegeEscalation")
+        caps = ctx.get("capabilities")
+        if isinstance(caps, dict) and caps.get("add"):
+            asks.append(f"{path}.securityContext.capabilities.add")
+    return asks
+
+
+def request_asks(body: Any) -> list[str]:
+    """The fields of a container create request that ask for host-level powers."""
+    if not isinstance(body, dict):
+        return []
+    asks = [k for k in _REQUEST_VALUES if body.get(k)]
+    if body.get("runtime") not in _DEFAULT_RUNTIMES:
+        asks.append("runtime")
+    mounts = body.get("mounts")
+    for i, m in enumerate(mounts if isinstance(mounts, list) else []):
+        if isinstance(m, dict) and (m.get("type") == "bind"
+                                    or str(m.get("source") or "").startswith("/")):
+            asks.append(f"mounts[{i}].source")
+    return asks
