@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
@@ -44,6 +44,33 @@ class LimitSettings(BaseModel):
     max_containers: int = 24
 
 
+class QuotaSettings(BaseModel):
+    """Default per-project limits (-1: unlimited); admins override them per project."""
+
+    capsules: float = 20
+    containers: float = 40
+    cpu: float = 20
+    memory: float = 51200  # MiB
+    disk: float = 100  # GiB
+
+
+class KeystoneSettings(BaseModel):
+    """OpenStack identity: tokens are validated by this Keystone as this service user."""
+
+    auth_url: str = Field(description="Keystone v3 URL, e.g. http://keystone:5000/v3")
+    username: str = Field("capsuled", description="Service user (needs the service or admin role)")
+    password: SecretStr = Field(description="Service user's password")
+    project_name: str = Field("service", description="Service user's project")
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    interface: str = Field("public", description="Catalog interface of the identity endpoint")
+    region_name: str | None = None
+    timeout: float = Field(10.0, gt=0, description="Seconds before a Keystone call is abandoned")
+    cache_ttl: float = Field(300.0, ge=0,
+                             description="Seconds a validated token is trusted (0: no cache)")
+    cache_size: int = Field(10_000, ge=1, description="Tokens the cache holds")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSULED_", env_nested_delimiter="__")
 
@@ -55,6 +82,9 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    keystone: KeystoneSettings | None = Field(
+        None, description="Validate tokens with Keystone (CAPSULED_KEYSTONE__*); unset: standalone")
     policy: dict[str, str] = Field(default_factory=dict,
                                    description="Policy rule overrides: name -> check string")
     policy_file: Path | None = Field(None, description="YAML file of policy rule overrides")

@@ -5,6 +5,7 @@ status codes, drivers translate their SDK's exceptions into them.
      ├── InvalidInput            a request or template is wrong (carries every problem)
      ├── NotAuthenticated        no token, or an unknown/expired one
      ├── Forbidden               policy says no
+ │   └── OverQuota           the project's quota would be exceeded
      ├── NotFound                missing, or not visible to the caller
      ├── Conflict                ambiguous name, wrong state, stale generation
      ├── VersionNotAcceptable    microversion outside the supported range
@@ -43,6 +44,10 @@ class NotAuthenticated(CapsuledError):
 
 
 class Forbidden(CapsuledError):
+    pass
+
+
+class OverQuota(Forbidden):
     pass
 
 

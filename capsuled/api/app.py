@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from capsuled.api import errors
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import capsules, containers, hosts, images, root, tokens
+from capsuled.api.routers import capsules, containers, hosts, images, quotas, root, tokens
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
+from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.tokens import TokenService
 from capsuled.config import Settings
 from capsuled.identity.base import IdentityProvider
@@ -28,6 +29,7 @@ class Services:
     hosts: HostService
     images: ImageService
     tokens: TokenService
+    quotas: QuotaService
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -41,8 +43,9 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.hosts = services.hosts
     app.state.images = services.images
     app.state.tokens = services.tokens
+    app.state.quotas = services.quotas
     errors.install(app)
     app.add_middleware(ApiMiddleware)
-    for module in (root, capsules, containers, hosts, images, tokens):
+    for module in (root, capsules, containers, hosts, images, quotas, tokens):
         app.include_router(module.router)
     return app

@@ -11,12 +11,16 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 
 from capsuled.config import Settings
+
+if TYPE_CHECKING:
+    from capsuled.identity.base import IdentityProvider
+    from capsuled.store.engine import Store
 
 app = typer.Typer(help=__doc__, no_args_is_help=False, add_completion=False)
 image_app = typer.Typer(help="Offline images.")
@@ -77,6 +81,7 @@ def run_all_in_one(settings: Settings) -> None:
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.quotas import QuotaService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.drivers.docker_client import make_client
@@ -84,7 +89,7 @@ def run_all_in_one(settings: Settings) -> None:
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.drivers.volume.docker import LocalVolumes
     from capsuled.errors import CapsuledError
-    from capsuled.identity.local import LocalIdentity, bootstrap
+    from capsuled.identity.local import bootstrap
     from capsuled.paths import ADMIN_TOKEN_FILE
     from capsuled.store.engine import Store, make_engine, upgrade
 
@@ -116,15 +121,18 @@ def run_all_in_one(settings: Settings) -> None:
     limits = Limits(**settings.limits.model_dump())
     down_after = timedelta(seconds=180)
     runtime = DockerRuntime(docker_api)
+    quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after, policy=policy),
+        capsules=CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
+                                quotas=quotas),
         # All in one: the only host is this one, and its runtime serves the host calls.
         containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after,
-                                    policy=policy),
+                                    policy=policy, quotas=quotas),
         hosts=HostService(store, down_after),
         images=ImageService(store, lambda host: runtime, down_after),
-        tokens=TokenService(store))
-    api = create_app(settings, LocalIdentity(store), services, policy)
+        tokens=TokenService(store),
+        quotas=quotas)
+    api = create_app(settings, _identity(settings, store), services, policy)
     agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
                   instance, settings.docker.infra_image)
     agent.start()
@@ -142,6 +150,18 @@ def run_all_in_one(settings: Settings) -> None:
         server.run()
     finally:
         agent.stop()
+
+
+def _identity(settings: Settings, store: Store) -> IdentityProvider:
+    """Keystone when [keystone] is configured, else the tokens this server issues."""
+    if settings.keystone is not None:
+        from capsuled.identity.keystone import KeystoneIdentity
+
+        LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
+        return KeystoneIdentity.from_settings(settings.keystone)
+    from capsuled.identity.local import LocalIdentity
+
+    return LocalIdentity(store)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

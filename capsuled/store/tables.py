@@ -176,3 +176,35 @@ class ContainerAction(Base):
     finish_time: Mapped[datetime | None] = mapped_column(DateTime)
     message: Mapped[str | None] = mapped_column(String(255))  # None on success, "Error" on failure
     detail: Mapped[str | None] = mapped_column(Text)  # why it failed (admins see it as the traceback)
+
+
+class Quota(Base):
+    """A per-project override of a quota limit (absent: the default class's limit)."""
+
+    __tablename__ = "quotas"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    resource: Mapped[str] = mapped_column(String(64))
+    hard_limit: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("project_id", "resource", name="uq_quotas_project_resource"),)
+
+
+class QuotaClass(Base):
+    """Named limit sets; the class `default` overrides the configured defaults."""
+
+    __tablename__ = "quota_classes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(64))
+    hard_limit: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("class_name", "resource", name="uq_quota_classes_name_resource"),)
+
+
+class ProjectLock(Base):
+    """One row per project, updated first by every quota-checked change so that changes
+    of one project serialise on every engine (SQLite, PostgreSQL, MariaDB) while other
+    projects go on in parallel."""
+
+    __tablename__ = "project_locks"
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)

@@ -250,3 +250,22 @@ def test_hosts_services_and_availability_zones(zun) -> None:  # type: ignore[no-
     assert not zun.services.list()[0].disabled
     _, body = zun.services.force_down(svc.host, "capsuled-agent", force_down=False)
     assert body["service"]["forced_down"] is False
+
+
+def test_quotas_through_zunclient(server: Server, unique) -> None:  # type: ignore[no-untyped-def]
+    zun = zun_client.Client("1.latest", auth_token=server.token, endpoint_override=server.url + "/v1")
+    project = unique("zq")
+    assert zun.quotas.defaults(project).containers == 40
+    zun.quotas.update(project, containers=3, cpu=2, memory=512)
+    got = zun.quotas.get(project)
+    assert (got.containers, got.cpu, got.memory, got.disk) == (3, 2, 512, 100)
+    used = zun.quotas.get(project, usages=True)
+    assert used.containers == {"limit": 3, "in_use": 0}
+    zun.quotas.delete(project)
+    assert zun.quotas.get(project).containers == 40
+    zun.quota_classes.update("default", disk=50)
+    try:
+        assert zun.quota_classes.get("default").disk == 50
+        assert zun.quotas.get(project).disk == 50
+    finally:
+        zun.quota_classes.update("default", disk=100)

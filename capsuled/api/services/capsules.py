@@ -7,6 +7,8 @@ from typing import Any
 
 from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.quotas import Delta, QuotaService
+from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import template_asks
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, parse_template
@@ -21,9 +23,10 @@ from capsuled.store.tables import Capsule, Event, utcnow
 class CapsuleService:
     def __init__(self, store: Store, control: ControlPlane, limits: Limits,
                  host_down_after: timedelta = timedelta(seconds=180),
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, quotas: QuotaService | None = None) -> None:
         self._store = store
         self._policy = policy or Policy()
+        self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
         self._control = control
         self._limits = limits
         self._down_after = host_down_after
@@ -32,6 +35,10 @@ class CapsuleService:
         self._policy.check_host_access(who, template_asks(template))
         spec = parse_template(template, self._limits)
         with self._store.transaction() as s:
+            self._quotas.begin(s, who.project_id)
+            self._quotas.check(s, who.project_id, Delta(
+                capsules=1, containers=len(spec.all_containers), cpu=spec.total_cpu(),
+                memory=spec.total_memory(), disk=sum(v.size or 0 for v in spec.volumes)))
             req = Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
                           availability_zone=spec.availability_zone)
             try:

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from capsuled.api.policy import Policy
+from capsuled.api.services.quotas import Delta, QuotaService
+from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.host_access import request_asks
 from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
@@ -94,9 +96,10 @@ class LogRequest:
 class ContainerService:
     def __init__(self, store: Store, notify: Callable[[], None], ops_for: Callable[[str], ContainerOps],
                  limits: Limits, host_down_after: timedelta = timedelta(seconds=180),
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, quotas: QuotaService | None = None) -> None:
         self._store = store
         self._policy = policy or Policy()
+        self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
         self._notify = notify
         self._ops_for = ops_for
         self._limits = limits
@@ -126,6 +129,9 @@ class ContainerService:
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
         with self._store.transaction() as s:
+            self._quotas.begin(s, who.project_id)
+            self._quotas.check(s, who.project_id, Delta(
+                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0))
             name = spec.container.name or _default_name(s)
             if s.query(Container).filter_by(role=repo.BARE, name=name,
                                             project_id=who.project_id).first() is not None:
@@ -153,6 +159,12 @@ class ContainerService:
     def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
         assert spec.capsule is not None
         with self._store.transaction() as s:
+            capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
+            project = capsule.project_id
+        with self._store.transaction() as s:
+            self._quotas.begin(s, project)
+            self._quotas.check(s, project, Delta(
+                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0))
             capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
             if capsule.host is None:
                 raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
@@ -238,6 +250,10 @@ class ContainerService:
         probe = parse_container_request({"image": "x", **{k: v for k, v in changes.items()}},
                                         self._limits)
         with self._store.transaction() as s:
+            project = repo.get_container(s, ident, self._scope(who)).project_id
+        with self._store.transaction() as s:
+            if {"cpu", "memory"} & changes.keys():
+                self._quotas.begin(s, project)
             row = repo.get_container(s, ident, self._scope(who))
             if row.capsule is not None:
                 if capsule is None:
@@ -281,6 +297,10 @@ class ContainerService:
         row.updated_at = utcnow()
 
     def _resize(self, s: Any, row: Container, cpu: float | None, memory: int | None) -> None:
+        old_cpu, old_memory = _claim(row)
+        self._quotas.check(s, row.project_id, Delta(
+            cpu=max(0.0, (cpu if cpu is not None else old_cpu) - old_cpu),
+            memory=max(0, (memory if memory is not None else old_memory) - old_memory)))
         if row.capsule is None:
             spec = BareSpec.model_validate(row.spec)
             c = spec.container.model_copy(update={
@@ -436,6 +456,16 @@ class ContainerService:
             return
         verb = "delete" if action == "delete_stop" else action
         raise Conflict(f"Cannot {verb} container {row.uuid} in {row.status} state.")
+
+
+def _claim(row: Container) -> tuple[float, int]:
+    """The CPU and MiB a container holds now (a capsule member's live in its capsule's spec)."""
+    if row.capsule is None:
+        return float(row.cpu or 0.0), int(row.memory or 0)
+    for c in CapsuleSpec.model_validate(row.capsule.spec).all_containers:
+        if c.uuid == row.uuid:
+            return float(c.cpu or 0.0), int(c.memory or 0)
+    return 0.0, 0
 
 
 def _default_name(s: Any) -> str:
