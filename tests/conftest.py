@@ -108,7 +108,7 @@ class Server:
 
 
 def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
-    """Remove every container and volume of one capsuled instance; what was removed."""
+    """Remove every container, volume and network of one capsuled instance; what was removed."""
     label = f"capsuled.instance={instance}"
     left = []
     for c in api.containers(all=True, filters={"label": [label]}):
@@ -117,6 +117,9 @@ def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
     for v in (api.volumes(filters={"label": [label]}) or {}).get("Volumes") or []:
         left.append(v["Name"])
         api.remove_volume(v["Name"], force=True)
+    for n in api.networks(filters={"label": [label]}):
+        left.append(n["Name"])
+        api.remove_network(n["Id"])
     return left
 
 

@@ -10,6 +10,8 @@ counterpart of plan.py and execute.py.
     desired state             stopped: stop · paused: pause · running: unpause, or start
                               one that was created but never started. An exited container
                               stays exited: restarting it is its restart policy's job.
+    network                   created on its project's network with its name as DNS alias;
+                              one made before project networks joins it in place
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.plan import resources
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
+from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver
 from capsuled.errors import DriverError
 
@@ -86,8 +90,10 @@ class BareOutcome:
 
 
 class BareExecutor:
-    def __init__(self, runtime: RuntimeDriver, instance: str, stop_timeout: int) -> None:
+    def __init__(self, runtime: RuntimeDriver, networks: ProjectNetworks, instance: str,
+                 stop_timeout: int) -> None:
         self._rt = runtime
+        self._networks = networks
         self._instance = instance
         self._stop_timeout = stop_timeout
         # Containers created by this process: an auto_remove one that exits at once may be
@@ -102,6 +108,8 @@ class BareExecutor:
                 observed = self._rt.observe_capsule(self._instance, uuid)
                 plan = compute_bare_plan(desired, observed, uuid in self._created)
                 if plan.empty:
+                    if desired is not None and len(observed) == 1:
+                        self._join_network(desired, observed[0])
                     break
                 if plan.gone:
                     report = None if desired is None else BareReport(
@@ -132,7 +140,8 @@ class BareExecutor:
         if plan.unpause:
             self._rt.unpause(cid)
         if plan.start:
-            self._rt.start(cid)
+            # Joins the project network: keep it from being collected meanwhile.
+            self._networks.with_network(desired.project_id, lambda _net: self._rt.start(cid))
         if plan.stop:
             self._rt.stop(cid, self._stop_timeout)
         if plan.pause:
@@ -143,16 +152,37 @@ class BareExecutor:
         c = spec.container
         self._rt.ensure_image(c.image, c.image_pull_policy)
         nano_cpus, memory_bytes = wanted_resources(desired)
-        self._rt.create_container(ContainerRequest(
-            name=naming.bare_name(uuid, desired.name), image=c.image, sandbox_id=None,
-            labels={**spec.labels, L.INSTANCE: self._instance, L.CAPSULE: uuid,
-                    L.CONTAINER: uuid, L.NAME: desired.name, L.ROLE: L.ROLE_BARE,
-                    L.SPEC_HASH: spec.runtime_hash()},
-            entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
-            nano_cpus=nano_cpus, memory_bytes=memory_bytes,
-            restart_policy=spec.restart.name, max_retry=spec.restart.max_retry,
-            tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
-            auto_remove=spec.auto_remove, start=desired.desired_state != "stopped"))
+        labels = {**spec.labels, L.INSTANCE: self._instance, L.CAPSULE: uuid,
+                  L.CONTAINER: uuid, L.NAME: desired.name, L.ROLE: L.ROLE_BARE,
+                  L.SPEC_HASH: spec.runtime_hash()}
+        if desired.project_id is not None:
+            labels[L.PROJECT] = desired.project_id
+
+        def create(net: ProjectNetwork | None) -> str:
+            return self._rt.create_container(ContainerRequest(
+                name=naming.bare_name(uuid, desired.name), image=c.image, sandbox_id=None,
+                labels=labels, entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir,
+                env=dict(c.env), nano_cpus=nano_cpus, memory_bytes=memory_bytes,
+                restart_policy=spec.restart.name, max_retry=spec.restart.max_retry,
+                tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
+                auto_remove=spec.auto_remove, start=desired.desired_state != "stopped",
+                network=net.name if net else None, aliases=(desired.name, uuid),
+                privileged=c.privileged))
+
+        self._networks.with_network(desired.project_id, create)
+
+    def _join_network(self, desired: ContainerAssignment, o: Observed) -> None:
+        """A container made before project networks joins its project's network in place
+        and leaves Docker's shared default bridge."""
+        project = desired.project_id
+        if project is None or desired.deleting or o.state not in ("running", "created", "exited"):
+            return
+        name = network_name(self._instance, project)
+        if name not in o.networks:
+            self._networks.with_network(project, lambda net: self._rt.connect_network(
+                o.id, net.name if net else name, (desired.name, desired.uuid)))
+        if "bridge" in o.networks:
+            self._rt.disconnect_network(o.id, "bridge")
 
     def _report(self, desired: ContainerAssignment, observed: list[Observed],
                 error: str | None) -> BareReport:

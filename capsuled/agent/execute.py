@@ -8,11 +8,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
-from capsuled.domain.spec import ZUN_RESTART_NAMES, CapsuleSpec, ContainerSpec, spec_hash
+from capsuled.domain.spec import ZUN_RESTART_NAMES, ContainerSpec, spec_hash
+from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver, SandboxRequest
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
@@ -38,10 +40,12 @@ class _Progress:
 
 
 class CapsuleExecutor:
-    def __init__(self, runtime: RuntimeDriver, volumes: VolumeDriver, instance: str,
-                 infra_image: str, stop_timeout: int, parallel: ThreadPoolExecutor) -> None:
+    def __init__(self, runtime: RuntimeDriver, volumes: VolumeDriver, networks: ProjectNetworks,
+                 instance: str, infra_image: str, stop_timeout: int,
+                 parallel: ThreadPoolExecutor) -> None:
         self._rt = runtime
         self._volumes = volumes
+        self._networks = networks
         self._instance = instance
         self._infra = infra_image
         self._stop_timeout = stop_timeout
@@ -57,6 +61,8 @@ class CapsuleExecutor:
                 plan = compute_plan(desired, observed)
                 progress.blocked = plan.blocked
                 if plan.empty or _waiting_on_init(plan):
+                    if desired is not None and plan.sandbox is not None:
+                        self._join_network(desired, plan.sandbox, progress)
                     break
                 self._apply(uuid, desired, plan, progress)
                 if plan.gone:
@@ -129,10 +135,17 @@ class CapsuleExecutor:
                 labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.VOLUME: vol.name,
                         L.AUTO_REMOVE: "true" if vol.auto_remove or vol.type == "emptyDir" else "false"}))
         self._rt.ensure_image(self._infra, "IfNotPresent")
-        self._rt.create_sandbox(SandboxRequest(
-            name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
-            hostname=spec.name or desired.uuid[:12],
-            labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX}))
+        labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX}
+        if desired.project_id is not None:
+            labels[L.PROJECT] = desired.project_id
+
+        def create(net: ProjectNetwork | None) -> Observed:
+            return self._rt.create_sandbox(SandboxRequest(
+                name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
+                hostname=spec.name or desired.uuid[:12], labels=labels,
+                network=net.name if net else None, aliases=_aliases(desired)))
+
+        self._networks.with_network(desired.project_id, create)
         if recreated:
             progress.recreated = True
             progress.event("Warning", "SandboxRecreated",
@@ -140,24 +153,42 @@ class CapsuleExecutor:
         else:
             progress.event("Normal", "SandboxCreated", "created the sandbox")
 
+    def _join_network(self, desired: Assignment, sandbox: Observed, progress: _Progress) -> None:
+        """A sandbox made before project networks (on Docker's default bridge) joins its
+        project's network in place, without a restart, and leaves the shared bridge."""
+        project = desired.project_id
+        if project is None or desired.deleting or sandbox.state != "running":
+            return
+        name = network_name(self._instance, project)
+        if name not in sandbox.networks:
+            self._networks.with_network(project, lambda net: self._rt.connect_network(
+                sandbox.id, net.name if net else name, _aliases(desired)))
+            progress.event("Normal", "NetworkJoined", f"joined the project network {name}")
+        if "bridge" in sandbox.networks:
+            self._rt.disconnect_network(sandbox.id, "bridge")
+
     def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
         spec = desired.spec
         self._rt.ensure_image(c.image, c.image_pull_policy)
         return self._rt.create_container(ContainerRequest(
             name=naming.container_name(desired.uuid, spec.name, c.name), image=c.image,
-            sandbox_id=sandbox.id, labels=self._member_labels(desired.uuid, spec, c, sandbox),
+            sandbox_id=sandbox.id, labels=self._member_labels(desired, c, sandbox),
             entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
             nano_cpus=resources(c)[0], memory_bytes=resources(c)[1],
             binds=[f"{naming.volume_name(desired.uuid, m.name)}:{m.mount_path}:"
                    f"{'ro' if m.read_only else 'rw'}" for m in c.volume_mounts],
             restart_policy="no" if c.role == "init" else ZUN_RESTART_NAMES[spec.restart_policy],
-            tty=c.tty, stdin=c.stdin))
+            tty=c.tty, stdin=c.stdin, privileged=c.privileged))
 
-    def _member_labels(self, uuid: str, spec: CapsuleSpec, c: ContainerSpec,
+    def _member_labels(self, desired: Assignment, c: ContainerSpec,
                        sandbox: Observed) -> dict[str, str]:
-        return {L.INSTANCE: self._instance, L.CAPSULE: uuid, L.CONTAINER: c.uuid, L.NAME: c.name,
-                L.ROLE: c.role, L.SPEC_HASH: spec_hash(c, spec.restart_policy),
-                L.SANDBOX_START: sandbox.started_at or ""}
+        labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.CONTAINER: c.uuid,
+                  L.NAME: c.name, L.ROLE: c.role,
+                  L.SPEC_HASH: spec_hash(c, desired.spec.restart_policy),
+                  L.SANDBOX_START: sandbox.started_at or ""}
+        if desired.project_id is not None:
+            labels[L.PROJECT] = desired.project_id
+        return labels
 
     def _report(self, desired: Assignment, observed: list[Observed], progress: _Progress,
                 error: str | None) -> CapsuleReport:
@@ -178,6 +209,11 @@ class CapsuleExecutor:
                              sandbox_state=sandbox.state if sandbox else "missing",
                              sandbox_recreated=progress.recreated, error=error,
                              containers=containers, events=progress.events)
+
+
+def _aliases(desired: Assignment) -> tuple[str, ...]:
+    """The sandbox's names on its project network: the capsule's name and uuid."""
+    return (desired.spec.name, desired.uuid) if desired.spec.name else (desired.uuid,)
 
 
 def _waiting_on_init(plan: Plan) -> bool:

@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from capsuled.agent.bare import BareExecutor
 from capsuled.agent.execute import CapsuleExecutor
+from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
 from capsuled.domain.channel import AgentChannel, Assignment, ContainerAssignment
+from capsuled.drivers.network.base import NetworkDriver
 from capsuled.drivers.runtime.base import RuntimeDriver, Summary
 from capsuled.drivers.volume.base import VolumeDriver
 from capsuled.errors import CapsuledError
@@ -29,7 +31,8 @@ HEARTBEAT_EVERY = 10.0
 
 class Agent:
     def __init__(self, channel: AgentChannel, runtime: RuntimeDriver, volumes: VolumeDriver,
-                 settings: AgentSettings, instance: str, infra_image: str) -> None:
+                 settings: AgentSettings, instance: str, infra_image: str,
+                 networks: NetworkDriver) -> None:
         self._channel = channel
         self._runtime = runtime
         self._settings = settings
@@ -41,9 +44,11 @@ class Agent:
         self._fingerprints: dict[str, tuple[tuple[str, str, str], ...]] = {}
         self._stop = threading.Event()
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
-        self._executor = CapsuleExecutor(runtime, volumes, instance, infra_image,
+        # A project's network goes once it has had nothing on it for a whole relist period.
+        self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
+        self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel)
-        self._bare = BareExecutor(runtime, instance, settings.stop_timeout)
+        self._bare = BareExecutor(runtime, self._networks, instance, settings.stop_timeout)
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max)
         self._threads: list[threading.Thread] = []
@@ -137,13 +142,15 @@ class Agent:
 
     def relist(self) -> None:
         """Sync every capsule whose Docker picture changed since the last relist, every
-        desired capsule with nothing in Docker yet, and every orphan."""
+        desired capsule with nothing in Docker yet, and every orphan; collect the networks
+        of projects with nothing left on this host."""
         # List Docker before reading the desired set: a container can only exist for a
         # capsule that was desired before it was created, so this order never mistakes a
         # brand-new capsule for an orphan.
         summaries = self._runtime.list_summaries(self._instance)
         with self._lock:
-            desired: dict[str, object] = {**self._desired, **self._desired_bare}
+            desired: dict[str, Assignment | ContainerAssignment] = {**self._desired,
+                                                                    **self._desired_bare}
         grouped: dict[str, list[Summary]] = defaultdict(list)
         for s in summaries:
             if s.labels.get(L.CAPSULE):
@@ -155,6 +162,13 @@ class Agent:
                 self.workers.enqueue(uuid)
         for uuid in list(self._fingerprints.keys() - grouped.keys() - desired.keys()):
             self._fingerprints.pop(uuid, None)
+        if self._first_watch.is_set():
+            # Stopped containers hold no endpoint on their network, yet need it to start
+            # again: a project is in use while anything of it is desired or in Docker.
+            in_use = {a.project_id for a in desired.values()
+                      if a.project_id is not None and not a.deleting}
+            in_use |= {s.labels[L.PROJECT] for s in summaries if L.PROJECT in s.labels}
+            self._networks.collect(in_use)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):

@@ -2,6 +2,7 @@
 
     capsuled [--state-dir DIR] [--listen HOST:PORT]   all-in-one: API + agent, SQLite
     capsuled image seed                               build the offline images
+    capsuled db upgrade [--database-url URL]          create or migrate the schema
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ app.add_typer(image_app, name="image")
 LOG = logging.getLogger("capsuled")
 
 
-def _settings(state_dir: Path | None, listen: str | None, log_level: str | None) -> Settings:
+def _settings(state_dir: Path | None, listen: str | None, log_level: str | None,
+              database_url: str | None = None) -> Settings:
     overrides: dict[str, object] = {}
+    if database_url is not None:
+        overrides["database_url"] = database_url
     if state_dir is not None:
         overrides["state_dir"] = state_dir
     if listen is not None:
@@ -46,9 +50,13 @@ def main_command(
                                                    "Default: /var/lib/capsuled as root, else a per-user data dir.")] = None,
     listen: Annotated[str | None, typer.Option(help="HOST:PORT for the API. Default 127.0.0.1:9517.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL: postgresql+psycopg://USER:PASSWORD@HOST/DB, "
+             "mysql+pymysql://USER:PASSWORD@HOST/DB (MariaDB). Default: SQLite in the state "
+             "directory.")] = None,
 ) -> None:
     """Run the all-in-one server: the Zun-compatible API and the agent for this host."""
-    ctx.obj = _settings(state_dir, listen, log_level)
+    ctx.obj = _settings(state_dir, listen, log_level, database_url)
     if ctx.invoked_subcommand is None:
         run_all_in_one(ctx.obj)
 
@@ -86,6 +94,7 @@ def run_all_in_one(settings: Settings) -> None:
     from capsuled.domain.template import Limits
     from capsuled.drivers.docker_client import make_client
     from capsuled.drivers.image.seed import seed_images
+    from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.drivers.volume.docker import LocalVolumes
     from capsuled.errors import CapsuledError
@@ -134,7 +143,7 @@ def run_all_in_one(settings: Settings) -> None:
         quotas=quotas)
     api = create_app(settings, _identity(settings, store), services, policy)
     agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
-                  instance, settings.docker.infra_image)
+                  instance, settings.docker.infra_image, networks=BridgeNetworks(docker_api))
     agent.start()
 
     host, _, port = settings.listen.rpartition(":")
@@ -153,19 +162,56 @@ def run_all_in_one(settings: Settings) -> None:
 
 
 def _identity(settings: Settings, store: Store) -> IdentityProvider:
-    """Keystone when [keystone] is configured, else the tokens this server issues."""
-    if settings.keystone is not None:
-        from capsuled.identity.keystone import KeystoneIdentity
-
-        LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
-        return KeystoneIdentity.from_settings(settings.keystone)
+    """The tokens this server issues, and Keystone's too when [keystone] is configured."""
     from capsuled.identity.local import LocalIdentity
 
-    return LocalIdentity(store)
+    local = LocalIdentity(store)
+    if settings.keystone is None:
+        return local
+    from capsuled.identity.chain import LocalThenKeystone
+    from capsuled.identity.keystone import KeystoneIdentity
+
+    LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
+    return LocalThenKeystone(local, KeystoneIdentity.from_settings(settings.keystone))
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+db_app = typer.Typer(help="The database.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL (postgresql+psycopg://…, mysql+pymysql://…, sqlite:///PATH). "
+             "Default: the server's, from --database-url before `db` or $CAPSULED_DATABASE_URL, "
+             "else SQLite in the state directory.")] = None) -> None:
+    """Create the schema on an empty database or migrate it to this version (idempotent)."""
+    from capsuled.errors import CapsuledError
+    from capsuled.store.engine import make_engine, safe_url, upgrade
+
+    settings: Settings = ctx.obj
+    url = database_url or settings.effective_database_url()
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = make_engine(url)
+        try:
+            done = upgrade(engine)
+        finally:
+            engine.dispose()
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    where = safe_url(url)
+    if done.before is None:
+        typer.echo(f"{where}: created the schema at revision {done.after}")
+    elif done.changed:
+        typer.echo(f"{where}: migrated from revision {done.before} to {done.after}")
+    else:
+        typer.echo(f"{where}: already at revision {done.after}, nothing to do")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ class Assignment(BaseModel):
     generation: int
     deleting: bool = False
     spec: CapsuleSpec
+    project_id: str | None = None  # its containers join this project's network (None: none)
 
 
 DesiredState = Literal["running", "stopped", "paused"]
@@ -40,6 +41,7 @@ class ContainerAssignment(BaseModel):
     desired_state: DesiredState = "running"
     runtime_id: str | None = None  # last one reported: it existed, so missing now means removed
     spec: BareSpec
+    project_id: str | None = None  # it joins this project's network (None: Docker's default)
 
 
 class Assignments(BaseModel):

@@ -28,7 +28,7 @@ KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu
 INERT: dict[str, tuple[Any, ...]] = {
     "image_driver": ("docker", None), "security_groups": (None, []), "nets": (None, []),
     "hints": (None, {}), "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
-    "privileged": (None, False), "auto_heal": (None, False), "registry": (None,),
+    "auto_heal": (None, False), "registry": (None,),
     "healthcheck": (None, {}), "exposed_ports": (None, {}), "disk": (None, 0),
 }
 
@@ -65,6 +65,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     restart = _restart(body.get("restart_policy"), p)
     interactive = _bool(body.get("interactive"), "interactive", p)
     tty = _bool(body.get("tty"), "tty", p)
+    privileged = _bool(body.get("privileged"), "privileged", p)
     auto_remove = _bool(body.get("auto_remove"), "auto_remove", p)
     capsule = _optional_str(body.get("capsule"), "capsule", p)
     mounts = _mounts(body.get("mounts"), p, capsule is not None)
@@ -89,7 +90,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         workdir=workdir, env=env, cpu=cpu, memory=memory,
         volume_mounts=mounts,
         image_pull_policy=PULL_POLICIES[pull.lower()] if isinstance(pull, str) else "IfNotPresent",
-        tty=tty, stdin=interactive)
+        tty=tty, stdin=interactive, privileged=privileged)
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
                     availability_zone=zone, host=host)

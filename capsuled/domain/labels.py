@@ -13,6 +13,7 @@ SPEC_HASH = "capsuled.spec-hash"      # recreate when the spec changes
 SANDBOX_START = "capsuled.sandbox-start"  # the sandbox start a member joined; stale when it differs
 VOLUME = "capsuled.volume"            # template volume name
 AUTO_REMOVE = "capsuled.auto-remove"  # "true" on volumes removed with their capsule
+PROJECT = "capsuled.project"          # owning project: on project networks and on containers
 
 ROLE_SANDBOX = "sandbox"
 ROLE_BARE = "bare"

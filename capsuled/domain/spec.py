@@ -52,6 +52,7 @@ class ContainerSpec(_Frozen):
     image_pull_policy: PullPolicy = "IfNotPresent"
     tty: bool = False
     stdin: bool = False
+    privileged: bool = False
 
     @property
     def zun_command(self) -> list[str]:
@@ -94,6 +95,8 @@ def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
     """A short digest of everything that requires recreating a container when it changes.
     CPU and memory are left out: `docker update` changes them in place."""
     payload = spec.model_dump(mode="json", exclude={"cpu", "memory"})
+    if not payload.get("privileged"):
+        payload.pop("privileged", None)  # fields added later leave old hashes alone at default
     payload["restart_policy"] = restart_policy
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -126,5 +129,7 @@ class BareSpec(_Frozen):
         payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host"})
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
             payload["container"].pop(live, None)
+        if not payload["container"].get("privileged"):
+            payload["container"].pop("privileged", None)
         raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]

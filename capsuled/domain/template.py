@@ -31,8 +31,8 @@ TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availability
 METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
-                  "volumeMounts", "imagePullPolicy", "tty", "stdin"}
-NOT_SUPPORTED = {"securityContext", "labels", "livenessProbe", "readinessProbe", "healthcheck",
+                  "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext"}
+NOT_SUPPORTED = {"labels", "livenessProbe", "readinessProbe", "healthcheck",
                  "limits", "imageDriver", "entrypoint", "hostname", "privileged"}
 
 
@@ -309,12 +309,25 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
         p.add(f"{path}.imagePullPolicy", "must be one of Always, IfNotPresent, Never")
     tty = _bool(c.get("tty", False), f"{path}.tty", p, allow_strings=True)
     stdin = _bool(c.get("stdin", False), f"{path}.stdin", p)
+    privileged = _check_security_context(c.get("securityContext"), f"{path}.securityContext", p)
     if len(p.items) > before:
         return None
     return ContainerSpec(name=name, role=role, image=image, command=command, args=args,  # type: ignore[arg-type]
                          workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
                          volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],  # type: ignore[arg-type]
-                         tty=tty, stdin=stdin)
+                         tty=tty, stdin=stdin, privileged=privileged)
+
+
+def _check_security_context(value: Any, path: str, p: _Problems) -> bool:
+    """Only `privileged` is supported (admins only: the API's policy gate runs first)."""
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        p.add(path, "must be an object")
+        return False
+    for key in sorted(set(value) - {"privileged"}):
+        p.add(f"{path}.{key}", "is not supported")
+    return _bool(value.get("privileged", False), f"{path}.privileged", p)
 
 
 def _string_list(value: Any, path: str, p: _Problems) -> list[str]:

@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 from capsuled.store.tables import Token, utcnow
 
 
+TOKEN_PREFIX = "cap_"  # tells ours apart from Keystone's (see identity/chain.py)
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -25,7 +28,7 @@ def issue_token(session: Session, project_id: str, user_id: str, roles: list[str
 def issue(session: Session, project_id: str, user_id: str, roles: list[str],
           description: str | None = None, expires_at: datetime | None = None) -> tuple[str, Token]:
     """A new token: the plain value (shown once) and its stored row."""
-    plain = "cap_" + secrets.token_urlsafe(32)
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = Token(uuid=str(uuidlib.uuid4()), token_hash=digest(plain), project_id=project_id,
                 user_id=user_id, roles=roles, description=description,
                 expires_at=expires_at, created_at=utcnow(), revoked=False)

@@ -247,6 +247,10 @@ def test_copy_in_and_out_round_trips_a_tree_and_refuses_escapes(containers: Cont
     assert escape.status_code == 400
     out = containers.api.get(f"/v1/containers/{body['uuid']}/get_archive", params={"path": "/tmp/../etc"})
     assert out.status_code == 400 and "path" in out.json()["errors"][0]["detail"]
+    onto_file = containers.api.post(f"/v1/containers/{body['uuid']}/put_archive",
+                                    params={"path": "/etc/hostname"}, json={"data": _tar(files)})
+    assert onto_file.status_code == 400, onto_file.text
+    assert "not a directory" in onto_file.json()["errors"][0]["detail"]
 
 
 def test_auto_remove_container_disappears_after_exit(containers: Containers, docker_api: docker.APIClient,
@@ -304,8 +308,10 @@ def test_run_in_capsule_joins_it_and_capsule_rules_apply(capsules: Capsules, con
         assert name in r.json()["errors"][0]["detail"], action
     r = containers.api.delete(f"/v1/containers/{added['uuid']}")
     assert r.status_code == 409 and name in r.json()["errors"][0]["detail"]
+    r = containers.api.delete(f"/v1/containers/{added['uuid']}", params={"stop": "true"})
+    assert r.status_code == 409 and name in r.json()["errors"][0]["detail"]
     assert containers.api.patch(f"/v1/containers/{added['uuid']}", json={"memory": "32"}).status_code == 409
-    ok = containers.api.patch(f"/v1/containers/{added['uuid']}", params={"capsule": name},
+    ok = containers.api.patch("/v1/containers/extra", params={"capsule": name},
                               json={"memory": "32"})
     assert ok.status_code == 200, ok.text
     wait_for(lambda: member(docker_api, cap["uuid"], "extra")["HostConfig"]["Memory"] == 32 * 1024 * 1024,

@@ -218,3 +218,33 @@ def test_members_cannot_ask_for_host_level_access_in_containers(
     assert field in r.json()["errors"][0]["detail"]
     names = [c["name"] for c in world.clients["member_b"].get("/v1/containers").json()["containers"]]
     assert "hostile" not in names
+
+
+def test_admins_may_run_privileged_containers(world: World, docker_api) -> None:  # type: ignore[no-untyped-def]
+    admin = world.clients["admin"]
+    r = admin.post("/v1/containers", params={"run": "true"},
+                   json={"image": "busybox", "name": "priv-bare", "command": ["sleep", "300"],
+                         "privileged": True})
+    assert r.status_code == 202, r.text
+    tmpl = template("priv-cap", [sleeper("app")])
+    tmpl["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    c = admin.post("/v1/capsules", json={"template": tmpl})
+    assert c.status_code == 202, c.text
+    try:
+        def privileged(label: str) -> bool | None:
+            found = docker_api.containers(all=True, filters={"label": [label]})
+            return docker_api.inspect_container(found[0]["Id"])["HostConfig"]["Privileged"] if found else None
+        wait_for(lambda: privileged(f"capsuled.container={r.json()['uuid']}") is True,
+                 what="a privileged bare container")
+        member_uuid = c.json()["containers"][0]["uuid"]
+        wait_for(lambda: privileged(f"capsuled.container={member_uuid}") is True,
+                 what="a privileged capsule member")
+        bad = dict(tmpl)
+        bad["spec"] = {**tmpl["spec"], "containers": [{**tmpl["spec"]["containers"][0],
+                                                       "securityContext": {"runAsUser": 0}}]}
+        r2 = admin.post("/v1/capsules", json={"template": bad})
+        assert r2.status_code == 400
+        assert "spec.containers[0].securityContext.runAsUser: is not supported" in r2.text
+    finally:
+        admin.delete(f"/v1/containers/{r.json()['uuid']}", params={"force": "true"})
+        admin.delete(f"/v1/capsules/{c.json()['uuid']}")

@@ -67,7 +67,8 @@ VALID: dict[str, tuple[str, ...]] = {
 }
 # Lifecycle actions a capsule's container does not take on its own: it lives and dies
 # with its capsule (the seed's rule).
-CAPSULE_OWNED = {"delete", "start", "stop", "reboot", "pause", "unpause", "kill", "rename"}
+CAPSULE_OWNED = {"delete", "delete_stop", "start", "stop", "reboot", "pause", "unpause", "kill",
+                 "rename"}
 
 
 SESSION_TTL = 60.0  # seconds a websocket URL stays usable
@@ -250,11 +251,13 @@ class ContainerService:
         probe = parse_container_request({"image": "x", **{k: v for k, v in changes.items()}},
                                         self._limits)
         with self._store.transaction() as s:
-            project = repo.get_container(s, ident, self._scope(who)).project_id
+            owner = capsule_repo.get_capsule(s, capsule, self._scope(who)) if capsule else None
+            project = repo.get_container(s, ident, self._scope(who), owner).project_id
         with self._store.transaction() as s:
             if {"cpu", "memory"} & changes.keys():
                 self._quotas.begin(s, project)
-            row = repo.get_container(s, ident, self._scope(who))
+            owner = capsule_repo.get_capsule(s, capsule, self._scope(who)) if capsule else None
+            row = repo.get_container(s, ident, self._scope(who), owner)
             if row.capsule is not None:
                 if capsule is None:
                     raise Conflict(f"Container {ident} belongs to capsule "
@@ -403,12 +406,13 @@ class ContainerService:
         w, h = _dimension(width, "w"), _dimension(height, "h")
         ops, cid = self._target(who, ident, "execute", None)
         if exec_id:
-            try:
-                ops.exec_resize(exec_id, h, w)
-            except DriverError:
+            with self._sessions_lock:
                 # Not started yet (the client resizes before it connects): apply on connect.
-                with self._sessions_lock:
+                # Docker would hold a resize of an unstarted exec for seconds, then fail.
+                if any(t.exec_id == exec_id for t in self._sessions.values()):
                     self._pending_sizes[exec_id] = (h, w)
+                    return
+            ops.exec_resize(exec_id, h, w)
         else:
             ops.resize(cid, h, w)
 

@@ -1,4 +1,4 @@
-"""A small synchronous client for the capsuled capsule API.
+"""A small synchronous client for the capsuled API: capsules and containers.
 
 It speaks only HTTP (the CLI must work against a remote server), so it imports nothing
 of ours but `capsuled.paths`, which knows where a local server keeps its admin token.
@@ -6,12 +6,14 @@ of ours but `capsuled.paths`, which knows where a local server keeps its admin t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -21,6 +23,11 @@ from capsuled import paths
 API_VERSION = "container 1.40"
 TIMEOUT = 30.0
 PAGE_SIZE = 1000
+OCTET = "application/octet-stream"
+AGENT_BINARY = "capsuled-agent"
+
+# Named here: inside the client classes `list` is the method of that name.
+Bodies = list[dict[str, Any]]
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 STATE_DIR_ENV = "CAPSULED_STATE_DIR"
 
@@ -92,19 +99,20 @@ def resolve_token(url: str, token: str | None) -> str | None:
     return None
 
 
-class CapsuleClient:
-    """`/v1/capsules` over httpx; raises `ApiError` / `ConnectionFailed`, returns parsed JSON."""
+class _Api:
+    """The plumbing both clients share: headers, errors, JSON bodies, paging."""
 
     def __init__(self, url: str, token: str | None, *,
                  transport: httpx.BaseTransport | None = None, timeout: float = TIMEOUT) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
         headers = {"OpenStack-API-Version": API_VERSION, "Accept": "application/json"}
         if token:
             headers["X-Auth-Token"] = token
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
                                   transport=transport)
 
-    def __enter__(self) -> CapsuleClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -114,44 +122,22 @@ class CapsuleClient:
     def close(self) -> None:
         self._http.close()
 
-    def create(self, template: Mapping[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/capsules", json={"template": template})
-
-    def list(self, labels: Mapping[str, str] | None = None,
-             all_projects: bool = False) -> list[dict[str, Any]]:
-        """Every visible capsule, following the server's `next` links."""
-        params: dict[str, str | int] | None = {"limit": PAGE_SIZE}
-        if all_projects:
-            params["all_projects"] = 1
-        if labels:
-            params["labels"] = ",".join(f"{k}={v}" for k, v in labels.items())
+    def _pages(self, url: str, key: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+        """Every item under `key`, following the server's `next` links."""
         found: list[dict[str, Any]] = []
-        url: str | None = "/v1/capsules"
+        next_url: str | None = url
+        query: dict[str, str | int] | None = {"limit": PAGE_SIZE, **params}
         visited: set[str] = set()
-        while url is not None:
-            visited.add(url)
-            page = self._json("GET", url, params=params)
-            found += page.get("capsules") or []
+        while next_url is not None:
+            visited.add(next_url)
+            page = self._json("GET", next_url, params=query)
+            found += page.get(key) or []
             # `next` carries every query parameter already; httpx would replace its query
             # with any `params`, even an empty dict, hence None.
-            url, params = page.get("next") or None, None
-            if url in visited:
-                raise CliError(f"the server sent the same page link twice: {url}")
+            next_url, query = page.get("next") or None, None
+            if next_url in visited:
+                raise CliError(f"the server sent the same page link twice: {next_url}")
         return found
-
-    def get(self, ident: str) -> dict[str, Any]:
-        return self._json("GET", self._path(ident))
-
-    def events(self, ident: str) -> list[dict[str, Any]]:
-        return list(self._json("GET", self._path(ident) + "/events").get("events") or [])
-
-    def delete(self, ident: str, all_projects: bool = False) -> None:
-        params = {"all_projects": 1} if all_projects else None
-        self._request("DELETE", self._path(ident), params=params)
-
-    @staticmethod
-    def _path(ident: str) -> str:
-        return f"/v1/capsules/{quote(ident, safe='')}"
 
     def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, url, **kwargs)
@@ -174,6 +160,201 @@ class CapsuleClient:
         if response.status_code >= 400:
             raise error_from(response)
         return response
+
+
+class CapsuleClient(_Api):
+    """`/v1/capsules` over httpx; raises `ApiError` / `ConnectionFailed`, returns parsed JSON."""
+
+    def create(self, template: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/capsules", json={"template": template})
+
+    def list(self, labels: Mapping[str, str] | None = None,
+             all_projects: bool = False) -> list[dict[str, Any]]:
+        """Every visible capsule, following the server's `next` links."""
+        params: dict[str, str | int] = {}
+        if all_projects:
+            params["all_projects"] = 1
+        if labels:
+            params["labels"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        return self._pages("/v1/capsules", "capsules", params)
+
+    def get(self, ident: str) -> dict[str, Any]:
+        return self._json("GET", self._path(ident))
+
+    def events(self, ident: str) -> Bodies:
+        return list(self._json("GET", self._path(ident) + "/events").get("events") or [])
+
+    def delete(self, ident: str, all_projects: bool = False) -> None:
+        params = {"all_projects": 1} if all_projects else None
+        self._request("DELETE", self._path(ident), params=params)
+
+    @staticmethod
+    def _path(ident: str) -> str:
+        return f"/v1/capsules/{quote(ident, safe='')}"
+
+
+class ContainerClient(_Api):
+    """`/v1/containers` over httpx: bare containers, and a capsule's with `capsule`.
+
+    `capsule` (a capsule's name or uuid) is the server's extension that finds a container
+    of that capsule by name; a uuid finds any container without it.
+    """
+
+    def create(self, body: Mapping[str, Any], run: bool = True) -> dict[str, Any]:
+        params = {"run": "true"} if run else None
+        return self._json("POST", "/v1/containers", params=params, json=dict(body))
+
+    def list(self, capsule: str | None = None, all_projects: bool = False) -> list[dict[str, Any]]:
+        """Bare containers, or with `capsule` that capsule's; every page."""
+        params: dict[str, str | int] = {}
+        if capsule:
+            params["capsule"] = capsule
+        if all_projects:
+            params["all_projects"] = 1
+        return self._pages("/v1/containers", "containers", params)
+
+    def get(self, ident: str, capsule: str | None = None) -> dict[str, Any]:
+        return self._json("GET", self._path(ident), params=_only(capsule=capsule))
+
+    def delete(self, ident: str, force: bool = False, stop: bool = False) -> None:
+        params = {k: "true" for k, on in (("force", force), ("stop", stop)) if on}
+        self._request("DELETE", self._path(ident), params=params or None)
+
+    def action(self, ident: str, action: str, **params: str | int | None) -> None:
+        """start, stop, reboot, pause, unpause or kill (with `timeout` / `signal`)."""
+        self._request("POST", self._path(ident, action), params=_only(**params))
+
+    def rename(self, ident: str, name: str) -> dict[str, Any]:
+        return self._json("POST", self._path(ident, "rename"), params={"name": name})
+
+    def update(self, ident: str, changes: Mapping[str, Any], capsule: str | None = None) -> dict[str, Any]:
+        return self._json("PATCH", self._path(ident), params=_only(capsule=capsule), json=dict(changes))
+
+    def logs(self, ident: str, capsule: str | None = None, **params: str | int | None) -> bytes:
+        """The exact bytes (stdout/stderr/timestamps/tail/since as the API takes them)."""
+        return self._request("GET", self._path(ident, "logs"), headers={"Accept": OCTET},
+                             params=_only(capsule=capsule, **params)).content
+
+    def follow_logs(self, ident: str, capsule: str | None = None,
+                    **params: str | int | None) -> Iterator[bytes]:
+        """The logs as they are written, until the container stops or the caller stops reading."""
+        query = _only(capsule=capsule, follow="true", **params)
+        try:
+            with self._http.stream("GET", self._path(ident, "logs"), params=query,
+                                   headers={"Accept": OCTET},
+                                   timeout=httpx.Timeout(self.timeout, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from(response)
+                yield from response.iter_bytes()
+        except httpx.TimeoutException:
+            raise ConnectionFailed(f"capsuled at {self.url} did not answer in time") from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"lost the log stream from capsuled at {self.url} "
+                                   f"({_reason(exc)})") from None
+
+    def execute(self, ident: str, command: str, interactive: bool = False,
+                capsule: str | None = None) -> dict[str, Any]:
+        """Run `command` (one shell-quoted string; the server splits it into words)."""
+        body: dict[str, Any] = {"command": command, "interactive": interactive}
+        if capsule:
+            body["capsule"] = capsule
+        return self._json("POST", self._path(ident, "execute"), params={"run": "true"}, json=body)
+
+    def attach(self, ident: str) -> str:
+        """The websocket URL of the container's terminal (one use, short-lived)."""
+        response = self._request("GET", self._path(ident, "attach"))
+        try:
+            url = response.json()
+        except ValueError:
+            url = None
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise CliError(f"unexpected answer to attach: {_snippet(response.text)}")
+        return url
+
+    def resize(self, ident: str, width: int, height: int) -> None:
+        self._request("POST", self._path(ident, "resize"), json={"w": width, "h": height})
+
+    def execute_resize(self, ident: str, exec_id: str, width: int, height: int) -> None:
+        self._request("POST", self._path(ident, "execute_resize"),
+                      json={"exec_id": exec_id, "w": width, "h": height})
+
+    def top(self, ident: str, ps_args: str | None = None, capsule: str | None = None) -> dict[str, Any]:
+        return self._json("GET", self._path(ident, "top"), params=_only(ps_args=ps_args, capsule=capsule))
+
+    def stats(self, ident: str, capsule: str | None = None) -> dict[str, Any]:
+        return self._json("GET", self._path(ident, "stats"), params=_only(capsule=capsule))
+
+    def get_archive(self, ident: str, path: str,
+                    capsule: str | None = None) -> tuple[bytes, dict[str, Any]]:
+        """A tar of `path` (its last component at the top) and the path's stat."""
+        body = self._json("GET", self._path(ident, "get_archive"),
+                          params=_only(path=path, capsule=capsule))
+        try:
+            data = base64.b64decode(str(body["data"]), validate=True)
+        except (KeyError, binascii.Error, ValueError):
+            raise CliError("unexpected answer to get_archive: no base64 `data`") from None
+        stat = body.get("stat")
+        return data, stat if isinstance(stat, dict) else {}
+
+    def put_archive(self, ident: str, path: str, data: bytes, capsule: str | None = None) -> None:
+        """Unpack a tar into the directory `path` of the container."""
+        body: dict[str, Any] = {"path": path, "data": base64.b64encode(data).decode()}
+        if capsule:
+            body["capsule"] = capsule
+        self._request("POST", self._path(ident, "put_archive"), json=body)
+
+    def actions(self, ident: str) -> Bodies:
+        return list(self._json("GET", self._path(ident, "container_actions")).get("containerActions") or [])
+
+    @staticmethod
+    def _path(ident: str, sub: str | None = None) -> str:
+        path = f"/v1/containers/{quote(ident, safe='')}"
+        return f"{path}/{sub}" if sub else path
+
+
+class AdminClient(_Api):
+    """Administration: tokens (extension), quotas, hosts and their agent services."""
+
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/tokens", json=dict(body))
+
+    def tokens(self, project: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/tokens", params=_only(project_id=project))
+                    .get("tokens") or [])
+
+    def revoke_token(self, uuid: str) -> None:
+        self._request("DELETE", f"/v1/tokens/{quote(uuid, safe='')}")
+
+    def quota(self, project: str, usages: bool = True) -> dict[str, Any]:
+        return self._json("GET", f"/v1/quotas/{quote(project, safe='')}",
+                          params={"usages": "true"} if usages else None)
+
+    def update_quota(self, project: str, limits: Mapping[str, float]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/quotas/{quote(project, safe='')}", json=dict(limits))
+
+    def reset_quota(self, project: str) -> None:
+        self._request("DELETE", f"/v1/quotas/{quote(project, safe='')}")
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return self._pages("/v1/hosts", "hosts", {})
+
+    def host(self, ident: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/hosts/{quote(ident, safe='')}")
+
+    def services(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/services").get("services") or [])
+
+    def service_action(self, action: str, host: str, **extra: str | None) -> dict[str, Any]:
+        """enable, disable (disabled_reason) or force_down (forced_down) a host's agent."""
+        body = {"host": host, "binary": AGENT_BINARY, **{k: v for k, v in extra.items() if v is not None}}
+        return self._json("PUT", f"/v1/services/{action}", json=body)
+
+
+def _only(**params: str | int | None) -> dict[str, str | int] | None:
+    """Query parameters without the unset ones (None when nothing is left)."""
+    out = {k: v for k, v in params.items() if v is not None}
+    return out or None
 
 
 def error_from(response: httpx.Response) -> ApiError:

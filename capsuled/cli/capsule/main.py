@@ -486,6 +486,21 @@ def _gone_probe(client: CapsuleClient) -> Callable[[str], tuple[bool, str]]:
     return probe
 
 
+# The container commands are built on this module's plumbing (Runtime, _reporting, …), so
+# they are imported once it is all defined.
+from capsuled.cli.capsule.containers import PASS_THROUGH, container_app, run  # noqa: E402
+
+app.add_typer(container_app, name="container")
+app.command("run", context_settings=PASS_THROUGH)(run)
+
+from capsuled.cli.capsule.admin import host_app, quota_app, service_app, token_app  # noqa: E402
+
+app.add_typer(token_app, name="token")
+app.add_typer(quota_app, name="quota")
+app.add_typer(host_app, name="host")
+app.add_typer(service_app, name="service")
+
+
 def main() -> None:
     app(prog_name="capsule")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
@@ -225,21 +226,131 @@ def describe(capsule: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
                  _section("Events", events_table(events, now)))
 
 
+# --- containers -----------------------------------------------------------------------------
+
+def command_line(value: Any) -> str:
+    """A command as a shell would read it back (the API sends a list, or a string before 1.20)."""
+    if isinstance(value, list | tuple):
+        return shlex.join(str(v) for v in value) if value else NONE
+    return str(value) if value else NONE
+
+
+def container_status(c: Mapping[str, Any]) -> Text:
+    out = status_text(c.get("status"))
+    if c.get("status") == "Stopped" and c.get("exit_code") is not None:
+        out.append(f" (exit {c['exit_code']})", style="dim")
+    return out
+
+
+def container_restart(c: Mapping[str, Any]) -> str:
+    policy = c.get("restart_policy")
+    if not isinstance(policy, Mapping):
+        return str(policy or NONE)
+    name, count = str(policy.get("Name") or NONE), str(policy.get("MaximumRetryCount") or "0")
+    return f"{name}:{count}" if name == "on-failure" and count != "0" else name
+
+
+def container_table(containers: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Table:
+    table = _table("UUID", "NAME", "IMAGE", "COMMAND", "STATUS", "RESTARTS", "AGE")
+    for c in containers:
+        table.add_row(text(c.get("uuid")), text(c.get("name")), text(c.get("image")),
+                      Text(command_line(c.get("command"))), container_status(c),
+                      text(c.get("restart_count", 0)), Text(age(c.get("created_at"), now)))
+    return table
+
+
+def show_container(c: Mapping[str, Any], now: datetime | None = None) -> Table:
+    """Every setting and state of one container, as `key: value` lines."""
+    memory = c.get("memory")
+    rows: list[tuple[str, RenderableType]] = [
+        ("UUID", text(c.get("uuid"))),
+        ("Name", text(c.get("name"))),
+        ("Capsule", text(c.get("capsule_id"))),
+        ("Image", text(c.get("image"))),
+        ("Entrypoint", Text(command_line(c.get("entrypoint")))),
+        ("Command", Text(command_line(c.get("command")))),
+        ("Status", container_status(c)),
+        ("Status reason", text(c.get("status_reason"))),
+        ("Restart policy", text(container_restart(c))),
+        ("Restart count", text(c.get("restart_count", 0))),
+        ("CPU", text(_number(c.get("cpu")))),
+        ("Memory", text(f"{memory} MiB" if memory not in (None, "") else None)),
+        ("Workdir", text(c.get("workdir"))),
+        ("Environment", text(pairs(c.get("environment")))),
+        ("Labels", text(pairs(c.get("labels")))),
+        ("Hostname", text(c.get("hostname"))),
+        ("Interactive", Text("yes" if c.get("interactive") else "no")),
+        ("TTY", Text("yes" if c.get("tty") else "no")),
+        ("Auto remove", Text("yes" if c.get("auto_remove") else "no")),
+    ]
+    if "host" in c:  # admins only
+        rows.append(("Host", text(c.get("host"))))
+    rows += [("Started", text(c.get("started_at"))), ("Finished", text(c.get("finished_at")))]
+    created = c.get("created_at")
+    rows.append(("Created", text(f"{created} UTC ({age(created, now)} ago)" if created else None)))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(f"{key}:", value)
+    return grid
+
+
+def top_table(top: Mapping[str, Any]) -> Table:
+    """`ps` inside a container: the server's Titles over its Processes."""
+    table = _server_table(top.get("Titles") or [])
+    for process in top.get("Processes") or []:
+        table.add_row(*(Text(str(cell)) for cell in process))
+    return table
+
+
+def stats_table(stats: Mapping[str, Any]) -> Table:
+    """One row under the server's own column names, like `docker stats --no-stream`."""
+    table = _server_table(stats)
+    table.add_row(*(text(_number(v)) for v in stats.values()))
+    return table
+
+
+def actions_table(actions: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("ACTION", "REQUEST ID", "STARTED", "FINISHED", "RESULT", "MESSAGE")
+    for a in actions:
+        finished = a.get("finish_time")
+        result = NONE if not finished else ("Error" if a.get("message") else "Success")
+        table.add_row(text(a.get("action")), text(a.get("request_id")), text(_clock(a.get("start_time"))),
+                      text(_clock(finished)),
+                      Text(result, style="red" if result == "Error" else ""), text(a.get("message")))
+    return table
+
+
+def _server_table(columns: Iterable[Any]) -> Table:
+    # Column names that come from the server are Text too: never markup.
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(Text(str(name)), overflow="fold")
+    return table
+
+
+def _clock(value: Any) -> str | None:
+    """`2026-11-24 08:00:00.123456` → `2026-11-24 08:00:00` (UTC, to the second)."""
+    return str(value)[:19] if value else None
+
+
 # --- waiting ----------------------------------------------------------------------------
 
 class WaitDisplay:
     """Progress while polling: a live spinner line on a terminal, a line per change otherwise
     (so CI logs still show what happened without control codes)."""
 
-    def __init__(self, console: Console, goal: str) -> None:
+    def __init__(self, console: Console, goal: str, kind: str = "capsule") -> None:
         self.console = console
         self.goal = goal
+        self.kind = kind  # what is waited for: "capsule" or "container"
         self._last: dict[int, str] = {}  # by position: two capsules may share a name
         self._status: Status | None = None
 
     def __enter__(self) -> WaitDisplay:
         if self.console.is_terminal:
-            self._status = self.console.status(f"waiting for capsules to be {self.goal}…")
+            self._status = self.console.status(f"waiting for {self.kind}s to be {self.goal}…")
             self._status.start()
         return self
 
@@ -249,7 +360,7 @@ class WaitDisplay:
             self._status.stop()
 
     def update(self, states: Sequence[tuple[str, str]]) -> None:
-        """`states` lists each capsule's display name with its current status."""
+        """`states` lists each capsule's (or container's) display name with its current status."""
         if self._status is not None:
             line = Text(f"waiting for {self.goal}: ")
             for i, (name, status) in enumerate(states):
@@ -258,5 +369,5 @@ class WaitDisplay:
             return
         for key, (name, status) in enumerate(states):
             if self._last.get(key) != status:
-                self.console.print(Text(f"capsule/{name}: {status}"))
+                self.console.print(Text(f"{self.kind}/{name}: {status}"))
         self._last = {key: status for key, (_, status) in enumerate(states)}

@@ -33,6 +33,7 @@ class Observed:
     error: str | None = None
     nano_cpus: int | None = None
     memory_bytes: int | None = None
+    networks: tuple[str, ...] = ()  # names of the networks it joined (none for members)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class SandboxRequest:
     image: str
     hostname: str
     labels: dict[str, str]
+    network: str | None = None  # the project network to join (None: Docker's default bridge)
+    aliases: tuple[str, ...] = ()  # DNS names on that network
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class ContainerRequest:
     hostname: str | None = None  # bare containers only: members share the sandbox's
     auto_remove: bool = False
     start: bool = True
+    network: str | None = None  # bare containers only, as for the sandbox: members share its
+    aliases: tuple[str, ...] = ()
+    privileged: bool = False  # admins only; the API's policy gate sees to that
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,14 @@ class RuntimeDriver(ContainerOps, Protocol):
         ...
 
     def remove_container(self, container_id: str, stop_timeout: int) -> None: ...
+
+    def connect_network(self, container_id: str, network: str, aliases: tuple[str, ...]) -> None:
+        """Join a network (idempotent); for containers made before project networks."""
+        ...
+
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        """Leave a network (idempotent)."""
+        ...
 
     def events(self, instance: str) -> Iterator[RuntimeEvent]:
         """Container events of this deployment until the connection drops."""

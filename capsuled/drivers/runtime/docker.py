@@ -5,7 +5,9 @@ What it leaves on the host: containers labelled `capsuled.instance=<deployment>`
 `capsuled.container`, `capsuled.name`, `capsuled.spec-hash`, `capsuled.sandbox-start`).
 The sandbox runs the infra image (`catatonit -P`) with a shareable IPC namespace and
 its own network, PID and UTS namespaces; members join all of them with
-`container:<sandbox id>` modes, which also gives them the sandbox's hostname.
+`container:<sandbox id>` modes, which also gives them the sandbox's hostname. A sandbox
+or bare container given a network joins it (instead of Docker's default bridge) with its
+DNS aliases.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.hostops import ExecResult, ImageInfo, RawStream
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
-from capsuled.errors import DriverError, ImageNotFound, NotFound
+from capsuled.errors import DriverError, ImageNotFound, NotFound, RuntimeRejected
 
 _STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
 _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop"}
@@ -85,7 +87,8 @@ class DockerRuntime:
             started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
             oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None,
             nano_cpus=(data.get("HostConfig") or {}).get("NanoCpus") or None,
-            memory_bytes=(data.get("HostConfig") or {}).get("Memory") or None)
+            memory_bytes=(data.get("HostConfig") or {}).get("Memory") or None,
+            networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))))
 
     def ensure_image(self, image: str, policy: str) -> None:
         ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
@@ -114,27 +117,43 @@ class DockerRuntime:
             return False
 
     def create_sandbox(self, req: SandboxRequest) -> Observed:
-        host_config = self._api.create_host_config(ipc_mode="shareable",
+        host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
                                                    restart_policy={"Name": "no"}, init=False)
         with translate_docker_errors(f"create sandbox {req.name}"):
             cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
                                              hostname=_hostname(req.hostname),
-                                             host_config=host_config, detach=True)["Id"]
-            self._api.start(cid)
+                                             host_config=host_config, detach=True,
+                                             networking_config=self._endpoint(req.network,
+                                                                              req.aliases))["Id"]
+        try:
+            with translate_docker_errors(f"create sandbox {req.name}"):
+                self._api.start(cid)
+        except NotFound:
+            # The network vanished between create and start: a container that never started
+            # would only be in the way of the retry.
+            self.remove_container(cid, 0)
+            raise
         obs = self._inspect(cid)
         if obs is None or obs.state != "running":
             raise DriverError(f"sandbox {req.name} did not start"
                               + (f": {obs.error}" if obs and obs.error else ""))
         return obs
 
+    def _endpoint(self, network: str | None, aliases: tuple[str, ...]) -> dict[str, Any] | None:
+        if network is None:
+            return None
+        return dict(self._api.create_networking_config({
+            network: self._api.create_endpoint_config(aliases=list(aliases) or None)}))
+
     def create_container(self, req: ContainerRequest) -> str:
         ns = f"container:{req.sandbox_id}" if req.sandbox_id else None
+        network = None if ns else req.network
         restart = {"Name": "no"} if req.restart_policy == "no" else {
             "Name": req.restart_policy, "MaximumRetryCount": req.max_retry}
         host_config = self._api.create_host_config(
-            network_mode=ns, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
+            network_mode=ns or network, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
-            auto_remove=req.auto_remove,
+            auto_remove=req.auto_remove, privileged=req.privileged,
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config={"Type": "local", "Config": {}})
         with translate_docker_errors(f"create container {req.name}"):
@@ -143,9 +162,17 @@ class DockerRuntime:
                 entrypoint=req.entrypoint or None, command=req.cmd or None,
                 working_dir=req.workdir, environment=req.env or None, tty=req.tty,
                 stdin_open=req.stdin, hostname=None if ns else _hostname(req.hostname or req.name),
-                host_config=host_config, detach=True)["Id"]
-            if req.start:
-                self._api.start(cid)
+                host_config=host_config, detach=True,
+                networking_config=self._endpoint(network, req.aliases))["Id"]
+        if req.start:
+            try:
+                with translate_docker_errors(f"create container {req.name}"):
+                    self._api.start(cid)
+            except NotFound:
+                if network is None:
+                    raise
+                self.remove_container(cid, 0)  # as for the sandbox: the network vanished
+                raise
         return str(cid)
 
     # -- imperative operations (domain.hostops.ContainerOps) ------------------------------
@@ -226,9 +253,15 @@ class DockerRuntime:
             return b"".join(chunks), dict(stat)
 
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
-        with translate_docker_errors(f"copy into {path} of {container_id[:12]}"):
-            if not self._api.put_archive(container_id, path, data):
-                raise DriverError(f"the Docker Engine refused the archive for {path}")
+        try:
+            with translate_docker_errors(f"copy into {path} of {container_id[:12]}"):
+                if not self._api.put_archive(container_id, path, data):
+                    raise DriverError(f"the Docker Engine refused the archive for {path}")
+        except DriverError as exc:
+            # The engine answers 500 for a caller's mistake here; it is the caller's to fix.
+            if "not a directory" in exc.message:
+                raise RuntimeRejected(f"path: {path} is not a directory in the container") from exc
+            raise
 
     def attach(self, container_id: str) -> RawStream:
         with translate_docker_errors(f"attach to {container_id[:12]}"):
@@ -287,6 +320,25 @@ class DockerRuntime:
             return
         except DriverError as exc:
             if "already in progress" in exc.message or "No such container" in exc.message:
+                return
+            raise
+
+    def connect_network(self, container_id: str, network: str, aliases: tuple[str, ...]) -> None:
+        try:
+            with translate_docker_errors(f"connect {container_id[:12]} to network {network}"):
+                self._api.connect_container_to_network(container_id, network,
+                                                       aliases=list(aliases) or None)
+        except DriverError as exc:
+            if "already exists" in exc.message or "already attached" in exc.message:
+                return
+            raise
+
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        try:
+            with translate_docker_errors(f"disconnect {container_id[:12]} from network {network}"):
+                self._api.disconnect_container_from_network(container_id, network)
+        except DriverError as exc:
+            if "is not connected" in exc.message:
                 return
             raise
 

@@ -299,14 +299,16 @@ REJECTED: list[tuple[str, Any, str]] = [
      "spec.initContainers[1].name: duplicate container name 'a1' (also spec.initContainers[0])"),
     ("duplicate-with-default-name", tmpl(box("container-1"), box(None)),
      "spec.containers[1].name: duplicate container name 'container-1' (also spec.containers[0])"),
-    ("security-context", _c1(securityContext={"privileged": True}),
-     "spec.containers[1].securityContext: is not supported"),
+    ("security-context", _c1(securityContext={"runAsUser": 0}),
+     "spec.containers[1].securityContext.runAsUser: is not supported"),
+    ("security-context-type", _c1(securityContext=["privileged"]),
+     "spec.containers[1].securityContext: must be an object"),
     ("liveness-probe", _c1(livenessProbe={"exec": {"command": ["true"]}}),
      "spec.containers[1].livenessProbe: is not supported"),
     ("container-labels", _c1(labels={"a": "b"}), "spec.containers[1].labels: is not supported"),
     ("init-security-context",
-     _with(["spec", "initContainers", 0, "securityContext"], {}),
-     "spec.initContainers[0].securityContext: is not supported"),
+     _with(["spec", "initContainers", 0, "securityContext"], {"capabilities": {}}),
+     "spec.initContainers[0].securityContext.capabilities: is not supported"),
     ("unknown-container-key", _c1(restart="always"), "spec.containers[1].restart: unknown field"),
     ("command-not-list", _c1(command="sleep 1"), "spec.containers[1].command: must be a list of strings"),
     ("args-with-number", _c1(args=["sleep", 1]), "spec.containers[1].args: must be a list of strings"),
@@ -442,7 +444,7 @@ def test_parse_error_message_names_the_problem_when_one() -> None:
 def test_parse_reports_every_problem_together() -> None:
     t = tmpl(box("web", resources={"requests": {"memory": "256Mi", "cpu": 17}}),
              box("web", ports=[{"containerPort": 80, "protocol": "tcp"}],
-                 securityContext={}),
+                 securityContext={"seLinuxOptions": {}}),
              restartPolicy="Sometimes")
     del t["kind"]
     t["metadata"]["name"] = "x"
@@ -456,7 +458,7 @@ def test_parse_reports_every_problem_together() -> None:
         "spec.restartPolicy: must be one of Always, OnFailure, Never, not 'Sometimes'",
         "spec.containers[0].resources.requests.cpu: must be between 0.1 and 16.0 cores",
         "spec.containers[0].resources.requests.memory: must be a positive integer (MiB)",
-        "spec.containers[1].securityContext: is not supported",
+        "spec.containers[1].securityContext.seLinuxOptions: is not supported",
         "spec.containers[1].ports[0].protocol: must be TCP or UDP",
         "spec.containers[1].name: duplicate container name 'web' (also spec.containers[0])",
     ]

@@ -1,0 +1,114 @@
+"""Project networks on this host: joined by every create, collected when unused.
+
+    with_network(project, create)   lease the project's network (ensured; cached by the
+                                    driver), run the create, release; a create that finds
+                                    the network gone makes it again and retries once
+    collect(in_use)                 called by the relist: remove the networks of projects
+                                    that have been idle (no desired capsule or container,
+                                    no container in Docker, no lease) for a whole grace
+                                    period
+
+A network removed under a create that is about to join it would fail the create, so the
+two are serialised here: `collect` removes only projects with no lease, under the lock a
+lease is taken with, and a project is idle at the earliest from the end of its last lease. A create that found
+its network gone all the same (removed by hand) forgets it and makes it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork
+from capsuled.errors import CapsuledError, DriverError, NotFound
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ProjectNetworks:
+    def __init__(self, driver: NetworkDriver, instance: str, grace: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._driver = driver
+        self._instance = instance
+        self._grace = grace
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._leases: Counter[str] = Counter()
+        self._idle_since: dict[str, float] = {}
+
+    def with_network(self, project: str | None, create: Callable[[ProjectNetwork | None], T]) -> T:
+        """Run `create` with the project's network (None without a project: the runtime's
+        default network) and keep the network from being collected meanwhile."""
+        if project is None:
+            return create(None)
+        with self._lease(project):
+            net = self._driver.ensure_network(self._instance, project)
+            try:
+                return create(net)
+            except NotFound as exc:
+                if not network_missing(exc):
+                    raise
+                LOG.warning("network %s of project %s is gone; making it again", net.name, project)
+            self._driver.forget_network(self._instance, project)
+            net = self._driver.ensure_network(self._instance, project)
+            try:
+                return create(net)
+            except NotFound as exc:
+                raise DriverError(exc.message) from exc
+
+    @contextmanager
+    def _lease(self, project: str) -> Iterator[None]:
+        with self._lock:
+            self._leases[project] += 1
+            self._idle_since.pop(project, None)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leases[project] -= 1
+                if self._leases[project] <= 0:
+                    del self._leases[project]
+                self._idle_since.pop(project, None)  # idle from now at the earliest
+
+    def collect(self, in_use: Collection[str]) -> list[ProjectNetwork]:
+        """Remove the networks of projects idle for the grace period; the removed. Never
+        raises: a failure is logged and the next relist tries again."""
+        try:
+            networks = self._driver.list_networks(self._instance)
+        except CapsuledError as exc:
+            LOG.warning("listing project networks failed: %s", exc.message)
+            return []
+        now = self._clock()
+        with self._lock:
+            idle = {n.project for n in networks} - set(in_use) - set(self._leases)
+            for project in list(self._idle_since):
+                if project not in idle:
+                    del self._idle_since[project]
+            due = set()
+            for project in idle:
+                since = self._idle_since.setdefault(project, now)
+                if now - since >= self._grace:
+                    due.add(project)
+            if not due:
+                return []
+            try:
+                # Under the lock: no lease (no create joining these networks) can start
+                # until they are gone.
+                removed = self._driver.remove_unused_networks(self._instance, due)
+            except CapsuledError as exc:
+                LOG.warning("removing unused project networks failed: %s", exc.message)
+                return []
+            for net in removed:
+                self._idle_since.pop(net.project, None)
+        return removed
+
+
+def network_missing(exc: NotFound) -> bool:
+    message = exc.message.lower()
+    return "network" in message and "not found" in message
