@@ -29,11 +29,19 @@ class AgentSettings(BaseModel):
     backoff_initial: float = Field(1.0, description="First delay before retrying a failed capsule sync")
     backoff_max: float = Field(60.0, description="Longest delay between retries of a failed sync")
     stop_timeout: int = Field(5, description="Seconds a container gets to stop on delete before SIGKILL")
+    heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between heartbeats")
+    labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
+    # Multi-host only: where the API reaches this agent for logs, exec, attach, top, …
+    ops_listen: str = Field("0.0.0.0:9518", description="HOST:PORT the agent's ops endpoint listens on")
+    ops_url: str | None = Field(None, description="URL the API replicas use to reach the ops "
+                                "endpoint; default http://<host name>:<port>")
 
 
 class ApiSettings(BaseModel):
     max_limit: int = Field(1000, description="Largest page a list returns")
     max_body_bytes: int = Field(1_048_576, description="Largest request body accepted")
+    host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
+                                   "a host is down: not scheduled to, its capsules Unknown")
 
 
 class LimitSettings(BaseModel):

@@ -21,19 +21,19 @@ from capsuled.domain.channel import AgentChannel, Assignment, ContainerAssignmen
 from capsuled.drivers.network.base import NetworkDriver
 from capsuled.drivers.runtime.base import RuntimeDriver, Summary
 from capsuled.drivers.volume.base import VolumeDriver
-from capsuled.errors import CapsuledError
+from capsuled.errors import CapsuledError, Unavailable
 
 LOG = logging.getLogger(__name__)
 _EXIT = re.compile(r"\((-?\d+)\)")
 WATCH_TIMEOUT = 30.0
-HEARTBEAT_EVERY = 10.0
 
 
 class Agent:
     def __init__(self, channel: AgentChannel, runtime: RuntimeDriver, volumes: VolumeDriver,
                  settings: AgentSettings, instance: str, infra_image: str,
-                 networks: NetworkDriver) -> None:
+                 networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None) -> None:
         self._channel = channel
+        self._ops_endpoint = ops_endpoint  # (url, key) the API uses to reach our ops server
         self._runtime = runtime
         self._settings = settings
         self._host = settings.host_name
@@ -56,11 +56,30 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self._channel.register(self._runtime.host_info(self._host, self._settings.availability_zone))
+        self.register()
         for target in (self._watch_loop, self._event_loop, self._relist_loop, self._heartbeat_loop):
             t = threading.Thread(target=target, name=f"agent-{target.__name__.strip('_')}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def register(self) -> None:
+        """Tell the control plane about this host, retrying while it cannot be reached (an
+        agent may start before the API); a refused token is fatal and raised."""
+        info = self._runtime.host_info(self._host, self._settings.availability_zone)
+        info = info.model_copy(update={"labels": dict(self._settings.labels)})
+        if self._ops_endpoint is not None:
+            info = info.model_copy(update={"ops_url": self._ops_endpoint[0],
+                                           "ops_key": self._ops_endpoint[1]})
+        delay = 0.5
+        while True:
+            try:
+                self._channel.register(info)
+                return
+            except Unavailable as exc:
+                LOG.warning("cannot register with the control plane yet: %s", exc.message)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 10.0)
 
     def stop(self) -> None:
         """Stop reconciling; containers are left running for the next start to adopt."""
@@ -171,11 +190,22 @@ class Agent:
             self._networks.collect(in_use)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_EVERY):
+        lost = False
+        while not self._stop.wait(self._settings.heartbeat_interval):
             try:
-                self._channel.heartbeat(self._host)
+                if lost:
+                    # Back after an outage: the control plane may have marked this host down
+                    # and its capsules Unknown, or forgotten the host. Register again and
+                    # report everything afresh, changed or not.
+                    self.register()
+                    self._fingerprints.clear()
+                    self.relist()
+                else:
+                    self._channel.heartbeat(self._host)
+                lost = False
             except CapsuledError as exc:
                 LOG.warning("heartbeat failed: %s", exc.message)
+                lost = True
 
 
 def _exit_code(status: str) -> str:

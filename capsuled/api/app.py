@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from capsuled.api import errors
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import capsules, containers, hosts, images, quotas, root, tokens
+from capsuled.api.routers import agents, capsules, containers, hosts, images, quotas, root, tokens
+from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.hosts import HostService
@@ -30,6 +31,7 @@ class Services:
     images: ImageService
     tokens: TokenService
     quotas: QuotaService
+    control: ControlPlane
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -44,8 +46,9 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.images = services.images
     app.state.tokens = services.tokens
     app.state.quotas = services.quotas
+    app.state.control = services.control
     errors.install(app)
     app.add_middleware(ApiMiddleware)
-    for module in (root, capsules, containers, hosts, images, quotas, tokens):
+    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents):
         app.include_router(module.router)
     return app

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, str] = {
     "quota:get": READER, "quota:get_default": READER, "quota:update": ADMIN,
     "quota:delete": ADMIN, "quota_class:get": ADMIN, "quota_class:update": ADMIN,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
+    # The agent channel: agent tokens only (each bound to its host, checked by the router).
+    "agent:channel": "role:agent",
 }
 
 

@@ -1,6 +1,8 @@
 """`capsuled`: the composition root. The only module where concrete classes meet.
 
     capsuled [--state-dir DIR] [--listen HOST:PORT]   all-in-one: API + agent, SQLite
+    capsuled --database-url URL api                   a stateless API server (multi-host)
+    capsuled agent --api URL --token T [--host NAME]  the agent of one compute host
     capsuled image seed                               build the offline images
     capsuled db upgrade [--database-url URL]          create or migrate the schema
 """
@@ -8,20 +10,15 @@
 from __future__ import annotations
 
 import logging
-import signal
-import sys
-from datetime import timedelta
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-import uvicorn
 
+from capsuled.cli import compose
 from capsuled.config import Settings
-
-if TYPE_CHECKING:
-    from capsuled.identity.base import IdentityProvider
-    from capsuled.store.engine import Store
+from capsuled.errors import CapsuledError
 
 app = typer.Typer(help=__doc__, no_args_is_help=False, add_completion=False)
 image_app = typer.Typer(help="Offline images.")
@@ -81,102 +78,117 @@ def image_seed(ctx: typer.Context,
 
 
 def run_all_in_one(settings: Settings) -> None:
-    from capsuled.agent.loop import Agent
-    from capsuled.api.app import Services, create_app
-    from capsuled.api.policy import Policy
-    from capsuled.api.services.agents import ControlPlane
-    from capsuled.api.services.capsules import CapsuleService
-    from capsuled.api.services.containers import ContainerService
-    from capsuled.api.services.hosts import HostService
-    from capsuled.api.services.images import ImageService
-    from capsuled.api.services.quotas import QuotaService
-    from capsuled.api.services.tokens import TokenService
-    from capsuled.domain.template import Limits
-    from capsuled.drivers.docker_client import make_client
-    from capsuled.drivers.image.seed import seed_images
-    from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
-    from capsuled.drivers.volume.docker import LocalVolumes
-    from capsuled.errors import CapsuledError
-    from capsuled.identity.local import bootstrap
     from capsuled.paths import ADMIN_TOKEN_FILE
-    from capsuled.store.engine import Store, make_engine, upgrade
 
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url())
-    upgrade(engine)
-    store = Store(engine)
-    instance = bootstrap(store, settings.state_dir, ADMIN_TOKEN_FILE)
-
-    docker_api = make_client(settings.docker.host, settings.docker.timeout)
-    try:
-        docker_api.ping()
-        seed_images(docker_api, settings.docker.infra_image)
-    except CapsuledError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
-    except Exception as exc:  # the SDK raises plain requests errors on ping
-        typer.echo(f"error: cannot reach the Docker Engine at {settings.docker.host}: {exc}", err=True)
-        raise typer.Exit(1) from exc
-
-    try:
-        policy = Policy(settings.policy, settings.policy_file)
-    except CapsuledError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
-    control = ControlPlane(store)
-    limits = Limits(**settings.limits.model_dump())
-    down_after = timedelta(seconds=180)
-    runtime = DockerRuntime(docker_api)
-    quotas = QuotaService(store, settings.quota.model_dump())
-    services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
-                                quotas=quotas),
-        # All in one: the only host is this one, and its runtime serves the host calls.
-        containers=ContainerService(store, control.notify, lambda host: runtime, limits, down_after,
-                                    policy=policy, quotas=quotas),
-        hosts=HostService(store, down_after),
-        images=ImageService(store, lambda host: runtime, down_after),
-        tokens=TokenService(store),
-        quotas=quotas)
-    api = create_app(settings, _identity(settings, store), services, policy)
-    agent = Agent(control, runtime, LocalVolumes(docker_api), settings.agent,
-                  instance, settings.docker.infra_image, networks=BridgeNetworks(docker_api))
+    compose.setup_logging(settings)
+    opened = compose.open_store(settings)
+    client = compose.docker_client(settings)
+    runtime = DockerRuntime(client)
+    # All in one: the only host is this one, and its runtime serves the host calls.
+    api = compose.build_api(settings, opened.store, lambda host: runtime)
+    agent = compose.build_agent(settings, api.control, client, opened.instance)
     agent.start()
-
-    host, _, port = settings.listen.rpartition(":")
+    api.monitor.start()
     LOG.info("capsuled listening on http://%s admin token in %s", settings.listen,
              settings.state_dir / ADMIN_TOKEN_FILE)
-    server = uvicorn.Server(uvicorn.Config(api, host=host or "127.0.0.1", port=int(port),
-                                           log_level=settings.log_level, access_log=False))
-    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
-    # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
-    # exits 0 after the agent stopped, instead of being killed by the default action.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        server.run()
-    finally:
+
+    def stop() -> None:
+        api.monitor.stop()
         agent.stop()
+    compose.serve(api.app, settings.listen, settings.log_level, stop)
 
 
-def _identity(settings: Settings, store: Store) -> IdentityProvider:
-    """The tokens this server issues, and Keystone's too when [keystone] is configured."""
-    from capsuled.identity.local import LocalIdentity
+@app.command("api")
+def api_command(ctx: typer.Context) -> None:
+    """Run a stateless API server (multi-host). Any number may share one database
+    (--database-url before `api`); agents on the compute hosts connect to them with
+    `capsuled agent`. The first to start on an empty database writes the admin token."""
+    from capsuled.paths import ADMIN_TOKEN_FILE
 
-    local = LocalIdentity(store)
-    if settings.keystone is None:
-        return local
-    from capsuled.identity.chain import LocalThenKeystone
-    from capsuled.identity.keystone import KeystoneIdentity
+    settings: Settings = ctx.obj
+    compose.setup_logging(settings)
+    opened = compose.open_store(settings)
+    api = compose.build_api(settings, opened.store, compose.remote_ops(opened.store))
+    api.monitor.start()
+    LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
+             settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
+    compose.serve(api.app, settings.listen, settings.log_level, api.monitor.stop)
 
-    LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
-    return LocalThenKeystone(local, KeystoneIdentity.from_settings(settings.keystone))
+
+@app.command("agent")
+def agent_command(
+    ctx: typer.Context,
+    api_url: Annotated[str, typer.Option("--api", help="An API server's URL, e.g. http://api:9517.")],
+    token: Annotated[str, typer.Option(envvar="CAPSULED_AGENT_TOKEN", help=(
+        "This host's agent token (capsule token create --role agent --host NAME)."))],
+    host: Annotated[str | None, typer.Option(help="This host's name (default: hostname).")] = None,
+    docker_host: Annotated[str | None, typer.Option(help="Docker Engine URL, e.g. unix:///run/docker.sock.")] = None,
+    availability_zone: Annotated[str | None, typer.Option(help="Availability zone (default nova).")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Host label k=v for scheduling; repeat.")] = None,
+    ops_listen: Annotated[str | None, typer.Option(help="HOST:PORT for the ops endpoint the API "
+                                                   "uses for logs/exec/attach (default 0.0.0.0:9518).")] = None,
+    ops_url: Annotated[str | None, typer.Option(help="URL the API reaches the ops endpoint at "
+                                                "(default http://HOST:PORT).")] = None,
+) -> None:
+    """Run the agent of one compute host (multi-host). It talks only to the API, never
+    to the database: registers this host, heartbeats, watches its assignments, reconciles
+    them on the local Docker Engine, reports what it sees, and serves logs/exec/attach/…
+    for the API on its ops endpoint."""
+    from capsuled.agent.http_channel import HttpChannel
+    from capsuled.agent.ops_server import create_ops_app, serve_ops, stop_ops
+    from capsuled.drivers.runtime.docker import DockerRuntime
+    from capsuled.errors import Unavailable
+
+    settings: Settings = ctx.obj
+    agent_settings = settings.agent.model_copy(update={k: v for k, v in {
+        "host_name": host, "availability_zone": availability_zone, "ops_listen": ops_listen,
+        "ops_url": ops_url}.items() if v is not None})
+    if label:
+        agent_settings.labels = {**agent_settings.labels, **_labels(label)}
+    settings = settings.model_copy(update={"agent": agent_settings})
+    if docker_host is not None:
+        settings.docker.host = docker_host
+    compose.setup_logging(settings)
+    client = compose.docker_client(settings)
+    channel = HttpChannel(api_url, token)
+    name = agent_settings.host_name
+    while True:
+        try:
+            instance = channel.instance_id(name)
+            break
+        except Unavailable as exc:
+            LOG.warning("waiting for the API: %s", exc.message)
+            time.sleep(2.0)
+        except CapsuledError as exc:
+            raise compose.fail(exc.message) from exc
+    key = compose.new_ops_key()
+    bind_host, _, port = agent_settings.ops_listen.rpartition(":")
+    ops_server, ops_thread = serve_ops(create_ops_app(DockerRuntime(client), key), bind_host or "0.0.0.0",
+                              int(port))
+    url = agent_settings.ops_url or f"http://{name}:{port}"
+    agent = compose.build_agent(settings, channel, client, instance, ops_endpoint=(url, key))
+    try:
+        agent.start()
+    except CapsuledError as exc:
+        raise compose.fail(exc.message) from exc
+    LOG.info("capsuled agent for host %s: API %s, ops endpoint %s", name, api_url, url)
+
+    def stop() -> None:
+        agent.stop()
+        stop_ops(ops_server, ops_thread)
+        channel.close()
+    compose.wait_for_signal(stop)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+def _labels(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--label {value!r}: expected KEY=VALUE")
+        out[key] = rest
+    return out
 
 
 db_app = typer.Typer(help="The database.")

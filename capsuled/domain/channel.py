@@ -62,6 +62,10 @@ class HostInfo(BaseModel):
     kernel_version: str = ""
     architecture: str = ""
     runtime: str = "docker"
+    # Multi-host: where the API reaches this host's agent for logs, exec, attach, …, and
+    # the key it must present (None in all-in-one, where the API calls the runtime).
+    ops_url: str | None = None
+    ops_key: str | None = None
 
 
 class ContainerReport(BaseModel):

@@ -11,6 +11,7 @@ class Principal:
     project_id: str
     user_id: str
     roles: frozenset[str]
+    host: str | None = None  # agent tokens: the one host whose channel they may use
 
     @property
     def is_admin(self) -> bool:

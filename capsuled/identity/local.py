@@ -6,9 +6,10 @@ import os
 import uuid as uuidlib
 from pathlib import Path
 
+from capsuled.errors import Conflict
 from capsuled.identity.base import Principal
 from capsuled.store.engine import Store
-from capsuled.store.meta import get_meta, set_meta
+from capsuled.store.meta import claim_meta, get_meta
 from capsuled.store.tokens import find_token, issue_token
 
 ADMIN_PROJECT = "admin"
@@ -25,23 +26,39 @@ class LocalIdentity:
             if row is None:
                 return None
             return Principal(project_id=row.project_id, user_id=row.user_id,
-                             roles=frozenset(row.roles))
+                             roles=frozenset(row.roles), host=row.host)
 
 
 def bootstrap(store: Store, state_dir: Path, token_file: str) -> str:
     """First start on an empty database: make the instance id and the admin token, and
-    write the token (mode 0600) for the local CLI. Returns the instance id."""
+    write the token (mode 0600) for the local CLI. Returns the instance id.
+
+    Race-safe: of several servers starting at once on one empty database, the one whose
+    instance id row is inserted first writes the token; the others use its instance id."""
     with store.transaction() as s:
         instance = get_meta(s, "instance_id")
-        if instance is not None:
-            return instance
-        instance = uuidlib.uuid4().hex[:12]
-        set_meta(s, "instance_id", instance)
-        token = issue_token(s, ADMIN_PROJECT, ADMIN_USER, ["admin"], description="bootstrap admin")
-        path = state_dir / token_file
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.chmod(path, 0o600)
+    if instance is not None:
+        return instance
+    instance = uuidlib.uuid4().hex[:12]
+    path = state_dir / token_file
+    written = False
+    try:
+        with store.transaction() as s:
+            claim_meta(s, "instance_id", instance)
+            token = issue_token(s, ADMIN_PROJECT, ADMIN_USER, ["admin"], description="bootstrap admin")
+            state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            os.chmod(path, 0o600)
+            written = True
+    except Conflict:
+        with store.transaction() as s:
+            winner = get_meta(s, "instance_id")
+        assert winner is not None
+        return winner
+    except BaseException:
+        if written:  # the commit failed: the token in the file was never valid
+            path.unlink(missing_ok=True)
+        raise
     return instance

@@ -134,10 +134,11 @@ def mark_deleting(session: Session, capsule: Capsule) -> None:
 
 def assignments_for(session: Session, host: str) -> list[Assignment]:
     rows = session.execute(
-        select(Capsule.uuid, Capsule.generation, Capsule.deleting, Capsule.spec)
+        select(Capsule.uuid, Capsule.generation, Capsule.deleting, Capsule.spec, Capsule.project_id)
         .where(Capsule.host == host).order_by(Capsule.id)).all()
-    return [Assignment(uuid=u, generation=g, deleting=d, spec=CapsuleSpec.model_validate(s))
-            for u, g, d, s in rows]
+    return [Assignment(uuid=u, generation=g, deleting=d, spec=CapsuleSpec.model_validate(s),
+                       project_id=p)
+            for u, g, d, s, p in rows]
 
 
 def apply_report(session: Session, host: str, report: CapsuleReport) -> None:

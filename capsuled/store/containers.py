@@ -152,11 +152,12 @@ def mark_deleting(session: Session, row: Container) -> None:
 def bare_assignments_for(session: Session, host: str) -> list[ContainerAssignment]:
     rows = session.execute(
         select(Container.uuid, Container.name, Container.generation, Container.deleting,
-               Container.desired_state, Container.runtime_id, Container.spec)
+               Container.desired_state, Container.runtime_id, Container.spec,
+               Container.project_id)
         .where(Container.host == host, Container.role == BARE).order_by(Container.id)).all()
     return [ContainerAssignment(uuid=u, name=n, generation=g, deleting=d, desired_state=ds,
-                                runtime_id=rid, spec=BareSpec.model_validate(sp))
-            for u, n, g, d, ds, rid, sp in rows]
+                                runtime_id=rid, spec=BareSpec.model_validate(sp), project_id=p)
+            for u, n, g, d, ds, rid, sp, p in rows]
 
 
 def apply_bare_report(session: Session, host: str, report: BareReport) -> None:

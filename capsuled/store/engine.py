@@ -1,30 +1,76 @@
-"""Engines and sessions for SQLite (embedded), PostgreSQL and MariaDB, and running migrations."""
+"""Engines and sessions for SQLite (embedded), PostgreSQL and MariaDB, and running migrations.
+
+Every engine runs at READ COMMITTED or stronger, and every change that must see the
+latest rows takes a row lock first (quotas.lock_project, hosts.capacities): on PostgreSQL
+and MariaDB each later statement then reads what the previous holder committed; on
+SQLite the first write takes the database's single write lock.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from capsuled.errors import Unavailable
+from capsuled.errors import InvalidInput, Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
+SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
+DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
+                   "mariadb": "mariadb+pymysql"}
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=20, max_overflow=20)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    """An engine for `url`: sqlite:///PATH, postgresql+psycopg://… or mysql+pymysql://…
+    (MariaDB). Connection errors surface later, as Unavailable, on first use."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput("database URL: cannot parse it; expected sqlite:///PATH, "
+                           "postgresql+psycopg://USER:PASSWORD@HOST/DB or "
+                           "mysql+pymysql://USER:PASSWORD@HOST/DB") from exc
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED:
+        raise InvalidInput(f"database URL: {backend} is not supported; use sqlite:///PATH, "
+                           "postgresql+psycopg://… or mysql+pymysql://…")
+    try:
+        if backend == "sqlite":
+            engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
+                                   pool_size=20, max_overflow=20)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        if parsed.drivername in DEFAULT_DRIVERS:  # the drivers we ship, not SQLAlchemy's defaults
+            parsed = parsed.set(drivername=DEFAULT_DRIVERS[parsed.drivername])
+        if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        # MariaDB defaults to REPEATABLE READ, whose snapshot would hide rows committed by
+        # the transaction we waited for on a row lock; READ COMMITTED reads them, as PG does.
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                             pool_timeout=30, pool_recycle=1800, isolation_level="READ COMMITTED")
+    except (NoSuchModuleError, ImportError) as exc:
+        raise InvalidInput(f"database URL: no driver for {parsed.drivername} ({exc}); use "
+                           "postgresql+psycopg://… or mysql+pymysql://…") from exc
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparsable database URL>"
+    return parsed.render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -37,13 +83,56 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+@dataclass(frozen=True)
+class Upgraded:
+    """What `upgrade` did: the schema revision before (None: empty database) and after."""
+
+    url: str
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def upgrade(engine: Engine) -> Upgraded:
+    """Bring the schema to the newest migration (idempotent). API servers starting at
+    once on one PostgreSQL or MariaDB database take turns on an advisory lock."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as conn:
+            with _migration_lock(conn):
+                before = MigrationContext.configure(conn).get_current_revision()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                after = MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
+    return Upgraded(safe_url(engine.url), before, after)
+
+
+@contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    name = conn.dialect.name
+    if name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        yield  # released when the transaction ends
+    elif name in ("mysql", "mariadb"):
+        got = conn.execute(text("SELECT GET_LOCK('capsuled.migrate', 300)")).scalar()
+        if got != 1:
+            raise Unavailable("database: another server has been migrating it for 5 minutes")
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT RELEASE_LOCK('capsuled.migrate')"))
+    else:
+        yield
+
+
+def unavailable(url: URL, exc: DBAPIError) -> Unavailable:
+    return Unavailable(f"database {safe_url(url)} unavailable: {exc.orig}")
 
 
 class Store:
@@ -59,9 +148,13 @@ class Store:
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
+        except OperationalError as exc:  # also deadlocks and lock wait timeouts: retry
             session.rollback()
-            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+            raise unavailable(self.engine.url, exc) from exc
+        except PoolTimeout as exc:
+            session.rollback()
+            raise Unavailable(f"database {safe_url(self.engine.url)} busy: no free "
+                              "connection in the pool") from exc
         except BaseException:
             session.rollback()
             raise

@@ -6,7 +6,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
@@ -87,7 +87,16 @@ def usage(session: Session) -> dict[str, tuple[float, int, int]]:
     return out
 
 
-def capacities(session: Session) -> list[HostCapacity]:
+def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
+    """Every host with what is claimed on it. With `lock` (what a claim needs: the
+    scheduler picks from these and the caller writes the claim in the same transaction)
+    the host rows stay locked until the transaction ends, so that two creates, from any
+    API replica, never both see a host's last free unit; the usage is read after the lock,
+    so it includes everything committed before. Read-only callers pass lock=False."""
+    if lock:
+        lock_hosts(session)
+    hosts = list(session.scalars(select(Host).order_by(Host.id)
+                                 .execution_options(populate_existing=True)).all())
     used = usage(session)
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
                          forced_down=bool(h.forced_down),
@@ -95,7 +104,19 @@ def capacities(session: Session) -> list[HostCapacity]:
                          cpus=h.cpus, memory_mb=h.memory_mb,
                          cpu_used=used.get(h.name, (0.0, 0, 0))[0],
                          memory_used=used.get(h.name, (0.0, 0, 0))[1])
-            for h in list_hosts(session)]
+            for h in hosts]
+
+
+def lock_hosts(session: Session) -> None:
+    """Lock every host row for the rest of the transaction (in id order, so lockers never
+    deadlock each other). SQLite has no row locks: a write that changes nothing takes its
+    database write lock, which its pysqlite driver would otherwise take only at the first
+    real write, after the reads."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Host).where(false()).values(revision=Host.revision),
+                        execution_options={"synchronize_session": False})
+    else:
+        session.execute(select(Host.id).order_by(Host.id).with_for_update())
 
 
 def placed_count(session: Session, name: str) -> int:

@@ -7,7 +7,16 @@ from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
                         Text, UniqueConstraint)
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# MariaDB's FLOAT is single precision and its DATETIME drops the fraction of a second:
+# there, these are DOUBLE and DATETIME(6), as the other engines' FLOAT and DATETIME are.
+Double = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# MariaDB tables hold any Unicode and compare strings byte for byte, as SQLite and
+# PostgreSQL do: names "web" and "Web" are two names, not a unique-key clash.
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def utcnow() -> datetime:
@@ -16,7 +25,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, float: Double, datetime: Timestamp}
 
 
 class Meta(Base):
@@ -34,9 +43,10 @@ class Token(Base):
     user_id: Mapped[str] = mapped_column(String(255))
     roles: Mapped[list[Any]] = mapped_column(JSON)
     description: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    host: Mapped[str | None] = mapped_column(String(255))  # agent tokens: their one host
 
 
 class Host(Base):
@@ -44,7 +54,7 @@ class Host(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
-    cpus: Mapped[float] = mapped_column(Float, default=0)
+    cpus: Mapped[float] = mapped_column(Double, default=0)
     memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     disk_gb: Mapped[int] = mapped_column(Integer, default=0)
     availability_zone: Mapped[str] = mapped_column(String(255), default="nova")
@@ -54,10 +64,10 @@ class Host(Base):
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
     forced_down: Mapped[bool] = mapped_column(Boolean, default=False)
     report_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_seen: Mapped[datetime | None] = mapped_column(DateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(Timestamp)
     revision: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
 
 
 class Capsule(Base):
@@ -72,15 +82,15 @@ class Capsule(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), default="Creating")
     status_reason: Mapped[str | None] = mapped_column(Text)
-    cpu: Mapped[float] = mapped_column(Float, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
     memory: Mapped[int] = mapped_column(Integer, default=0)
     host: Mapped[str | None] = mapped_column(String(255), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     sandbox_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     containers: Mapped[list[Container]] = relationship(
         back_populates="capsule", cascade="all, delete-orphan", passive_deletes=True,
@@ -121,13 +131,13 @@ class Container(Base):
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[str | None] = mapped_column(String(40))
     finished_at: Mapped[str | None] = mapped_column(String(40))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Bare containers only (capsule children live in their capsule's spec and host):
     # their own desired state, placement and claim.
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     host: Mapped[str | None] = mapped_column(String(255), index=True)
-    cpu: Mapped[float] = mapped_column(Float, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
     memory: Mapped[int] = mapped_column(Integer, default=0)
     desired_state: Mapped[str] = mapped_column(String(10), default="running")  # running|stopped|paused
     generation: Mapped[int] = mapped_column(Integer, default=1)
@@ -159,7 +169,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(10))  # Normal | Warning
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class ContainerAction(Base):
@@ -172,8 +182,8 @@ class ContainerAction(Base):
     request_id: Mapped[str] = mapped_column(String(64))
     project_id: Mapped[str] = mapped_column(String(255))
     user_id: Mapped[str] = mapped_column(String(255))
-    start_time: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    finish_time: Mapped[datetime | None] = mapped_column(DateTime)
+    start_time: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    finish_time: Mapped[datetime | None] = mapped_column(Timestamp)
     message: Mapped[str | None] = mapped_column(String(255))  # None on success, "Error" on failure
     detail: Mapped[str | None] = mapped_column(Text)  # why it failed (admins see it as the traceback)
 
@@ -185,7 +195,7 @@ class Quota(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[str] = mapped_column(String(255), index=True)
     resource: Mapped[str] = mapped_column(String(64))
-    hard_limit: Mapped[float] = mapped_column(Float)
+    hard_limit: Mapped[float] = mapped_column(Double)
     __table_args__ = (UniqueConstraint("project_id", "resource", name="uq_quotas_project_resource"),)
 
 
@@ -196,7 +206,7 @@ class QuotaClass(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     class_name: Mapped[str] = mapped_column(String(255))
     resource: Mapped[str] = mapped_column(String(64))
-    hard_limit: Mapped[float] = mapped_column(Float)
+    hard_limit: Mapped[float] = mapped_column(Double)
     __table_args__ = (UniqueConstraint("class_name", "resource", name="uq_quota_classes_name_resource"),)
 
 
@@ -208,3 +218,7 @@ class ProjectLock(Base):
     __tablename__ = "project_locks"
     project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+for _table in Base.metadata.tables.values():
+    _table.dialect_kwargs.update(MYSQL_TABLE)

@@ -26,12 +26,13 @@ def issue_token(session: Session, project_id: str, user_id: str, roles: list[str
 
 
 def issue(session: Session, project_id: str, user_id: str, roles: list[str],
-          description: str | None = None, expires_at: datetime | None = None) -> tuple[str, Token]:
+          description: str | None = None, expires_at: datetime | None = None,
+          host: str | None = None) -> tuple[str, Token]:
     """A new token: the plain value (shown once) and its stored row."""
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = Token(uuid=str(uuidlib.uuid4()), token_hash=digest(plain), project_id=project_id,
                 user_id=user_id, roles=roles, description=description,
-                expires_at=expires_at, created_at=utcnow(), revoked=False)
+                expires_at=expires_at, created_at=utcnow(), revoked=False, host=host)
     session.add(row)
     session.flush()
     return plain, row

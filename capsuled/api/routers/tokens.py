@@ -20,7 +20,7 @@ def _service(request: Request) -> TokenService:
 def token_view(t: TokenInfo) -> dict[str, Any]:
     return {"uuid": t.uuid, "project_id": t.project_id, "user_id": t.user_id, "roles": t.roles,
             "description": t.description, "created_at": ts(t.created_at),
-            "expires_at": ts(t.expires_at), "revoked": t.revoked}
+            "expires_at": ts(t.expires_at), "revoked": t.revoked, "host": t.host}
 
 
 @router.post("", status_code=201, dependencies=[allow("token:create")])

@@ -16,9 +16,12 @@ from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
 from capsuled.store.engine import Store
+from capsuled.store.meta import get_meta
 
-# Another API replica may change a host's desired set; re-read the revision this often.
-_POLL_SECONDS = 1.0
+# Another API replica may change a host's desired set; re-read the revision this often
+# (one indexed single-row read per watching agent), so an assignment reaches its agent
+# well within a second whichever replica accepted it.
+_POLL_SECONDS = 0.25
 
 
 class ControlPlane:
@@ -30,6 +33,10 @@ class ControlPlane:
         """Wake watchers in this process after a commit that changed some desired set."""
         with self._changed:
             self._changed.notify_all()
+
+    def instance_id(self) -> str:
+        with self._store.transaction() as s:
+            return get_meta(s, "instance_id") or ""
 
     def register(self, host: HostInfo) -> None:
         with self._store.transaction() as s:

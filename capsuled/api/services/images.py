@@ -76,7 +76,7 @@ class ImageService:
     def _alive_hosts(self) -> list[str]:
         now = utcnow()
         with self._store.transaction() as s:
-            return [h.name for h in capacities(s)
+            return [h.name for h in capacities(s, lock=False)
                     if h.last_seen is not None and now - h.last_seen <= self._down_after]
 
 

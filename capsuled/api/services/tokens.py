@@ -32,6 +32,7 @@ class TokenInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked: bool
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class TokenService:
 
     def create(self, body: dict[str, object]) -> NewToken:
         problems: list[str] = []
-        known = {"project_id", "user_id", "roles", "expires_in", "description"}
+        known = {"project_id", "user_id", "roles", "expires_in", "description", "host"}
         problems += [f"{k}: unknown field" for k in sorted(set(body) - known)]
         project = _name(body.get("project_id"), "project_id", problems)
         user = _name(body.get("user_id"), "user_id", problems)
@@ -55,11 +56,20 @@ class TokenService:
         description = body.get("description")
         if description is not None and not (isinstance(description, str) and len(description) <= 255):
             problems.append("description: must be a string of at most 255 characters")
+        host = body.get("host")
+        if "agent" in roles:
+            if not (isinstance(host, str) and _NAME.match(host)):
+                problems.append("host: an agent token needs the host it is for")
+            elif roles != ["agent"]:
+                problems.append("roles: an agent token has the agent role only")
+        elif host is not None:
+            problems.append("host: only agent tokens are bound to a host")
         if problems:
-            raise InvalidInput("; ".join(problems))
+            raise InvalidInput(problems)
         with self._store.transaction() as s:
             plain, row = repo.issue(s, project, user, roles, description,  # type: ignore[arg-type]
-                                    utcnow() + expires if expires else None)
+                                    utcnow() + expires if expires else None,
+                                    host if isinstance(host, str) else None)
             return NewToken(plain, _info(row))
 
     def list(self, project_id: str | None = None) -> list[TokenInfo]:
@@ -131,4 +141,5 @@ def _roles(value: object, problems: list[str]) -> list[str]:
 def _info(t: Token) -> TokenInfo:
     return TokenInfo(uuid=t.uuid, project_id=t.project_id, user_id=t.user_id,
                      roles=list(t.roles or []), description=t.description,
-                     created_at=t.created_at, expires_at=t.expires_at, revoked=bool(t.revoked))
+                     created_at=t.created_at, expires_at=t.expires_at, revoked=bool(t.revoked),
+                     host=t.host)

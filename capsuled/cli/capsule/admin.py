@@ -79,15 +79,23 @@ def token_create(
     expires: Annotated[str | None, typer.Option(
         help="Lifetime: seconds, or 90m, 12h, 30d, 2w. Default: no expiry.")] = None,
     description: Annotated[str | None, typer.Option(help="A note for `token list`.")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="With --role agent: the one host whose agent channel the token may use.")] = None,
     output: FormatOpt = Format.table,
 ) -> None:
-    """Issue a token and print it (once: only its digest is kept)."""
+    """Issue a token and print it (once: only its digest is kept).
+
+    An agent token (--role agent --host NAME) lets `capsuled agent` on that host reach its
+    own assignments and nothing else.
+    """
     rt, client = _client(ctx)
     body: dict[str, Any] = {"project_id": project, "user_id": user, "roles": role or ["member"]}
     if expires is not None:
         body["expires_in"] = expires
     if description is not None:
         body["description"] = description
+    if host is not None:
+        body["host"] = host
     with _reporting(rt), client:
         made = client.create_token(body)
     if output is Format.json:
@@ -113,7 +121,8 @@ def token_list(
         _echo_json(found)
     else:
         _table(found, [("UUID", "uuid"), ("PROJECT", "project_id"), ("USER", "user_id"),
-                       ("ROLES", "roles"), ("EXPIRES", "expires_at"), ("REVOKED", "revoked"),
+                       ("ROLES", "roles"), ("HOST", "host"), ("EXPIRES", "expires_at"),
+                       ("REVOKED", "revoked"),
                        ("DESCRIPTION", "description")])
 
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 
 revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# MariaDB: double precision, microseconds, byte-wise comparison (as capsuled.store.tables).
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def upgrade() -> None:
@@ -29,17 +35,18 @@ def upgrade() -> None:
     sa.Column('spec', sa.JSON(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('status_reason', sa.Text(), nullable=True),
-    sa.Column('cpu', sa.Float(), nullable=False),
+    sa.Column('cpu', DOUBLE, nullable=False),
     sa.Column('memory', sa.Integer(), nullable=False),
     sa.Column('host', sa.String(length=255), nullable=True),
     sa.Column('generation', sa.Integer(), nullable=False),
     sa.Column('deleting', sa.Boolean(), nullable=False),
     sa.Column('restart_count', sa.Integer(), nullable=False),
     sa.Column('sandbox_id', sa.String(length=64), nullable=True),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('updated_at', DATETIME, nullable=True),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('uuid')
+    sa.UniqueConstraint('uuid'),
+    **MYSQL_TABLE
     )
     with op.batch_alter_table('capsules', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_capsules_host'), ['host'], unique=False)
@@ -50,25 +57,27 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
-    sa.Column('cpus', sa.Float(), nullable=False),
+    sa.Column('cpus', DOUBLE, nullable=False),
     sa.Column('memory_mb', sa.Integer(), nullable=False),
     sa.Column('disk_gb', sa.Integer(), nullable=False),
     sa.Column('availability_zone', sa.String(length=255), nullable=False),
     sa.Column('labels', sa.JSON(), nullable=False),
     sa.Column('info', sa.JSON(), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
-    sa.Column('last_seen', sa.DateTime(), nullable=True),
+    sa.Column('last_seen', DATETIME, nullable=True),
     sa.Column('revision', sa.Integer(), nullable=False),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('updated_at', DATETIME, nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name'),
-    sa.UniqueConstraint('uuid')
+    sa.UniqueConstraint('uuid'),
+    **MYSQL_TABLE
     )
     op.create_table('meta',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.String(length=255), nullable=False),
-    sa.PrimaryKeyConstraint('key')
+    sa.PrimaryKeyConstraint('key'),
+    **MYSQL_TABLE
     )
     op.create_table('tokens',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -78,12 +87,13 @@ def upgrade() -> None:
     sa.Column('user_id', sa.String(length=255), nullable=False),
     sa.Column('roles', sa.JSON(), nullable=False),
     sa.Column('description', sa.String(length=255), nullable=True),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('expires_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('expires_at', DATETIME, nullable=True),
     sa.Column('revoked', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('token_hash'),
-    sa.UniqueConstraint('uuid')
+    sa.UniqueConstraint('uuid'),
+    **MYSQL_TABLE
     )
     op.create_table('capsule_labels',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -91,7 +101,8 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('value', sa.String(length=255), nullable=False),
     sa.ForeignKeyConstraint(['capsule_id'], ['capsules.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    **MYSQL_TABLE
     )
     with op.batch_alter_table('capsule_labels', schema=None) as batch_op:
         batch_op.create_index('ix_capsule_labels_kv', ['key', 'value'], unique=False)
@@ -113,12 +124,13 @@ def upgrade() -> None:
     sa.Column('restart_count', sa.Integer(), nullable=False),
     sa.Column('started_at', sa.String(length=40), nullable=True),
     sa.Column('finished_at', sa.String(length=40), nullable=True),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', DATETIME, nullable=False),
+    sa.Column('updated_at', DATETIME, nullable=True),
     sa.ForeignKeyConstraint(['capsule_id'], ['capsules.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('capsule_id', 'name', name='uq_containers_capsule_name'),
-    sa.UniqueConstraint('uuid')
+    sa.UniqueConstraint('uuid'),
+    **MYSQL_TABLE
     )
     with op.batch_alter_table('containers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_containers_capsule_id'), ['capsule_id'], unique=False)
@@ -132,9 +144,10 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=10), nullable=False),
     sa.Column('reason', sa.String(length=64), nullable=False),
     sa.Column('message', sa.Text(), nullable=False),
-    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('created_at', DATETIME, nullable=False),
     sa.ForeignKeyConstraint(['capsule_id'], ['capsules.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    **MYSQL_TABLE
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_events_capsule_id'), ['capsule_id'], unique=False)
@@ -152,7 +165,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.String(length=255), nullable=False),
     sa.ForeignKeyConstraint(['capsule_id'], ['capsules.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('uuid')
+    sa.UniqueConstraint('uuid'),
+    **MYSQL_TABLE
     )
     with op.batch_alter_table('volumes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_volumes_capsule_id'), ['capsule_id'], unique=False)

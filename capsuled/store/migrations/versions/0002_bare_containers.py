@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+# MariaDB: double precision, microseconds, byte-wise comparison (as capsuled.store.tables).
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def upgrade() -> None:
@@ -22,7 +28,7 @@ def upgrade() -> None:
     with op.batch_alter_table("containers") as batch:
         batch.add_column(sa.Column("spec", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("host", sa.String(255), nullable=True))
-        batch.add_column(sa.Column("cpu", sa.Float(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("cpu", DOUBLE, nullable=False, server_default="0"))
         batch.add_column(sa.Column("memory", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("desired_state", sa.String(10), nullable=False,
                                    server_default="running"))
@@ -37,11 +43,12 @@ def upgrade() -> None:
         sa.Column("request_id", sa.String(64), nullable=False),
         sa.Column("project_id", sa.String(255), nullable=False),
         sa.Column("user_id", sa.String(255), nullable=False),
-        sa.Column("start_time", sa.DateTime(), nullable=False),
-        sa.Column("finish_time", sa.DateTime(), nullable=True),
+        sa.Column("start_time", DATETIME, nullable=False),
+        sa.Column("finish_time", DATETIME, nullable=True),
         sa.Column("message", sa.String(255), nullable=True),
         sa.Column("detail", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        **MYSQL_TABLE,
     )
     op.create_index("ix_container_actions_container_uuid", "container_actions", ["container_uuid"])
 

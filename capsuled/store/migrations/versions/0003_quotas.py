@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+# MariaDB: double precision, byte-wise comparison (as capsuled.store.tables).
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 
 def upgrade() -> None:
@@ -20,9 +25,10 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("project_id", sa.String(255), nullable=False),
         sa.Column("resource", sa.String(64), nullable=False),
-        sa.Column("hard_limit", sa.Float(), nullable=False),
+        sa.Column("hard_limit", DOUBLE, nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("project_id", "resource", name="uq_quotas_project_resource"),
+        **MYSQL_TABLE,
     )
     op.create_index("ix_quotas_project_id", "quotas", ["project_id"], unique=False)
     op.create_table(
@@ -30,15 +36,17 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("class_name", sa.String(255), nullable=False),
         sa.Column("resource", sa.String(64), nullable=False),
-        sa.Column("hard_limit", sa.Float(), nullable=False),
+        sa.Column("hard_limit", DOUBLE, nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("class_name", "resource", name="uq_quota_classes_name_resource"),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "project_locks",
         sa.Column("project_id", sa.String(255), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("project_id"),
+        **MYSQL_TABLE,
     )
 
 

@@ -1,0 +1,74 @@
+"""The agent channel over HTTP: what a `capsuled agent` on its own host uses to reach the
+API replicas (any of them; they share the database). The same models as the in-process
+channel are the wire format.
+
+Every call is idempotent, so a failed one is simply retried by the agent's loops; a
+connection problem surfaces as `Unavailable`, which they already treat as transient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
+from capsuled.errors import Forbidden, NotAuthenticated, Unavailable
+
+# The server holds a watch at most this long beyond what was asked before answering.
+_WATCH_SLACK = 10.0
+
+
+class HttpChannel:
+    def __init__(self, api_url: str, token: str, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._base = api_url.rstrip("/")
+        self._timeout = timeout
+        self._http = httpx.Client(base_url=self._base, timeout=timeout, transport=transport,
+                                  headers={"X-Auth-Token": token, "Accept": "application/json"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def instance_id(self, host: str) -> str:
+        """The control plane's instance id (labels every Docker object of this install)."""
+        return str(self._call("GET", f"/v1/agents/{host}")["instance_id"])
+
+    def register(self, host: HostInfo) -> None:
+        self._call("PUT", f"/v1/agents/{host.name}", json=host.model_dump(mode="json"))
+
+    def heartbeat(self, host: str) -> None:
+        self._call("POST", f"/v1/agents/{host}/heartbeat")
+
+    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+        body = self._call("GET", f"/v1/agents/{host}/assignments",
+                          params={"after": after_revision, "timeout": timeout},
+                          timeout=timeout + _WATCH_SLACK)
+        return Assignments.model_validate(body)
+
+    def report(self, host: str, reports: list[CapsuleReport],
+               containers: list[BareReport] | None = None) -> None:
+        self._call("POST", f"/v1/agents/{host}/reports", json={
+            "capsules": [r.model_dump(mode="json") for r in reports],
+            "containers": [c.model_dump(mode="json") for c in containers or []]})
+
+    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, timeout=timeout or self._timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"API at {self._base} unreachable: {exc}") from exc
+        if r.status_code == 401:
+            raise NotAuthenticated(f"the API refused the agent token: {_detail(r)}")
+        if r.status_code == 403:
+            raise Forbidden(f"the API refused the agent: {_detail(r)}")
+        if r.status_code >= 400:
+            # 5xx and surprises are retried like an outage; the loops back off.
+            raise Unavailable(f"{method} {path}: HTTP {r.status_code}: {_detail(r)}")
+        return r.json() if r.content else None
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["errors"][0]["detail"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return r.text[:200]

@@ -1,0 +1,328 @@
+"""The agent's ops endpoint: this host's `ContainerOps` served over HTTP to the API.
+
+In multi-host mode users' reads and imperative actions (logs, exec, attach, top, stats,
+archives, start/stop/…) reach the container's host through here; the API's RemoteOps is
+the client. The wire format is domain/ops_wire.py. Every request, websockets included,
+must carry `X-Capsuled-Ops-Key`; anything else is refused with 401 before routing.
+
+Built on Starlette (FastAPI's own foundation): the agent may not import FastAPI, and this
+app needs nothing of it beyond routing.
+
+Open log streams and terminal sessions are registered in `app.state.sessions`; the server
+`serve_ops` starts closes them first when it shuts down, so that stopping never waits on
+a quiet container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from capsuled.domain import ops_wire as wire
+from capsuled.domain.hostops import ContainerOps, RawStream
+from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
+                             NotFound, RuntimeConflict, RuntimeRejected, Unavailable)
+
+LOG = logging.getLogger(__name__)
+_CHUNK = 65536
+
+
+class Sessions:
+    """The open streams' close functions (thread-safe): what shutdown has to cut."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def add(self, close: Callable[[], None]) -> int:
+        with self._lock:
+            self._next += 1
+            self._open[self._next] = close
+            return self._next
+
+    def discard(self, token: int) -> None:
+        with self._lock:
+            self._open.pop(token, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def close_all(self) -> None:
+        with self._lock:
+            closers, self._open = list(self._open.values()), {}
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def create_ops_app(ops: ContainerOps, key: str) -> Starlette:
+    """The ASGI app serving `ops` to whoever presents `key`."""
+    if not key:
+        raise ValueError("the ops endpoint needs a non-empty key")
+    sessions = Sessions()
+
+    async def call(request: Request) -> Response:
+        name = request.path_params["method"]
+        m = wire.METHODS.get(name)
+        if m is None or m.transport == "socket":
+            return _error(DriverError(f"the agent has no operation {name!r}"), 404)
+        try:
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                raise InvalidInput(f"{name}: the body must be JSON") from None
+            args = wire.decode_args(name, body)
+            if m.transport == "stream":
+                chunks = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args))
+                return _Follow(chunks, sessions)
+            result = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args))
+            return JSONResponse({"result": wire.encode_result(name, result)})
+        except Exception as exc:  # noqa: BLE001 - every failure crosses the wire as an error
+            return _error(exc)
+
+    async def attach(websocket: WebSocket) -> None:
+        await _session(websocket, partial(ops.attach, websocket.path_params["container_id"]),
+                       sessions)
+
+    async def exec_session(websocket: WebSocket) -> None:
+        await _session(websocket, partial(ops.exec_stream, websocket.path_params["exec_id"]),
+                       sessions)
+
+    app = Starlette(routes=[
+        Route(f"{wire.OPS_PREFIX}/{{method}}", call, methods=["POST"]),
+        WebSocketRoute(f"{wire.OPS_PREFIX}/attach/{{container_id}}", attach),
+        WebSocketRoute(f"{wire.OPS_PREFIX}/exec/{{exec_id}}", exec_session),
+    ])
+    app.add_middleware(_RequireKey, key=key)
+    app.state.sessions = sessions
+    return app
+
+
+class _RequireKey:
+    """401 for any request without the right key, HTTP and websocket alike."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self._app = app
+        self._key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._app(scope, receive, send)
+            return
+        wanted = wire.OPS_KEY_HEADER.lower().encode("latin-1")
+        given = next((v for k, v in scope.get("headers") or [] if k.lower() == wanted), b"")
+        if hmac.compare_digest(given, self._key):
+            await self._app(scope, receive, send)
+            return
+        refusal = PlainTextResponse(f"missing or wrong {wire.OPS_KEY_HEADER}", status_code=401)
+        if scope["type"] == "http":
+            await refusal(scope, receive, send)
+            return
+        websocket = WebSocket(scope, receive, send)
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await websocket.send_denial_response(refusal)
+        else:
+            await websocket.close(code=4401, reason="ops key refused")
+
+
+# Only for people reading logs or using curl: the client goes by the error document.
+_STATUS: tuple[tuple[type[CapsuledError], int], ...] = (
+    (NotFound, 404), (ImageNotFound, 404), (InvalidInput, 400), (RuntimeRejected, 400),
+    (Conflict, 409), (RuntimeConflict, 409), (Unavailable, 503))
+
+
+def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
+    if not isinstance(exc, CapsuledError):
+        LOG.exception("ops call failed unexpectedly", exc_info=exc)
+    doc = wire.encode_error(exc)
+    if status is None:
+        status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
+    return JSONResponse(doc, status_code=status)
+
+
+# -- follow_logs ------------------------------------------------------------------------
+
+class _Follow(StreamingResponse):
+    """Raw log bytes from a blocking iterator, each next() in a worker thread.
+
+    A thread waiting for a quiet container's next line is abandoned when the client hangs
+    up, and the iterator is closed, which (for the Docker driver's stream) shuts its
+    socket down and so wakes that thread.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], sessions: Sessions) -> None:
+        self._source = chunks
+        self._sessions = sessions
+        self._token = sessions.add(partial(_close, chunks))
+        super().__init__(self._pump(), media_type=wire.OCTET)
+
+    async def _pump(self) -> AsyncIterator[bytes]:
+        it = iter(self._source)
+        while True:
+            chunk = await anyio.to_thread.run_sync(_next_chunk, it, abandon_on_cancel=True)
+            if chunk is None:
+                return
+            if chunk:
+                yield chunk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._sessions.discard(self._token)
+            _close(self._source)
+
+
+def _next_chunk(it: Iterator[bytes]) -> bytes | None:
+    try:
+        return bytes(next(it))
+    except StopIteration:
+        return None
+    except Exception as exc:  # noqa: BLE001 - the stream ends; the status line went long ago
+        LOG.debug("log stream ended: %s", exc)
+        return None
+
+
+def _close(source: Any) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # e.g. a generator still running in a thread
+            close()
+
+
+# -- attach and exec sessions -----------------------------------------------------------
+
+async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
+                   sessions: Sessions) -> None:
+    try:
+        stream = await anyio.to_thread.run_sync(open_stream)
+    except Exception as exc:  # noqa: BLE001 - the error is the first frame
+        if not isinstance(exc, CapsuledError):
+            LOG.exception("opening a terminal stream failed unexpectedly")
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.accept()
+            await websocket.send_text(json.dumps(wire.encode_error(exc)))
+            await websocket.close()
+        return
+    token = sessions.add(stream.close)
+    try:
+        await websocket.accept()
+        await websocket.send_text(json.dumps(wire.HANDSHAKE_OK))
+    except BaseException:
+        sessions.discard(token)
+        stream.close()
+        raise
+    try:
+        await bridge(websocket, stream)
+    finally:
+        sessions.discard(token)
+
+
+async def bridge(websocket: WebSocket, stream: RawStream) -> None:
+    """Binary frames both ways until either side ends; then both are closed (the stream's
+    close shuts its socket down, which frees the thread blocked reading it)."""
+
+    async def container_to_client() -> None:
+        while True:
+            data = await anyio.to_thread.run_sync(stream.recv, _CHUNK, abandon_on_cancel=True)
+            if not data:
+                return
+            await websocket.send_bytes(data)
+
+    async def client_to_container() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") or (message.get("text") or "").encode()
+            if data:
+                await anyio.to_thread.run_sync(stream.sendall, data)
+
+    async def until_done(pump: Callable[[], Any], group: anyio.abc.TaskGroup) -> None:
+        try:
+            await pump()
+        except Exception:  # noqa: BLE001 - either side hanging up ends the session, quietly
+            pass
+        group.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(until_done, container_to_client, group)
+            group.start_soon(until_done, client_to_container, group)
+    finally:
+        stream.close()
+        with contextlib.suppress(Exception):  # already closed by the client
+            await websocket.close()
+
+
+# -- serving ----------------------------------------------------------------------------
+
+def serve_ops(app: ASGIApp, host: str, port: int, startup_timeout: float = 10.0,
+              log_level: str = "warning") -> tuple[uvicorn.Server, threading.Thread]:
+    """Run `app` with uvicorn in a daemon thread; return once it listens.
+
+    Stop it with `stop_ops(server, thread)`. Raises OSError if it cannot listen.
+    """
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
+                            access_log=False, timeout_graceful_shutdown=5,
+                            ws_per_message_deflate=False)
+    server = _OpsServer(config, getattr(getattr(app, "state", None), "sessions", None))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # noqa: BLE001 - uvicorn exits with SystemExit on bind errors
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"ops-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            why = f" ({failure[0]!r})" if failure else ""
+            raise OSError(f"the ops endpoint could not listen on {host}:{port}{why}")
+        time.sleep(0.02)
+    return server, thread
+
+
+class _OpsServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, sessions: Sessions | None) -> None:
+        super().__init__(config)
+        self._sessions = sessions
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        # Cut open log streams and terminals first: each then ends its response or
+        # websocket by itself, and uvicorn's graceful wait is short instead of 5 s.
+        if self._sessions is not None:
+            self._sessions.close_all()
+        await super().shutdown(sockets)
+
+
+def stop_ops(server: uvicorn.Server, thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Ask the server to exit, and wait for it (open streams are cut after 5 s)."""
+    server.should_exit = True
+    thread.join(timeout)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(timeout)

@@ -1,0 +1,88 @@
+"""/v1/agents/{host}/… (extension): the agent channel over HTTP, for `capsuled agent`.
+
+Only agent tokens reach it, and each only for the host its token names: a compromised
+host can read its own assignments, never another host's or any tenant's API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request, Response
+
+from capsuled.api.deps import PrincipalDep, allow
+from capsuled.api.services.agents import ControlPlane
+from capsuled.domain.channel import BareReport, CapsuleReport, HostInfo
+from capsuled.errors import Forbidden, InvalidInput
+from capsuled.identity.base import Principal
+
+router = APIRouter(prefix="/v1/agents/{host}", dependencies=[allow("agent:channel")])
+
+MAX_WATCH_SECONDS = 60.0
+# Long polls wait in threads; give them their own pool so they never starve user requests.
+_WATCHERS = anyio.CapacityLimiter(1000)
+
+
+def _control(request: Request) -> ControlPlane:
+    return request.app.state.control  # type: ignore[no-any-return]
+
+
+def _own(who: Principal, host: str) -> None:
+    if who.host != host:
+        raise Forbidden(f"This agent token is for host {who.host or '(none)'}, not {host}.")
+
+
+def _model(cls: Any, data: Any, what: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValueError as exc:
+        raise InvalidInput(f"{what}: {exc}") from exc
+
+
+@router.get("")
+def hello(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
+    """What a starting agent needs before anything else: the instance id its Docker
+    objects are labelled with."""
+    _own(who, host)
+    return {"host": host, "instance_id": _control(request).instance_id()}
+
+
+@router.put("", status_code=204)
+async def register(request: Request, host: str, who: PrincipalDep) -> Response:
+    _own(who, host)
+    info: HostInfo = _model(HostInfo, await request.json(), "body")
+    if info.name != host:
+        raise InvalidInput(f"name: must be {host}, the host in the path")
+    await anyio.to_thread.run_sync(_control(request).register, info)
+    return Response(status_code=204)
+
+
+@router.post("/heartbeat", status_code=204)
+def heartbeat(request: Request, host: str, who: PrincipalDep) -> Response:
+    _own(who, host)
+    _control(request).heartbeat(host)
+    return Response(status_code=204)
+
+
+@router.get("/assignments")
+async def assignments(request: Request, host: str, who: PrincipalDep, after: int = -1,
+                      timeout: float = 30.0) -> dict[str, Any]:
+    """The host's full desired set, once its revision passes `after` (long poll)."""
+    _own(who, host)
+    wait = max(0.0, min(timeout, MAX_WATCH_SECONDS))
+    got = await anyio.to_thread.run_sync(_control(request).watch, host, after, wait,
+                                         limiter=_WATCHERS)
+    return got.model_dump(mode="json")
+
+
+@router.post("/reports", status_code=204)
+async def reports(request: Request, host: str, who: PrincipalDep) -> Response:
+    _own(who, host)
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise InvalidInput("body: must be a JSON object")
+    capsules = [_model(CapsuleReport, r, "capsules[]") for r in body.get("capsules") or []]
+    bare = [_model(BareReport, r, "containers[]") for r in body.get("containers") or []]
+    await anyio.to_thread.run_sync(_control(request).report, host, capsules, bare)
+    return Response(status_code=204)

@@ -1,0 +1,46 @@
+"""A background check, in every API process, that turns what runs on silent hosts Unknown.
+
+Idempotent, so any number of API replicas may run it at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from capsuled.errors import CapsuledError
+from capsuled.store.engine import Store
+from capsuled.store.liveness import mark_unknown
+from capsuled.store.tables import utcnow
+
+LOG = logging.getLogger(__name__)
+
+
+class HostMonitor:
+    def __init__(self, store: Store, down_after: timedelta) -> None:
+        self._store = store
+        self._down_after = down_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> int:
+        with self._store.transaction() as s:
+            changed = mark_unknown(s, utcnow(), self._down_after)
+        if changed:
+            LOG.warning("%d capsule(s)/container(s) on silent hosts are now Unknown", changed)
+        return changed
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="host-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        every = max(0.5, min(5.0, self._down_after.total_seconds() / 4))
+        while not self._stop.wait(every):
+            try:
+                self.check()
+            except CapsuledError as exc:
+                LOG.warning("host check failed: %s", exc.message)

@@ -1,0 +1,206 @@
+"""Building the pieces the `capsuled` commands run: the API (with its services and host
+monitor) over a store, and the agent over a channel and a Docker Engine. The only module
+besides server.py where concrete classes meet."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import typer
+import uvicorn
+
+from capsuled.config import Settings
+from capsuled.errors import CapsuledError
+
+if TYPE_CHECKING:
+    import docker
+    from fastapi import FastAPI
+
+    from capsuled.agent.loop import Agent
+    from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.domain.channel import AgentChannel
+    from capsuled.domain.hostops import ContainerOps
+    from capsuled.identity.base import IdentityProvider
+    from capsuled.store.engine import Store
+
+LOG = logging.getLogger("capsuled")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@dataclass
+class Opened:
+    store: Store
+    instance: str
+
+
+def open_store(settings: Settings) -> Opened:
+    """Migrate, connect, and on an empty database write the bootstrap admin token."""
+    from capsuled.identity.local import bootstrap
+    from capsuled.paths import ADMIN_TOKEN_FILE
+    from capsuled.store.engine import Store, make_engine, upgrade
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = make_engine(settings.effective_database_url())
+        upgrade(engine)
+        store = Store(engine)
+        return Opened(store, bootstrap(store, settings.state_dir, ADMIN_TOKEN_FILE))
+    except CapsuledError as exc:
+        raise fail(exc.message) from exc
+
+
+def docker_client(settings: Settings, seed: bool = True) -> docker.APIClient:
+    from capsuled.drivers.docker_client import make_client
+    from capsuled.drivers.image.seed import seed_images
+
+    client = make_client(settings.docker.host, settings.docker.timeout)
+    try:
+        client.ping()
+        if seed:
+            seed_images(client, settings.docker.infra_image)
+    except CapsuledError as exc:
+        raise fail(exc.message) from exc
+    except Exception as exc:  # the SDK raises plain requests errors on ping
+        raise fail(f"cannot reach the Docker Engine at {settings.docker.host}: {exc}") from exc
+    return client
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    control: ControlPlane
+    monitor: HostMonitor
+
+
+def build_api(settings: Settings, store: Store,
+              ops_for: Callable[[str], ContainerOps]) -> Api:
+    from capsuled.api.app import Services, create_app
+    from capsuled.api.policy import Policy
+    from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.capsules import CapsuleService
+    from capsuled.api.services.containers import ContainerService
+    from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.api.services.hosts import HostService
+    from capsuled.api.services.images import ImageService
+    from capsuled.api.services.quotas import QuotaService
+    from capsuled.api.services.tokens import TokenService
+    from capsuled.domain.template import Limits
+
+    try:
+        policy = Policy(settings.policy, settings.policy_file)
+    except CapsuledError as exc:
+        raise fail(exc.message) from exc
+    control = ControlPlane(store)
+    limits = Limits(**settings.limits.model_dump())
+    down_after = timedelta(seconds=settings.api.host_down_after)
+    quotas = QuotaService(store, settings.quota.model_dump())
+    services = Services(
+        capsules=CapsuleService(store, control, limits, host_down_after=down_after,
+                                policy=policy, quotas=quotas),
+        containers=ContainerService(store, control.notify, ops_for, limits, down_after,
+                                    policy=policy, quotas=quotas),
+        hosts=HostService(store, down_after),
+        images=ImageService(store, ops_for, down_after),
+        tokens=TokenService(store),
+        quotas=quotas,
+        control=control)
+    app = create_app(settings, identity(settings, store), services, policy)
+    return Api(app, control, HostMonitor(store, down_after))
+
+
+def identity(settings: Settings, store: Store) -> IdentityProvider:
+    """The tokens this server issues, and Keystone's too when [keystone] is configured."""
+    from capsuled.identity.local import LocalIdentity
+
+    local = LocalIdentity(store)
+    if settings.keystone is None:
+        return local
+    from capsuled.identity.chain import LocalThenKeystone
+    from capsuled.identity.keystone import KeystoneIdentity
+
+    LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
+    return LocalThenKeystone(local, KeystoneIdentity.from_settings(settings.keystone))
+
+
+def remote_ops(store: Store) -> Callable[[str], ContainerOps]:
+    """Host name → the ops client of that host's agent, from what it registered."""
+    from capsuled.api.services.remote_ops import ops_for_hosts
+    from capsuled.store.hosts import find_host
+
+    def lookup(host: str) -> tuple[str, str] | None:
+        with store.transaction() as s:
+            row = find_host(s, host)
+            info = dict(row.info or {}) if row is not None else {}
+        url, key = info.get("ops_url"), info.get("ops_key")
+        return (url, key) if url and key else None
+
+    return ops_for_hosts(lookup)
+
+
+def build_agent(settings: Settings, channel: AgentChannel, client: docker.APIClient,
+                instance: str, ops_endpoint: tuple[str, str] | None = None) -> Agent:
+    from capsuled.agent.loop import Agent
+    from capsuled.drivers.network.docker import BridgeNetworks
+    from capsuled.drivers.runtime.docker import DockerRuntime
+    from capsuled.drivers.volume.docker import LocalVolumes
+
+    return Agent(channel, DockerRuntime(client), LocalVolumes(client), settings.agent, instance,
+                 settings.docker.infra_image, networks=BridgeNetworks(client),
+                 ops_endpoint=ops_endpoint)
+
+
+def new_ops_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) -> None:
+    """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
+    host, _, port = listen.rpartition(":")
+    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
+                                           log_level=log_level, access_log=False))
+    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
+    # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
+    # exits 0 after `on_exit`, instead of being killed by the default action.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        server.run()
+    finally:
+        on_exit()
+
+
+def wait_for_signal(on_exit: Callable[[], None]) -> None:
+    """Block (an agent has no HTTP server of its own in the foreground) until SIGTERM/SIGINT."""
+    import threading
+
+    done = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        done.wait()
+    finally:
+        on_exit()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
