@@ -54,6 +54,8 @@ def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
             reasons[h.name] = why
     if not fits:
         raise NoValidHost(reasons)
-    # Spread: most free memory first, then most free CPU.
-    best = max(fits, key=lambda h: (h.memory_mb - h.memory_used, h.cpus - h.cpu_used))
+    # Spread: most free memory first, then most free CPU, then fewest containers (what
+    # tells hosts apart when requests are unset and claim nothing).
+    best = max(fits, key=lambda h: (h.memory_mb - h.memory_used, h.cpus - h.cpu_used,
+                                    -h.containers))
     return best.name

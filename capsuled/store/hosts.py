@@ -25,6 +25,7 @@ class HostCapacity:
     memory_mb: int
     cpu_used: float
     memory_used: int
+    containers: int = 0
 
 
 def register_host(session: Session, info: HostInfo) -> Host:
@@ -35,7 +36,8 @@ def register_host(session: Session, info: HostInfo) -> Host:
     host.cpus, host.memory_mb, host.disk_gb = info.cpus, info.memory_mb, info.disk_gb
     host.availability_zone, host.labels = info.availability_zone, dict(info.labels)
     host.info = {"os": info.os, "kernel_version": info.kernel_version,
-                 "architecture": info.architecture, "runtime": info.runtime}
+                 "architecture": info.architecture, "runtime": info.runtime,
+                 "ops_url": info.ops_url, "ops_key": info.ops_key}
     host.last_seen = utcnow()
     host.report_count = (host.report_count or 0) + 1
     session.flush()
@@ -103,7 +105,8 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
                          cpus=h.cpus, memory_mb=h.memory_mb,
                          cpu_used=used.get(h.name, (0.0, 0, 0))[0],
-                         memory_used=used.get(h.name, (0.0, 0, 0))[1])
+                         memory_used=used.get(h.name, (0.0, 0, 0))[1],
+                         containers=used.get(h.name, (0.0, 0, 0))[2])
             for h in hosts]
 
 

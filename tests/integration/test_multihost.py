@@ -1,0 +1,286 @@
+"""Multi-host on one machine: two stateless API replicas on PostgreSQL and two agents, each
+driving its own Docker Engine (host-b's is an extra dockerd with its own data root,
+socket and address pool, from scripts/extra-dockerd.sh), talking to the API over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from conftest import LATEST, ROOT, VENV_BIN, free_port, remove_instance_objects, sleeper, template, wait_for
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+pytestmark = [pytest.mark.docker]
+
+PG_ADMIN = os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MAIN_DOCKER = "unix:///var/run/docker.sock"
+DOWN_AFTER = 3.0
+
+
+@dataclass
+class Proc:
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env})
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Cluster:
+    urls: list[str]
+    token: str
+    agents: dict[str, Proc]
+    dockers: dict[str, docker.APIClient]
+    instance: str = ""
+    agent_tokens: dict[str, str] = field(default_factory=dict)
+
+    def client(self, replica: int = 0, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.urls[replica], timeout=30,
+                            headers={"X-Auth-Token": token or self.token, **LATEST})
+
+
+def _capsuled(*args: str) -> list[str]:
+    return [str(VENV_BIN / "capsuled"), *args]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("multihost")
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"capsuled_mh_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    db_url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    hostb_docker = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "hostb", "1"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(_capsuled("image", "seed"), check=True, capture_output=True,
+                   env={**os.environ, "CAPSULED_DOCKER__HOST": hostb_docker})
+    env = {"CAPSULED_API__HOST_DOWN_AFTER": str(DOWN_AFTER), "CAPSULED_LOG_LEVEL": "info"}
+    apis, urls = [], []
+    for i in range(2):
+        port = free_port()
+        p = Proc(_capsuled("--state-dir", str(tmp / f"api{i}"), "--listen", f"127.0.0.1:{port}",
+                           "--database-url", db_url, "api"), env, tmp / f"api{i}.log")
+        p.start()
+        apis.append(p)
+        urls.append(f"http://127.0.0.1:{port}")
+    for u in urls:
+        wait_for(lambda u=u: _up(u), timeout=60, what=f"API replica {u}")
+    token = wait_for(lambda: _read(tmp / "api0" / "admin-token") or _read(tmp / "api1" / "admin-token"),
+                     what="the bootstrap admin token")
+    c = Cluster(urls, token, {}, {"host-a": docker.APIClient(MAIN_DOCKER, version="auto"),
+                                 "host-b": docker.APIClient(hostb_docker, version="auto")})
+    with c.client() as api:
+        assert api.put("/v1/quotas/admin", json={"capsules": -1, "containers": -1, "cpu": -1,
+                                                 "memory": -1}).status_code == 200
+        for i, (host, sock) in enumerate((("host-a", MAIN_DOCKER), ("host-b", hostb_docker))):
+            r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
+                                             "roles": ["agent"], "host": host})
+            assert r.status_code == 201, r.text
+            c.agent_tokens[host] = r.json()["token"]
+            ops = free_port()
+            agent = Proc(_capsuled("agent", "--api", urls[i], "--host", host,
+                                   "--docker-host", sock, "--ops-listen", f"127.0.0.1:{ops}",
+                                   "--ops-url", f"http://127.0.0.1:{ops}"),
+                         {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
+                          "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
+                          "CAPSULED_AGENT__RELIST_INTERVAL": "3"}, tmp / f"agent-{host}.log")
+            agent.start()
+            c.agents[host] = agent
+        wait_for(lambda: {s["host"] for s in api.get("/v1/services").json()["services"]
+                          if s["state"] == "up"} == {"host-a", "host-b"}, timeout=60,
+                 what="both agents registered and up")
+    with c.client() as api:
+        c.instance = api.get(f"/v1/agents/host-a", headers={
+            "X-Auth-Token": c.agent_tokens["host-a"]}).json()["instance_id"]
+    try:
+        yield c
+    finally:
+        for p in [*c.agents.values(), *apis]:
+            p.stop()
+        for client in c.dockers.values():
+            remove_instance_objects(client, c.instance)
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def _create(api: httpx.Client, name: str, **spec: Any) -> dict[str, Any]:
+    r = api.post("/v1/capsules", json={"template": template(name, [sleeper("app")], **spec)})
+    assert r.status_code == 202, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _wait(api: httpx.Client, uuid_: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+    got: dict[str, Any] = {}
+
+    def check() -> bool:
+        got.update(api.get(f"/v1/capsules/{uuid_}").json())
+        return got.get("status") in statuses
+    wait_for(check, timeout=timeout, what=f"{uuid_} {statuses} (now {got.get('status')})")
+    return got
+
+
+def _delete_all(api: httpx.Client, uuids: list[str]) -> None:
+    for u in uuids:
+        api.delete(f"/v1/capsules/{u}")
+    for u in uuids:
+        wait_for(lambda u=u: api.get(f"/v1/capsules/{u}").status_code == 404, timeout=60,
+                 what=f"{u} deleted")
+
+
+def _docker_capsules(client: docker.APIClient, instance: str) -> set[str]:
+    return {c["Labels"]["capsuled.capsule"] for c in client.containers(
+        all=True, filters={"label": [f"capsuled.instance={instance}"]})}
+
+
+def test_capsules_spread_across_hosts_and_run_on_their_engines(cluster: Cluster) -> None:
+    made = []
+    apis = [cluster.client(0), cluster.client(1)]
+    for i in range(4):
+        made.append(_create(apis[i % 2], f"spread-{i}")["uuid"])
+    bodies = [_wait(apis[(i + 1) % 2], u, "Running") for i, u in enumerate(made)]
+    hosts = {b["uuid"]: b["host"] for b in bodies}
+    assert set(hosts.values()) == {"host-a", "host-b"}, hosts
+    for host, client in cluster.dockers.items():
+        on_engine = _docker_capsules(client, cluster.instance)
+        assert {u for u, h in hosts.items() if h == host} <= on_engine
+        assert not ({u for u, h in hosts.items() if h != host} & on_engine)
+    _delete_all(apis[0], made)
+
+
+def test_logs_and_exec_of_a_container_on_host_b_through_the_other_replica(cluster: Cluster) -> None:
+    with cluster.client(1) as creator, cluster.client(0) as reader:
+        r = creator.post("/v1/containers", params={"run": "true"}, json={
+            "image": "busybox", "name": "on-b", "host": "host-b",
+            "command": ["sh", "-c", "printf 'line one\\nline two\\n'; sleep 300"]})
+        assert r.status_code == 202, r.text
+        u = r.json()["uuid"]
+        try:
+            wait_for(lambda: reader.get(f"/v1/containers/{u}").json()["status"] == "Running",
+                     what="on-b running")
+            assert reader.get(f"/v1/containers/{u}").json()["host"] == "host-b"
+            logs = reader.get(f"/v1/containers/{u}/logs")
+            assert logs.status_code == 200 and logs.json() == "line one\nline two\n"
+            ex = reader.post(f"/v1/containers/{u}/execute", params={"run": "true"},
+                             json={"command": "sh -c 'hostname; exit 3'"})
+            assert ex.status_code == 200, ex.text
+            assert ex.json()["exit_code"] == 3 and ex.json()["output"].strip() == "on-b"
+            top = reader.get(f"/v1/containers/{u}/top")
+            assert top.status_code == 200 and any("sleep" in " ".join(p) for p in top.json()["Processes"])
+            found = cluster.dockers["host-b"].containers(filters={"label": [f"capsuled.container={u}"]})
+            assert len(found) == 1
+            assert not cluster.dockers["host-a"].containers(all=True, filters={
+                "label": [f"capsuled.container={u}"]})
+        finally:
+            reader.delete(f"/v1/containers/{u}", params={"force": "true"})
+
+
+def test_agent_tokens_reach_only_their_own_host(cluster: Cluster) -> None:
+    with cluster.client(0, cluster.agent_tokens["host-a"]) as agent_a:
+        assert agent_a.get("/v1/agents/host-a/assignments", params={"timeout": 0}).status_code == 200
+        other = agent_a.get("/v1/agents/host-b/assignments", params={"timeout": 0})
+        assert other.status_code == 403 and "host-a" in other.json()["errors"][0]["detail"]
+        for path in ("/v1/capsules", "/v1/containers", "/v1/hosts", "/v1/tokens"):
+            assert agent_a.get(path).status_code == 403, path
+    with cluster.client(0) as admin:  # and users' tokens cannot use the agent channel
+        assert admin.get("/v1/agents/host-a/assignments", params={"timeout": 0}).status_code == 403
+
+
+def test_a_disabled_host_gets_nothing_new(cluster: Cluster) -> None:
+    with cluster.client(0) as api:
+        assert api.put("/v1/services/disable", json={"host": "host-b", "binary": "capsuled-agent"}
+                       ).status_code == 200
+        made = []
+        try:
+            made = [_create(api, f"nob-{i}")["uuid"] for i in range(3)]
+            assert {_wait(api, u, "Running")["host"] for u in made} == {"host-a"}
+        finally:
+            api.put("/v1/services/enable", json={"host": "host-b", "binary": "capsuled-agent"})
+            _delete_all(api, made)
+
+
+def test_a_killed_agent_makes_its_capsules_unknown_until_it_returns(cluster: Cluster) -> None:
+    with cluster.client(0) as api:
+        assert api.put("/v1/services/disable", json={"host": "host-a", "binary": "capsuled-agent"}
+                       ).status_code == 200
+        try:
+            u = _create(api, "on-b-unknown")["uuid"]
+        finally:
+            api.put("/v1/services/enable", json={"host": "host-a", "binary": "capsuled-agent"})
+        assert _wait(api, u, "Running")["host"] == "host-b"
+        agent = cluster.agents["host-b"]
+        agent.stop(signal.SIGKILL)
+        body = _wait(api, u, "Unknown", timeout=DOWN_AFTER + 15)
+        assert "host-b" in body["status_reason"]
+        assert [s["state"] for s in api.get("/v1/services").json()["services"]
+                if s["host"] == "host-b"] == ["down"]
+        agent.start()
+        _wait(api, u, "Running", timeout=60)
+        members = cluster.dockers["host-b"].containers(all=True, filters={
+            "label": [f"capsuled.capsule={u}"]})
+        assert sorted(m["Labels"]["capsuled.role"] for m in members) == ["app", "sandbox"]
+        _delete_all(api, [u])
+
+
+def test_two_replicas_never_oversubscribe_a_host(cluster: Cluster) -> None:
+    with cluster.client(0) as api:
+        hosts = {h["hostname"]: h for h in api.get("/v1/hosts").json()["hosts"]}
+    free = sum(int(h["cpus"] - h["cpu_used"]) for h in hosts.values())
+
+    def create(i: int) -> dict[str, Any]:
+        with cluster.client(i % 2) as c:
+            r = c.post("/v1/capsules", json={"template": template(f"tight-{i}", [
+                sleeper("app", resources={"requests": {"cpu": 1.0, "memory": 8}})])})
+            assert r.status_code == 202, r.text
+            return r.json()  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        bodies = list(pool.map(create, range(100)))
+    placed = [b for b in bodies if b["status"] != "Error"]
+    refused = [b for b in bodies if b["status"] == "Error"]
+    assert len(placed) == free, (free, [b["status_reason"] for b in refused[:3]])
+    assert all("not enough hosts" in b["status_reason"] for b in refused)
+    with cluster.client(0) as api:
+        for h in api.get("/v1/hosts").json()["hosts"]:
+            assert h["cpu_used"] <= h["cpus"], h
+        _delete_all(api, [b["uuid"] for b in bodies])
