@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -145,11 +146,29 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
         if not raw:
             raise InvalidInput(f"follow: needs Accept: {OCTET} (a JSON string cannot stream)")
         stream = _service(request).follow_logs(who, ident, req, capsule)
-        return StreamingResponse(stream, media_type=OCTET)
+        return StreamingResponse(_relay(stream), media_type=OCTET)
     data = _service(request).logs(who, ident, req, capsule)
     if raw:
         return Response(data, media_type=OCTET)
     return Response(json.dumps(data.decode("utf-8", "replace")), media_type="application/json")
+
+
+async def _relay(stream: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Stream a blocking iterator; when the client hangs up, close the source too (its
+    close() wakes the thread blocked reading it, which would otherwise wait for output)."""
+    done = object()
+    try:
+        while True:
+            # Abandoned on cancel: the thread stays blocked in next() until close() below.
+            chunk = await anyio.to_thread.run_sync(next, stream, done, abandon_on_cancel=True)
+            if chunk is done:
+                return
+            yield chunk  # type: ignore[misc]
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
 
 
 @router.post("/{ident}/execute", dependencies=[allow("container:execute")])
