@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,6 +44,8 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(1_048_576, description="Largest request body accepted")
     host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
                                    "a host is down: not scheduled to, its capsules Unknown")
+    scheduler_weigher: Literal["spread", "pack"] = Field(
+        "spread", description="spread: emptiest host first; pack: fullest host that fits")
 
 
 class LimitSettings(BaseModel):

@@ -21,9 +21,17 @@ if docker -H "unix://$SOCK" version >/dev/null 2>&1; then
   exit 0
 fi
 dockerd_bin=$(PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH" command -v dockerd)
+# Its own default bridge: with --bridge none a starting dockerd deletes docker0, which
+# belongs to the machine's main engine.
+BRIDGE="capbr$INDEX"
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link add "$BRIDGE" type bridge
+  ip addr add "10.$((100 + INDEX)).255.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+fi
 nohup "$dockerd_bin" --data-root "$DIR/data" --exec-root "$RUN/exec" -H "unix://$SOCK" \
   --pidfile "$RUN/docker.pid" --containerd-namespace "cap-$NAME" \
-  --containerd-plugins-namespace "cap-$NAME-plugins" --bridge none --iptables=false \
+  --containerd-plugins-namespace "cap-$NAME-plugins" --bridge "$BRIDGE" --iptables=false \
   --ip-masq=false --default-address-pool "base=10.$((100 + INDEX)).0.0/16,size=24" \
   >"$DIR/dockerd.log" 2>&1 &
 for _ in $(seq 60); do

@@ -113,9 +113,10 @@ def build_api(settings: Settings, store: Store,
     quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(
         capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas),
+                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
-                                    policy=policy, quotas=quotas),
+                                    policy=policy, quotas=quotas,
+                                    weigher=settings.api.scheduler_weigher),
         hosts=HostService(store, down_after),
         images=ImageService(store, ops_for, down_after),
         tokens=TokenService(store),

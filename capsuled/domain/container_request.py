@@ -27,7 +27,7 @@ KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu
 # Accepted only with these "nothing asked" values.
 INERT: dict[str, tuple[Any, ...]] = {
     "image_driver": ("docker", None), "security_groups": (None, []), "nets": (None, []),
-    "hints": (None, {}), "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
+    "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
     "auto_heal": (None, False), "registry": (None,),
     "healthcheck": (None, {}), "exposed_ports": (None, {}), "disk": (None, 0),
 }
@@ -82,6 +82,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         p.add("restart_policy.MaximumRetryCount", f"must be 0 with {restart.name}")
     if auto_remove and restart and restart.name != "no":
         p.add("auto_remove", "cannot be combined with a restart policy other than no")
+    node_selector = _hints(body.get("hints"), p)
     if p.items:
         raise InvalidInput(p.items)
 
@@ -93,7 +94,26 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         tty=tty, stdin=interactive, privileged=privileged)
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
-                    availability_zone=zone, host=host)
+                    availability_zone=zone, host=host, node_selector=node_selector)
+
+
+def _hints(value: Any, p: _Problems) -> dict[str, str]:
+    """Zun's scheduler hints; `label:<key>` = value (the host must carry that label) is
+    the one this scheduler understands."""
+    if value in (None, {}):
+        return {}
+    if not isinstance(value, dict):
+        p.add("hints", "must be an object of scheduler hints, e.g. {\"label:ssd\": \"true\"}")
+        return {}
+    out = {}
+    for key, v in value.items():
+        if not (isinstance(key, str) and key.startswith("label:") and len(key) > 6):
+            p.add(f"hints.{key}", "not supported: use label:<key> (the host must have that label)")
+        elif not isinstance(v, (str, int, float, bool)):
+            p.add(f"hints.{key}", "must be a string")
+        else:
+            out[key[6:]] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
 
 
 def _command(value: Any, field: str, p: _Problems, as_string: bool) -> list[str]:

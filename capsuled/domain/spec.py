@@ -73,6 +73,7 @@ class CapsuleSpec(_Frozen):
     annotations: dict[str, str] = Field(default_factory=dict)
     restart_policy: RestartPolicy = "Always"
     availability_zone: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)  # host labels it must land on
     init_containers: list[ContainerSpec] = Field(default_factory=list)
     containers: list[ContainerSpec]
     volumes: list[VolumeSpec] = Field(default_factory=list)
@@ -122,11 +123,13 @@ class BareSpec(_Frozen):
     labels: dict[str, str] = Field(default_factory=dict)
     capsule: str | None = None
     availability_zone: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)  # from hints label:<key>
     host: str | None = None
 
     def runtime_hash(self) -> str:
         """Like spec_hash, minus what `docker update` changes in place (cpu, memory)."""
-        payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host"})
+        payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host",
+                                                        "node_selector"})
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
             payload["container"].pop(live, None)
         if not payload["container"].get("privileged"):

@@ -29,7 +29,7 @@ PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "N
 
 TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availabilityZone", "spec"}
 METADATA_KEYS = {"name", "labels", "annotations"}
-SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes"}
+SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext"}
 NOT_SUPPORTED = {"labels", "livenessProbe", "readinessProbe", "healthcheck",
@@ -120,6 +120,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
         return None
     _unknown_keys(spec, SPEC_KEYS, "spec", p)
     policy = _check_restart_policy(t, spec, p)
+    # Extension, as in Kubernetes: only hosts carrying all these labels may run the capsule.
+    node_selector = _check_string_map(spec.get("nodeSelector"), "spec.nodeSelector", p,
+                                      keys=LABEL_KEY_RE)
     volumes = _check_volumes(spec.get("volumes"), p)
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
@@ -139,7 +142,7 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
         return None
     return CapsuleSpec(name=name, labels=labels, annotations=annotations, restart_policy=policy,
                        availability_zone=zone, init_containers=inits, containers=apps,
-                       volumes=volumes)
+                       volumes=volumes, node_selector=node_selector)
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems

@@ -70,7 +70,8 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
 def add_event(session: Session, capsule: Capsule, type_: str, reason: str, message: str,
               container: str | None = None) -> None:
     session.add(Event(capsule_id=capsule.id, type=type_, reason=reason, message=message,
-                      container=container, created_at=utcnow()))
+                      container=container, created_at=utcnow(), project_id=capsule.project_id,
+                      user_id=capsule.user_id))
 
 
 def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule:

@@ -10,7 +10,7 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
-from capsuled.store.tables import Capsule, Container, Host, utcnow
+from capsuled.store.tables import Capsule, Container, Host, Volume, utcnow
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class HostCapacity:
     cpu_used: float
     memory_used: int
     containers: int = 0
+    disk_gb: int = 0
+    disk_used: int = 0  # GiB claimed by capsule volumes
 
 
 def register_host(session: Session, info: HostInfo) -> Host:
@@ -100,14 +102,23 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
     hosts = list(session.scalars(select(Host).order_by(Host.id)
                                  .execution_options(populate_existing=True)).all())
     used = usage(session)
+    disk = disk_usage(session)
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
                          forced_down=bool(h.forced_down),
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
                          cpus=h.cpus, memory_mb=h.memory_mb,
                          cpu_used=used.get(h.name, (0.0, 0, 0))[0],
                          memory_used=used.get(h.name, (0.0, 0, 0))[1],
-                         containers=used.get(h.name, (0.0, 0, 0))[2])
+                         containers=used.get(h.name, (0.0, 0, 0))[2],
+                         disk_gb=h.disk_gb or 0, disk_used=disk.get(h.name, 0))
             for h in hosts]
+
+
+def disk_usage(session: Session) -> dict[str, int]:
+    """Per host: GiB claimed by the volumes of the capsules placed there."""
+    return {host: int(size or 0) for host, size in session.execute(
+        select(Capsule.host, func.sum(Volume.size)).join(Volume, Volume.capsule_id == Capsule.id)
+        .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all()}
 
 
 def lock_hosts(session: Session) -> None:

@@ -109,7 +109,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             ops = free_port()
             agent = Proc(_capsuled("agent", "--api", urls[i], "--host", host,
                                    "--docker-host", sock, "--ops-listen", f"127.0.0.1:{ops}",
-                                   "--ops-url", f"http://127.0.0.1:{ops}"),
+                                   "--ops-url", f"http://127.0.0.1:{ops}", "--label", f"name={host}"),
                          {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
                           "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
                           "CAPSULED_AGENT__RELIST_INTERVAL": "3"}, tmp / f"agent-{host}.log")
@@ -284,3 +284,22 @@ def test_two_replicas_never_oversubscribe_a_host(cluster: Cluster) -> None:
         for h in api.get("/v1/hosts").json()["hosts"]:
             assert h["cpu_used"] <= h["cpus"], h
         _delete_all(api, [b["uuid"] for b in bodies])
+
+
+def test_node_selector_and_label_hints_pick_hosts_by_label(cluster: Cluster) -> None:
+    with cluster.client(1) as api:
+        u = _create(api, "wants-b", nodeSelector={"name": "host-b"})["uuid"]
+        assert _wait(api, u, "Running")["host"] == "host-b"
+        nowhere = _create(api, "wants-none", nodeSelector={"name": "host-z"})
+        assert nowhere["status"] == "Error" and "lacks label name=host-z" in nowhere["status_reason"]
+        r = api.post("/v1/containers", params={"run": "true"}, json={
+            "image": "busybox", "command": ["sleep", "300"], "hints": {"label:name": "host-a"}})
+        assert r.status_code == 202, r.text
+        bare = r.json()["uuid"]
+        wait_for(lambda: api.get(f"/v1/containers/{bare}").json()["status"] == "Running",
+                 what="hinted container running")
+        assert api.get(f"/v1/containers/{bare}").json()["host"] == "host-a"
+        labels = {h["hostname"]: h["labels"] for h in api.get("/v1/hosts").json()["hosts"]}
+        assert labels == {"host-a": {"name": "host-a"}, "host-b": {"name": "host-b"}}
+        api.delete(f"/v1/containers/{bare}", params={"force": "true"})
+        _delete_all(api, [u, nowhere["uuid"]])

@@ -13,7 +13,7 @@ from capsuled.domain.host_access import template_asks
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, parse_template
 from capsuled.identity.base import Principal
-from capsuled.scheduler.select import NoValidHost, Request, select_host
+from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import capsules as repo
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
@@ -23,8 +23,10 @@ from capsuled.store.tables import Capsule, Event, utcnow
 class CapsuleService:
     def __init__(self, store: Store, control: ControlPlane, limits: Limits,
                  host_down_after: timedelta = timedelta(seconds=180),
-                 policy: Policy | None = None, quotas: QuotaService | None = None) -> None:
+                 policy: Policy | None = None, quotas: QuotaService | None = None,
+                 weigher: Weigher = "spread") -> None:
         self._store = store
+        self._weigher: Weigher = weigher
         self._policy = policy or Policy()
         self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
         self._control = control
@@ -40,9 +42,11 @@ class CapsuleService:
                 capsules=1, containers=len(spec.all_containers), cpu=spec.total_cpu(),
                 memory=spec.total_memory(), disk=sum(v.size or 0 for v in spec.volumes)))
             req = Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
-                          availability_zone=spec.availability_zone)
+                          availability_zone=spec.availability_zone,
+                          disk=sum(v.size or 0 for v in spec.volumes), labels=spec.node_selector)
             try:
-                host: str | None = select_host(capacities(s), req, utcnow(), self._down_after)
+                host: str | None = select_host(capacities(s), req, utcnow(), self._down_after,
+                                               self._weigher)
                 status, reason = Status.CREATING, None
             except NoValidHost as exc:
                 # Zun answers 202 and records the failure on the capsule; zunclient expects it.

@@ -37,7 +37,7 @@ from capsuled.domain.template import Limits
 from capsuled.errors import (CapsuledError, Conflict, DriverError, InvalidInput,
                              NotAuthenticated)
 from capsuled.identity.base import Principal
-from capsuled.scheduler.select import NoValidHost, Request, select_host
+from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as repo
 from capsuled.store.capsules import Page
@@ -97,8 +97,10 @@ class LogRequest:
 class ContainerService:
     def __init__(self, store: Store, notify: Callable[[], None], ops_for: Callable[[str], ContainerOps],
                  limits: Limits, host_down_after: timedelta = timedelta(seconds=180),
-                 policy: Policy | None = None, quotas: QuotaService | None = None) -> None:
+                 policy: Policy | None = None, quotas: QuotaService | None = None,
+                 weigher: Weigher = "spread") -> None:
         self._store = store
+        self._weigher: Weigher = weigher
         self._policy = policy or Policy()
         self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
         self._notify = notify
@@ -138,14 +140,15 @@ class ContainerService:
                                             project_id=who.project_id).first() is not None:
                 raise Conflict(f"A container named {name} already exists in this project.")
             req = Request(cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
-                          availability_zone=spec.availability_zone)
+                          availability_zone=spec.availability_zone, labels=spec.node_selector)
             try:
                 hosts = capacities(s)
                 if spec.host is not None:
                     hosts = [h for h in hosts if h.name == spec.host]
                     if not hosts:
                         raise InvalidInput(f"host: no host named {spec.host}")
-                host: str | None = select_host(hosts, req, utcnow(), self._down_after)
+                host: str | None = select_host(hosts, req, utcnow(), self._down_after,
+                                               self._weigher)
                 status, reason = Status.CREATING, None
             except NoValidHost as exc:
                 host, status, reason = None, Status.ERROR, str(exc)
