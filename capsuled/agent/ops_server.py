@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from capsuled.domain import ops_wire as wire
+from capsuled.terminal import bridge
 from capsuled.domain.hostops import ContainerOps, RawStream
 from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
                              NotFound, RuntimeConflict, RuntimeRejected, Unavailable)
@@ -235,43 +236,6 @@ async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
         await bridge(websocket, stream)
     finally:
         sessions.discard(token)
-
-
-async def bridge(websocket: WebSocket, stream: RawStream) -> None:
-    """Binary frames both ways until either side ends; then both are closed (the stream's
-    close shuts its socket down, which frees the thread blocked reading it)."""
-
-    async def container_to_client() -> None:
-        while True:
-            data = await anyio.to_thread.run_sync(stream.recv, _CHUNK, abandon_on_cancel=True)
-            if not data:
-                return
-            await websocket.send_bytes(data)
-
-    async def client_to_container() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            if data:
-                await anyio.to_thread.run_sync(stream.sendall, data)
-
-    async def until_done(pump: Callable[[], Any], group: anyio.abc.TaskGroup) -> None:
-        try:
-            await pump()
-        except Exception:  # noqa: BLE001 - either side hanging up ends the session, quietly
-            pass
-        group.cancel_scope.cancel()
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(until_done, container_to_client, group)
-            group.start_soon(until_done, client_to_container, group)
-    finally:
-        stream.close()
-        with contextlib.suppress(Exception):  # already closed by the client
-            await websocket.close()
 
 
 # -- serving ----------------------------------------------------------------------------

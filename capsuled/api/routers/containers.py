@@ -22,9 +22,9 @@ from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _sort_dir
 from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
 from capsuled.api.views import action_view, any_container_view
-from capsuled.domain.hostops import RawStream
 from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated
 from capsuled.store.capsules import Page
+from capsuled.terminal import bridge
 
 router = APIRouter(prefix="/v1/containers")
 LIST_FILTERS = ("name", "image", "project_id", "user_id", "host", "status")
@@ -224,42 +224,6 @@ async def terminal(websocket: WebSocket, ident: str, token: str = "") -> None:
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="binary" if "binary" in offered else None)
     await bridge(websocket, stream)
-
-
-async def bridge(websocket: WebSocket, stream: RawStream) -> None:
-    async def container_to_client() -> None:
-        while True:
-            data = await anyio.to_thread.run_sync(stream.recv, 65536, abandon_on_cancel=True)
-            if not data:
-                return
-            await websocket.send_bytes(data)
-
-    async def client_to_container() -> None:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            if data:
-                await anyio.to_thread.run_sync(stream.sendall, data)
-
-    async def until_done(pump: Any, group: anyio.abc.TaskGroup) -> None:
-        try:
-            await pump()
-        except Exception:  # noqa: BLE001 - either side hanging up ends the session, quietly
-            pass
-        group.cancel_scope.cancel()
-
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(until_done, container_to_client, group)
-            group.start_soon(until_done, client_to_container, group)
-    finally:
-        stream.close()
-        try:
-            await websocket.close()
-        except Exception:  # noqa: BLE001 - already closed by the client
-            pass
 
 
 def _ws_url(request: Request, uuid: str, token: str) -> str:

@@ -34,7 +34,7 @@ from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits
-from capsuled.errors import (CapsuledError, Conflict, DriverError, InvalidInput,
+from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
                              NotAuthenticated)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
