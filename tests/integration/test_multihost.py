@@ -20,12 +20,16 @@ import httpx
 import pytest
 from conftest import LATEST, ROOT, VENV_BIN, free_port, remove_instance_objects, sleeper, template, wait_for
 from sqlalchemy import create_engine, text
+from websockets.sync.client import connect as ws_connect
 from sqlalchemy.engine import make_url
 
 pytestmark = [pytest.mark.docker]
 
-PG_ADMIN = os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
-                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ADMIN_URLS = {
+    "postgresql": os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    "mariadb": os.environ.get("CAPSULED_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
 MAIN_DOCKER = "unix:///var/run/docker.sock"
 DOWN_AFTER = 3.0
 
@@ -71,14 +75,15 @@ def _capsuled(*args: str) -> list[str]:
     return [str(VENV_BIN / "capsuled"), *args]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("multihost")
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    kind: str = request.param
+    tmp = tmp_path_factory.mktemp(f"multihost-{kind}")
+    admin = create_engine(ADMIN_URLS[kind], isolation_level="AUTOCOMMIT")
     name = f"capsuled_mh_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
-    db_url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    db_url = make_url(ADMIN_URLS[kind]).set(database=name).render_as_string(hide_password=False)
     hostb_docker = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "hostb", "1"],
                                   check=True, capture_output=True, text=True).stdout.strip()
     subprocess.run(_capsuled("image", "seed"), check=True, capture_output=True,
@@ -129,7 +134,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for client in c.dockers.values():
             remove_instance_objects(client, c.instance)
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+            conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")))
         admin.dispose()
 
 
@@ -205,6 +210,16 @@ def test_logs_and_exec_of_a_container_on_host_b_through_the_other_replica(cluste
                              json={"command": "sh -c 'hostname; exit 3'"})
             assert ex.status_code == 200, ex.text
             assert ex.json()["exit_code"] == 3 and ex.json()["output"].strip() == "on-b"
+            # An interactive exec: the user's websocket to this replica, the replica's to
+            # host-b's agent, then Docker's.
+            it = reader.post(f"/v1/containers/{u}/execute", params={"run": "true"},
+                             json={"command": "sh", "interactive": True})
+            assert it.status_code == 200, it.text
+            with ws_connect(it.json()["proxy_url"], open_timeout=10) as ws:
+                ws.send(b"echo from-$(hostname)\n")
+                seen = b""
+                while b"from-on-b" not in seen:
+                    seen += ws.recv(timeout=10)  # type: ignore[operator]
             top = reader.get(f"/v1/containers/{u}/top")
             assert top.status_code == 200 and any("sleep" in " ".join(p) for p in top.json()["Processes"])
             found = cluster.dockers["host-b"].containers(filters={"label": [f"capsuled.container={u}"]})
