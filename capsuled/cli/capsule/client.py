@@ -91,12 +91,17 @@ def read_token(path: Path) -> str | None:
 
 
 def resolve_token(url: str, token: str | None) -> str | None:
-    """The explicit token, else the local admin token when talking to the local default server."""
+    """The explicit token, else the local admin token when talking to the local default
+    server, or to any local server while $CAPSULED_STATE_DIR names its state directory."""
     if token:
         return token
-    if is_default_local(url):
+    if is_default_local(url) or (os.environ.get(STATE_DIR_ENV) and _is_local(url)):
         return read_token(local_token_path())
     return None
+
+
+def _is_local(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in LOCAL_HOSTS
 
 
 class _Api:

@@ -437,6 +437,15 @@ def test_state_dir_token_is_only_for_the_local_server(cli: Any, fake: FakeCapsul
                              "pass --token or set CAPSULE_TOKEN\n")
 
 
+def test_state_dir_token_serves_a_local_server_on_another_port(cli: Any, fake: FakeCapsuled,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "admin-token").write_text(TOKEN)
+    result = cli("list", env={"CAPSULED_STATE_DIR": str(tmp_path),
+                              "CAPSULE_URL": "http://127.0.0.1:9599"})
+    assert result.exit_code == 0, result.output
+    assert fake.requests[0].headers["X-Auth-Token"] == TOKEN
+
+
 def test_missing_local_token_names_the_file(cli: Any, tmp_path: Path) -> None:
     result = cli("list", env={"CAPSULED_STATE_DIR": str(tmp_path)})
     assert result.exit_code == 1
