@@ -127,6 +127,9 @@ def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
 def docker_api() -> docker.APIClient:
     api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto")
     api.ping()  # in CI a missing engine must fail the run, not skip it
+    # Docker has room for ~30 bridge networks: empty project networks that crashed earlier
+    # runs left behind would make capsule creates fail here. (Live servers remake theirs.)
+    api.prune_networks(filters={"label": "capsuled.instance"})
     return api
 
 
