@@ -56,15 +56,16 @@ class CapsuleExecutor:
         error: str | None = None
         observed: list[Observed] = []
         try:
+            known: list[Observed] | None = None
             for _ in range(_MAX_STEPS):
-                observed = self._rt.observe_capsule(self._instance, uuid)
+                observed = known if known is not None else self._rt.observe_capsule(self._instance, uuid)
                 plan = compute_plan(desired, observed)
                 progress.blocked = plan.blocked
                 if plan.empty or _waiting_on_init(plan):
                     if desired is not None and plan.sandbox is not None:
                         self._join_network(desired, plan.sandbox, progress)
                     break
-                self._apply(uuid, desired, plan, progress)
+                known = self._apply(uuid, desired, plan, progress)
                 if plan.gone:
                     return Outcome(self._gone(desired), settled=True)
         except DriverError as exc:
@@ -86,16 +87,22 @@ class CapsuleExecutor:
             return None
         return CapsuleReport(uuid=desired.uuid, generation=desired.generation, gone=True)
 
-    def _apply(self, uuid: str, desired: Assignment | None, plan: Plan, progress: _Progress) -> None:
+    def _apply(self, uuid: str, desired: Assignment | None, plan: Plan,
+               progress: _Progress) -> list[Observed] | None:
+        """Carry out one plan. Returns what Docker now holds of the capsule when the step
+        alone determines it (a new sandbox replaced everything: the sandbox, as inspected
+        once started), so the next step needs no new observation; otherwise None."""
         if plan.remove:
             # Members first (in parallel), the sandbox last: it holds their namespaces.
             self._remove_all(plan.remove)
         if plan.remove_volumes:
             self._volumes.remove_owned(self._instance, uuid)
         if desired is None:
-            return
+            return None
         if plan.create_sandbox:
-            self._create_sandbox(desired, progress, plan.sandbox_recreated)
+            # compute_plan removes everything of the capsule before a new sandbox, and asks
+            # for nothing else in that step.
+            return [self._create_sandbox(desired, progress, plan.sandbox_recreated)]
         if plan.run_init is not None and plan.sandbox is not None:
             self._create_member(desired, plan.run_init, plan.sandbox)
             progress.event("Normal", "Started", f"started init container {plan.run_init.name}",
@@ -121,13 +128,15 @@ class CapsuleExecutor:
         for cid, nano_cpus, memory_bytes in plan.resize:
             self._rt.update_resources(cid, nano_cpus, memory_bytes)
             progress.event("Normal", "Resized", f"applied new cpu/memory limits to {cid[:12]}")
+        return None
 
     def _remove_all(self, ids: list[str]) -> None:
         *members, last = ids
         list(self._parallel.map(lambda i: self._rt.remove_container(i, self._stop_timeout), members))
         self._rt.remove_container(last, self._stop_timeout)
 
-    def _create_sandbox(self, desired: Assignment, progress: _Progress, recreated: str | None) -> None:
+    def _create_sandbox(self, desired: Assignment, progress: _Progress,
+                        recreated: str | None) -> Observed:
         spec = desired.spec
         for vol in spec.volumes:
             self._volumes.ensure_volume(VolumeRequest(
@@ -145,13 +154,14 @@ class CapsuleExecutor:
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired)))
 
-        self._networks.with_network(desired.project_id, create)
+        sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:
             progress.recreated = True
             progress.event("Warning", "SandboxRecreated",
                            f"{recreated}; recreated the sandbox and its containers")
         else:
             progress.event("Normal", "SandboxCreated", "created the sandbox")
+        return sandbox
 
     def _join_network(self, desired: Assignment, sandbox: Observed, progress: _Progress) -> None:
         """A sandbox made before project networks (on Docker's default bridge) joins its

@@ -7,6 +7,7 @@ from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
 from capsuled.domain.spec import ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec
+from capsuled.store.capsules import CapsuleRow, ContainerRow
 from capsuled.store.tables import Capsule, Container, ContainerAction, Event
 
 
@@ -14,8 +15,10 @@ def ts(value: datetime | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def capsule_view(row: Capsule, version: ApiVersion, is_admin: bool, base_url: str) -> dict[str, Any]:
-    spec = CapsuleSpec.model_validate(row.spec)
+def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
+                 base_url: str) -> dict[str, Any]:
+    spec = (CapsuleSpec.model_validate_json(row.spec_json) if isinstance(row, CapsuleRow)
+            else CapsuleSpec.model_validate(row.spec))
     by_uuid = {c.uuid: c for c in spec.all_containers}
     restart = {"Name": ZUN_RESTART_NAMES[spec.restart_policy], "MaximumRetryCount": "0"}
     children = [container_view(c, by_uuid.get(c.uuid), spec, is_admin, row) for c in row.containers]
@@ -54,8 +57,9 @@ def capsule_view(row: Capsule, version: ApiVersion, is_admin: bool, base_url: st
     return body
 
 
-def container_view(row: Container, spec: ContainerSpec | None, capsule_spec: CapsuleSpec | None,
-                   is_admin: bool, capsule: Capsule | None = None) -> dict[str, Any]:
+def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
+                   capsule_spec: CapsuleSpec | None, is_admin: bool,
+                   capsule: Capsule | CapsuleRow | None = None) -> dict[str, Any]:
     policy = ZUN_RESTART_NAMES[capsule_spec.restart_policy if capsule_spec else "Never"]
     if spec is not None and spec.role == "init":
         policy = "no"  # init containers run once, whatever the capsule's policy
@@ -142,7 +146,7 @@ def action_view(a: ContainerAction, is_admin: bool, with_events: bool = False) -
     return body
 
 
-def _status_detail(row: Container) -> str | None:
+def _status_detail(row: Container | ContainerRow) -> str | None:
     if row.status == "Stopped" and row.exit_code is not None:
         return f"Exited({row.exit_code})"
     return row.status

@@ -4,6 +4,7 @@ besides server.py where concrete classes meet."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import signal
@@ -180,6 +181,10 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) ->
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Everything built so far lives as long as the process: keep it out of the garbage
+    # collector's full passes, which otherwise cost list requests tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:

@@ -61,20 +61,44 @@ Weigher = Literal["spread", "pack"]
 
 def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
                 down_after: timedelta = timedelta(seconds=180), weigher: Weigher = "spread") -> str:
-    reasons: dict[str, str] = {}
-    fits: list[HostCapacity] = []
+    """The host for `req`. Spread: most free memory first, then most free CPU, then fewest
+    containers (what tells hosts apart when requests are unset and claim nothing). Pack: the
+    opposite, filling the fullest host first so that whole hosts stay free for big requests.
+    Among equals, the first in `hosts` wins.
+
+    One pass with the filters of `_rejects` inlined and no per-host allocation: this runs
+    for every create over every host (~0.3 µs a host). The reasons are worked out only
+    when nothing fits."""
+    cutoff = now - down_after
+    zone, cpu, memory, disk = req.availability_zone, req.cpu, req.memory, req.disk
+    labels = tuple(req.labels.items())
+    pack = weigher == "pack"
+    best: HostCapacity | None = None
+    best_mem, best_cpu = 0.0, 0.0
     for h in hosts:
-        why = _rejects(h, req, now, down_after)
-        if why is None:
-            fits.append(h)
-        else:
-            reasons[h.name] = why
-    if not fits:
-        raise NoValidHost(reasons)
-    # Spread: most free memory first, then most free CPU, then fewest containers (what
-    # tells hosts apart when requests are unset and claim nothing). Pack: the opposite,
-    # filling the fullest host first so that whole hosts stay free for big requests.
-    def room(h: HostCapacity) -> tuple[float, float, int]:
-        return (h.memory_mb - h.memory_used, h.cpus - h.cpu_used, -h.containers)
-    best = min(fits, key=room) if weigher == "pack" else max(fits, key=room)
+        if not h.enabled or h.forced_down or h.last_seen is None or h.last_seen < cutoff:
+            continue
+        if zone and h.availability_zone != zone:
+            continue
+        free_cpu = h.cpus - h.cpu_used
+        free_mem = h.memory_mb - h.memory_used
+        if free_cpu < cpu or free_mem < memory:
+            continue
+        if disk and h.disk_gb - h.disk_used < disk:
+            continue
+        if labels and any(h.labels.get(k) != v for k, v in labels):
+            continue
+        if best is not None:
+            if free_mem != best_mem:
+                if (free_mem > best_mem) == pack:
+                    continue
+            elif free_cpu != best_cpu:
+                if (free_cpu > best_cpu) == pack:
+                    continue
+            elif h.containers == best.containers or (h.containers < best.containers) == pack:
+                continue
+        best, best_mem, best_cpu = h, free_mem, free_cpu
+    if best is None:
+        raise NoValidHost({h.name: why for h in hosts
+                           if (why := _rejects(h, req, now, down_after)) is not None})
     return best.name

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Select, exists, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Select, Text, cast, exists, select, update
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.channel import Assignment, CapsuleReport
 from capsuled.domain.spec import CapsuleSpec
@@ -26,6 +28,86 @@ class Page:
     marker: str | None = None
     sort_key: str = "id"
     sort_dir: str = "asc"
+
+
+@dataclass(slots=True)
+class CapsuleRow:
+    """A listed capsule: its row's columns, its containers and volumes, read without the ORM.
+
+    A page of 1,000 capsules is 3,000 rows; as ORM objects (identity map, instance state,
+    change tracking, selectin loaders) they cost several times what the columns do. Lists
+    only render, so they get these read-only rows, whose attributes have the same names
+    as Capsule's, but for the spec: its JSON text, which pydantic parses into a CapsuleSpec
+    in one step (json.loads and then model_validate take half as long again)."""
+
+    id: int
+    uuid: str
+    name: str | None
+    project_id: str
+    user_id: str
+    labels: dict[str, Any]
+    annotations: dict[str, Any]
+    spec_json: str  # the spec column's JSON text: CapsuleSpec.model_validate_json parses it
+    status: str
+    status_reason: str | None
+    cpu: float
+    memory: int
+    host: str | None
+    generation: int
+    deleting: bool
+    restart_count: int
+    sandbox_id: str | None
+    created_at: datetime
+    updated_at: datetime | None
+    containers: list[ContainerRow] = field(default_factory=list)
+    volumes: list[VolumeRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ContainerRow:
+    """A listed capsule's container (slots: attribute reads cost a tenth of a Row's)."""
+
+    capsule_id: int
+    uuid: str
+    role: str
+    position: int
+    name: str
+    project_id: str
+    user_id: str
+    image: str
+    status: str
+    status_reason: str | None
+    runtime_id: str | None
+    exit_code: int | None
+    restart_count: int
+    started_at: str | None
+    finished_at: str | None
+    created_at: datetime
+    updated_at: datetime | None
+
+
+@dataclass(slots=True)
+class VolumeRow:
+    capsule_id: int
+    uuid: str
+    name: str
+    type: str
+    size: int | None
+    auto_remove: bool
+    docker_volume: str | None
+    project_id: str
+    user_id: str
+
+
+def _columns(entity: Any, row: type, skip: tuple[str, ...] = ()) -> list[Any]:
+    return [cast(entity.spec, Text) if f.name == "spec_json" else getattr(entity, f.name)
+            for f in fields(row) if f.name not in skip]
+
+
+_ROW_COLUMNS = _columns(Capsule, CapsuleRow, ("containers", "volumes"))
+_CONTAINER_COLUMNS = _columns(Container, ContainerRow)
+_VOLUME_COLUMNS = _columns(Volume, VolumeRow)
+_IN_CHUNK = 500  # ids per IN (...) list, as SQLAlchemy's selectin loader does
 
 
 def _eager(stmt: Select[tuple[Capsule]]) -> Select[tuple[Capsule]]:
@@ -75,14 +157,17 @@ def add_event(session: Session, capsule: Capsule, type_: str, reason: str, messa
 
 
 def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule:
-    """By uuid, else by name; scoped to a project unless `project_id` is None (admin)."""
-    stmt = _eager(select(Capsule))
+    """By uuid, else by name; scoped to a project unless `project_id` is None (admin).
+
+    One query: containers and volumes are joined in (a capsule has a few of each), where
+    selectin loading would take three round trips and twice the CPU."""
+    stmt = select(Capsule).options(joinedload(Capsule.containers), joinedload(Capsule.volumes))
     if project_id is not None:
         stmt = stmt.where(Capsule.project_id == project_id)
     if UUID_RE.match(ident):
-        found = session.scalars(stmt.where(Capsule.uuid == ident.lower())).all()
+        found = session.scalars(stmt.where(Capsule.uuid == ident.lower())).unique().all()
     else:
-        found = session.scalars(stmt.where(Capsule.name == ident).limit(2)).all()
+        found = session.scalars(stmt.where(Capsule.name == ident).limit(2)).unique().all()
     if not found:
         raise NotFound(f"Capsule {ident} could not be found.")
     if len(found) > 1:
@@ -91,30 +176,41 @@ def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule
 
 
 def list_capsules(session: Session, project_id: str | None, page: Page,
-                  labels: dict[str, str] | None = None) -> list[Capsule]:
+                  labels: dict[str, str] | None = None) -> list[CapsuleRow]:
+    """A page of capsules with their containers and volumes, as read-only rows."""
     if page.sort_key not in SORT_KEYS:
         raise InvalidInput(f"sort_key: unknown field {page.sort_key!r}; use one of "
                            + ", ".join(sorted(SORT_KEYS)))
     column = getattr(Capsule, page.sort_key)
-    stmt = _eager(select(Capsule))
+    stmt = select(*_ROW_COLUMNS)
     if project_id is not None:
         stmt = stmt.where(Capsule.project_id == project_id)
     for key, value in (labels or {}).items():
         stmt = stmt.where(exists().where(CapsuleLabel.capsule_id == Capsule.id,
                                          CapsuleLabel.key == key, CapsuleLabel.value == value))
     if page.marker is not None:
-        marker = session.scalars(select(Capsule).where(Capsule.uuid == page.marker)).first()
+        marker = session.execute(select(Capsule.id, column).where(Capsule.uuid == page.marker)).first()
         if marker is None:
             raise NotFound(f"Marker {page.marker} could not be found.")
-        after = (column, Capsule.id) if page.sort_dir == "asc" else (column, Capsule.id)
-        mval = getattr(marker, page.sort_key)
+        marker_id, mval = marker
         if page.sort_dir == "asc":
-            stmt = stmt.where((after[0] > mval) | ((after[0] == mval) & (Capsule.id > marker.id)))
+            stmt = stmt.where((column > mval) | ((column == mval) & (Capsule.id > marker_id)))
         else:
-            stmt = stmt.where((after[0] < mval) | ((after[0] == mval) & (Capsule.id < marker.id)))
+            stmt = stmt.where((column < mval) | ((column == mval) & (Capsule.id < marker_id)))
     order = (column.asc(), Capsule.id.asc()) if page.sort_dir == "asc" else (
         column.desc(), Capsule.id.desc())
-    return list(session.scalars(stmt.order_by(*order).limit(page.limit)).all())
+    rows = [CapsuleRow(*r) for r in session.execute(stmt.order_by(*order).limit(page.limit))]
+    by_id = {r.id: r for r in rows}
+    ids = list(by_id)
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start:start + _IN_CHUNK]
+        for c in session.execute(select(*_CONTAINER_COLUMNS).where(Container.capsule_id.in_(chunk))
+                                 .order_by(Container.capsule_id, Container.position, Container.id)):
+            by_id[c[0]].containers.append(ContainerRow(*c))
+        for v in session.execute(select(*_VOLUME_COLUMNS).where(Volume.capsule_id.in_(chunk))
+                                 .order_by(Volume.id)):
+            by_id[v[0]].volumes.append(VolumeRow(*v))
+    return rows
 
 
 def mark_deleting(session: Session, capsule: Capsule) -> None:

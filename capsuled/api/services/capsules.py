@@ -61,7 +61,7 @@ class CapsuleService:
             return repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
 
     def list(self, who: Principal, page: repo.Page, all_projects: bool,
-             labels: dict[str, str]) -> list[Capsule]:
+             labels: dict[str, str]) -> list[repo.CapsuleRow]:
         with self._store.transaction() as s:
             return repo.list_capsules(
                 s, self._scope(who, "capsule:get_all_all_projects", all_projects), page, labels)
