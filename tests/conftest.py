@@ -151,6 +151,26 @@ def server(tmp_path_factory: pytest.TempPathFactory, docker_api: docker.APIClien
 
 
 @pytest.fixture()
+def own_server(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Callable[..., Server]]:
+    """Dedicated capsuled processes for tests that kill or restart them; their Docker
+    objects are removed at the end whatever happened."""
+    started: list[tuple[Server, str]] = []
+
+    def make(**env: str) -> Server:
+        state = tmp_path / f"srv{len(started)}"
+        state.mkdir()
+        srv = start_server(state, docker_api, **env)
+        started.append((srv, srv.instance))
+        return srv
+
+    yield make
+    for srv, instance in started:
+        if srv.proc is not None:
+            srv.stop(signal.SIGKILL)
+        remove_instance_objects(docker_api, instance)
+
+
+@pytest.fixture()
 def api(server: Server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c

@@ -7,17 +7,16 @@ import signal
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import httpx
 import pytest
-from conftest import (Capsules, Server, containers_of, exec_in, member, remove_instance_objects,
-                      sandbox, sleeper, start_server, template, wait_for)
+from conftest import (Capsules, Server, containers_of, exec_in, member, sandbox, sleeper,
+                      template, wait_for)
 
 pytestmark = pytest.mark.docker
 
@@ -64,26 +63,6 @@ def roles(docker_api: docker.APIClient, capsule_uuid: str) -> dict[str, list[str
         name = "sandbox" if labels.get("capsuled.role") == "sandbox" else labels["capsuled.name"]
         out.setdefault(c["State"], []).append(name)
     return {k: sorted(v) for k, v in out.items()}
-
-
-@pytest.fixture()
-def own_server(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Callable[..., Server]]:
-    """Dedicated capsuled processes for tests that kill or restart them; their Docker
-    objects are removed at the end whatever happened."""
-    started: list[tuple[Server, str]] = []
-
-    def make(**env: str) -> Server:
-        state = tmp_path / f"srv{len(started)}"
-        state.mkdir()
-        srv = start_server(state, docker_api, **env)
-        started.append((srv, srv.instance))
-        return srv
-
-    yield make
-    for srv, instance in started:
-        if srv.proc is not None:
-            srv.stop(signal.SIGKILL)
-        remove_instance_objects(docker_api, instance)
 
 
 # -- init containers ------------------------------------------------------------------------

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import docker
 import httpx
 import pytest
-from conftest import (Capsules, Server, exec_in, remove_instance_objects, sandbox, sleeper,
-                      start_server, template, wait_for)
+from conftest import Capsules, Server, exec_in, sandbox, sleeper, template, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -39,14 +37,6 @@ def the_network(docker_api: docker.APIClient, instance: str, project: str) -> di
     found = project_networks(docker_api, instance, project)
     assert len(found) == 1, found
     return docker_api.inspect_network(found[0]["Id"])  # type: ignore[no-any-return]
-
-
-def remove_instance_networks(docker_api: docker.APIClient, instance: str) -> None:
-    for n in project_networks(docker_api, instance):
-        try:
-            docker_api.remove_network(n["Id"])
-        except docker.errors.NotFound:
-            pass
 
 
 def sandbox_ip(docker_api: docker.APIClient, capsule_uuid: str, network: str) -> str:
@@ -92,27 +82,6 @@ def bare_id(docker_api: docker.APIClient, uuid: str) -> str:
     found = docker_api.containers(all=True, filters={"label": [f"capsuled.container={uuid}"]})
     assert len(found) == 1, found
     return str(found[0]["Id"])
-
-
-@pytest.fixture()
-def own_server(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Callable[..., Server]]:
-    """Dedicated capsuled processes for tests that kill or restart them; their containers,
-    volumes and networks are removed at the end whatever happened."""
-    started: list[tuple[Server, str]] = []
-
-    def make(**env: str) -> Server:
-        state = tmp_path / f"srv{len(started)}"
-        state.mkdir()
-        srv = start_server(state, docker_api, **env)
-        started.append((srv, srv.instance))
-        return srv
-
-    yield make
-    for srv, instance in started:
-        if srv.proc is not None:
-            srv.stop(signal.SIGKILL)
-        remove_instance_objects(docker_api, instance)
-        remove_instance_networks(docker_api, instance)
 
 
 def test_projects_are_isolated_and_reach_their_own_capsules_by_name(

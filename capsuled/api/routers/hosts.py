@@ -75,7 +75,7 @@ def show_host(request: Request, ident: str, version: VersionDep,
 
 @router.get("/v1/services", dependencies=[allow("zun-service:get_all")])
 def list_services(request: Request) -> dict[str, Any]:
-    return {"services": [service_view(h) for h in _service(request).services()]}
+    return {"services": [service_view(h) for h in _service(request).list()]}
 
 
 async def _params(request: Request) -> dict[str, Any]:

@@ -63,8 +63,6 @@ class HostService:
                 return h
         raise NotFound(f"Host {ident} could not be found.")
 
-    def services(self) -> list[HostState]:
-        return self._states()
 
     def set_disabled(self, host: object, binary: object, disabled: bool,
                      reason: object = None) -> HostState:

@@ -43,12 +43,15 @@ class QuotaService:
     def __init__(self, store: Store, defaults: Mapping[str, float]) -> None:
         self._store = store
         self._defaults = {r: float(defaults[r]) for r in RESOURCES}
+        self._locked_before: set[str] = set()
 
     # -- used by the other services ----------------------------------------------------
     def begin(self, s: Session, project_id: str) -> None:
         """Serialise quota-checked changes of this project; call first in the transaction."""
-        with self._store.transaction() as own:
-            repo.ensure_lock_row(own, project_id)
+        if project_id not in self._locked_before:  # lock rows are never deleted
+            with self._store.transaction() as own:
+                repo.ensure_lock_row(own, project_id)
+            self._locked_before.add(project_id)
         repo.lock_project(s, project_id)
 
     def check(self, s: Session, project_id: str, delta: Delta) -> None:
