@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Start, idempotently, an extra Docker Engine that stands in for another compute host in
-# the multi-host tests: its own data root, exec root, socket, pidfile, containerd
-# namespaces and address pool, and no changes to the host's iptables.
+# the multi-host tests: its own network namespace, data root, exec root, socket, pidfile,
+# containerd namespaces and address pool. The network namespace matters: a dockerd that
+# shares the machine's links may delete docker0 (the main engine's bridge) when it
+# restarts on an existing data root, which breaks every later container on the main
+# engine. Only the socket (a path, reachable from any namespace) is shared.
 #   usage: extra-dockerd.sh NAME INDEX      prints the engine's socket URL
 #          extra-dockerd.sh --stop NAME
 set -euo pipefail
@@ -21,18 +24,24 @@ if docker -H "unix://$SOCK" version >/dev/null 2>&1; then
   exit 0
 fi
 dockerd_bin=$(PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH" command -v dockerd)
-# Its own default bridge: with --bridge none a starting dockerd deletes docker0, which
-# belongs to the machine's main engine.
+NS="cap-$NAME"
+[ -e "/run/netns/$NS" ] || ip netns add "$NS"
+in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
+in_ns ip link set lo up
+# Its own default bridge inside the namespace (never --bridge none: that deletes docker0).
 BRIDGE="capbr$INDEX"
-if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-  ip link add "$BRIDGE" type bridge
-  ip addr add "10.$((100 + INDEX)).255.1/24" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
+if ! in_ns ip link show "$BRIDGE" >/dev/null 2>&1; then
+  in_ns ip link add "$BRIDGE" type bridge
+  in_ns ip addr add "10.$((100 + INDEX)).255.1/24" dev "$BRIDGE"
+  in_ns ip link set "$BRIDGE" up
 fi
-nohup "$dockerd_bin" --data-root "$DIR/data" --exec-root "$RUN/exec" -H "unix://$SOCK" \
-  --pidfile "$RUN/docker.pid" --containerd-namespace "cap-$NAME" \
-  --containerd-plugins-namespace "cap-$NAME-plugins" --bridge "$BRIDGE" --iptables=false \
-  --ip-masq=false --default-address-pool "base=10.$((100 + INDEX)).0.0/16,size=24" \
+# nsenter enters only the network namespace: the engine keeps the machine's mounts
+# (cgroups included), unlike `ip netns exec`, which remounts /sys.
+nohup nsenter --net="/run/netns/$NS" "$dockerd_bin" --data-root "$DIR/data" \
+  --exec-root "$RUN/exec" -H "unix://$SOCK" --pidfile "$RUN/docker.pid" \
+  --containerd-namespace "cap-$NAME" --containerd-plugins-namespace "cap-$NAME-plugins" \
+  --bridge "$BRIDGE" --iptables=false --ip-masq=false \
+  --default-address-pool "base=10.$((100 + INDEX)).0.0/16,size=24" \
   >"$DIR/dockerd.log" 2>&1 &
 for _ in $(seq 60); do
   if docker -H "unix://$SOCK" version >/dev/null 2>&1; then

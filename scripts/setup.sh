@@ -8,13 +8,27 @@ VENV=${CAPSULED_VENV:-$ROOT/.venv}
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-for p in docker.io busybox-static catatonit iptables; do
+for p in docker.io busybox-static catatonit iptables iproute2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# An engine whose default bridge interface has vanished (deleted by some other dockerd
+# that shared the machine's links) fails every container start until it recreates the
+# bridge, which it does only when it starts: restart it.
+bridge_if=$(/usr/bin/docker -H unix:///var/run/docker.sock network inspect \
+  -f '{{index .Options "com.docker.network.bridge.name"}}' bridge 2>/dev/null || true)
+if [ -n "$bridge_if" ] && ! ip link show "$bridge_if" >/dev/null 2>&1; then
+  echo "setup: restarting dockerd, whose bridge $bridge_if is missing"
+  pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  fi
 fi
 
 # Start dockerd when no engine answers on the default socket.
