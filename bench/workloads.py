@@ -57,6 +57,21 @@ def wait_running(client: httpx.Client, uid: str, interval: float, timeout: float
         time.sleep(interval)
 
 
+def wait_running_held(client: httpx.Client, uid: str, timeout: float = 120) -> dict[str, Any]:
+    """Like wait_running, but the server holds each answer until the status changes (the
+    `wait_while` long poll, as `capsule create --wait` uses it)."""
+    deadline = time.monotonic() + timeout
+    status = "Creating"
+    while True:
+        body: dict[str, Any] = client.get(f"/v1/capsules/{uid}", params={
+            "wait_while": status, "wait_timeout": "30"}).json()
+        status = str(body.get("status"))
+        if status == "Running":
+            return body
+        if status == "Error" or time.monotonic() > deadline:
+            raise RuntimeError(f"capsule {uid} is {status}: {body.get('status_reason')}")
+
+
 def delete_and_wait(client: httpx.Client, uid: str, timeout: float = 120) -> None:
     client.delete(f"/v1/capsules/{uid}")
     wait_for(lambda: client.get(f"/v1/capsules/{uid}").status_code == 404, timeout=timeout,

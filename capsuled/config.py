@@ -46,6 +46,9 @@ class ApiSettings(BaseModel):
                                    "a host is down: not scheduled to, its capsules Unknown")
     scheduler_weigher: Literal["spread", "pack"] = Field(
         "spread", description="spread: emptiest host first; pack: fullest host that fits")
+    token_cache_ttl: float = Field(
+        2.0, ge=0, description="Seconds a replica remembers a valid local token; a revoke "
+        "made through another replica takes effect within this (0: no cache)")
 
 
 class LimitSettings(BaseModel):

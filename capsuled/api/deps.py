@@ -26,11 +26,13 @@ def principal(request: Request) -> Principal:
     return who
 
 
-def api_version(request: Request) -> ApiVersion:
+# Dependencies that neither block nor touch the store are async: FastAPI runs a sync one
+# in the thread pool, a hop that costs more than the work itself.
+async def api_version(request: Request) -> ApiVersion:
     return getattr(request.state, "api_version", ApiVersion(*MIN))
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
@@ -72,7 +74,7 @@ def flag(value: str | None, name: str) -> bool:
 
 def allow(rule: str) -> Any:
     """A route dependency: the caller must pass the named policy rule (see api/policy.py)."""
-    def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> None:
+    async def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> None:
         request.app.state.policy.enforce(rule, who)
     return Depends(check)
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from capsuled.domain.channel import AgentChannel
     from capsuled.domain.hostops import ContainerOps
     from capsuled.identity.base import IdentityProvider
+    from capsuled.identity.local import LocalIdentity
     from capsuled.store.engine import Store
 
 LOG = logging.getLogger("capsuled")
@@ -103,12 +104,14 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.quotas import QuotaService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
+    from capsuled.identity.local import LocalIdentity
 
     try:
         policy = Policy(settings.policy, settings.policy_file)
     except CapsuledError as exc:
         raise fail(exc.message) from exc
     control = ControlPlane(store)
+    local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump())
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
@@ -120,18 +123,15 @@ def build_api(settings: Settings, store: Store,
                                     weigher=settings.api.scheduler_weigher),
         hosts=HostService(store, down_after),
         images=ImageService(store, ops_for, down_after),
-        tokens=TokenService(store),
+        tokens=TokenService(store, on_revoke=local.forget),
         quotas=quotas,
         control=control)
-    app = create_app(settings, identity(settings, store), services, policy)
+    app = create_app(settings, identity(settings, local), services, policy)
     return Api(app, control, HostMonitor(store, down_after))
 
 
-def identity(settings: Settings, store: Store) -> IdentityProvider:
+def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:
     """The tokens this server issues, and Keystone's too when [keystone] is configured."""
-    from capsuled.identity.local import LocalIdentity
-
-    local = LocalIdentity(store)
     if settings.keystone is None:
         return local
     from capsuled.identity.chain import LocalThenKeystone

@@ -6,10 +6,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.views import capsule_view, event_view
+from capsuled.domain.status import Status
 from capsuled.errors import InvalidInput
 from capsuled.store.capsules import Page
 
@@ -55,10 +57,22 @@ def list_(request: Request, who: PrincipalDep, version: VersionDep, base: BaseUr
 
 
 @router.get("/{ident}", dependencies=[allow("capsule:get")])
-def show(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
-         base: BaseUrlDep) -> dict[str, Any]:
-    """Show a capsule by uuid or name."""
-    return capsule_view(_service(request).get(who, ident), version, _service(request).shows_host(who), base)
+async def show(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+               base: BaseUrlDep, wait_while: str | None = None,
+               wait_timeout: str | None = None) -> dict[str, Any]:
+    """Show a capsule by uuid or name.
+
+    Extension, a long poll: with `wait_while=Creating[,Status…]` the answer is held until
+    the capsule's status is none of those (404 once it is gone), or for `wait_timeout`
+    seconds (default 30, at most 60), after which it is the capsule as it is then."""
+    svc = _service(request)
+    if wait_while is None:
+        if wait_timeout is not None:
+            raise InvalidInput("wait_timeout: only with wait_while")
+        row = await run_in_threadpool(svc.get, who, ident)
+    else:
+        row = await svc.wait(who, ident, _statuses(wait_while), _wait_timeout(wait_timeout))
+    return capsule_view(row, version, svc.shows_host(who), base)
 
 
 @router.get("/{ident}/events", dependencies=[allow("capsule:get")])
@@ -85,6 +99,32 @@ def _limit(raw: str | None, max_limit: int) -> int:
     if value <= 0:
         raise InvalidInput("limit: Limit must be positive integer")
     return min(value, max_limit)
+
+
+_STATUSES = {s.value for s in Status}
+_MAX_WAIT = 60.0
+
+
+def _statuses(raw: str) -> frozenset[str]:
+    wanted = frozenset(filter(None, (p.strip() for p in raw.split(","))))
+    unknown = sorted(wanted - _STATUSES)
+    if not wanted or unknown:
+        raise InvalidInput(f"wait_while: {', '.join(map(repr, unknown)) or 'nothing'} is not a "
+                           f"capsule status; use one or more of {', '.join(sorted(_STATUSES))}")
+    return wanted
+
+
+def _wait_timeout(raw: str | None) -> float:
+    if raw is None:
+        return 30.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= _MAX_WAIT:
+        raise InvalidInput(f"wait_timeout: must be a number of seconds from 0 to {_MAX_WAIT:g}, "
+                           f"not {raw!r}")
+    return value
 
 
 def _sort_dir(raw: str) -> str:

@@ -8,6 +8,7 @@ the same methods.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -24,10 +25,54 @@ from capsuled.store.meta import get_meta
 _POLL_SECONDS = 0.25
 
 
+class ReportSignal:
+    """Wakes request handlers waiting (in an event loop) for agents' reports to land.
+
+    `seq` counts the reports committed in this process: a waiter reads it before it
+    reads the store and passes it to `wait`, so a report that lands in between is not
+    missed. Reports committed by another API replica are not seen here; waiters re-read
+    the store every few hundred milliseconds for those."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def fire(self) -> None:
+        with self._lock:
+            self.seq += 1
+            waiters, self._waiters = self._waiters, set()
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Return after a report newer than `seen`, or after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            if self.seq != seen:
+                return
+            self._waiters.add(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class ControlPlane:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._changed = threading.Condition()
+        self.reported = ReportSignal()
 
     def notify(self) -> None:
         """Wake watchers in this process after a commit that changed some desired set."""
@@ -65,3 +110,4 @@ class ControlPlane:
                 capsule_repo.apply_report(s, host, r)
             for b in containers or []:
                 container_repo.apply_bare_report(s, host, b)
+        self.reported.fire()

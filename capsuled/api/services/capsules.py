@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
+
+import anyio.to_thread
 
 from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
@@ -18,6 +22,10 @@ from capsuled.store import capsules as repo
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import Capsule, Event, utcnow
+
+# A waiter re-reads the store at least this often: reports that land on another API
+# replica do not wake it.
+_REREAD_SECONDS = 0.25
 
 
 class CapsuleService:
@@ -59,6 +67,19 @@ class CapsuleService:
         """One capsule; those allowed `capsule:get_one_all_projects` reach any project's."""
         with self._store.transaction() as s:
             return repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
+
+    async def wait(self, who: Principal, ident: str, wait_while: Collection[str],
+                   timeout: float) -> Capsule:
+        """The capsule as soon as its status is none of `wait_while`, or as it is when
+        `timeout` seconds have passed. NotFound when it is (or becomes) gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._control.reported.seq
+            capsule = await anyio.to_thread.run_sync(self.get, who, ident)
+            left = deadline - time.monotonic()
+            if capsule.status not in wait_while or left <= 0:
+                return capsule
+            await self._control.reported.wait(seen, min(_REREAD_SECONDS, left))
 
     def list(self, who: Principal, page: repo.Page, all_projects: bool,
              labels: dict[str, str]) -> list[repo.CapsuleRow]:

@@ -7,6 +7,7 @@ configured, tokens come from Keystone and these are not consulted.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,8 +43,9 @@ class NewToken:
 
 
 class TokenService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_revoke: Callable[[str], None] | None = None) -> None:
         self._store = store
+        self._on_revoke = on_revoke  # told the digest of each revoked token
 
     def create(self, body: dict[str, object]) -> NewToken:
         problems: list[str] = []
@@ -82,7 +84,10 @@ class TokenService:
             if row is None:
                 raise NotFound(f"Token {uuid} could not be found.")
             row.revoked = True
-            return _info(row)
+            info, token_hash = _info(row), row.token_hash
+        if self._on_revoke is not None:
+            self._on_revoke(token_hash)
+        return info
 
 
 def parse_duration(value: object) -> timedelta:

@@ -186,6 +186,13 @@ class CapsuleClient(_Api):
     def get(self, ident: str) -> dict[str, Any]:
         return self._json("GET", self._path(ident))
 
+    def get_when_not(self, ident: str, status: str, seconds: float) -> dict[str, Any]:
+        """The capsule once its status is not `status`, held by the server for at most
+        `seconds` (a capsuled extension: other servers answer at once)."""
+        return self._json("GET", self._path(ident),
+                          params={"wait_while": status, "wait_timeout": f"{seconds:.3f}"},
+                          timeout=httpx.Timeout(self.timeout, read=seconds + self.timeout))
+
     def events(self, ident: str) -> Bodies:
         return list(self._json("GET", self._path(ident) + "/events").get("events") or [])
 

@@ -139,27 +139,46 @@ def _echo_json(value: Any) -> None:
     typer.echo(render.dump_json(value))
 
 
-def _poll(rt: Runtime, goal: str, targets: Mapping[str, str],
-          probe: Callable[[str], tuple[bool, str]], timeout: float) -> list[tuple[str, str]]:
+# A hold asks the server to answer once a target leaves a status, for at most this many
+# seconds per request, so that the progress display stays fresh.
+_HOLD_SECONDS = 10.0
+
+Probe = Callable[[str], tuple[bool, str]]
+Hold = Callable[[str, str, float], tuple[bool, str]]
+
+
+def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, timeout: float,
+          hold: Hold | None = None) -> list[tuple[str, str]]:
     """Probe every target until all are done or `timeout` passes.
 
     `targets` maps what to probe (a uuid or name) to how to call it; `probe` returns
     (done, current status) and may raise CliError to give up at once. Returns the
-    targets not done in time, as (display name, last status).
+    targets not done in time, as (display name, last status). Between rounds, `hold`
+    (when given) is a probe that the server answers only once the first pending target
+    has left its last status, so a change is seen at once rather than at the next poll.
     """
     pending = dict(targets)
     states = {ident: "?" for ident in targets}
+    fresh: dict[str, tuple[bool, str]] = {}  # answered by the hold: not probed again
     deadline = time.monotonic() + timeout
     with render.WaitDisplay(render.make_console(stderr=True), goal) as display:
         while True:
             for ident in list(pending):
-                done, states[ident] = probe(ident)
+                done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
                 if done:
                     del pending[ident]
             display.update([(targets[i], states[i]) for i in targets])
             if not pending or time.monotonic() >= deadline:
                 return [(name, states[ident]) for ident, name in pending.items()]
-            rt.sleep(rt.poll_interval)
+            first = next(iter(pending))
+            if hold is None:
+                rt.sleep(rt.poll_interval)
+                continue
+            seconds = max(0.0, min(_HOLD_SECONDS, deadline - time.monotonic()))
+            started = time.monotonic()
+            fresh[first] = hold(first, states[first], seconds)
+            if fresh[first][1] == states[first] and time.monotonic() - started < seconds / 2:
+                rt.sleep(rt.poll_interval)  # answered at once: a server without the extension
 
 
 def _late(goal: str, timeout: float, late: list[tuple[str, str]]) -> CliError:
@@ -320,10 +339,10 @@ def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str
                   timeout: float) -> CliError | None:
     """Poll until every capsule in `latest` (refreshed in place) runs; the failure, if any."""
 
-    def probe(uuid: str) -> tuple[bool, str]:
+    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
         name = render.display_name(latest[uuid])
         try:
-            body = client.get(uuid)
+            body = fetch()
         except ApiError as exc:
             if exc.status == 404:
                 raise CapsuleFailed(f"capsule {name} disappeared while waiting for it to run") from None
@@ -334,9 +353,15 @@ def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str
             raise CapsuleFailed(f"capsule {name} failed: {body.get('status_reason') or 'no reason given'}")
         return status == "Running", status
 
+    def probe(uuid: str) -> tuple[bool, str]:
+        return check(uuid, lambda: client.get(uuid))
+
+    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, str]:
+        return check(uuid, lambda: client.get_when_not(uuid, status, seconds))
+
     targets = {uuid: render.display_name(body) for uuid, body in latest.items()}
     try:
-        late = _poll(rt, "Running", targets, probe, timeout)
+        late = _poll(rt, "Running", targets, probe, timeout, hold)
     except CapsuleFailed as exc:
         return exc
     return _late("Running", timeout, late) if late else None
@@ -454,7 +479,8 @@ def delete(
             if output is Format.table:
                 typer.echo(f"capsule/{name} deleted")
         if wait and deleted:
-            late = _poll(rt, "gone", deleted, _gone_probe(client), timeout)
+            probe, hold = _gone_probes(client)
+            late = _poll(rt, "gone", deleted, probe, timeout, hold)
             if late:
                 _report(rt, _late("gone", timeout, late))
                 failed = True
@@ -474,16 +500,23 @@ def _delete_targets(client: CapsuleClient, idents: list[str] | None, label: list
     return {c["uuid"]: render.display_name(c) for c in found} or None
 
 
-def _gone_probe(client: CapsuleClient) -> Callable[[str], tuple[bool, str]]:
-    def probe(ident: str) -> tuple[bool, str]:
+def _gone_probes(client: CapsuleClient) -> tuple[Probe, Hold]:
+    def check(fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
         try:
-            body = client.get(ident)
+            body = fetch()
         except ApiError as exc:
             if exc.status == 404:
                 return True, "gone"
             raise
         return False, str(body.get("status"))
-    return probe
+
+    def probe(ident: str) -> tuple[bool, str]:
+        return check(lambda: client.get(ident))
+
+    def hold(ident: str, status: str, seconds: float) -> tuple[bool, str]:
+        return check(lambda: client.get_when_not(ident, status, seconds))
+
+    return probe, hold
 
 
 # The container commands are built on this module's plumbing (Runtime, _reporting, …), so

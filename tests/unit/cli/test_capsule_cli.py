@@ -252,6 +252,34 @@ def test_create_wait_until_running(cli: Any, fake: FakeCapsuled, tmp_path: Path)
     assert "capsule/web: Running" in result.stderr  # progress, one line per change off a tty
 
 
+def test_create_wait_lets_the_server_hold_the_answer(cli: Any, fake: FakeCapsuled,
+                                                     tmp_path: Path) -> None:
+    result = cli("create", "-f", str(write(tmp_path, "web.yaml", WEB)), "--wait")
+    assert result.exit_code == 0, result.output
+    first, held = fake.sent("GET")
+    assert dict(first.url.params) == {}
+    assert held.url.params["wait_while"] == "Created"  # the status it last saw
+    assert 0 < float(held.url.params["wait_timeout"]) <= 10
+
+
+def test_create_wait_sleeps_between_reads_of_a_server_that_does_not_hold(
+        fake: FakeCapsuled, tmp_path: Path) -> None:
+    original = fake._create
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        response = original(request)
+        fake.scripts[response.json()["uuid"]] = [("Creating", None)] * 3 + [("Running", None)]
+        return response
+
+    fake._create = slow  # type: ignore[method-assign]
+    naps: list[float] = []
+    rt = Runtime(transport=httpx.MockTransport(fake), poll_interval=0.25, sleep=naps.append)
+    result = CliRunner().invoke(app, ["create", "-f", str(write(tmp_path, "web.yaml", WEB)), "--wait"],
+                                obj=rt, env={"CAPSULE_URL": BASE, "CAPSULE_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    assert naps == [0.25, 0.25]  # each unchanged, unheld answer; none after the change
+
+
 def test_create_wait_reports_a_failed_capsule(cli: Any, fake: FakeCapsuled, tmp_path: Path) -> None:
     original = fake._create
 

@@ -1,0 +1,90 @@
+"""The long poll on a capsule (`GET /v1/capsules/{id}?wait_while=…`): held while the
+status is one of those, answered as soon as it changes, 404 once the capsule is gone; it
+holds no worker thread, so many waiters do not stall other requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Capsules, Server, sleeper, template
+
+pytestmark = pytest.mark.docker
+
+
+def _init_then_app(name: str, seconds: float) -> dict[str, Any]:
+    init = {"name": "setup", "image": "busybox", "command": ["sleep", str(seconds)]}
+    return template(name, [sleeper("app")], initContainers=[init])
+
+
+def test_the_answer_is_held_until_the_status_changes(capsules: Capsules, unique) -> None:
+    body = capsules.create(_init_then_app(unique("wait"), 2))
+    t0 = time.monotonic()
+    r = capsules.api.get(f"/v1/capsules/{body['uuid']}",
+                         params={"wait_while": "Creating", "wait_timeout": "30"})
+    held = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "Running", r.json()
+    assert 1.5 <= held < 15, held  # the init container alone takes 2 s
+
+    # Not waiting on the current status: answered at once.
+    t0 = time.monotonic()
+    r = capsules.api.get(f"/v1/capsules/{body['uuid']}", params={"wait_while": "Creating"})
+    assert r.json()["status"] == "Running" and time.monotonic() - t0 < 1
+
+
+def test_a_timeout_answers_with_the_capsule_as_it_is(capsules: Capsules, unique) -> None:
+    body = capsules.create(_init_then_app(unique("wait"), 30))
+    t0 = time.monotonic()
+    r = capsules.api.get(f"/v1/capsules/{body['uuid']}",
+                         params={"wait_while": "Creating", "wait_timeout": "1"})
+    assert r.status_code == 200 and r.json()["status"] == "Creating", r.text
+    assert 0.9 <= time.monotonic() - t0 < 5
+
+
+def test_waiting_through_a_delete_ends_in_404(capsules: Capsules, unique) -> None:
+    body = capsules.create(template(unique("wait"), [sleeper("app")]))
+    capsules.wait_status(body["uuid"], "Running")
+    assert capsules.api.delete(f"/v1/capsules/{body['uuid']}").status_code == 204
+    r = capsules.api.get(f"/v1/capsules/{body['uuid']}",
+                         params={"wait_while": "Deleting,Running", "wait_timeout": "30"})
+    assert r.status_code == 404, r.text
+
+
+def test_many_waiters_do_not_stall_other_requests(server: Server, capsules: Capsules,
+                                                  unique) -> None:
+    body = capsules.create(_init_then_app(unique("wait"), 30))
+    answers: list[int] = []
+
+    def wait() -> None:
+        with server.client() as api:
+            answers.append(api.get(f"/v1/capsules/{body['uuid']}", params={
+                "wait_while": "Creating", "wait_timeout": "4"}).status_code)
+
+    threads = [threading.Thread(target=wait) for _ in range(60)]  # more than the thread pool
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    t0 = time.monotonic()
+    r = capsules.api.get("/v1/capsules", params={"limit": 5})
+    assert r.status_code == 200 and time.monotonic() - t0 < 2, "a list stalled behind the waiters"
+    for t in threads:
+        t.join()
+    assert answers == [200] * 60
+
+
+@pytest.mark.parametrize(("params", "problem"), [
+    ({"wait_while": "Sleeping"}, "wait_while: 'Sleeping' is not a capsule status"),
+    ({"wait_while": ","}, "wait_while: nothing is not a capsule status"),
+    ({"wait_while": "Creating", "wait_timeout": "61"}, "wait_timeout: must be a number of seconds"),
+    ({"wait_while": "Creating", "wait_timeout": "soon"}, "wait_timeout: must be a number"),
+    ({"wait_timeout": "5"}, "wait_timeout: only with wait_while"),
+])
+def test_bad_wait_parameters_are_400_naming_the_field(api: httpx.Client, params: dict[str, str],
+                                                      problem: str) -> None:
+    r = api.get("/v1/capsules/any-name", params=params)
+    assert r.status_code == 400, r.text
+    assert problem in r.text, r.text
