@@ -7,11 +7,11 @@ between group and field, e.g. CAPSULED_AGENT__RELIST_INTERVAL=5.
 from __future__ import annotations
 
 import socket
+from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Literal, Self
 
-from typing import Literal
-
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
@@ -33,10 +33,22 @@ class AgentSettings(BaseModel):
     stop_timeout: int = Field(5, description="Seconds a container gets to stop on delete before SIGKILL")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between heartbeats")
     labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
+    network_pool: IPv4Network = Field(IPv4Network("10.208.0.0/12"), description=(
+        "Addresses for project networks, cut into /network_prefix blocks (one per project "
+        "with containers on this host); blocks that overlap the host's routes are skipped"))
+    # /22: 1,022 addresses per project and host, 1,024 projects in the default pool.
+    network_prefix: int = Field(22, ge=8, le=29, description="Size of each project network")
     # Multi-host only: where the API reaches this agent for logs, exec, attach, top, …
     ops_listen: str = Field("0.0.0.0:9518", description="HOST:PORT the agent's ops endpoint listens on")
     ops_url: str | None = Field(None, description="URL the API replicas use to reach the ops "
                                 "endpoint; default http://<host name>:<port>")
+
+    @model_validator(mode="after")
+    def _prefix_fits_the_pool(self) -> Self:
+        if self.network_prefix < self.network_pool.prefixlen:
+            raise ValueError(f"network_prefix /{self.network_prefix} is larger than the "
+                             f"network_pool {self.network_pool}")
+        return self
 
 
 class ApiSettings(BaseModel):

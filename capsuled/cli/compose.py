@@ -163,9 +163,9 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.drivers.volume.docker import LocalVolumes
 
+    networks = BridgeNetworks(client, settings.agent.network_pool, settings.agent.network_prefix)
     return Agent(channel, DockerRuntime(client), LocalVolumes(client), settings.agent, instance,
-                 settings.docker.infra_image, networks=BridgeNetworks(client),
-                 ops_endpoint=ops_endpoint)
+                 settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint)
 
 
 def new_ops_key() -> str:

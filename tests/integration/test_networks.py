@@ -6,6 +6,7 @@ of capsuled without duplicates."""
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import time
 from collections.abc import Callable
@@ -275,3 +276,41 @@ def test_kill_9_and_restart_converge_without_duplicate_networks(
         name = api.get(f"/v1/capsules/{old}").json()["name"]
     assert run(docker_api, probe, f"nslookup {name}")[0] == 0
     assert run(docker_api, probe, f"nslookup {bare_name}")[0] == 0
+
+
+def test_more_projects_than_dockers_default_pools_hold(server: Server, docker_api: docker.APIClient,
+                                                       unique) -> None:
+    """Docker's default address pools hold ~30 networks; project networks take their subnets
+    from capsuled's own pool, so a host with those pools used up still runs new projects."""
+    fill = f"capsuled.test={unique('pool-fill')}"
+    made: list[str] = []
+    try:
+        for i in range(40):
+            try:
+                made.append(docker_api.create_network(unique(f"fill{i}"), driver="bridge",
+                                                      labels=dict([fill.split("=")]))["Id"])
+            except docker.errors.APIError as exc:
+                assert "available" in str(exc), exc  # "could not find an available … pool"
+                break
+        else:
+            pytest.fail("Docker's default pools did not run out after 40 networks")
+        project = unique("pool")
+        with server.client(server.issue_token(project, "dave", "member")) as api:
+            r = api.post("/v1/capsules", json={"template": template(unique("p"), [sleeper("app")])})
+            assert r.status_code == 202, r.text
+            caps = Capsules(api)
+            caps.created.append(r.json()["uuid"])
+            try:
+                caps.wait_status(r.json()["uuid"], "Running", timeout=60)
+                net = the_network(docker_api, server.instance, project)
+                (cfg,) = net["IPAM"]["Config"]
+                assert ipaddress.ip_network(cfg["Subnet"]).subnet_of(
+                    ipaddress.ip_network("10.208.0.0/12")), cfg
+                assert ipaddress.ip_network(cfg["Subnet"]).prefixlen == 22
+                ip = sandbox_ip(docker_api, r.json()["uuid"], net["Name"])
+                assert ipaddress.ip_address(ip) in ipaddress.ip_network(cfg["Subnet"]), ip
+            finally:
+                caps.cleanup()
+    finally:
+        for nid in made:
+            docker_api.remove_network(nid)

@@ -9,30 +9,44 @@ does, so a container whose network was recreated still starts.
 Known networks are cached per process: after the first ensure of a project, an ensure makes
 no Docker call. The cache entry goes when the agent removes the network, or when a create
 found it missing (`forget_network`).
+
+Subnets come from capsuled's own pool (`agent.network_pool`, cut into `/network_prefix`
+blocks), not from Docker's default address pools: those hold about 30 networks, so a host
+would refuse the 31st project. A new network takes the first block that overlaps no
+Docker network and no route of this host.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
+import docker.types
 
 from capsuled.domain import labels as L
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.drivers.network.base import ProjectNetwork, network_name
-from capsuled.errors import DriverError, NotFound, RuntimeConflict
+from capsuled.errors import DriverError, NotFound, RuntimeConflict, RuntimeRejected
 
 LOG = logging.getLogger(__name__)
 ICC = "com.docker.network.bridge.enable_icc"
+_TRIES = 8  # blocks tried when Docker says one overlaps something it knows and we did not
 
 
 class BridgeNetworks:
-    def __init__(self, client: docker.APIClient) -> None:
+    def __init__(self, client: docker.APIClient, pool: ipaddress.IPv4Network, prefix: int,
+                 routes_file: Path = Path("/proc/net/route")) -> None:
         self._api = client
+        self._pool = pool
+        self._prefix = prefix
+        self._routes_file = routes_file
         self._lock = threading.Lock()
+        self._subnets = threading.Lock()  # two projects' creates must not pick one block
         self._known: dict[tuple[str, str], ProjectNetwork] = {}
         self._creating: dict[tuple[str, str], threading.Lock] = {}
 
@@ -58,12 +72,9 @@ class BridgeNetworks:
     def _create_or_adopt(self, instance: str, project: str) -> ProjectNetwork:
         name = network_name(instance, project)
         try:
-            with translate_docker_errors(f"create network {name}"):
-                created = self._api.create_network(
-                    name, driver="bridge", options={ICC: "true"}, check_duplicate=True,
-                    labels={L.INSTANCE: instance, L.PROJECT: project})
-            LOG.info("created network %s for project %s", name, project)
-            return ProjectNetwork(id=str(created["Id"]), name=name, project=project)
+            created = self._create(name, instance, project)
+            LOG.info("created network %s (%s) for project %s", name, created[1], project)
+            return ProjectNetwork(id=created[0], name=name, project=project)
         except RuntimeConflict:
             pass  # it exists: made by an earlier run, or by a concurrent create
         with translate_docker_errors(f"find network {name}"):
@@ -77,6 +88,36 @@ class BridgeNetworks:
             raise DriverError(f"network {name} exists and is not this deployment's network "
                               f"for project {project}")
         return ProjectNetwork(id=str(row["Id"]), name=name, project=project)
+
+    def _create(self, name: str, instance: str, project: str) -> tuple[str, str]:
+        """Create the network on a free block of the pool: (id, subnet)."""
+        with self._subnets:
+            tried = 0
+            for subnet in self._free_blocks():
+                ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+                try:
+                    with translate_docker_errors(f"create network {name}"):
+                        created = self._api.create_network(
+                            name, driver="bridge", options={ICC: "true"}, check_duplicate=True,
+                            labels={L.INSTANCE: instance, L.PROJECT: project}, ipam=ipam)
+                    return str(created["Id"]), str(subnet)
+                except (RuntimeRejected, DriverError) as exc:
+                    if isinstance(exc, RuntimeConflict) or "overlap" not in exc.message.lower():
+                        raise
+                    tried += 1
+                    if tried >= _TRIES:
+                        raise
+        raise DriverError(f"create network {name}: no free /{self._prefix} block left in "
+                          f"{self._pool} for project networks (agent.network_pool, "
+                          f"agent.network_prefix)")
+
+    def _free_blocks(self) -> Iterator[ipaddress.IPv4Network]:
+        with translate_docker_errors("list networks"):
+            rows = self._api.networks() or []
+        taken = [*_subnets(rows), *_routes(self._routes_file)]
+        for block in self._pool.subnets(new_prefix=self._prefix):
+            if not any(block.overlaps(t) for t in taken):
+                yield block
 
     def list_networks(self, instance: str) -> list[ProjectNetwork]:
         with translate_docker_errors("list networks"):
@@ -118,3 +159,38 @@ class BridgeNetworks:
 def _network(row: dict[str, Any]) -> ProjectNetwork:
     return ProjectNetwork(id=str(row["Id"]), name=str(row["Name"]),
                           project=str((row.get("Labels") or {})[L.PROJECT]))
+
+
+def _subnets(rows: list[dict[str, Any]]) -> Iterator[ipaddress.IPv4Network]:
+    """The IPv4 subnets of Docker's networks (any network, capsuled's or not)."""
+    for row in rows:
+        for cfg in (row.get("IPAM") or {}).get("Config") or []:
+            try:
+                net = ipaddress.ip_network(str(cfg.get("Subnet") or ""), strict=False)
+            except ValueError:
+                continue
+            if isinstance(net, ipaddress.IPv4Network):
+                yield net
+
+
+def _routes(path: Path) -> list[ipaddress.IPv4Network]:
+    """This host's IPv4 routes but the default one, from the kernel's table (hex, little
+    endian): a block that overlaps one would shadow or be shadowed by it."""
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            dest = ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(fields[1]), "little"))
+            mask = ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(fields[7]), "little"))
+            net = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen > 0:
+            out.append(net)
+    return out
