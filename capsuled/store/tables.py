@@ -223,5 +223,22 @@ class ProjectLock(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class TerminalSession(Base):
+    """A one-time websocket token (by digest) and the terminal it opens: a container's
+    own (attach) or an exec session's. In the database, not in a replica's memory, so the
+    URL works through whichever API replica the client reaches."""
+
+    __tablename__ = "terminal_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    container_uuid: Mapped[str] = mapped_column(String(36))
+    host: Mapped[str] = mapped_column(String(255))
+    runtime_id: Mapped[str] = mapped_column(String(128))
+    exec_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    # A resize asked for before the websocket connected: applied on connect.
+    pending_height: Mapped[int | None] = mapped_column(Integer)
+    pending_width: Mapped[int | None] = mapped_column(Integer)
+
+
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)

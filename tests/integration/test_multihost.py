@@ -220,6 +220,24 @@ def test_logs_and_exec_of_a_container_on_host_b_through_the_other_replica(cluste
                 seen = b""
                 while b"from-on-b" not in seen:
                     seen += ws.recv(timeout=10)  # type: ignore[operator]
+            # Replicas share the one-time websocket tokens: a URL (and a resize made before
+            # connecting) from one replica works through the other, once.
+            it = reader.post(f"/v1/containers/{u}/execute", params={"run": "true"},
+                             json={"command": "sh", "interactive": True})
+            exec_id = it.json()["exec_id"]
+            assert creator.post(f"/v1/containers/{u}/execute_resize",
+                                json={"exec_id": exec_id, "w": 91, "h": 37}).status_code == 200
+            url = it.json()["proxy_url"].replace(cluster.urls[0].split("//")[1],
+                                                 cluster.urls[1].split("//")[1])
+            assert url != it.json()["proxy_url"]
+            with ws_connect(url, open_timeout=10) as ws:
+                ws.send(b"stty size\n")
+                seen = b""
+                while b"37 91" not in seen:
+                    seen += ws.recv(timeout=10)  # type: ignore[operator]
+            with pytest.raises(Exception, match="40[13]"):
+                with ws_connect(it.json()["proxy_url"], open_timeout=10) as ws:
+                    ws.recv(timeout=5)
             top = reader.get(f"/v1/containers/{u}/top")
             assert top.status_code == 200 and any("sleep" in " ".join(p) for p in top.json()["Processes"])
             found = cluster.dockers["host-b"].containers(filters={"label": [f"capsuled.container={u}"]})

@@ -17,8 +17,6 @@ import posixpath
 import shlex
 import secrets
 import tarfile
-import threading
-import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,10 +38,12 @@ from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as repo
+from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import Container, ContainerAction, utcnow
+from capsuled.store.terminal_sessions import Terminal
 
 MiB = 1024 * 1024
 
@@ -71,18 +71,7 @@ CAPSULE_OWNED = {"delete", "delete_stop", "start", "stop", "reboot", "pause", "u
                  "rename"}
 
 
-SESSION_TTL = 60.0  # seconds a websocket URL stays usable
-
-
-@dataclass(frozen=True)
-class TerminalSession:
-    """What a one-time websocket token opens: a container's terminal or an exec session."""
-
-    container_uuid: str
-    host: str
-    runtime_id: str
-    exec_id: str | None
-    expires: float
+SESSION_TTL = timedelta(seconds=60)  # how long a websocket URL stays usable
 
 
 @dataclass(frozen=True)
@@ -107,11 +96,6 @@ class ContainerService:
         self._ops_for = ops_for
         self._limits = limits
         self._down_after = host_down_after
-        # One-time tokens for websocket URLs. In memory: the URL is used within seconds by
-        # the client that asked, through the replica that answered it.
-        self._sessions: dict[str, TerminalSession] = {}
-        self._sessions_lock = threading.Lock()
-        self._pending_sizes: dict[str, tuple[int, int]] = {}
 
     def shows_host(self, who: Principal) -> bool:
         return self._policy.allows("container:get_one:host", who)
@@ -383,23 +367,19 @@ class ContainerService:
         exec_id = ops.exec_interactive(row.runtime_id, argv)  # type: ignore[arg-type]
         return exec_id, self._new_session(row.uuid, host, row.runtime_id, exec_id), row.uuid  # type: ignore[arg-type]
 
-    def open_session(self, ident: str, token: str) -> tuple[RawStream, TerminalSession]:
-        with self._sessions_lock:
-            now = time.monotonic()
-            for t in [t for t, s in self._sessions.items() if s.expires < now]:
-                del self._sessions[t]
-            session = self._sessions.pop(token, None)
+    def open_session(self, ident: str, token: str) -> tuple[RawStream, Terminal]:
+        """Use up a websocket token (issued by any replica) and open what it stands for."""
+        with self._store.transaction() as s:
+            session = terminals.take(s, token, utcnow())
         if session is None or session.container_uuid != ident:
             raise NotAuthenticated("This terminal URL is unknown, used or expired; ask for a new one.")
         ops = self._ops_for(session.host)
         if session.exec_id is None:
             return ops.attach(session.runtime_id), session
         stream = ops.exec_stream(session.exec_id)
-        with self._sessions_lock:
-            size = self._pending_sizes.pop(session.exec_id, None)
-        if size is not None:
+        if session.pending_size is not None:
             try:
-                ops.exec_resize(session.exec_id, *size)
+                ops.exec_resize(session.exec_id, *session.pending_size)
             except CapsuledError:
                 pass  # the client resizes again on its next SIGWINCH
         return stream, session
@@ -409,11 +389,10 @@ class ContainerService:
         w, h = _dimension(width, "w"), _dimension(height, "h")
         ops, cid = self._target(who, ident, "execute", None)
         if exec_id:
-            with self._sessions_lock:
-                # Not started yet (the client resizes before it connects): apply on connect.
-                # Docker would hold a resize of an unstarted exec for seconds, then fail.
-                if any(t.exec_id == exec_id for t in self._sessions.values()):
-                    self._pending_sizes[exec_id] = (h, w)
+            # Not started yet (the client resizes before it connects): applied on connect.
+            # Docker would hold a resize of an unstarted exec for seconds, then fail.
+            with self._store.transaction() as s:
+                if terminals.hold_resize(s, exec_id, h, w, utcnow()):
                     return
             ops.exec_resize(exec_id, h, w)
         else:
@@ -421,9 +400,8 @@ class ContainerService:
 
     def _new_session(self, uuid: str, host: str, runtime_id: str, exec_id: str | None) -> str:
         token = secrets.token_urlsafe(24)
-        with self._sessions_lock:
-            self._sessions[token] = TerminalSession(uuid, host, runtime_id, exec_id,
-                                                    time.monotonic() + SESSION_TTL)
+        with self._store.transaction() as s:
+            terminals.add(s, token, uuid, host, runtime_id, exec_id, utcnow() + SESSION_TTL)
         return token
 
     def actions(self, who: Principal, ident: str) -> list[ContainerAction]:
