@@ -97,8 +97,15 @@ class BareExecutor:
         self._instance = instance
         self._stop_timeout = stop_timeout
         # Containers created by this process: an auto_remove one that exits at once may be
-        # gone before any report told the store it existed.
+        # gone before any report told the store it existed. Kept after its gone report too:
+        # syncs already queued (its die and destroy events, a relist) may still carry a copy
+        # of the assignment from before that report, without its runtime id, and must not
+        # make it again. Forgotten once the assignment is (`forget`).
         self._created: set[str] = set()
+
+    def forget(self, uuid: str) -> None:
+        """The control plane no longer assigns `uuid` to this host."""
+        self._created.discard(uuid)
 
     def sync(self, uuid: str, desired: ContainerAssignment | None) -> BareOutcome:
         error: str | None = None
@@ -112,10 +119,11 @@ class BareExecutor:
                         self._join_network(desired, observed[0])
                     break
                 if plan.gone:
-                    report = None if desired is None else BareReport(
-                        uuid=uuid, generation=desired.generation, gone=True)
-                    self._created.discard(uuid)
-                    return BareOutcome(report, settled=True)
+                    if desired is None:
+                        self._created.discard(uuid)
+                        return BareOutcome(None, settled=True)
+                    return BareOutcome(BareReport(uuid=uuid, generation=desired.generation,
+                                                  gone=True), settled=True)
                 self._apply(uuid, desired, plan, observed)
         except DriverError as exc:
             error = exc.message

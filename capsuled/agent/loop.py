@@ -103,6 +103,8 @@ class Agent:
             return done.settled
         # A capsule, or an orphan of either kind: removing everything labelled with the
         # uuid is right for both.
+        if desired is None:
+            self._bare.forget(uuid)
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
             self._channel.report(self._host, [outcome.report])

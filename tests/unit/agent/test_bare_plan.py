@@ -68,3 +68,43 @@ def test_missing_auto_remove_container_that_existed_is_gone_not_recreated() -> N
     assert compute_bare_plan(want(spec=spec), []) == BarePlan(create=True)
     # Removed by hand, not auto_remove: bring it back.
     assert compute_bare_plan(want(runtime_id="c1"), []) == BarePlan(create=True)
+
+
+class _Docker:
+    """Just enough runtime for BareExecutor: containers by id, created and listed."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, Observed] = {}
+        self.created = 0
+
+    def observe_capsule(self, instance: str, capsule: str) -> list[Observed]:
+        return [o for o in self.containers.values() if o.labels.get(L.CAPSULE) == capsule]
+
+    def ensure_image(self, image: str, policy: str) -> None:
+        pass
+
+    def create_container(self, req: Any) -> str:
+        self.created += 1
+        cid = f"c{self.created}"
+        self.containers[cid] = Observed(id=cid, labels=req.labels, state="running",  # type: ignore[arg-type]
+                                        nano_cpus=req.nano_cpus, memory_bytes=req.memory_bytes)
+        return cid
+
+
+def test_a_stale_assignment_never_brings_back_an_auto_removed_container() -> None:
+    from capsuled.agent.bare import BareExecutor
+    from capsuled.agent.networks import ProjectNetworks
+
+    docker = _Docker()
+    ex = BareExecutor(docker, ProjectNetworks(None, "inst", grace=60), "inst", 5)  # type: ignore[arg-type]
+    spec = SPEC.model_copy(update={"auto_remove": True})
+    stale = want(spec=spec)  # taken before the first report (with its runtime id) landed
+    ex.sync("u1", stale)
+    assert docker.created == 1
+    docker.containers.clear()  # it exited; Docker removed it
+    for _ in range(3):  # the die and destroy events, a relist: all with the stale copy
+        outcome = ex.sync("u1", stale)
+        assert outcome.report is not None and outcome.report.gone
+    assert docker.created == 1 and docker.containers == {}
+    ex.forget("u1")  # no longer assigned: a new assignment of that uuid would be created
+    assert ex.sync("u1", stale).report.container is not None and docker.created == 2  # type: ignore[union-attr]
