@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -88,3 +89,45 @@ def test_bad_wait_parameters_are_400_naming_the_field(api: httpx.Client, params:
     r = api.get("/v1/capsules/any-name", params=params)
     assert r.status_code == 400, r.text
     assert problem in r.text, r.text
+
+
+def _threads(server: Server) -> int:
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_long_polls_hold_no_thread(server: Server, api: httpx.Client, capsules: Capsules,
+                                   unique) -> None:
+    """Agents waiting for their assignments and clients waiting on a capsule are parked in
+    the event loop: hundreds of hosts watching cost no thread each."""
+    host = unique("ghost-host")
+    r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
+                                     "roles": ["agent"], "host": host})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    body = capsules.create(_init_then_app(unique("wait"), 30))
+    for _ in range(3):  # the thread pool at its working size first
+        api.get("/v1/capsules", params={"limit": 5})
+    before = _threads(server)
+    answers: list[int] = []
+
+    def watch() -> None:
+        with server.client(token) as agent:
+            answers.append(agent.get(f"/v1/agents/{host}/assignments",
+                                     params={"after": 0, "timeout": 4}).status_code)
+
+    def wait() -> None:
+        with server.client() as c:
+            answers.append(c.get(f"/v1/capsules/{body['uuid']}", params={
+                "wait_while": "Creating", "wait_timeout": "4"}).status_code)
+
+    threads = [threading.Thread(target=watch if i % 2 else wait) for i in range(80)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    during = _threads(server)
+    for t in threads:
+        t.join()
+    assert answers == [200] * 80
+    assert during - before < 20, (before, during)  # a thread each would be +80

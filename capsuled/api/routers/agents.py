@@ -20,8 +20,6 @@ from capsuled.identity.base import Principal
 router = APIRouter(prefix="/v1/agents/{host}", dependencies=[allow("agent:channel")])
 
 MAX_WATCH_SECONDS = 60.0
-# Long polls wait in threads; give them their own pool so they never starve user requests.
-_WATCHERS = anyio.CapacityLimiter(1000)
 
 
 def _control(request: Request) -> ControlPlane:
@@ -71,8 +69,7 @@ async def assignments(request: Request, host: str, who: PrincipalDep, after: int
     """The host's full desired set, once its revision passes `after` (long poll)."""
     _own(who, host)
     wait = max(0.0, min(timeout, MAX_WATCH_SECONDS))
-    got = await anyio.to_thread.run_sync(_control(request).watch, host, after, wait,
-                                         limiter=_WATCHERS)
+    got = await _control(request).watch_async(host, after, wait)
     return got.model_dump(mode="json")
 
 

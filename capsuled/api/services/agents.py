@@ -12,6 +12,8 @@ import asyncio
 import threading
 import time
 
+import anyio.to_thread
+
 from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
@@ -25,28 +27,37 @@ from capsuled.store.meta import get_meta
 _POLL_SECONDS = 0.25
 
 
-class ReportSignal:
-    """Wakes request handlers waiting (in an event loop) for agents' reports to land.
+class Signal:
+    """Wakes waiters, threads or coroutines in an event loop, when something happened in
+    this process (a desired set changed, a report landed).
 
-    `seq` counts the reports committed in this process: a waiter reads it before it
-    reads the store and passes it to `wait`, so a report that lands in between is not
-    missed. Reports committed by another API replica are not seen here; waiters re-read
-    the store every few hundred milliseconds for those."""
+    `seq` counts the firings: a waiter reads it before it reads the store and passes it
+    to `wait`, so a firing in between is not missed. Changes committed by another API
+    replica are not seen here; waiters re-read the store every few hundred milliseconds
+    for those."""
 
     def __init__(self) -> None:
         self.seq = 0
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
 
     def fire(self) -> None:
         with self._lock:
             self.seq += 1
             waiters, self._waiters = self._waiters, set()
+            self._cond.notify_all()
         for loop, fut in waiters:
             loop.call_soon_threadsafe(_resolve, fut)
 
+    def wait_blocking(self, seen: int, timeout: float) -> None:
+        """In a thread: return after a firing newer than `seen`, or after `timeout`."""
+        with self._lock:
+            if self.seq == seen:
+                self._cond.wait(timeout)
+
     async def wait(self, seen: int, timeout: float) -> None:
-        """Return after a report newer than `seen`, or after `timeout` seconds."""
+        """In an event loop: return after a firing newer than `seen`, or after `timeout`."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         entry = (loop, fut)
@@ -71,13 +82,12 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 class ControlPlane:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._changed = threading.Condition()
-        self.reported = ReportSignal()
+        self.assigned = Signal()  # some desired set changed (commits in this process)
+        self.reported = Signal()  # some agent report landed (in this process)
 
     def notify(self) -> None:
         """Wake watchers in this process after a commit that changed some desired set."""
-        with self._changed:
-            self._changed.notify_all()
+        self.assigned.fire()
 
     def instance_id(self) -> str:
         with self._store.transaction() as s:
@@ -92,16 +102,35 @@ class ControlPlane:
             host_repo.heartbeat(s, host)
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+        """The host's desired set once its revision passes `after_revision`, or as it is
+        after `timeout` seconds (in a thread: the all-in-one agent)."""
         deadline = time.monotonic() + timeout
         while True:
-            with self._store.transaction() as s:
-                revision = host_repo.host_revision(s, host)
-                if revision > after_revision or time.monotonic() >= deadline:
-                    return Assignments(host=host, revision=revision,
-                                       capsules=capsule_repo.assignments_for(s, host),
-                                       containers=container_repo.bare_assignments_for(s, host))
-            with self._changed:
-                self._changed.wait(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            seen = self.assigned.seq
+            got = self._assignments(host, after_revision, time.monotonic() >= deadline)
+            if got is not None:
+                return got
+            self.assigned.wait_blocking(seen, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    async def watch_async(self, host: str, after_revision: int, timeout: float) -> Assignments:
+        """`watch` for the HTTP channel: a waiting agent holds no thread."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.assigned.seq
+            got = await anyio.to_thread.run_sync(self._assignments, host, after_revision,
+                                                 time.monotonic() >= deadline)
+            if got is not None:
+                return got
+            await self.assigned.wait(seen, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def _assignments(self, host: str, after_revision: int, final: bool) -> Assignments | None:
+        with self._store.transaction() as s:
+            revision = host_repo.host_revision(s, host)
+            if revision <= after_revision and not final:
+                return None
+            return Assignments(host=host, revision=revision,
+                               capsules=capsule_repo.assignments_for(s, host),
+                               containers=container_repo.bare_assignments_for(s, host))
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:
