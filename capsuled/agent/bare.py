@@ -12,11 +12,16 @@ counterpart of plan.py and execute.py.
                               stays exited: restarting it is its restart policy's job.
     network                   created on its project's network with its name as DNS alias;
                               one made before project networks joins it in place
+    mounts                    its own volumes are made before it and removed once it is
+                              gone; injected files are put in before it first starts
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
+import tarfile
 from dataclasses import dataclass, field
 
 from capsuled.agent.networks import ProjectNetworks
@@ -24,8 +29,10 @@ from capsuled.agent.plan import resources
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
+from capsuled.domain.spec import InjectedFile
 from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver
+from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
 
 LOG = logging.getLogger(__name__)
@@ -90,10 +97,11 @@ class BareOutcome:
 
 
 class BareExecutor:
-    def __init__(self, runtime: RuntimeDriver, networks: ProjectNetworks, instance: str,
-                 stop_timeout: int) -> None:
+    def __init__(self, runtime: RuntimeDriver, networks: ProjectNetworks, volumes: VolumeDriver,
+                 instance: str, stop_timeout: int) -> None:
         self._rt = runtime
         self._networks = networks
+        self._volumes = volumes
         self._instance = instance
         self._stop_timeout = stop_timeout
         # Containers created by this process: an auto_remove one that exits at once may be
@@ -119,6 +127,7 @@ class BareExecutor:
                         self._join_network(desired, observed[0])
                     break
                 if plan.gone:
+                    self._volumes.remove_owned(self._instance, uuid)
                     if desired is None:
                         self._created.discard(uuid)
                         return BareOutcome(None, settled=True)
@@ -165,17 +174,36 @@ class BareExecutor:
                   L.SPEC_HASH: spec.runtime_hash()}
         if desired.project_id is not None:
             labels[L.PROJECT] = desired.project_id
+        for v in spec.volumes:
+            self._volumes.ensure_volume(VolumeRequest(
+                name=naming.volume_name(uuid, v.name), size_gib=v.size,
+                labels={L.INSTANCE: self._instance, L.CAPSULE: uuid, L.VOLUME: v.name,
+                        L.AUTO_REMOVE: "true"}))
+        binds = [f"{naming.volume_name(uuid, m.name)}:{m.mount_path}:{'ro' if m.read_only else 'rw'}"
+                 for m in c.volume_mounts]
+        start = desired.desired_state != "stopped"
 
         def create(net: ProjectNetwork | None) -> str:
-            return self._rt.create_container(ContainerRequest(
+            cid = self._rt.create_container(ContainerRequest(
                 name=naming.bare_name(uuid, desired.name), image=c.image, sandbox_id=None,
                 labels=labels, entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir,
                 env=dict(c.env), nano_cpus=nano_cpus, memory_bytes=memory_bytes,
                 restart_policy=spec.restart.name, max_retry=spec.restart.max_retry,
                 tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
-                auto_remove=spec.auto_remove, start=desired.desired_state != "stopped",
+                auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
-                privileged=c.privileged))
+                privileged=c.privileged, binds=binds))
+            if spec.files:
+                # Files go in before the first start; a container left without them would be
+                # started by the next sync as it is, so a failure removes it.
+                try:
+                    self._rt.put_archive(cid, "/", _files_tar(spec.files))
+                    if start:
+                        self._rt.start(cid)
+                except Exception:
+                    self._rt.remove_container(cid, 0)
+                    raise
+            return cid
 
         self._networks.with_network(desired.project_id, create)
 
@@ -203,3 +231,15 @@ class BareExecutor:
                             finished_at=o.finished_at)
         return BareReport(uuid=desired.uuid, generation=desired.generation, container=container,
                           error=error)
+
+
+def _files_tar(files: list[InjectedFile]) -> bytes:
+    """The injected files as one tar archive rooted at /; Docker makes missing parents."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in files:
+            data = base64.b64decode(f.content_b64)
+            info = tarfile.TarInfo(f.path.lstrip("/"))
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -48,7 +48,7 @@ class Agent:
         self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel)
-        self._bare = BareExecutor(runtime, self._networks, instance, settings.stop_timeout)
+        self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout)
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max)
         self._threads: list[threading.Thread] = []

@@ -8,10 +8,15 @@ otherwise, rather than silently dropped.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import posixpath
 import shlex
 from typing import Any
 
-from capsuled.domain.spec import BareSpec, ContainerSpec, DockerRestart, VolumeMount
+
+from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, InjectedFile,
+                                  VolumeMount, VolumeSpec)
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
                                       _Problems)
 from capsuled.errors import InvalidInput
@@ -68,7 +73,10 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     privileged = _bool(body.get("privileged"), "privileged", p)
     auto_remove = _bool(body.get("auto_remove"), "auto_remove", p)
     capsule = _optional_str(body.get("capsule"), "capsule", p)
-    mounts = _mounts(body.get("mounts"), p, capsule is not None)
+    if capsule is None:
+        mounts, volumes, files = _bare_mounts(body.get("mounts"), p)
+    else:
+        mounts, volumes, files = _mounts(body.get("mounts"), p), [], []
     pull = body.get("image_pull_policy")
     if pull is not None and (not isinstance(pull, str) or pull.lower() not in PULL_POLICIES):
         p.add("image_pull_policy", "must be always, ifnotpresent or never")
@@ -94,7 +102,8 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         tty=tty, stdin=interactive, privileged=privileged)
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
-                    availability_zone=zone, host=host, node_selector=node_selector)
+                    availability_zone=zone, host=host, node_selector=node_selector,
+                    volumes=volumes, files=files)
 
 
 def _hints(value: Any, p: _Problems) -> dict[str, str]:
@@ -225,12 +234,9 @@ def _restart(value: Any, p: _Problems) -> DockerRestart | None:
     return DockerRestart(name=name, max_retry=max(count, 0))
 
 
-def _mounts(value: Any, p: _Problems, in_capsule: bool) -> list[VolumeMount]:
+def _mounts(value: Any, p: _Problems) -> list[VolumeMount]:
+    """A container joining a capsule mounts the capsule's volumes by name."""
     if value in (None, []):
-        return []
-    if not in_capsule:
-        p.add("mounts", "volumes for bare containers are not supported yet; "
-                        "run the container in a capsule (capsule) to share its volumes")
         return []
     if not isinstance(value, list):
         p.add("mounts", "must be a list of {source, destination}")
@@ -245,3 +251,76 @@ def _mounts(value: Any, p: _Problems, in_capsule: bool) -> list[VolumeMount]:
         out.append(VolumeMount(name=m["source"], mount_path=m["destination"],
                                read_only=bool(m.get("read_only", False))))
     return out
+
+
+MAX_INJECTED_BYTES = 1024 * 1024  # all files of one container together
+
+
+def _bare_mounts(value: Any, p: _Problems
+                 ) -> tuple[list[VolumeMount], list[VolumeSpec], list[InjectedFile]]:
+    """Zun's mounts of a bare container: `{size, destination}` makes a volume of its own
+    (removed with it), `{type: bind, source: <base64 content>, destination}` puts a file
+    there before it starts. A named volume (`{source, destination}`) would be Cinder's."""
+    if value in (None, []):
+        return [], [], []
+    if not isinstance(value, list):
+        p.add("mounts", "must be a list of {size, destination} or {type: bind, source, destination}")
+        return [], [], []
+    mounts: list[VolumeMount] = []
+    volumes: list[VolumeSpec] = []
+    files: list[InjectedFile] = []
+    total = 0
+    seen: set[str] = set()
+    for i, m in enumerate(value):
+        path = f"mounts[{i}]"
+        if not isinstance(m, dict):
+            p.add(path, "must be {size, destination} or {type: bind, source, destination}")
+            continue
+        for key in sorted(set(m) - {"source", "destination", "size", "type", "read_only"}):
+            p.add(f"{path}.{key}", "unknown field")
+        dest = m.get("destination")
+        if not (isinstance(dest, str) and dest.startswith("/")
+                and posixpath.normpath(dest) == dest.rstrip("/") and dest != "/"):
+            p.add(f"{path}.destination", "must be an absolute path such as /data (not /)")
+            continue
+        if dest in seen:
+            p.add(f"{path}.destination", f"{dest} is mounted twice")
+            continue
+        seen.add(dest)
+        kind = m.get("type", "volume")
+        if kind == "bind":
+            raw = _base64(m.get("source"), f"{path}.source", p)
+            if raw is not None:
+                total += len(raw)
+                files.append(InjectedFile(path=dest, content_b64=m["source"]))
+        elif kind != "volume":
+            p.add(f"{path}.type", "must be volume or bind")
+        elif m.get("source") not in (None, ""):
+            p.add(f"{path}.source", "named (Cinder) volumes are not available here; give "
+                                    "size (GiB) for a new volume of the container's own")
+        else:
+            size = m.get("size")
+            if isinstance(size, str) and size.isdigit():
+                size = int(size)  # zunclient sends the CLI's size=N as a string
+            if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+                p.add(f"{path}.size", "must be a positive whole number of GiB (as in capsule "
+                                      "templates; the disk quota bounds it)")
+                continue
+            name = f"mount{i}"
+            volumes.append(VolumeSpec(name=name, type="cinder", size=size, auto_remove=True))
+            mounts.append(VolumeMount(name=name, mount_path=dest,
+                                      read_only=bool(m.get("read_only", False))))
+    if total > MAX_INJECTED_BYTES:
+        p.add("mounts", f"injected files may hold {MAX_INJECTED_BYTES} bytes together, not {total}")
+    return mounts, volumes, files
+
+
+def _base64(value: Any, path: str, p: _Problems) -> bytes | None:
+    if not isinstance(value, str) or not value:
+        p.add(path, "must be the file's content, base64-encoded")
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        p.add(path, "is not valid base64")
+        return None

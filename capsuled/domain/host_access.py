@@ -63,7 +63,7 @@ def request_asks(body: Any) -> list[str]:
         asks.append("runtime")
     mounts = body.get("mounts")
     for i, m in enumerate(mounts if isinstance(mounts, list) else []):
-        if isinstance(m, dict) and (m.get("type") == "bind"
-                                    or str(m.get("source") or "").startswith("/")):
+        # Zun's type bind carries a file's base64 content (injected, not a host path).
+        if isinstance(m, dict) and m.get("type") != "bind" and str(m.get("source") or "").startswith("/"):
             asks.append(f"mounts[{i}].source")
     return asks

@@ -110,6 +110,13 @@ class DockerRestart(_Frozen):
     max_retry: int = 0
 
 
+class InjectedFile(_Frozen):
+    """A file put into a bare container before it starts (Zun's `mounts` type bind)."""
+
+    path: str
+    content_b64: str
+
+
 class BareSpec(_Frozen):
     """A container created through /v1/containers: one container, no sandbox of its own.
 
@@ -125,6 +132,14 @@ class BareSpec(_Frozen):
     availability_zone: str | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)  # from hints label:<key>
     host: str | None = None
+    # Zun's `mounts`: new volumes of its own (by size), removed with it, and files.
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+    files: list[InjectedFile] = Field(default_factory=list)
+
+    @property
+    def disk(self) -> int:
+        """GiB its volumes claim."""
+        return sum(v.size or 0 for v in self.volumes)
 
     def runtime_hash(self) -> str:
         """Like spec_hash, minus what `docker update` changes in place (cpu, memory)."""
@@ -134,5 +149,8 @@ class BareSpec(_Frozen):
             payload["container"].pop(live, None)
         if not payload["container"].get("privileged"):
             payload["container"].pop("privileged", None)
+        for added in ("volumes", "files"):  # absent before: hashes of older containers hold
+            if not payload.get(added):
+                payload.pop(added, None)
         raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()[:16]

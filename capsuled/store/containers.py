@@ -34,8 +34,8 @@ def create_bare(session: Session, spec: BareSpec, name: str, project_id: str, us
     row = Container(uuid=uuid, capsule_id=None, role=BARE, position=0, name=name,
                     project_id=project_id, user_id=user_id, image=c.image, status=status.value,
                     status_reason=status_reason, spec=spec.model_dump(mode="json"), host=host,
-                    cpu=c.cpu or 0.0, memory=c.memory or 0, desired_state=desired_state,
-                    generation=1, created_at=utcnow())
+                    cpu=c.cpu or 0.0, memory=c.memory or 0, disk=spec.disk,
+                    desired_state=desired_state, generation=1, created_at=utcnow())
     session.add(row)
     session.flush()
     bump_host_revision(session, host)

@@ -115,10 +115,16 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
 
 
 def disk_usage(session: Session) -> dict[str, int]:
-    """Per host: GiB claimed by the volumes of the capsules placed there."""
-    return {host: int(size or 0) for host, size in session.execute(
+    """Per host: GiB claimed by the volumes of the capsules and bare containers there."""
+    out = {host: int(size or 0) for host, size in session.execute(
         select(Capsule.host, func.sum(Volume.size)).join(Volume, Volume.capsule_id == Capsule.id)
         .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all()}
+    for host, size in session.execute(
+            select(Container.host, func.sum(Container.disk))
+            .where(Container.role == "bare", Container.host.is_not(None), Container.disk > 0)
+            .group_by(Container.host)).all():
+        out[host] = out.get(host, 0) + int(size or 0)
+    return out
 
 
 def lock_hosts(session: Session) -> None:

@@ -44,6 +44,8 @@ def usage(session: Session, project_id: str) -> dict[str, float]:
         .where(Container.project_id == project_id, Container.role == "bare")).one()
     disk = session.scalar(select(func.coalesce(func.sum(Volume.size), 0))
                           .where(Volume.project_id == project_id)) or 0
+    disk += session.scalar(select(func.coalesce(func.sum(Container.disk), 0))
+                           .where(Container.project_id == project_id, Container.role == "bare")) or 0
     return {"capsules": float(capsules), "containers": float(containers),
             "cpu": float(cpu) + float(bare_cpu), "memory": float(memory) + float(bare_memory),
             "disk": float(disk)}

@@ -139,6 +139,7 @@ class Container(Base):
     host: Mapped[str | None] = mapped_column(String(255), index=True)
     cpu: Mapped[float] = mapped_column(Double, default=0)
     memory: Mapped[int] = mapped_column(Integer, default=0)
+    disk: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # GiB, own volumes
     desired_state: Mapped[str] = mapped_column(String(10), default="running")  # running|stopped|paused
     generation: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)

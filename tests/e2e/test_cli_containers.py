@@ -191,3 +191,20 @@ def test_errors_are_one_line(server: Server) -> None:
     bad = cli(server, "run", "--memory", "1", "busybox")
     assert bad.returncode == 1
     assert bad.stderr.startswith(b"error: memory: must be between") and bad.stderr.count(b"\n") == 1
+
+
+def test_run_with_mounts(server: Server, docker_api: docker.APIClient, tmp_path: Path) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_bytes(b"port=8080\n\xff\n")
+    name = f"mnt-{uuidlib.uuid4().hex[:8]}"
+    body = as_json(cli(server, "run", "--wait", "--name", name, "--mount", "size=1,destination=/data",
+                       "--mount", f"type=bind,source={conf},destination=/etc/app/app.conf",
+                       "-o", "json", "busybox", "sleep", "3600"))
+    try:
+        info = inspect(docker_api, body["uuid"])
+        assert [(m["Type"], m["Destination"]) for m in info["Mounts"]] == [("volume", "/data")]
+        assert ok(cli(server, "container", "exec", name, "cat", "/etc/app/app.conf")) == b"port=8080\n\xff\n"
+    finally:
+        ok(cli(server, "container", "delete", "--stop", name))
+    bad = cli(server, "run", "--mount", "source=myvol,destination=/d", "busybox")
+    assert bad.returncode == 1 and b"mounts[0].source: named (Cinder) volumes" in bad.stderr

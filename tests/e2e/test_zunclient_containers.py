@@ -136,6 +136,21 @@ def test_archive_round_trip_through_zunclient(zun, made, unique) -> None:  # typ
         assert tar.extractfile("note.txt").read() == payload  # type: ignore[union-attr]
 
 
+def test_run_with_mounts_through_zunclient(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                           unique) -> None:
+    # What `zun run --mount size=1,destination=/data --mount type=bind,source=FILE,…`
+    # hands the library: the size as text and the file's bytes (the library encodes them).
+    c = zun.containers.run(name=unique("zm"), image="busybox", command=["sleep", "3600"],
+                           mounts=[{"size": "1", "destination": "/data"},
+                                   {"type": "bind", "source": b"injected\n", "destination": "/etc/note"}])
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    info = docker_of(docker_api, c.uuid)
+    assert [(m["Type"], m["Destination"]) for m in info["Mounts"]] == [("volume", "/data")]
+    out = zun.containers.execute(c.uuid, command="cat /etc/note", run=True)
+    assert out["output"] == "injected\n" and out["exit_code"] == 0
+
+
 def test_capsule_children_are_refused_lifecycle_actions(zun, server: Server, docker_api,  # type: ignore[no-untyped-def]
                                                        unique) -> None:
     name = unique("zcap")

@@ -12,7 +12,7 @@ from typing import Any
 import docker
 import httpx
 import pytest
-from conftest import Capsules, member, sandbox, sleeper, template, wait_for
+from conftest import Capsules, exec_in, member, sandbox, sleeper, template, wait_for
 
 pytestmark = [pytest.mark.docker]
 
@@ -327,3 +327,69 @@ def test_run_in_capsule_joins_it_and_capsule_rules_apply(capsules: Capsules, con
     capsules.wait_gone(cap["uuid"])
     assert containers.api.get(f"/v1/containers/{added['uuid']}").status_code == 404
     assert docker_api.containers(all=True, filters={"label": [f"capsuled.capsule={cap['uuid']}"]}) == []
+
+
+# -- mounts of bare containers (Zun's {size, destination} and {type: bind}) --------------------
+
+def _bare(docker_api: docker.APIClient, uuid: str) -> dict[str, Any]:
+    (found,) = docker_api.containers(all=True, filters={"label": [f"capsuled.container={uuid}"]})
+    return docker_api.inspect_container(found["Id"])  # type: ignore[no-any-return]
+
+
+def _own_volumes(docker_api: docker.APIClient, uuid: str) -> list[str]:
+    got = docker_api.volumes(filters={"label": [f"capsuled.capsule={uuid}"]})
+    return sorted(v["Name"] for v in (got or {}).get("Volumes") or [])
+
+
+def test_mounts_give_a_bare_container_its_own_volumes_and_files(
+        containers: Containers, docker_api: docker.APIClient, unique) -> None:
+    conf = b"listen 8080\n\xff binary too\n"
+    body = containers.run(name=unique("mnt"), command=["sleep", "3600"], mounts=[
+        {"size": 1, "destination": "/data"},
+        {"size": "2", "destination": "/cache"},  # zunclient sends the CLI's size=N as text
+        {"type": "bind", "source": base64.b64encode(conf).decode(), "destination": "/etc/app/app.conf"}])
+    containers.wait(body["uuid"], "Running")
+    info = _bare(docker_api, body["uuid"])
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert set(mounts) == {"/data", "/cache"} and all(m["Type"] == "volume" for m in mounts.values())
+    assert sorted(m["Name"] for m in mounts.values()) == _own_volumes(docker_api, body["uuid"])
+    code, out = exec_in(docker_api, info["Id"], "sh", "-c", "echo kept > /data/f && cat /data/f")
+    assert (code, out) == (0, "kept\n")
+    ex = docker_api.exec_create(info["Id"], ["cat", "/etc/app/app.conf"])
+    assert docker_api.exec_start(ex["Id"]) == conf  # byte for byte, in place before the start
+
+    # The volumes outlive a restart of the container, and go with it.
+    containers.act(body["uuid"], "reboot")
+    containers.wait(body["uuid"], "Running")
+    code, out = exec_in(docker_api, _bare(docker_api, body["uuid"])["Id"], "cat", "/data/f")
+    assert (code, out) == (0, "kept\n")
+    assert containers.api.delete(f"/v1/containers/{body['uuid']}", params={"stop": "true"}).status_code == 204
+    wait_for(lambda: containers.api.get(f"/v1/containers/{body['uuid']}").status_code == 404,
+             timeout=30, what="container deleted")
+    assert _own_volumes(docker_api, body["uuid"]) == []
+
+
+def test_an_auto_removed_container_takes_its_volumes_along(containers: Containers,
+                                                         docker_api: docker.APIClient, unique) -> None:
+    body = containers.run(name=unique("mnt"), command=["sh", "-c", "echo x > /data/x"],
+                          auto_remove=True, mounts=[{"size": 1, "destination": "/data"}])
+    wait_for(lambda: containers.api.get(f"/v1/containers/{body['uuid']}").status_code == 404,
+             timeout=30, what="auto_remove container to go")
+    assert _own_volumes(docker_api, body["uuid"]) == []
+
+
+@pytest.mark.parametrize(("mounts", "problem"), [
+    ([{"source": "myvol", "destination": "/d"}], "mounts[0].source: named (Cinder) volumes"),
+    ([{"size": 0, "destination": "/d"}], "mounts[0].size: must be a positive whole number"),
+    ([{"size": 1, "destination": "d"}], "mounts[0].destination: must be an absolute path"),
+    ([{"type": "bind", "source": "not base64!", "destination": "/f"}], "mounts[0].source: is not valid base64"),
+    ([{"size": 1, "destination": "/d"}, {"size": 1, "destination": "/d"}], "mounts[1].destination: /d is mounted twice"),
+    ([{"size": 1, "destination": "/d", "bogus": 1}], "mounts[0].bogus: unknown field"),
+])
+def test_bad_mounts_are_400_naming_the_field_and_make_nothing(
+        containers: Containers, docker_api: docker.APIClient, mounts: list[Any], problem: str) -> None:
+    before = docker_api.volumes(filters={"label": ["capsuled.volume"]})
+    r = containers.api.post("/v1/containers", params={"run": "true"},
+                            json={"image": "busybox", "mounts": mounts})
+    assert r.status_code == 400 and problem in r.text, r.text
+    assert docker_api.volumes(filters={"label": ["capsuled.volume"]}) == before

@@ -145,3 +145,19 @@ def test_usage_is_exact_under_50_concurrent_creates_and_deletes(
     rows = member.get("/v1/capsules").json()["capsules"]
     assert len(rows) == codes.count(202) <= 5
     assert usage(member, name)["capsules"]["in_use"] == len(rows)
+
+
+def test_a_bare_containers_own_volumes_count_as_disk(
+        project: tuple[str, httpx.Client, httpx.Client]) -> None:
+    name, admin, member = project
+    assert admin.put(f"/v1/quotas/{name}", json={"disk": 3}).status_code == 200
+    ok = member.post("/v1/containers", params={"run": "true"}, json={
+        "image": "busybox", "command": ["sleep", "300"], "mounts": [{"size": 2, "destination": "/d"}]})
+    assert ok.status_code == 202, ok.text
+    u = admin.get(f"/v1/quotas/{name}", params={"usages": "true"}).json()
+    assert u["disk"]["in_use"] == 2, u
+    r = member.post("/v1/containers", params={"run": "true"}, json={
+        "image": "busybox", "mounts": [{"size": 2, "destination": "/d"}]})
+    assert r.status_code == 403, r.text
+    assert "disk (limit 3 GiB, in use 2 GiB, requested 2 GiB)" in r.json()["errors"][0]["detail"]
+    assert len(member.get("/v1/containers").json()["containers"]) == 1

@@ -118,13 +118,15 @@ class ContainerService:
         with self._store.transaction() as s:
             self._quotas.begin(s, who.project_id)
             self._quotas.check(s, who.project_id, Delta(
-                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0))
+                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
+                disk=spec.disk))
             name = spec.container.name or _default_name(s)
             if s.query(Container).filter_by(role=repo.BARE, name=name,
                                             project_id=who.project_id).first() is not None:
                 raise Conflict(f"A container named {name} already exists in this project.")
             req = Request(cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
-                          availability_zone=spec.availability_zone, labels=spec.node_selector)
+                          availability_zone=spec.availability_zone, disk=spec.disk,
+                          labels=spec.node_selector)
             try:
                 hosts = capacities(s)
                 if spec.host is not None:

@@ -181,6 +181,34 @@ def _parse_restart(value: str | None) -> dict[str, str] | None:
     return {"Name": name, "MaximumRetryCount": count if sep else "0"}
 
 
+def _parse_mounts(values: list[str] | None) -> list[dict[str, Any]]:
+    """`--mount` as the zun CLI takes it: size=GiB,destination=/path (a new volume of the
+    container's own), source=VOLUME,destination=/path (a volume of the capsule, with
+    --capsule) or type=bind,source=FILE,destination=/path (FILE's bytes put there)."""
+    out = []
+    for value in values or []:
+        fields: dict[str, str] = {}
+        for part in value.split(","):
+            key, sep, val = part.partition("=")
+            if not sep or key.strip() not in ("size", "source", "destination", "type"):
+                raise typer.BadParameter(
+                    f"{value!r}: use size=GiB,destination=/path, source=VOLUME,destination=/path "
+                    "or type=bind,source=FILE,destination=/path")
+            fields[key.strip()] = val.strip()
+        if not fields.get("destination"):
+            raise typer.BadParameter(f"{value!r}: destination=/path is required")
+        mount: dict[str, Any] = dict(fields)
+        if fields.get("type") == "bind":
+            try:
+                data = Path(fields.get("source", "")).read_bytes()
+            except OSError as exc:
+                raise typer.BadParameter(f"{value!r}: cannot read {fields.get('source')!r} "
+                                         f"({exc.strerror})") from None
+            mount["source"] = base64.b64encode(data).decode()
+        out.append(mount)
+    return out
+
+
 def _checked(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """An option callback that only validates with `parse` (the command parses again), so
     that a bad value is a usage error naming the option."""
@@ -316,6 +344,12 @@ def run(
         help="no (default), always, unless-stopped, on-failure or on-failure:N retries.")] = None,
     rm: Annotated[bool, typer.Option(
         "--rm", help="Delete the container once it exits.")] = False,
+    mount: Annotated[list[str] | None, typer.Option(
+        "--mount", metavar="SPEC", show_default=False, callback=_checked(_parse_mounts),
+        help="size=GiB,destination=/path: a new volume of the container's own, deleted with "
+             "it; type=bind,source=FILE,destination=/path: put FILE there before it starts; "
+             "with --capsule, source=VOLUME,destination=/path mounts a capsule volume. "
+             "Repeatable.")] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Keep stdin open, so that `container attach` can type into it.")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Give the container a terminal.")] = False,
@@ -339,6 +373,7 @@ def run(
       capsule run --name hello busybox echo hello
       capsule run --wait --name web -m 64 -e GREETING=hi busybox httpd -f -p 8080
       capsule run --capsule web-demo --name debug busybox sleep 3600
+      capsule run --mount size=1,destination=/data --mount type=bind,source=app.conf,destination=/etc/app.conf busybox sleep 3600
     """
     clash = [opt for opt, given in (("--restart", restart), ("--rm", rm)) if given]
     if capsule and clash:
@@ -350,7 +385,8 @@ def run(
         "environment": _parse_env(env) or None, "workdir": workdir, "cpu": cpu,
         "memory": None if mem is None else str(mem), "labels": _parse_labels(label) or None,
         "restart_policy": _parse_restart(restart), "auto_remove": rm or None,
-        "interactive": interactive or None, "tty": tty or None, "capsule": capsule}
+        "interactive": interactive or None, "tty": tty or None, "capsule": capsule,
+        "mounts": _parse_mounts(mount) or None}
     # Only what was asked for: the server's defaults are the rest.
     body: dict[str, Any] = {"image": image, **{k: v for k, v in optional.items() if v is not None}}
     rt = _runtime(ctx)

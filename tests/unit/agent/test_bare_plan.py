@@ -91,12 +91,18 @@ class _Docker:
         return cid
 
 
+class _NoVolumes:
+    def remove_owned(self, instance: str, capsule: str) -> list[str]:
+        return []
+
+
 def test_a_stale_assignment_never_brings_back_an_auto_removed_container() -> None:
     from capsuled.agent.bare import BareExecutor
     from capsuled.agent.networks import ProjectNetworks
 
     docker = _Docker()
-    ex = BareExecutor(docker, ProjectNetworks(None, "inst", grace=60), "inst", 5)  # type: ignore[arg-type]
+    ex = BareExecutor(docker, ProjectNetworks(None, "inst", grace=60), _NoVolumes(),  # type: ignore[arg-type]
+                      "inst", 5)
     spec = SPEC.model_copy(update={"auto_remove": True})
     stale = want(spec=spec)  # taken before the first report (with its runtime id) landed
     ex.sync("u1", stale)

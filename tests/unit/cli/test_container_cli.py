@@ -134,6 +134,19 @@ def test_run_sends_only_what_was_asked(cli: Any, fake: FakeApi) -> None:
     assert sent(fake.only()) == {"image": "busybox", "auto_remove": True}
 
 
+def test_run_with_mounts_sends_zuns_mounts(cli: Any, fake: FakeApi, tmp_path: Path) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_bytes(b"port=8080\n\x00\xff")
+    fake.on("POST", "/v1/containers", httpx.Response(202, json=container(name="c-1")))
+    result = cli("run", "--mount", "size=2,destination=/data", "--mount",
+                 f"type=bind,source={conf},destination=/etc/app.conf", "busybox")
+    assert result.exit_code == 0, result.output
+    assert sent(fake.only())["mounts"] == [
+        {"size": "2", "destination": "/data"},
+        {"type": "bind", "source": base64.b64encode(b"port=8080\n\x00\xff").decode(),
+         "destination": "/etc/app.conf"}]
+
+
 def test_run_in_a_capsule(cli: Any, fake: FakeApi) -> None:
     fake.on("POST", "/v1/containers",
             httpx.Response(202, json=container(name="debug", capsule_id="cap-uuid")))
@@ -154,6 +167,9 @@ def test_run_in_a_capsule(cli: Any, fake: FakeApi) -> None:
     (["--cpu", "0", "busybox"], "not above 0"),
     (["-e", "NOT_SET_ANYWHERE_42", "busybox"], "NOT_SET_ANYWHERE_42 is not set here"),
     (["-l", "novalue", "busybox"], "not KEY=VALUE"),
+    (["--mount", "size=1", "busybox"], "destination=/path is required"),
+    (["--mount", "sz=1,destination=/d", "busybox"], "use size=GiB,destination=/path"),
+    (["--mount", "type=bind,source=/no/such/file,destination=/f", "busybox"], "cannot read"),
     ([], "Missing argument"),
 ])
 def test_run_usage_errors_send_nothing(cli: Any, fake: FakeApi, args: list[str], needle: str) -> None:

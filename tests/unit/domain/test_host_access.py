@@ -31,3 +31,5 @@ def test_container_request_asks() -> None:
                          "mounts": [{"source": "data", "destination": "/d"},
                                     {"source": "/etc", "destination": "/host-etc"}]}) == [
         "privileged", "runtime", "mounts[1].source"]
+    # Zun's type bind injects a file (base64 content, which may well start with "/").
+    assert request_asks({"mounts": [{"type": "bind", "source": "/9j/4AAQ", "destination": "/f"}]}) == []
