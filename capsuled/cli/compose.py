@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.engine import Store
+    from capsuled.store.notify import PgNotifier
 
 LOG = logging.getLogger("capsuled")
 
@@ -89,6 +90,18 @@ class Api:
     app: FastAPI
     control: ControlPlane
     monitor: HostMonitor
+    notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
+
+    def start(self) -> None:
+        """The API's background work: the host monitor, the cross-replica listener."""
+        self.monitor.start()
+        if self.notifier is not None:
+            self.notifier.start()
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
 
 
 def build_api(settings: Settings, store: Store,
@@ -105,12 +118,17 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
+    from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
         policy = Policy(settings.policy, settings.policy_file)
     except CapsuledError as exc:
         raise fail(exc.message) from exc
     control = ControlPlane(store)
+    notifier = None
+    if supports_notify(store.engine):
+        notifier = PgNotifier(store.engine, control.on_notice)
+        control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump())
     down_after = timedelta(seconds=settings.api.host_down_after)
@@ -127,7 +145,7 @@ def build_api(settings: Settings, store: Store,
         quotas=quotas,
         control=control)
     app = create_app(settings, identity(settings, local), services, policy)
-    return Api(app, control, HostMonitor(store, down_after))
+    return Api(app, control, HostMonitor(store, down_after), notifier)
 
 
 def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:

@@ -89,12 +89,12 @@ def run_all_in_one(settings: Settings) -> None:
     api = compose.build_api(settings, opened.store, lambda host: runtime)
     agent = compose.build_agent(settings, api.control, client, opened.instance)
     agent.start()
-    api.monitor.start()
+    api.start()
     LOG.info("capsuled listening on http://%s admin token in %s", settings.listen,
              settings.state_dir / ADMIN_TOKEN_FILE)
 
     def stop() -> None:
-        api.monitor.stop()
+        api.stop()
         agent.stop()
     compose.serve(api.app, settings.listen, settings.log_level, stop)
 
@@ -110,10 +110,10 @@ def api_command(ctx: typer.Context) -> None:
     compose.setup_logging(settings)
     opened = compose.open_store(settings)
     api = compose.build_api(settings, opened.store, compose.remote_ops(opened.store))
-    api.monitor.start()
+    api.start()
     LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
              settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
-    compose.serve(api.app, settings.listen, settings.log_level, api.monitor.stop)
+    compose.serve(api.app, settings.listen, settings.log_level, api.stop)
 
 
 @app.command("agent")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -294,3 +295,42 @@ def test_concurrent_claims_from_different_projects_never_oversubscribe_a_host(
     refused = [c for c in results if isinstance(c, Capsule) and c.host is None]
     assert len(refused) == 7
     assert all(c.status == "Error" and "768 MiB" in (c.status_reason or "") for c in refused)
+
+
+def test_replicas_on_postgresql_wake_each_other_at_once(db: Database) -> None:
+    """On PostgreSQL a commit's wake-up reaches the other API replicas through
+    LISTEN/NOTIFY; elsewhere there is nothing to listen to and they re-read instead."""
+    from capsuled.api.services.agents import ControlPlane
+    from capsuled.store.notify import PgNotifier, supports_notify
+
+    store = db.ready()
+    if not supports_notify(store.engine):
+        assert db.kind != "postgresql"
+        return
+    planes, notifiers = [], []
+    for _ in range(2):
+        replica = db.store()
+        plane = ControlPlane(replica)
+        notifier = PgNotifier(replica.engine, plane.on_notice)
+        plane.publish = notifier.publish
+        notifier.start()
+        planes.append(plane)
+        notifiers.append(notifier)
+    try:
+        a, b = planes
+        time.sleep(0.5)  # both listening
+        seen = a.assigned.seq
+        b.notify()  # e.g. a capsule accepted by replica b
+        deadline = time.monotonic() + 2
+        while a.assigned.seq == seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.assigned.seq > seen, "replica a never heard of b's commit"
+        seen = a.reported.seq
+        b.report("some-host", [])  # an agent's report through replica b
+        deadline = time.monotonic() + 2
+        while a.reported.seq == seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.reported.seq > seen
+    finally:
+        for n in notifiers:
+            n.stop()

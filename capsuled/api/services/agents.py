@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import anyio.to_thread
 
@@ -79,15 +80,26 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+ASSIGNED, REPORTED = "assigned", "reported"
+
+
 class ControlPlane:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, publish: Callable[[str], None] | None = None) -> None:
         self._store = store
-        self.assigned = Signal()  # some desired set changed (commits in this process)
-        self.reported = Signal()  # some agent report landed (in this process)
+        self.assigned = Signal()  # some desired set changed
+        self.reported = Signal()  # some agent report landed
+        # Tells the other API replicas (store/notify.py); without it they re-read.
+        self.publish = publish
 
     def notify(self) -> None:
-        """Wake watchers in this process after a commit that changed some desired set."""
+        """Wake watchers after a commit that changed some desired set."""
         self.assigned.fire()
+        if self.publish is not None:
+            self.publish(ASSIGNED)
+
+    def on_notice(self, topic: str) -> None:
+        """Another replica (or this one) published `topic`."""
+        {ASSIGNED: self.assigned, REPORTED: self.reported}.get(topic, self.assigned).fire()
 
     def instance_id(self) -> str:
         with self._store.transaction() as s:
@@ -140,3 +152,5 @@ class ControlPlane:
             for b in containers or []:
                 container_repo.apply_bare_report(s, host, b)
         self.reported.fire()
+        if self.publish is not None:
+            self.publish(REPORTED)
