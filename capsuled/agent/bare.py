@@ -25,7 +25,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 from capsuled.agent.networks import ProjectNetworks
-from capsuled.agent.plan import resources
+from capsuled.agent.plan import resources, unhealthy
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
@@ -49,11 +49,12 @@ class BarePlan:
     pause: bool = False
     unpause: bool = False
     start: bool = False
+    restart: bool = False  # its health check fails and auto_heal is on
 
     @property
     def empty(self) -> bool:
         return not (self.remove or self.gone or self.create or self.update or self.stop
-                    or self.pause or self.unpause or self.start)
+                    or self.pause or self.unpause or self.start or self.restart)
 
 
 def wanted_resources(desired: ContainerAssignment) -> tuple[int | None, int | None]:
@@ -87,6 +88,7 @@ def compute_bare_plan(desired: ContainerAssignment | None, observed: list[Observ
     else:
         plan.unpause = state == "paused"
         plan.start = state == "created"
+        plan.restart = unhealthy(desired.spec.container, keep)
     return plan
 
 
@@ -159,6 +161,9 @@ class BareExecutor:
         if plan.start:
             # Joins the project network: keep it from being collected meanwhile.
             self._networks.with_network(desired.project_id, lambda _net: self._rt.start(cid))
+        if plan.restart:
+            LOG.info("container %s failed its health check; restarting it", uuid)
+            self._rt.restart(cid, self._stop_timeout)
         if plan.stop:
             self._rt.stop(cid, self._stop_timeout)
         if plan.pause:
@@ -192,7 +197,7 @@ class BareExecutor:
                 tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
                 auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
-                privileged=c.privileged, binds=binds))
+                privileged=c.privileged, binds=binds, health=c.health))
             if spec.files:
                 # Files go in before the first start; a container left without them would be
                 # started by the next sync as it is, so a failure removes it.
@@ -228,7 +233,7 @@ class BareExecutor:
             ContainerReport(uuid=desired.uuid, name=name, role="bare", state=o.state,
                             runtime_id=o.id, exit_code=o.exit_code, restart_count=o.restart_count,
                             oom_killed=o.oom_killed, started_at=o.started_at,
-                            finished_at=o.finished_at)
+                            finished_at=o.finished_at, health=o.health)
         return BareReport(uuid=desired.uuid, generation=desired.generation, container=container,
                           error=error)
 

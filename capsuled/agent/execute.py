@@ -125,6 +125,10 @@ class CapsuleExecutor:
         for cid in plan.start:
             self._rt.start(cid)
             progress.event("Normal", "Restarted", f"started stopped container {cid[:12]}")
+        for cid, name in plan.restart:
+            self._rt.restart(cid, self._stop_timeout)
+            progress.event("Warning", "Unhealthy",
+                           f"container {name} failed its liveness probe; restarted it", name)
         for cid, nano_cpus, memory_bytes in plan.resize:
             self._rt.update_resources(cid, nano_cpus, memory_bytes)
             progress.event("Normal", "Resized", f"applied new cpu/memory limits to {cid[:12]}")
@@ -188,7 +192,7 @@ class CapsuleExecutor:
             binds=[f"{naming.volume_name(desired.uuid, m.name)}:{m.mount_path}:"
                    f"{'ro' if m.read_only else 'rw'}" for m in c.volume_mounts],
             restart_policy="no" if c.role == "init" else ZUN_RESTART_NAMES[spec.restart_policy],
-            tty=c.tty, stdin=c.stdin, privileged=c.privileged))
+            tty=c.tty, stdin=c.stdin, privileged=c.privileged, health=c.health))
 
     def _member_labels(self, desired: Assignment, c: ContainerSpec,
                        sandbox: Observed) -> dict[str, str]:
@@ -213,7 +217,8 @@ class CapsuleExecutor:
                                   uuid=c.uuid, name=c.name, role=c.role, state=o.state,
                                   runtime_id=o.id, exit_code=o.exit_code,
                                   restart_count=o.restart_count, oom_killed=o.oom_killed,
-                                  started_at=o.started_at, finished_at=o.finished_at))
+                                  started_at=o.started_at, finished_at=o.finished_at,
+                                  health=o.health))
         return CapsuleReport(uuid=desired.uuid, generation=desired.generation,
                              sandbox_id=sandbox.id if sandbox else None,
                              sandbox_state=sandbox.state if sandbox else "missing",

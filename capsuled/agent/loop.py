@@ -177,7 +177,9 @@ class Agent:
             if s.labels.get(L.CAPSULE):
                 grouped[s.labels[L.CAPSULE]].append(s)
         for uuid in grouped.keys() | desired.keys():
-            fp = tuple(sorted((s.id, s.state, _exit_code(s.status)) for s in grouped.get(uuid, [])))
+            # Docker's status line ends in "(unhealthy)" when a health check fails.
+            fp = tuple(sorted((s.id, s.state, _exit_code(s.status), "(unhealthy)" in s.status)
+                              for s in grouped.get(uuid, [])))
             if uuid not in desired or self._fingerprints.get(uuid) != fp:
                 self._fingerprints[uuid] = fp
                 self.workers.enqueue(uuid)

@@ -39,6 +39,7 @@ class Plan:
     start_init: bool = False
     create_apps: list[ContainerSpec] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
+    restart: list[tuple[str, str]] = field(default_factory=list)  # (id, name): liveness failed
     resize: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # id, nano cpus, bytes
     blocked: str | None = None
 
@@ -46,7 +47,7 @@ class Plan:
     def empty(self) -> bool:
         return not (self.remove or self.remove_volumes or self.gone or self.create_sandbox
                     or self.run_init or self.wait_init or self.create_apps or self.start
-                    or self.resize)
+                    or self.restart or self.resize)
 
 
 def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
@@ -101,9 +102,17 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
             plan.create_apps.append(app)
         elif o.state == "created" or (o.state == "exited" and _should_run(spec.restart_policy, o)):
             plan.start.append(o.id)
+        elif unhealthy(app, o):
+            plan.restart.append((o.id, app.name))
         if o is not None and (o.nano_cpus, o.memory_bytes) != resources(app):
             plan.resize.append((o.id, *resources(app)))
     return plan
+
+
+def unhealthy(c: ContainerSpec, o: Observed) -> bool:
+    """Running, found unhealthy by its health check, and to be restarted for it."""
+    return (o.state == "running" and o.health == "unhealthy"
+            and c.health is not None and c.health.restart)
 
 
 def resources(c: ContainerSpec) -> tuple[int | None, int | None]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
-from capsuled.domain.spec import ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec
+from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
+                                  HealthCheck)
 from capsuled.store.capsules import CapsuleRow, ContainerRow
 from capsuled.store.tables import Capsule, Container, ContainerAction, Event
 
@@ -87,8 +89,8 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "security_groups": [],
         "auto_remove": False,
         "disk": 0,
-        "auto_heal": False,
-        "healthcheck": {},
+        "auto_heal": bool(spec and spec.health and spec.health.restart),
+        "healthcheck": _healthcheck(spec.health) if spec and spec.health else {},
         "cpu_policy": "shared",
         "registry_id": None,
         "entrypoint": list(spec.command) if spec else [],
@@ -122,6 +124,7 @@ def any_container_view(row: Container, is_admin: bool, base_url: str) -> dict[st
             "restart_policy": {"Name": bare.restart.name,
                                "MaximumRetryCount": str(bare.restart.max_retry)},
             "labels": dict(bare.labels), "auto_remove": bare.auto_remove,
+            "auto_heal": bare.auto_heal, "disk": bare.disk,
             "hostname": bare.hostname or row.name, "capsule_id": None})
         if is_admin:
             body["host"] = row.host
@@ -144,6 +147,15 @@ def action_view(a: ContainerAction, is_admin: bool, with_events: bool = False) -
             event["traceback"] = a.detail
         body["events"] = [event]
     return body
+
+
+def _healthcheck(h: HealthCheck) -> dict[str, Any]:
+    """Zun's shape: a shell command (ours may be exec form: shown as one line)."""
+    cmd = h.command[2] if h.command[:2] == ["sh", "-c"] and len(h.command) == 3 else shlex.join(h.command)
+    def seconds(v: float) -> float | int:
+        return int(v) if float(v).is_integer() else v
+    return {"cmd": cmd, "interval": seconds(h.interval), "retries": h.retries,
+            "timeout": seconds(h.timeout)}
 
 
 def _status_detail(row: Container | ContainerRow) -> str | None:

@@ -80,6 +80,7 @@ class ContainerReport(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = None
+    health: str | None = None  # with a health check: starting | healthy | unhealthy
 
 
 class CapsuleReport(BaseModel):

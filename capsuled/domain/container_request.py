@@ -15,8 +15,8 @@ import shlex
 from typing import Any
 
 
-from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, InjectedFile,
-                                  VolumeMount, VolumeSpec)
+from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, HealthCheck,
+                                  InjectedFile, VolumeMount, VolumeSpec)
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
                                       _Problems)
 from capsuled.errors import InvalidInput
@@ -32,9 +32,8 @@ KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu
 # Accepted only with these "nothing asked" values.
 INERT: dict[str, tuple[Any, ...]] = {
     "image_driver": ("docker", None), "security_groups": (None, []), "nets": (None, []),
-    "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
-    "auto_heal": (None, False), "registry": (None,),
-    "healthcheck": (None, {}), "exposed_ports": (None, {}), "disk": (None, 0),
+    "cpu_policy": (None, "shared"), "runtime": (None, "runc"), "registry": (None,),
+    "exposed_ports": (None, {}), "disk": (None, 0),
 }
 
 
@@ -91,6 +90,8 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     if auto_remove and restart and restart.name != "no":
         p.add("auto_remove", "cannot be combined with a restart policy other than no")
     node_selector = _hints(body.get("hints"), p)
+    auto_heal = _bool(body.get("auto_heal"), "auto_heal", p)
+    health = _healthcheck(body.get("healthcheck"), auto_heal, p)
     if p.items:
         raise InvalidInput(p.items)
 
@@ -99,11 +100,38 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         workdir=workdir, env=env, cpu=cpu, memory=memory,
         volume_mounts=mounts,
         image_pull_policy=PULL_POLICIES[pull.lower()] if isinstance(pull, str) else "IfNotPresent",
-        tty=tty, stdin=interactive, privileged=privileged)
+        tty=tty, stdin=interactive, privileged=privileged, health=health)
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
                     availability_zone=zone, host=host, node_selector=node_selector,
-                    volumes=volumes, files=files)
+                    volumes=volumes, files=files, auto_heal=auto_heal)
+
+
+def _healthcheck(value: Any, auto_heal: bool, p: _Problems) -> HealthCheck | None:
+    """Zun's healthcheck: {cmd (a shell command), interval, retries, timeout} (seconds)."""
+    if value in (None, {}):
+        return None
+    if not isinstance(value, dict):
+        p.add("healthcheck", "must be {cmd, interval, retries, timeout}")
+        return None
+    for key in sorted(set(value) - {"cmd", "interval", "retries", "timeout"}):
+        p.add(f"healthcheck.{key}", "unknown field")
+    cmd = value.get("cmd")
+    if not (isinstance(cmd, str) and cmd.strip()):
+        p.add("healthcheck.cmd", "is required: the shell command that says healthy by exiting 0")
+    numbers: dict[str, int] = {}
+    for key, default, least in (("interval", 10, 1), ("retries", 3, 1), ("timeout", 5, 1)):
+        v = value.get(key, default)
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)  # zunclient's --healthcheck sends text
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            p.add(f"healthcheck.{key}", f"must be a whole number of at least {least}")
+            v = default
+        numbers[key] = v
+    if not (isinstance(cmd, str) and cmd.strip()):
+        return None
+    return HealthCheck(command=["sh", "-c", cmd], interval=numbers["interval"],
+                       timeout=numbers["timeout"], retries=numbers["retries"], restart=auto_heal)
 
 
 def _hints(value: Any, p: _Problems) -> dict[str, str]:

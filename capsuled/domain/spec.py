@@ -36,6 +36,19 @@ class Port(_Frozen):
     name: str | None = None
 
 
+class HealthCheck(_Frozen):
+    """A command run inside the container to judge it (Docker's HEALTHCHECK): a template's
+    livenessProbe or Zun's healthcheck. With `restart` the agent restarts a container
+    Docker has found unhealthy (a liveness failure; Zun's auto_heal)."""
+
+    command: list[str]  # exec form; a shell command is ["sh", "-c", cmd]
+    interval: float = 10.0  # seconds between checks
+    timeout: float = 1.0
+    retries: int = 3  # consecutive failures that make it unhealthy
+    start_period: float = 0.0  # failures in this first stretch do not count
+    restart: bool = True
+
+
 class ContainerSpec(_Frozen):
     uuid: str = ""
     name: str
@@ -53,6 +66,7 @@ class ContainerSpec(_Frozen):
     tty: bool = False
     stdin: bool = False
     privileged: bool = False
+    health: HealthCheck | None = None
 
     @property
     def zun_command(self) -> list[str]:
@@ -96,8 +110,9 @@ def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
     """A short digest of everything that requires recreating a container when it changes.
     CPU and memory are left out: `docker update` changes them in place."""
     payload = spec.model_dump(mode="json", exclude={"cpu", "memory"})
-    if not payload.get("privileged"):
-        payload.pop("privileged", None)  # fields added later leave old hashes alone at default
+    for added in ("privileged", "health"):  # fields added later leave old hashes alone at default
+        if not payload.get(added):
+            payload.pop(added, None)
     payload["restart_policy"] = restart_policy
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -135,6 +150,9 @@ class BareSpec(_Frozen):
     # Zun's `mounts`: new volumes of its own (by size), removed with it, and files.
     volumes: list[VolumeSpec] = Field(default_factory=list)
     files: list[InjectedFile] = Field(default_factory=list)
+    # Zun's auto_heal: a missing container is made again (always so here) and, with a
+    # healthcheck, an unhealthy one is restarted (container.health.restart).
+    auto_heal: bool = False
 
     @property
     def disk(self) -> int:
@@ -147,9 +165,10 @@ class BareSpec(_Frozen):
                                                         "node_selector"})
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
             payload["container"].pop(live, None)
-        if not payload["container"].get("privileged"):
-            payload["container"].pop("privileged", None)
-        for added in ("volumes", "files"):  # absent before: hashes of older containers hold
+        for added in ("privileged", "health"):
+            if not payload["container"].get(added):
+                payload["container"].pop(added, None)
+        for added in ("volumes", "files", "auto_heal"):  # absent before: older hashes hold
             if not payload.get(added):
                 payload.pop(added, None)
         raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()

@@ -57,6 +57,8 @@ def container_status(c: ContainerReport) -> tuple[Status, str | None]:
         reason = f"exited with code {c.exit_code}" + (" (out of memory)" if c.oom_killed else "")
     elif c.state == "restarting":
         reason = f"restarting after exit code {c.exit_code} ({c.restart_count} restarts)"
+    elif c.state == "running" and c.health == "unhealthy":
+        reason = "unhealthy: its health check fails"
     return status, reason
 
 

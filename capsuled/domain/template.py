@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from capsuled.domain.spec import CapsuleSpec, ContainerSpec, Port, VolumeMount, VolumeSpec
+from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
+                                  VolumeSpec)
 from capsuled.errors import InvalidInput
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
@@ -31,8 +32,12 @@ TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availability
 METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
-                  "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext"}
-NOT_SUPPORTED = {"labels", "livenessProbe", "readinessProbe", "healthcheck",
+                  "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
+                  "livenessProbe"}
+PROBE_KEYS = {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold",
+              "initialDelaySeconds"}
+NOT_SUPPORTED = {"labels", "readinessProbe", "healthcheck", "httpGet", "tcpSocket", "grpc",
+                 "startupProbe", "successThreshold",
                  "limits", "imageDriver", "entrypoint", "hostname", "privileged"}
 
 
@@ -313,12 +318,49 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
     tty = _bool(c.get("tty", False), f"{path}.tty", p, allow_strings=True)
     stdin = _bool(c.get("stdin", False), f"{path}.stdin", p)
     privileged = _check_security_context(c.get("securityContext"), f"{path}.securityContext", p)
+    health = _check_liveness(c.get("livenessProbe"), f"{path}.livenessProbe", role, p)
     if len(p.items) > before:
         return None
     return ContainerSpec(name=name, role=role, image=image, command=command, args=args,  # type: ignore[arg-type]
                          workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
                          volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],  # type: ignore[arg-type]
-                         tty=tty, stdin=stdin, privileged=privileged)
+                         tty=tty, stdin=stdin, privileged=privileged, health=health)
+
+
+def _check_liveness(value: Any, path: str, role: str, p: _Problems) -> HealthCheck | None:
+    """Kubernetes' livenessProbe, exec form: the command runs in the container every
+    periodSeconds; failureThreshold failures in a row and the agent restarts it."""
+    if value is None:
+        return None
+    if role == "init":
+        p.add(path, "is not allowed on init containers (they run to completion)")
+        return None
+    if not isinstance(value, dict):
+        p.add(path, "must be an object with exec.command")
+        return None
+    _unknown_keys(value, PROBE_KEYS, path, p)
+    probe_exec = value.get("exec")
+    command = None
+    if probe_exec is None and set(value) & NOT_SUPPORTED:
+        pass  # another kind of probe: said above
+    elif not isinstance(probe_exec, dict) or set(probe_exec) - {"command"}:
+        p.add(f"{path}.exec", "must be {command: [...]} (exec is the probe kind supported)")
+    else:
+        command = _string_list(probe_exec.get("command"), f"{path}.exec.command", p)
+        if not command:
+            p.add(f"{path}.exec.command", "must be a non-empty list of strings")
+    numbers = {}
+    for key, default, least in (("periodSeconds", 10, 1), ("timeoutSeconds", 1, 1),
+                                ("failureThreshold", 3, 1), ("initialDelaySeconds", 0, 0)):
+        v = value.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            p.add(f"{path}.{key}", f"must be a whole number of at least {least}")
+        numbers[key] = v
+    if not command:
+        return None
+    return HealthCheck(command=command, interval=numbers["periodSeconds"],
+                       timeout=numbers["timeoutSeconds"], retries=numbers["failureThreshold"],
+                       start_period=numbers["initialDelaySeconds"], restart=True)
 
 
 def _check_security_context(value: Any, path: str, p: _Problems) -> bool:

@@ -151,6 +151,19 @@ def test_run_with_mounts_through_zunclient(zun, made, docker_api: docker.APIClie
     assert out["output"] == "injected\n" and out["exit_code"] == 0
 
 
+def test_run_with_a_healthcheck_through_zunclient(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                                  unique) -> None:
+    # What `zun run --healthcheck cmd=true,interval=2,retries=3,timeout=1 --auto-heal` sends.
+    c = zun.containers.run(name=unique("zh"), image="busybox", command=["sleep", "3600"],
+                           healthcheck={"cmd": "true", "interval": "2", "retries": "3", "timeout": "1"},
+                           auto_heal=True)
+    made.append(c.uuid)
+    got = status_of(zun, c.uuid, "Running")
+    assert got.healthcheck == {"cmd": "true", "interval": 2, "retries": 3, "timeout": 1}
+    assert got.auto_heal is True
+    assert docker_of(docker_api, c.uuid)["Config"]["Healthcheck"]["Test"] == ["CMD", "sh", "-c", "true"]
+
+
 def test_capsule_children_are_refused_lifecycle_actions(zun, server: Server, docker_api,  # type: ignore[no-untyped-def]
                                                        unique) -> None:
     name = unique("zcap")

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.domain.hostops import ContainerOps
-from capsuled.domain.spec import PullPolicy
+from capsuled.domain.spec import HealthCheck, PullPolicy
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Observed:
     nano_cpus: int | None = None
     memory_bytes: int | None = None
     networks: tuple[str, ...] = ()  # names of the networks it joined (none for members)
+    health: str | None = None  # with a health check: starting | healthy | unhealthy
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ContainerRequest:
     network: str | None = None  # bare containers only, as for the sandbox: members share its
     aliases: tuple[str, ...] = ()
     privileged: bool = False  # admins only; the API's policy gate sees to that
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True)

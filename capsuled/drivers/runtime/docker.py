@@ -26,12 +26,14 @@ from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.hostops import ExecResult, ImageInfo, RawStream
+from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
 from capsuled.errors import DriverError, ImageNotFound, NotFound, RuntimeRejected
 
 _STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
-_EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop"}
+_EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop",
+           "health_status"}
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
@@ -88,7 +90,8 @@ class DockerRuntime:
             oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None,
             nano_cpus=(data.get("HostConfig") or {}).get("NanoCpus") or None,
             memory_bytes=(data.get("HostConfig") or {}).get("Memory") or None,
-            networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))))
+            networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
+            health=(st.get("Health") or {}).get("Status") or None)
 
     def ensure_image(self, image: str, policy: str) -> None:
         ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
@@ -162,7 +165,7 @@ class DockerRuntime:
                 entrypoint=req.entrypoint or None, command=req.cmd or None,
                 working_dir=req.workdir, environment=req.env or None, tty=req.tty,
                 stdin_open=req.stdin, hostname=None if ns else _hostname(req.hostname or req.name),
-                host_config=host_config, detach=True,
+                host_config=host_config, detach=True, healthcheck=_healthcheck(req.health),
                 networking_config=self._endpoint(network, req.aliases))["Id"]
         if req.start:
             try:
@@ -391,3 +394,12 @@ def _time(value: str | None) -> str | None:
 def _hostname(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9.-]", "-", name)[:63].strip("-.") or "capsule"
 
+
+def _healthcheck(h: HealthCheck | None) -> dict[str, Any] | None:
+    """Docker's HEALTHCHECK, durations in nanoseconds."""
+    if h is None:
+        return None
+    ns = 1_000_000_000
+    return {"test": ["CMD", *h.command], "interval": int(h.interval * ns),
+            "timeout": int(h.timeout * ns), "retries": h.retries,
+            "start_period": int(h.start_period * ns)}

@@ -114,3 +114,20 @@ def test_a_stale_assignment_never_brings_back_an_auto_removed_container() -> Non
     assert docker.created == 1 and docker.containers == {}
     ex.forget("u1")  # no longer assigned: a new assignment of that uuid would be created
     assert ex.sync("u1", stale).report.container is not None and docker.created == 2  # type: ignore[union-attr]
+
+
+def test_an_unhealthy_container_is_restarted_only_with_auto_heal() -> None:
+    from capsuled.domain.spec import HealthCheck
+
+    def with_health(restart: bool) -> BareSpec:
+        return SPEC.model_copy(update={"container": SPEC.container.model_copy(update={
+            "health": HealthCheck(command=["true"], restart=restart)})})
+    healing, watching = with_health(True), with_health(False)
+    assert compute_bare_plan(want(spec=healing), [seen("running", spec=healing, health="unhealthy")]) \
+        == BarePlan(restart=True)
+    assert compute_bare_plan(want(spec=watching), [seen("running", spec=watching, health="unhealthy")]) \
+        == BarePlan()
+    assert compute_bare_plan(want(spec=healing), [seen("running", spec=healing, health="starting")]) \
+        == BarePlan()
+    assert compute_bare_plan(want("stopped", spec=healing),
+                             [seen("running", spec=healing, health="unhealthy")]) == BarePlan(stop=True)

@@ -219,3 +219,16 @@ def test_plan_empty_when_steady_after_inits() -> None:
     plan = compute_plan(desired(inits=(PREP,)), observed)
     assert plan == Plan(sandbox=SB)
     assert plan.empty
+
+
+def test_plan_restarts_an_app_whose_liveness_probe_fails() -> None:
+    from capsuled.domain.spec import HealthCheck
+
+    live = WEB.model_copy(update={"health": HealthCheck(command=["cat", "/tmp/ok"])})
+    want = desired(apps=(live, PROBE))
+    plan = compute_plan(want, [SB, member(live, health="unhealthy"), member(PROBE)])
+    assert plan.restart == [("id-web", "web")] and not plan.remove
+    assert compute_plan(want, [SB, member(live, health="healthy"), member(PROBE)]).empty
+    assert compute_plan(want, [SB, member(live, health="starting"), member(PROBE)]).empty
+    # A container without a probe is never restarted for its (image's) health check.
+    assert compute_plan(desired(), [SB, member(WEB, health="unhealthy"), member(PROBE)]).empty

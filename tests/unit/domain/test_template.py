@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from capsuled.domain.spec import CapsuleSpec, ContainerSpec, Port, VolumeMount, VolumeSpec
+from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
+                                  VolumeSpec)
 from capsuled.domain.template import parse_template
 from capsuled.errors import InvalidInput
 
@@ -303,8 +304,17 @@ REJECTED: list[tuple[str, Any, str]] = [
      "spec.containers[1].securityContext.runAsUser: is not supported"),
     ("security-context-type", _c1(securityContext=["privileged"]),
      "spec.containers[1].securityContext: must be an object"),
-    ("liveness-probe", _c1(livenessProbe={"exec": {"command": ["true"]}}),
-     "spec.containers[1].livenessProbe: is not supported"),
+    ("liveness-probe-http", _c1(livenessProbe={"httpGet": {"port": 80}}),
+     "spec.containers[1].livenessProbe.httpGet: is not supported"),
+    ("liveness-probe-no-command", _c1(livenessProbe={"exec": {"command": []}}),
+     "spec.containers[1].livenessProbe.exec.command: must be a non-empty list of strings"),
+    ("liveness-probe-period", _c1(livenessProbe={"exec": {"command": ["true"]}, "periodSeconds": 0}),
+     "spec.containers[1].livenessProbe.periodSeconds: must be a whole number of at least 1"),
+    ("liveness-probe-on-init", _with(["spec", "initContainers", 0, "livenessProbe"],
+                                     {"exec": {"command": ["true"]}}),
+     "spec.initContainers[0].livenessProbe: is not allowed on init containers (they run to completion)"),
+    ("readiness-probe", _c1(readinessProbe={"exec": {"command": ["true"]}}),
+     "spec.containers[1].readinessProbe: is not supported"),
     ("container-labels", _c1(labels={"a": "b"}), "spec.containers[1].labels: is not supported"),
     ("init-security-context",
      _with(["spec", "initContainers", 0, "securityContext"], {"capabilities": {}}),
@@ -426,6 +436,16 @@ def test_parse_names_unmounted_volume_by_its_list_index_when_earlier_volume_inva
              volumes=[{"name": "a", "cinder": {"size": "big"}}, {"name": "b", "emptyDir": {}}])
     assert problems(t) == ["spec.volumes[0].cinder.size: must be a positive integer (GiB)",
                            "spec.volumes[1]: volume 'b' is not mounted by any container"]
+
+
+def test_a_liveness_probe_becomes_a_health_check_that_restarts() -> None:
+    spec = parse_template(tmpl(box("web", livenessProbe={
+        "exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 2, "failureThreshold": 2,
+        "initialDelaySeconds": 5})))
+    assert spec.containers[0].health == HealthCheck(command=["cat", "/tmp/alive"], interval=2,
+                                                    timeout=1, retries=2, start_period=5,
+                                                    restart=True)
+    assert parse_template(tmpl(box("web"))).containers[0].health is None
 
 
 def test_parse_reports_invalid_volume_also_unmounted_when_no_container_mounts_it() -> None:
