@@ -267,6 +267,9 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         row.started_at, row.finished_at = c.started_at, c.finished_at
     if report.sandbox_recreated:
         capsule.restart_count += 1
+    # What the agent did comes first, then the status it led to.
+    for type_, reason_, message, container in report.events:
+        add_event(session, capsule, type_, reason_, message, container)
     status, reason = derive_capsule_status(report, capsule.deleting)
     if (capsule.status, capsule.status_reason) != (status.value, reason):
         capsule.updated_at = now
@@ -276,8 +279,6 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
                       f"{capsule.status} → {status.value}" + (f": {reason}" if reason else ""))
     capsule.status, capsule.status_reason = status.value, reason
     capsule.sandbox_id = report.sandbox_id
-    for type_, reason_, message, container in report.events:
-        add_event(session, capsule, type_, reason_, message, container)
 
 
 def list_events(session: Session, capsule: Capsule) -> list[Event]:

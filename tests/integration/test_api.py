@@ -233,6 +233,8 @@ def test_events_tell_the_story(api: httpx.Client, capsules: Capsules, unique) ->
     assert reasons[0] == "Accepted"
     assert "SandboxCreated" in reasons and "Running" in reasons
     assert any(e["container"] == "a" and e["reason"] == "Started" for e in events)
+    # In the order things happened: the container started, then the capsule was Running.
+    assert reasons.index("Started") < reasons.index("Running"), reasons
 
 
 def test_unprefixed_paths_mean_v1(api: httpx.Client, capsules: Capsules, unique) -> None:
