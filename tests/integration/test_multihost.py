@@ -124,7 +124,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                           if s["state"] == "up"} == {"host-a", "host-b"}, timeout=60,
                  what="both agents registered and up")
     with c.client() as api:
-        c.instance = api.get(f"/v1/agents/host-a", headers={
+        c.instance = api.get("/v1/agents/host-a", headers={
             "X-Auth-Token": c.agent_tokens["host-a"]}).json()["instance_id"]
     try:
         yield c

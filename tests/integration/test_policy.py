@@ -83,7 +83,7 @@ MATRIX: list[tuple[str, Call, dict[str, int]]] = [
     ("capsule events", lambda c, w: c.get(f"/v1/capsules/{w.capsule}/events"), READ),
     ("list capsules", lambda c, w: c.get("/v1/capsules"), ANYONE),
     ("show container", lambda c, w: c.get(f"/v1/containers/{w.container}"), READ),
-    ("show capsule member", lambda c, w: c.get(f"/v1/containers/app", params={"capsule": w.capsule}), READ),
+    ("show capsule member", lambda c, w: c.get("/v1/containers/app", params={"capsule": w.capsule}), READ),
     ("list containers", lambda c, w: c.get("/v1/containers"), ANYONE),
     ("logs", lambda c, w: c.get(f"/v1/containers/{w.container}/logs"), READ),
     ("top", lambda c, w: c.get(f"/v1/containers/{w.container}/top"), READ),

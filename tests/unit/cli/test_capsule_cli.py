@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.main import Runtime, app
+from cli_env import clean_env  # noqa: F401 - the autouse fixture, by name
 
 TOKEN = "s3cret"
 BASE = "http://capsuled.test"
@@ -137,13 +138,6 @@ class FakeCapsuled:
             query = {k: v for k, v in params.multi_items() if k != "marker"}
             nxt = f"{BASE}/v1/capsules?{urlencode({**query, 'marker': start + self.page_size})}"
         return httpx.Response(200, json={"capsules": page, "next": nxt})
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("CAPSULE_URL", "CAPSULE_TOKEN", "CAPSULED_STATE_DIR", "FORCE_COLOR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
 
 
 @pytest.fixture()

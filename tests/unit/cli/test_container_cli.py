@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from capsuled.cli.capsule import containers, render
 from capsuled.cli.capsule.main import Runtime, app
+from cli_env import clean_env  # noqa: F401 - the autouse fixture, by name
 
 TOKEN = "s3cret"
 BASE = "http://capsuled.test"
@@ -79,13 +80,6 @@ class FakeApi:
 
 def sent(request: httpx.Request) -> Any:
     return json.loads(request.content)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("CAPSULE_URL", "CAPSULE_TOKEN", "CAPSULED_STATE_DIR", "FORCE_COLOR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
 
 
 @pytest.fixture()
