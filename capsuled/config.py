@@ -53,7 +53,10 @@ class AgentSettings(BaseModel):
 
 class ApiSettings(BaseModel):
     max_limit: int = Field(1000, description="Largest page a list returns")
-    max_body_bytes: int = Field(1_048_576, description="Largest request body accepted")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted "
+                                "(413 before it is read in full)")
+    max_agent_body_bytes: int = Field(16 * 1_048_576, gt=0, description="Largest body an "
+                                      "agent may send (its reports cover a whole host)")
     host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
                                    "a host is down: not scheduled to, its capsules Unknown")
     scheduler_weigher: Literal["spread", "pack"] = Field(

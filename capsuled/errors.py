@@ -10,6 +10,8 @@ status codes, drivers translate their SDK's exceptions into them.
      ├── Conflict                ambiguous name, wrong state, stale generation
      ├── VersionNotAcceptable    microversion outside the supported range
      ├── UnsupportedMediaType    body is not JSON where JSON is required
+     ├── PayloadTooLarge         a body over the size limit (refused before it is read)
+     ├── TooManyRequests         a caller over a concurrency limit (streams, sessions)
      ├── Unavailable             a dependency (database, Docker, agent) is unreachable; retry
      └── DriverError             a runtime operation failed for good (bad image, bad spec)
          ├── ImageNotFound
@@ -64,6 +66,14 @@ class VersionNotAcceptable(CapsuledError):
 
 
 class UnsupportedMediaType(CapsuledError):
+    pass
+
+
+class PayloadTooLarge(CapsuledError):
+    pass
+
+
+class TooManyRequests(CapsuledError):
     pass
 
 

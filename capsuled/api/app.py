@@ -48,7 +48,8 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.quotas = services.quotas
     app.state.control = services.control
     errors.install(app)
-    app.add_middleware(ApiMiddleware)
+    app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
+                       max_agent_body_bytes=settings.api.max_agent_body_bytes)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents):
         app.include_router(module.router)
     return app

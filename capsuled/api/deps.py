@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from capsuled.api.microversions import MIN, ApiVersion
+from capsuled.domain.documents import load_json
 from capsuled.errors import InvalidInput, NotAuthenticated, UnsupportedMediaType
 from capsuled.identity.base import IdentityProvider, Principal
 
@@ -42,17 +42,17 @@ async def json_object(request: Request) -> dict[str, Any]:
     if ctype != "application/json":
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {ctype or 'missing'!r}.")
-    limit = request.app.state.settings.api.max_body_bytes
-    raw = await request.body()
-    if len(raw) > limit:
-        raise InvalidInput(f"body: larger than {limit} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise InvalidInput(f"body: not valid JSON ({exc})") from exc
+    # The body's size was bounded by the middleware (413) as it arrived.
+    body = load_json(await request.body() or b"{}", "body")
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
     return {**dict(request.query_params), **body}
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON (any type), bounded in size (middleware) and depth; None if empty."""
+    raw = await request.body()
+    return load_json(raw, "body") if raw else None
 
 
 def given(value: str | None) -> str | None:

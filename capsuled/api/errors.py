@@ -23,6 +23,8 @@ STATUS: dict[type[errors.CapsuledError], int] = {
     errors.VersionNotAcceptable: 406,
     errors.Conflict: 409,
     errors.UnsupportedMediaType: 415,
+    errors.PayloadTooLarge: 413,
+    errors.TooManyRequests: 429,
     errors.Unavailable: 503,
     errors.DriverError: 500,
     errors.RuntimeRejected: 400,
@@ -57,7 +59,8 @@ def install(app: FastAPI) -> None:
         if status >= 500 and not isinstance(exc, errors.Unavailable):
             return _internal(request, exc)
         detail = "\n".join(exc.problems) if isinstance(exc, errors.InvalidInput) else exc.message
-        headers = {"Retry-After": "5"} if isinstance(exc, errors.Unavailable) else None
+        headers = {"Retry-After": "5"} if isinstance(
+            exc, (errors.Unavailable, errors.TooManyRequests)) else None
         return error_response(request, status, _kebab(type(exc).__name__), exc.message, detail, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -1,6 +1,7 @@
 """Transport conventions every request gets, as one pure ASGI middleware:
 path normalisation (trailing slash, implicit /v1), the request id, microversion
-negotiation and its response headers, and a last-resort 500 in Zun's shape."""
+negotiation and its response headers, the body size limit (413 before a byte more than
+the limit is read), and a last-resort 500 in Zun's shape."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capsuled.api import microversions
 from capsuled.api.errors import internal_error
-from capsuled.errors import VersionNotAcceptable
+from capsuled.errors import PayloadTooLarge, VersionNotAcceptable
 
 _UNVERSIONED = ("/", "/openapi.json", "/docs", "/healthz")
 
 
 class ApiMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 1_048_576,
+                 max_agent_body_bytes: int = 16 * 1_048_576) -> None:
         self.app = app
+        self.max_body = max_body_bytes
+        # An agent's report covers every container on its host.
+        self.max_agent_body = max_agent_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,6 +50,15 @@ class ApiMiddleware:
                 return
             state["api_version"] = version
             extra.update(microversions.response_headers(version))
+        limit = self.max_agent_body if path.startswith("/v1/agents/") else self.max_body
+        declared = _header(scope, "content-length")
+        if declared is not None and (not declared.isascii() or not declared.isdigit()
+                                     or len(declared) > 15 or int(declared) > limit):
+            await _send_json(send, 413, _error(request_id, 413, "payload-too-large",
+                                               f"The request body is larger than {limit} bytes."),
+                             extra)
+            return
+        receive = _bounded(receive, limit)
         started = False
 
         async def send_with_headers(message: Message) -> None:
@@ -65,6 +79,22 @@ class ApiMiddleware:
             for k, v in extra.items():
                 response.headers[k] = v
             await response(scope, receive, send)
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises PayloadTooLarge once more than `limit` body bytes arrived
+    (a chunked body declares no length)."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        return message
+    return bounded
 
 
 def _normalise(path: str) -> str:

@@ -106,7 +106,7 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
     if is_admin:
         body.update({"host": capsule.host if capsule else None,
                      "image_pull_policy": spec.image_pull_policy.lower() if spec else None,
-                     "privileged": False, "runtime": "runc"})
+                     "privileged": bool(spec and spec.privileged), "runtime": "runc"})
     return body
 
 

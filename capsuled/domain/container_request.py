@@ -17,10 +17,12 @@ from typing import Any
 
 from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, HealthCheck,
                                   InjectedFile, VolumeMount, VolumeSpec)
+from capsuled.domain import labels as L
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
-                                      _Problems)
+                                      _Problems, whole_number)
 from capsuled.errors import InvalidInput
 
+MAX_VALUE_CHARS = 32 * 1024  # one environment or label value
 RESTART_NAMES = ("no", "always", "on-failure", "unless-stopped")
 KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu_policy",
          "workdir", "environment", "labels", "restart_policy", "interactive", "tty",
@@ -120,12 +122,12 @@ def _healthcheck(value: Any, auto_heal: bool, p: _Problems) -> HealthCheck | Non
     if not (isinstance(cmd, str) and cmd.strip()):
         p.add("healthcheck.cmd", "is required: the shell command that says healthy by exiting 0")
     numbers: dict[str, int] = {}
-    for key, default, least in (("interval", 10, 1), ("retries", 3, 1), ("timeout", 5, 1)):
-        v = value.get(key, default)
-        if isinstance(v, str) and v.isdigit():
-            v = int(v)  # zunclient's --healthcheck sends text
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            p.add(f"healthcheck.{key}", f"must be a whole number of at least {least}")
+    for key, default, least, most in (("interval", 10, 1, 3600), ("retries", 3, 1, 1000),
+                                      ("timeout", 5, 1, 3600)):
+        # zunclient's --healthcheck sends text
+        v = whole_number(value.get(key, default), strings=True)
+        if v is None or not least <= v <= most:
+            p.add(f"healthcheck.{key}", f"must be a whole number from {least} to {most}")
             v = default
         numbers[key] = v
     if not (isinstance(cmd, str) and cmd.strip()):
@@ -178,7 +180,7 @@ def _cpu(value: Any, p: _Problems, limits: Limits) -> float | None:
         return None
     try:
         cpu = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         p.add("cpu", "must be a number")
         return None
     if isinstance(value, bool) or not limits.min_cpu <= cpu <= limits.max_cpu:
@@ -192,12 +194,11 @@ def _memory(value: Any, p: _Problems, limits: Limits) -> int | None:
     raw = value.strip() if isinstance(value, str) else value
     if isinstance(raw, str) and raw[-1:].upper() == "M":
         raw = raw[:-1]
-    try:
-        memory = int(raw)
-    except (TypeError, ValueError):
+    memory = whole_number(raw, strings=True)
+    if memory is None:
         p.add("memory", "must be an integer number of MiB")
         return None
-    if isinstance(value, bool) or not limits.min_memory <= memory <= limits.max_memory:
+    if not limits.min_memory <= memory <= limits.max_memory:
         p.add("memory", f"must be between {limits.min_memory} and {limits.max_memory} MiB")
     return memory
 
@@ -212,6 +213,13 @@ def _string_map(value: Any, field: str, p: _Problems) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             p.add(f"{field}.{k}", "must be a string")
+        elif len(str(k)) > 255 or (isinstance(v, str) and len(v) > MAX_VALUE_CHARS):
+            p.add(f"{field}.{str(k)[:60]}", f"keys may have 255 characters and values "
+                                            f"{MAX_VALUE_CHARS}")
+        elif "\x00" in str(k) or (isinstance(v, str) and "\x00" in v):
+            p.add(f"{field}.{str(k)[:60]}", "must not contain NUL characters")
+        elif field == "labels" and str(k).startswith(L.PREFIX):
+            p.add(f"{field}.{k}", f"the {L.PREFIX} prefix is reserved for capsuled's own labels")
         else:
             out[str(k)] = str(v)
     return out
@@ -252,11 +260,12 @@ def _restart(value: Any, p: _Problems) -> DockerRestart | None:
     if name not in RESTART_NAMES:
         p.add("restart_policy.Name", f"must be one of {', '.join(RESTART_NAMES)}")
         return None
-    try:
-        count = int(value.get("MaximumRetryCount") or 0)
-    except (TypeError, ValueError):
+    count = whole_number(value.get("MaximumRetryCount") or 0, strings=True)
+    if count is None:
         p.add("restart_policy.MaximumRetryCount", "must be a non-negative integer")
         return None
+    if count > 1000:
+        p.add("restart_policy.MaximumRetryCount", "must be at most 1000")
     if count < 0:
         p.add("restart_policy.MaximumRetryCount", "must be a non-negative integer")
     return DockerRestart(name=name, max_retry=max(count, 0))
@@ -282,6 +291,7 @@ def _mounts(value: Any, p: _Problems) -> list[VolumeMount]:
 
 
 MAX_INJECTED_BYTES = 1024 * 1024  # all files of one container together
+MAX_VOLUME_GIB = 16384
 
 
 def _bare_mounts(value: Any, p: _Problems
@@ -327,10 +337,9 @@ def _bare_mounts(value: Any, p: _Problems
             p.add(f"{path}.source", "named (Cinder) volumes are not available here; give "
                                     "size (GiB) for a new volume of the container's own")
         else:
-            size = m.get("size")
-            if isinstance(size, str) and size.isdigit():
-                size = int(size)  # zunclient sends the CLI's size=N as a string
-            if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            # zunclient sends the CLI's size=N as a string
+            size = whole_number(m.get("size"), strings=True)
+            if size is None or not 1 <= size <= MAX_VOLUME_GIB:
                 p.add(f"{path}.size", "must be a positive whole number of GiB (as in capsule "
                                       "templates; the disk quota bounds it)")
                 continue

@@ -3,13 +3,18 @@ would let a container reach past its sandbox (privileged mode, the host's networ
 IPC namespace, host paths, added capabilities, devices, another OCI runtime).
 
 Pure: it only finds them. The API refuses them with 403 to callers the policy does not
-trust (`container:create:privileged`), before any validation or creation, so a tenant
-learns which field was refused and nothing is half-made.
+trust (`container:create:privileged`), so a tenant learns which field was refused and
+nothing is half-made. Two looks, on one decoded document: `template_asks`/`request_asks`
+name host-level fields early, including ones the parser would refuse anyway (hostNetwork);
+`capsule_spec_asks`/`bare_spec_asks` read the parsed spec, which is exactly what the agent
+will apply, and are the decision that counts (DESIGN.md decision 11).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 # Template (Kubernetes-style) fields, per container and per spec.
 _SPEC_FLAGS = ("hostNetwork", "hostPID", "hostIPC")
@@ -67,3 +72,17 @@ def request_asks(body: Any) -> list[str]:
         if isinstance(m, dict) and m.get("type") != "bind" and str(m.get("source") or "").startswith("/"):
             asks.append(f"mounts[{i}].source")
     return asks
+
+
+def capsule_spec_asks(spec: CapsuleSpec) -> list[str]:
+    """Host-level powers a parsed capsule spec would give its containers."""
+    asks = []
+    for group, items in (("initContainers", spec.init_containers), ("containers", spec.containers)):
+        asks += [f"spec.{group}[{i}].securityContext.privileged"
+                 for i, c in enumerate(items) if c.privileged]
+    return asks
+
+
+def bare_spec_asks(spec: BareSpec) -> list[str]:
+    """Host-level powers a parsed container request would give its container."""
+    return ["privileged"] if spec.container.privileged else []

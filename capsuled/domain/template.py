@@ -10,13 +10,13 @@ like app containers, and every problem is a 400 rather than a 500.
 
 from __future__ import annotations
 
-import json
+import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from capsuled.domain import documents
 from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
                                   VolumeSpec)
 from capsuled.errors import InvalidInput
@@ -36,6 +36,9 @@ CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports",
                   "livenessProbe"}
 PROBE_KEYS = {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold",
               "initialDelaySeconds"}
+# (field, default, least, most): bounded so that Docker's nanosecond fields cannot overflow.
+PROBE_NUMBERS = (("periodSeconds", 10, 1, 3600), ("timeoutSeconds", 1, 1, 3600),
+                 ("failureThreshold", 3, 1, 1000), ("initialDelaySeconds", 0, 0, 3600))
 NOT_SUPPORTED = {"labels", "readinessProbe", "healthcheck", "httpGet", "tcpSocket", "grpc",
                  "startupProbe", "successThreshold",
                  "limits", "imageDriver", "entrypoint", "hostname", "privileged"}
@@ -52,6 +55,16 @@ class Limits:
     max_containers: int = 24
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a tenant's value for an error message."""
+    return _REPR.repr(value)
+
+
 @dataclass
 class _Problems:
     items: list[str] = field(default_factory=list)
@@ -61,19 +74,9 @@ class _Problems:
 
 
 def load_template_text(text: str, source: str = "template") -> Any:
-    """YAML or JSON text → object. JSON is YAML, but JSON errors read better from json."""
-    try:
-        if text.lstrip().startswith("{"):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as json_exc:
-                try:
-                    return yaml.safe_load(text)
-                except yaml.YAMLError:
-                    raise json_exc from None
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"{source}: not valid YAML or JSON ({exc})".replace("\n", " ")) from exc
+    """YAML or JSON text → object, within the size, depth and alias budgets of
+    `documents` (a hostile document is a fast 400, never expanded)."""
+    return documents.load_text(text, source)
 
 
 def parse_template(template: Any, limits: Limits | None = None) -> CapsuleSpec:
@@ -81,6 +84,8 @@ def parse_template(template: Any, limits: Limits | None = None) -> CapsuleSpec:
     limits = limits or Limits()
     if isinstance(template, str):
         template = load_template_text(template)
+    else:
+        documents.check_depth(template, "template")
     p = _Problems()
     if not isinstance(template, dict):
         raise InvalidInput("template: must be an object")
@@ -109,7 +114,7 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     if "kind" not in t:
         p.add("kind", "is required (kind: capsule)")
     elif t["kind"] not in ("capsule", "Capsule"):
-        p.add("kind", f"must be 'capsule', not {t['kind']!r}")
+        p.add("kind", f"must be 'capsule', not {short(t['kind'])}")
     if "capsuleVersion" in t and t["capsuleVersion"] not in ("beta", "Beta"):
         p.add("capsuleVersion", "must be 'beta'")
     name, labels, annotations = _check_metadata(t.get("metadata"), "metadata" in t, p)
@@ -198,7 +203,7 @@ def _check_restart_policy(t: dict[str, Any], spec: dict[str, Any], p: _Problems)
         if value is None:
             continue
         if value not in RESTART_POLICIES:
-            p.add(path, f"must be one of Always, OnFailure, Never, not {value!r}")
+            p.add(path, f"must be one of Always, OnFailure, Never, not {short(value)}")
         else:
             found[path] = value
     if len(set(found.values())) > 1:
@@ -350,11 +355,11 @@ def _check_liveness(value: Any, path: str, role: str, p: _Problems) -> HealthChe
         if not command:
             p.add(f"{path}.exec.command", "must be a non-empty list of strings")
     numbers = {}
-    for key, default, least in (("periodSeconds", 10, 1), ("timeoutSeconds", 1, 1),
-                                ("failureThreshold", 3, 1), ("initialDelaySeconds", 0, 0)):
-        v = value.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            p.add(f"{path}.{key}", f"must be a whole number of at least {least}")
+    for key, default, least, most in PROBE_NUMBERS:
+        v = whole_number(value.get(key, default))
+        if v is None or not least <= v <= most:
+            p.add(f"{path}.{key}", f"must be a whole number from {least} to {most}")
+            v = default
         numbers[key] = v
     if not command:
         return None
@@ -417,10 +422,8 @@ def _check_resources(r: Any, path: str, p: _Problems, limits: Limits
         elif not limits.min_cpu <= cpu <= limits.max_cpu:
             p.add(f"{path}.requests.cpu", f"must be between {limits.min_cpu} and {limits.max_cpu} cores")
     if "memory" in req:
-        m = req["memory"]
-        if isinstance(m, str) and m.isascii() and m.isdigit():
-            m = int(m)
-        if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
+        m = whole_number(req["memory"], strings=True)
+        if m is None or m <= 0:
             p.add(f"{path}.requests.memory", "must be a positive integer (MiB)")
         elif not limits.min_memory <= m <= limits.max_memory:
             p.add(f"{path}.requests.memory",
@@ -430,17 +433,29 @@ def _check_resources(r: Any, path: str, p: _Problems, limits: Limits
     return cpu, memory
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return None
+MAX_DIGITS = 18  # beyond any sane count; also below Python's int-from-text digit limit
+
+
+def whole_number(value: Any, strings: bool = False) -> int | None:
+    """An int from a JSON/YAML integer (or, with `strings`, ASCII digits such as "80");
+    None for anything else: bools, floats, '²', text of thousands of digits."""
+    if isinstance(value, str) and strings and value.isascii() and value.isdigit() \
+            and len(value) <= MAX_DIGITS:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     return None
+
+
+def _number(v: Any) -> float | None:
+    """A finite number from a YAML/JSON number or numeric string; None otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        out = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 def _check_ports(value: Any, path: str, p: _Problems) -> list[Port]:
@@ -456,10 +471,8 @@ def _check_ports(value: Any, path: str, p: _Problems) -> list[Port]:
             p.add(where, "must be an object with containerPort")
             continue
         _unknown_keys(port, {"containerPort", "hostPort", "name", "protocol"}, where, p)
-        cp = port.get("containerPort")
-        if isinstance(cp, str) and cp.isascii() and cp.isdigit():
-            cp = int(cp)
-        if isinstance(cp, bool) or not isinstance(cp, int) or not 0 < cp < 65536:
+        cp = whole_number(port.get("containerPort"), strings=True)
+        if cp is None or not 0 < cp < 65536:
             p.add(f"{where}.containerPort", "is required: a port number from 1 to 65535")
             continue
         hp = port.get("hostPort")

@@ -90,7 +90,7 @@ def test_zun_healthcheck_shows_health_and_auto_heal_restarts(api: httpx.Client,
 
 @pytest.mark.parametrize(("check", "problem"), [
     ({"interval": 1}, "healthcheck.cmd: is required"),
-    ({"cmd": "true", "retries": 0}, "healthcheck.retries: must be a whole number of at least 1"),
+    ({"cmd": "true", "retries": 0}, "healthcheck.retries: must be a whole number from 1 to 1000"),
     ({"cmd": "true", "every": 5}, "healthcheck.every: unknown field"),
 ])
 def test_bad_healthcheck_is_400_naming_the_field(api: httpx.Client, check: dict[str, Any],

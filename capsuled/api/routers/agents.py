@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request, Response
 
-from capsuled.api.deps import PrincipalDep, allow
+from capsuled.api.deps import PrincipalDep, allow, read_json
 from capsuled.api.services.agents import ControlPlane
 from capsuled.domain.channel import BareReport, CapsuleReport, HostInfo
 from capsuled.errors import Forbidden, InvalidInput
@@ -49,7 +49,7 @@ def hello(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
 @router.put("", status_code=204)
 async def register(request: Request, host: str, who: PrincipalDep) -> Response:
     _own(who, host)
-    info: HostInfo = _model(HostInfo, await request.json(), "body")
+    info: HostInfo = _model(HostInfo, await read_json(request), "body")
     if info.name != host:
         raise InvalidInput(f"name: must be {host}, the host in the path")
     await anyio.to_thread.run_sync(_control(request).register, info)
@@ -76,7 +76,7 @@ async def assignments(request: Request, host: str, who: PrincipalDep, after: int
 @router.post("/reports", status_code=204)
 async def reports(request: Request, host: str, who: PrincipalDep) -> Response:
     _own(who, host)
-    body = await request.json()
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
     capsules = [_model(CapsuleReport, r, "capsules[]") for r in body.get("capsules") or []]

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from capsuled.api.deps import BaseUrlDep, VersionDep, allow, flag, given
+from capsuled.api.deps import BaseUrlDep, VersionDep, allow, flag, given, read_json
 from capsuled.api.microversions import HOSTS_API, fmt
 from capsuled.api.services.hosts import AGENT_BINARY, HostService, HostState
 from capsuled.api.views import ts
@@ -80,12 +80,8 @@ def list_services(request: Request) -> dict[str, Any]:
 
 async def _params(request: Request) -> dict[str, Any]:
     params: dict[str, Any] = {k: v for k, v in request.query_params.items() if given(v) is not None}
-    raw = await request.body()
-    if raw:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise InvalidInput(f"body: not valid JSON ({exc})") from exc
+    body = await read_json(request)
+    if body is not None:
         if not isinstance(body, dict):
             raise InvalidInput("body: must be a JSON object")
         params.update(body)

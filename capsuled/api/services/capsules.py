@@ -13,9 +13,9 @@ from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
-from capsuled.domain.host_access import template_asks
+from capsuled.domain.host_access import capsule_spec_asks, template_asks
 from capsuled.domain.status import Status
-from capsuled.domain.template import Limits, parse_template
+from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import capsules as repo
@@ -42,8 +42,11 @@ class CapsuleService:
         self._down_after = host_down_after
 
     def create(self, who: Principal, template: Any) -> Capsule:
-        self._policy.check_host_access(who, template_asks(template))
-        spec = parse_template(template, self._limits)
+        # Parse once (text is decoded here, within budgets), then decide on what was parsed.
+        document = load_template_text(template) if isinstance(template, str) else template
+        self._policy.check_host_access(who, template_asks(document))
+        spec = parse_template(document, self._limits)
+        self._policy.check_host_access(who, capsule_spec_asks(spec))
         with self._store.transaction() as s:
             self._quotas.begin(s, who.project_id)
             self._quotas.check(s, who.project_id, Delta(

@@ -27,7 +27,7 @@ from capsuled.api.policy import Policy
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
-from capsuled.domain.host_access import request_asks
+from capsuled.domain.host_access import bare_spec_asks, request_asks
 from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
@@ -111,6 +111,7 @@ class ContainerService:
                command_as_string: bool = False) -> Container:
         self._policy.check_host_access(who, request_asks(body))
         spec = parse_container_request(body, self._limits, command_as_string)
+        self._policy.check_host_access(who, bare_spec_asks(spec))
         if spec.host is not None:
             self._policy.enforce("container:create:requested_destination", who)
         if spec.capsule is not None:

@@ -309,7 +309,7 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("liveness-probe-no-command", _c1(livenessProbe={"exec": {"command": []}}),
      "spec.containers[1].livenessProbe.exec.command: must be a non-empty list of strings"),
     ("liveness-probe-period", _c1(livenessProbe={"exec": {"command": ["true"]}, "periodSeconds": 0}),
-     "spec.containers[1].livenessProbe.periodSeconds: must be a whole number of at least 1"),
+     "spec.containers[1].livenessProbe.periodSeconds: must be a whole number from 1 to 3600"),
     ("liveness-probe-on-init", _with(["spec", "initContainers", 0, "livenessProbe"],
                                      {"exec": {"command": ["true"]}}),
      "spec.initContainers[0].livenessProbe: is not allowed on init containers (they run to completion)"),
