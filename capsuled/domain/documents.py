@@ -33,9 +33,17 @@ class _BudgetExceeded(Exception):
         self.message = message
 
 
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """SafeLoader whose composer refuses documents nested deeper than MAX_DEPTH (PyYAML's
-    composer recurses once per level)."""
+    composer recurses once per level). Unquoted dates stay strings, as in YAML 1.2: a
+    template has no date fields, and a date object could not be stored as JSON."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -115,13 +123,31 @@ def load_json(raw: str | bytes, source: str) -> Any:
 
 def load_yaml(text: str, source: str) -> Any:
     """One YAML document → object, within the depth and expansion budgets."""
+    docs = _load_yaml_documents(text, source, single=True)
+    return docs[0] if docs else None
+
+
+def load_yaml_all(text: str, source: str, max_bytes: int = MAX_TEXT_BYTES) -> list[Any]:
+    """Every document of a YAML stream (`---` between them), each within the budgets."""
+    _check_size(text, source, max_bytes)
+    return _load_yaml_documents(text, source, single=False)
+
+
+def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
     loader = _BoundedLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node)
-        return loader.construct_document(node)
+        if single:
+            node = loader.get_single_node()
+            nodes = [] if node is None else [node]
+        else:
+            nodes = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+        out = []
+        for node in nodes:
+            _expanded_size(node)
+            out.append(loader.construct_document(node))
+        return out
     except _BudgetExceeded as exc:
         raise InvalidInput(f"{source}: {exc.message}") from None
     except yaml.YAMLError as exc:
@@ -134,10 +160,14 @@ def load_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def load_text(text: str, source: str = "template", max_bytes: int = MAX_TEXT_BYTES) -> Any:
-    """YAML or JSON text → object. JSON is YAML, but JSON's errors read better from json."""
+def _check_size(text: str, source: str, max_bytes: int) -> None:
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise InvalidInput(f"{source}: larger than {max_bytes} bytes")
+
+
+def load_text(text: str, source: str = "template", max_bytes: int = MAX_TEXT_BYTES) -> Any:
+    """YAML or JSON text → object. JSON is YAML, but JSON's errors read better from json."""
+    _check_size(text, source, max_bytes)
     if text.lstrip().startswith("{"):
         if not json_depth_ok(text):
             raise InvalidInput(f"{source}: nested deeper than {MAX_DEPTH} levels")

@@ -21,6 +21,8 @@ import typer
 import yaml
 
 from capsuled import paths
+from capsuled.domain import documents
+from capsuled.errors import InvalidInput
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import (
     ApiError,
@@ -32,6 +34,7 @@ from capsuled.cli.capsule.client import (
 )
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_FILE_BYTES = 16 * 1024 * 1024  # one file of templates; each template has its own budget
 STDIN = "-"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -229,11 +232,13 @@ def _parse_file(path: str) -> list[Template]:
     name = "<stdin>" if path == STDIN else path
     text = _read(path)
     try:
-        docs = [d for d in _parse_text(text) if d is not None]  # `---` at the end yields None
+        docs = [d for d in _parse_text(text, name) if d is not None]  # `---` at the end yields None
     except json.JSONDecodeError as exc:
         raise CliError(f"{name}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except yaml.YAMLError as exc:
         raise CliError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
+    except InvalidInput as exc:  # over a budget: alias bombs, deep nesting, huge files
+        raise CliError(exc.message) from None
     if not docs:
         raise CliError(f"{name}: no template in this file")
     templates = []
@@ -246,10 +251,16 @@ def _parse_file(path: str) -> list[Template]:
     return templates
 
 
-def _parse_text(text: str) -> list[Any]:
+def _parse_text(text: str, name: str) -> list[Any]:
+    """Decoded with the server's budgets (size, depth, alias expansion), so a hostile file
+    cannot hang or exhaust the client either; the server decides on what it parses itself."""
     if text.lstrip().startswith("{"):
+        if not documents.json_depth_ok(text):
+            raise InvalidInput(f"{name}: nested deeper than {documents.MAX_DEPTH} levels")
         return [json.loads(text)]
-    return list(yaml.safe_load_all(text))
+    for _ in yaml.parse(text):  # syntax first (not recursive), for a file-line-column message
+        pass
+    return documents.load_yaml_all(text, name, max_bytes=MAX_FILE_BYTES)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

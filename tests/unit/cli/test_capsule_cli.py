@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,6 +218,22 @@ def test_create_with_a_bad_file_sends_nothing(cli: Any, fake: FakeCapsuled, tmp_
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not valid YAML")
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a0: &a0 lol\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n"
+                               for i in range(1, 8)) + "kind: *a7\n", "expands to more than"),
+    ("x: " + "[" * 2000 + "]" * 2000 + "\n", "nested deeper than"),
+    ("{" + '"a": {' * 2000 + "}" * 2001, "nested deeper than"),
+], ids=["billion-laughs", "deep-yaml", "deep-json"])
+def test_create_refuses_hostile_files_fast_and_sends_nothing(
+        cli: Any, fake: FakeCapsuled, tmp_path: Path, text: str, expected: str) -> None:
+    started = time.monotonic()
+    result = cli("create", "-f", str(write(tmp_path, "evil.yaml", text)))
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1
+    assert expected in result.stderr and "evil.yaml" in result.stderr
+    assert fake.posted == []
 
 
 def test_create_with_a_missing_file(cli: Any, fake: FakeCapsuled, tmp_path: Path) -> None:
