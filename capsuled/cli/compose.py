@@ -10,7 +10,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +130,7 @@ def build_api(settings: Settings, store: Store,
         notifier = PgNotifier(store.engine, control.on_notice)
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
-    limits = Limits(**settings.limits.model_dump())
+    limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(
@@ -182,7 +182,8 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     from capsuled.drivers.volume.docker import LocalVolumes
 
     networks = BridgeNetworks(client, settings.agent.network_pool, settings.agent.network_prefix)
-    return Agent(channel, DockerRuntime(client), LocalVolumes(client), settings.agent, instance,
+    runtime = DockerRuntime(client, pids_limit=settings.limits.pids_limit)
+    return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint)
 
 

@@ -53,6 +53,9 @@ class Limits:
     min_memory: int = 4
     max_memory: int = 8192
     max_containers: int = 24
+    # What a container that asks for none gets (domain.resources.with_default_limits).
+    default_cpu: float = 0.5
+    default_memory: int = 256
 
 
 _REPR = reprlib.Repr()  # keyword arguments only from Python 3.12

@@ -14,6 +14,7 @@ from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import capsule_spec_asks, template_asks
+from capsuled.domain.resources import capsule_with_default_limits
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
@@ -47,6 +48,7 @@ class CapsuleService:
         self._policy.check_host_access(who, template_asks(document))
         spec = parse_template(document, self._limits)
         self._policy.check_host_access(who, capsule_spec_asks(spec))
+        spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
             self._quotas.begin(s, who.project_id)
             self._quotas.check(s, who.project_id, Delta(

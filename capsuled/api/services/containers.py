@@ -28,6 +28,7 @@ from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.host_access import bare_spec_asks, request_asks
+from capsuled.domain.resources import bare_with_default_limits
 from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
@@ -112,6 +113,7 @@ class ContainerService:
         self._policy.check_host_access(who, request_asks(body))
         spec = parse_container_request(body, self._limits, command_as_string)
         self._policy.check_host_access(who, bare_spec_asks(spec))
+        spec = bare_with_default_limits(spec, self._limits)
         if spec.host is not None:
             self._policy.enforce("container:create:requested_destination", who)
         if spec.capsule is not None:

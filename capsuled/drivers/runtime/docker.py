@@ -35,14 +35,18 @@ _STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "de
 _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop",
            "health_status"}
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+DEFAULT_PIDS_LIMIT = 1024  # config.LimitSettings.pids_limit's default
 
 
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, client: docker.APIClient) -> None:
+    def __init__(self, client: docker.APIClient, pids_limit: int | None = DEFAULT_PIDS_LIMIT) -> None:
         self._api = client
         self._images: set[str] = set()
+        # Every container this runtime creates (sandboxes, members, bare) gets it: a fork
+        # bomb in one tenant's container must not exhaust the host's process table.
+        self._pids_limit = pids_limit
 
     def host_info(self, name: str, availability_zone: str) -> HostInfo:
         with translate_docker_errors("docker info"):
@@ -121,7 +125,8 @@ class DockerRuntime:
 
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
-                                                   restart_policy={"Name": "no"}, init=False)
+                                                   restart_policy={"Name": "no"}, init=False,
+                                                   pids_limit=self._pids_limit)
         with translate_docker_errors(f"create sandbox {req.name}"):
             cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
                                              hostname=_hostname(req.hostname),
@@ -156,7 +161,7 @@ class DockerRuntime:
         host_config = self._api.create_host_config(
             network_mode=ns or network, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
-            auto_remove=req.auto_remove, privileged=req.privileged,
+            auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config={"Type": "local", "Config": {}})
         with translate_docker_errors(f"create container {req.name}"):

@@ -1,0 +1,117 @@
+"""Fair share between tenants (issue 9): default limits for containers that ask for none and
+a pids limit on everything, host capacity on run --capsule and resize, bounded events and
+actions, force delete on a host that is gone. Through HTTP as a member, checked in Docker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from conftest import Server, member, sandbox, sleeper, template, wait_for
+
+pytestmark = [pytest.mark.docker]
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture()
+def tenant(server: Server, unique) -> Iterator[tuple[str, httpx.Client]]:  # type: ignore[no-untyped-def]
+    project = unique("fair")
+    client = server.client(server.issue_token(project, "fs", "member"))
+    yield project, client
+    for c in client.get("/v1/containers").json()["containers"]:
+        client.delete(f"/v1/containers/{c['uuid']}", params={"stop": "true"})
+    caps = client.get("/v1/capsules").json()["capsules"]
+    for c in caps:
+        client.delete(f"/v1/capsules/{c['uuid']}")
+    for c in caps:
+        wait_for(lambda u=c["uuid"]: client.get(f"/v1/capsules/{u}").status_code == 404,
+                 timeout=60, what="capsule deleted")
+    client.close()
+
+
+def running_capsule(client: httpx.Client, tmpl: dict[str, Any]) -> dict[str, Any]:
+    r = client.post("/v1/capsules", json={"template": tmpl})
+    assert r.status_code == 202, r.text
+    uuid = r.json()["uuid"]
+    return wait_for(lambda: (b := client.get(f"/v1/capsules/{uuid}").json())["status"] == "Running"
+                    and b, timeout=60, what="capsule running")  # type: ignore[no-any-return]
+
+
+def bare(docker_api: docker.APIClient, uuid: str) -> dict[str, Any]:
+    found = docker_api.containers(all=True, filters={"label": [f"capsuled.container={uuid}",
+                                                               "capsuled.role=bare"]})
+    assert len(found) == 1, found
+    return docker_api.inspect_container(found[0]["Id"])  # type: ignore[no-any-return]
+
+
+def usage(client: httpx.Client, project: str) -> dict[str, Any]:
+    r = client.get(f"/v1/quotas/{project}", params={"usages": "true"})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+# -- default limits and the pids limit ------------------------------------------------------
+
+def test_capsule_containers_without_limits_get_the_defaults_and_a_pids_limit(
+        tenant: tuple[str, httpx.Client], docker_api: docker.APIClient) -> None:
+    project, client = tenant
+    tmpl = template(None, [sleeper("plain"),
+                           sleeper("sized", resources={"requests": {"cpu": 1, "memory": 64}})])
+    body = running_capsule(client, tmpl)
+    shown = {c["name"]: c for c in body["containers"]}
+    assert (shown["plain"]["cpu"], shown["plain"]["memory"]) == (0.5, "256")
+    assert (shown["sized"]["cpu"], shown["sized"]["memory"]) == (1.0, "64")
+    plain = member(docker_api, body["uuid"], "plain")["HostConfig"]
+    assert plain["NanoCpus"] == 500_000_000 and plain["Memory"] == 256 * MiB
+    assert plain["PidsLimit"] == 1024
+    sized = member(docker_api, body["uuid"], "sized")["HostConfig"]
+    assert sized["NanoCpus"] == 1_000_000_000 and sized["Memory"] == 64 * MiB
+    assert sized["PidsLimit"] == 1024
+    assert sandbox(docker_api, body["uuid"])["HostConfig"]["PidsLimit"] == 1024
+    # Charged to the quota like explicit requests.
+    used = usage(client, project)
+    assert used["cpu"]["in_use"] == 1.5 and used["memory"]["in_use"] == 256 + 64
+
+
+def test_bare_and_added_containers_get_the_defaults_and_a_pids_limit(
+        tenant: tuple[str, httpx.Client], docker_api: docker.APIClient) -> None:
+    project, client = tenant
+    r = client.post("/v1/containers", params={"run": "true"},
+                    json={"image": "busybox", "command": ["sleep", "3600"]})
+    assert r.status_code == 202, r.text
+    created = r.json()
+    assert (created["cpu"], created["memory"]) == (0.5, "256")
+    uuid = created["uuid"]
+    wait_for(lambda: client.get(f"/v1/containers/{uuid}").json()["status"] == "Running",
+             timeout=60, what="bare container running")
+    host = bare(docker_api, uuid)["HostConfig"]
+    assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (500_000_000, 256 * MiB, 1024)
+
+    capsule = running_capsule(client, template(None, [sleeper("main", resources={
+        "requests": {"cpu": 0.25, "memory": 32}})]))
+    r = client.post("/v1/containers", json={"image": "busybox", "command": ["sleep", "3600"],
+                                            "name": "extra", "capsule": capsule["uuid"]})
+    assert r.status_code == 202, r.text
+    assert (r.json()["cpu"], r.json()["memory"]) == (0.5, "256")
+    wait_for(lambda: any(c["name"] == "extra" and c["status"] == "Running" for c in
+                         client.get(f"/v1/capsules/{capsule['uuid']}").json()["containers"]),
+             timeout=60, what="added container running")
+    extra = member(docker_api, capsule["uuid"], "extra")["HostConfig"]
+    assert (extra["NanoCpus"], extra["Memory"], extra["PidsLimit"]) == (500_000_000, 256 * MiB, 1024)
+    used = usage(client, project)
+    assert used["cpu"]["in_use"] == 0.5 + 0.25 + 0.5
+    assert used["memory"]["in_use"] == 256 + 32 + 256
+
+
+def test_default_limits_are_configurable(own_server, unique, docker_api: docker.APIClient) -> None:  # type: ignore[no-untyped-def]
+    srv = own_server(CAPSULED_LIMITS__DEFAULT_CPU="0.25", CAPSULED_LIMITS__DEFAULT_MEMORY="128",
+                     CAPSULED_LIMITS__PIDS_LIMIT="77")
+    with srv.client(srv.issue_token(unique("fair"), "fs", "member")) as client:
+        body = running_capsule(client, template(None, [sleeper("plain")]))
+        host = member(docker_api, body["uuid"], "plain")["HostConfig"]
+        assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (250_000_000, 128 * MiB, 77)
+        assert sandbox(docker_api, body["uuid"])["HostConfig"]["PidsLimit"] == 77
