@@ -115,3 +115,43 @@ def test_default_limits_are_configurable(own_server, unique, docker_api: docker.
         host = member(docker_api, body["uuid"], "plain")["HostConfig"]
         assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (250_000_000, 128 * MiB, 77)
         assert sandbox(docker_api, body["uuid"])["HostConfig"]["PidsLimit"] == 77
+
+
+# -- host capacity on run --capsule and resize -----------------------------------------------
+
+def test_adding_or_resizing_beyond_the_hosts_capacity_is_refused_without_naming_it(
+        tenant: tuple[str, httpx.Client], docker_api: docker.APIClient) -> None:
+    """The test host has far fewer than 16 CPUs; the quota (20) would allow it."""
+    project, client = tenant
+    capsule = running_capsule(client, template(None, [sleeper("main", resources={
+        "requests": {"cpu": 0.25, "memory": 32}})]))
+    r = client.post("/v1/containers", json={"image": "busybox", "command": ["sleep", "3600"],
+                                            "name": "huge", "cpu": 16, "capsule": capsule["uuid"]})
+    assert r.status_code == 409, r.text
+    detail = r.json()["errors"][0]["detail"]
+    assert detail == "cpu: the capsule's host has not enough free CPU for 16 more cores."
+    after = client.get(f"/v1/capsules/{capsule['uuid']}").json()
+    assert [c["name"] for c in after["containers"]] == ["main"] and after["cpu"] == 0.25
+    assert usage(client, project)["cpu"]["in_use"] == 0.25
+
+    r = client.patch(f"/v1/containers/{capsule['containers'][0]['uuid']}",
+                     params={"capsule": capsule["uuid"]}, json={"cpu": 16})
+    assert r.status_code == 409, r.text
+    assert "capsule's host has not enough free CPU for 15.75 more cores" in r.text
+    assert member(docker_api, capsule["uuid"], "main")["HostConfig"]["NanoCpus"] == 250_000_000
+    # Within the host's room a resize still works, live.
+    r = client.patch(f"/v1/containers/{capsule['containers'][0]['uuid']}",
+                     params={"capsule": capsule["uuid"]}, json={"cpu": 0.5})
+    assert r.status_code == 200, r.text
+    wait_for(lambda: member(docker_api, capsule["uuid"], "main")["HostConfig"]["NanoCpus"]
+             == 500_000_000, timeout=30, what="resize applied")
+
+    r = client.post("/v1/containers", params={"run": "true"},
+                    json={"image": "busybox", "command": ["sleep", "3600"], "cpu": 0.25})
+    assert r.status_code == 202, r.text
+    uuid = r.json()["uuid"]
+    wait_for(lambda: client.get(f"/v1/containers/{uuid}").json()["status"] == "Running",
+             timeout=60, what="bare container running")
+    r = client.patch(f"/v1/containers/{uuid}", json={"cpu": 16})
+    assert r.status_code == 409 and "container's host has not enough free CPU" in r.text
+    assert "host-" not in r.text and "free)" not in r.text

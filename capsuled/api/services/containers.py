@@ -162,6 +162,8 @@ class ContainerService:
             if capsule.host is None:
                 raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
                                "a container cannot join it.")
+            _check_host_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
+                             spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
             row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
@@ -300,6 +302,8 @@ class ContainerService:
             spec = BareSpec.model_validate(row.spec)
             c = spec.container.model_copy(update={
                 k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None})
+            _check_host_room(s, row.host, "container's", (c.cpu or 0.0) - old_cpu,
+                             (c.memory or 0) - old_memory)
             repo.set_desired(s, row, spec=spec.model_copy(update={"container": c}))
             return
         capsule = row.capsule
@@ -308,6 +312,8 @@ class ContainerService:
                                      if v is not None}) if c.uuid == row.uuid else c
                 for c in cspec.containers]
         new = cspec.model_copy(update={"containers": apps})
+        _check_host_room(s, capsule.host, "capsule's", new.total_cpu() - float(capsule.cpu),
+                         new.total_memory() - int(capsule.memory))
         capsule.spec = new.model_dump(mode="json")
         capsule.cpu, capsule.memory = new.total_cpu(), new.total_memory()
         capsule.generation += 1
@@ -446,6 +452,23 @@ class ContainerService:
             return
         verb = "delete" if action == "delete_stop" else action
         raise Conflict(f"Cannot {verb} container {row.uuid} in {row.status} state.")
+
+
+def _check_host_room(s: Any, host: str | None, whose: str, cpu: float, memory: int) -> None:
+    """Refuse growing a claim on a host that has not the room for it. `capacities` locks
+    the host rows as the scheduler's claims do (DESIGN decision 6), so concurrent creates
+    and resizes on any replica never overcommit it together. The message names neither
+    the host nor its free capacity: a member must not learn about other tenants' load."""
+    if host is None or (cpu <= 0 and memory <= 0):
+        return
+    cap = next((h for h in capacities(s) if h.name == host), None)
+    if cap is None:
+        return  # the host row is gone: nothing runs there to protect
+    if cpu > 0 and cap.cpus - cap.cpu_used < cpu:
+        raise Conflict(f"cpu: the {whose} host has not enough free CPU for {cpu:g} more cores.")
+    if memory > 0 and cap.memory_mb - cap.memory_used < memory:
+        raise Conflict(f"memory: the {whose} host has not enough free memory for "
+                       f"{memory} more MiB.")
 
 
 def _claim(row: Container) -> tuple[float, int]:
