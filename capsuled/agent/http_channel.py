@@ -3,17 +3,24 @@ API replicas (any of them; they share the database). The same models as the in-p
 channel are the wire format.
 
 Every call is idempotent, so a failed one is simply retried by the agent's loops; a
-connection problem surfaces as `Unavailable`, which they already treat as transient.
+connection problem surfaces as `Unavailable`, which they already treat as transient. So
+does an answer that is not what this agent understands (an HTML error page from a proxy,
+truncated JSON, wrong types): a load balancer in between can produce any of them. Fields
+this agent does not know are ignored, so a newer API can serve an older agent during a
+rolling upgrade.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
 from capsuled.errors import Forbidden, NotAuthenticated, Unavailable
+
+M = TypeVar("M", bound=BaseModel)
 
 # The server holds a watch at most this long beyond what was asked before answering.
 _WATCH_SLACK = 10.0
@@ -32,7 +39,10 @@ class HttpChannel:
 
     def instance_id(self, host: str) -> str:
         """The control plane's instance id (labels every Docker object of this install)."""
-        return str(self._call("GET", f"/v1/agents/{host}")["instance_id"])
+        body = self._call("GET", f"/v1/agents/{host}")
+        if not isinstance(body, dict) or not isinstance(body.get("instance_id"), str):
+            raise Unavailable(f"GET /v1/agents/{host}: the API's answer has no instance_id")
+        return body["instance_id"]
 
     def register(self, host: HostInfo) -> None:
         self._call("PUT", f"/v1/agents/{host.name}", json=host.model_dump(mode="json"))
@@ -44,7 +54,7 @@ class HttpChannel:
         body = self._call("GET", f"/v1/agents/{host}/assignments",
                           params={"after": after_revision, "timeout": timeout},
                           timeout=timeout + _WATCH_SLACK)
-        return Assignments.model_validate(body)
+        return _parse(Assignments, body, f"GET /v1/agents/{host}/assignments")
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:
@@ -64,7 +74,28 @@ class HttpChannel:
         if r.status_code >= 400:
             # 5xx and surprises are retried like an outage; the loops back off.
             raise Unavailable(f"{method} {path}: HTTP {r.status_code}: {_detail(r)}")
-        return r.json() if r.content else None
+        if not r.content:
+            return None
+        try:
+            return r.json()
+        except ValueError:
+            raise Unavailable(f"{method} {path}: HTTP {r.status_code} but the body is not "
+                              f"JSON: {r.text[:200]!r}") from None
+
+
+def _parse(model: type[M], body: Any, what: str) -> M:
+    try:
+        # extra="ignore" reaches nested models too (the spec models forbid unknown fields
+        # for users' input; from the API they are fields of a newer version).
+        return model.model_validate(body, extra="ignore")
+    except ValidationError as exc:
+        raise Unavailable(f"{what}: unexpected answer from the API: "
+                          f"{exc.error_count()} problem(s), first: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
 
 
 def _detail(r: httpx.Response) -> str:

@@ -17,6 +17,7 @@ from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
+from capsuled.domain.backoff import Backoff
 from capsuled.domain.channel import AgentChannel, Assignment, ContainerAssignment
 from capsuled.drivers.network.base import NetworkDriver
 from capsuled.drivers.runtime.base import RuntimeDriver, Summary
@@ -26,6 +27,11 @@ from capsuled.errors import CapsuledError, Unavailable
 LOG = logging.getLogger(__name__)
 _EXIT = re.compile(r"\((-?\d+)\)")
 WATCH_TIMEOUT = 30.0
+# Pauses of the watch loop after failures in a row: doubling from the first up to the
+# longest, which is long enough not to hammer a sick API and short enough that its
+# recovery is noticed within a minute (the relist loop starts from its own period).
+LOOP_BACKOFF_INITIAL = 0.5
+LOOP_BACKOFF_MAX = 30.0
 
 
 class Agent:
@@ -113,27 +119,35 @@ class Agent:
     # -- wake-ups ------------------------------------------------------------------------
     def _watch_loop(self) -> None:
         revision = -1
+        backoff = Backoff(LOOP_BACKOFF_INITIAL, LOOP_BACKOFF_MAX)
         while not self._stop.is_set():
+            # Nothing may end this loop but stop(): an agent that no longer watches keeps
+            # heartbeating, so the control plane would never notice it went deaf.
             try:
                 got = self._channel.watch(self._host, revision, WATCH_TIMEOUT)
-            except CapsuledError as exc:
-                LOG.warning("watch failed: %s", exc.message)
-                self._stop.wait(1.0)
+                self._take_desired(got)
+                revision = got.revision
+            except Exception as exc:  # noqa: BLE001 - logged; the loop backs off and goes on
+                _log_failure("watch", exc)
+                self._stop.wait(backoff.next())
                 continue
-            revision = got.revision
-            fresh = {a.uuid: a for a in got.capsules}
-            fresh_bare = {a.uuid: a for a in got.containers}
-            with self._lock:
-                old, self._desired = self._desired, fresh
-                old_bare, self._desired_bare = self._desired_bare, fresh_bare
-            self._first_watch.set()
-            for uuid, gen in [*((u, a.generation) for u, a in fresh.items()),
-                              *((u, a.generation) for u, a in fresh_bare.items())]:
-                prev = old.get(uuid) or old_bare.get(uuid)
-                if prev is None or prev.generation != gen:
-                    self.workers.enqueue(uuid)
-            for uuid in (old.keys() | old_bare.keys()) - fresh.keys() - fresh_bare.keys():
+            backoff.reset()
+
+    def _take_desired(self, got: Assignments) -> None:
+        """Make `got` the desired set and wake the workers of what changed in it."""
+        fresh = {a.uuid: a for a in got.capsules}
+        fresh_bare = {a.uuid: a for a in got.containers}
+        with self._lock:
+            old, self._desired = self._desired, fresh
+            old_bare, self._desired_bare = self._desired_bare, fresh_bare
+        self._first_watch.set()
+        for uuid, gen in [*((u, a.generation) for u, a in fresh.items()),
+                          *((u, a.generation) for u, a in fresh_bare.items())]:
+            prev = old.get(uuid) or old_bare.get(uuid)
+            if prev is None or prev.generation != gen:
                 self.workers.enqueue(uuid)
+        for uuid in (old.keys() | old_bare.keys()) - fresh.keys() - fresh_bare.keys():
+            self.workers.enqueue(uuid)
 
     def _event_loop(self) -> None:
         delay = 0.5
@@ -144,22 +158,28 @@ class Agent:
                     self.workers.enqueue(ev.capsule)
                     if self._stop.is_set():
                         return
-            except CapsuledError as exc:
-                LOG.warning("docker event stream lost: %s", exc.message)
-            except Exception:
-                LOG.exception("docker event stream failed")
+            except Exception as exc:  # noqa: BLE001 - logged; reconnects after a pause
+                _log_failure("docker event stream", exc)
             self._stop.wait(delay)
             delay = min(delay * 2, 10.0)
-            self.relist()  # events may have been missed while disconnected
+            try:
+                self.relist()  # events may have been missed while disconnected
+            except Exception as exc:  # noqa: BLE001 - the relist loop repairs it later
+                _log_failure("relist after the event stream", exc)
 
     def _relist_loop(self) -> None:
         self._first_watch.wait(timeout=WATCH_TIMEOUT)
+        period = self._settings.relist_interval
+        backoff = Backoff(period, max(period, LOOP_BACKOFF_MAX))
         while not self._stop.is_set():
             try:
                 self.relist()
-            except CapsuledError as exc:
-                LOG.warning("relist failed: %s", exc.message)
-            self._stop.wait(self._settings.relist_interval)
+                backoff.reset()
+                wait = period
+            except Exception as exc:  # noqa: BLE001 - logged; the loop backs off and goes on
+                _log_failure("relist", exc)
+                wait = backoff.next()
+            self._stop.wait(wait)
 
     def relist(self) -> None:
         """Sync every capsule whose Docker picture changed since the last relist, every
@@ -194,6 +214,8 @@ class Agent:
             self._networks.collect(in_use)
 
     def _heartbeat_loop(self) -> None:
+        # Failures do not slow the heartbeat down: it is this host's sign of life, and its
+        # period already bounds how often a sick API is asked.
         lost = False
         while not self._stop.wait(self._settings.heartbeat_interval):
             try:
@@ -207,9 +229,18 @@ class Agent:
                 else:
                     self._channel.heartbeat(self._host)
                 lost = False
-            except CapsuledError as exc:
-                LOG.warning("heartbeat failed: %s", exc.message)
+            except Exception as exc:  # noqa: BLE001 - logged; the next beat tries again
+                _log_failure("heartbeat", exc)
                 lost = True
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """A known failure (the API or Docker unreachable, a refusal) in one line; anything
+    else with its traceback, since it is a bug or a surprise worth reading."""
+    if isinstance(exc, CapsuledError):
+        LOG.warning("%s failed: %s", what, exc.message)
+    else:
+        LOG.exception("%s failed unexpectedly", what, exc_info=exc)
 
 
 def _exit_code(status: str) -> str:

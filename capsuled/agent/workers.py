@@ -43,7 +43,13 @@ class CapsuleWorkers:
                 self._dirty.add(uuid)
                 return
             self._running.add(uuid)
-        self._pool.submit(self._run, uuid)
+        try:
+            self._pool.submit(self._run, uuid)
+        except BaseException:
+            # Not running after all (the pool is shutting down): a later enqueue may try again.
+            with self._lock:
+                self._running.discard(uuid)
+            raise
 
     def busy(self) -> bool:
         with self._lock:
@@ -72,16 +78,24 @@ class CapsuleWorkers:
 
     def _retry_loop(self) -> None:
         while not self._stopped:
-            with self._lock:
-                now = time.monotonic()
-                due = []
-                while self._retries and self._retries[0][0] <= now:
-                    due.append(heapq.heappop(self._retries)[1])
-                wait = (self._retries[0][0] - now) if self._retries else 1.0
-            for uuid in due:
-                self.enqueue(uuid)
-            self._wake.wait(timeout=max(0.01, min(wait, 1.0)))
-            self._wake.clear()
+            try:
+                self._retry_due()
+            except Exception:  # noqa: BLE001 - a dead timer would strand every failed capsule
+                LOG.exception("capsule retry timer failed; going on")
+                time.sleep(1.0)
+
+    def _retry_due(self) -> None:
+        """Enqueue the retries that are due, then wait for the next one (at most 1 s)."""
+        with self._lock:
+            now = time.monotonic()
+            due = []
+            while self._retries and self._retries[0][0] <= now:
+                due.append(heapq.heappop(self._retries)[1])
+            wait = (self._retries[0][0] - now) if self._retries else 1.0
+        for uuid in due:
+            self.enqueue(uuid)
+        self._wake.wait(timeout=max(0.01, min(wait, 1.0)))
+        self._wake.clear()
 
     def stop(self) -> None:
         with self._lock:

@@ -4,21 +4,35 @@ The agent never sees the store: it is told the full desired set for its host
 (`Assignments`) and answers with what it observed (`CapsuleReport`). In all-in-one mode
 the control plane object itself is the channel; over HTTP the same models are the wire
 format, so both paths carry exactly the same data.
+
+Rolling upgrades: agents and API replicas of neighbouring versions meet, in either
+order, so every model here ignores fields it does not know (`_Wire`) instead of refusing
+them, in both directions. The agent parses assignments with `extra="ignore"` as well,
+which also reaches the spec models inside (they forbid unknown fields for users' input,
+where a typo must be an error). Types stay strict: a report with a wrong type is still a
+400 from the API, and garbage from the API is still an error to the agent, which its
+loops survive.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from capsuled.domain.spec import BareSpec, CapsuleSpec
+
+class _Wire(BaseModel):
+    """A model that crosses the channel: unknown fields come from a newer peer."""
+
+    model_config = ConfigDict(extra="ignore")
+
 
 ContainerState = Literal["missing", "created", "running", "paused", "restarting", "exited",
                          "dead", "removing"]
 
 
-class Assignment(BaseModel):
+class Assignment(_Wire):
     """One capsule the host should run (or tear down, when `deleting`)."""
 
     uuid: str
@@ -31,7 +45,7 @@ class Assignment(BaseModel):
 DesiredState = Literal["running", "stopped", "paused"]
 
 
-class ContainerAssignment(BaseModel):
+class ContainerAssignment(_Wire):
     """One bare container the host should run, keep stopped or paused (or remove)."""
 
     uuid: str
@@ -44,14 +58,14 @@ class ContainerAssignment(BaseModel):
     project_id: str | None = None  # it joins this project's network (None: Docker's default)
 
 
-class Assignments(BaseModel):
+class Assignments(_Wire):
     host: str
     revision: int
     capsules: list[Assignment]
     containers: list[ContainerAssignment] = Field(default_factory=list)
 
 
-class HostInfo(BaseModel):
+class HostInfo(_Wire):
     name: str
     cpus: float
     memory_mb: int
@@ -68,7 +82,7 @@ class HostInfo(BaseModel):
     ops_key: str | None = None
 
 
-class ContainerReport(BaseModel):
+class ContainerReport(_Wire):
     uuid: str
     name: str
     role: Literal["init", "app", "bare"]
@@ -83,7 +97,7 @@ class ContainerReport(BaseModel):
     health: str | None = None  # with a health check: starting | healthy | unhealthy
 
 
-class CapsuleReport(BaseModel):
+class CapsuleReport(_Wire):
     uuid: str
     generation: int
     gone: bool = False  # everything removed after a delete
@@ -97,7 +111,7 @@ class CapsuleReport(BaseModel):
     """(type, reason, message, container name) the agent wants recorded."""
 
 
-class BareReport(BaseModel):
+class BareReport(_Wire):
     """What the agent observed of one bare container."""
 
     uuid: str

@@ -8,12 +8,14 @@ import logging
 import threading
 from datetime import timedelta
 
+from capsuled.domain.backoff import Backoff
 from capsuled.errors import CapsuledError
 from capsuled.store.engine import Store
 from capsuled.store.liveness import mark_unknown
 from capsuled.store.tables import utcnow
 
 LOG = logging.getLogger(__name__)
+_BACKOFF_MAX = 60.0  # longest pause after failures in a row (a database outage)
 
 
 class HostMonitor:
@@ -39,8 +41,17 @@ class HostMonitor:
 
     def _run(self) -> None:
         every = max(0.5, min(5.0, self._down_after.total_seconds() / 4))
-        while not self._stop.wait(every):
+        backoff = Backoff(every, max(every, _BACKOFF_MAX))
+        wait = every
+        # Nothing but stop() ends this loop: without it no silent host is ever noticed.
+        while not self._stop.wait(wait):
             try:
                 self.check()
+                backoff.reset()
+                wait = every
             except CapsuledError as exc:
                 LOG.warning("host check failed: %s", exc.message)
+                wait = backoff.next()
+            except Exception:  # noqa: BLE001 - e.g. a driver error from a database going away
+                LOG.exception("host check failed unexpectedly; going on")
+                wait = backoff.next()
