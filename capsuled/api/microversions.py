@@ -19,7 +19,9 @@ MAX = (1, 40)
 CAPSULE_NEW_BODY = (1, 32)
 HOSTS_API = (1, 4)
 
-_VALUE = re.compile(r"^\s*(\S+)\s+(latest|\d+\.\d+)\s*$", re.I)
+# ASCII digits, a few of them: `\d` alone takes '²' and int() refuses 5,000 digits.
+_VALUE = re.compile(r"^\s*(\S+)\s+(latest|\d{1,6}\.\d{1,6})\s*\Z", re.I | re.ASCII)
+MAX_HEADER_CHARS = 256  # room for every service of a cloud; anything longer is not a version
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +44,9 @@ def parse(header: str | None) -> ApiVersion:
     """The version a request asks for; VersionNotAcceptable when it is malformed or out of range."""
     if header is None or not header.strip():
         return ApiVersion(*MIN)
+    if len(header) > MAX_HEADER_CHARS:
+        raise VersionNotAcceptable(f"Invalid {HEADER} header: longer than {MAX_HEADER_CHARS} "
+                                   f"characters; expected '{SERVICE} X.Y' or '{SERVICE} latest'")
     # The header may list several services ("compute 2.1, container 1.30").
     for part in header.split(","):
         m = _VALUE.match(part)

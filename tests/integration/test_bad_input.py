@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from conftest import Server, sleeper, template
+from conftest import Server, sleeper, template, wait_for
 
 pytestmark = [pytest.mark.docker]
 
@@ -76,3 +76,142 @@ def test_bad_probe_numbers_are_400(member: httpx.Client, probe: dict[str, object
     r = member.post("/v1/capsules", json={"template": template("bad-probe", [c])})
     assert r.status_code == 400, r.text
     assert f"spec.containers[0].livenessProbe.{field}" in r.text
+
+
+# -- numbers in query strings, JSON bodies and headers -------------------------------------
+
+@pytest.fixture(scope="module")
+def running(member: httpx.Client) -> Iterator[str]:
+    """A running bare container of the member's, for the per-container parameters."""
+    r = member.post("/v1/containers", json={"image": "busybox", "name": "bad-input-target",
+                                            "command": ["sleep", "3600"]}, params={"run": "true"})
+    assert r.status_code == 202, r.text
+    uuid = r.json()["uuid"]
+    wait_for(lambda: member.get(f"/v1/containers/{uuid}").json()["status"] == "Running",
+             what="the target container running")
+    yield uuid
+    member.delete(f"/v1/containers/{uuid}", params={"stop": "true"})
+
+
+MANY_DIGITS = "9" * 5000
+
+
+@pytest.mark.parametrize("body,field", [
+    ('{"cpu": Infinity}', "cpu"),
+    ('{"cpu": NaN}', "cpu"),
+    ('{"cpu": 1e999}', "cpu"),
+    ('{"cpu": "Infinity"}', "cpu"),
+    ('{"memory": Infinity}', "memory"),
+    ('{"memory": 1e999}', "memory"),
+    ('{"memory": "NaN"}', "memory"),
+])
+def test_resize_to_infinity_is_400(member: httpx.Client, running: str, body: str, field: str) -> None:
+    r = member.patch(f"/v1/containers/{running}", content=body,
+                     headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"since": "²"}, "since"),
+    ({"since": MANY_DIGITS}, "since"),
+    ({"tail": "²"}, "tail"),
+    ({"tail": MANY_DIGITS}, "tail"),
+])
+def test_bad_log_parameters_are_400(member: httpx.Client, running: str,
+                                    params: dict[str, str], field: str) -> None:
+    r = member.get(f"/v1/containers/{running}/logs", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+@pytest.mark.parametrize("action,params,field", [
+    ("kill", {"signal": "²"}, "signal"),
+    ("kill", {"signal": MANY_DIGITS}, "signal"),
+    ("kill", {"signal": "9" * 30}, "signal"),
+    ("stop", {"timeout": "²"}, "timeout"),
+    ("stop", {"timeout": MANY_DIGITS}, "timeout"),
+])
+def test_bad_action_parameters_are_400(member: httpx.Client, running: str, action: str,
+                                       params: dict[str, str], field: str) -> None:
+    r = member.post(f"/v1/containers/{running}/{action}", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+    assert member.get(f"/v1/containers/{running}").json()["status"] == "Running"
+
+
+@pytest.mark.parametrize("body,field", [
+    ('{"w": Infinity, "h": 24}', "w"),
+    ('{"w": 80, "h": 1e999}', "h"),
+    ('{"w": "²", "h": 24}', "w"),
+    ('{"w": 80, "h": "' + MANY_DIGITS + '"}', "h"),
+    ('{"w": 10000000000000000000000, "h": 24}', "w"),
+])
+def test_bad_resize_dimensions_are_400(member: httpx.Client, running: str, body: str,
+                                       field: str) -> None:
+    r = member.post(f"/v1/containers/{running}/resize", content=body,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/capsules", "/v1/containers"])
+@pytest.mark.parametrize("limit", ["²", MANY_DIGITS, "1e999", "0"])
+def test_bad_list_limit_is_400(member: httpx.Client, path: str, limit: str) -> None:
+    r = member.get(path, params={"limit": limit})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith("limit:"), r.text
+
+
+@pytest.mark.parametrize("header", [
+    "container 1." + "1" * 5000,
+    "container " + "1" * 5000 + ".1",
+    "container 1.²".encode("latin-1"),  # header bytes are latin-1
+    "container 1.30, " + "x" * 5000,
+])
+def test_bad_microversion_is_406_before_auth(server: Server, header: str | bytes) -> None:
+    # No token at all: the version is judged first, as Zun does.
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        r = anonymous.get("/v1/capsules", headers={"OpenStack-API-Version": header})
+    assert r.status_code == 406, r.text
+    detail = r.json()["errors"][0]["detail"]
+    assert "OpenStack-API-Version" in detail
+    assert len(detail) < 500  # the hostile header is not echoed back in full
+
+
+# -- list filters: refused before they reach SQL --------------------------------------------
+
+@pytest.mark.parametrize("params,field", [
+    ({"labels": "app=a\x00b"}, "labels"),
+    ({"labels": "a\x00b=x"}, "labels"),
+    ({"labels": "app=" + "v" * 256}, "labels"),
+    ({"labels": "k" * 256 + "=v"}, "labels"),
+    ({"marker": "a\x00b"}, "marker"),
+    ({"marker": "m" * 5000}, "marker"),
+    ({"sort_key": "name\x00"}, "sort_key"),
+    ({"sort_key": "spec"}, "sort_key"),
+    ({"sort_key": "project_id; DROP TABLE capsules"}, "sort_key"),
+])
+def test_bad_capsule_list_filters_are_400(member: httpx.Client, params: dict[str, str],
+                                          field: str) -> None:
+    r = member.get("/v1/capsules", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"name": "a\x00b"}, "name"),
+    ({"image": "busybox\x00"}, "image"),
+    ({"status": "Running\x00"}, "status"),
+    ({"user_id": "u" * 256}, "user_id"),
+    ({"project_id": "\x00"}, "project_id"),
+    ({"name": "n" * 5000}, "name"),
+    ({"marker": "a\x00b"}, "marker"),
+    ({"sort_key": "spec"}, "sort_key"),
+    ({"sort_key": "\x00"}, "sort_key"),
+])
+def test_bad_container_list_filters_are_400(member: httpx.Client, params: dict[str, str],
+                                            field: str) -> None:
+    r = member.get("/v1/containers", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text

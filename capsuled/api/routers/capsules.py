@@ -12,8 +12,9 @@ from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, all
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.views import capsule_view, event_view
 from capsuled.domain.status import Status
+from capsuled.domain.template import short, whole_number
 from capsuled.errors import InvalidInput
-from capsuled.store.capsules import Page
+from capsuled.store.capsules import UUID_RE, Page
 
 router = APIRouter(prefix="/v1/capsules")
 
@@ -42,9 +43,11 @@ def list_(request: Request, who: PrincipalDep, version: VersionDep, base: BaseUr
           sort_dir: str = "asc", all_projects: str | None = None) -> dict[str, Any]:
     """List capsules; `labels=k=v,k2=v2` (repeatable) selects by label."""
     max_limit = request.app.state.settings.api.max_limit
-    page = Page(limit=_limit(limit, max_limit), marker=marker, sort_key=sort_key,
-                sort_dir=_sort_dir(sort_dir))
+    page = Page(limit=_limit(limit, max_limit), marker=_marker(marker),
+                sort_key=filter_value("sort_key", sort_key), sort_dir=_sort_dir(sort_dir))
     labels = _labels(request.query_params.getlist("labels"))
+    if page.sort_key == "host" and not _service(request).shows_host(who):
+        raise InvalidInput("sort_key: only administrators may sort capsules by host")
     rows = _service(request).list(who, page, flag(all_projects, "all_projects"), labels)
     nxt = None
     if rows and len(rows) == page.limit:
@@ -92,13 +95,32 @@ def delete(request: Request, ident: str, who: PrincipalDep,
 def _limit(raw: str | None, max_limit: int) -> int:
     if raw is None:
         return max_limit
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput("limit: Limit must be positive integer") from None
-    if value <= 0:
+    value = whole_number(raw, strings=True)  # ASCII digits only: int() takes '²' and 5,000 digits
+    if value is None or value <= 0:
         raise InvalidInput("limit: Limit must be positive integer")
     return min(value, max_limit)
+
+
+MAX_FILTER_CHARS = 255  # the widest column a list filter compares with
+
+
+def filter_value(name: str, value: str) -> str:
+    """A list filter as the database can compare it: PostgreSQL refuses NUL in text, and
+    nothing longer than the column can match. Refused here, before any SQL."""
+    if "\x00" in value:
+        raise InvalidInput(f"{name}: must not contain NUL characters")
+    if len(value) > MAX_FILTER_CHARS:
+        raise InvalidInput(f"{name}: must be at most {MAX_FILTER_CHARS} characters")
+    return value
+
+
+def _marker(raw: str | None) -> str | None:
+    """Markers are the uuids of listed rows (the `next` links carry them)."""
+    if raw is None:
+        return None
+    if not UUID_RE.match(raw):
+        raise InvalidInput(f"marker: must be the uuid of a listed item, not {short(raw)}")
+    return raw.lower()
 
 
 _STATUSES = {s.value for s in Status}
@@ -139,6 +161,6 @@ def _labels(raw: list[str]) -> dict[str, str]:
         for pair in filter(None, (p.strip() for p in item.split(","))):
             key, sep, value = pair.partition("=")
             if not sep or not key:
-                raise InvalidInput(f"labels: {pair!r} is not key=value")
-            out[key] = value
+                raise InvalidInput(f"labels: {short(pair)} is not key=value")
+            out[filter_value("labels", key)] = filter_value("labels", value)
     return out

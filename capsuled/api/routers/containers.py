@@ -19,9 +19,10 @@ from fastapi.responses import StreamingResponse
 
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import ApiVersion
-from capsuled.api.routers.capsules import _limit, _sort_dir
+from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
 from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
 from capsuled.api.views import action_view, any_container_view
+from capsuled.domain.template import whole_number
 from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated
 from capsuled.store.capsules import Page
 from capsuled.terminal import bridge
@@ -42,11 +43,8 @@ def _request_id(request: Request) -> str:
 def _int(value: Any, name: str) -> int | None:
     if value is None or value == "":
         return None
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{name}: must be a non-negative integer") from None
-    if out < 0:
+    out = whole_number(value, strings=True)  # ASCII digits only: int() takes '²' and 5,000 digits
+    if out is None:
         raise InvalidInput(f"{name}: must be a non-negative integer")
     return out
 
@@ -67,9 +65,18 @@ def list_(request: Request, who: PrincipalDep, base: BaseUrlDep, limit: str | No
           marker: str | None = None, sort_key: str = "id", sort_dir: str = "asc",
           all_projects: str | None = None, capsule: str | None = None) -> dict[str, Any]:
     """Bare containers (Zun's semantics); `capsule=<ident>` lists a capsule's instead."""
-    page = Page(limit=_limit(limit, request.app.state.settings.api.max_limit), marker=marker,
-                sort_key=sort_key, sort_dir=_sort_dir(sort_dir))
-    filters = {k: request.query_params[k] for k in LIST_FILTERS if k in request.query_params}
+    page = Page(limit=_limit(limit, request.app.state.settings.api.max_limit),
+                marker=_marker(marker), sort_key=filter_value("sort_key", sort_key),
+                sort_dir=_sort_dir(sort_dir))
+    filters = {k: filter_value(k, request.query_params[k]) for k in LIST_FILTERS
+               if k in request.query_params}
+    if not _service(request).shows_host(who):
+        # Where a member's containers run is the operator's business (and tells of other
+        # tenants' placement), so hosts are neither shown to members nor filtered or sorted by.
+        if "host" in filters:
+            raise InvalidInput("host: only administrators may filter containers by host")
+        if page.sort_key == "host":
+            raise InvalidInput("sort_key: only administrators may sort containers by host")
     rows = _service(request).list(who, page, flag(all_projects, "all_projects"), capsule, filters)
     nxt = None
     if rows and len(rows) == page.limit:

@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import posixpath
+import re
 import shlex
 import secrets
 import tarfile
@@ -29,10 +30,11 @@ from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.host_access import bare_spec_asks, request_asks
 from capsuled.domain.resources import bare_with_default_limits
-from capsuled.domain.hostops import ContainerOps, ExecResult, RawStream
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                     ContainerOps, ExecResult, RawStream)
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
-from capsuled.domain.template import Limits
+from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
                              NotAuthenticated)
 from capsuled.identity.base import Principal
@@ -205,6 +207,7 @@ class ContainerService:
         """start, stop, reboot, pause, unpause, kill: desired state first, then the host."""
         desired = {"start": "running", "stop": "stopped", "reboot": "running",
                    "pause": "paused", "unpause": "running", "kill": None}[action]
+        sig = _signal(signal) if action == "kill" else None  # a bad one: 400 before anything
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             self._check(row, action)
@@ -226,7 +229,7 @@ class ContainerService:
             elif action == "unpause":
                 ops.unpause(runtime_id)  # type: ignore[arg-type]
             else:
-                ops.kill(runtime_id, _signal(signal))  # type: ignore[arg-type]
+                ops.kill(runtime_id, sig)  # type: ignore[arg-type]
         except Exception as exc:
             error = getattr(exc, "message", str(exc))
             raise
@@ -330,10 +333,13 @@ class ContainerService:
         ops, cid = self._target(who, ident, "logs", capsule)
         return ops.follow_logs(cid, req.stdout, req.stderr, req.timestamps, req.tail, req.since)
 
-    def execute(self, who: Principal, ident: str, command: Any, capsule: str | None = None) -> ExecResult:
+    def execute(self, who: Principal, ident: str, command: Any, capsule: str | None = None,
+                max_output: int = EXEC_MAX_OUTPUT, timeout: int = EXEC_TIMEOUT) -> ExecResult:
+        """Run a command to its end, reading at most `max_output` bytes of its output and
+        waiting at most `timeout` seconds (the result says which bound cut it short)."""
         argv = _argv(command)
         ops, cid = self._target(who, ident, "execute", capsule)
-        return ops.exec_run(cid, argv)
+        return ops.exec_run(cid, argv, max_output, timeout)
 
     def top(self, who: Principal, ident: str, ps_args: str | None,
             capsule: str | None = None) -> dict[str, Any]:
@@ -344,10 +350,18 @@ class ContainerService:
         ops, cid = self._target(who, ident, "stats", capsule)
         return zun_stats(ident, ops.stats(cid))
 
-    def get_archive(self, who: Principal, ident: str, path: Any,
-                    capsule: str | None = None) -> tuple[bytes, dict[str, Any]]:
+    def get_archive(self, who: Principal, ident: str, path: Any, capsule: str | None = None,
+                    max_bytes: int = ARCHIVE_MAX_BYTES) -> tuple[bytes, dict[str, Any]]:
+        """The tar of `path`; PayloadTooLarge once it grows past `max_bytes`."""
         ops, cid = self._target(who, ident, "archive", capsule)
-        return ops.get_archive(cid, _container_path(path))
+        return ops.get_archive(cid, _container_path(path), max_bytes)
+
+    def project_of(self, container_uuid: str) -> str | None:
+        """The project a container belongs to (for counting a terminal session's stream,
+        whose token names only the container); None if it is gone."""
+        with self._store.transaction() as s:
+            row = s.query(Container).filter_by(uuid=container_uuid).first()
+            return None if row is None else str(row.project_id)
 
     def put_archive(self, who: Principal, ident: str, path: Any, data: Any,
                     capsule: str | None = None) -> None:
@@ -503,13 +517,14 @@ def _interactive(row: Container) -> bool:
     return BareSpec.model_validate(row.spec).container.stdin
 
 
+MAX_DIMENSION = 65535  # Docker keeps a terminal's size in uint16s
+
+
 def _dimension(value: Any, name: str) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{name}: must be a positive integer") from None
-    if out < 1:
-        raise InvalidInput(f"{name}: must be a positive integer")
+    # Not int(): it takes '²', truncates 1.5 and raises OverflowError on Infinity.
+    out = whole_number(value, strings=True)
+    if out is None or not 1 <= out <= MAX_DIMENSION:
+        raise InvalidInput(f"{name}: must be a whole number from 1 to {MAX_DIMENSION}")
     return out
 
 
@@ -517,12 +532,41 @@ def _timeout(value: int | None) -> int:
     return 10 if value is None else value
 
 
+# A stop or reboot holds a thread (and the caller's connection) for up to its timeout.
+MAX_STOP_TIMEOUT = 300
+
+
+def parse_stop_timeout(value: str | None) -> int | None:
+    """stop/reboot `timeout`: whole seconds from 0 to MAX_STOP_TIMEOUT (None: the default)."""
+    if value is None or value == "":
+        return None
+    problem = f"timeout: must be a whole number of seconds from 0 to {MAX_STOP_TIMEOUT}"
+    # ASCII digits only: int() would also take '²'-like digits and 5,000-digit strings.
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        raise InvalidInput(problem)
+    seconds = int(value)
+    if seconds > MAX_STOP_TIMEOUT:
+        raise InvalidInput(problem)
+    return seconds
+
+
+MAX_SIGNAL = 64  # Linux: 1-31 and the real-time signals up to 64
+_SIGNAL_NAME = re.compile(r"[A-Z][A-Z0-9+-]{0,15}", re.ASCII)  # TERM, SIGKILL, SIGRTMIN+3
+
+
 def _signal(value: str | None) -> str | int | None:
+    """A signal number or name, checked here so that Docker is never asked with '²'."""
     if value is None or value == "":
         return None
     v = value.strip().upper()
-    if v.isdigit():
-        return int(v)
+    number = whole_number(v, strings=True)
+    if number is not None:
+        if not 1 <= number <= MAX_SIGNAL:
+            raise InvalidInput(f"signal: a signal number is from 1 to {MAX_SIGNAL}")
+        return number
+    if not _SIGNAL_NAME.fullmatch(v):
+        raise InvalidInput(f"signal: must be a signal name (KILL, SIGTERM) or number, "
+                           f"not {short(value)}")
     return v if v.startswith("SIG") else f"SIG{v}"
 
 
@@ -584,22 +628,20 @@ def parse_since(value: str | None) -> int | None:
     """Zun's `since`: epoch seconds, or 'YYYY-MM-DD HH:MM:SS,mmm'."""
     if value is None or value == "":
         return None
-    if value.isdigit():
-        return int(value)
+    seconds = whole_number(value, strings=True)  # not isdigit(): '²' is a digit to Python
+    if seconds is not None:
+        return seconds
     try:
         return int(datetime.strptime(value.split(",")[0], "%Y-%m-%d %H:%M:%S").timestamp())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidInput("since: must be epoch seconds or 'YYYY-MM-DD HH:MM:SS,mmm'") from None
 
 
 def parse_tail(value: str | None) -> int | None:
     if value is None or value in ("", "all"):
         return None
-    try:
-        tail = int(value)
-    except ValueError:
-        raise InvalidInput("tail: must be 'all' or a non-negative integer") from None
-    if tail < 0:
+    tail = whole_number(value, strings=True)
+    if tail is None:
         raise InvalidInput("tail: must be 'all' or a non-negative integer")
     return tail
 
