@@ -14,6 +14,15 @@ counterpart of plan.py and execute.py.
                               one made before project networks joins it in place
     mounts                    its own volumes are made before it and removed once it is
                               gone; injected files are put in before it first starts
+
+Crash safety (the agent may die between any two steps):
+    injected files            a never-started container that nobody vouches for (not
+                              reported to the store, not completed by this process) may
+                              lack its files: it is removed and made again, never started
+                              as it is
+    auto_remove (one-shot)    reported to the store before its first start ("announce"),
+                              so once it ran and Docker removed it, the store's runtime id
+                              says so and no restarted agent runs it a second time
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import base64
 import io
 import logging
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from capsuled.agent.networks import ProjectNetworks
@@ -50,11 +60,13 @@ class BarePlan:
     unpause: bool = False
     start: bool = False
     restart: bool = False  # its health check fails and auto_heal is on
+    announce: bool = False  # tell the store its id before the first start (auto_remove)
 
     @property
     def empty(self) -> bool:
         return not (self.remove or self.gone or self.create or self.update or self.stop
-                    or self.pause or self.unpause or self.start or self.restart)
+                    or self.pause or self.unpause or self.start or self.restart
+                    or self.announce)
 
 
 def wanted_resources(desired: ContainerAssignment) -> tuple[int | None, int | None]:
@@ -62,8 +74,11 @@ def wanted_resources(desired: ContainerAssignment) -> tuple[int | None, int | No
 
 
 def compute_bare_plan(desired: ContainerAssignment | None, observed: list[Observed],
-                      existed: bool = False) -> BarePlan:
-    """`existed`: this agent created the container earlier (the store may not know yet)."""
+                      existed: bool = False, completed: frozenset[str] = frozenset(),
+                      announced: frozenset[str] = frozenset()) -> BarePlan:
+    """`existed`: this agent created the container earlier (the store may not know yet).
+    `completed`: container ids this agent process created and put the files in;
+    `announced`: ids this process reported to the store (it may not have told us yet)."""
     if desired is None or desired.deleting:
         return BarePlan(remove=[o.id for o in observed]) if observed else BarePlan(gone=True)
     want_hash = desired.spec.runtime_hash()
@@ -74,11 +89,21 @@ def compute_bare_plan(desired: ContainerAssignment | None, observed: list[Observ
     if extra:
         return BarePlan(remove=extra)
     if keep is None:
-        if (existed or desired.runtime_id is not None) and desired.spec.auto_remove:
+        if (existed or announced or desired.runtime_id is not None) and desired.spec.auto_remove:
             return BarePlan(gone=True)
         return BarePlan(create=True)
-    plan = BarePlan(update=(keep.nano_cpus, keep.memory_bytes) != wanted_resources(desired))
     state, goal = keep.state, desired.desired_state
+    stored = keep.id == desired.runtime_id  # reported by an agent, so complete
+    if state == "created" and desired.spec.files and not (stored or keep.id in completed):
+        # Created, never started, and nobody vouches that its files went in: an agent
+        # died between create and put. Started as it is it would run without them.
+        return BarePlan(remove=[keep.id])
+    if state == "created" and desired.spec.auto_remove and goal != "stopped" \
+            and not (stored or keep.id in announced):
+        # A one-shot container may be gone (run and removed) before any later report:
+        # the store learns its id first, so a restarted agent knows it ran.
+        return BarePlan(announce=True)
+    plan = BarePlan(update=(keep.nano_cpus, keep.memory_bytes) != wanted_resources(desired))
     if goal == "stopped":
         plan.unpause = state == "paused"
         plan.stop = state in ("running", "paused", "restarting")
@@ -100,8 +125,16 @@ class BareOutcome:
 
 class BareExecutor:
     def __init__(self, runtime: RuntimeDriver, networks: ProjectNetworks, volumes: VolumeDriver,
-                 instance: str, stop_timeout: int) -> None:
+                 instance: str, stop_timeout: int,
+                 announce: Callable[[BareReport], None] | None = None) -> None:
         self._rt = runtime
+        # Reports a container to the store at once (before a one-shot container's first
+        # start); an error stops the sync before the start, to be retried.
+        self._announce = announce or (lambda report: None)
+        # Per uuid, container ids this process made whole (files in) and announced; the
+        # store's runtime id vouches for the same after a restart (compute_bare_plan).
+        self._completed: dict[str, set[str]] = {}
+        self._announced: dict[str, set[str]] = {}
         self._networks = networks
         self._volumes = volumes
         self._instance = instance
@@ -116,6 +149,8 @@ class BareExecutor:
     def forget(self, uuid: str) -> None:
         """The control plane no longer assigns `uuid` to this host."""
         self._created.discard(uuid)
+        self._completed.pop(uuid, None)
+        self._announced.pop(uuid, None)
 
     def sync(self, uuid: str, desired: ContainerAssignment | None) -> BareOutcome:
         error: str | None = None
@@ -123,7 +158,9 @@ class BareExecutor:
         try:
             for _ in range(_MAX_STEPS):
                 observed = self._rt.observe_capsule(self._instance, uuid)
-                plan = compute_bare_plan(desired, observed, uuid in self._created)
+                plan = compute_bare_plan(desired, observed, uuid in self._created,
+                                         frozenset(self._completed.get(uuid, ())),
+                                         frozenset(self._announced.get(uuid, ())))
                 if plan.empty:
                     if desired is not None and len(observed) == 1:
                         self._join_network(desired, observed[0])
@@ -131,7 +168,7 @@ class BareExecutor:
                 if plan.gone:
                     self._volumes.remove_owned(self._instance, uuid)
                     if desired is None:
-                        self._created.discard(uuid)
+                        self.forget(uuid)
                         return BareOutcome(None, settled=True)
                     return BareOutcome(BareReport(uuid=uuid, generation=desired.generation,
                                                   gone=True), settled=True)
@@ -154,6 +191,9 @@ class BareExecutor:
             self._created.add(uuid)
             return
         cid = observed[0].id
+        if plan.announce:
+            self._announce(self._report(desired, observed, None))
+            self._announced.setdefault(uuid, set()).add(cid)
         if plan.update:
             self._rt.update_resources(cid, *wanted_resources(desired))
         if plan.unpause:
@@ -186,7 +226,8 @@ class BareExecutor:
                         L.AUTO_REMOVE: "true"}))
         binds = [f"{naming.volume_name(uuid, m.name)}:{m.mount_path}:{'ro' if m.read_only else 'rw'}"
                  for m in c.volume_mounts]
-        start = desired.desired_state != "stopped"
+        # A one-shot container starts only after the store knows it (plan.announce).
+        start = desired.desired_state != "stopped" and not spec.auto_remove
 
         def create(net: ProjectNetwork | None) -> str:
             cid = self._rt.create_container(ContainerRequest(
@@ -208,6 +249,7 @@ class BareExecutor:
                 except Exception:
                     self._rt.remove_container(cid, 0)
                     raise
+            self._completed.setdefault(uuid, set()).add(cid)
             return cid
 
         self._networks.with_network(desired.project_id, create)

@@ -54,7 +54,8 @@ class Agent:
         self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel)
-        self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout)
+        self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
+                                  announce=lambda r: self._channel.report(self._host, [], [r]))
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max)
         self._threads: list[threading.Thread] = []
