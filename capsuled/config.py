@@ -108,8 +108,16 @@ class KeystoneSettings(BaseModel):
     interface: str = Field("public", description="Catalog interface of the identity endpoint")
     region_name: str | None = None
     timeout: float = Field(10.0, gt=0, description="Seconds before a Keystone call is abandoned")
-    cache_ttl: float = Field(300.0, ge=0,
-                             description="Seconds a validated token is trusted (0: no cache)")
+    # Short: a token revoked in Keystone keeps working here until its cache entry ends.
+    cache_ttl: float = Field(30.0, ge=0, description="Seconds a validated token is trusted; "
+                             "a token revoked in Keystone is refused within this (0: no cache)")
+    # OpenStack's is_admin_project idea: `admin` on any project (every project owner may
+    # hold it) does not make a cloud administrator, only `admin` on this one does.
+    admin_project_name: str = Field("admin", description="Project whose `admin` role makes a "
+                                    "Capsuled admin; `admin` on any other project is a member")
+    admin_project_domain_name: str = Field("Default", description="Domain of admin_project_name")
+    admin_project_id: str | None = Field(None, description="The admin project by id (wins over "
+                                         "admin_project_name when set)")
     cache_size: int = Field(10_000, ge=1, description="Tokens the cache holds")
 
 

@@ -9,6 +9,11 @@ seconds and never past the token's own expiry, so a revoked token is refused wit
 `cache_ttl`. Keystone's own refusals (404: unknown, revoked or expired) are cached too.
 When Keystone cannot be asked (down, timing out, refusing the service user), requests
 get 503, not 401: the token may well be good.
+
+Only the `admin` role on the configured admin project makes a Capsuled admin (OpenStack's
+`is_admin_project`): in Keystone a project's own administrators hold `admin` on it, and
+that must not open every tenant's containers to them. Elsewhere `admin` counts as
+`member` of the token's project.
 """
 
 from __future__ import annotations
@@ -62,6 +67,21 @@ class TokenValidator(Protocol):
 
 
 @dataclass(frozen=True)
+class AdminProject:
+    """Which project's `admin` role is Capsuled's admin: by id, or by name in a domain."""
+
+    name: str | None = "admin"
+    domain_name: str = "Default"
+    id: str | None = None
+
+    def matches(self, info: access.AccessInfoV3) -> bool:
+        if self.id is not None:
+            return info.project_id == self.id
+        return (self.name is not None and info.project_name == self.name
+                and info.project_domain_name == self.domain_name)
+
+
+@dataclass(frozen=True)
 class _Entry:
     principal: Principal | None  # None: Keystone refused the token
     forbidden: str | None        # a valid token Capsuled cannot use (not project-scoped)
@@ -87,10 +107,12 @@ def keystone_validator(settings: KeystoneSettings) -> TokenValidator:
 
 
 class KeystoneIdentity:
-    def __init__(self, validator: TokenValidator, cache_ttl: float = 300.0,
+    def __init__(self, validator: TokenValidator, cache_ttl: float = 30.0,
                  cache_size: int = 10_000, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 admin_project: AdminProject = AdminProject()) -> None:
         self._validate = validator
+        self._admin_project = admin_project
         self._ttl = cache_ttl
         self._clock = clock
         self._now = now
@@ -103,7 +125,10 @@ class KeystoneIdentity:
 
     @classmethod
     def from_settings(cls, settings: KeystoneSettings) -> KeystoneIdentity:
-        return cls(keystone_validator(settings), settings.cache_ttl, settings.cache_size)
+        return cls(keystone_validator(settings), settings.cache_ttl, settings.cache_size,
+                   admin_project=AdminProject(settings.admin_project_name,
+                                              settings.admin_project_domain_name,
+                                              settings.admin_project_id))
 
     def authenticate(self, token: str) -> Principal | None:
         if not _TOKEN_SHAPE.fullmatch(token):
@@ -166,8 +191,11 @@ class KeystoneIdentity:
         if not info.project_scoped or not info.project_id or not info.user_id:
             return _Entry(None, "Capsuled needs a project-scoped token (this one is "
                           f"{_scope(info)}); log in with a project.", deadline)
-        principal = Principal(project_id=info.project_id, user_id=info.user_id,
-                              roles=map_roles(info.role_names or ()))
+        roles = map_roles(info.role_names or ())
+        if "admin" in roles and not self._admin_project.matches(info):
+            # Still its own project's member, even where `admin` implies nothing.
+            roles = (roles - {"admin"}) | {"member"}
+        principal = Principal(project_id=info.project_id, user_id=info.user_id, roles=roles)
         return _Entry(principal, None, deadline)
 
 

@@ -19,15 +19,16 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def body(project: str | None = "p1", user: str = "u1", roles: tuple[str, ...] = ("member",),
-         expires: datetime = NOW + timedelta(hours=1), **scope: Any) -> dict[str, Any]:
+         expires: datetime = NOW + timedelta(hours=1), project_name: str = "demo",
+         domain: str = "Default", **scope: Any) -> dict[str, Any]:
     token: dict[str, Any] = {
         "methods": ["password"], "issued_at": NOW.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
         "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
         "user": {"id": user, "name": "alice", "domain": {"id": "default", "name": "Default"}},
         "roles": [{"id": f"r-{r}", "name": r} for r in roles], **scope}
     if project is not None:
-        token["project"] = {"id": project, "name": "demo",
-                            "domain": {"id": "default", "name": "Default"}}
+        token["project"] = {"id": project, "name": project_name,
+                            "domain": {"id": domain.lower(), "name": domain}}
     return {"token": token}
 
 
@@ -76,7 +77,7 @@ def test_keystone_roles_map_to_ours(keystone_roles: list[str], ours: set[str]) -
 
 
 def test_a_valid_token_is_the_principal_of_its_project_user_and_roles() -> None:
-    v = Validator(tok=body("proj-1", "user-1", ("admin", "member", "reader")))
+    v = Validator(tok=body("proj-1", "user-1", ("admin", "member", "reader"), project_name="admin"))
     ident, _ = identity(v)
     who = ident.authenticate("tok")
     assert who == Principal("proj-1", "user-1", frozenset({"admin", "member", "reader"}))
@@ -218,3 +219,42 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert ks is not None and ks.auth_url == "http://ks:5000/v3" and ks.cache_ttl == 1.5
     assert ks.password.get_secret_value() == "s3cret" and "s3cret" not in repr(ks)
     assert (ks.username, ks.project_name, ks.user_domain_name) == ("capsuled", "service", "Default")
+
+
+@pytest.mark.parametrize(("project_name", "domain", "is_admin"), [
+    ("admin", "Default", True),
+    ("demo", "Default", False),    # a project's own admin is not the cloud's
+    ("admin", "Other", False),     # another domain's "admin" project
+    ("Admin", "Default", False),
+])
+def test_only_admin_on_the_admin_project_is_a_capsuled_admin(
+        project_name: str, domain: str, is_admin: bool) -> None:
+    ident, _ = identity(Validator(tok=body("p9", roles=("admin",), project_name=project_name,
+                                           domain=domain)))
+    who = ident.authenticate("tok")
+    assert who is not None and who.is_admin is is_admin
+    # Elsewhere it still works in its own project, as a member.
+    assert is_admin or ("member" in who.roles and who.project_id == "p9")
+
+
+def test_the_admin_project_can_be_named_by_id_or_name_in_settings() -> None:
+    by_id = KeystoneIdentity(Validator(a=body("ops-id", roles=("admin",), project_name="ops"),
+                                       b=body("p2", roles=("admin",), project_name="admin")),
+                             admin_project=keystone.AdminProject(id="ops-id"))
+    assert by_id.authenticate("a").is_admin  # type: ignore[union-attr]
+    assert not by_id.authenticate("b").is_admin  # type: ignore[union-attr]
+    settings = KeystoneSettings(auth_url="http://127.0.0.1:1/v3", password="pw",  # type: ignore[arg-type]
+                                admin_project_name="cloud-admin", admin_project_domain_name="Ops")
+    ident = KeystoneIdentity.from_settings(settings)
+    assert ident._admin_project == keystone.AdminProject("cloud-admin", "Ops", None)
+
+
+def test_the_default_cache_is_short_and_a_revoked_token_stops_working_within_it() -> None:
+    ttl = KeystoneSettings(auth_url="http://ks/v3", password="pw").cache_ttl  # type: ignore[arg-type]
+    assert 0 < ttl <= 60
+    v = Validator(tok=body())
+    ident, clock = identity(v, ttl=ttl)
+    assert ident.authenticate("tok") is not None
+    v.answers["tok"] = ks_exc.NotFound()  # revoked in Keystone
+    clock.t += ttl + 0.001
+    assert ident.authenticate("tok") is None
