@@ -44,6 +44,9 @@ DEFAULTS: dict[str, str] = {
     "capsule:get_all": READER, "capsule:get:host": ADMIN,
     "capsule:delete_all_projects": ADMIN, "capsule:get_one_all_projects": ADMIN,
     "capsule:get_all_all_projects": ADMIN,
+    # Force on a capsule or container whose host is down or gone needs no more than a
+    # delete: nothing else can ever remove it. On a live host force is an admin's power.
+    "capsule:delete_force": ADMIN,
     **{f"container:{a}": READER if a in _READS else MEMBER for a in _CONTAINER_ACTIONS},
     "container:get_one:host": ADMIN, "container:get_one_all_projects": ADMIN,
     "container:get_all_all_projects": ADMIN, "container:delete_all_projects": ADMIN,

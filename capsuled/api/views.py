@@ -165,5 +165,8 @@ def _status_detail(row: Container | ContainerRow) -> str | None:
 
 
 def event_view(e: Event) -> dict[str, Any]:
-    return {"created_at": ts(e.created_at), "type": e.type, "reason": e.reason,
-            "message": e.message, "container": e.container}
+    """`count` and `last_seen`: how often it happened in a row, and when last (kubelet's
+    event counts); `id` is the marker of the next page."""
+    return {"id": e.id, "created_at": ts(e.created_at), "type": e.type, "reason": e.reason,
+            "message": e.message, "container": e.container, "count": e.count or 1,
+            "last_seen": ts(e.last_at or e.created_at)}

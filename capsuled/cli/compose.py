@@ -118,6 +118,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
+    from capsuled.store.capsules import Retention, configure_retention
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -131,6 +132,9 @@ def build_api(settings: Settings, store: Store,
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_retention(Retention(
+        events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
+        max_age=timedelta(seconds=settings.limits.event_max_age)))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, exists, select, update
+from sqlalchemy import Select, Text, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.channel import Assignment, CapsuleReport
@@ -149,11 +149,64 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     return row
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How much history is kept: per capsule, the newest `events` events, and per
+    container the newest `actions` actions; anything older than `max_age` goes too."""
+
+    events: int = 200
+    actions: int = 200
+    max_age: timedelta = timedelta(days=7)
+
+
+# Set once at start-up from the settings (limits.events_per_capsule, …) by the
+# composition root; every writer of history prunes with it as it writes.
+_retention = Retention()
+
+
+def configure_retention(retention: Retention) -> None:
+    global _retention
+    _retention = retention
+
+
+def retention() -> Retention:
+    return _retention
+
+
+# An event equal to one of the capsule's newest few is counted on that one (kubelet does
+# the same): a sync failing on every retry interleaves its failure with status changes.
+_AGGREGATE_WITHIN = 10
+
+
 def add_event(session: Session, capsule: Capsule, type_: str, reason: str, message: str,
               container: str | None = None) -> None:
+    """Record an event. The same event as one of the capsule's newest (a sync that fails
+    on every retry) only counts up that one; a new one prunes what is past retention."""
+    now = utcnow()
+    recent = session.scalars(select(Event).where(Event.capsule_id == capsule.id)
+                             .order_by(Event.id.desc()).limit(_AGGREGATE_WITHIN)).all()
+    same = next((e for e in recent if (e.type, e.reason, e.message, e.container)
+                 == (type_, reason, message, container)), None)
+    if same is not None:
+        same.count = (same.count or 1) + 1
+        same.last_at = now
+        return
     session.add(Event(capsule_id=capsule.id, type=type_, reason=reason, message=message,
-                      container=container, created_at=utcnow(), project_id=capsule.project_id,
+                      container=container, created_at=now, project_id=capsule.project_id,
                       user_id=capsule.user_id))
+    _prune_events(session, capsule.id, now)
+
+
+def _prune_events(session: Session, capsule_id: int, now: datetime) -> None:
+    keep = _retention
+    session.flush()
+    oldest_kept = session.scalar(select(Event.id).where(Event.capsule_id == capsule_id)
+                                 .order_by(Event.id.desc()).offset(keep.events - 1).limit(1))
+    stale = func.coalesce(Event.last_at, Event.created_at) < now - keep.max_age
+    if oldest_kept is not None:
+        stale = stale | (Event.id < oldest_kept)
+    session.execute(delete(Event).where(Event.capsule_id == capsule_id, stale),
+                    execution_options={"synchronize_session": False})
 
 
 def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule:
@@ -281,6 +334,29 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
     capsule.sandbox_id = report.sandbox_id
 
 
-def list_events(session: Session, capsule: Capsule) -> list[Event]:
-    return list(session.scalars(
-        select(Event).where(Event.capsule_id == capsule.id).order_by(Event.id)).all())
+def list_events(session: Session, capsule: Capsule, limit: int | None = None,
+                marker: int | None = None) -> list[Event]:
+    """Oldest first; after the event `marker` (an id from an earlier page: pruned since or
+    not, the page goes on from there)."""
+    stmt = select(Event).where(Event.capsule_id == capsule.id)
+    if marker is not None:
+        stmt = stmt.where(Event.id > marker)
+    return list(session.scalars(stmt.order_by(Event.id).limit(limit)).all())
+
+
+def host_gone(session: Session, host: str | None, now: datetime, down_after: timedelta) -> bool:
+    """The host is deleted, forced down or silent for `down_after`: nothing will act on
+    what is placed there until (if ever) its agent comes back."""
+    if host is None:
+        return True
+    row = session.scalars(select(Host).where(Host.name == host)).first()
+    return (row is None or bool(row.forced_down) or row.last_seen is None
+            or row.last_seen < now - down_after)
+
+
+def force_delete(session: Session, capsule: Capsule) -> None:
+    """The rows go now (and with them the quota and host claims). If the agent comes back,
+    what it finds of the capsule is an orphan, which it removes, volumes too."""
+    host = capsule.host
+    session.delete(capsule)
+    bump_host_revision(session, host)

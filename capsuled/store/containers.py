@@ -4,15 +4,16 @@ added at run time, lookups across both, and the action history."""
 from __future__ import annotations
 
 import uuid as uuidlib
+from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from capsuled.domain.channel import BareReport, ContainerAssignment
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
 from capsuled.domain.status import Status, container_status
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store.capsules import UUID_RE, Page, add_event, bump_host_revision
+from capsuled.store.capsules import UUID_RE, Page, add_event, bump_host_revision, retention
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -201,7 +202,24 @@ def record_action(session: Session, container_uuid: str, action: str, request_id
                           finish_time=now if finished else None,
                           message="Error" if error else None, detail=error)
     session.add(row)
+    _prune_actions(session, container_uuid, now)
     return row
+
+
+def _prune_actions(session: Session, container_uuid: str, now: datetime) -> None:
+    """Keep the newest actions of a container, and only finished ones younger than the
+    retention age (an unfinished one is still being acted on)."""
+    keep = retention()
+    session.flush()
+    oldest_kept = session.scalar(select(ContainerAction.id).where(
+        ContainerAction.container_uuid == container_uuid)
+        .order_by(ContainerAction.id.desc()).offset(keep.actions - 1).limit(1))
+    stale = ContainerAction.finish_time < now - keep.max_age
+    if oldest_kept is not None:
+        stale = stale | (ContainerAction.id < oldest_kept)
+    session.execute(delete(ContainerAction).where(
+        ContainerAction.container_uuid == container_uuid, stale),
+        execution_options={"synchronize_session": False})
 
 
 def finish_actions(session: Session, container_uuid: str, message: str | None,
@@ -214,9 +232,27 @@ def finish_actions(session: Session, container_uuid: str, message: str | None,
         a.finish_time, a.message, a.detail = utcnow(), message, detail
 
 
-def list_actions(session: Session, container_uuid: str) -> list[ContainerAction]:
-    return list(session.scalars(select(ContainerAction).where(
-        ContainerAction.container_uuid == container_uuid).order_by(ContainerAction.id)).all())
+def list_actions(session: Session, container_uuid: str, limit: int | None = None,
+                 marker: str | None = None) -> list[ContainerAction]:
+    """Oldest first; after the action whose request id is `marker`."""
+    stmt = select(ContainerAction).where(ContainerAction.container_uuid == container_uuid)
+    if marker is not None:
+        after = session.scalar(select(ContainerAction.id).where(
+            ContainerAction.container_uuid == container_uuid,
+            ContainerAction.request_id == marker).order_by(ContainerAction.id.desc()).limit(1))
+        if after is None:
+            raise NotFound(f"Marker {marker} could not be found.")
+        stmt = stmt.where(ContainerAction.id > after)
+    return list(session.scalars(stmt.order_by(ContainerAction.id).limit(limit)).all())
+
+
+def force_delete(session: Session, row: Container) -> None:
+    """A bare container's row goes now (its quota and host claims with it); if its agent
+    comes back it removes the container, and its volumes, as an orphan."""
+    finish_actions(session, row.uuid, "Error", "deleted with force while its host was down")
+    host = row.host
+    session.delete(row)
+    bump_host_revision(session, host)
 
 
 def get_action(session: Session, container_uuid: str, request_id: str) -> ContainerAction:

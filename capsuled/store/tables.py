@@ -171,6 +171,10 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # The same event again right after itself (a sync failing on every retry) is counted
+    # on one row, as kubelet does: how often, and when last.
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Whose capsule it was: events are per tenant like everything else.
     project_id: Mapped[str | None] = mapped_column(String(255), index=True)
     user_id: Mapped[str | None] = mapped_column(String(255))

@@ -63,10 +63,10 @@ def test_capsule_containers_without_limits_get_the_defaults_and_a_pids_limit(
                            sleeper("sized", resources={"requests": {"cpu": 1, "memory": 64}})])
     body = running_capsule(client, tmpl)
     shown = {c["name"]: c for c in body["containers"]}
-    assert (shown["plain"]["cpu"], shown["plain"]["memory"]) == (0.5, "256")
+    assert (shown["plain"]["cpu"], shown["plain"]["memory"]) == (0.1, "256")
     assert (shown["sized"]["cpu"], shown["sized"]["memory"]) == (1.0, "64")
     plain = member(docker_api, body["uuid"], "plain")["HostConfig"]
-    assert plain["NanoCpus"] == 500_000_000 and plain["Memory"] == 256 * MiB
+    assert plain["NanoCpus"] == 100_000_000 and plain["Memory"] == 256 * MiB
     assert plain["PidsLimit"] == 1024
     sized = member(docker_api, body["uuid"], "sized")["HostConfig"]
     assert sized["NanoCpus"] == 1_000_000_000 and sized["Memory"] == 64 * MiB
@@ -74,7 +74,7 @@ def test_capsule_containers_without_limits_get_the_defaults_and_a_pids_limit(
     assert sandbox(docker_api, body["uuid"])["HostConfig"]["PidsLimit"] == 1024
     # Charged to the quota like explicit requests.
     used = usage(client, project)
-    assert used["cpu"]["in_use"] == 1.5 and used["memory"]["in_use"] == 256 + 64
+    assert used["cpu"]["in_use"] == pytest.approx(1.1) and used["memory"]["in_use"] == 256 + 64
 
 
 def test_bare_and_added_containers_get_the_defaults_and_a_pids_limit(
@@ -84,26 +84,26 @@ def test_bare_and_added_containers_get_the_defaults_and_a_pids_limit(
                     json={"image": "busybox", "command": ["sleep", "3600"]})
     assert r.status_code == 202, r.text
     created = r.json()
-    assert (created["cpu"], created["memory"]) == (0.5, "256")
+    assert (created["cpu"], created["memory"]) == (0.1, "256")
     uuid = created["uuid"]
     wait_for(lambda: client.get(f"/v1/containers/{uuid}").json()["status"] == "Running",
              timeout=60, what="bare container running")
     host = bare(docker_api, uuid)["HostConfig"]
-    assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (500_000_000, 256 * MiB, 1024)
+    assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (100_000_000, 256 * MiB, 1024)
 
     capsule = running_capsule(client, template(None, [sleeper("main", resources={
         "requests": {"cpu": 0.25, "memory": 32}})]))
     r = client.post("/v1/containers", json={"image": "busybox", "command": ["sleep", "3600"],
                                             "name": "extra", "capsule": capsule["uuid"]})
     assert r.status_code == 202, r.text
-    assert (r.json()["cpu"], r.json()["memory"]) == (0.5, "256")
+    assert (r.json()["cpu"], r.json()["memory"]) == (0.1, "256")
     wait_for(lambda: any(c["name"] == "extra" and c["status"] == "Running" for c in
                          client.get(f"/v1/capsules/{capsule['uuid']}").json()["containers"]),
              timeout=60, what="added container running")
     extra = member(docker_api, capsule["uuid"], "extra")["HostConfig"]
-    assert (extra["NanoCpus"], extra["Memory"], extra["PidsLimit"]) == (500_000_000, 256 * MiB, 1024)
+    assert (extra["NanoCpus"], extra["Memory"], extra["PidsLimit"]) == (100_000_000, 256 * MiB, 1024)
     used = usage(client, project)
-    assert used["cpu"]["in_use"] == 0.5 + 0.25 + 0.5
+    assert used["cpu"]["in_use"] == pytest.approx(0.45)
     assert used["memory"]["in_use"] == 256 + 32 + 256
 
 
@@ -155,3 +155,113 @@ def test_adding_or_resizing_beyond_the_hosts_capacity_is_refused_without_naming_
     r = client.patch(f"/v1/containers/{uuid}", json={"cpu": 16})
     assert r.status_code == 409 and "container's host has not enough free CPU" in r.text
     assert "host-" not in r.text and "free)" not in r.text
+
+
+# -- events and actions: aggregated, pruned, paginated ---------------------------------------
+
+def test_a_failing_sync_counts_up_one_event_and_events_are_pruned_and_paginated(
+        own_server, unique) -> None:  # type: ignore[no-untyped-def]
+    srv = own_server(CAPSULED_LIMITS__EVENTS_PER_CAPSULE="4", CAPSULED_AGENT__BACKOFF_MAX="0.3",
+                     CAPSULED_AGENT__BACKOFF_INITIAL="0.1")
+    with srv.client(srv.issue_token(unique("fair"), "fs", "member")) as client:
+        r = client.post("/v1/capsules", json={"template": template(None, [sleeper(
+            "app", image="capsuled-test/absent:1", imagePullPolicy="Never")])})
+        assert r.status_code == 202, r.text
+        uuid = r.json()["uuid"]
+
+        def failed() -> dict[str, Any] | None:
+            events = client.get(f"/v1/capsules/{uuid}/events").json()["events"]
+            return next((e for e in events if e["reason"] == "Failed" and e["count"] >= 5), None)
+
+        event = wait_for(failed, timeout=60, what="a Failed event counted 5 times")
+        assert "imagePullPolicy is Never" in event["message"] and event["last_seen"] > event["created_at"]
+        events = client.get(f"/v1/capsules/{uuid}/events").json()["events"]
+        assert [e["reason"] for e in events].count("Failed") == 1, events
+
+        # More distinct events than the cap: only the newest 4 stay, oldest first.
+        capsule = running_capsule(client, template(None, [sleeper("main")]))
+        for i in range(3):
+            r = client.post("/v1/containers", json={"image": "busybox", "name": f"x{i}",
+                                                    "command": ["sleep", "3600"],
+                                                    "capsule": capsule["uuid"]})
+            assert r.status_code == 202, r.text
+        wait_for(lambda: sum(c["status"] == "Running" for c in client.get(
+            f"/v1/capsules/{capsule['uuid']}").json()["containers"]) == 4, timeout=60,
+            what="added containers running")
+        events = client.get(f"/v1/capsules/{capsule['uuid']}/events").json()["events"]
+        assert len(events) == 4, events
+        assert "Accepted" not in [e["reason"] for e in events]
+        assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+        first = client.get(f"/v1/capsules/{capsule['uuid']}/events", params={"limit": 3}).json()
+        assert first["events"] == events[:3]
+        rest = client.get(f"/v1/capsules/{capsule['uuid']}/events",
+                          params={"limit": 3, "marker": first["events"][-1]["id"]}).json()
+        assert rest["events"] == events[3:]
+        r = client.get(f"/v1/capsules/{capsule['uuid']}/events", params={"marker": "x"})
+        assert r.status_code == 400 and "marker" in r.text
+
+
+def test_container_actions_are_pruned_and_paginated(own_server, unique) -> None:  # type: ignore[no-untyped-def]
+    srv = own_server(CAPSULED_LIMITS__ACTIONS_PER_CONTAINER="3")
+    with srv.client(srv.issue_token(unique("fair"), "fs", "member")) as client:
+        r = client.post("/v1/containers", params={"run": "true"},
+                        json={"image": "busybox", "command": ["sleep", "3600"]})
+        assert r.status_code == 202, r.text
+        uuid = r.json()["uuid"]
+
+        def status(want: str) -> None:
+            wait_for(lambda: client.get(f"/v1/containers/{uuid}").json()["status"] == want,
+                     timeout=60, what=f"container {want}")
+
+        status("Running")
+        for action, then in (("pause", "Paused"), ("unpause", "Running"),
+                             ("pause", "Paused"), ("unpause", "Running")):
+            assert client.post(f"/v1/containers/{uuid}/{action}").status_code == 202
+            status(then)
+        actions = client.get(f"/v1/containers/{uuid}/container_actions").json()["containerActions"]
+        assert [a["action"] for a in actions] == ["unpause", "pause", "unpause"]
+        page = client.get(f"/v1/containers/{uuid}/container_actions",
+                          params={"limit": 2}).json()["containerActions"]
+        assert page == actions[:2]
+        rest = client.get(f"/v1/containers/{uuid}/container_actions",
+                          params={"marker": page[-1]["request_id"]}).json()["containerActions"]
+        assert rest == actions[2:]
+
+
+# -- force delete on a host that is gone ------------------------------------------------------
+
+def test_force_delete_on_a_host_that_is_down_frees_the_quota_and_the_agent_cleans_up(
+        own_server, unique, docker_api: docker.APIClient) -> None:  # type: ignore[no-untyped-def]
+    srv = own_server()
+    project = unique("fair")
+    with srv.client() as admin, srv.client(srv.issue_token(project, "fs", "member")) as client:
+        capsule = running_capsule(client, template(None, [sleeper("main")]))
+        r = client.post("/v1/containers", params={"run": "true"},
+                        json={"image": "busybox", "command": ["sleep", "3600"], "name": "solo"})
+        assert r.status_code == 202, r.text
+        solo = r.json()["uuid"]
+        wait_for(lambda: client.get(f"/v1/containers/{solo}").json()["status"] == "Running",
+                 timeout=60, what="bare container running")
+        # While the host is up, force is an admin's power.
+        r = client.delete(f"/v1/capsules/{capsule['uuid']}", params={"force": "true"})
+        assert r.status_code == 403 and "host is up" in r.text
+        r = client.delete(f"/v1/containers/{solo}", params={"force": "true", "stop": "true"})
+        assert r.status_code == 403 and "host is up" in r.text
+
+        host = admin.get("/v1/hosts").json()["hosts"][0]["hostname"]
+        r = admin.put("/v1/services/force_down", json={"host": host, "binary": "capsuled-agent",
+                                                       "forced_down": True})
+        assert r.status_code == 200, r.text
+        assert client.delete(f"/v1/capsules/{capsule['uuid']}",
+                             params={"force": "true"}).status_code == 204
+        assert client.get(f"/v1/capsules/{capsule['uuid']}").status_code == 404
+        assert client.delete(f"/v1/containers/{solo}", params={"force": "true"}).status_code == 204
+        assert client.get(f"/v1/containers/{solo}").status_code == 404
+        used = usage(client, project)
+        assert (used["capsules"]["in_use"], used["containers"]["in_use"], used["cpu"]["in_use"]) \
+            == (0, 0, 0)
+        # The agent (still there after all) removes what the rows no longer ask for.
+        wait_for(lambda: not docker_api.containers(all=True, filters={"label": [
+            f"capsuled.capsule={capsule['uuid']}"]}), timeout=60, what="capsule's containers removed")
+        wait_for(lambda: not docker_api.containers(all=True, filters={"label": [
+            f"capsuled.container={solo}"]}), timeout=60, what="bare container removed")

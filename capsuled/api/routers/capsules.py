@@ -79,16 +79,31 @@ async def show(request: Request, ident: str, who: PrincipalDep, version: Version
 
 
 @router.get("/{ident}/events", dependencies=[allow("capsule:get")])
-def events(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
-    """What happened to a capsule, oldest first (extension)."""
-    return {"events": [event_view(e) for e in _service(request).events(who, ident)]}
+def events(request: Request, ident: str, who: PrincipalDep, limit: str | None = None,
+           marker: str | None = None) -> dict[str, Any]:
+    """What happened to a capsule, oldest first (extension): pages of `limit`, after the
+    event whose `id` is `marker`. Only the newest events are kept (limits.events_per_capsule)."""
+    found = _service(request).events(
+        who, ident, _limit(limit, request.app.state.settings.api.max_limit), _event_marker(marker))
+    return {"events": [event_view(e) for e in found]}
+
+
+def _event_marker(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    value = whole_number(raw, strings=True)
+    if value is None or value < 0:
+        raise InvalidInput(f"marker: must be the id of a listed event, not {short(raw)}")
+    return value
 
 
 @router.delete("/{ident}", status_code=204, dependencies=[allow("capsule:delete")])
 def delete(request: Request, ident: str, who: PrincipalDep,
-           all_projects: str | None = None) -> Response:
-    """Delete a capsule (asynchronous: it shows Deleting until its agent has cleaned up)."""
-    _service(request).delete(who, ident, flag(all_projects, "all_projects"))
+           all_projects: str | None = None, force: str | None = None) -> Response:
+    """Delete a capsule (asynchronous: it shows Deleting until its agent has cleaned up).
+    `force` (extension): gone at once, for a capsule whose host is down or gone."""
+    _service(request).delete(who, ident, flag(all_projects, "all_projects"),
+                             flag(force, "force"))
     return Response(status_code=204)
 
 

@@ -273,9 +273,15 @@ def _encode(data: bytes, version: ApiVersion) -> str:
 
 
 @router.get("/{ident}/container_actions", dependencies=[allow("container:actions")])
-def actions(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
+def actions(request: Request, ident: str, who: PrincipalDep, limit: str | None = None,
+            marker: str | None = None) -> dict[str, Any]:
+    """Oldest first; extensions: pages of `limit` after the action whose request_id is
+    `marker`. Only the newest actions are kept (limits.actions_per_container)."""
+    found = _service(request).actions(
+        who, ident, _limit(limit, request.app.state.settings.api.max_limit),
+        None if marker is None else filter_value("marker", marker))
     return {"containerActions": [action_view(a, _service(request).shows_host(who))
-                                 for a in _service(request).actions(who, ident)]}
+                                 for a in found]}
 
 
 @router.get("/{ident}/container_actions/{request_id}", dependencies=[allow("container:actions")])

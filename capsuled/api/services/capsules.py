@@ -92,18 +92,29 @@ class CapsuleService:
             return repo.list_capsules(
                 s, self._scope(who, "capsule:get_all_all_projects", all_projects), page, labels)
 
-    def delete(self, who: Principal, ident: str, all_projects: bool = False) -> None:
+    def delete(self, who: Principal, ident: str, all_projects: bool = False,
+               force: bool = False) -> None:
+        """Mark it for its agent to remove; with `force` the rows go at once (quota
+        released), allowed to anyone who may delete it when its host is down or gone, and
+        otherwise to `capsule:delete_force` (admins). A returning agent removes leftovers."""
         if all_projects:
             self._policy.enforce("capsule:delete_all_projects", who)
         with self._store.transaction() as s:
             capsule = repo.get_capsule(s, ident, self._scope(who, "capsule:delete_all_projects"))
-            repo.mark_deleting(s, capsule)
+            if not force:
+                repo.mark_deleting(s, capsule)
+            else:
+                if not repo.host_gone(s, capsule.host, utcnow(), self._down_after):
+                    self._policy.enforce("capsule:delete_force", who, why=(
+                        "force: the capsule's host is up; delete it without force"))
+                repo.force_delete(s, capsule)
         self._control.notify()
 
-    def events(self, who: Principal, ident: str) -> list[Event]:
+    def events(self, who: Principal, ident: str, limit: int | None = None,
+               marker: int | None = None) -> list[Event]:
         with self._store.transaction() as s:
             capsule = repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
-            return repo.list_events(s, capsule)
+            return repo.list_events(s, capsule, limit, marker)
 
     def shows_host(self, who: Principal) -> bool:
         return self._policy.allows("capsule:get:host", who)

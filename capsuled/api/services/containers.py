@@ -192,11 +192,18 @@ class ContainerService:
     # -- desired-state changes ----------------------------------------------------------------
     def delete(self, who: Principal, ident: str, force: bool, stop: bool, request_id: str,
                all_projects: bool = False) -> None:
-        if force:
-            self._policy.enforce("container:delete_force", who)
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             self._check(row, "delete_stop" if stop else "delete", force=force)
+            if force and row.host is not None and capsule_repo.host_gone(
+                    s, row.host, utcnow(), self._down_after):
+                # Nothing but its own agent could ever remove it: the row goes now (quota
+                # released) and a returning agent removes the container as an orphan.
+                repo.force_delete(s, row)
+                return
+            if force:
+                self._policy.enforce("container:delete_force", who, why=(
+                    "force: the container's host is up; delete it without force"))
             repo.mark_deleting(s, row)
             repo.record_action(s, row.uuid, "delete", request_id, who.project_id, who.user_id,
                                finished=row.host is None)
@@ -429,10 +436,11 @@ class ContainerService:
             terminals.add(s, token, uuid, host, runtime_id, exec_id, utcnow() + SESSION_TTL)
         return token
 
-    def actions(self, who: Principal, ident: str) -> list[ContainerAction]:
+    def actions(self, who: Principal, ident: str, limit: int | None = None,
+                marker: str | None = None) -> list[ContainerAction]:
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
-            return repo.list_actions(s, row.uuid)
+            return repo.list_actions(s, row.uuid, limit, marker)
 
     def action_detail(self, who: Principal, ident: str, request_id: str) -> ContainerAction:
         with self._store.transaction() as s:
