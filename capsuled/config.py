@@ -90,7 +90,9 @@ class KeystoneSettings(BaseModel):
     auth_url: str = Field(description="Keystone v3 URL, e.g. http://keystone:5000/v3")
     username: str = Field("capsuled", description="Service user (needs the service or admin role)")
     password: SecretStr = Field(description="Service user's password")
-    default_cpu: float = Field(0.5, gt=0, description="CPUs given to a container that asks "
+    # Zun's minimum: a host of 2 CPUs holds 20 containers that ask for nothing; raise it
+    # on bigger hosts. It is a hard cap (NanoCpus), not a share.
+    default_cpu: float = Field(0.1, gt=0, description="CPUs given to a container that asks "
                                "for none (stored in its spec, charged to quota, claimed on "
                                "its host like an explicit request)")
     default_memory: int = Field(256, gt=0, description="MiB given to a container that asks for none")

@@ -54,7 +54,7 @@ class Limits:
     max_memory: int = 8192
     max_containers: int = 24
     # What a container that asks for none gets (domain.resources.with_default_limits).
-    default_cpu: float = 0.5
+    default_cpu: float = 0.1
     default_memory: int = 256
 
 
