@@ -45,8 +45,12 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "init_containers": [c for c, r in zip(children, row.containers, strict=True) if r.role == "init"],
         # Extensions (additive: Zun clients ignore unknown keys).
         "restart_count": row.restart_count,
+        # size_enforced: Docker's local volumes (on this ext4/overlay2 kind of host) cannot
+        # cap a volume's size; the size is charged to the disk quota and claimed on the
+        # host, but a container can write more. Said here rather than pretended.
         "volumes": [{"name": v.name, "type": v.type, "size": v.size, "auto_remove": v.auto_remove,
-                     "docker_volume": v.docker_volume} for v in row.volumes],
+                     "docker_volume": v.docker_volume, "size_enforced": False}
+                    for v in row.volumes],
     }
     if is_admin:
         body["host"] = row.host
@@ -125,6 +129,7 @@ def any_container_view(row: Container, is_admin: bool, base_url: str) -> dict[st
                                "MaximumRetryCount": str(bare.restart.max_retry)},
             "labels": dict(bare.labels), "auto_remove": bare.auto_remove,
             "auto_heal": bare.auto_heal, "disk": bare.disk,
+            "disk_enforced": False,  # as a capsule volume's size_enforced (extension)
             "hostname": bare.hostname or row.name, "capsule_id": None})
         if is_admin:
             body["host"] = row.host

@@ -265,3 +265,19 @@ def test_force_delete_on_a_host_that_is_down_frees_the_quota_and_the_agent_clean
             f"capsuled.capsule={capsule['uuid']}"]}), timeout=60, what="capsule's containers removed")
         wait_for(lambda: not docker_api.containers(all=True, filters={"label": [
             f"capsuled.container={solo}"]}), timeout=60, what="bare container removed")
+
+
+# -- volume sizes: charged, not enforced, and said so ------------------------------------------
+
+def test_the_api_says_volume_sizes_are_not_enforced(tenant: tuple[str, httpx.Client]) -> None:
+    project, client = tenant
+    r = client.post("/v1/capsules", json={"template": template(
+        None, [sleeper("main", volumeMounts=[{"name": "data", "mountPath": "/data"}])],
+        volumes=[{"name": "data", "cinder": {"size": 1}}])})
+    assert r.status_code == 202, r.text
+    assert r.json()["volumes"][0]["size"] == 1 and r.json()["volumes"][0]["size_enforced"] is False
+    r = client.post("/v1/containers", json={"image": "busybox", "command": ["sleep", "3600"],
+                                            "mounts": [{"size": 1, "destination": "/data"}]})
+    assert r.status_code == 202, r.text
+    assert r.json()["disk"] == 1 and r.json()["disk_enforced"] is False
+    assert usage(client, project)["disk"]["in_use"] == 2
