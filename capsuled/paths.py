@@ -6,6 +6,7 @@ Stdlib and platformdirs only: the CLI may import this module and nothing else of
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
@@ -20,3 +21,23 @@ def default_state_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/capsuled")
     return Path(platformdirs.user_data_dir("capsuled"))
+
+
+def private_dir(path: Path) -> Path:
+    """Make `path` (and its parents) and keep it 0700: it holds the database and the admin
+    token. An existing directory is tightened too (installs from before this rule), unless
+    it is a shared sticky directory such as /tmp, which is never ours to lock."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if not mode & stat.S_ISVTX and stat.S_IMODE(mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Keep an existing secret file 0600 (created with it since; tightened for old installs)."""
+    try:
+        if stat.S_IMODE(path.stat().st_mode) != 0o600:
+            os.chmod(path, 0o600)
+    except FileNotFoundError:
+        pass

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
-    from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.domain.channel import AgentChannel
     from capsuled.domain.hostops import ContainerOps
@@ -56,10 +56,11 @@ class Opened:
 def open_store(settings: Settings) -> Opened:
     """Migrate, connect, and on an empty database write the bootstrap admin token."""
     from capsuled.identity.local import bootstrap
-    from capsuled.paths import ADMIN_TOKEN_FILE
+    from capsuled.paths import ADMIN_TOKEN_FILE, private_dir, private_file
     from capsuled.store.engine import Store, make_engine, upgrade
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)  # the database and the admin token: the owner's only
+    private_file(settings.state_dir / ADMIN_TOKEN_FILE)
     try:
         engine = make_engine(settings.effective_database_url())
         upgrade(engine)
@@ -108,7 +109,7 @@ def build_api(settings: Settings, store: Store,
               ops_for: Callable[[str], ContainerOps]) -> Api:
     from capsuled.api.app import Services, create_app
     from capsuled.api.policy import Policy
-    from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.host_monitor import HostMonitor
@@ -125,7 +126,7 @@ def build_api(settings: Settings, store: Store,
         policy = Policy(settings.policy, settings.policy_file)
     except CapsuledError as exc:
         raise fail(exc.message) from exc
-    control = ControlPlane(store)
+    control = ControlPlane(store, ops_keys=ops_keys(settings, store))
     notifier = None
     if supports_notify(store.engine):
         notifier = PgNotifier(store.engine, control.on_notice)
@@ -163,19 +164,19 @@ def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:
     return LocalThenKeystone(local, KeystoneIdentity.from_settings(settings.keystone))
 
 
-def remote_ops(store: Store) -> Callable[[str], ContainerOps]:
+def ops_keys(settings: Settings, store: Store) -> OpsKeys:
+    from capsuled.api.services.agents import OpsKeys
+
+    secret = settings.api.ops_secret
+    return OpsKeys(store, secret.get_secret_value() if secret is not None else None)
+
+
+def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps]:
     """Host name → the ops client of that host's agent, from what it registered."""
     from capsuled.api.services.remote_ops import ops_for_hosts
-    from capsuled.store.hosts import find_host
 
-    def lookup(host: str) -> tuple[str, str] | None:
-        with store.transaction() as s:
-            row = find_host(s, host)
-            info = dict(row.info or {}) if row is not None else {}
-        url, key = info.get("ops_url"), info.get("ops_key")
-        return (url, key) if url and key else None
-
-    return ops_for_hosts(lookup)
+    ca = settings.api.ops_ca_file
+    return ops_for_hosts(ops_keys(settings, store).endpoint, ca_file=str(ca) if ca else None)
 
 
 def build_agent(settings: Settings, channel: AgentChannel, client: docker.APIClient,

@@ -207,7 +207,8 @@ def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Opt
     settings: Settings = ctx.obj
     url = database_url or settings.effective_database_url()
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Private, like the state directory the server makes (make_engine makes the file 0600).
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         engine = make_engine(url)
         try:

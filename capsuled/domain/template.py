@@ -135,7 +135,7 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     policy = _check_restart_policy(t, spec, p)
     # Extension, as in Kubernetes: only hosts carrying all these labels may run the capsule.
     node_selector = _check_string_map(spec.get("nodeSelector"), "spec.nodeSelector", p,
-                                      keys=LABEL_KEY_RE)
+                                      keys=LABEL_KEY_RE, max_value=MAX_LABEL_CHARS)
     volumes = _check_volumes(spec.get("volumes"), p)
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
@@ -174,14 +174,21 @@ def _check_metadata(meta: Any, present: bool, p: _Problems
         p.add("metadata.name", "must be 2 to 255 characters of letters, digits, '_', '.' or '-', "
               "starting with a letter or digit")
         name = None
-    labels = _check_string_map(meta.get("labels"), "metadata.labels", p, keys=LABEL_KEY_RE)
+    labels = _check_string_map(meta.get("labels"), "metadata.labels", p, keys=LABEL_KEY_RE,
+                               max_value=MAX_LABEL_CHARS)
     annotations = _check_string_map(meta.get("annotations"), "metadata.annotations", p)
     return name, labels, annotations
 
 
-def _check_string_map(value: Any, path: str, p: _Problems,
-                      keys: re.Pattern[str] | None = None, strict: bool = False) -> dict[str, str]:
-    """Labels tolerate YAML numbers (stringified); env values must be strings, as in Zun."""
+MAX_KEY_CHARS = 255  # every key, as the widest column a key may land in
+MAX_LABEL_CHARS = 255  # a label's value: the capsule_labels column
+
+
+def _check_string_map(value: Any, path: str, p: _Problems, keys: re.Pattern[str] | None = None,
+                      strict: bool = False, max_value: int | None = None) -> dict[str, str]:
+    """Labels tolerate YAML numbers (stringified); env values must be strings, as in Zun.
+    No NUL anywhere (PostgreSQL refuses it in text); `max_value` bounds values that are
+    stored in a column of that width, so that they are a 400 here, not a database error."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -189,11 +196,18 @@ def _check_string_map(value: Any, path: str, p: _Problems,
         return {}
     out: dict[str, str] = {}
     for k, v in value.items():
+        where = f"{path}.{k[:60] if isinstance(k, str) else short(k)}"
         if not isinstance(k, str) or (keys is not None and not keys.match(k)):
-            p.add(f"{path}.{k}", "is not a valid key")
+            p.add(where, "is not a valid key")
+        elif len(k) > MAX_KEY_CHARS or "\x00" in k:
+            p.add(where, f"a key has at most {MAX_KEY_CHARS} characters and no NUL")
         elif isinstance(v, bool) or not isinstance(v, (str, int, float)) or (
                 strict and not isinstance(v, str)):
-            p.add(f"{path}.{k}", "must be a string (quote numbers: \"80\")")
+            p.add(where, "must be a string (quote numbers: \"80\")")
+        elif "\x00" in str(v):
+            p.add(where, "must not contain NUL characters")
+        elif max_value is not None and len(str(v)) > max_value:
+            p.add(where, f"must be at most {max_value} characters")
         else:
             out[k] = str(v)
     return out

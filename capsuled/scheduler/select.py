@@ -15,10 +15,17 @@ from capsuled.store.hosts import HostCapacity
 
 
 class NoValidHost(Exception):
-    def __init__(self, reasons: dict[str, str]) -> None:
+    """Nothing fits. `str()` is what the requester may read: which of its own requirements
+    no host meets, never a host's name or its free capacity (that is other tenants' load).
+    `detail` (and `reasons`, per host) are for administrators and the log."""
+
+    def __init__(self, reasons: dict[str, str], unmet: list[str] | None = None) -> None:
         self.reasons = reasons
-        detail = "; ".join(f"{h}: {r}" for h, r in reasons.items()) or "no hosts registered"
-        super().__init__(f"There are not enough hosts available. ({detail})")
+        self.detail = ("There are not enough hosts available. ("
+                       + ("; ".join(f"{h}: {r}" for h, r in reasons.items())
+                          or "no hosts registered") + ")")
+        super().__init__("There are not enough hosts available. ("
+                         + "; ".join(unmet or ["no host is up"]) + ")")
 
 
 @dataclass(frozen=True)
@@ -35,24 +42,31 @@ def label_hints(hints: Mapping[str, object] | None) -> dict[str, str]:
     return {k[len("label:"):]: str(v) for k, v in (hints or {}).items() if k.startswith("label:")}
 
 
-def _rejects(host: HostCapacity, req: Request, now: datetime, down_after: timedelta) -> str | None:
+def _rejects(host: HostCapacity, req: Request, now: datetime, down_after: timedelta
+             ) -> tuple[str, str] | None:
+    """Why `host` cannot take `req`: (the detail, for administrators; the requirement it
+    fails, in words that name neither the host nor its free capacity), or None."""
     if not host.enabled:
-        return "disabled"
+        return "disabled", "no host is up"
     if host.forced_down:
-        return "forced down"
+        return "forced down", "no host is up"
     if host.last_seen is None or now - host.last_seen > down_after:
-        return "down (no heartbeat)"
+        return "down (no heartbeat)", "no host is up"
     if req.availability_zone and host.availability_zone != req.availability_zone:
-        return f"in availability zone {host.availability_zone}, not {req.availability_zone}"
+        return (f"in availability zone {host.availability_zone}, not {req.availability_zone}",
+                f"no host is up in availability zone {req.availability_zone}")
     if host.cpus - host.cpu_used < req.cpu:
-        return f"needs {req.cpu} CPU, {host.cpus - host.cpu_used:g} free"
+        return (f"needs {req.cpu} CPU, {host.cpus - host.cpu_used:g} free",
+                f"no host has enough free CPU for {req.cpu:g} cores")
     if host.memory_mb - host.memory_used < req.memory:
-        return f"needs {req.memory} MiB, {host.memory_mb - host.memory_used} MiB free"
+        return (f"needs {req.memory} MiB, {host.memory_mb - host.memory_used} MiB free",
+                f"no host has enough free memory for {req.memory} MiB")
     if req.disk and host.disk_gb - host.disk_used < req.disk:
-        return f"needs {req.disk} GiB of disk, {host.disk_gb - host.disk_used} GiB free"
+        return (f"needs {req.disk} GiB of disk, {host.disk_gb - host.disk_used} GiB free",
+                f"no host has enough free disk for {req.disk} GiB")
     for key, value in req.labels.items():
         if host.labels.get(key) != value:
-            return f"lacks label {key}={value}"
+            return f"lacks label {key}={value}", f"no host that is up has label {key}={value}"
     return None
 
 
@@ -99,6 +113,9 @@ def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
                 continue
         best, best_mem, best_cpu = h, free_mem, free_cpu
     if best is None:
-        raise NoValidHost({h.name: why for h in hosts
-                           if (why := _rejects(h, req, now, down_after)) is not None})
+        why = {h.name: r for h in hosts if (r := _rejects(h, req, now, down_after)) is not None}
+        unmet = list(dict.fromkeys(public for _, public in why.values()))
+        if len(unmet) > 1 and "no host is up" in unmet:
+            unmet.remove("no host is up")  # the hosts that are up are the news
+        raise NoValidHost({h: detail for h, (detail, _) in why.items()}, unmet)
     return best.name

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from capsuled.domain.channel import Assignment, CapsuleReport
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.domain.status import Status, container_status, derive_capsule_status
+from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store.tables import Capsule, CapsuleLabel, Container, Event, Host, Volume, utcnow
 
@@ -143,8 +144,10 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     row.label_rows = [CapsuleLabel(key=k, value=v) for k, v in spec.labels.items()]
     session.add(row)
     session.flush()
+    # Members read events: which host it went to is for administrators (the capsule's
+    # admin-only `host` field), not for the message.
     add_event(session, row, "Normal", "Accepted",
-              f"capsule accepted, scheduled to {host}" if host else "capsule accepted")
+              "capsule accepted and scheduled" if host else "capsule accepted")
     bump_host_revision(session, host)
     return row
 
@@ -214,6 +217,8 @@ def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule
 
     One query: containers and volumes are joined in (a capsule has a few of each), where
     selectin loading would take three round trips and twice the CPU."""
+    if not storable_ident(ident):
+        raise NotFound(f"Capsule {short(ident)} could not be found.")
     stmt = select(Capsule).options(joinedload(Capsule.containers), joinedload(Capsule.volumes))
     if project_id is not None:
         stmt = stmt.where(Capsule.project_id == project_id)
@@ -226,6 +231,12 @@ def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule
     if len(found) > 1:
         raise Conflict(f"Multiple capsules exist with name {ident}. Please use the capsule uuid instead.")
     return found[0]
+
+
+def storable_ident(ident: str) -> bool:
+    """Could `ident` be a stored uuid or name? PostgreSQL refuses NUL in a query, and no
+    column is wider than 255: such an ident is not found, without asking the database."""
+    return "\x00" not in ident and len(ident) <= 255
 
 
 def list_capsules(session: Session, project_id: str | None, page: Page,
@@ -242,7 +253,12 @@ def list_capsules(session: Session, project_id: str | None, page: Page,
         stmt = stmt.where(exists().where(CapsuleLabel.capsule_id == Capsule.id,
                                          CapsuleLabel.key == key, CapsuleLabel.value == value))
     if page.marker is not None:
-        marker = session.execute(select(Capsule.id, column).where(Capsule.uuid == page.marker)).first()
+        # Looked up within what is being listed: another project's uuid is as unknown as
+        # a made-up one (it must neither move the page nor confirm that it exists).
+        found = select(Capsule.id, column).where(Capsule.uuid == page.marker)
+        if project_id is not None:
+            found = found.where(Capsule.project_id == project_id)
+        marker = session.execute(found).first()
         if marker is None:
             raise NotFound(f"Marker {page.marker} could not be found.")
         marker_id, mval = marker

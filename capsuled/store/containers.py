@@ -14,6 +14,8 @@ from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
 from capsuled.domain.status import Status, container_status
 from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store.capsules import UUID_RE, Page, add_event, bump_host_revision, retention
+from capsuled.domain.template import short
+from capsuled.store.capsules import storable_ident
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -79,6 +81,8 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
 def get_container(session: Session, ident: str, project_id: str | None,
                   capsule: Capsule | None = None) -> Container:
     """By uuid (any container), or by name: a bare container's, or one of `capsule`'s."""
+    if not storable_ident(ident):
+        raise NotFound(f"Container {short(ident)} could not be found.")
     stmt = _eager(select(Container))
     if project_id is not None:
         stmt = stmt.where(Container.project_id == project_id)
@@ -110,10 +114,13 @@ def list_containers(session: Session, project_id: str | None, page: Page,
         Container.role == BARE)
     if project_id is not None:
         stmt = stmt.where(Container.project_id == project_id)
+    scope = stmt  # what may be listed here, whatever the filters
     for key, value in (filters or {}).items():
         stmt = stmt.where(getattr(Container, key) == value)
     if page.marker is not None:
-        marker = session.scalars(select(Container).where(Container.uuid == page.marker)).first()
+        # Only a row within this listing's scope is a marker: another project's (or
+        # capsule's) container is as unknown as a made-up uuid.
+        marker = session.scalars(scope.where(Container.uuid == page.marker)).first()
         if marker is None:
             raise NotFound(f"Marker {page.marker} could not be found.")
         mval = getattr(marker, page.sort_key)

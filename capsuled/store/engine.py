@@ -8,6 +8,7 @@ SQLite the first write takes the database's single write lock.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.errors import InvalidInput, Unavailable
+from capsuled.paths import private_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
@@ -47,6 +49,7 @@ def make_engine(url: str) -> Engine:
                            "postgresql+psycopg://… or mysql+pymysql://…")
     try:
         if backend == "sqlite":
+            _private_sqlite_files(parsed.database)
             engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
                                    pool_size=20, max_overflow=20)
             event.listen(engine, "connect", _sqlite_pragmas)
@@ -62,6 +65,18 @@ def make_engine(url: str) -> Engine:
     except (NoSuchModuleError, ImportError) as exc:
         raise InvalidInput(f"database URL: no driver for {parsed.drivername} ({exc}); use "
                            "postgresql+psycopg://… or mysql+pymysql://…") from exc
+
+
+def _private_sqlite_files(database: str | None) -> None:
+    """The database file 0600 before SQLite first opens it (SQLite gives its -wal, -shm
+    and -journal files the database's mode), and those of an older install tightened."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():  # else SQLite fails on first use, with its own message
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        private_file(Path(database + suffix))
 
 
 def safe_url(url: str | URL) -> str:

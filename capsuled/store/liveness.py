@@ -27,8 +27,9 @@ def mark_unknown(session: Session, now: datetime, down_after: timedelta) -> int:
     changed = 0
     for host in silent_hosts(session, now, down_after):
         since = f"since {host.last_seen:%Y-%m-%d %H:%M:%S} UTC" if host.last_seen else "ever"
-        why = (f"host {host.name} is forced down" if host.forced_down
-               else f"host {host.name} is down: no heartbeat {since}")
+        # Shown to members (status_reason, events): the host's name is for administrators.
+        why = ("its host is forced down" if host.forced_down
+               else f"its host is down: no heartbeat {since}")
         for capsule in session.scalars(select(Capsule).where(
                 Capsule.host == host.name, Capsule.status != UNKNOWN,
                 Capsule.deleting.is_(False))).all():

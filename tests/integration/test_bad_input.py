@@ -166,10 +166,9 @@ def test_bad_list_limit_is_400(member: httpx.Client, path: str, limit: str) -> N
 @pytest.mark.parametrize("header", [
     "container 1." + "1" * 5000,
     "container " + "1" * 5000 + ".1",
-    "container 1.²".encode("latin-1"),  # header bytes are latin-1
     "container 1.30, " + "x" * 5000,
 ])
-def test_bad_microversion_is_406_before_auth(server: Server, header: str | bytes) -> None:
+def test_bad_microversion_is_406_before_auth(server: Server, header: str) -> None:
     # No token at all: the version is judged first, as Zun does.
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         r = anonymous.get("/v1/capsules", headers={"OpenStack-API-Version": header})

@@ -334,3 +334,60 @@ def test_replicas_on_postgresql_wake_each_other_at_once(db: Database) -> None:
     finally:
         for n in notifiers:
             n.stop()
+
+
+def test_events_are_counted_pruned_and_paged_and_force_delete_frees_a_gone_host(
+        db: Database) -> None:
+    from datetime import timedelta
+
+    from capsuled.domain.channel import CapsuleReport
+    from capsuled.store import capsules as capsule_repo
+    from capsuled.store import containers as container_repo
+
+    store = db.ready()
+    add_host(store)
+    capsules, containers = capsule_service(store), container_service(store)
+    alice = member("p1", "alice")
+    made = capsules.create(alice, template("web"))
+    failing = CapsuleReport(uuid=made.uuid, generation=1, sandbox_state="missing",
+                            error="boom", events=[("Warning", "Failed", "boom", None)])
+    capsule_repo.configure_retention(capsule_repo.Retention(events=3, actions=2))
+    try:
+        with store.transaction() as s:
+            for _ in range(4):
+                capsule_repo.apply_report(s, "h1", failing)
+        events = capsules.events(alice, made.uuid)
+        failed = [e for e in events if e.reason == "Failed"]
+        assert len(failed) == 1 and failed[0].count == 4 and failed[0].last_at is not None
+        with store.transaction() as s:
+            capsule = capsule_repo.get_capsule(s, made.uuid, "p1")
+            for i in range(5):
+                capsule_repo.add_event(s, capsule, "Normal", "Note", f"note {i}")
+        events = capsules.events(alice, made.uuid)
+        assert [e.message for e in events] == ["note 2", "note 3", "note 4"]
+        page = capsules.events(alice, made.uuid, limit=2)
+        assert [e.message for e in page] == ["note 2", "note 3"]
+        assert [e.message for e in capsules.events(alice, made.uuid, 2, page[-1].id)] == ["note 4"]
+
+        box = containers.create(alice, {"image": "busybox", "name": "box"}, run=True,
+                                request_id="req-0")
+        with store.transaction() as s:
+            for i in range(1, 4):
+                container_repo.record_action(s, box.uuid, "stop", f"req-{i}", "p1", "alice", True)
+        assert [a.request_id for a in containers.actions(alice, box.uuid)] == ["req-2", "req-3"]
+        assert [a.request_id for a in containers.actions(alice, box.uuid, marker="req-2")] == [
+            "req-3"]
+    finally:
+        capsule_repo.configure_retention(capsule_repo.Retention())
+
+    # The host goes silent: both go at once with force, and the host holds nothing any more.
+    with store.transaction() as s:
+        host = host_repo.find_host(s, "h1")
+        assert host is not None
+        host.last_seen = host.last_seen - timedelta(hours=1)
+    capsules.delete(alice, made.uuid, force=True)
+    containers.delete(alice, box.uuid, force=True, stop=False, request_id="req-9")
+    with pytest.raises(NotFound):
+        capsules.get(alice, made.uuid)
+    with store.transaction() as s:
+        assert host_repo.usage(s).get("h1", (0.0, 0, 0)) == (0.0, 0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection
 from datetime import timedelta
@@ -24,6 +25,7 @@ from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import Capsule, Event, utcnow
 
+LOG = logging.getLogger(__name__)
 # A waiter re-reads the store at least this often: reports that land on another API
 # replica do not wake it.
 _REREAD_SECONDS = 0.25
@@ -63,7 +65,10 @@ class CapsuleService:
                 status, reason = Status.CREATING, None
             except NoValidHost as exc:
                 # Zun answers 202 and records the failure on the capsule; zunclient expects it.
+                # Members read str(exc), which names no host; the per-host detail is logged.
                 host, status, reason = None, Status.ERROR, str(exc)
+                LOG.warning("no host for capsule %s of project %s: %s", spec.name,
+                            who.project_id, exc.detail)
             row = repo.create_capsule(s, spec, who.project_id, who.user_id, host, status, reason)
         self._control.notify()
         return self.get(who, row.uuid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import posixpath
 import re
 import shlex
@@ -49,6 +50,7 @@ from capsuled.store.tables import Container, ContainerAction, utcnow
 from capsuled.store.terminal_sessions import Terminal
 
 MiB = 1024 * 1024
+LOG = logging.getLogger(__name__)
 
 # Zun's valid states per action (zun-spec §4).
 VALID: dict[str, tuple[str, ...]] = {
@@ -132,6 +134,7 @@ class ContainerService:
             req = Request(cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                           availability_zone=spec.availability_zone, disk=spec.disk,
                           labels=spec.node_selector)
+            detail: str | None = None  # why, host by host: for the admin-only action detail
             try:
                 hosts = capacities(s)
                 if spec.host is not None:
@@ -142,11 +145,13 @@ class ContainerService:
                                                self._weigher)
                 status, reason = Status.CREATING, None
             except NoValidHost as exc:
-                host, status, reason = None, Status.ERROR, str(exc)
+                host, status, reason, detail = None, Status.ERROR, str(exc), exc.detail
+                LOG.warning("no host for container %s of project %s: %s", name,
+                            who.project_id, exc.detail)
             row = repo.create_bare(s, spec, name, who.project_id, who.user_id, host,
                                    "running" if run else "stopped", status, reason)
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id,
-                               finished=host is None, error=reason)
+                               finished=host is None, error=detail)
             uuid = row.uuid
         self._notify()
         return self.get(who, uuid)

@@ -323,7 +323,9 @@ class DockerRuntime:
             with translate_docker_errors(f"remove {container_id[:12]}"):
                 if stop_timeout > 0:
                     self._api.stop(container_id, timeout=stop_timeout)
-                self._api.remove_container(container_id, force=True, v=False)
+                # v: the anonymous volumes Docker made for the image's VOLUMEs go with it
+                # (named volumes, the capsule's own, are never removed by this).
+                self._api.remove_container(container_id, force=True, v=True)
         except NotFound:
             return
         except DriverError as exc:

@@ -41,6 +41,10 @@ def test_labels_disk_and_liveness_filters_give_a_reason_per_host() -> None:
         select_host(hosts, Request(cpu=0, memory=0, disk=5, labels={"ssd": "true"}), NOW)
     assert exc.value.reasons == {"a": "needs 5 GiB of disk, 1 GiB free", "b": "lacks label ssd=true",
                                  "c": "forced down", "d": "down (no heartbeat)", "e": "disabled"}
+    # What the requester reads names its own requirements, not hosts or their free space.
+    assert str(exc.value) == ("There are not enough hosts available. (no host has enough free "
+                              "disk for 5 GiB; no host that is up has label ssd=true)")
+    assert "a: needs 5 GiB of disk, 1 GiB free" in exc.value.detail
     assert select_host(hosts, Request(cpu=0, memory=0, labels={"ssd": "true"}), NOW) == "a"
 
 
@@ -59,3 +63,15 @@ def test_templates_and_container_requests_carry_host_labels() -> None:
     with pytest.raises(InvalidInput, match="spec.nodeSelector"):
         parse_template({"kind": "capsule", "metadata": {"name": "xx"}, "spec": {
             "nodeSelector": {"ssd": ["yes"]}, "containers": [{"image": "busybox"}]}})
+
+
+def test_the_requesters_reason_names_no_host_and_no_free_capacity() -> None:
+    hosts = [host("node-secret-1", memory_used=4000), host("node-secret-2", cpu_used=3.5)]
+    with pytest.raises(NoValidHost) as exc:
+        select_host(hosts, Request(cpu=1, memory=512), NOW)
+    assert str(exc.value) == ("There are not enough hosts available. (no host has enough free "
+                              "memory for 512 MiB; no host has enough free CPU for 1 cores)")
+    assert "node-secret" in exc.value.detail and "free" in exc.value.detail
+    with pytest.raises(NoValidHost) as exc:
+        select_host([], Request(cpu=1, memory=512), NOW)
+    assert str(exc.value) == "There are not enough hosts available. (no host is up)"
