@@ -207,9 +207,13 @@ def events_table(events: Sequence[Mapping[str, Any]], now: datetime | None = Non
     table = _table("AGE", "TYPE", "REASON", "CONTAINER", "MESSAGE")
     for e in events:
         kind = str(e.get("type") or NONE)
+        message = str(e.get("message") or "")
+        count = e.get("count")
+        if isinstance(count, int) and count > 1:  # the server counts repeats on one event
+            message += f" ({count} times, last {age(e.get('last_seen'), now)} ago)"
         table.add_row(Text(age(e.get("created_at"), now)),
                       Text(kind, style="yellow" if kind == "Warning" else ""),
-                      text(e.get("reason")), text(e.get("container")), text(e.get("message")))
+                      text(e.get("reason")), text(e.get("container")), text(message))
     return table
 
 

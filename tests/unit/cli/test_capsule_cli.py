@@ -89,7 +89,8 @@ class FakeCapsuled:
                 {"created_at": "2026-11-24 08:00:01", "type": "Normal", "reason": "Created",
                  "message": "created sandbox", "container": None},
                 {"created_at": "2026-11-24 08:00:02", "type": "Warning", "reason": "BackOff",
-                 "message": "restarting [web]", "container": "web"}]})
+                 "message": "restarting [web]", "container": "web", "count": 4,
+                 "last_seen": "2026-11-24 08:00:09"}]})
         if request.method == "DELETE":
             found["status"] = "Deleting"
             self.scripts[found["uuid"]] = [("GONE", None)]
@@ -387,7 +388,8 @@ def test_describe_continues_past_a_missing_capsule(cli: Any, fake: FakeCapsuled)
     assert result.stderr == "error: Capsule ghost could not be found\n"
     out = result.stdout
     for expected in (web["uuid"], "Running", "app=web", "384 MiB", "always", "node-1",
-                     "prepare (init)", "emptyDir", "vol-1", "BackOff", "restarting [web]"):
+                     "prepare (init)", "emptyDir", "vol-1", "BackOff",
+                     "restarting [web] (4 times, last"):
         assert expected in out, expected
     # init containers first
     assert out.index("prepare (init)") < out.index("probe")
