@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
+import docker
 import httpx
 import pytest
-from conftest import Server, sleeper, template, wait_for
+from conftest import Server, remove_instance_objects, sleeper, start_server, template, wait_for
+from sqlalchemy import create_engine, make_url, text
+from test_databases import ADMIN_URLS, _admin_engine
 
 pytestmark = [pytest.mark.docker]
 
@@ -214,3 +220,77 @@ def test_bad_container_list_filters_are_400(member: httpx.Client, params: dict[s
     r = member.get("/v1/containers", params=params)
     assert r.status_code == 400, r.text
     assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+# -- template labels that do not fit their column, on every database -------------------------
+
+@contextmanager
+def _database_url(kind: str) -> Iterator[dict[str, str]]:
+    """Server settings for a throwaway database of `kind` (skipped where none answers,
+    as in test_databases; SQLite: the server's default)."""
+    if kind == "sqlite":
+        yield {}
+        return
+    admin = _admin_engine(kind)
+    name = f"capsuled_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield {"CAPSULED_DATABASE_URL": make_url(ADMIN_URLS[kind]).set(database=name)
+               .render_as_string(hide_password=False)}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql"
+                                                         else "")))
+        admin.dispose()
+
+
+@contextmanager
+def _server_on(kind: str, tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Server]:
+    """A capsuled of its own on a throwaway database; its Docker objects removed after."""
+    with _database_url(kind) as env:
+        srv = start_server(tmp_path, docker_api, **env)
+        url = env.get("CAPSULED_DATABASE_URL", f"sqlite:///{tmp_path / 'capsuled.db'}")
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                instance = conn.execute(text(
+                    "SELECT value FROM meta WHERE meta.key = 'instance_id'")).scalar_one()
+            try:
+                yield srv
+            finally:
+                srv.stop()
+                remove_instance_objects(docker_api, instance)
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_template_labels_that_do_not_fit_are_400(kind: str, tmp_path: Path,
+                                                 docker_api: docker.APIClient) -> None:
+    with _server_on(kind, tmp_path, docker_api) as srv:
+        with srv.client(srv.issue_token("labels", "mallory", "member")) as c:
+            for labels, selector, field in [
+                ({"app": "v" * 256}, {}, "metadata.labels.app"),
+                ({"app": "a\x00b"}, {}, "metadata.labels.app"),
+                ({}, {"disk": "s" * 256}, "spec.nodeSelector.disk"),
+                ({}, {"disk": "\x00"}, "spec.nodeSelector.disk"),
+            ]:
+                tmpl = template("too-long", [sleeper("app")], labels=labels, nodeSelector=selector)
+                r = c.post("/v1/capsules", json={"template": tmpl})
+                assert r.status_code == 400, (labels, selector, r.text)
+                assert field in r.json()["errors"][0]["detail"]
+            # NUL is refused in annotations and env too; a long env value is fine.
+            tmpl = template("nul", [sleeper("app", env={"A": "a\x00"})])
+            tmpl["metadata"]["annotations"] = {"note": "\x00"}
+            r = c.post("/v1/capsules", json={"template": tmpl})
+            assert r.status_code == 400, r.text
+            assert "metadata.annotations.note" in r.text
+            # 255 characters fit the column, and the label selects the capsule.
+            tmpl = template("fits", [sleeper("app", env={"LONG": "x" * 4096})],
+                            labels={"app": "v" * 255})
+            r = c.post("/v1/capsules", json={"template": tmpl})
+            assert r.status_code == 202, r.text
+            listed = c.get("/v1/capsules", params={"labels": "app=" + "v" * 255}).json()
+            assert [x["uuid"] for x in listed["capsules"]] == [r.json()["uuid"]]
+            c.delete(f"/v1/capsules/{r.json()['uuid']}")
