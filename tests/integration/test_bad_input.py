@@ -294,3 +294,25 @@ def test_template_labels_that_do_not_fit_are_400(kind: str, tmp_path: Path,
             listed = c.get("/v1/capsules", params={"labels": "app=" + "v" * 255}).json()
             assert [x["uuid"] for x in listed["capsules"]] == [r.json()["uuid"]]
             c.delete(f"/v1/capsules/{r.json()['uuid']}")
+
+
+@pytest.mark.parametrize("body,field", [
+    ('{"cpu": 1' + "0" * 400 + "}", "cpu"),
+    ('{"containers": Infinity}', "containers"),
+    ('{"memory": NaN}', "memory"),
+])
+def test_bad_quota_numbers_are_400_for_admins_too(server: Server, body: str, field: str) -> None:
+    with server.client() as admin:
+        r = admin.put("/v1/quotas/bad-proj", content=body,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith(f"{field}:"), r.text
+
+
+@pytest.mark.parametrize("expires_in", [10 ** 400, "9" * 5000 + "s", "99999999999d", "١d"])
+def test_bad_token_lifetimes_are_400(server: Server, expires_in: object) -> None:
+    with server.client() as admin:
+        r = admin.post("/v1/tokens", json={"project_id": "bad-proj", "user_id": "u",
+                                           "roles": ["member"], "expires_in": expires_in})
+    assert r.status_code == 400, r.text
+    assert "expires_in:" in r.json()["errors"][0]["detail"], r.text

@@ -11,6 +11,7 @@ project never both see the last free unit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,7 +112,9 @@ def _limits(body: Mapping[str, object]) -> dict[str, float]:
         v = body[r]
         try:
             number = float(v) if not isinstance(v, bool) else None  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 10**400
+            number = None
+        if number is not None and not math.isfinite(number):  # Infinity, NaN: int() fails
             number = None
         if number is None or (number < 0 and number != UNLIMITED) or (
                 r in _INTEGRAL and number != int(number)):

@@ -18,7 +18,8 @@ from capsuled.store.tables import Token, utcnow
 
 ROLES = ("admin", "member", "reader", "agent")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
-_DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
+# ASCII digits, a dozen at most: more is no lifetime (and int() refuses 5,000 of them).
+_DURATION = re.compile(r"^(\d{1,12})\s*([smhdw]?)\Z", re.ASCII)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_LIFETIME = timedelta(days=3650)
 
@@ -103,7 +104,10 @@ def parse_duration(value: object) -> timedelta:
         seconds = int(m.group(1)) * _UNIT[m.group(2)]
     if seconds <= 0:
         raise ValueError("must be positive")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # 10**400 seconds: past any timedelta
+        raise ValueError("too long") from None
 
 
 def _expires(value: object, problems: list[str]) -> timedelta | None:
