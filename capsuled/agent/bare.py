@@ -103,7 +103,8 @@ def compute_bare_plan(desired: ContainerAssignment | None, observed: list[Observ
         # A one-shot container may be gone (run and removed) before any later report:
         # the store learns its id first, so a restarted agent knows it ran.
         return BarePlan(announce=True)
-    plan = BarePlan(update=(keep.nano_cpus, keep.memory_bytes) != wanted_resources(desired))
+    plan = BarePlan(update=(keep.nano_cpus, keep.memory_bytes) != wanted_resources(desired)
+                    or not keep.pids_ok)
     if goal == "stopped":
         plan.unpause = state == "paused"
         plan.stop = state in ("running", "paused", "restarting")

@@ -104,8 +104,10 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
             plan.start.append(o.id)
         elif unhealthy(app, o):
             plan.restart.append((o.id, app.name))
-        if o is not None and (o.nano_cpus, o.memory_bytes) != resources(app):
+        if o is not None and ((o.nano_cpus, o.memory_bytes) != resources(app) or not o.pids_ok):
             plan.resize.append((o.id, *resources(app)))
+    if not sandbox.pids_ok:
+        plan.resize.append((sandbox.id, None, None))  # only its pids limit to apply
     return plan
 
 

@@ -281,3 +281,37 @@ def test_the_api_says_volume_sizes_are_not_enforced(tenant: tuple[str, httpx.Cli
     assert r.status_code == 202, r.text
     assert r.json()["disk"] == 1 and r.json()["disk_enforced"] is False
     assert usage(client, project)["disk"]["in_use"] == 2
+
+
+def test_containers_made_before_the_pids_limit_get_it_in_place_on_upgrade(
+        own_server, unique, docker_api: docker.APIClient) -> None:  # type: ignore[no-untyped-def]
+    srv = own_server()
+    with srv.client(srv.issue_token(unique("fair"), "fs", "member")) as client:
+        capsule = running_capsule(client, template(None, [sleeper("main")]))
+        r = client.post("/v1/containers", params={"run": "true"},
+                        json={"image": "busybox", "command": ["sleep", "3600"]})
+        assert r.status_code == 202, r.text
+        solo = r.json()["uuid"]
+        wait_for(lambda: client.get(f"/v1/containers/{solo}").json()["status"] == "Running",
+                 timeout=60, what="bare container running")
+    before = {"main": member(docker_api, capsule["uuid"], "main")["Id"],
+              "sandbox": sandbox(docker_api, capsule["uuid"])["Id"], "solo": bare(docker_api, solo)["Id"]}
+    srv.stop()
+    for cid in before.values():  # as an older capsuled made them: no pids limit
+        docker_api._raise_for_status(docker_api._post_json(
+            docker_api._url("/containers/{0}/update", cid), data={"PidsLimit": -1}))
+        assert docker_api.inspect_container(cid)["HostConfig"]["PidsLimit"] in (None, 0, -1)
+    srv.env["CAPSULED_LIMITS__PIDS_LIMIT"] = "500"
+    srv.start()
+
+    def limits() -> dict[str, int | None]:
+        return {"main": member(docker_api, capsule["uuid"], "main")["HostConfig"]["PidsLimit"],
+                "sandbox": sandbox(docker_api, capsule["uuid"])["HostConfig"]["PidsLimit"],
+                "solo": bare(docker_api, solo)["HostConfig"]["PidsLimit"]}
+
+    wait_for(lambda: limits() == {"main": 500, "sandbox": 500, "solo": 500}, timeout=60,
+             what="pids limits applied")
+    # In place: the same containers, not new ones.
+    assert {"main": member(docker_api, capsule["uuid"], "main")["Id"],
+            "sandbox": sandbox(docker_api, capsule["uuid"])["Id"],
+            "solo": bare(docker_api, solo)["Id"]} == before

@@ -35,6 +35,9 @@ class Observed:
     memory_bytes: int | None = None
     networks: tuple[str, ...] = ()  # names of the networks it joined (none for members)
     health: str | None = None  # with a health check: starting | healthy | unhealthy
+    # False: its pids limit is not the runtime's (made before there was one, or under
+    # another setting); the agent applies it in place (update_resources), not a recreate.
+    pids_ok: bool = True
 
 
 @dataclass(frozen=True)

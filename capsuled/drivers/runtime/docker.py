@@ -94,6 +94,8 @@ class DockerRuntime:
             oom_killed=bool(st.get("OOMKilled")), error=st.get("Error") or None,
             nano_cpus=(data.get("HostConfig") or {}).get("NanoCpus") or None,
             memory_bytes=(data.get("HostConfig") or {}).get("Memory") or None,
+            pids_ok=self._pids_limit is None
+            or (data.get("HostConfig") or {}).get("PidsLimit") == self._pids_limit,
             networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
             health=(st.get("Health") or {}).get("Status") or None)
 
@@ -212,6 +214,8 @@ class DockerRuntime:
                          memory_bytes: int | None) -> None:
         # The SDK's update_container has no nano_cpus; the Engine API takes NanoCpus here.
         body: dict[str, Any] = {}
+        if self._pids_limit is not None:  # containers made before it get it here, in place
+            body["PidsLimit"] = self._pids_limit
         if nano_cpus is not None:
             body["NanoCpus"] = nano_cpus
         if memory_bytes is not None:

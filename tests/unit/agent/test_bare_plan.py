@@ -43,6 +43,7 @@ def seen(state: str, cid: str = "c1", spec: BareSpec = SPEC, **kw: Any) -> Obser
     (want("stopped"), [seen("exited")], BarePlan()),
     (want("paused"), [seen("running")], BarePlan(pause=True)),
     (want(), [seen("running", memory_bytes=32 * MiB)], BarePlan(update=True)),
+    (want(), [seen("running", pids_ok=False)], BarePlan(update=True)),  # made before the limit
     (want(), [seen("running"), seen("running", cid="c2")], BarePlan(remove=["c2"])),
 ])
 def test_bare_plan(desired: ContainerAssignment | None, observed: list[Observed], plan: BarePlan) -> None:

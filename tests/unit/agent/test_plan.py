@@ -232,3 +232,13 @@ def test_plan_restarts_an_app_whose_liveness_probe_fails() -> None:
     assert compute_plan(want, [SB, member(live, health="starting"), member(PROBE)]).empty
     # A container without a probe is never restarted for its (image's) health check.
     assert compute_plan(desired(), [SB, member(WEB, health="unhealthy"), member(PROBE)]).empty
+
+
+def test_a_missing_pids_limit_is_applied_in_place_not_by_a_recreate() -> None:
+    """Containers made before the pids limit (or under another one) are updated live."""
+    from dataclasses import replace
+    old_sb = replace(SB, pids_ok=False)
+    plan = compute_plan(desired(), [old_sb, member(WEB, pids_ok=False), member(PROBE)])
+    assert plan.resize == [("id-web", None, None), ("sb", None, None)]
+    assert not (plan.remove or plan.create_sandbox or plan.create_apps)
+    assert compute_plan(desired(), STEADY).empty
