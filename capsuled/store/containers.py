@@ -263,6 +263,8 @@ def force_delete(session: Session, row: Container) -> None:
 
 
 def get_action(session: Session, container_uuid: str, request_id: str) -> ContainerAction:
+    if not storable_ident(request_id):
+        raise NotFound(f"Action {short(request_id)} could not be found.")
     found = session.scalars(select(ContainerAction).where(
         ContainerAction.container_uuid == container_uuid,
         ContainerAction.request_id == request_id)).first()

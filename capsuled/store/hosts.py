@@ -63,6 +63,8 @@ def list_hosts(session: Session) -> list[Host]:
 
 def find_host(session: Session, ident: str) -> Host | None:
     """A host by uuid or by name."""
+    if "\x00" in ident or len(ident) > 255:  # PostgreSQL refuses NUL; no name is longer
+        return None
     return session.scalars(select(Host).where((Host.uuid == ident) | (Host.name == ident))).first()
 
 

@@ -316,3 +316,24 @@ def test_bad_token_lifetimes_are_400(server: Server, expires_in: object) -> None
                                            "roles": ["member"], "expires_in": expires_in})
     assert r.status_code == 400, r.text
     assert "expires_in:" in r.json()["errors"][0]["detail"], r.text
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+def test_idents_with_nul_are_not_found_on_every_database(kind: str, tmp_path: Path,
+                                                         docker_api: docker.APIClient) -> None:
+    # PostgreSQL refuses NUL in a query: such an ident is unknown, never a 500.
+    with _server_on(kind, tmp_path, docker_api) as srv:
+        with srv.client(srv.issue_token("nul", "mallory", "member")) as c:
+            r = c.post("/v1/containers", json={"image": "busybox", "name": "nul-target"})
+            assert r.status_code == 202, r.text
+            target = r.json()["uuid"]
+            for path in ("/v1/capsules/a%00b", "/v1/containers/a%00b",
+                         f"/v1/containers/{target}/container_actions/req%00x",
+                         "/v1/containers/" + "n" * 300):
+                r = c.get(path)
+                assert r.status_code == 404, (path, r.text)
+            r = c.get("/v1/containers", params={"capsule": "a\x00b"})
+            assert r.status_code == 404, r.text
+        with srv.client() as admin:
+            r = admin.get("/v1/hosts/a%00b", headers={"OpenStack-API-Version": "container latest"})
+            assert r.status_code == 404, r.text
