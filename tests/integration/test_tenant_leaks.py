@@ -228,3 +228,22 @@ def test_a_capsule_containers_anonymous_volume_goes_with_it(
     wait_for(lambda: _gone(alice, f"/v1/capsules/{uuid_}"), timeout=60, what="the capsule deleted")
     wait_for(lambda: not any(_volume_exists(docker_api, v) for v in volumes),
              what="its anonymous volume removed")
+
+
+def test_an_auto_remove_containers_anonymous_volume_goes_with_it(
+        alice: httpx.Client, docker_api: docker.APIClient, volume_image: str) -> None:
+    # Docker's AutoRemove takes the anonymous volumes itself; this keeps it that way should
+    # capsuled ever remove such containers on its own.
+    r = alice.post("/v1/containers", params={"run": "true"},
+                   json={"image": volume_image, "name": "one-shot", "auto_remove": True,
+                         "command": ["sleep", "3"]})
+    assert r.status_code == 202, r.text
+    uuid_ = r.json()["uuid"]
+
+    def running() -> list[dict[str, str]]:
+        return docker_api.containers(filters={"label": f"capsuled.container={uuid_}"})
+    [found] = wait_for(running, what="the one-shot container running")
+    volumes = _anonymous_volumes(docker_api, found["Id"])
+    wait_for(lambda: _gone(alice, f"/v1/containers/{uuid_}"), what="the container removed")
+    wait_for(lambda: not any(_volume_exists(docker_api, v) for v in volumes),
+             what="its anonymous volume removed")
