@@ -59,3 +59,37 @@ def test_db_upgrade_creates_then_leaves_the_schema(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["db", "upgrade", "--database-url",
                                    "mysql+pymysql://root:pw@127.0.0.1:1/x"])
     assert bad.exit_code == 1 and "unavailable" in bad.output and "pw@" not in bad.output
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_sqlite_files_are_private_from_the_start_and_tightened_later(tmp_path: Path) -> None:
+    db = tmp_path / "capsuled.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)  # writes: SQLite makes its -wal and -shm with the database's mode
+    assert _mode(db) == 0o600
+    sides = [p for p in tmp_path.iterdir() if p.name.startswith("capsuled.db-")]
+    assert sides and all(_mode(p) == 0o600 for p in sides), [(p, oct(_mode(p))) for p in sides]
+    for p in [db, *sides]:
+        p.chmod(0o644)  # as an install from before the rule left them
+    make_engine(f"sqlite:///{db}").dispose()  # (while the first holds them open)
+    assert all(_mode(p) == 0o600 for p in [db, *sides])
+    engine.dispose()
+
+
+def test_private_dir_tightens_its_own_directory_but_never_a_shared_sticky_one(tmp_path: Path) -> None:
+    from capsuled.paths import private_dir
+
+    state = tmp_path / "a" / "state"
+    private_dir(state)
+    assert _mode(state) == 0o700
+    state.chmod(0o755)
+    private_dir(state)
+    assert _mode(state) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    private_dir(shared)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
