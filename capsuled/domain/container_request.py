@@ -19,7 +19,7 @@ from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, Health
                                   InjectedFile, VolumeMount, VolumeSpec)
 from capsuled.domain import labels as L
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
-                                      _Problems, whole_number)
+                                      _Problems, refuse_nul, whole_number)
 from capsuled.errors import InvalidInput
 
 MAX_VALUE_CHARS = 32 * 1024  # one environment or label value
@@ -43,9 +43,10 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
                             command_as_string: bool = False) -> BareSpec:
     """`command_as_string`: before microversion 1.20 Zun took the command as one string."""
     limits = limits or Limits()
+    refuse_nul(body, "")
     p = _Problems()
     for key in sorted(set(body) - KNOWN):
-        p.add(key, "unknown field")
+        p.add(key or "''", "unknown field")
     for key, allowed in INERT.items():
         if body.get(key) not in allowed:
             p.add(key, "not supported by this server")

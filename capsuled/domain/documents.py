@@ -134,7 +134,12 @@ def load_yaml_all(text: str, source: str, max_bytes: int = MAX_TEXT_BYTES) -> li
 
 
 def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
-    loader = _BoundedLoader(text)
+    try:
+        # PyYAML's reader checks every character as the loader is built: a control
+        # character is a bad document (400), not a bug.
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(_yaml_problem(source, exc)) from None
     try:
         if single:
             node = loader.get_single_node()
@@ -151,13 +156,17 @@ def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
     except _BudgetExceeded as exc:
         raise InvalidInput(f"{source}: {exc.message}") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source}: not valid YAML or JSON ({exc})".replace("\n", " ")) from None
+        raise InvalidInput(_yaml_problem(source, exc)) from None
     except RecursionError:
         raise InvalidInput(f"{source}: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise InvalidInput(f"{source}: {str(exc)[:200]}") from None
     finally:
         loader.dispose()
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    return f"{source}: not valid YAML or JSON ({exc})".replace("\n", " ")
 
 
 def _check_size(text: str, source: str, max_bytes: int) -> None:

@@ -68,12 +68,23 @@ def short(value: Any) -> str:
     return _REPR.repr(value)
 
 
+# A problem names a path and what is wrong with it; both can quote a tenant's keys and
+# values (an unknown key of 100 KB), so each is clipped: an error message stays small.
+MAX_PATH_CHARS = 200
+MAX_MESSAGE_CHARS = 300
+MAX_PROBLEM_CHARS = MAX_PATH_CHARS + 2 + MAX_MESSAGE_CHARS
+
+
+def _clip(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
 @dataclass
 class _Problems:
     items: list[str] = field(default_factory=list)
 
     def add(self, path: str, message: str) -> None:
-        self.items.append(f"{path}: {message}")
+        self.items.append(f"{_clip(path, MAX_PATH_CHARS)}: {_clip(message, MAX_MESSAGE_CHARS)}")
 
 
 def load_template_text(text: str, source: str = "template") -> Any:
@@ -92,6 +103,7 @@ def parse_template(template: Any, limits: Limits | None = None) -> CapsuleSpec:
     p = _Problems()
     if not isinstance(template, dict):
         raise InvalidInput("template: must be an object")
+    refuse_nul(template, "")
     spec = _check_top(template, p, limits)
     if p.items or spec is None:
         raise InvalidInput(p.items, summary=_summary(p.items))
@@ -105,7 +117,8 @@ def _summary(items: list[str]) -> str:
 
 def _unknown_keys(obj: dict[str, Any], allowed: set[str], path: str, p: _Problems) -> None:
     for key in sorted(set(obj) - allowed, key=str):
-        where = f"{path}.{key}" if path else str(key)
+        name = str(key) or "''"  # an empty key still names a path
+        where = f"{path}.{name}" if path else name
         if key in NOT_SUPPORTED:
             p.add(where, "is not supported")
         else:
@@ -392,7 +405,7 @@ def _check_security_context(value: Any, path: str, p: _Problems) -> bool:
     if not isinstance(value, dict):
         p.add(path, "must be an object")
         return False
-    for key in sorted(set(value) - {"privileged"}):
+    for key in sorted(set(value) - {"privileged"}, key=str):  # YAML keys may be numbers
         p.add(f"{path}.{key}", "is not supported")
     return _bool(value.get("privileged", False), f"{path}.privileged", p)
 
@@ -448,6 +461,33 @@ def _check_resources(r: Any, path: str, p: _Problems, limits: Limits
         else:
             memory = m
     return cpu, memory
+
+
+def _nul_paths(value: Any, path: str, out: list[str], most: int = 10) -> None:
+    if len(out) >= most:
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            out.append(path or "''")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            name = k[:60] if isinstance(k, str) else short(k)
+            where = f"{path}.{name}" if path else name
+            if isinstance(k, str) and "\x00" in k:
+                out.append(where.replace("\x00", "\\0"))
+            _nul_paths(v, where, out, most)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _nul_paths(v, f"{path}[{i}]", out, most)
+
+
+def refuse_nul(document: Any, path: str) -> None:
+    """NUL in any key or string of a tenant's document is a 400: Docker and PostgreSQL
+    refuse it (an event or reason quoting it would fail the agent's report for its host)."""
+    found: list[str] = []
+    _nul_paths(document, path, found)
+    if found:
+        raise InvalidInput([f"{where}: must not contain NUL characters" for where in found])
 
 
 MAX_DIGITS = 18  # beyond any sane count; also below Python's int-from-text digit limit
