@@ -17,7 +17,8 @@ from capsuled.domain.spec import CapsuleSpec
 from capsuled.domain.status import Status, container_status, derive_capsule_status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store.tables import Capsule, CapsuleLabel, Container, Event, Host, Volume, utcnow
+from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
+                                   Volume, utcnow)
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory", "host"}
@@ -316,6 +317,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         return
     if report.gone:
         if capsule.deleting:
+            forget_actions(session, [c.uuid for c in capsule.containers])
             session.delete(capsule)
         return
     now = utcnow()
@@ -374,5 +376,15 @@ def force_delete(session: Session, capsule: Capsule) -> None:
     """The rows go now (and with them the quota and host claims). If the agent comes back,
     what it finds of the capsule is an orphan, which it removes, volumes too."""
     host = capsule.host
+    forget_actions(session, [c.uuid for c in capsule.containers])
     session.delete(capsule)
     bump_host_revision(session, host)
+
+
+def forget_actions(session: Session, container_uuids: list[str]) -> None:
+    """A removed container's action history goes with it: nobody can ask for it any more
+    (the container is a 404), and kept it would grow with every create and delete."""
+    if container_uuids:
+        session.execute(delete(ContainerAction).where(
+            ContainerAction.container_uuid.in_(container_uuids)),
+            execution_options={"synchronize_session": False})

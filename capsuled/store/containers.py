@@ -13,7 +13,8 @@ from capsuled.domain.channel import BareReport, ContainerAssignment
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
 from capsuled.domain.status import Status, container_status
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store.capsules import UUID_RE, Page, add_event, bump_host_revision, retention
+from capsuled.store.capsules import (UUID_RE, Page, add_event, bump_host_revision,
+                                     forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import storable_ident
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
@@ -175,7 +176,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         return
     if report.gone:
         if row.deleting or (row.spec or {}).get("auto_remove"):
-            finish_actions(session, row.uuid, None)
+            forget_actions(session, [row.uuid])
             session.delete(row)
         return
     now = utcnow()
@@ -256,7 +257,7 @@ def list_actions(session: Session, container_uuid: str, limit: int | None = None
 def force_delete(session: Session, row: Container) -> None:
     """A bare container's row goes now (its quota and host claims with it); if its agent
     comes back it removes the container, and its volumes, as an orphan."""
-    finish_actions(session, row.uuid, "Error", "deleted with force while its host was down")
+    forget_actions(session, [row.uuid])
     host = row.host
     session.delete(row)
     bump_host_revision(session, host)

@@ -44,7 +44,7 @@ from capsuled.store import hosts as host_repo
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store, make_engine, safe_url, upgrade
 from capsuled.store.meta import get_meta
-from capsuled.store.tables import Base, Capsule, Meta, Token
+from capsuled.store.tables import Base, Capsule, ContainerAction, Meta, Token
 
 ADMIN_URLS = {
     "postgresql": os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
@@ -391,3 +391,5 @@ def test_events_are_counted_pruned_and_paged_and_force_delete_frees_a_gone_host(
         capsules.get(alice, made.uuid)
     with store.transaction() as s:
         assert host_repo.usage(s).get("h1", (0.0, 0, 0)) == (0.0, 0, 0)
+        # Their history went with them (a gone container's actions are a 404 anyway).
+        assert s.scalar(select(func.count()).select_from(ContainerAction)) == 0
