@@ -72,6 +72,20 @@ class LimitSettings(BaseModel):
     min_memory: int = 4
     max_memory: int = 8192
     max_containers: int = 24
+    # Zun's minimum: a host of 2 CPUs holds 20 containers that ask for nothing; raise it
+    # on bigger hosts. It is a hard cap (NanoCpus), not a share.
+    default_cpu: float = Field(0.1, gt=0, description="CPUs given to a container that asks "
+                               "for none (stored in its spec, charged to quota, claimed on "
+                               "its host like an explicit request)")
+    default_memory: int = Field(256, gt=0, description="MiB given to a container that asks for none")
+    pids_limit: int = Field(1024, ge=1, description="Processes each container (sandboxes too) "
+                            "may have at once; read by the agent and applied to the containers "
+                            "it creates")
+    events_per_capsule: int = Field(200, ge=1, description="Newest events kept per capsule "
+                                    "(older ones are pruned as new ones come)")
+    event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
+                                 "container action) is kept")
+    actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
 
 
 class QuotaSettings(BaseModel):
@@ -90,20 +104,6 @@ class KeystoneSettings(BaseModel):
     auth_url: str = Field(description="Keystone v3 URL, e.g. http://keystone:5000/v3")
     username: str = Field("capsuled", description="Service user (needs the service or admin role)")
     password: SecretStr = Field(description="Service user's password")
-    # Zun's minimum: a host of 2 CPUs holds 20 containers that ask for nothing; raise it
-    # on bigger hosts. It is a hard cap (NanoCpus), not a share.
-    default_cpu: float = Field(0.1, gt=0, description="CPUs given to a container that asks "
-                               "for none (stored in its spec, charged to quota, claimed on "
-                               "its host like an explicit request)")
-    default_memory: int = Field(256, gt=0, description="MiB given to a container that asks for none")
-    pids_limit: int = Field(1024, ge=1, description="Processes each container (sandboxes too) "
-                            "may have at once; read by the agent and applied to the containers "
-                            "it creates")
-    events_per_capsule: int = Field(200, ge=1, description="Newest events kept per capsule "
-                                    "(older ones are pruned as new ones come)")
-    event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
-                                 "container action) is kept")
-    actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
     project_name: str = Field("service", description="Service user's project")
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
