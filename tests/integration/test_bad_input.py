@@ -337,3 +337,27 @@ def test_idents_with_nul_are_not_found_on_every_database(kind: str, tmp_path: Pa
         with srv.client() as admin:
             r = admin.get("/v1/hosts/a%00b", headers={"OpenStack-API-Version": "container latest"})
             assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize("body,where", [
+    ({"image": "busybox", "workdir": "/a\x00"}, "workdir"),
+    ({"image": "busybox", "command": ["sh", "-c", "true\x00"]}, "command[2]"),
+    ({"image": "busybox", "entrypoint": ["\x00"]}, "entrypoint[0]"),
+])
+def test_nul_anywhere_in_a_container_request_is_400(member: httpx.Client, body: dict[str, object],
+                                                   where: str) -> None:
+    r = member.post("/v1/containers", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"] == f"{where}: must not contain NUL characters"
+
+
+@pytest.mark.parametrize("container,where", [
+    (sleeper("app", workDir="/a\x00"), "spec.containers[0].workDir"),
+    (sleeper("app", args=["x\x00"]), "spec.containers[0].args[0]"),
+    (sleeper("app", env={"A\x00": "v"}), "spec.containers[0].env.A\\0"),
+])
+def test_nul_anywhere_in_a_template_is_400(member: httpx.Client, container: dict[str, object],
+                                           where: str) -> None:
+    r = member.post("/v1/capsules", json={"template": template("nul", [container])})
+    assert r.status_code == 400, r.text
+    assert f"{where}: must not contain NUL characters" in r.json()["errors"][0]["detail"]
