@@ -37,7 +37,7 @@ from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
-                             NotAuthenticated)
+                             NotAuthenticated, Unavailable)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import capsules as capsule_repo
@@ -410,7 +410,7 @@ class ContainerService:
             session = terminals.take(s, token, utcnow())
         if session is None or session.container_uuid != ident:
             raise NotAuthenticated("This terminal URL is unknown, used or expired; ask for a new one.")
-        ops = self._ops_for(session.host)
+        ops = _HostHidden.of(self._ops_for, session.host)
         if session.exec_id is None:
             return ops.attach(session.runtime_id), session
         stream = ops.exec_stream(session.exec_id)
@@ -463,7 +463,7 @@ class ContainerService:
     def _ops(self, host: str | None, runtime_id: str | None, ident: str) -> ContainerOps:
         if host is None or runtime_id is None:
             raise Conflict(f"Container {ident} does not exist on a host yet.")
-        return self._ops_for(host)
+        return _HostHidden.of(self._ops_for, host)
 
     @staticmethod
     def _check(row: Container, action: str, force: bool = False) -> None:
@@ -496,6 +496,33 @@ def _check_host_room(s: Any, host: str | None, whose: str, cpu: float, memory: i
     if memory > 0 and cap.memory_mb - cap.memory_used < memory:
         raise Conflict(f"memory: the {whose} host has not enough free memory for "
                        f"{memory} more MiB.")
+
+
+class _HostHidden:
+    """A host's ContainerOps whose Unavailable errors name neither the host nor its agent's
+    address: members read them. The detail is logged for administrators."""
+
+    def __init__(self, ops: ContainerOps) -> None:
+        self._inner = ops
+
+    @classmethod
+    def of(cls, ops_for: Callable[[str], ContainerOps], host: str) -> ContainerOps:
+        return cls(_hidden(lambda: ops_for(host), "connect"))  # type: ignore[return-value]
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: _hidden(lambda: attr(*args, **kwargs), name)
+
+
+def _hidden(call: Callable[[], Any], what: str) -> Any:
+    try:
+        return call()
+    except Unavailable as exc:
+        LOG.warning("%s: %s", what, exc.message)
+        raise Unavailable(f"{what}: the container's host cannot be reached now; "
+                          "try again later") from exc
 
 
 def _claim(row: Container) -> tuple[float, int]:
