@@ -200,10 +200,9 @@ class ContainerService:
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             self._check(row, "delete_stop" if stop else "delete", force=force)
-            if force and row.host is not None and capsule_repo.host_gone(
-                    s, row.host, utcnow(), self._down_after):
-                # Nothing but its own agent could ever remove it: the row goes now (quota
-                # released) and a returning agent removes the container as an orphan.
+            if force and capsule_repo.host_gone(s, row.host, utcnow(), self._down_after):
+                # Unplaced, or nothing but its own agent could ever remove it: the row goes
+                # now (quota released); a returning agent removes the container as an orphan.
                 repo.force_delete(s, row)
                 return
             if force:
