@@ -337,6 +337,14 @@ def test_idents_with_nul_are_not_found_on_every_database(kind: str, tmp_path: Pa
         with srv.client() as admin:
             r = admin.get("/v1/hosts/a%00b", headers={"OpenStack-API-Version": "container latest"})
             assert r.status_code == 404, r.text
+            for path, field in (("/v1/quotas/a%00b", "project_id"),
+                                ("/v1/quota_classes/a%00b", "name"),
+                                ("/v1/quotas/" + "p" * 300, "project_id")):
+                r = admin.get(path)
+                assert r.status_code == 400, (path, r.text)
+                assert r.json()["errors"][0]["detail"].startswith(f"{field}:")
+                r = admin.put(path, json={"cpu": 1})
+                assert r.status_code == 400, (path, r.text)
 
 
 @pytest.mark.parametrize("body,where", [
@@ -361,3 +369,11 @@ def test_nul_anywhere_in_a_template_is_400(member: httpx.Client, container: dict
     r = member.post("/v1/capsules", json={"template": template("nul", [container])})
     assert r.status_code == 400, r.text
     assert f"{where}: must not contain NUL characters" in r.json()["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize("ps_args", ["²", "a\x00b", "%", "-1"])
+def test_ps_args_that_ps_refuses_are_400(member: httpx.Client, running: str, ps_args: str) -> None:
+    r = member.get(f"/v1/containers/{running}/top", params={"ps_args": ps_args})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["detail"].startswith("ps_args: ps refused them"), r.text
+    assert member.get(f"/v1/containers/{running}/top", params={"ps_args": "-ef"}).status_code == 200

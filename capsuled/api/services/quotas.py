@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from capsuled.errors import InvalidInput, OverQuota
 from capsuled.store import quotas as repo
+from capsuled.store.capsules import storable_ident
 from capsuled.store.engine import Store
 
 RESOURCES = repo.RESOURCES
@@ -69,6 +70,7 @@ class QuotaService:
 
     # -- the quota API -------------------------------------------------------------------
     def get(self, project_id: str, usages: bool) -> dict[str, object]:
+        _name(project_id, "project_id")
         with self._store.transaction() as s:
             limits = repo.project_limits(s, project_id, self._defaults)
             if not usages:
@@ -82,24 +84,35 @@ class QuotaService:
                     repo.class_limits(s, repo.DEFAULT_CLASS, self._defaults).items()}
 
     def update(self, project_id: str, body: Mapping[str, object]) -> dict[str, object]:
+        _name(project_id, "project_id")
         values = _limits(body)
         with self._store.transaction() as s:
             repo.set_project_limits(s, project_id, values)
         return self.get(project_id, usages=False)
 
     def reset(self, project_id: str) -> None:
+        _name(project_id, "project_id")
         with self._store.transaction() as s:
             repo.delete_project_limits(s, project_id)
 
     def get_class(self, name: str) -> dict[str, object]:
+        _name(name, "name")
         with self._store.transaction() as s:
             return {r: _num(r, v) for r, v in repo.class_limits(s, name, self._defaults).items()}
 
     def update_class(self, name: str, body: Mapping[str, object]) -> dict[str, object]:
+        _name(name, "name")
         values = _limits(body)
         with self._store.transaction() as s:
             repo.set_class_limits(s, name, values)
         return self.get_class(name)
+
+
+def _name(value: str, field: str) -> None:
+    """A project id or class name as its 255-character column can hold it (PostgreSQL
+    refuses NUL): a 400 here rather than a database error."""
+    if not storable_ident(value):
+        raise InvalidInput(f"{field}: must be at most 255 characters, without NUL")
 
 
 def _limits(body: Mapping[str, object]) -> dict[str, float]:

@@ -252,8 +252,16 @@ class DockerRuntime:
                           exec_id=str(ex["Id"]))
 
     def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]:
-        with translate_docker_errors(f"top {container_id[:12]}"):
-            return dict(self._api.top(container_id, ps_args=ps_args or None))
+        try:
+            with translate_docker_errors(f"top {container_id[:12]}"):
+                return dict(self._api.top(container_id, ps_args=ps_args or None))
+        except DriverError as exc:
+            # Docker answers 500 when ps refuses its arguments ("ps: error: garbage option"):
+            # that is the caller's mistake, a 400 naming the field.
+            if type(exc) is DriverError and ps_args and "ps: " in exc.message:
+                raise RuntimeRejected(f"ps_args: ps refused them "
+                                      f"({exc.message.split('ps: ', 1)[1][:200]})") from exc
+            raise
 
     def stats(self, container_id: str) -> dict[str, Any]:
         with translate_docker_errors(f"stats {container_id[:12]}"):
