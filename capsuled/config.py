@@ -10,11 +10,14 @@ import socket
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
+
+DEFAULT_OPS_PORT = 9518
 
 
 class DockerSettings(BaseModel):
@@ -39,9 +42,42 @@ class AgentSettings(BaseModel):
     # /22: 1,022 addresses per project and host, 1,024 projects in the default pool.
     network_prefix: int = Field(22, ge=8, le=29, description="Size of each project network")
     # Multi-host only: where the API reaches this agent for logs, exec, attach, top, …
-    ops_listen: str = Field("0.0.0.0:9518", description="HOST:PORT the agent's ops endpoint listens on")
+    # Loopback unless told otherwise: the endpoint runs commands in containers, so it is
+    # exposed only on the address the operator names.
+    ops_listen: str | None = Field(None, description="HOST:PORT the agent's ops endpoint "
+                                   "listens on; default: the host and port of ops_url when "
+                                   "set, else 127.0.0.1:9518 (this machine only)")
     ops_url: str | None = Field(None, description="URL the API replicas use to reach the ops "
-                                "endpoint; default http://<host name>:<port>")
+                                "endpoint; default http(s)://<listen host>:<port>")
+    ops_cert_file: Path | None = Field(None, description="PEM certificate (chain) the ops "
+                                       "endpoint serves TLS with (with ops_key_file)")
+    ops_key_file: Path | None = Field(None, description="PEM private key of ops_cert_file")
+
+    def ops_bind(self) -> tuple[str, int]:
+        """(host, port) the ops endpoint listens on (see ops_listen)."""
+        listen = self.ops_listen
+        if listen is None and self.ops_url is not None:
+            url = urlsplit(self.ops_url)
+            if url.hostname:
+                listen = f"{url.hostname}:{url.port or DEFAULT_OPS_PORT}"
+        host, _, port = (listen or f"127.0.0.1:{DEFAULT_OPS_PORT}").rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def ops_endpoint_url(self) -> str:
+        """The URL the API reaches the ops endpoint at (see ops_url)."""
+        if self.ops_url:
+            return self.ops_url
+        host, port = self.ops_bind()
+        if host in ("0.0.0.0", "::"):
+            host = self.host_name  # every address: the API reaches it by this host's name
+        scheme = "https" if self.ops_cert_file else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @model_validator(mode="after")
+    def _ops_tls_is_whole(self) -> Self:
+        if (self.ops_cert_file is None) != (self.ops_key_file is None):
+            raise ValueError("ops_cert_file and ops_key_file go together")
+        return self
 
     @model_validator(mode="after")
     def _prefix_fits_the_pool(self) -> Self:
@@ -57,6 +93,12 @@ class ApiSettings(BaseModel):
                                 "(413 before it is read in full)")
     max_agent_body_bytes: int = Field(16 * 1_048_576, gt=0, description="Largest body an "
                                       "agent may send (its reports cover a whole host)")
+    ops_ca_file: Path | None = Field(None, description="PEM CA bundle that agents' TLS ops "
+                                     "endpoints (https:// ops URLs) are verified against; "
+                                     "default: the system's CAs")
+    ops_secret: SecretStr | None = Field(None, description="Secret agents' ops keys derive from "
+                                         "(the same on every API replica); default: one kept in "
+                                         "the database, which a copy of it then reveals")
     host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
                                    "a host is down: not scheduled to, its capsules Unknown")
     scheduler_weigher: Literal["spread", "pack"] = Field(

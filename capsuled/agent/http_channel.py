@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
+from capsuled.domain.channel import (Assignments, BareReport, CapsuleReport, HostInfo,
+                                     Registration)
 from capsuled.errors import Forbidden, NotAuthenticated, Unavailable
 
 M = TypeVar("M", bound=BaseModel)
@@ -44,8 +45,10 @@ class HttpChannel:
             raise Unavailable(f"GET /v1/agents/{host}: the API's answer has no instance_id")
         return body["instance_id"]
 
-    def register(self, host: HostInfo) -> None:
-        self._call("PUT", f"/v1/agents/{host.name}", json=host.model_dump(mode="json"))
+    def register(self, host: HostInfo) -> Registration | None:
+        body = self._call("PUT", f"/v1/agents/{host.name}", json=host.model_dump(mode="json"))
+        # An API from before derived ops keys answers 204, without a body.
+        return None if body is None else _parse(Registration, body, f"PUT /v1/agents/{host.name}")
 
     def heartbeat(self, host: str) -> None:
         self._call("POST", f"/v1/agents/{host}/heartbeat")

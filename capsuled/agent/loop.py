@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from capsuled.agent.bare import BareExecutor
@@ -37,9 +38,13 @@ LOOP_BACKOFF_MAX = 30.0
 class Agent:
     def __init__(self, channel: AgentChannel, runtime: RuntimeDriver, volumes: VolumeDriver,
                  settings: AgentSettings, instance: str, infra_image: str,
-                 networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None) -> None:
+                 networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None,
+                 on_ops_key: Callable[[str], None] | None = None) -> None:
         self._channel = channel
-        self._ops_endpoint = ops_endpoint  # (url, key) the API uses to reach our ops server
+        # (url, per-boot nonce) of our ops server; the API answers a registration with the
+        # key it derived for that nonce, which the ops server must accept (on_ops_key).
+        self._ops_endpoint = ops_endpoint
+        self._on_ops_key = on_ops_key
         self._runtime = runtime
         self._settings = settings
         self._host = settings.host_name
@@ -76,11 +81,13 @@ class Agent:
         info = info.model_copy(update={"labels": dict(self._settings.labels)})
         if self._ops_endpoint is not None:
             info = info.model_copy(update={"ops_url": self._ops_endpoint[0],
-                                           "ops_key": self._ops_endpoint[1]})
+                                           "ops_nonce": self._ops_endpoint[1]})
         delay = 0.5
         while True:
             try:
-                self._channel.register(info)
+                got = self._channel.register(info)
+                if got is not None and got.ops_key and self._on_ops_key is not None:
+                    self._on_ops_key(got.ops_key)
                 return
             except Unavailable as exc:
                 LOG.warning("cannot register with the control plane yet: %s", exc.message)

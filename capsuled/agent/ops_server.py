@@ -3,7 +3,13 @@
 In multi-host mode users' reads and imperative actions (logs, exec, attach, top, stats,
 archives, start/stop/…) reach the container's host through here; the API's RemoteOps is
 the client. The wire format is domain/ops_wire.py. Every request, websockets included,
-must carry `X-Capsuled-Ops-Key`; anything else is refused with 401 before routing.
+must carry `X-Capsuled-Ops-Key`; anything else is refused with 401 before routing. The
+agent keeps only the key's SHA-256 (`OpsKey`): the API derives the key and hands it over
+in the answer to the agent's registration (api/services/agents.py). Every call naming a
+container is refused with 404 unless the container is this deployment's (`owns`, wired
+by the composition root to the `capsuled.instance` label), so neither a confused API nor
+a stolen key reaches the host's other containers. TLS: `serve_ops(..., ssl_certfile,
+ssl_keyfile)`.
 
 Built on Starlette (FastAPI's own foundation): the agent may not import FastAPI, and this
 app needs nothing of it beyond routing.
@@ -36,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from capsuled.domain import ops_wire as wire
+from capsuled.domain.channel import ops_key_digest
 from capsuled.terminal import bridge
 from capsuled.domain.hostops import ContainerOps, RawStream
 from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
@@ -75,11 +82,37 @@ class Sessions:
                 close()
 
 
-def create_ops_app(ops: ContainerOps, key: str) -> Starlette:
-    """The ASGI app serving `ops` to whoever presents `key`."""
-    if not key:
-        raise ValueError("the ops endpoint needs a non-empty key")
+class OpsKey:
+    """The key the ops endpoint accepts, kept as its digest only. Unset (before the
+    agent's registration answered), every request is refused."""
+
+    def __init__(self, key: str | None = None) -> None:
+        self._digest: str | None = None
+        if key is not None:
+            self.set(key)
+
+    def set(self, key: str) -> None:
+        if not key:
+            raise ValueError("the ops endpoint needs a non-empty key")
+        self._digest = ops_key_digest(key)
+
+    def accepts(self, given: bytes) -> bool:
+        digest = self._digest
+        return digest is not None and hmac.compare_digest(ops_key_digest(given), digest)
+
+
+def create_ops_app(ops: ContainerOps, key: str | OpsKey,
+                   owns: Callable[[str], bool] | None = None) -> Starlette:
+    """The ASGI app serving `ops` to whoever presents `key`. `owns(container_id)` says
+    whether a container is this deployment's; calls for any other are 404 (None: no
+    check, for tests of the wire alone)."""
+    if not isinstance(key, OpsKey):
+        key = OpsKey(key)
     sessions = Sessions()
+
+    def owned(container_id: str) -> None:
+        if owns is not None and not owns(container_id):
+            raise NotFound(f"No such container: {container_id}")
 
     async def call(request: Request) -> Response:
         name = request.path_params["method"]
@@ -92,6 +125,8 @@ def create_ops_app(ops: ContainerOps, key: str) -> Starlette:
             except ValueError:
                 raise InvalidInput(f"{name}: the body must be JSON") from None
             args = wire.decode_args(name, body)
+            if m.param_names[:1] == ("container_id",):
+                await anyio.to_thread.run_sync(owned, args[0])
             if m.transport == "stream":
                 chunks = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args))
                 return _Follow(chunks, sessions)
@@ -101,7 +136,8 @@ def create_ops_app(ops: ContainerOps, key: str) -> Starlette:
             return _error(exc)
 
     async def attach(websocket: WebSocket) -> None:
-        await _session(websocket, partial(ops.attach, websocket.path_params["container_id"]),
+        cid = websocket.path_params["container_id"]
+        await _session(websocket, partial(_owned_then, owned, cid, ops.attach),
                        sessions)
 
     async def exec_session(websocket: WebSocket) -> None:
@@ -118,12 +154,19 @@ def create_ops_app(ops: ContainerOps, key: str) -> Starlette:
     return app
 
 
+def _owned_then(check: Callable[[str], None], container_id: str,
+                open_stream: Callable[[str], RawStream]) -> RawStream:
+    """The ownership check (raises NotFound), then `open_stream`."""
+    check(container_id)
+    return open_stream(container_id)
+
+
 class _RequireKey:
     """401 for any request without the right key, HTTP and websocket alike."""
 
-    def __init__(self, app: ASGIApp, key: str) -> None:
+    def __init__(self, app: ASGIApp, key: OpsKey) -> None:
         self._app = app
-        self._key = key.encode()
+        self._key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -131,7 +174,7 @@ class _RequireKey:
             return
         wanted = wire.OPS_KEY_HEADER.lower().encode("latin-1")
         given = next((v for k, v in scope.get("headers") or [] if k.lower() == wanted), b"")
-        if hmac.compare_digest(given, self._key):
+        if self._key.accepts(given):
             await self._app(scope, receive, send)
             return
         refusal = PlainTextResponse(f"missing or wrong {wire.OPS_KEY_HEADER}", status_code=401)
@@ -241,14 +284,17 @@ async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
 # -- serving ----------------------------------------------------------------------------
 
 def serve_ops(app: ASGIApp, host: str, port: int, startup_timeout: float = 10.0,
-              log_level: str = "warning") -> tuple[uvicorn.Server, threading.Thread]:
-    """Run `app` with uvicorn in a daemon thread; return once it listens.
+              log_level: str = "warning", ssl_certfile: str | None = None,
+              ssl_keyfile: str | None = None) -> tuple[uvicorn.Server, threading.Thread]:
+    """Run `app` with uvicorn in a daemon thread; return once it listens (with TLS when
+    given a PEM certificate and key).
 
     Stop it with `stop_ops(server, thread)`. Raises OSError if it cannot listen.
     """
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
                             access_log=False, timeout_graceful_shutdown=5,
-                            ws_per_message_deflate=False)
+                            ws_per_message_deflate=False, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile)
     server = _OpsServer(config, getattr(getattr(app, "state", None), "sessions", None))
     failure: list[BaseException] = []
 

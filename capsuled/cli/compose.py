@@ -109,7 +109,7 @@ def build_api(settings: Settings, store: Store,
               ops_for: Callable[[str], ContainerOps]) -> Api:
     from capsuled.api.app import Services, create_app
     from capsuled.api.policy import Policy
-    from capsuled.api.services.agents import ControlPlane, OpsKeys
+    from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.host_monitor import HostMonitor
@@ -180,7 +180,10 @@ def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps
 
 
 def build_agent(settings: Settings, channel: AgentChannel, client: docker.APIClient,
-                instance: str, ops_endpoint: tuple[str, str] | None = None) -> Agent:
+                instance: str, ops_endpoint: tuple[str, str] | None = None,
+                on_ops_key: Callable[[str], None] | None = None) -> Agent:
+    """`ops_endpoint`: (URL, per-boot nonce) of this agent's ops endpoint; `on_ops_key`
+    gets the key the API derived for it at each registration."""
     from capsuled.agent.loop import Agent
     from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
@@ -189,7 +192,8 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     networks = BridgeNetworks(client, settings.agent.network_pool, settings.agent.network_prefix)
     runtime = DockerRuntime(client, pids_limit=settings.limits.pids_limit)
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
-                 settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint)
+                 settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
+                 on_ops_key=on_ops_key)
 
 
 def new_ops_key() -> str:

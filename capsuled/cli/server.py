@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from capsuled.cli import compose
-from capsuled.config import Settings
+from capsuled.config import AgentSettings, Settings
 from capsuled.errors import CapsuledError
 
 app = typer.Typer(help=__doc__, no_args_is_help=False, add_completion=False)
@@ -109,7 +109,7 @@ def api_command(ctx: typer.Context) -> None:
     settings: Settings = ctx.obj
     compose.setup_logging(settings)
     opened = compose.open_store(settings)
-    api = compose.build_api(settings, opened.store, compose.remote_ops(opened.store))
+    api = compose.build_api(settings, opened.store, compose.remote_ops(opened.store, settings))
     api.start()
     LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
              settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
@@ -126,24 +126,33 @@ def agent_command(
     docker_host: Annotated[str | None, typer.Option(help="Docker Engine URL, e.g. unix:///run/docker.sock.")] = None,
     availability_zone: Annotated[str | None, typer.Option(help="Availability zone (default nova).")] = None,
     label: Annotated[list[str] | None, typer.Option(help="Host label k=v for scheduling; repeat.")] = None,
-    ops_listen: Annotated[str | None, typer.Option(help="HOST:PORT for the ops endpoint the API "
-                                                   "uses for logs/exec/attach (default 0.0.0.0:9518).")] = None,
+    ops_listen: Annotated[str | None, typer.Option(help=(
+        "HOST:PORT for the ops endpoint the API uses for logs/exec/attach (default: the "
+        "host and port of --ops-url, else 127.0.0.1:9518, reachable from this machine only)."))] = None,
     ops_url: Annotated[str | None, typer.Option(help="URL the API reaches the ops endpoint at "
-                                                "(default http://HOST:PORT).")] = None,
+                                                "(default http(s)://HOST:PORT of --ops-listen).")] = None,
+    ops_cert: Annotated[Path | None, typer.Option(help="PEM certificate: serve the ops endpoint "
+                                                  "over TLS (with --ops-key).")] = None,
+    ops_key: Annotated[Path | None, typer.Option(help="PEM private key of --ops-cert.")] = None,
 ) -> None:
     """Run the agent of one compute host (multi-host). It talks only to the API, never
     to the database: registers this host, heartbeats, watches its assignments, reconciles
     them on the local Docker Engine, reports what it sees, and serves logs/exec/attach/…
     for the API on its ops endpoint."""
     from capsuled.agent.http_channel import HttpChannel
-    from capsuled.agent.ops_server import create_ops_app, serve_ops, stop_ops
+    from capsuled.agent.ops_server import OpsKey, create_ops_app, serve_ops, stop_ops
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.errors import Unavailable
 
     settings: Settings = ctx.obj
-    agent_settings = settings.agent.model_copy(update={k: v for k, v in {
-        "host_name": host, "availability_zone": availability_zone, "ops_listen": ops_listen,
-        "ops_url": ops_url}.items() if v is not None})
+    try:
+        agent_settings = AgentSettings.model_validate({**settings.agent.model_dump(), **{
+            k: v for k, v in {"host_name": host, "availability_zone": availability_zone,
+                              "ops_listen": ops_listen, "ops_url": ops_url,
+                              "ops_cert_file": ops_cert, "ops_key_file": ops_key}.items()
+            if v is not None}})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     if label:
         agent_settings.labels = {**agent_settings.labels, **_labels(label)}
     settings = settings.model_copy(update={"agent": agent_settings})
@@ -162,12 +171,30 @@ def agent_command(
             time.sleep(2.0)
         except CapsuledError as exc:
             raise compose.fail(exc.message) from exc
-    key = compose.new_ops_key()
-    bind_host, _, port = agent_settings.ops_listen.rpartition(":")
-    ops_server, ops_thread = serve_ops(create_ops_app(DockerRuntime(client), key), bind_host or "0.0.0.0",
-                              int(port))
-    url = agent_settings.ops_url or f"http://{name}:{port}"
-    agent = compose.build_agent(settings, channel, client, instance, ops_endpoint=(url, key))
+    # The API derives the ops key from this nonce and answers the registration with it;
+    # until then the endpoint refuses everything.
+    nonce = compose.new_ops_key()
+    key = OpsKey()
+    runtime = DockerRuntime(client)
+
+    def owns(container_id: str) -> bool:
+        # Only containers of this deployment: never the host's others (by id, not name).
+        return any(s.id == container_id for s in runtime.list_summaries(instance))
+
+    bind_host, port = agent_settings.ops_bind()
+    cert, tls_key = agent_settings.ops_cert_file, agent_settings.ops_key_file
+    try:
+        ops_server, ops_thread = serve_ops(create_ops_app(runtime, key, owns), bind_host, port,
+                                           ssl_certfile=str(cert) if cert else None,
+                                           ssl_keyfile=str(tls_key) if tls_key else None)
+    except OSError as exc:
+        raise compose.fail(str(exc)) from exc
+    url = agent_settings.ops_endpoint_url()
+    if bind_host in ("127.0.0.1", "::1", "localhost"):
+        LOG.warning("the ops endpoint listens on %s only: API replicas on other machines cannot "
+                    "reach it (set --ops-listen or --ops-url)", bind_host)
+    agent = compose.build_agent(settings, channel, client, instance, ops_endpoint=(url, nonce),
+                                on_ops_key=key.set)
     try:
         agent.start()
     except CapsuledError as exc:

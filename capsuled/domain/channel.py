@@ -16,6 +16,7 @@ loops survive.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,10 +77,28 @@ class HostInfo(_Wire):
     kernel_version: str = ""
     architecture: str = ""
     runtime: str = "docker"
-    # Multi-host: where the API reaches this host's agent for logs, exec, attach, …, and
-    # the key it must present (None in all-in-one, where the API calls the runtime).
+    # Multi-host: where the API reaches this host's agent for logs, exec, attach, … (None
+    # in all-in-one, where the API calls the runtime), and a random id of this agent's
+    # boot: the API derives the ops key from it and a secret of its own (Registration).
     ops_url: str | None = None
+    ops_nonce: str | None = None
+    ops_key: str | None = None  # agents before ops_nonce sent their key itself (legacy)
+
+
+class Registration(_Wire):
+    """The API's answer to a registration."""
+
+    # The key the agent's ops endpoint must accept from now on (None: no ops endpoint).
+    # The agent keeps only its digest; the API derives it again when it needs it, so it
+    # is stored nowhere in clear.
     ops_key: str | None = None
+
+
+def ops_key_digest(key: str | bytes) -> str:
+    """What is kept of an ops key: the agent compares presented keys with it and the
+    API's database records it (a key derived under another secret shows as a mismatch)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return hashlib.sha256(raw).hexdigest()
 
 
 class ContainerReport(_Wire):
@@ -124,7 +143,7 @@ class BareReport(_Wire):
 class AgentChannel(Protocol):
     """The agent's only way to the control plane. Every call is idempotent."""
 
-    def register(self, host: HostInfo) -> None: ...
+    def register(self, host: HostInfo) -> Registration | None: ...
 
     def heartbeat(self, host: str) -> None: ...
 

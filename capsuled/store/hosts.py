@@ -30,7 +30,10 @@ class HostCapacity:
     disk_used: int = 0  # GiB claimed by capsule volumes
 
 
-def register_host(session: Session, info: HostInfo) -> Host:
+def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None = None) -> Host:
+    """Create or update the host. Of its ops key only the digest is kept (the API derives
+    the key again, api/services/agents.py), unless an agent of before derived keys sent
+    its key itself."""
     host = session.scalars(select(Host).where(Host.name == info.name)).first()
     if host is None:
         host = Host(uuid=str(uuidlib.uuid4()), name=info.name, revision=0, created_at=utcnow())
@@ -39,7 +42,10 @@ def register_host(session: Session, info: HostInfo) -> Host:
     host.availability_zone, host.labels = info.availability_zone, dict(info.labels)
     host.info = {"os": info.os, "kernel_version": info.kernel_version,
                  "architecture": info.architecture, "runtime": info.runtime,
-                 "ops_url": info.ops_url, "ops_key": info.ops_key}
+                 "ops_url": info.ops_url, "ops_nonce": info.ops_nonce,
+                 "ops_key_sha256": ops_key_sha256}
+    if info.ops_key and not info.ops_nonce:
+        host.info["ops_key"] = info.ops_key
     host.last_seen = utcnow()
     host.report_count = (host.report_count or 0) + 1
     session.flush()

@@ -46,14 +46,15 @@ def hello(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
     return {"host": host, "instance_id": _control(request).instance_id()}
 
 
-@router.put("", status_code=204)
-async def register(request: Request, host: str, who: PrincipalDep) -> Response:
+@router.put("")
+async def register(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
+    """Register the host; the answer carries the key its ops endpoint is to accept."""
     _own(who, host)
     info: HostInfo = _model(HostInfo, await read_json(request), "body")
     if info.name != host:
         raise InvalidInput(f"name: must be {host}, the host in the path")
-    await anyio.to_thread.run_sync(_control(request).register, info)
-    return Response(status_code=204)
+    got = await anyio.to_thread.run_sync(_control(request).register, info)
+    return got.model_dump(mode="json")
 
 
 @router.post("/heartbeat", status_code=204)

@@ -4,23 +4,41 @@ set per host (watch), and folding status reports into the store.
 In all-in-one mode the agent calls this object directly (it satisfies
 `domain.channel.AgentChannel`); the HTTP agent endpoints of the multi-host mode will call
 the same methods.
+
+Ops keys (multi-host): the API presents a key to an agent's ops endpoint, so the API must
+be able to produce it, yet a copy of the database alone must not let anyone reach the
+agents. So the key is derived, never stored: key = HMAC-SHA256(ops secret, host name,
+the agent's per-boot nonce). The database keeps the nonce and the key's SHA-256; the
+agent learns the key in the answer to its registration and keeps only the SHA-256 too.
+The ops secret is `api.ops_secret`, the same on every replica; without it a random one
+is kept in the database's meta table, which still keeps keys out of the host rows but
+no longer out of a database copy (set the setting for that).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
 
 import anyio.to_thread
 
-from capsuled.domain.channel import Assignments, BareReport, CapsuleReport, HostInfo
+from capsuled.domain.channel import (Assignments, BareReport, CapsuleReport, HostInfo,
+                                     Registration, ops_key_digest)
+from capsuled.errors import Conflict, Unavailable
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
 from capsuled.store.engine import Store
-from capsuled.store.meta import get_meta
+from capsuled.store.meta import claim_meta, get_meta
+
+LOG = logging.getLogger(__name__)
 
 # Another API replica may change a host's desired set; re-read the revision this often
 # (one indexed single-row read per watching agent), so an assignment reaches its agent
@@ -81,11 +99,72 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 ASSIGNED, REPORTED = "assigned", "reported"
+_OPS_SECRET_META = "ops_secret"
+
+
+class OpsKeys:
+    """Derives agents' ops keys (see the module docstring) and finds a host's ops endpoint."""
+
+    def __init__(self, store: Store, secret: str | None = None) -> None:
+        self._store = store
+        self._secret = secret.encode() if secret else None
+        self._lock = threading.Lock()
+
+    def derive(self, host: str, nonce: str) -> str:
+        mac = hmac.new(self._get_secret(), b"capsuled-ops-key\0" + host.encode() + b"\0"
+                       + nonce.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+    def endpoint(self, host: str) -> tuple[str, str] | None:
+        """(ops URL, key) of the host's agent, or None if it registered no ops endpoint."""
+        with self._store.transaction() as s:
+            row = host_repo.find_host(s, host)
+            info = dict(row.info or {}) if row is not None else {}
+        url, nonce = info.get("ops_url"), info.get("ops_nonce")
+        if not url:
+            return None
+        if not nonce:
+            legacy = info.get("ops_key")  # an agent from before derived keys
+            return (url, legacy) if legacy else None
+        key = self.derive(host, nonce)
+        if info.get("ops_key_sha256") != ops_key_digest(key):
+            raise Unavailable(f"host {host}'s agent registered under another ops secret (is "
+                              "api.ops_secret the same on every API replica?); it must "
+                              "register again")
+        return url, key
+
+    def _get_secret(self) -> bytes:
+        with self._lock:
+            if self._secret is None:
+                self._secret = self._stored_secret().encode()
+            return self._secret
+
+    def _stored_secret(self) -> str:
+        """The secret in the meta table, made by the first replica that needs one."""
+        with self._store.transaction() as s:
+            found = get_meta(s, _OPS_SECRET_META)
+        if found:
+            return found
+        LOG.warning("api.ops_secret is not set: agents' ops keys derive from a secret kept in "
+                    "the database; set CAPSULED_API__OPS_SECRET on every API replica to keep "
+                    "them out of it")
+        try:
+            with self._store.transaction() as s:
+                claim_meta(s, _OPS_SECRET_META, secrets.token_urlsafe(32))
+        except Conflict:
+            pass  # another replica was first: use its secret
+        with self._store.transaction() as s:
+            found = get_meta(s, _OPS_SECRET_META)
+        if not found:
+            raise Unavailable("the ops secret could not be stored in the database; try again")
+        return found
 
 
 class ControlPlane:
-    def __init__(self, store: Store, publish: Callable[[str], None] | None = None) -> None:
+    def __init__(self, store: Store, publish: Callable[[str], None] | None = None,
+                 ops_keys: OpsKeys | None = None) -> None:
         self._store = store
+        self.ops_keys = ops_keys or OpsKeys(store)
         self.assigned = Signal()  # some desired set changed
         self.reported = Signal()  # some agent report landed
         # Tells the other API replicas (store/notify.py); without it they re-read.
@@ -105,9 +184,13 @@ class ControlPlane:
         with self._store.transaction() as s:
             return get_meta(s, "instance_id") or ""
 
-    def register(self, host: HostInfo) -> None:
+    def register(self, host: HostInfo) -> Registration:
+        key = None
+        if host.ops_url and host.ops_nonce:
+            key = self.ops_keys.derive(host.name, host.ops_nonce)
         with self._store.transaction() as s:
-            host_repo.register_host(s, host)
+            host_repo.register_host(s, host, ops_key_digest(key) if key else None)
+        return Registration(ops_key=key)
 
     def heartbeat(self, host: str) -> None:
         with self._store.transaction() as s:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,12 +35,16 @@ class RemoteOps:
     """One host's ContainerOps, served by its agent at `base_url`."""
 
     def __init__(self, base_url: str, key: str, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, ca_file: str | None = None) -> None:
         self.url = base_url.rstrip("/")
         self._key = key
+        # https:// agents are verified against `ca_file` (an operator's private CA), else
+        # against the system's CAs; never unverified, or the key goes to whoever answers.
+        self._tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self._timeout = timeout
         self._http = httpx.Client(
             base_url=self.url, timeout=timeout, transport=transport,
+            verify=self._tls if self._tls is not None else True,
             headers={wire.OPS_KEY_HEADER: key, "Accept": "application/json"},
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=16))
 
@@ -156,8 +161,9 @@ class RemoteOps:
     def _socket(self, name: str, ident: str) -> RawStream:
         scheme, rest = self.url.split("://", 1)
         url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}{wire.socket_path(name, ident)}"
+        tls = {"ssl": self._tls} if scheme == "https" and self._tls is not None else {}
         try:
-            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key},
+            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key}, **tls,
                          open_timeout=self._timeout, close_timeout=_CLOSE_TIMEOUT,
                          compression=None, max_size=None, legacy=True)
         except InvalidStatus as exc:
@@ -282,9 +288,11 @@ class _WebSocketStream:
 class RemoteOpsPool:
     """ops_for(host) for the API: one RemoteOps per (agent URL, key), kept for reuse."""
 
-    def __init__(self, lookup: Callable[[str], tuple[str, str] | None], timeout: float = 30.0) -> None:
+    def __init__(self, lookup: Callable[[str], tuple[str, str] | None], timeout: float = 30.0,
+                 ca_file: str | None = None) -> None:
         self._lookup = lookup
         self._timeout = timeout
+        self._ca_file = ca_file
         self._clients: dict[tuple[str, str], RemoteOps] = {}
         self._lock = threading.Lock()
 
@@ -299,7 +307,8 @@ class RemoteOpsPool:
                 # A new key for a known URL: the agent was reconfigured; drop the old client.
                 for stale in [k for k in self._clients if k[0] == url]:
                     self._clients.pop(stale).close()
-                ops = self._clients[(url, key)] = RemoteOps(url, key, self._timeout)
+                ops = self._clients[(url, key)] = RemoteOps(url, key, self._timeout,
+                                                            ca_file=self._ca_file)
             return ops
 
     def close(self) -> None:
@@ -310,6 +319,7 @@ class RemoteOpsPool:
 
 
 def ops_for_hosts(lookup: Callable[[str], tuple[str, str] | None],
-                  timeout: float = 30.0) -> RemoteOpsPool:
-    """`lookup(host)` gives the agent's (ops URL, key), or None if it has none."""
-    return RemoteOpsPool(lookup, timeout)
+                  timeout: float = 30.0, ca_file: str | None = None) -> RemoteOpsPool:
+    """`lookup(host)` gives the agent's (ops URL, key), or None if it has none;
+    https:// agents are verified against `ca_file` (default: the system's CAs)."""
+    return RemoteOpsPool(lookup, timeout, ca_file)
