@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from capsuled.api import errors
+from capsuled.api import errors, openapi
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
 from capsuled.api.routers import agents, capsules, containers, hosts, images, quotas, root, tokens
@@ -48,6 +48,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.quotas = services.quotas
     app.state.control = services.control
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
                        max_agent_body_bytes=settings.api.max_agent_body_bytes)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents):

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request, Response
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import PrincipalDep, allow, read_json
 from capsuled.api.services.agents import ControlPlane
 from capsuled.domain.channel import BareReport, CapsuleReport, HostInfo
@@ -38,6 +39,13 @@ def _model(cls: Any, data: Any, what: str) -> Any:
         raise InvalidInput(f"{what}: {exc}") from exc
 
 
+def _list(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key) or []
+    if not isinstance(value, list):  # a number here was a TypeError (500)
+        raise InvalidInput(f"{key}: must be a list")
+    return value
+
+
 @router.get("")
 def hello(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
     """What a starting agent needs before anything else: the instance id its Docker
@@ -46,7 +54,7 @@ def hello(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
     return {"host": host, "instance_id": _control(request).instance_id()}
 
 
-@router.put("")
+@router.put("", openapi_extra=doc.body(doc.AGENT_REGISTER))
 async def register(request: Request, host: str, who: PrincipalDep) -> dict[str, Any]:
     """Register the host; the answer carries the key its ops endpoint is to accept."""
     _own(who, host)
@@ -74,13 +82,13 @@ async def assignments(request: Request, host: str, who: PrincipalDep, after: int
     return got.model_dump(mode="json")
 
 
-@router.post("/reports", status_code=204)
+@router.post("/reports", status_code=204, openapi_extra=doc.body(doc.AGENT_REPORTS))
 async def reports(request: Request, host: str, who: PrincipalDep) -> Response:
     _own(who, host)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
-    capsules = [_model(CapsuleReport, r, "capsules[]") for r in body.get("capsules") or []]
-    bare = [_model(BareReport, r, "containers[]") for r in body.get("containers") or []]
+    capsules = [_model(CapsuleReport, r, "capsules[]") for r in _list(body, "capsules")]
+    bare = [_model(BareReport, r, "containers[]") for r in _list(body, "containers")]
     await anyio.to_thread.run_sync(_control(request).report, host, capsules, bare)
     return Response(status_code=204)

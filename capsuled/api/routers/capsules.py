@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.views import capsule_view, event_view
@@ -23,7 +24,8 @@ def _service(request: Request) -> CapsuleService:
     return request.app.state.capsules  # type: ignore[no-any-return]
 
 
-@router.post("", status_code=202, dependencies=[allow("capsule:create")])
+@router.post("", status_code=202, dependencies=[allow("capsule:create")],
+             openapi_extra=doc.body(doc.CAPSULE_CREATE, doc.CAPSULE_EXAMPLE))
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
            version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
     """Create a capsule from a template."""

@@ -17,6 +17,7 @@ import anyio.abc
 from fastapi import APIRouter, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
@@ -49,7 +50,8 @@ def _int(value: Any, name: str) -> int | None:
     return out
 
 
-@router.post("", status_code=202, dependencies=[allow("container:create")])
+@router.post("", status_code=202, dependencies=[allow("container:create")],
+             openapi_extra=doc.body(doc.CONTAINER_CREATE, doc.CONTAINER_EXAMPLE))
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
            version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
     """Create a container (run=true also starts it); `capsule` adds it to a capsule."""
@@ -100,7 +102,8 @@ def delete(request: Request, ident: str, who: PrincipalDep, force: str | None = 
     return Response(status_code=204)
 
 
-@router.patch("/{ident}", dependencies=[allow("container:update")])
+@router.patch("/{ident}", dependencies=[allow("container:update")],
+              openapi_extra=doc.body(doc.CONTAINER_UPDATE))
 def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
            base: BaseUrlDep) -> dict[str, Any]:
     """Update cpu/memory (applied live) or rename; a capsule's container needs `capsule`."""
@@ -178,7 +181,8 @@ async def _relay(stream: Iterator[bytes]) -> AsyncIterator[bytes]:
                 await anyio.to_thread.run_sync(close)
 
 
-@router.post("/{ident}/execute", dependencies=[allow("container:execute")])
+@router.post("/{ident}/execute", dependencies=[allow("container:execute")],
+             openapi_extra=doc.body(doc.EXECUTE))
 def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
     """Run a command: its output and exit code, or with interactive=true a TTY session to
     join at `proxy_url` (a websocket)."""
@@ -203,13 +207,15 @@ def attach(request: Request, ident: str, who: PrincipalDep) -> Response:
     return Response(json.dumps(_ws_url(request, uuid, token)), media_type="application/json")
 
 
-@router.post("/{ident}/resize", dependencies=[allow("container:resize")])
+@router.post("/{ident}/resize", dependencies=[allow("container:resize")],
+             openapi_extra=doc.body(doc.RESIZE))
 def resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
     _service(request).resize(who, ident, body.get("w"), body.get("h"))
     return Response(status_code=200)
 
 
-@router.post("/{ident}/execute_resize", dependencies=[allow("container:execute_resize")])
+@router.post("/{ident}/execute_resize", dependencies=[allow("container:execute_resize")],
+             openapi_extra=doc.body(doc.EXECUTE_RESIZE))
 def execute_resize(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
     exec_id = given(body.get("exec_id"))
     if not exec_id:
@@ -257,7 +263,8 @@ def get_archive(request: Request, ident: str, who: PrincipalDep, version: Versio
     return {"data": _encode(data, version), "stat": stat}
 
 
-@router.post("/{ident}/put_archive", dependencies=[allow("container:put_archive")])
+@router.post("/{ident}/put_archive", dependencies=[allow("container:put_archive")],
+             openapi_extra=doc.body(doc.PUT_ARCHIVE))
 def put_archive(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
                 version: VersionDep) -> Response:
     data = body.get("data")

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, VersionDep, allow, flag, given, read_json
 from capsuled.api.microversions import HOSTS_API, fmt
 from capsuled.api.services.hosts import AGENT_BINARY, HostService, HostState
@@ -88,7 +89,8 @@ async def _params(request: Request) -> dict[str, Any]:
     return params
 
 
-@router.put("/v1/services/{action}", dependencies=[allow("zun-service:update")])
+@router.put("/v1/services/{action}", dependencies=[allow("zun-service:update")],
+            openapi_extra=doc.body(doc.SERVICE_UPDATE, required=False))
 async def update_service(request: Request, action: str) -> dict[str, Any]:
     p = await _params(request)
     service = _service(request)

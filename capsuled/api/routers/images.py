@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, allow
 from capsuled.api.services.images import HostImage, ImageService
 
@@ -28,7 +29,8 @@ def list_(request: Request, base: BaseUrlDep) -> dict[str, Any]:
     return {"images": [image_view(i, base) for i in _service(request).list()], "next": None}
 
 
-@router.post("", status_code=202, dependencies=[allow("image:pull")])
+@router.post("", status_code=202, dependencies=[allow("image:pull")],
+             openapi_extra=doc.body(doc.IMAGE_PULL))
 def pull(request: Request, body: BodyDep, base: BaseUrlDep) -> dict[str, Any]:
     """Pull `repo` (name[:tag]) to `host` (default: a running host)."""
     return image_view(_service(request).pull(body.get("repo"), body.get("host")), base)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BodyDep, PrincipalDep, allow, flag
 from capsuled.api.services.quotas import QuotaService
 
@@ -34,7 +35,8 @@ def defaults(request: Request, project_id: str, who: PrincipalDep) -> dict[str, 
     return _service(request).defaults()
 
 
-@router.put("/v1/quotas/{project_id}", dependencies=[allow("quota:update")])
+@router.put("/v1/quotas/{project_id}", dependencies=[allow("quota:update")],
+            openapi_extra=doc.body(doc.QUOTA))
 def update(request: Request, project_id: str, body: BodyDep) -> dict[str, Any]:
     return _service(request).update(project_id, body)
 
@@ -51,6 +53,7 @@ def show_class(request: Request, name: str) -> dict[str, Any]:
     return _service(request).get_class(name)
 
 
-@router.put("/v1/quota_classes/{name}", dependencies=[allow("quota_class:update")])
+@router.put("/v1/quota_classes/{name}", dependencies=[allow("quota_class:update")],
+            openapi_extra=doc.body(doc.QUOTA))
 def update_class(request: Request, name: str, body: BodyDep) -> dict[str, Any]:
     return _service(request).update_class(name, body)

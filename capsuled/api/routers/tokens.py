@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from capsuled.api import openapi as doc
 from capsuled.api.deps import BodyDep, allow, given
 from capsuled.api.services.tokens import TokenInfo, TokenService
 from capsuled.api.views import ts
@@ -23,7 +24,8 @@ def token_view(t: TokenInfo) -> dict[str, Any]:
             "expires_at": ts(t.expires_at), "revoked": t.revoked, "host": t.host}
 
 
-@router.post("", status_code=201, dependencies=[allow("token:create")])
+@router.post("", status_code=201, dependencies=[allow("token:create")],
+             openapi_extra=doc.body(doc.TOKEN_CREATE))
 def create(request: Request, body: BodyDep) -> dict[str, Any]:
     """Issue a token for `project_id`/`user_id` with `roles` (default member) and an
     optional `expires_in` (seconds, or 90m / 12h / 30d). The plain token is shown once."""

@@ -198,3 +198,18 @@ def test_backoff_doubles_up_to_its_bound_and_resets() -> None:
     assert b.next() == 4.0
     b.reset()
     assert b.next() == 0.5
+
+
+def test_the_api_reads_reports_of_a_newer_agent_but_not_wrong_types() -> None:
+    """The other direction of a rolling upgrade: unknown fields are ignored, types are not."""
+    from pydantic import ValidationError
+
+    from capsuled.domain.channel import BareReport, CapsuleReport
+
+    report = CapsuleReport.model_validate({"uuid": "c", "generation": 1, "telemetry": {"x": 1},
+                                           "containers": [{"uuid": "u", "name": "n",
+                                                           "role": "app", "gpu_util": 3}]})
+    assert report.containers[0].name == "n"
+    BareReport.model_validate({"uuid": "u", "generation": 2, "future": True})
+    with pytest.raises(ValidationError):
+        CapsuleReport.model_validate({"uuid": "c", "generation": "one"})

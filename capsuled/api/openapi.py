@@ -1,0 +1,166 @@
+"""What the OpenAPI document says that FastAPI cannot see by itself.
+
+Most handlers read their JSON body through a dependency (`deps.BodyDep`: the body merged
+over the query string, as Zun's pecan does), so FastAPI documents no request body for
+them. The routes name their body here (`openapi_extra=body(...)`), which changes the
+document only: the handlers parse exactly as before. The schemas describe the shapes the
+parsers accept, loosely where Zun's clients are loose (a number or a numeric string),
+so that clients and fuzzers (tests/integration/test_fuzz_api.py) explore real requests.
+
+`install` adds the X-Auth-Token security scheme and the OpenStack-API-Version header to
+every /v1/… route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from capsuled.api.microversions import HEADER, MAX, MIN, SERVICE
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+INTEGER: Schema = {"type": "integer"}
+BOOLEAN: Schema = {"type": "boolean"}
+STRINGS: Schema = {"type": "array", "items": STRING}
+STRING_MAP: Schema = {"type": "object", "additionalProperties": STRING}
+# zunclient sends numbers as text as often as not; the parsers take both.
+NUMBER_OR_TEXT: Schema = {"anyOf": [{"type": "number"}, STRING]}
+INTEGER_OR_TEXT: Schema = {"anyOf": [INTEGER, STRING]}
+BOOLEAN_OR_TEXT: Schema = {"anyOf": [BOOLEAN, {"type": "string", "enum": ["true", "false"]}]}
+COMMAND: Schema = {"anyOf": [STRING, STRINGS],
+                   "description": "A list of words, or one string split like a shell would "
+                                  "(before microversion 1.20 only a string)"}
+
+
+def obj(required: tuple[str, ...] = (), about: str | None = None, **props: Schema) -> Schema:
+    out: Schema = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(required)
+    if about:
+        out["description"] = about
+    return out
+
+
+TEMPLATE_CONTAINER = obj(
+    ("image",), name=STRING, image=STRING, command=STRINGS, args=STRINGS, workDir=STRING,
+    env=STRING_MAP,
+    ports={"type": "array", "items": obj(
+        ("containerPort",), containerPort=INTEGER_OR_TEXT, hostPort=INTEGER, name=STRING,
+        protocol={"type": "string", "enum": ["TCP", "UDP"]})},
+    resources=obj(requests=obj(cpu=NUMBER_OR_TEXT, memory=INTEGER_OR_TEXT)),
+    volumeMounts={"type": "array", "items": obj(("name", "mountPath"), name=STRING,
+                                                 mountPath=STRING, readOnly=BOOLEAN)},
+    imagePullPolicy={"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
+    tty=BOOLEAN, stdin=BOOLEAN, securityContext=obj(privileged=BOOLEAN),
+    livenessProbe=obj(exec=obj(("command",), command=STRINGS), periodSeconds=INTEGER,
+                      timeoutSeconds=INTEGER, failureThreshold=INTEGER,
+                      initialDelaySeconds=INTEGER),
+)
+TEMPLATE = obj(
+    ("kind", "metadata", "spec"),
+    "A capsule template (README: The template); YAML or JSON text is accepted too",
+    kind={"type": "string", "enum": ["capsule"]}, capsuleVersion={"type": "string", "enum": ["beta"]},
+    metadata=obj(name=STRING, labels=STRING_MAP, annotations=STRING_MAP),
+    restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
+    availabilityZone=STRING,
+    spec=obj(("containers",), containers={"type": "array", "items": TEMPLATE_CONTAINER},
+             initContainers={"type": "array", "items": TEMPLATE_CONTAINER},
+             volumes={"type": "array", "items": obj(
+                 ("name",), name=STRING, emptyDir={"type": "object"},
+                 cinder=obj(("size",), size=INTEGER, autoRemove=BOOLEAN))},
+             restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
+             nodeSelector=STRING_MAP),
+)
+CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
+CAPSULE_EXAMPLE = {"template": {"kind": "capsule", "metadata": {"name": "example"}, "spec": {
+    "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]}}}
+
+# Every field parse_container_request knows (container_request.KNOWN; a unit test checks).
+CONTAINER_FIELDS: dict[str, Schema] = {
+    "name": STRING, "image": STRING, "command": COMMAND, "entrypoint": COMMAND,
+    "cpu": NUMBER_OR_TEXT, "memory": INTEGER_OR_TEXT, "disk": INTEGER, "cpu_policy": STRING,
+    "workdir": STRING, "environment": STRING_MAP, "labels": STRING_MAP,
+    "restart_policy": {"anyOf": [obj(Name={"type": "string", "enum": [
+        "no", "always", "on-failure", "unless-stopped"]}, MaximumRetryCount=INTEGER_OR_TEXT),
+        STRING]},
+    "interactive": BOOLEAN_OR_TEXT, "tty": BOOLEAN_OR_TEXT, "image_driver": STRING,
+    "image_pull_policy": {"type": "string", "enum": ["always", "ifnotpresent", "never"]},
+    "security_groups": STRINGS, "hints": STRING_MAP, "nets": {"type": "array"},
+    "auto_remove": BOOLEAN_OR_TEXT, "runtime": STRING, "hostname": STRING,
+    "mounts": {"type": "array", "items": obj(
+        source=STRING, destination=STRING, size=INTEGER_OR_TEXT,
+        type={"type": "string", "enum": ["volume", "bind"]}, read_only=BOOLEAN)},
+    "availability_zone": STRING, "auto_heal": BOOLEAN_OR_TEXT, "privileged": BOOLEAN_OR_TEXT,
+    "healthcheck": obj(cmd=STRING, interval=INTEGER_OR_TEXT, retries=INTEGER_OR_TEXT,
+                       timeout=INTEGER_OR_TEXT),
+    "exposed_ports": {"type": "object"}, "registry": STRING, "host": STRING,
+    "run": BOOLEAN_OR_TEXT,
+    "capsule": {"type": "string", "description": "Extension: add the container to this capsule"},
+}
+CONTAINER_CREATE = obj(("image",), **CONTAINER_FIELDS)
+CONTAINER_EXAMPLE = {"name": "example", "image": "busybox", "command": ["sleep", "3600"]}
+CONTAINER_UPDATE = obj(cpu=NUMBER_OR_TEXT, memory=INTEGER_OR_TEXT, name=STRING,
+                       auto_heal=BOOLEAN_OR_TEXT, capsule=STRING)
+EXECUTE = obj(("command",), command=COMMAND, interactive=BOOLEAN_OR_TEXT, run=BOOLEAN_OR_TEXT,
+              capsule=STRING)
+RESIZE = obj(w=INTEGER_OR_TEXT, h=INTEGER_OR_TEXT)
+EXECUTE_RESIZE = obj(("exec_id",), exec_id=STRING, w=INTEGER_OR_TEXT, h=INTEGER_OR_TEXT)
+PUT_ARCHIVE = obj(("path", "data"), path=STRING,
+                  data={"type": "string", "description": "A tar archive, base64 from 1.25"},
+                  capsule=STRING)
+IMAGE_PULL = obj(("repo",), repo=STRING, host=STRING)
+QUOTA = obj(**{r: {"type": "number"} for r in ("capsules", "containers", "cpu", "memory", "disk")})
+TOKEN_CREATE = obj(("project_id", "user_id"), project_id=STRING, user_id=STRING, roles=STRINGS,
+                   description=STRING, expires_in=INTEGER_OR_TEXT,
+                   host={"type": "string", "description": "The host an agent token is for"})
+SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
+                     forced_down=BOOLEAN_OR_TEXT)
+AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}
+AGENT_REPORTS = obj(capsules={"type": "array", "items": {"type": "object"}},
+                    containers={"type": "array", "items": {"type": "object"}})
+
+
+def body(schema: Schema, example: Any = None, required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body a dependency reads."""
+    media: Schema = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"requestBody": {"required": required, "content": {"application/json": media}}}
+
+
+SECURITY_SCHEME = "token"
+VERSION_PARAMETER: Schema = {
+    "name": HEADER, "in": "header", "required": False,
+    "description": (f"The microversion: '{SERVICE} {MIN[0]}.{MIN[1]}' to "
+                    f"'{SERVICE} {MAX[0]}.{MAX[1]}', or '{SERVICE} latest'; absent means "
+                    f"{MIN[0]}.{MIN[1]}"),
+    "schema": {"type": "string", "pattern": rf"^{SERVICE} (latest|{MAX[0]}\.[0-9]{{1,2}})$"},
+}
+
+
+def install(app: FastAPI) -> None:
+    """Build the document once, with the security scheme and the version header. Every
+    /v1/… route takes a token and the microversion (tests/integration/test_fuzz_api.py
+    checks that each answers 401 without a token); /, /v1 and /healthz take neither."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        doc.setdefault("components", {})["securitySchemes"] = {SECURITY_SCHEME: {
+            "type": "apiKey", "in": "header", "name": "X-Auth-Token",
+            "description": "A capsuled token (POST /v1/tokens), or a Keystone token"}}
+        for path, ops in doc["paths"].items():
+            if not path.startswith("/v1/"):
+                continue
+            for op in ops.values():
+                op["security"] = [{SECURITY_SCHEME: []}]
+                op.setdefault("parameters", []).append(dict(VERSION_PARAMETER))
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
