@@ -106,6 +106,24 @@ class ApiSettings(BaseModel):
     token_cache_ttl: float = Field(
         2.0, ge=0, description="Seconds a replica remembers a valid local token; a revoke "
         "made through another replica takes effect within this (0: no cache)")
+    # Long-lived work (follow-log streams, terminals, waits) runs on thread pools of its
+    # own, so that one tenant's streams never starve the requests of the others.
+    streams_per_project: int = Field(10, ge=1, description="Follow-log streams and terminal "
+                                     "sessions one project may have open at once on one API "
+                                     "replica (429 beyond)")
+    streams_total: int = Field(200, ge=1, description="Follow-log streams and terminal sessions "
+                               "open at once on one API replica, all projects together (429 beyond)")
+    wait_threads: int = Field(64, ge=1, description="Requests that wait on a container at once "
+                              "(stop/reboot with a timeout, execute, other lifecycle actions); "
+                              "more queue, without holding the threads ordinary requests use")
+    exec_max_output: int = Field(1_048_576, ge=1, description="Bytes of output a non-interactive "
+                                 "execute returns; reading stops there and the answer says "
+                                 "output_truncated")
+    exec_timeout: int = Field(60, ge=1, le=3600, description="Seconds a non-interactive execute "
+                              "is waited for; then the answer says timed_out")
+    archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
+                                   "returns (413 beyond; it is read as a stream and refused "
+                                   "once past this)")
 
 
 class LimitSettings(BaseModel):

@@ -46,10 +46,17 @@ from capsuled.domain.channel import ops_key_digest
 from capsuled.terminal import bridge
 from capsuled.domain.hostops import ContainerOps, RawStream
 from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
-                             NotFound, RuntimeConflict, RuntimeRejected, Unavailable)
+                             NotFound, PayloadTooLarge, RuntimeConflict, RuntimeRejected,
+                             Unavailable)
 
 LOG = logging.getLogger(__name__)
 _CHUNK = 65536
+# Threads for long-lived work, apart from the default pool that serves the quick calls:
+# open log streams and terminals (each API replica caps its own, 200 by default), and
+# calls that wait on a container or on the Engine (stops, execs, pulls, archives).
+_STREAM_THREADS = 1024
+_WAIT_THREADS = 128
+_WAITS = frozenset({"stop", "restart", "exec_run", "pull_image", "get_archive", "put_archive"})
 
 
 class Sessions:
@@ -113,6 +120,8 @@ def create_ops_app(ops: ContainerOps, key: str | OpsKey,
     def owned(container_id: str) -> None:
         if owns is not None and not owns(container_id):
             raise NotFound(f"No such container: {container_id}")
+    streams = anyio.CapacityLimiter(_STREAM_THREADS)
+    waits = anyio.CapacityLimiter(_WAIT_THREADS)
 
     async def call(request: Request) -> Response:
         name = request.path_params["method"]
@@ -128,9 +137,11 @@ def create_ops_app(ops: ContainerOps, key: str | OpsKey,
             if m.param_names[:1] == ("container_id",):
                 await anyio.to_thread.run_sync(owned, args[0])
             if m.transport == "stream":
-                chunks = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args))
-                return _Follow(chunks, sessions)
-            result = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args))
+                chunks = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args),
+                                                        limiter=streams)
+                return _Follow(chunks, sessions, streams)
+            result = await anyio.to_thread.run_sync(partial(getattr(ops, name), *args),
+                                                    limiter=waits if name in _WAITS else None)
             return JSONResponse({"result": wire.encode_result(name, result)})
         except Exception as exc:  # noqa: BLE001 - every failure crosses the wire as an error
             return _error(exc)
@@ -138,11 +149,11 @@ def create_ops_app(ops: ContainerOps, key: str | OpsKey,
     async def attach(websocket: WebSocket) -> None:
         cid = websocket.path_params["container_id"]
         await _session(websocket, partial(_owned_then, owned, cid, ops.attach),
-                       sessions)
+                       sessions, streams)
 
     async def exec_session(websocket: WebSocket) -> None:
         await _session(websocket, partial(ops.exec_stream, websocket.path_params["exec_id"]),
-                       sessions)
+                       sessions, streams)
 
     app = Starlette(routes=[
         Route(f"{wire.OPS_PREFIX}/{{method}}", call, methods=["POST"]),
@@ -191,7 +202,7 @@ class _RequireKey:
 # Only for people reading logs or using curl: the client goes by the error document.
 _STATUS: tuple[tuple[type[CapsuledError], int], ...] = (
     (NotFound, 404), (ImageNotFound, 404), (InvalidInput, 400), (RuntimeRejected, 400),
-    (Conflict, 409), (RuntimeConflict, 409), (Unavailable, 503))
+    (Conflict, 409), (RuntimeConflict, 409), (PayloadTooLarge, 413), (Unavailable, 503))
 
 
 def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
@@ -213,16 +224,19 @@ class _Follow(StreamingResponse):
     socket down and so wakes that thread.
     """
 
-    def __init__(self, chunks: Iterator[bytes], sessions: Sessions) -> None:
+    def __init__(self, chunks: Iterator[bytes], sessions: Sessions,
+                 limiter: anyio.CapacityLimiter) -> None:
         self._source = chunks
         self._sessions = sessions
+        self._limiter = limiter
         self._token = sessions.add(partial(_close, chunks))
         super().__init__(self._pump(), media_type=wire.OCTET)
 
     async def _pump(self) -> AsyncIterator[bytes]:
         it = iter(self._source)
         while True:
-            chunk = await anyio.to_thread.run_sync(_next_chunk, it, abandon_on_cancel=True)
+            chunk = await anyio.to_thread.run_sync(_next_chunk, it, abandon_on_cancel=True,
+                                                   limiter=self._limiter)
             if chunk is None:
                 return
             if chunk:
@@ -256,9 +270,9 @@ def _close(source: Any) -> None:
 # -- attach and exec sessions -----------------------------------------------------------
 
 async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
-                   sessions: Sessions) -> None:
+                   sessions: Sessions, limiter: anyio.CapacityLimiter) -> None:
     try:
-        stream = await anyio.to_thread.run_sync(open_stream)
+        stream = await anyio.to_thread.run_sync(open_stream, limiter=limiter)
     except Exception as exc:  # noqa: BLE001 - the error is the first frame
         if not isinstance(exc, CapsuledError):
             LOG.exception("opening a terminal stream failed unexpectedly")
@@ -276,7 +290,7 @@ async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
         stream.close()
         raise
     try:
-        await bridge(websocket, stream)
+        await bridge(websocket, stream, limiter)
     finally:
         sessions.discard(token)
 

@@ -17,6 +17,7 @@ from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.tokens import TokenService
+from capsuled.api.streams import Streams
 from capsuled.config import Settings
 from capsuled.identity.base import IdentityProvider
 
@@ -47,6 +48,8 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.tokens = services.tokens
     app.state.quotas = services.quotas
     app.state.control = services.control
+    # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
+    app.state.streams = Streams.from_settings(settings.api)
     errors.install(app)
     openapi.install(app)
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,

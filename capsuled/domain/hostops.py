@@ -13,11 +13,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+# Bounds of the buffers and waits a host operation may take; the API passes its settings
+# (config.ApiSettings), these are the defaults for other callers and older peers.
+EXEC_MAX_OUTPUT = 1_048_576  # bytes of a non-interactive exec's output
+EXEC_TIMEOUT = 60  # seconds a non-interactive exec is waited for
+ARCHIVE_MAX_BYTES = 64 * 1_048_576  # bytes of a get_archive tar
+
+
 @dataclass(frozen=True)
 class ExecResult:
-    exit_code: int
+    """A finished (or given up on) exec. `exit_code` is None while the command still runs:
+    when its output passed the cap (`truncated`, reading stopped there) or its time ran
+    out (`timed_out`)."""
+
+    exit_code: int | None
     output: bytes
     exec_id: str
+    truncated: bool = False
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,11 @@ class ContainerOps(Protocol):
     def follow_logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
                     tail: int | None, since: int | None) -> Iterator[bytes]: ...
 
-    def exec_run(self, container_id: str, command: list[str]) -> ExecResult: ...
+    def exec_run(self, container_id: str, command: list[str], max_output: int = EXEC_MAX_OUTPUT,
+                 timeout: int = EXEC_TIMEOUT) -> ExecResult:
+        """Run `command`, keeping at most `max_output` bytes of its (stdout and stderr)
+        output and waiting at most `timeout` seconds."""
+        ...
 
     def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]: ...
 
@@ -71,7 +88,11 @@ class ContainerOps(Protocol):
         """Docker's one-shot stats document."""
         ...
 
-    def get_archive(self, container_id: str, path: str) -> tuple[bytes, dict[str, Any]]: ...
+    def get_archive(self, container_id: str, path: str,
+                    max_bytes: int = ARCHIVE_MAX_BYTES) -> tuple[bytes, dict[str, Any]]:
+        """The tar of `path` and Docker's stat of it; PayloadTooLarge (read as a stream,
+        refused once past it) when the tar is larger than `max_bytes`."""
+        ...
 
     def put_archive(self, container_id: str, path: str, data: bytes) -> None: ...
 

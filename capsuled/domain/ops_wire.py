@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from capsuled import errors
-from capsuled.domain.hostops import ExecResult, ImageInfo
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, ExecResult,
+                                     ImageInfo)
 from capsuled.errors import CapsuledError, DriverError, InvalidInput
 
 OPS_PREFIX = "/ops"
@@ -168,18 +169,22 @@ class _Nothing(Kind):
 
 
 class _ExecResult(Kind):
-    name = "an exec result {exit_code, output, exec_id}"
+    name = "an exec result {exit_code, output, exec_id, truncated, timed_out}"
 
     def encode(self, value: Any) -> Any:
         if not isinstance(value, ExecResult):
             raise WireError("must be an ExecResult")
-        return {"exit_code": INT.encode(value.exit_code), "output": BYTES.encode(value.output),
-                "exec_id": STR.encode(value.exec_id)}
+        return {"exit_code": OPT_INT.encode(value.exit_code), "output": BYTES.encode(value.output),
+                "exec_id": STR.encode(value.exec_id), "truncated": BOOL.encode(value.truncated),
+                "timed_out": BOOL.encode(value.timed_out)}
 
     def decode(self, data: Any) -> Any:
         fields = _fields(data, self.name, ("exit_code", "output", "exec_id"))
-        return ExecResult(exit_code=INT.decode(fields["exit_code"]),
-                          output=BYTES.decode(fields["output"]), exec_id=STR.decode(fields["exec_id"]))
+        # An older agent sends neither flag: its output was never cut short.
+        return ExecResult(exit_code=OPT_INT.decode(fields["exit_code"]),
+                          output=BYTES.decode(fields["output"]), exec_id=STR.decode(fields["exec_id"]),
+                          truncated=BOOL.decode(fields.get("truncated", False)),
+                          timed_out=BOOL.decode(fields.get("timed_out", False)))
 
 
 class _ImageInfo(Kind):
@@ -257,6 +262,9 @@ class Method:
     params: tuple[tuple[str, Kind], ...]
     result: Kind
     transport: Transport = "call"
+    # Values of trailing parameters a caller may leave out (an older API does not send
+    # the bounds added since; the agent then applies the defaults).
+    defaults: tuple[tuple[str, Any], ...] = ()
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -277,10 +285,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("update_resources", (_CID, ("nano_cpus", OPT_INT), ("memory_bytes", OPT_INT)), NOTHING),
     Method("logs", _LOG_PARAMS, BYTES),
     Method("follow_logs", _LOG_PARAMS, NOTHING, "stream"),
-    Method("exec_run", (_CID, ("command", STR_LIST)), EXEC_RESULT),
+    Method("exec_run", (_CID, ("command", STR_LIST), ("max_output", INT), ("timeout", INT)),
+           EXEC_RESULT, defaults=(("max_output", EXEC_MAX_OUTPUT), ("timeout", EXEC_TIMEOUT))),
     Method("top", (_CID, ("ps_args", OPT_STR)), DOCUMENT),
     Method("stats", (_CID,), DOCUMENT),
-    Method("get_archive", (_CID, ("path", STR)), ARCHIVE),
+    Method("get_archive", (_CID, ("path", STR), ("max_bytes", INT)), ARCHIVE,
+           defaults=(("max_bytes", ARCHIVE_MAX_BYTES),)),
     Method("put_archive", (_CID, ("path", STR), ("data", BYTES)), NOTHING),
     Method("attach", (_CID,), NOTHING, "socket"),
     Method("resize", (_CID, ("height", INT), ("width", INT)), NOTHING),
@@ -318,13 +328,16 @@ def method(name: str) -> Method:
 
 def bind(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """A call's arguments by parameter name, as `inspect.Signature.bind` would bind them."""
-    params = method(name).param_names
-    sig = inspect.Signature([inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                             for p in params])
+    m = method(name)
+    defaults = dict(m.defaults)
+    sig = inspect.Signature([inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               default=defaults.get(p, inspect.Parameter.empty))
+                             for p in m.param_names])
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"{name}: {exc}") from None
+    bound.apply_defaults()
     return dict(bound.arguments)
 
 
@@ -349,9 +362,13 @@ def decode_args(name: str, body: Any) -> list[Any]:
         raise InvalidInput(f"{name}: the body must be a JSON object of its parameters")
     problems = [f"{name}.{k}: unknown parameter" for k in body if k not in m.param_names]
     out: list[Any] = []
+    defaults = dict(m.defaults)
     for param, kind in m.params:
         if param not in body:
-            problems.append(f"{name}.{param}: is required")
+            if param in defaults:
+                out.append(defaults[param])
+            else:
+                problems.append(f"{name}.{param}: is required")
             continue
         try:
             out.append(kind.decode(body[param]))

@@ -9,22 +9,25 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
 import anyio
 import anyio.abc
 from fastapi import APIRouter, Request, Response, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
-from capsuled.api.services.containers import ContainerService, LogRequest, parse_since, parse_tail
+from capsuled.api.services.containers import (ContainerService, LogRequest, parse_since,
+                                              parse_stop_timeout, parse_tail)
+from capsuled.api.streams import StreamLease, Streams
 from capsuled.api.views import action_view, any_container_view
 from capsuled.domain.template import whole_number
-from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated
+from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated, TooManyRequests
 from capsuled.store.capsules import Page
 from capsuled.terminal import bridge
 
@@ -35,6 +38,10 @@ OCTET = "application/octet-stream"
 
 def _service(request: Request) -> ContainerService:
     return request.app.state.containers  # type: ignore[no-any-return]
+
+
+def _streams(request: Request) -> Streams:
+    return request.app.state.streams  # type: ignore[no-any-return]
 
 
 def _request_id(request: Request) -> str:
@@ -113,10 +120,14 @@ def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
 
 
 def _lifecycle(action: str) -> Any:
-    def handler(request: Request, ident: str, who: PrincipalDep, timeout: str | None = None,
-                signal: str | None = None) -> Response:
-        _service(request).action(who, ident, action, _request_id(request),
-                                 timeout=_int(given(timeout), "timeout"), signal=given(signal))
+    async def handler(request: Request, ident: str, who: PrincipalDep, timeout: str | None = None,
+                      signal: str | None = None) -> Response:
+        seconds = parse_stop_timeout(given(timeout))
+        # A stop waits up to its timeout for the container: on the waits' own threads, so
+        # that many of them cannot hold the pool every other request needs.
+        await _streams(request).run_wait(partial(
+            _service(request).action, who, ident, action, _request_id(request),
+            timeout=seconds, signal=given(signal)))
         return Response(status_code=202)
     handler.__name__ = action
     handler.__doc__ = f"{action.capitalize()} a bare container."
@@ -136,9 +147,10 @@ def rename(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep,
 
 
 @router.get("/{ident}/logs", dependencies=[allow("container:logs")])
-def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = None,
-         stderr: str | None = None, timestamps: str | None = None, tail: str | None = None,
-         since: str | None = None, follow: str | None = None, capsule: str | None = None) -> Response:
+async def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = None,
+               stderr: str | None = None, timestamps: str | None = None, tail: str | None = None,
+               since: str | None = None, follow: str | None = None,
+               capsule: str | None = None) -> Response:
     """A JSON string (Zun); with Accept: application/octet-stream the exact bytes, and with
     follow=true as well, a stream until the container stops (extensions)."""
     stdout, stderr = given(stdout), given(stderr)
@@ -155,54 +167,85 @@ def logs(request: Request, ident: str, who: PrincipalDep, stdout: str | None = N
     if flag(follow, "follow"):
         if not raw:
             raise InvalidInput(f"follow: needs Accept: {OCTET} (a JSON string cannot stream)")
-        stream = _service(request).follow_logs(who, ident, req, capsule)
-        return StreamingResponse(_relay(stream), media_type=OCTET)
-    data = _service(request).logs(who, ident, req, capsule)
+        streams = _streams(request)
+        lease = streams.open_stream(who.project_id)
+        try:
+            source = await streams.run_stream(_service(request).follow_logs, who, ident, req, capsule)
+        except BaseException:
+            lease.release()
+            raise
+        return _Follow(source, lease, streams)
+    data = await anyio.to_thread.run_sync(_service(request).logs, who, ident, req, capsule)
     if raw:
         return Response(data, media_type=OCTET)
     return Response(json.dumps(data.decode("utf-8", "replace")), media_type="application/json")
 
 
-async def _relay(stream: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Stream a blocking iterator; when the client hangs up, close the source too (its
-    close() wakes the thread blocked reading it, which would otherwise wait for output)."""
+class _Follow(StreamingResponse):
+    """A followed log, relayed on the streams' own threads and counted until it ends,
+    however it ends: the container stops, the client hangs up, or the response never
+    starts. Then the source is closed too (its close() wakes the thread blocked reading
+    it, which would otherwise wait for the container's next output)."""
+
+    def __init__(self, source: Iterator[bytes], lease: StreamLease, streams: Streams) -> None:
+        self._source = source
+        self._lease = lease
+        self._streams = streams
+        super().__init__(_relay(source, streams), media_type=OCTET)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._lease.release()
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._streams.run_stream(close)
+
+
+async def _relay(stream: Iterator[bytes], streams: Streams) -> AsyncIterator[bytes]:
     done = object()
-    try:
-        while True:
-            # Abandoned on cancel: the thread stays blocked in next() until close() below.
-            chunk = await anyio.to_thread.run_sync(next, stream, done, abandon_on_cancel=True)
-            if chunk is done:
-                return
-            yield chunk  # type: ignore[misc]
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
+    while True:
+        # Abandoned on cancel: the thread stays blocked in next() until _Follow closes it.
+        chunk = await streams.run_stream(next, stream, done, abandon_on_cancel=True)
+        if chunk is done:
+            return
+        yield chunk  # type: ignore[misc]
 
 
 @router.post("/{ident}/execute", dependencies=[allow("container:execute")],
              openapi_extra=doc.body(doc.EXECUTE))
-def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
+async def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
     """Run a command: its output and exit code, or with interactive=true a TTY session to
-    join at `proxy_url` (a websocket)."""
+    join at `proxy_url` (a websocket).
+
+    The output is capped and the wait bounded (settings api.exec_max_output, exec_timeout);
+    `output_truncated` and `timed_out` (extensions) say when either cut it short, and
+    exit_code is then null if the command was still running."""
     if body.get("run") is not None and not flag(given(body.get("run")), "run"):
         raise InvalidInput("run: creating an exec without running it is not supported")
     service = _service(request)
     if flag(given(body.get("interactive")), "interactive"):
-        exec_id, token, uuid = service.exec_interactive(who, ident, body.get("command"),
-                                                        body.get("capsule"))
+        _streams(request).check(who.project_id)  # no URL for a session that would be refused
+        exec_id, token, uuid = await anyio.to_thread.run_sync(
+            service.exec_interactive, who, ident, body.get("command"), body.get("capsule"))
         return {"output": None, "exit_code": None, "exec_id": exec_id,
                 "proxy_url": _ws_url(request, uuid, token)}
-    result = service.execute(who, ident, body.get("command"), body.get("capsule"))
+    api = request.app.state.settings.api
+    result = await _streams(request).run_wait(partial(
+        service.execute, who, ident, body.get("command"), body.get("capsule"),
+        max_output=api.exec_max_output, timeout=api.exec_timeout))
     return {"output": result.output.decode("utf-8", "replace"), "exit_code": result.exit_code,
             "exec_id": result.exec_id, "proxy_url": None,
-            "output_base64": base64.b64encode(result.output).decode()}
+            "output_base64": base64.b64encode(result.output).decode(),
+            "output_truncated": result.truncated, "timed_out": result.timed_out}
 
 
 @router.get("/{ident}/attach", dependencies=[allow("container:attach")])
 def attach(request: Request, ident: str, who: PrincipalDep) -> Response:
     """The websocket URL of an interactive container's terminal (a JSON string, as Zun)."""
+    _streams(request).check(who.project_id)  # no URL for a session that would be refused
     token, uuid = _service(request).attach_token(who, ident)
     return Response(json.dumps(_ws_url(request, uuid, token)), media_type="application/json")
 
@@ -228,15 +271,40 @@ def execute_resize(request: Request, ident: str, body: BodyDep, who: PrincipalDe
 async def terminal(websocket: WebSocket, ident: str, token: str = "") -> None:
     """The websocket side of attach and interactive exec: raw terminal bytes both ways."""
     service: ContainerService = websocket.app.state.containers
+    streams: Streams = websocket.app.state.streams
     try:
-        stream, _ = await anyio.to_thread.run_sync(service.open_session, ident, token)
+        stream, session = await streams.run_stream(service.open_session, ident, token)
     except CapsuledError as exc:
         await websocket.close(code=4401 if isinstance(exc, NotAuthenticated) else 4400,
                               reason=exc.message[:120])
         return
-    offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol="binary" if "binary" in offered else None)
-    await bridge(websocket, stream)
+    try:
+        project = await anyio.to_thread.run_sync(service.project_of, session.container_uuid)
+        lease = streams.open_stream(project or "")
+    except TooManyRequests as exc:
+        await streams.run_stream(stream.close)
+        await _refuse(websocket, 429, exc.message)
+        return
+    except BaseException:
+        await streams.run_stream(stream.close)
+        raise
+    try:
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol="binary" if "binary" in offered else None)
+        await bridge(websocket, stream, streams.streams_limiter)
+    finally:
+        lease.release()
+
+
+async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse a websocket handshake with an HTTP status when the server can (else a close
+    code of 4000 + status), the message in Zun's error shape."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(
+            {"errors": [{"status": status, "title": message, "detail": message}]},
+            status_code=status))
+    else:
+        await websocket.close(code=4000 + status, reason=message[:120])
 
 
 def _ws_url(request: Request, uuid: str, token: str) -> str:
@@ -259,7 +327,8 @@ def stats(request: Request, ident: str, who: PrincipalDep, capsule: str | None =
 @router.get("/{ident}/get_archive", dependencies=[allow("container:get_archive")])
 def get_archive(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
                 path: str | None = None, capsule: str | None = None) -> dict[str, Any]:
-    data, stat = _service(request).get_archive(who, ident, path, capsule)
+    data, stat = _service(request).get_archive(
+        who, ident, path, capsule, max_bytes=request.app.state.settings.api.archive_max_bytes)
     return {"data": _encode(data, version), "stat": stat}
 
 

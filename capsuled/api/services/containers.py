@@ -579,13 +579,9 @@ def parse_stop_timeout(value: str | None) -> int | None:
     """stop/reboot `timeout`: whole seconds from 0 to MAX_STOP_TIMEOUT (None: the default)."""
     if value is None or value == "":
         return None
-    problem = f"timeout: must be a whole number of seconds from 0 to {MAX_STOP_TIMEOUT}"
-    # ASCII digits only: int() would also take '²'-like digits and 5,000-digit strings.
-    if not (value.isascii() and value.isdigit()) or len(value) > 6:
-        raise InvalidInput(problem)
-    seconds = int(value)
-    if seconds > MAX_STOP_TIMEOUT:
-        raise InvalidInput(problem)
+    seconds = whole_number(value, strings=True)
+    if seconds is None or seconds > MAX_STOP_TIMEOUT:
+        raise InvalidInput(f"timeout: must be a whole number of seconds from 0 to {MAX_STOP_TIMEOUT}")
     return seconds
 
 

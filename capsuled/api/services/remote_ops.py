@@ -22,12 +22,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from capsuled.domain import ops_wire as wire
-from capsuled.domain.hostops import ContainerOps, ExecResult, ImageInfo, RawStream
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, ContainerOps,
+                                     ExecResult, ImageInfo, RawStream)
 from capsuled.errors import CapsuledError, DriverError, Unavailable
 
-# Operations that take as long as the work they start; the agent's own Docker client
-# timeout bounds them, so no read timeout here.
-_UNBOUNDED = frozenset({"exec_run", "pull_image", "get_archive", "put_archive"})
+# Seconds without a byte from the agent before a call is given up, for calls whose work
+# takes long on the agent before it answers: a pull downloads an image; an archive is read
+# (up to its size cap) or written by the Docker Engine first. Every other call has the
+# client's timeout, stop/restart/exec_run that plus their own wait.
+_SLOW_READ = {"pull_image": 1800.0, "get_archive": 300.0, "put_archive": 300.0}
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -78,8 +81,10 @@ class RemoteOps:
              tail: int | None, since: int | None) -> bytes:
         return self._call("logs", container_id, stdout, stderr, timestamps, tail, since)  # type: ignore[no-any-return]
 
-    def exec_run(self, container_id: str, command: list[str]) -> ExecResult:
-        return self._call("exec_run", container_id, command)  # type: ignore[no-any-return]
+    def exec_run(self, container_id: str, command: list[str], max_output: int = EXEC_MAX_OUTPUT,
+                 timeout: int = EXEC_TIMEOUT) -> ExecResult:
+        return self._call("exec_run", container_id, command, max_output, timeout,  # type: ignore[no-any-return]
+                          read=self._timeout + max(timeout, 0))
 
     def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]:
         return self._call("top", container_id, ps_args)  # type: ignore[no-any-return]
@@ -87,8 +92,9 @@ class RemoteOps:
     def stats(self, container_id: str) -> dict[str, Any]:
         return self._call("stats", container_id)  # type: ignore[no-any-return]
 
-    def get_archive(self, container_id: str, path: str) -> tuple[bytes, dict[str, Any]]:
-        return self._call("get_archive", container_id, path)  # type: ignore[no-any-return]
+    def get_archive(self, container_id: str, path: str,
+                    max_bytes: int = ARCHIVE_MAX_BYTES) -> tuple[bytes, dict[str, Any]]:
+        return self._call("get_archive", container_id, path, max_bytes)  # type: ignore[no-any-return]
 
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         self._call("put_archive", container_id, path, data)
@@ -113,10 +119,7 @@ class RemoteOps:
 
     def _call(self, name: str, *args: Any, read: float | None = None) -> Any:
         body = wire.encode_args(name, *args)
-        if name in _UNBOUNDED:
-            timeout = httpx.Timeout(self._timeout, read=None)
-        else:
-            timeout = httpx.Timeout(self._timeout, read=read or self._timeout)
+        timeout = httpx.Timeout(self._timeout, read=read or _SLOW_READ.get(name, self._timeout))
         try:
             r = self._http.post(wire.call_path(name), json=body, timeout=timeout)
         except httpx.HTTPError as exc:
@@ -136,12 +139,17 @@ class RemoteOps:
     def follow_logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
                     tail: int | None, since: int | None) -> Iterator[bytes]:
         body = wire.encode_args("follow_logs", container_id, stdout, stderr, timestamps, tail, since)
+        # The answer's head must come within the timeout; the body then has no read bound
+        # (a quiet container writes nothing for hours): the stream ends when the client
+        # leaves, whose relay closes it (see _LogStream.close).
         request = self._http.build_request("POST", wire.call_path("follow_logs"), json=body,
-                                           timeout=httpx.Timeout(self._timeout, read=None))
+                                           timeout=httpx.Timeout(self._timeout))
         try:
             r = self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise self._unreachable("follow_logs", exc) from exc
+        # httpcore reads the body's read timeout from this dict when the body is first read.
+        request.extensions["timeout"] = {**request.extensions.get("timeout", {}), "read": None}
         if r.status_code != 200:
             try:
                 r.read()

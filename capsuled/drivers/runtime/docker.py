@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,11 +26,12 @@ import docker
 from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.domain.hostops import ExecResult, ImageInfo, RawStream
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                     ExecResult, ImageInfo, RawStream)
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
-from capsuled.errors import DriverError, ImageNotFound, NotFound, RuntimeRejected
+from capsuled.errors import DriverError, ImageNotFound, NotFound, PayloadTooLarge, RuntimeRejected
 
 _STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
 _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop",
@@ -243,13 +245,28 @@ class DockerRuntime:
                                     since=since, stream=True, follow=True)
         return iter(stream)
 
-    def exec_run(self, container_id: str, command: list[str]) -> ExecResult:
+    def exec_run(self, container_id: str, command: list[str], max_output: int = EXEC_MAX_OUTPUT,
+                 timeout: int = EXEC_TIMEOUT) -> ExecResult:
+        # The output is read from the exec's socket by hand: the SDK's reader joins it all
+        # in memory and waits for the command without a bound.
         with translate_docker_errors(f"exec in {container_id[:12]}"):
             ex = self._api.exec_create(container_id, command, stdout=True, stderr=True)
-            output = self._api.exec_start(ex["Id"])
-            code = self._api.exec_inspect(ex["Id"]).get("ExitCode")
-        return ExecResult(exit_code=int(code if code is not None else -1), output=bytes(output),
-                          exec_id=str(ex["Id"]))
+            sock = self._api.exec_start(ex["Id"], socket=True)
+        raw = getattr(sock, "_sock", sock)
+        try:
+            output, truncated, timed_out = _read_frames(raw, max_output,
+                                                        time.monotonic() + timeout)
+        finally:
+            # Closing stops the command's output at the pipe: a command still writing
+            # gets EPIPE rather than filling our memory.
+            _SocketStream(raw).close()
+        with translate_docker_errors(f"exec in {container_id[:12]}"):
+            info = self._api.exec_inspect(ex["Id"])
+        code = info.get("ExitCode")
+        if info.get("Running") or code is None:
+            code = None if truncated or timed_out else -1
+        return ExecResult(exit_code=None if code is None else int(code), output=output,
+                          exec_id=str(ex["Id"]), truncated=truncated, timed_out=timed_out)
 
     def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]:
         try:
@@ -267,10 +284,29 @@ class DockerRuntime:
         with translate_docker_errors(f"stats {container_id[:12]}"):
             return dict(self._api.stats(container_id, stream=False))
 
-    def get_archive(self, container_id: str, path: str) -> tuple[bytes, dict[str, Any]]:
-        with translate_docker_errors(f"copy {path} out of {container_id[:12]}"):
-            chunks, stat = self._api.get_archive(container_id, path)
-            return b"".join(chunks), dict(stat)
+    def get_archive(self, container_id: str, path: str,
+                    max_bytes: int = ARCHIVE_MAX_BYTES) -> tuple[bytes, dict[str, Any]]:
+        # The Engine API by hand (as the SDK's get_archive does it): the response must be
+        # closed when the tar grows past the cap, which the SDK's generator cannot do.
+        what = f"copy {path} out of {container_id[:12]}"
+        with translate_docker_errors(what):
+            res = self._api._get(self._api._url("/containers/{0}/archive", container_id),
+                                 params={"path": path}, stream=True)
+            try:
+                self._api._raise_for_status(res)
+                stat = dict(docker.utils.decode_json_header(
+                    res.headers.get("x-docker-container-path-stat") or "e30="))
+                size = stat.get("size")
+                if isinstance(size, int) and size > max_bytes:  # a file: refused before reading
+                    raise _archive_too_large(path, max_bytes)
+                data = bytearray()
+                for chunk in res.iter_content(65536, False):
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise _archive_too_large(path, max_bytes)
+                return bytes(data), stat
+            finally:
+                res.close()
 
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         try:
@@ -399,6 +435,55 @@ class _SocketStream:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+
+
+def _read_frames(sock: socket.socket, max_output: int,
+                 deadline: float) -> tuple[bytes, bool, bool]:
+    """A non-TTY exec's output from Docker's multiplexed stream (frames of an 8-byte header
+    — stream, 0, 0, 0, big-endian size — then the payload), stdout and stderr together:
+    (output, truncated, timed_out). Reading stops past `max_output` or at `deadline`."""
+    out = bytearray()
+    header = bytearray()
+    left = 0  # payload bytes of the current frame still to come
+    while len(out) <= max_output:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return bytes(out), False, True
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return bytes(out), False, True
+        except OSError:
+            break
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            if left == 0:
+                need = 8 - len(header)
+                header += view[:need]
+                view = view[need:]
+                if len(header) == 8:
+                    left = int.from_bytes(header[4:8], "big")
+                    header.clear()
+                continue
+            payload = view[:left]
+            out += payload
+            left -= len(payload)
+            view = view[len(payload):]
+    if len(out) > max_output:
+        return bytes(out[:max_output]), True, False
+    return bytes(out), False, False
+
+
+def _archive_too_large(path: str, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"path: the archive of {path} is larger than the limit of "
+                           f"{_size(max_bytes)}; copy a smaller part of it")
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_048_576} MiB" if n % 1_048_576 == 0 else f"{n} bytes"
 
 
 def _raw(sock: Any) -> RawStream:

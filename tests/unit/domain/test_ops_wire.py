@@ -11,7 +11,8 @@ import pytest
 
 from capsuled import errors
 from capsuled.domain import ops_wire as wire
-from capsuled.domain.hostops import ContainerOps, ExecResult, ImageInfo
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                     ContainerOps, ExecResult, ImageInfo)
 from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
                              NotFound, RuntimeConflict, Unavailable)
 
@@ -29,10 +30,11 @@ CASES: dict[str, tuple[tuple[Any, ...], Any]] = {
     "update_resources": (("c1", 500_000_000, None), None),
     "logs": (("c1", True, False, True, 10, 1700000000), BINARY),
     "follow_logs": (("c1", False, True, False, None, None), None),
-    "exec_run": (("c1", ["sh", "-c", "printf é"]), ExecResult(exit_code=3, output=BINARY, exec_id="e1")),
+    "exec_run": (("c1", ["sh", "-c", "printf é"], 4096, 5),
+                 ExecResult(exit_code=None, output=BINARY, exec_id="e1", truncated=True)),
     "top": (("c1", "aux"), {"Titles": ["PID", "CMD"], "Processes": [["1", "sleep"]]}),
     "stats": (("c1",), {"cpu_stats": {"online_cpus": 2}, "memory_stats": {"usage": 1024}}),
-    "get_archive": (("c1", "/etc"), (BINARY, {"name": "etc", "size": 4096, "mode": 2147484141})),
+    "get_archive": (("c1", "/etc", 1024), (BINARY, {"name": "etc", "size": 4096, "mode": 2147484141})),
     "put_archive": (("c1", "/tmp", BINARY), None),
     "attach": (("c1",), None),
     "resize": (("c1", 24, 80), None),
@@ -125,6 +127,19 @@ def test_malformed_results_are_driver_errors() -> None:
         wire.decode_result("get_archive", {"data": "", "stat": []})
     with pytest.raises(DriverError, match="bad result"):
         wire.encode_result("stats", ["not", "a", "dict"])
+
+
+def test_bounds_an_older_peer_does_not_send_take_their_defaults() -> None:
+    # An older API calls exec_run and get_archive without the bounds: the agent applies
+    # the protocol's defaults, never an unbounded read.
+    assert wire.decode_args("exec_run", {"container_id": "c", "command": ["ls"]}) == [
+        "c", ["ls"], EXEC_MAX_OUTPUT, EXEC_TIMEOUT]
+    assert wire.decode_args("get_archive", {"container_id": "c", "path": "/"}) == [
+        "c", "/", ARCHIVE_MAX_BYTES]
+    assert wire.encode_args("exec_run", "c", ["ls"])["max_output"] == EXEC_MAX_OUTPUT
+    # An older agent's exec result has no flags: nothing was cut short.
+    old = {"exit_code": 0, "output": "", "exec_id": "e"}
+    assert wire.decode_result("exec_run", old) == ExecResult(exit_code=0, output=b"", exec_id="e")
 
 
 def test_paths() -> None:
