@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -163,6 +163,26 @@ def create_ops_app(ops: ContainerOps, key: str | OpsKey,
     app.add_middleware(_RequireKey, key=key)
     app.state.sessions = sessions
     return app
+
+
+def owned_by(listing: Callable[[], Iterable[str]], remember: int = 10_000) -> Callable[[str], bool]:
+    """`owns` for create_ops_app: a container is ours if `listing()`, the ids of this
+    deployment's containers, has its exact id. A container's labels never change, so an
+    id found ours stays ours: remembered (up to `remember` of them), it spares the listing
+    on later calls."""
+    known: set[str] = set()
+
+    def owns(container_id: str) -> bool:
+        if container_id in known:
+            return True
+        if container_id not in set(listing()):
+            return False
+        if len(known) >= remember:
+            known.clear()
+        known.add(container_id)
+        return True
+
+    return owns
 
 
 def _owned_then(check: Callable[[str], None], container_id: str,

@@ -140,7 +140,7 @@ def agent_command(
     them on the local Docker Engine, reports what it sees, and serves logs/exec/attach/…
     for the API on its ops endpoint."""
     from capsuled.agent.http_channel import HttpChannel
-    from capsuled.agent.ops_server import OpsKey, create_ops_app, serve_ops, stop_ops
+    from capsuled.agent.ops_server import OpsKey, create_ops_app, owned_by, serve_ops, stop_ops
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.errors import Unavailable
 
@@ -177,9 +177,8 @@ def agent_command(
     key = OpsKey()
     runtime = DockerRuntime(client)
 
-    def owns(container_id: str) -> bool:
-        # Only containers of this deployment: never the host's others (by id, not name).
-        return any(s.id == container_id for s in runtime.list_summaries(instance))
+    # Only containers of this deployment (by id, never by name): not the host's others.
+    owns = owned_by(lambda: (s.id for s in runtime.list_summaries(instance)))
 
     bind_host, port = agent_settings.ops_bind()
     cert, tls_key = agent_settings.ops_cert_file, agent_settings.ops_key_file

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from capsuled.agent.ops_server import create_ops_app, serve_ops, stop_ops
+from capsuled.agent.ops_server import create_ops_app, owned_by, serve_ops, stop_ops
 from capsuled.api.services.remote_ops import RemoteOps
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
@@ -82,8 +82,8 @@ def tls_agent(docker_api: docker.APIClient, tmp_path_factory: pytest.TempPathFac
     owned = _sleeper(docker_api, {L.INSTANCE: instance})
     foreign = _sleeper(docker_api, {L.INSTANCE: "another-deployment"})
 
-    def owns(cid: str) -> bool:  # as the composition root wires it
-        return any(s.id == cid for s in runtime.list_summaries(instance))
+    # As the composition root wires it.
+    owns = owned_by(lambda: (s.id for s in runtime.list_summaries(instance)))
 
     port = free_port()
     server, thread = serve_ops(create_ops_app(runtime, key, owns), "127.0.0.1", port,
@@ -159,3 +159,16 @@ def test_the_ops_endpoint_listens_on_loopback_unless_told() -> None:
         "http://h7:9518"
     with pytest.raises(ValueError, match="go together"):
         AgentSettings(ops_cert_file=Path("/c.pem"))
+
+
+def test_an_id_found_ours_is_remembered_and_others_are_asked_each_time() -> None:
+    listed: list[int] = []
+
+    def listing() -> list[str]:
+        listed.append(1)
+        return ["a" * 64]
+
+    owns = owned_by(listing, remember=1)
+    assert owns("a" * 64) and owns("a" * 64) and len(listed) == 1
+    assert not owns("b" * 64) and not owns("b" * 64) and len(listed) == 3
+    assert not owns("a" * 12)  # a prefix is not the id
