@@ -236,13 +236,16 @@ def test_an_auto_remove_containers_anonymous_volume_goes_with_it(
     # capsuled ever remove such containers on its own.
     r = alice.post("/v1/containers", params={"run": "true"},
                    json={"image": volume_image, "name": "one-shot", "auto_remove": True,
-                         "command": ["sleep", "3"]})
+                         "command": ["sleep", "5"]})
     assert r.status_code == 202, r.text
     uuid_ = r.json()["uuid"]
 
     def running() -> list[dict[str, str]]:
         return docker_api.containers(filters={"label": f"capsuled.container={uuid_}"})
-    [found] = wait_for(running, what="the one-shot container running")
+    try:
+        [found] = wait_for(running, timeout=60, interval=0.05, what="the one-shot container running")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the API says {alice.get(f'/v1/containers/{uuid_}').text}") from None
     volumes = _anonymous_volumes(docker_api, found["Id"])
     wait_for(lambda: _gone(alice, f"/v1/containers/{uuid_}"), what="the container removed")
     wait_for(lambda: not any(_volume_exists(docker_api, v) for v in volumes),
