@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from datetime import datetime
 from typing import Any
@@ -169,9 +170,19 @@ def _status_detail(row: Container | ContainerRow) -> str | None:
     return row.status
 
 
-def event_view(e: Event) -> dict[str, Any]:
+# Host names in messages recorded before they were kept out (such events age out with
+# limits.event_max_age): members read them without the name.
+_HOST_MENTIONS = ((re.compile(r"^capsule accepted, scheduled to \S+$"), "capsule accepted and scheduled"),
+                  (re.compile(r"\bhost \S+ is (forced down|down)"), r"its host is \1"))
+
+
+def event_view(e: Event, is_admin: bool = True) -> dict[str, Any]:
     """`count` and `last_seen`: how often it happened in a row, and when last (kubelet's
     event counts); `id` is the marker of the next page."""
+    message = e.message
+    if not is_admin:
+        for pattern, replacement in _HOST_MENTIONS:
+            message = pattern.sub(replacement, message)
     return {"id": e.id, "created_at": ts(e.created_at), "type": e.type, "reason": e.reason,
-            "message": e.message, "container": e.container, "count": e.count or 1,
+            "message": message, "container": e.container, "count": e.count or 1,
             "last_seen": ts(e.last_at or e.created_at)}

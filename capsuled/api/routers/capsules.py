@@ -87,7 +87,8 @@ def events(request: Request, ident: str, who: PrincipalDep, limit: str | None = 
     event whose `id` is `marker`. Only the newest events are kept (limits.events_per_capsule)."""
     found = _service(request).events(
         who, ident, _limit(limit, request.app.state.settings.api.max_limit), _event_marker(marker))
-    return {"events": [event_view(e) for e in found]}
+    shows = _service(request).shows_host(who)
+    return {"events": [event_view(e, shows) for e in found]}
 
 
 def _event_marker(raw: str | None) -> int | None:
