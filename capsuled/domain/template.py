@@ -471,7 +471,7 @@ def _nul_paths(value: Any, path: str, out: list[str], most: int = 10) -> None:
             out.append(path or "''")
     elif isinstance(value, dict):
         for k, v in value.items():
-            name = k[:60] if isinstance(k, str) else short(k)
+            name = (k[:60] if isinstance(k, str) else short(k)) or "''"  # an empty key too
             where = f"{path}.{name}" if path else name
             if isinstance(k, str) and "\x00" in k:
                 out.append(where.replace("\x00", "\\0"))
@@ -487,7 +487,8 @@ def refuse_nul(document: Any, path: str) -> None:
     found: list[str] = []
     _nul_paths(document, path, found)
     if found:
-        raise InvalidInput([f"{where}: must not contain NUL characters" for where in found])
+        raise InvalidInput([f"{_clip(where, MAX_PATH_CHARS)}: must not contain NUL characters"
+                            for where in found])
 
 
 MAX_DIGITS = 18  # beyond any sane count; also below Python's int-from-text digit limit

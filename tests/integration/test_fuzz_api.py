@@ -139,7 +139,7 @@ def fuzz(server: Server, ops: list[Any], token: str, aim: dict[str, str] | None 
             if not any(k.lower() == "openstack-api-version" for k in case.headers or {}):
                 case.headers = {**(case.headers or {}), **LATEST}
             try:
-                response = case.call(base_url=server.url, timeout=20)
+                response = case.call(base_url=server.url, timeout=60)
             except Exception as exc:  # the server hung up or never answered: as bad as a 500
                 failures.append(f"{op.method.upper()} {op.path}: {type(exc).__name__}: {exc}\n"
                                 f"  {case.as_curl_command()}")

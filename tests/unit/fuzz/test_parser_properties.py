@@ -130,7 +130,9 @@ def assert_well_formed(exc: InvalidInput, known: set[str], sent: Any) -> None:
     or one the caller sent, and is bounded whatever the input's size."""
     assert exc.problems, "an InvalidInput without problems"
     roots = [f"{k}{sep}" for k in known for sep in (": ", ".", "[")]
-    roots += [(str(k) or "''")[:40] for k in (sent if isinstance(sent, dict) else ())]
+    for k in sent if isinstance(sent, dict) else ():
+        shown = (str(k) or "''")[:40]
+        roots += [shown, shown.replace("\x00", "\\0")]  # NUL is shown escaped
     for problem in exc.problems:
         assert ": " in problem, problem
         assert len(problem) <= MAX_PROBLEM_CHARS, (len(problem), problem[:200])
@@ -324,3 +326,13 @@ def test_huge_and_empty_unknown_keys_make_bounded_problems_with_a_path() -> None
         parse_container_request({"image": "busybox", "": 1, "y" * 100_000: 2})
     assert exc.value.problems[0] == "'': unknown field"
     assert len(exc.value.problems[1]) <= MAX_PROBLEM_CHARS
+
+
+def test_nul_under_an_empty_key_names_the_whole_path() -> None:
+    with pytest.raises(InvalidInput) as exc:
+        parse_container_request({"image": "busybox", "": ["\x00"]})
+    assert exc.value.problems == ["''[0]: must not contain NUL characters"]
+    with pytest.raises(InvalidInput) as exc:
+        parse_template({"": {"a\x00" * 500: 1}})
+    assert exc.value.problems[0].startswith("''.a\\0a\\0")
+    assert len(exc.value.problems[0]) <= MAX_PROBLEM_CHARS
