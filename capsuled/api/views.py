@@ -33,7 +33,7 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "labels": dict(row.labels or {}),
         "annotations": dict(row.annotations or {}),
         "status": row.status,
-        "status_reason": row.status_reason,
+        "status_reason": _for(row.status_reason, is_admin),
         "restart_policy": restart,
         "cpu": float(row.cpu),
         "memory": str(row.memory),
@@ -76,7 +76,7 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "image": row.image,
         "command": spec.zun_command if spec else [],
         "status": row.status,
-        "status_reason": row.status_reason,
+        "status_reason": _for(row.status_reason, is_admin),
         "status_detail": _status_detail(row),
         "task_state": None,
         "cpu": float(spec.cpu) if spec and spec.cpu is not None else None,
@@ -170,19 +170,25 @@ def _status_detail(row: Container | ContainerRow) -> str | None:
     return row.status
 
 
-# Host names in messages recorded before they were kept out (such events age out with
-# limits.event_max_age): members read them without the name.
+# Host names in messages and reasons recorded before they were kept out (such events age
+# out with limits.event_max_age; reasons change with the next report): members read them
+# without the name.
 _HOST_MENTIONS = ((re.compile(r"^capsule accepted, scheduled to \S+$"), "capsule accepted and scheduled"),
                   (re.compile(r"\bhost \S+ is (forced down|down)"), r"its host is \1"))
+
+
+def _for(text: str | None, is_admin: bool) -> str | None:
+    """An event message or status reason as the reader may see it."""
+    if is_admin or not text:
+        return text
+    for pattern, replacement in _HOST_MENTIONS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def event_view(e: Event, is_admin: bool = True) -> dict[str, Any]:
     """`count` and `last_seen`: how often it happened in a row, and when last (kubelet's
     event counts); `id` is the marker of the next page."""
-    message = e.message
-    if not is_admin:
-        for pattern, replacement in _HOST_MENTIONS:
-            message = pattern.sub(replacement, message)
     return {"id": e.id, "created_at": ts(e.created_at), "type": e.type, "reason": e.reason,
-            "message": message, "container": e.container, "count": e.count or 1,
+            "message": _for(e.message, is_admin), "container": e.container, "count": e.count or 1,
             "last_seen": ts(e.last_at or e.created_at)}

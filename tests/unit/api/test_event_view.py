@@ -25,3 +25,12 @@ def _event(message: str) -> Event:
 def test_members_read_old_events_without_host_names(old: str, member_reads: str) -> None:
     assert event_view(_event(old), is_admin=False)["message"] == member_reads
     assert event_view(_event(old), is_admin=True)["message"] == old
+
+
+def test_members_read_old_unknown_reasons_without_host_names() -> None:
+    from capsuled.api.views import _for
+
+    old = "host rack7-node3 is down: no heartbeat since 2026-01-01 00:00:00 UTC"
+    assert _for(old, is_admin=False) == "its host is down: no heartbeat since 2026-01-01 00:00:00 UTC"
+    assert _for(old, is_admin=True) == old
+    assert _for(None, is_admin=False) is None
