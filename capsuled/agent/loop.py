@@ -19,7 +19,7 @@ from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
 from capsuled.domain.backoff import Backoff
-from capsuled.domain.channel import AgentChannel, Assignment, ContainerAssignment
+from capsuled.domain.channel import AgentChannel, Assignment, Assignments, ContainerAssignment
 from capsuled.drivers.network.base import NetworkDriver
 from capsuled.drivers.runtime.base import RuntimeDriver, Summary
 from capsuled.drivers.volume.base import VolumeDriver
