@@ -18,6 +18,9 @@ from typing import Any, Protocol
 EXEC_MAX_OUTPUT = 1_048_576  # bytes of a non-interactive exec's output
 EXEC_TIMEOUT = 60  # seconds a non-interactive exec is waited for
 ARCHIVE_MAX_BYTES = 64 * 1_048_576  # bytes of a get_archive tar
+# A non-follow logs read answers with at most the newest this many bytes: Docker keeps up
+# to 100 MB per container with the local driver, and the answer is held in memory.
+LOGS_MAX_BYTES = 8 * 1_048_576
 
 
 @dataclass(frozen=True)

@@ -384,3 +384,21 @@ def test_an_agent_that_never_answers_is_given_up() -> None:
     finally:
         ops.close()
         silent.close()
+
+
+def test_plain_logs_answer_the_newest_bytes_within_the_cap(server: Server) -> None:
+    from capsuled.domain.hostops import LOGS_MAX_BYTES
+    token = server.issue_token(_project(), "logs", "member")
+    with server.client(token) as c:
+        # 10 MiB of 'a', then a last line: more than the cap, written before it sleeps.
+        ident = _quiet_container(c, command=[
+            "sh", "-c", "head -c 10485760 /dev/zero | tr '\\0' a; echo; echo the-end; sleep 3600"])
+        try:
+            def logged() -> bytes | None:
+                r = c.get(f"/v1/containers/{ident}/logs", headers=OCTET, timeout=60)
+                return r.content if r.content.endswith(b"the-end\n") else None
+            data = wait_for(logged, timeout=60, what="the whole log")
+            assert len(data) == LOGS_MAX_BYTES
+            assert set(data[:-len(b"the-end\n")]) <= {ord("a"), ord("\n")}
+        finally:
+            c.delete(f"/v1/containers/{ident}", params={"force": "true"})

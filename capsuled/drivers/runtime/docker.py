@@ -12,6 +12,7 @@ DNS aliases.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import platform
@@ -26,7 +27,7 @@ import docker
 from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, LOGS_MAX_BYTES,
                                      ExecResult, ImageInfo, RawStream)
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
@@ -231,11 +232,25 @@ class DockerRuntime:
 
     def logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
              tail: int | None, since: int | None) -> bytes:
+        # Read as a stream and keep only the newest LOGS_MAX_BYTES: memory stays bounded
+        # however much the container wrote.
+        kept: collections.deque[bytes] = collections.deque()
+        size = 0
         with translate_docker_errors(f"logs {container_id[:12]}"):
-            out = self._api.logs(container_id, stdout=stdout, stderr=stderr,
-                                 timestamps=timestamps, tail="all" if tail is None else tail,
-                                 since=since)
-        return bytes(out)
+            chunks = self._api.logs(container_id, stdout=stdout, stderr=stderr,
+                                    timestamps=timestamps, tail="all" if tail is None else tail,
+                                    since=since, stream=True, follow=False)
+            try:
+                for chunk in chunks:
+                    kept.append(chunk)
+                    size += len(chunk)
+                    while size - len(kept[0]) >= LOGS_MAX_BYTES:
+                        size -= len(kept.popleft())
+            finally:
+                with contextlib.suppress(Exception):
+                    chunks.close()
+        out = b"".join(kept)
+        return out[-LOGS_MAX_BYTES:] if len(out) > LOGS_MAX_BYTES else out
 
     def follow_logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
                     tail: int | None, since: int | None) -> Iterator[bytes]:
