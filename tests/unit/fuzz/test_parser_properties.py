@@ -197,6 +197,18 @@ def test_any_text_is_a_spec_or_invalid_input(text: str) -> None:
 
 
 @CI
+@given(st.text(max_size=300) | junk.map(lambda v: yaml.safe_dump(v, sort_keys=False)) | json_junk.map(json.dumps))
+def test_load_text_is_a_value_or_invalid_input(text: str) -> None:
+    """The decoder on its own (the CLI decodes files with it too, one or many documents)."""
+    for load in (documents.load_text, lambda t: documents.load_yaml_all(t, "file")):
+        try:
+            load(text)
+        except InvalidInput as exc:
+            assert all(p.startswith(("template: ", "file: ")) and len(p) <= MAX_PROBLEM_CHARS
+                       for p in exc.problems), exc.problems
+
+
+@CI
 @given(st.lists(st.sampled_from(["kind: capsule", "metadata: {}", "spec:", "  containers:",
                                  "  - name: a", "    image: busybox", "    securityContext:",
                                  "      privileged: true", "  - &x {name: b, image: busybox}",
