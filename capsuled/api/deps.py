@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from capsuled import documents
 from capsuled.api.microversions import MIN, ApiVersion
-from capsuled.domain.documents import load_json
 from capsuled.errors import InvalidInput, NotAuthenticated, UnsupportedMediaType
 from capsuled.identity.base import IdentityProvider, Principal
 
@@ -43,16 +43,23 @@ async def json_object(request: Request) -> dict[str, Any]:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, not {ctype or 'missing'!r}.")
     # The body's size was bounded by the middleware (413) as it arrived.
-    body = load_json(await request.body() or b"{}", "body")
+    body = _load_json(await request.body() or b"{}")
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
     return {**dict(request.query_params), **body}
 
 
+def _load_json(raw: bytes) -> Any:
+    try:
+        return documents.load_json(raw, "body")
+    except documents.DocumentError as exc:
+        raise InvalidInput(exc.message) from None
+
+
 async def read_json(request: Request) -> Any:
     """The body as JSON (any type), bounded in size (middleware) and depth; None if empty."""
     raw = await request.body()
-    return load_json(raw, "body") if raw else None
+    return _load_json(raw) if raw else None
 
 
 def given(value: str | None) -> str | None:

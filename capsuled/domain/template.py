@@ -16,7 +16,7 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from capsuled.domain import documents
+from capsuled import documents
 from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
                                   VolumeSpec)
 from capsuled.errors import InvalidInput
@@ -90,7 +90,10 @@ class _Problems:
 def load_template_text(text: str, source: str = "template") -> Any:
     """YAML or JSON text → object, within the size, depth and alias budgets of
     `documents` (a hostile document is a fast 400, never expanded)."""
-    return documents.load_text(text, source)
+    try:
+        return documents.load_text(text, source)
+    except documents.DocumentError as exc:
+        raise InvalidInput(exc.message) from None
 
 
 def parse_template(template: Any, limits: Limits | None = None) -> CapsuleSpec:
@@ -99,7 +102,10 @@ def parse_template(template: Any, limits: Limits | None = None) -> CapsuleSpec:
     if isinstance(template, str):
         template = load_template_text(template)
     else:
-        documents.check_depth(template, "template")
+        try:
+            documents.check_depth(template, "template")
+        except documents.DocumentError as exc:
+            raise InvalidInput(exc.message) from None
     p = _Problems()
     if not isinstance(template, dict):
         raise InvalidInput("template: must be an object")

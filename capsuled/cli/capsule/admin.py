@@ -11,7 +11,7 @@ import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import AdminClient, ApiError
-from capsuled.cli.capsule.containers import Format, FormatOpt, _echo_json, _report, _reporting, _runtime
+from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, report, reporting, runtime_of
 
 _SETTINGS = {"no_args_is_help": True, "add_completion": False, "rich_markup_mode": "rich",
              "context_settings": {"help_option_names": ["-h", "--help"]}}
@@ -40,7 +40,7 @@ service_app = typer.Typer(help="""The agent service on each host (admin).
 
 
 def _client(ctx: typer.Context) -> tuple[Any, AdminClient]:
-    rt = _runtime(ctx)
+    rt = runtime_of(ctx)
     return rt, AdminClient(rt.url, rt.token, transport=rt.transport)
 
 
@@ -96,10 +96,10 @@ def token_create(
         body["description"] = description
     if host is not None:
         body["host"] = host
-    with _reporting(rt), client:
+    with reporting(rt), client:
         made = client.create_token(body)
     if output is Format.json:
-        _echo_json(made)
+        echo_json(made)
         return
     typer.echo(made["token"])
     typer.echo(f"(uuid {made['uuid']}; {made['user_id']} in {made['project_id']} as "
@@ -115,10 +115,10 @@ def token_list(
 ) -> None:
     """List tokens (never their values)."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         found = client.tokens(project)
     if output is Format.json:
-        _echo_json(found)
+        echo_json(found)
     else:
         _table(found, [("UUID", "uuid"), ("PROJECT", "project_id"), ("USER", "user_id"),
                        ("ROLES", "roles"), ("HOST", "host"), ("EXPIRES", "expires_at"),
@@ -132,13 +132,13 @@ def token_revoke(ctx: typer.Context, uuids: Annotated[list[str], typer.Argument(
     """Revoke tokens: they stop working at once."""
     rt, client = _client(ctx)
     failed = False
-    with _reporting(rt), client:
+    with reporting(rt), client:
         for uuid in uuids:
             try:
                 client.revoke_token(uuid)
                 typer.echo(f"revoked {uuid}")
             except ApiError as exc:
-                _report(rt, exc)
+                report(rt, exc)
                 failed = True
     if failed:
         raise typer.Exit(1)
@@ -153,10 +153,10 @@ ProjectArg = Annotated[str, typer.Argument(metavar="PROJECT", help="A project id
 def quota_show(ctx: typer.Context, project: ProjectArg, output: FormatOpt = Format.table) -> None:
     """A project's limits and what it uses now."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         got = client.quota(project, usages=True)
     if output is Format.json:
-        _echo_json(got)
+        echo_json(got)
         return
     rows = [{"resource": r, "limit": "unlimited" if v["limit"] == -1 else v["limit"],
              "in_use": v["in_use"]} for r, v in got.items()]
@@ -180,10 +180,10 @@ def quota_update(
         raise typer.BadParameter("give at least one of --capsules, --containers, --cpu, "
                                  "--memory, --disk")
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         got = client.update_quota(project, limits)
     if output is Format.json:
-        _echo_json(got)
+        echo_json(got)
     else:
         _table([{"resource": r, "limit": v} for r, v in got.items()],
                [("RESOURCE", "resource"), ("LIMIT", "limit")])
@@ -193,7 +193,7 @@ def quota_update(
 def quota_reset(ctx: typer.Context, project: ProjectArg) -> None:
     """Put a project back on the default limits (admin)."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         client.reset_quota(project)
     typer.echo(f"{project}: back to the default quotas")
 
@@ -204,10 +204,10 @@ def quota_reset(ctx: typer.Context, project: ProjectArg) -> None:
 def host_list(ctx: typer.Context, output: FormatOpt = Format.table) -> None:
     """Hosts with their capacity and what is claimed on them."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         found = client.hosts()
     if output is Format.json:
-        _echo_json(found)
+        echo_json(found)
     else:
         _table(found, [("HOSTNAME", "hostname"), ("STATE", "state"), ("ENABLED", "enabled"),
                        ("ZONE", "availability_zone"), ("CPUS", "cpus"), ("CPU USED", "cpu_used"),
@@ -220,10 +220,10 @@ def host_show(ctx: typer.Context, ident: Annotated[str, typer.Argument(
         metavar="HOST", help="Host name or uuid.")], output: FormatOpt = Format.table) -> None:
     """One host in detail."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         got = client.host(ident)
     if output is Format.json:
-        _echo_json(got)
+        echo_json(got)
     else:
         _fields(got)
 
@@ -232,10 +232,10 @@ def host_show(ctx: typer.Context, ident: Annotated[str, typer.Argument(
 def service_list(ctx: typer.Context, output: FormatOpt = Format.table) -> None:
     """Each host's agent: up or down, enabled or not, last heartbeat."""
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         found = client.services()
     if output is Format.json:
-        _echo_json(found)
+        echo_json(found)
     else:
         _table(found, [("HOST", "host"), ("BINARY", "binary"), ("STATE", "state"),
                        ("DISABLED", "disabled"), ("REASON", "disabled_reason"),
@@ -249,10 +249,10 @@ HostArg = Annotated[str, typer.Argument(metavar="HOST", help="The host's name.")
 def _service_change(ctx: typer.Context, action: str, host: str, output: Format,
                     **extra: str | None) -> None:
     rt, client = _client(ctx)
-    with _reporting(rt), client:
+    with reporting(rt), client:
         got = client.service_action(action, host, **extra)
     if output is Format.json:
-        _echo_json(got["service"])
+        echo_json(got["service"])
     else:
         _fields(got["service"])
 

@@ -1,7 +1,7 @@
 """A small synchronous client for the capsuled API: capsules and containers.
 
 It speaks only HTTP (the CLI must work against a remote server), so it imports nothing
-of ours but `capsuled.paths`, which knows where a local server keeps its admin token.
+of the server; `settings` knows where a local server keeps its admin token.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from capsuled import paths
+from capsuled.cli.capsule.settings import DEFAULT_URL, STATE_DIR_ENV, local_token_path
 
 API_VERSION = "container 1.40"
 TIMEOUT = 30.0
@@ -29,7 +29,6 @@ AGENT_BINARY = "capsuled-agent"
 # Named here: inside the client classes `list` is the method of that name.
 Bodies = list[dict[str, Any]]
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-STATE_DIR_ENV = "CAPSULED_STATE_DIR"
 
 
 class CliError(Exception):
@@ -69,16 +68,8 @@ def is_default_local(url: str) -> bool:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return False
-    default_port = urlsplit(paths.DEFAULT_URL).port
+    default_port = urlsplit(DEFAULT_URL).port
     return (parts.hostname or "") in LOCAL_HOSTS and port == default_port
-
-
-def local_token_path(env: Mapping[str, str] | None = None) -> Path:
-    """Where a local server writes its admin token (`CAPSULED_STATE_DIR` wins, as for the server)."""
-    env = os.environ if env is None else env
-    state_dir = env.get(STATE_DIR_ENV)
-    base = Path(state_dir).expanduser() if state_dir else paths.default_state_dir()
-    return base / paths.ADMIN_TOKEN_FILE
 
 
 def read_token(path: Path) -> str | None:

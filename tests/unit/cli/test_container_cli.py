@@ -17,7 +17,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from capsuled.cli.capsule import containers, render
+from capsuled.cli.capsule import archives, container_common, render, terminal
 from capsuled.cli.capsule.main import Runtime, app
 from cli_env import clean_env  # noqa: F401 - the autouse fixture, by name
 
@@ -423,7 +423,7 @@ def test_logs_of_a_missing_container(cli: Any, fake: FakeApi) -> None:
     ("1700000000", "1700000000"), ("30s", "999970"), ("1h30m", str(1_000_000 - 5400)),
     ("2d", str(1_000_000 - 172800)), ("2026-11-24 08:00:00,000", "2026-11-24 08:00:00,000")])
 def test_since(value: str, expected: str) -> None:
-    assert containers.since_epoch(value, now=1_000_000) == expected
+    assert container_common.since_epoch(value, now=1_000_000) == expected
 
 
 # --- exec ---------------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ class FakeSocket:
 
     def send(self, data: bytes) -> None:
         self.sent.append(data)
-        if containers.EOT in data:
+        if terminal.EOT in data:
             self.ended.set()
 
     def recv(self) -> bytes:
@@ -513,7 +513,7 @@ class FakeSocket:
 
 
 class Terminals:
-    """Stands in for containers.connect_terminal: the sockets the CLI opens."""
+    """Stands in for terminal.connect_terminal: the sockets the CLI opens."""
 
     def __init__(self) -> None:
         self.opened: list[FakeSocket] = []
@@ -527,7 +527,7 @@ class Terminals:
 @pytest.fixture()
 def terminals(monkeypatch: pytest.MonkeyPatch) -> Terminals:
     fake_connect = Terminals()
-    monkeypatch.setattr(containers, "connect_terminal", fake_connect)
+    monkeypatch.setattr(terminal, "connect_terminal", fake_connect)
     return fake_connect
 
 
@@ -540,7 +540,7 @@ def test_exec_interactive_bridges_stdin_and_stdout(cli: Any, fake: FakeApi, term
     assert sent(fake.only()) == {"command": "sh", "interactive": True}
     (sock,) = terminals.opened
     assert sock.url == url and sock.closed
-    assert b"".join(sock.sent) == b"echo hi\n" + containers.EOT
+    assert b"".join(sock.sent) == b"echo hi\n" + terminal.EOT
     assert result.stdout_bytes == b"$ hi\r\n"
 
 
@@ -565,7 +565,7 @@ def test_attach(cli: Any, fake: FakeApi, terminals: Terminals) -> None:
     assert result.exit_code == 0, result.output
     assert fake.calls() == ["GET /v1/containers/shell/attach"]
     assert terminals.opened[0].url == url
-    assert b"".join(terminals.opened[0].sent) == b"exit\n" + containers.EOT
+    assert b"".join(terminals.opened[0].sent) == b"exit\n" + terminal.EOT
     assert result.stdout_bytes == b"$ hi\r\n"
 
 
@@ -593,10 +593,10 @@ def test_bridge_detaches_on_ctrl_p_ctrl_q() -> None:
     sock = FakeSocket("ws://x", [b"output"])
     out = io.BytesIO()
     stdin = _Keys([b"ls\r", b"\x10", b"x", b"\x10", b"\x11", b"never sent"])
-    containers.bridge(sock, stdin, out, send_input=True, raw=True)  # type: ignore[arg-type]
+    terminal.bridge(sock, stdin, out, send_input=True, raw=True)  # type: ignore[arg-type]
     # A ^P is held back until the next key shows whether it detaches.
     assert sock.sent == [b"ls\r", b"\x10x"]
-    assert containers.EOT not in b"".join(sock.sent)
+    assert terminal.EOT not in b"".join(sock.sent)
 
 
 class _Keys(io.RawIOBase):
@@ -740,11 +740,11 @@ def test_cp_usage_errors(cli: Any, fake: FakeApi, args: list[str]) -> None:
 
 
 def test_split_location() -> None:
-    assert containers.split_location("web:/tmp") == ("web", "/tmp")
-    assert containers.split_location("./odd:name") == (None, "./odd:name")
-    assert containers.split_location("/abs:x") == (None, "/abs:x")
-    assert containers.split_location("plain") == (None, "plain")
-    assert containers.split_location("-") == (None, "-")
+    assert archives.split_location("web:/tmp") == ("web", "/tmp")
+    assert archives.split_location("./odd:name") == (None, "./odd:name")
+    assert archives.split_location("/abs:x") == (None, "/abs:x")
+    assert archives.split_location("plain") == (None, "plain")
+    assert archives.split_location("-") == (None, "-")
 
 
 # --- top / stats / actions ------------------------------------------------------------------

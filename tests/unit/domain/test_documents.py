@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from capsuled.domain import documents
+from capsuled import documents
 from capsuled.domain.template import parse_template
 from capsuled.errors import InvalidInput
 
@@ -39,7 +39,7 @@ def test_a_few_aliases_are_fine() -> None:
 @pytest.mark.parametrize("text", ["[" * 50_000, "{\"a\":" * 40_000, "a:\n" + "- " * 5000 + "x",
                                   "- " * 10_000 + "x", "x: " + "[" * 3000 + "]" * 3000])
 def test_deep_nesting_is_a_400_not_a_recursion_error(text: str) -> None:
-    with pytest.raises(InvalidInput) as exc:
+    with pytest.raises(documents.DocumentError) as exc:
         documents.load_text(text)
     assert "nested" in exc.value.message or "not valid" in exc.value.message
 
@@ -53,7 +53,7 @@ def test_deep_objects_are_refused_before_parsing() -> None:
 
 
 def test_text_over_the_size_limit_is_refused() -> None:
-    with pytest.raises(InvalidInput, match="larger than"):
+    with pytest.raises(documents.DocumentError, match="larger than"):
         documents.load_text("kind: capsule\n" + "#" * documents.MAX_TEXT_BYTES)
 
 

@@ -7,6 +7,10 @@ YAML aliases are references: PyYAML builds `*a` as the same Python object as `&a
 (validation, `repr` in an error message, JSON encoding for the store). The composed node
 graph is therefore measured, with every alias counted as the nodes it stands for, before
 any Python object is built.
+
+A leaf of json and yaml only, so that the `capsule` CLI decodes template files with the
+same budgets (a hostile file cannot hang it either) without importing the server. The
+server turns `DocumentError` into `InvalidInput` where it calls these functions.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ import yaml
 from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from capsuled.errors import InvalidInput
-
 MAX_DEPTH = 64  # nesting of lists and maps; real templates use fewer than 10
 MAX_NODES = 100_000  # scalars, lists and maps after alias expansion
 MAX_TEXT_BYTES = 256 * 1024  # one template
+
+
+class DocumentError(ValueError):
+    """A document that is not valid YAML/JSON or is over a budget; `message` says which
+    (prefixed with the source), in one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class _BudgetExceeded(Exception):
@@ -114,11 +125,11 @@ def json_depth_ok(raw: str | bytes, limit: int = MAX_DEPTH) -> bool:
 def load_json(raw: str | bytes, source: str) -> Any:
     """JSON text → object, refusing documents nested deeper than MAX_DEPTH."""
     if not json_depth_ok(raw):
-        raise InvalidInput(f"{source}: nested deeper than {MAX_DEPTH} levels")
+        raise DocumentError(f"{source}: nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"{source}: not valid JSON ({exc})") from None
+        raise DocumentError(f"{source}: not valid JSON ({exc})") from None
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -139,7 +150,7 @@ def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
         # character is a bad document (400), not a bug.
         loader = _BoundedLoader(text)
     except yaml.YAMLError as exc:
-        raise InvalidInput(_yaml_problem(source, exc)) from None
+        raise DocumentError(_yaml_problem(source, exc)) from None
     try:
         if single:
             node = loader.get_single_node()
@@ -154,13 +165,13 @@ def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
             out.append(loader.construct_document(node))
         return out
     except _BudgetExceeded as exc:
-        raise InvalidInput(f"{source}: {exc.message}") from None
+        raise DocumentError(f"{source}: {exc.message}") from None
     except yaml.YAMLError as exc:
-        raise InvalidInput(_yaml_problem(source, exc)) from None
+        raise DocumentError(_yaml_problem(source, exc)) from None
     except RecursionError:
-        raise InvalidInput(f"{source}: nested too deeply") from None
+        raise DocumentError(f"{source}: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise InvalidInput(f"{source}: {str(exc)[:200]}") from None
+        raise DocumentError(f"{source}: {str(exc)[:200]}") from None
     finally:
         loader.dispose()
 
@@ -171,7 +182,7 @@ def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
 
 def _check_size(text: str, source: str, max_bytes: int) -> None:
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise InvalidInput(f"{source}: larger than {max_bytes} bytes")
+        raise DocumentError(f"{source}: larger than {max_bytes} bytes")
 
 
 def load_text(text: str, source: str = "template", max_bytes: int = MAX_TEXT_BYTES) -> Any:
@@ -179,14 +190,14 @@ def load_text(text: str, source: str = "template", max_bytes: int = MAX_TEXT_BYT
     _check_size(text, source, max_bytes)
     if text.lstrip().startswith("{"):
         if not json_depth_ok(text):
-            raise InvalidInput(f"{source}: nested deeper than {MAX_DEPTH} levels")
+            raise DocumentError(f"{source}: nested deeper than {MAX_DEPTH} levels")
         try:
             return json.loads(text)
         except ValueError as json_exc:
             try:
                 return load_yaml(text, source)
-            except InvalidInput:
-                raise InvalidInput(f"{source}: not valid YAML or JSON ({json_exc})") from None
+            except DocumentError:
+                raise DocumentError(f"{source}: not valid YAML or JSON ({json_exc})") from None
     return load_yaml(text, source)
 
 
@@ -198,7 +209,7 @@ def check_depth(value: Any, source: str, limit: int = MAX_DEPTH) -> None:
         item, depth = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise InvalidInput(f"{source}: holds more than {MAX_NODES} values")
+            raise DocumentError(f"{source}: holds more than {MAX_NODES} values")
         if isinstance(item, dict):
             children: list[Any] = list(item.values())
         elif isinstance(item, list):
@@ -206,5 +217,5 @@ def check_depth(value: Any, source: str, limit: int = MAX_DEPTH) -> None:
         else:
             continue
         if depth > limit:
-            raise InvalidInput(f"{source}: nested deeper than {limit} levels")
+            raise DocumentError(f"{source}: nested deeper than {limit} levels")
         stack.extend((c, depth + 1) for c in children)

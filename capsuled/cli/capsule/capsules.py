@@ -1,0 +1,326 @@
+"""The capsule commands: `capsule create`, `list`, `describe` and `delete`, and waiting
+for capsules to run or to be gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from capsuled.cli.capsule import render
+from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError
+from capsuled.cli.capsule.shared import (
+    Format,
+    FormatOpt,
+    Runtime,
+    TimeoutOpt,
+    UsageProblem,
+    echo_json,
+    report,
+    reporting,
+    runtime_of,
+)
+from capsuled.cli.capsule.templates import load_templates
+
+
+class CapsuleFailed(CliError):
+    """A capsule, not the server, went wrong while we waited for it."""
+
+
+def _check_labels(values: list[str] | None) -> list[str]:
+    # Checked here rather than by the server so that a typo is a usage error (exit 2),
+    # and because a comma would silently split one pair into two in the `labels` parameter.
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{value!r} is not key=value (a non-empty key, then =)")
+        if "," in value:
+            raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label")
+    return values or []
+
+
+LabelOpt = Annotated[list[str] | None, typer.Option(
+    "--label", "-l", metavar="KEY=VALUE", callback=_check_labels,
+    help="Only capsules with this label; repeat to require several.")]
+AllProjectsOpt = Annotated[bool, typer.Option(
+    "--all-projects", help="Include other projects' capsules (admins only).")]
+
+
+def _labels(values: Sequence[str] | None) -> dict[str, str]:
+    return {key: value for key, _, value in (v.partition("=") for v in values or [])}
+
+
+# A hold asks the server to answer once a target leaves a status, for at most this many
+# seconds per request, so that the progress display stays fresh.
+_HOLD_SECONDS = 10.0
+
+Probe = Callable[[str], tuple[bool, str]]
+Hold = Callable[[str, str, float], tuple[bool, str]]
+
+
+def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, timeout: float,
+          hold: Hold | None = None) -> list[tuple[str, str]]:
+    """Probe every target until all are done or `timeout` passes.
+
+    `targets` maps what to probe (a uuid or name) to how to call it; `probe` returns
+    (done, current status) and may raise CliError to give up at once. Returns the
+    targets not done in time, as (display name, last status). Between rounds, `hold`
+    (when given) is a probe that the server answers only once the first pending target
+    has left its last status, so a change is seen at once rather than at the next poll.
+    """
+    pending = dict(targets)
+    states = {ident: "?" for ident in targets}
+    fresh: dict[str, tuple[bool, str]] = {}  # answered by the hold: not probed again
+    deadline = time.monotonic() + timeout
+    with render.WaitDisplay(render.make_console(stderr=True), goal) as display:
+        while True:
+            for ident in list(pending):
+                done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
+                if done:
+                    del pending[ident]
+            display.update([(targets[i], states[i]) for i in targets])
+            if not pending or time.monotonic() >= deadline:
+                return [(name, states[ident]) for ident, name in pending.items()]
+            first = next(iter(pending))
+            if hold is None:
+                rt.sleep(rt.poll_interval)
+                continue
+            seconds = max(0.0, min(_HOLD_SECONDS, deadline - time.monotonic()))
+            started = time.monotonic()
+            fresh[first] = hold(first, states[first], seconds)
+            if fresh[first][1] == states[first] and time.monotonic() - started < seconds / 2:
+                rt.sleep(rt.poll_interval)  # answered at once: a server without the extension
+
+
+def _late(goal: str, timeout: float, late: list[tuple[str, str]]) -> CliError:
+    which = ", ".join(f"{name} ({status})" for name, status in late)
+    return CliError(f"timed out after {timeout:g}s; not {goal} yet: {which}")
+
+
+def create(
+    ctx: typer.Context,
+    filename: Annotated[list[str], typer.Option(
+        "--filename", "-f", metavar="PATH",
+        help="Template file (YAML or JSON, - for stdin) or directory of them. Repeatable.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every capsule is Running.")] = False,
+    timeout: TimeoutOpt = 120.0,
+    output: FormatOpt = Format.table,
+) -> None:
+    """Create capsules from template files.
+
+    A YAML file may hold several templates separated by ---; a directory means each of its
+    *.yaml, *.yml and *.json files, in name order. Every file is parsed before anything is
+    sent, so a broken file creates nothing.
+
+    Example:
+
+      capsule create -f examples/web.yaml --wait --timeout 60
+    """
+    rt = runtime_of(ctx)
+    failed = False
+    latest: dict[str, dict[str, Any]] = {}  # uuid -> newest body, for --format json
+    problem: CliError | None = None
+    with reporting(rt):
+        templates = load_templates(filename)
+        with rt.client() as client:
+            for template in templates:
+                try:
+                    body = client.create(template.body)
+                except ApiError as exc:
+                    report(rt, exc, template.source)
+                    failed = True
+                    continue
+                latest[body["uuid"]] = body
+                if output is Format.table:
+                    typer.echo(f"capsule/{render.display_name(body)} created ({body['uuid']})")
+            if wait and latest:
+                problem = _wait_running(rt, client, latest, timeout)
+    if output is Format.json:
+        echo_json(list(latest.values()))
+    if problem is not None:
+        report(rt, problem)
+    if failed or problem is not None:
+        raise typer.Exit(1)
+
+
+def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str, Any]],
+                  timeout: float) -> CliError | None:
+    """Poll until every capsule in `latest` (refreshed in place) runs; the failure, if any."""
+
+    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+        name = render.display_name(latest[uuid])
+        try:
+            body = fetch()
+        except ApiError as exc:
+            if exc.status == 404:
+                raise CapsuleFailed(f"capsule {name} disappeared while waiting for it to run") from None
+            raise
+        latest[uuid] = body
+        status = str(body.get("status"))
+        if status == "Error":
+            raise CapsuleFailed(f"capsule {name} failed: {body.get('status_reason') or 'no reason given'}")
+        return status == "Running", status
+
+    def probe(uuid: str) -> tuple[bool, str]:
+        return check(uuid, lambda: client.get(uuid))
+
+    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, str]:
+        return check(uuid, lambda: client.get_when_not(uuid, status, seconds))
+
+    targets = {uuid: render.display_name(body) for uuid, body in latest.items()}
+    try:
+        late = _poll(rt, "Running", targets, probe, timeout, hold)
+    except CapsuleFailed as exc:
+        return exc
+    return _late("Running", timeout, late) if late else None
+
+
+def list_(
+    ctx: typer.Context,
+    label: LabelOpt = None,
+    all_projects: AllProjectsOpt = False,
+    output: FormatOpt = Format.table,
+) -> None:
+    """List capsules, optionally only those with given labels.
+
+    CONTAINERS counts running/total app containers; RESTARTS adds sandbox re-creations to
+    the containers' restarts.
+
+    Example:
+
+      capsule list -l app=web -l tier=front
+    """
+    rt = runtime_of(ctx)
+    with reporting(rt), rt.client() as client:
+        capsules = client.list(_labels(label), all_projects)
+    if output is Format.json:
+        echo_json(capsules)
+    elif not capsules:
+        typer.echo("No capsules found.", err=True)
+    else:
+        render.emit(render.make_console(), render.capsule_table(capsules))
+
+
+def describe(
+    ctx: typer.Context,
+    idents: Annotated[list[str], typer.Argument(metavar="NAME|UUID", show_default=False)],
+    output: FormatOpt = Format.table,
+) -> None:
+    """Show capsules in detail: settings, containers, volumes and recent events.
+
+    A capsule that cannot be shown is reported and the others are still shown (exit 1).
+    With --format json the output is the list of capsule bodies, without events.
+
+    Example:
+
+      capsule describe web-demo
+    """
+    rt = runtime_of(ctx)
+    console = render.make_console()
+    found: list[dict[str, Any]] = []
+    failed = False
+    with reporting(rt), rt.client() as client:
+        for ident in idents:
+            try:
+                capsule = client.get(ident)
+                events = client.events(capsule["uuid"]) if output is Format.table else []
+            except ApiError as exc:
+                report(rt, exc)
+                failed = True
+                continue
+            if output is Format.table:
+                if found:
+                    console.print()
+                render.emit(console, render.describe(capsule, events))
+            found.append(capsule)
+    if output is Format.json:
+        echo_json(found)
+    if failed:
+        raise typer.Exit(1)
+
+
+def delete(
+    ctx: typer.Context,
+    idents: Annotated[list[str] | None, typer.Argument(
+        metavar="NAME|UUID", show_default=False, help="Capsules to delete.")] = None,
+    label: LabelOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Delete every capsule you can see.")] = False,
+    all_projects: AllProjectsOpt = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until they are gone.")] = False,
+    timeout: TimeoutOpt = 120.0,
+    output: FormatOpt = Format.table,
+) -> None:
+    """Delete capsules by name or uuid, by label, or all of them.
+
+    Choose exactly one of: names/uuids, -l KEY=VALUE, --all. Deletion is asynchronous:
+    a capsule shows Deleting until its containers and volumes are gone; --wait waits for that.
+
+    Example:
+
+      capsule delete web-demo
+      capsule delete -l app=web --wait
+    """
+    chosen = [mode for mode, given in (("NAME|UUID", idents), ("-l", label), ("--all", all_)) if given]
+    if len(chosen) != 1:
+        clash = " and ".join(chosen) if chosen else "nothing"
+        raise UsageProblem(f"choose capsules with exactly one of NAME|UUID..., -l KEY=VALUE or "
+                           f"--all (got {clash})", ctx=ctx)
+    rt = runtime_of(ctx)
+    failed = False
+    with reporting(rt), rt.client() as client:
+        targets = _delete_targets(client, idents, label, all_projects)
+        if targets is None:
+            typer.echo("No capsules matched.", err=True)
+            targets = {}
+        deleted: dict[str, str] = {}
+        for ident, name in targets.items():
+            try:
+                client.delete(ident, all_projects)
+            except ApiError as exc:
+                report(rt, exc, f"capsule/{name}")
+                failed = True
+                continue
+            deleted[ident] = name
+            if output is Format.table:
+                typer.echo(f"capsule/{name} deleted")
+        if wait and deleted:
+            probe, hold = _gone_probes(client)
+            late = _poll(rt, "gone", deleted, probe, timeout, hold)
+            if late:
+                report(rt, _late("gone", timeout, late))
+                failed = True
+    if output is Format.json:
+        echo_json(list(deleted.values()))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _delete_targets(client: CapsuleClient, idents: list[str] | None, label: list[str] | None,
+                    all_projects: bool) -> dict[str, str] | None:
+    """What to delete, as {what to send: how to name it}; None when a selector matched nothing."""
+    if idents:
+        return {ident: ident for ident in dict.fromkeys(idents)}
+    # By uuid: a name may be shared across projects (with --all-projects) or be reused.
+    found = client.list(_labels(label), all_projects)
+    return {c["uuid"]: render.display_name(c) for c in found} or None
+
+
+def _gone_probes(client: CapsuleClient) -> tuple[Probe, Hold]:
+    def check(fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+        try:
+            body = fetch()
+        except ApiError as exc:
+            if exc.status == 404:
+                return True, "gone"
+            raise
+        return False, str(body.get("status"))
+
+    def probe(ident: str) -> tuple[bool, str]:
+        return check(lambda: client.get(ident))
+
+    def hold(ident: str, status: str, seconds: float) -> tuple[bool, str]:
+        return check(lambda: client.get_when_not(ident, status, seconds))
+
+    return probe, hold

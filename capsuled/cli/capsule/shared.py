@@ -1,0 +1,92 @@
+"""What every `capsule` command shares: the runtime (how to reach the server), the output
+format and timeout options, JSON output, and how errors are reported (one `error:` line,
+exit status 1; usage errors exit 2)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from capsuled.cli.capsule import render
+from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, is_default_local
+from capsuled.cli.capsule.settings import DEFAULT_URL, local_token_path
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@dataclass
+class Runtime:
+    """What every command needs to reach the server.
+
+    The root callback fills in url and token. Tests pass a Runtime as `obj=` to
+    `CliRunner.invoke` to plug in an `httpx.MockTransport` and a zero poll interval.
+    """
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    transport: httpx.BaseTransport | None = None
+    poll_interval: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+
+    def client(self) -> CapsuleClient:
+        return CapsuleClient(self.url, self.token, transport=self.transport)
+
+
+class UsageProblem(typer.BadParameter):
+    """A usage error (exit 2) whose message already says which parameters clash."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-o", case_sensitive=False,
+                                           help="table for people, json for programs.")]
+TimeoutOpt = Annotated[float, typer.Option(min=0, help="With --wait: give up after SECONDS.",
+                                           metavar="SECONDS")]
+
+
+def runtime_of(ctx: typer.Context) -> Runtime:
+    # The root callback (main.connect) leaves the Runtime, with url and token, on the root.
+    obj = ctx.find_object(Runtime)
+    return obj if obj is not None else Runtime()
+
+
+def _no_token_message(url: str) -> str:
+    hint = "pass --token or set CAPSULE_TOKEN"
+    if is_default_local(url):
+        hint += f" (no readable admin token at {local_token_path()})"
+    return f"the server wants a token and none was given: {hint}"
+
+
+def report(rt: Runtime, exc: CliError, context: str | None = None) -> None:
+    if isinstance(exc, ApiError) and exc.status == 401 and not rt.token:
+        exc = CliError(_no_token_message(rt.url))
+    lines = exc.lines()
+    if context:
+        lines[0] += f" ({context})"
+    for line in lines:
+        typer.echo(line, err=True)
+
+
+@contextmanager
+def reporting(rt: Runtime) -> Iterator[None]:
+    """Any CliError that escapes a command is one `error:` line and exit status 1."""
+    try:
+        yield
+    except CliError as exc:
+        report(rt, exc)
+        raise typer.Exit(1) from None
+
+
+def echo_json(value: Any) -> None:
+    typer.echo(render.dump_json(value))
