@@ -1,6 +1,7 @@
-"""Where a local capsuled keeps its state, shared by the server and the `capsule` CLI.
+"""Where a local capsuled keeps its state.
 
-Stdlib and platformdirs only: the CLI may import this module and nothing else of ours.
+Stdlib and platformdirs only. The `capsule` CLI keeps its own copy of the default URL and
+of where the admin token lives (cli/capsule/settings.py; a unit test keeps them equal).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ namespaces) and can mount its volumes, and its lifecycle is then the capsule's, 
 start/stop/kill/delete of it are refused by the server. Reads work on every container:
 show, logs, exec, attach, cp, top, stats.
 
-Everything goes through the server's /v1/containers API (client.ContainerClient); the
-interactive commands (exec -it, attach) bridge the local terminal to the server's
-websocket, which carries raw terminal bytes both ways.
+Everything goes through the server's /v1/containers API (client.ContainerClient). This
+module holds the `capsule container` sub-app and the commands that read (list, show,
+logs, top, stats, actions); `run` is in container_run, the changing commands in
+container_lifecycle, exec and attach in terminal, cp in archives; main registers them all.
 """
 
 from __future__ import annotations
