@@ -6,17 +6,19 @@ it raises what the Docker driver raises in the same situations (a missing image 
 container, a taken name, pausing what is not running). tests/contract holds it and
 DockerRuntime to the same suite, so code tested on it behaves the same on Docker.
 
-Nothing runs inside a container: a test ends a process with `exit(cid, code)` (the
-restart policy then acts as Docker's would; a sandbox's exit kills its members, whose
-PID namespace it owns), sets health with `set_health`, and makes the runtime fail at a
-chosen call with `inject`.
+Nothing runs inside a container. What its process does when started is `program`'s
+answer (an exit code to exit with at once, or None to keep running; by default it
+runs); a test ends a process later with `exit(cid, code)`. The restart policy then acts
+as Docker's would, and a sandbox's exit kills its members, whose PID namespace it owns.
+`set_health` sets a health status, `inject` makes the runtime fail at a chosen call, and
+`history` is every event so far.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
@@ -39,6 +41,8 @@ class FakeContainer:
     image: str
     labels: dict[str, str]
     sandbox_id: str | None = None
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
     state: ContainerState = "created"
     exit_code: int | None = None
     restart_count: int = 0
@@ -67,7 +71,8 @@ class FakeRuntime:
     name = "fake"
 
     def __init__(self, images: tuple[str, ...] = (), registry: tuple[str, ...] = (),
-                 cpus: float = 4.0, memory_mb: int = 8192) -> None:
+                 cpus: float = 4.0, memory_mb: int = 8192,
+                 program: Callable[[FakeContainer], int | None] = lambda c: None) -> None:
         """`images` are present on the host; `registry` can be pulled (and so are those)."""
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -82,6 +87,7 @@ class FakeRuntime:
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
         self._cpus, self._memory_mb = cpus, memory_mb
+        self._program = program
 
     # -- what tests do to it ----------------------------------------------------------
     def inject(self, method: str, error: BaseException, after: bool = False, times: int = 1) -> None:
@@ -95,17 +101,17 @@ class FakeRuntime:
             c = self._get(container_id)
             if c.state not in _RUNNING:
                 raise RuntimeConflict(f"container {container_id[:12]} is not running")
-            self._die(c, code, oom_killed)
-            if self._restarts(c, code):
-                c.restart_count += 1
-                self._run(c)
-            elif c.auto_remove:
-                self._destroy(c)
+            self._exit(c, code, oom_killed)
 
     def set_health(self, container_id: str, status: str) -> None:
         with self._lock:
             self._get(container_id).health = status
             self._emit(self._get(container_id), "health_status")
+
+    def history(self, container_id: str | None = None) -> list[RuntimeEvent]:
+        """Every event so far (of one container), oldest first."""
+        with self._lock:
+            return [ev for _, ev in self._log if container_id in (None, ev.container_id)]
 
     def drop_event_streams(self) -> None:
         """Every open event stream ends as a lost connection to Docker does."""
@@ -169,6 +175,7 @@ class FakeRuntime:
                                                             req.auto_remove)
             c.nano_cpus, c.memory_bytes = req.nano_cpus, req.memory_bytes
             c.has_health_check = req.health is not None
+            c.entrypoint, c.cmd = list(req.entrypoint), list(req.cmd)
             if req.start:
                 self._start(c)
         self._fault("create_container", after=True)
@@ -326,6 +333,17 @@ class FakeRuntime:
                 raise RuntimeConflict(f"start {c.id[:12]}: cannot join network of a non "
                                       f"running container: {sandbox.id}")
         self._run(c)
+        code = self._program(c)
+        if code is not None:
+            self._exit(c, code, False)
+
+    def _exit(self, c: FakeContainer, code: int, oom_killed: bool) -> None:
+        self._die(c, code, oom_killed)
+        if self._restarts(c, code):
+            c.restart_count += 1
+            self._run(c)  # the program is not run again: no restart loop without a clock
+        elif c.auto_remove:
+            self._destroy(c)
 
     def _run(self, c: FakeContainer) -> None:
         c.state, c.exit_code, c.started_at = "running", None, self._now()
