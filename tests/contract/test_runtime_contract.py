@@ -205,10 +205,12 @@ def test_ensure_image_is_idempotent_and_missing_images_raise(rig: Rig) -> None:
 
 def test_missing_containers_raise_not_found_and_removing_them_does_not(rig: Rig) -> None:
     ghost = "0" * 64
-    for call in (lambda: rig.runtime.start(ghost), lambda: rig.runtime.stop(ghost, 1),
-                 lambda: rig.runtime.pause(ghost),
-                 lambda: rig.runtime.update_resources(ghost, 1_000_000_000, None),
-                 lambda: rig.runtime.put_archive(ghost, "/", b"")):
+    calls: list[Callable[[], None]] = [
+        lambda: rig.runtime.start(ghost), lambda: rig.runtime.stop(ghost, 1),
+        lambda: rig.runtime.pause(ghost),
+        lambda: rig.runtime.update_resources(ghost, 1_000_000_000, None),
+        lambda: rig.runtime.put_archive(ghost, "/", b"")]
+    for call in calls:
         with pytest.raises(NotFound):
             call()
     with pytest.raises(RuntimeRejected):  # a member of a sandbox that is not there

@@ -11,7 +11,8 @@ import pytest
 from capsuled.agent.bare import BarePlan, BareExecutor, compute_bare_plan
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.domain import labels as L
-from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerState
+from capsuled.domain.channel import (BareReport, ContainerAssignment, ContainerState,
+                                     DesiredState)
 from capsuled.domain.spec import BareSpec, ContainerSpec, InjectedFile
 from capsuled.drivers.runtime.base import Observed
 from capsuled.drivers.runtime.fake import FakeContainer, FakeRuntime
@@ -23,7 +24,7 @@ WITH_FILES = PLAIN.model_copy(update={"files": [FILE]})
 ONE_SHOT = PLAIN.model_copy(update={"auto_remove": True})
 
 
-def want(spec: BareSpec, state: str = "running", **kw: Any) -> ContainerAssignment:
+def want(spec: BareSpec, state: DesiredState = "running", **kw: Any) -> ContainerAssignment:
     return ContainerAssignment(uuid="u1", name="web", generation=1, desired_state=state,
                                spec=spec, **kw)
 

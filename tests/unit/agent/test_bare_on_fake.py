@@ -49,8 +49,10 @@ def test_it_follows_the_desired_state_without_being_recreated() -> None:
     cid, state = rig.only()
     assert state == "running" and first.report.container.runtime_id == cid
     # An exited container is not started to be paused: it stays as it is.
-    for goal, expected in [("paused", "paused"), ("running", "running"), ("stopped", "exited"),
-                           ("paused", "exited"), ("stopped", "exited")]:
+    steps: list[tuple[DesiredState, str]] = [
+        ("paused", "paused"), ("running", "running"), ("stopped", "exited"),
+        ("paused", "exited"), ("stopped", "exited")]
+    for goal, expected in steps:
         outcome = ex.sync(UUID, want(state=goal))
         assert outcome.settled and rig.only() == (cid, expected), goal
     # Exited stays exited when desired running: restarting it is its restart policy's job.
