@@ -84,6 +84,7 @@ class FakeRuntime:
         self._faults: dict[str, list[_Fault]] = {}
         self._log: list[tuple[dict[str, str], RuntimeEvent]] = []
         self._epoch = 0  # bumped by drop_event_streams
+        self._followers = 0  # event streams being read
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
         self._cpus, self._memory_mb = cpus, memory_mb
@@ -112,6 +113,11 @@ class FakeRuntime:
         """Every event so far (of one container), oldest first."""
         with self._lock:
             return [ev for _, ev in self._log if container_id in (None, ev.container_id)]
+
+    def followers(self) -> int:
+        """How many event streams are being read now."""
+        with self._lock:
+            return self._followers
 
     def drop_event_streams(self) -> None:
         """Every open event stream ends as a lost connection to Docker does."""
@@ -276,16 +282,22 @@ class FakeRuntime:
         self._fault("events")
         with self._lock:
             seen, epoch = len(self._log), self._epoch
-        while True:
+            self._followers += 1
+        try:
+            while True:
+                with self._lock:
+                    while len(self._log) == seen and self._epoch == epoch:
+                        self._changed.wait()
+                    if self._epoch != epoch:
+                        raise Unavailable("event stream: Docker Engine unreachable "
+                                          "(connection dropped)")
+                    new, seen = self._log[seen:], len(self._log)
+                for labels, ev in new:
+                    if labels.get(L.INSTANCE) == instance:
+                        yield ev
+        finally:
             with self._lock:
-                while len(self._log) == seen and self._epoch == epoch:
-                    self._changed.wait()
-                if self._epoch != epoch:
-                    raise Unavailable("event stream: Docker Engine unreachable (connection dropped)")
-                new, seen = self._log[seen:], len(self._log)
-            for labels, ev in new:
-                if labels.get(L.INSTANCE) == instance:
-                    yield ev
+                self._followers -= 1
 
     # -- the engine ---------------------------------------------------------------------
     def _fault(self, method: str, after: bool = False) -> None:
