@@ -106,8 +106,9 @@ class FakeRuntime:
 
     def set_health(self, container_id: str, status: str) -> None:
         with self._lock:
-            self._get(container_id).health = status
-            self._emit(self._get(container_id), "health_status")
+            c = self._get(container_id)
+            c.health = status
+            self._emit(c, "health_status")
 
     def history(self, container_id: str | None = None) -> list[RuntimeEvent]:
         """Every event so far (of one container), oldest first."""
