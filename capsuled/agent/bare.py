@@ -41,7 +41,7 @@ from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
 from capsuled.domain.spec import InjectedFile
 from capsuled.drivers.network.base import ProjectNetwork, network_name
-from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver
+from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
 
@@ -125,7 +125,7 @@ class BareOutcome:
 
 
 class BareExecutor:
-    def __init__(self, runtime: RuntimeDriver, networks: ProjectNetworks, volumes: VolumeDriver,
+    def __init__(self, runtime: Runtime, networks: ProjectNetworks, volumes: VolumeDriver,
                  instance: str, stop_timeout: int,
                  announce: Callable[[BareReport], None] | None = None) -> None:
         self._rt = runtime

@@ -15,7 +15,7 @@ from capsuled.domain import naming
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.spec import ZUN_RESTART_NAMES, ContainerSpec, spec_hash
 from capsuled.drivers.network.base import ProjectNetwork, network_name
-from capsuled.drivers.runtime.base import ContainerRequest, Observed, RuntimeDriver, SandboxRequest
+from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime, SandboxRequest
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
 
@@ -40,7 +40,7 @@ class _Progress:
 
 
 class CapsuleExecutor:
-    def __init__(self, runtime: RuntimeDriver, volumes: VolumeDriver, networks: ProjectNetworks,
+    def __init__(self, runtime: Runtime, volumes: VolumeDriver, networks: ProjectNetworks,
                  instance: str, infra_image: str, stop_timeout: int,
                  parallel: ThreadPoolExecutor) -> None:
         self._rt = runtime

@@ -21,7 +21,7 @@ from capsuled.domain import labels as L
 from capsuled.domain.backoff import Backoff
 from capsuled.domain.channel import AgentChannel, Assignment, Assignments, ContainerAssignment
 from capsuled.drivers.network.base import NetworkDriver
-from capsuled.drivers.runtime.base import RuntimeDriver, Summary
+from capsuled.drivers.runtime.base import Runtime, Summary
 from capsuled.drivers.volume.base import VolumeDriver
 from capsuled.errors import CapsuledError, Unavailable
 
@@ -36,7 +36,7 @@ LOOP_BACKOFF_MAX = 30.0
 
 
 class Agent:
-    def __init__(self, channel: AgentChannel, runtime: RuntimeDriver, volumes: VolumeDriver,
+    def __init__(self, channel: AgentChannel, runtime: Runtime, volumes: VolumeDriver,
                  settings: AgentSettings, instance: str, infra_image: str,
                  networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None,
                  on_ops_key: Callable[[str], None] | None = None) -> None:

@@ -95,7 +95,11 @@ class RuntimeEvent:
     action: str
 
 
-class RuntimeDriver(ContainerOps, Protocol):
+class Runtime(Protocol):
+    """What the reconciler (agent/) drives: the narrow boundary the fake and the Docker
+    driver both implement and tests/contract/test_runtime_contract.py holds them to.
+    User-facing operations (logs, exec, attach, archives out, images) are ContainerOps."""
+
     def host_info(self, name: str, availability_zone: str) -> HostInfo: ...
 
     def list_summaries(self, instance: str) -> list[Summary]:
@@ -114,6 +118,25 @@ class RuntimeDriver(ContainerOps, Protocol):
         """Create (and unless told otherwise start) a container; returns its id."""
         ...
 
+    def start(self, container_id: str) -> None: ...
+
+    def stop(self, container_id: str, timeout: int) -> None: ...
+
+    def restart(self, container_id: str, timeout: int) -> None: ...
+
+    def pause(self, container_id: str) -> None: ...
+
+    def unpause(self, container_id: str) -> None: ...
+
+    def update_resources(self, container_id: str, nano_cpus: int | None,
+                         memory_bytes: int | None) -> None:
+        """Apply cpu/memory limits (and the runtime's pids limit) in place."""
+        ...
+
+    def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        """Unpack a tar into the container (a bare container's injected files)."""
+        ...
+
     def remove_container(self, container_id: str, stop_timeout: int) -> None: ...
 
     def connect_network(self, container_id: str, network: str, aliases: tuple[str, ...]) -> None:
@@ -127,3 +150,8 @@ class RuntimeDriver(ContainerOps, Protocol):
     def events(self, instance: str) -> Iterator[RuntimeEvent]:
         """Container events of this deployment until the connection drops."""
         ...
+
+
+class RuntimeDriver(Runtime, ContainerOps, Protocol):
+    """A host's whole runtime: the reconcile boundary plus the user-facing operations the
+    ops endpoint serves (DockerRuntime is both)."""

@@ -11,9 +11,12 @@ import pytest
 from capsuled.agent.bare import BarePlan, BareExecutor, compute_bare_plan
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.domain import labels as L
-from capsuled.domain.channel import BareReport, ContainerAssignment
+from capsuled.domain.channel import (BareReport, ContainerAssignment, ContainerState,
+                                     DesiredState)
 from capsuled.domain.spec import BareSpec, ContainerSpec, InjectedFile
 from capsuled.drivers.runtime.base import Observed
+from capsuled.drivers.runtime.fake import FakeContainer, FakeRuntime
+from tests.unit.agent.rigs import MemoryNetworks, MemoryVolumes
 
 FILE = InjectedFile(path="/etc/app.conf", content_b64="aGk=")
 PLAIN = BareSpec(container=ContainerSpec(name="web", image="busybox"))
@@ -21,14 +24,14 @@ WITH_FILES = PLAIN.model_copy(update={"files": [FILE]})
 ONE_SHOT = PLAIN.model_copy(update={"auto_remove": True})
 
 
-def want(spec: BareSpec, state: str = "running", **kw: Any) -> ContainerAssignment:
+def want(spec: BareSpec, state: DesiredState = "running", **kw: Any) -> ContainerAssignment:
     return ContainerAssignment(uuid="u1", name="web", generation=1, desired_state=state,
                                spec=spec, **kw)
 
 
-def seen(spec: BareSpec, state: str = "created", cid: str = "c1") -> Observed:
+def seen(spec: BareSpec, state: ContainerState = "created", cid: str = "c1") -> Observed:
     return Observed(id=cid, labels={L.ROLE: L.ROLE_BARE, L.SPEC_HASH: spec.runtime_hash()},
-                    state=state)  # type: ignore[arg-type]
+                    state=state)
 
 
 # -- the plan --------------------------------------------------------------------------
@@ -71,66 +74,24 @@ class Crash(BaseException):
     """The agent process dies here (not an Exception: nothing may catch it)."""
 
 
-class FakeDocker:
-    """A stateful runtime: containers by id; `die_at` names the call that kills the agent.
-    `auto_remove` containers run to completion and are removed as soon as they start."""
+def fake_docker(needs_files: bool = False) -> FakeRuntime:
+    """`auto_remove` containers run to completion (and Docker removes them) as soon as
+    they start; with `needs_files`, a container started without its injected files fails
+    the test."""
+    def program(c: FakeContainer) -> int | None:
+        assert c.archives or not needs_files, "started without its injected files"
+        return 0 if c.auto_remove else None
 
-    def __init__(self) -> None:
-        self.containers: dict[str, Observed] = {}
-        self.files: dict[str, bool] = {}
-        self.runs: list[str] = []  # ids started, in order
-        self.die_at: str | None = None
-        self._n = 0
-        self._auto_remove: set[str] = set()
-
-    def _maybe_die(self, call: str) -> None:
-        if self.die_at == call:
-            self.die_at = None
-            raise Crash(call)
-
-    def observe_capsule(self, instance: str, capsule: str) -> list[Observed]:
-        return [o for o in self.containers.values() if o.labels.get(L.CAPSULE) == capsule]
-
-    def ensure_image(self, image: str, policy: str) -> None:
-        pass
-
-    def create_container(self, req: Any) -> str:
-        self._n += 1
-        cid = f"c{self._n}"
-        self.containers[cid] = Observed(id=cid, labels=req.labels, state="created")  # type: ignore[arg-type]
-        self.files[cid] = False
-        if req.auto_remove:
-            self._auto_remove.add(cid)
-        self._maybe_die("after_create")
-        if req.start:
-            self.start(cid)
-        return cid
-
-    def put_archive(self, cid: str, path: str, data: bytes) -> None:
-        self.files[cid] = True
-        self._maybe_die("after_put")
-
-    def start(self, cid: str) -> None:
-        self.runs.append(cid)
-        assert self.files[cid] or not self.needs_files, "started without its injected files"
-        if cid in self._auto_remove:
-            del self.containers[cid]  # ran, exited, removed by Docker
-        else:
-            self.containers[cid] = Observed(id=cid, labels=self.containers[cid].labels,
-                                            state="running", started_at="now")
-
-    def remove_container(self, cid: str, stop_timeout: int) -> None:
-        self.containers.pop(cid, None)
-
-    needs_files = False
+    return FakeRuntime(images=("busybox",), program=program)
 
 
-class NoVolumes:
-    def remove_owned(self, instance: str, capsule: str) -> list[str]:
-        return []
+def runs(docker: FakeRuntime) -> list[str]:
+    """Ids started, in order."""
+    return [e.container_id for e in docker.history() if e.action == "start"]
 
-    def ensure_volume(self, req: Any) -> None:
-        pass
+
+def created(docker: FakeRuntime) -> list[str]:
+    return [e.container_id for e in docker.history() if e.action == "create"]
 
 
 class Store:
@@ -147,10 +108,17 @@ class Store:
         return want(spec, runtime_id=self.runtime_id)
 
 
-def agent(docker: FakeDocker, store: Store) -> BareExecutor:
+def agent(docker: FakeRuntime, store: Store) -> BareExecutor:
     """A fresh agent process: it remembers nothing but what the store tells it."""
-    return BareExecutor(docker, ProjectNetworks(None, "inst", grace=60), NoVolumes(),  # type: ignore[arg-type]
-                        "inst", 5, announce=store.report)
+    return BareExecutor(docker, ProjectNetworks(MemoryNetworks(), "inst", grace=60),
+                        MemoryVolumes(), "inst", 5, announce=store.report)
+
+
+def die(docker: FakeRuntime, at: str | None) -> None:
+    """The agent is killed right after Docker created the container, or put its files in."""
+    if at is not None:
+        method = {"after_create": "create_container", "after_put": "put_archive"}[at]
+        docker.inject(method, Crash(at), after=True)
 
 
 def sync(ex: BareExecutor, store: Store, spec: BareSpec) -> None:
@@ -161,23 +129,22 @@ def sync(ex: BareExecutor, store: Store, spec: BareSpec) -> None:
 
 @pytest.mark.parametrize("die_at", ["after_create", "after_put"])
 def test_killed_before_its_files_are_in_or_before_the_start_it_is_made_again(die_at: str) -> None:
-    docker, store = FakeDocker(), Store()
-    docker.needs_files = True
-    docker.die_at = die_at
+    docker, store = fake_docker(needs_files=True), Store()
+    die(docker, die_at)
     with pytest.raises(Crash):
         sync(agent(docker, store), store, WITH_FILES)
-    assert docker.runs == [] and len(docker.containers) == 1
+    assert runs(docker) == [] and len(docker.containers) == 1
     sync(agent(docker, store), store, WITH_FILES)  # the restarted agent
     (only,) = docker.containers.values()
-    assert only.state == "running" and only.id == "c2" and docker.files["c2"]
-    assert docker.runs == ["c2"]
+    assert only.state == "running" and only.id == created(docker)[1] and only.archives
+    assert runs(docker) == [created(docker)[1]]
 
 
 @pytest.mark.parametrize("die_at", [None, "after_create", "after_put"])
 def test_a_one_shot_container_runs_once_however_the_agent_dies(die_at: str | None) -> None:
-    docker, store = FakeDocker(), Store()
+    docker, store = fake_docker(), Store()
     spec = ONE_SHOT.model_copy(update={"files": [FILE]}) if die_at == "after_put" else ONE_SHOT
-    docker.die_at = die_at
+    die(docker, die_at)
     try:
         sync(agent(docker, store), store, spec)
     except Crash:
@@ -186,15 +153,15 @@ def test_a_one_shot_container_runs_once_however_the_agent_dies(die_at: str | Non
     # announcement), and restarted a few times.
     for _ in range(3):
         sync(agent(docker, store), store, spec)
-    assert len(docker.runs) == 1 and docker.containers == {}
+    assert len(runs(docker)) == 1 and docker.containers == {}
 
 
 def test_killed_right_after_the_start_of_a_one_shot_container_it_does_not_run_again() -> None:
-    docker, store = FakeDocker(), Store()
+    docker, store = fake_docker(), Store()
     ex = agent(docker, store)
     # Only the announcement reaches the store; the report at the end of the sync is lost.
     outcome = ex.sync("u1", store.assignment(ONE_SHOT))
-    assert docker.runs == ["c1"] and outcome.report is not None
+    assert runs(docker) == created(docker)[:1] and outcome.report is not None
     for _ in range(3):
         sync(agent(docker, store), store, ONE_SHOT)  # restarted, with the store's view
-    assert docker.runs == ["c1"]
+    assert runs(docker) == created(docker)[:1]

@@ -1,0 +1,238 @@
+"""One suite, two runtimes: what the reconciler relies on holds for FakeRuntime and for
+DockerRuntime alike, so the agent's unit tests on the fake say something about Docker."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from capsuled.domain import labels as L
+from capsuled.drivers.runtime.base import ContainerRequest, Runtime, RuntimeEvent, SandboxRequest
+from capsuled.drivers.runtime.docker import DockerRuntime
+from capsuled.drivers.runtime.fake import FakeRuntime
+from capsuled.errors import DriverError, ImageNotFound, NotFound, RuntimeConflict, RuntimeRejected
+from tests.conftest import remove_instance_objects, wait_for
+
+INFRA = "capsuled/infra:latest"
+BUSYBOX = "busybox"
+
+
+@dataclass
+class Rig:
+    runtime: Runtime
+    instance: str
+    kill: Callable[[str], None]  # the container's process dies (SIGKILL)
+
+    def labels(self, capsule: str, role: str = "app", **more: str) -> dict[str, str]:
+        return {L.INSTANCE: self.instance, L.CAPSULE: capsule, L.ROLE: role, **more}
+
+    def name(self, what: str) -> str:
+        return f"{self.instance}-{what}"
+
+
+def _fake_rig() -> Iterator[Rig]:
+    fake = FakeRuntime(images=(INFRA, BUSYBOX))
+    yield Rig(fake, f"contract-{secrets.token_hex(4)}", lambda cid: fake.exit(cid, 137))
+
+
+def _docker_rig(api: docker.APIClient) -> Iterator[Rig]:
+    instance = f"contract-{secrets.token_hex(4)}"
+    try:
+        yield Rig(DockerRuntime(api), instance, lambda cid: api.kill(cid))
+    finally:
+        remove_instance_objects(api, instance)
+
+
+@pytest.fixture(params=[pytest.param("fake"), pytest.param("docker", marks=pytest.mark.docker)])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    if request.param == "fake":
+        yield from _fake_rig()
+    else:
+        yield from _docker_rig(request.getfixturevalue("docker_api"))
+
+
+def sandbox(rig: Rig, capsule: str) -> str:
+    return rig.runtime.create_sandbox(SandboxRequest(
+        name=rig.name(f"{capsule}-sandbox"), image=INFRA, hostname=capsule,
+        labels=rig.labels(capsule, L.ROLE_SANDBOX))).id
+
+
+def member(rig: Rig, capsule: str, sandbox_id: str | None, name: str = "app",
+           start: bool = True, image: str = BUSYBOX) -> str:
+    return rig.runtime.create_container(ContainerRequest(
+        name=rig.name(f"{capsule}-{name}"), image=image, sandbox_id=sandbox_id,
+        labels=rig.labels(capsule, "app" if sandbox_id else L.ROLE_BARE, **{L.NAME: name}),
+        cmd=["sleep", "300"], start=start))
+
+
+def states(rig: Rig, capsule: str) -> dict[str, str]:
+    return {o.id: o.state for o in rig.runtime.observe_capsule(rig.instance, capsule)}
+
+
+def test_a_sandbox_starts_and_its_members_share_its_namespaces(rig: Rig) -> None:
+    sid = sandbox(rig, "cap1")
+    (sb,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert sb.id == sid and sb.state == "running" and sb.started_at
+    assert sb.labels[L.ROLE] == L.ROLE_SANDBOX and sb.networks == ("bridge",)
+    assert sb.exit_code is None and sb.restart_count == 0
+    mid = member(rig, "cap1", sid)
+    observed = {o.id: o for o in rig.runtime.observe_capsule(rig.instance, "cap1")}
+    assert set(observed) == {sid, mid}
+    app = observed[mid]
+    assert app.state == "running" and app.labels[L.NAME] == "app"
+    assert app.networks == ()  # it has the sandbox's network namespace, none of its own
+
+
+def test_observe_and_list_find_containers_by_label(rig: Rig) -> None:
+    a = member(rig, "cap-a", None)
+    b = member(rig, "cap-b", None, start=False)
+    assert set(states(rig, "cap-a")) == {a}
+    assert states(rig, "cap-b") == {b: "created"}
+    summaries = {s.id: s for s in rig.runtime.list_summaries(rig.instance)}
+    assert set(summaries) == {a, b}
+    assert summaries[a].state == "running" and summaries[a].labels[L.CAPSULE] == "cap-a"
+    assert summaries[b].state == "created"
+    assert rig.runtime.list_summaries(f"{rig.instance}-other") == []
+    assert rig.runtime.observe_capsule(rig.instance, "nobody") == []
+
+
+def test_create_start_stop_remove(rig: Rig) -> None:
+    cid = member(rig, "cap1", None, start=False)
+    assert states(rig, "cap1") == {cid: "created"}
+    (created,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert created.exit_code is None and created.started_at is None
+    rig.runtime.start(cid)
+    rig.runtime.start(cid)  # starting a running container changes nothing
+    assert states(rig, "cap1") == {cid: "running"}
+    rig.runtime.stop(cid, 1)
+    (stopped,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert stopped.state == "exited" and stopped.exit_code is not None and stopped.finished_at
+    rig.runtime.stop(cid, 1)  # stopping a stopped one too
+    rig.runtime.start(cid)
+    assert states(rig, "cap1") == {cid: "running"}
+    rig.runtime.remove_container(cid, 1)
+    assert states(rig, "cap1") == {}
+    rig.runtime.remove_container(cid, 1)  # gone already: still fine
+
+
+def test_pause_unpause_and_restart(rig: Rig) -> None:
+    cid = member(rig, "cap1", None)
+    rig.runtime.pause(cid)
+    assert states(rig, "cap1") == {cid: "paused"}
+    with pytest.raises(RuntimeConflict):
+        rig.runtime.pause(cid)
+    with pytest.raises(RuntimeConflict):
+        rig.runtime.start(cid)
+    rig.runtime.unpause(cid)
+    with pytest.raises(DriverError) as not_paused:
+        rig.runtime.unpause(cid)
+    assert type(not_paused.value) is DriverError  # Docker answers 500 here, not 409
+    (before,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    rig.runtime.restart(cid, 1)
+    (after,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert after.state == "running" and after.started_at != before.started_at
+    rig.runtime.stop(cid, 1)
+    with pytest.raises(RuntimeConflict):
+        rig.runtime.pause(cid)
+
+
+def test_update_resources_in_place(rig: Rig) -> None:
+    cid = member(rig, "cap1", None)
+    rig.runtime.update_resources(cid, 500_000_000, 64 * 1024 * 1024)
+    (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert (o.id, o.nano_cpus, o.memory_bytes, o.pids_ok) == (cid, 500_000_000, 64 * 1024 * 1024, True)
+
+
+def test_a_killed_container_is_exited_with_its_code(rig: Rig) -> None:
+    cid = member(rig, "cap1", None)
+    rig.kill(cid)
+    wait_for(lambda: states(rig, "cap1") == {cid: "exited"}, timeout=10)
+    (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert o.exit_code == 137 and o.restart_count == 0 and not o.oom_killed
+
+
+def test_killing_the_sandbox_takes_its_members_down(rig: Rig) -> None:
+    sid = sandbox(rig, "cap1")
+    mid = member(rig, "cap1", sid)
+    rig.kill(sid)
+    wait_for(lambda: states(rig, "cap1") == {sid: "exited", mid: "exited"}, timeout=10)
+    with pytest.raises(RuntimeConflict):
+        rig.runtime.start(mid)  # its namespaces are gone with the sandbox
+
+
+def test_events_on_start_and_die(rig: Rig) -> None:
+    seen: list[RuntimeEvent] = []
+    ready = threading.Event()
+
+    def follow() -> None:
+        stream = rig.runtime.events(rig.instance)
+        ready.set()
+        for ev in stream:
+            seen.append(ev)
+
+    threading.Thread(target=follow, daemon=True).start()  # ends with the process (Docker)
+    ready.wait(5)
+    # The stream starts when first read: make sure it is, before anything happens.
+    warm = member(rig, "warmup", None)
+    wait_for(lambda: any(e.container_id == warm for e in seen), timeout=10)
+    cid = member(rig, "cap-ev", None)
+    rig.kill(cid)
+    rig.runtime.remove_container(cid, 0)
+    wait_for(lambda: [e.action for e in seen if e.container_id == cid]
+             [-1:] == ["destroy"], timeout=10)
+    actions = [e.action for e in seen if e.container_id == cid]
+    assert actions[:2] == ["create", "start"] and "die" in actions
+    assert all(e.capsule == "cap-ev" for e in seen if e.container_id == cid)
+    assert all(e.capsule in ("warmup", "cap-ev") for e in seen)
+
+
+def test_ensure_image_is_idempotent_and_missing_images_raise(rig: Rig) -> None:
+    rig.runtime.ensure_image(BUSYBOX, "IfNotPresent")
+    rig.runtime.ensure_image(BUSYBOX, "IfNotPresent")
+    rig.runtime.ensure_image(INFRA, "Never")
+    missing = f"capsuled-contract-missing-{secrets.token_hex(4)}:v1"
+    with pytest.raises(ImageNotFound):
+        rig.runtime.ensure_image(missing, "Never")
+    with pytest.raises(ImageNotFound):
+        member(rig, "cap1", None, image=missing)
+    assert states(rig, "cap1") == {}
+
+
+def test_missing_containers_raise_not_found_and_removing_them_does_not(rig: Rig) -> None:
+    ghost = "0" * 64
+    calls: list[Callable[[], None]] = [
+        lambda: rig.runtime.start(ghost), lambda: rig.runtime.stop(ghost, 1),
+        lambda: rig.runtime.pause(ghost),
+        lambda: rig.runtime.update_resources(ghost, 1_000_000_000, None),
+        lambda: rig.runtime.put_archive(ghost, "/", b"")]
+    for call in calls:
+        with pytest.raises(NotFound):
+            call()
+    with pytest.raises(RuntimeRejected):  # a member of a sandbox that is not there
+        member(rig, "cap1", ghost)
+    rig.runtime.remove_container(ghost, 0)
+    assert states(rig, "cap1") == {}
+
+
+def test_names_are_unique(rig: Rig) -> None:
+    member(rig, "cap1", None)
+    with pytest.raises(RuntimeConflict):
+        member(rig, "cap1", None)
+    assert len(states(rig, "cap1")) == 1
+
+
+def test_network_join_and_leave_are_idempotent(rig: Rig) -> None:
+    cid = member(rig, "cap1", None)
+    rig.runtime.disconnect_network(cid, "bridge")
+    rig.runtime.disconnect_network(cid, "bridge")
+    (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert o.networks == ()
+    rig.runtime.connect_network(cid, "bridge", ())
+    rig.runtime.connect_network(cid, "bridge", ())
+    (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert o.networks == ("bridge",)
