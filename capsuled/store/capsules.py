@@ -155,19 +155,18 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
 
 
 def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
-                event: tuple[str, str, str | None] | None = None) -> None:
+                event: EventRecord | None = None) -> None:
     """The one way a capsule's spec changes (a resize, an added container; update and
     rollback next): the spec and its cpu and memory totals are written, the generation
     goes up so that the agent reconciles it, and its host's revision wakes that agent.
-    `event` (reason, message, container) is recorded with the change, in its transaction."""
+    `event`, which describes the change, is recorded in the same transaction."""
     capsule.spec = spec.model_dump(mode="json")
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
     capsule.generation += 1
     capsule.updated_at = utcnow()
     if event is not None:
         session.flush()
-        reason, message, container = event
-        add_event(session, capsule, "Normal", reason, message, container)
+        add_event(session, capsule, event.type, event.reason, event.message, event.container)
     bump_host_revision(session, capsule.host)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from capsuled.domain.channel import BareReport, ContainerAssignment
+from capsuled.domain.fold import EventRecord
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
 from capsuled.domain.status import Status, container_status
 from capsuled.errors import Conflict, InvalidInput, NotFound
@@ -68,7 +69,7 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
                     status=Status.CREATING.value, created_at=utcnow())
     capsule.containers.append(row)
     change_spec(session, capsule, cspec.model_copy(update={"containers": [*cspec.containers, spec]}),
-                ("ContainerAdded", f"container {spec.name} added", spec.name))
+                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name))
     return row
 
 

@@ -155,7 +155,7 @@ class ContainerService:
             if capsule.host is None:
                 raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
                                "a container cannot join it.")
-            self._placement.fits(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
+            self._placement.ensure_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
                                  spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
             row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))

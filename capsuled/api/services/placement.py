@@ -2,7 +2,7 @@
 containers, containers added to capsules and resizes.
 
 Every step runs in the caller's transaction and under the locks DESIGN decision 6 names:
-`admit` takes the project's quota lock row before reading usage, and `choose` and `fits`
+`admit` takes the project's quota lock row before reading usage, and `choose` and `ensure_room`
 read host capacities with the host rows locked, so concurrent creates and resizes on any
 API replica never both take a project's or a host's last free unit. The claim itself is
 the row the caller then writes in the same transaction.
@@ -83,10 +83,10 @@ class Placement:
         project's quota (`delta`) or the host's free room. The caller holds the project
         lock (`lock` or `admit`)."""
         self._quotas.check(s, project_id, delta)
-        self.fits(s, host, whose, cpu, memory)
+        self.ensure_room(s, host, whose, cpu, memory)
 
     @staticmethod
-    def fits(s: Session, host: str | None, whose: str, cpu: float, memory: int) -> None:
+    def ensure_room(s: Session, host: str | None, whose: str, cpu: float, memory: int) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
         locks the host rows as the scheduler's claims do, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
