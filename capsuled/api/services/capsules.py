@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection
 from datetime import timedelta
@@ -24,7 +23,6 @@ from capsuled.store import capsules as repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
 
-LOG = logging.getLogger(__name__)
 # A waiter re-reads the store at least this often: reports that land on another API
 # replica do not wake it.
 _REREAD_SECONDS = 0.25

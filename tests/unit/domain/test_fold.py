@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from capsuled.domain.channel import CapsuleReport, ContainerReport
@@ -10,19 +11,19 @@ from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_rep
 from capsuled.domain.status import Status
 
 
-def app(name: str, state: str, exit_code: int | None = None, **kw: Any) -> ContainerReport:
-    return ContainerReport(uuid=f"uuid-{name}", name=name, role="app", state=state,  # type: ignore[arg-type]
-                           exit_code=exit_code, **kw)
+def child(role: str, name: str, state: str, exit_code: int | None = None,
+          **kw: Any) -> ContainerReport:
+    return ContainerReport.model_validate({"uuid": f"uuid-{name}", "name": name, "role": role,
+                                           "state": state, "exit_code": exit_code, **kw})
 
 
-def init(name: str, state: str, exit_code: int | None = None, **kw: Any) -> ContainerReport:
-    return ContainerReport(uuid=f"uuid-{name}", name=name, role="init", state=state,  # type: ignore[arg-type]
-                           exit_code=exit_code, **kw)
+app, init = partial(child, "app"), partial(child, "init")
 
 
 def report(*containers: ContainerReport, sandbox: str = "running", **kw: Any) -> CapsuleReport:
-    return CapsuleReport(uuid="cap-1", generation=1, sandbox_id="sb", sandbox_state=sandbox,  # type: ignore[arg-type]
-                         containers=list(containers), **kw)
+    return CapsuleReport.model_validate({"uuid": "cap-1", "generation": 1, "sandbox_id": "sb",
+                                         "sandbox_state": sandbox,
+                                         "containers": list(containers), **kw})
 
 
 def state(status: str = "Creating", reason: str | None = None, deleting: bool = False,
