@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.channel import Assignment, CapsuleReport
 from capsuled.domain.spec import CapsuleSpec
-from capsuled.domain.status import Status, container_status, derive_capsule_status
+from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_report
+from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
@@ -153,6 +154,22 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     return row
 
 
+def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
+                event: EventRecord | None = None) -> None:
+    """The one way a capsule's spec changes (a resize, an added container; update and
+    rollback next): the spec and its cpu and memory totals are written, the generation
+    goes up so that the agent reconciles it, and its host's revision wakes that agent.
+    `event`, which describes the change, is recorded in the same transaction."""
+    capsule.spec = spec.model_dump(mode="json")
+    capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
+    capsule.generation += 1
+    capsule.updated_at = utcnow()
+    if event is not None:
+        session.flush()
+        add_event(session, capsule, event.type, event.reason, event.message, event.container)
+    bump_host_revision(session, capsule.host)
+
+
 @dataclass(frozen=True)
 class Retention:
     """How much history is kept: per capsule, the newest `events` events, and per
@@ -187,10 +204,11 @@ def add_event(session: Session, capsule: Capsule, type_: str, reason: str, messa
     """Record an event. The same event as one of the capsule's newest (a sync that fails
     on every retry) only counts up that one; a new one prunes what is past retention."""
     now = utcnow()
+    key = EventRecord(type_, reason, message, container).key
     recent = session.scalars(select(Event).where(Event.capsule_id == capsule.id)
                              .order_by(Event.id.desc()).limit(_AGGREGATE_WITHIN)).all()
-    same = next((e for e in recent if (e.type, e.reason, e.message, e.container)
-                 == (type_, reason, message, container)), None)
+    same = next((e for e in recent
+                 if EventRecord(e.type, e.reason, e.message, e.container).key == key), None)
     if same is not None:
         same.count = (same.count or 1) + 1
         same.last_at = now
@@ -320,36 +338,31 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
             forget_actions(session, [c.uuid for c in capsule.containers])
             session.delete(capsule)
         return
+    fold = fold_report(_state_of(capsule), report)
     now = utcnow()
     by_uuid = {c.uuid: c for c in capsule.containers}
-    for c in report.containers:
-        row = by_uuid.get(c.uuid)
-        if row is None:
-            continue
-        status, reason = container_status(c)
-        if (row.status, row.exit_code, row.restart_count) != (status.value, c.exit_code, c.restart_count):
+    for u in fold.containers:
+        row, c = by_uuid[u.report.uuid], u.report
+        if u.changed:
             row.updated_at = now
-            if c.role == "init" and c.state == "exited" and c.exit_code not in (0, None):
-                # Recorded here, on the change, so that re-reports of a blocked capsule don't repeat it.
-                add_event(session, capsule, "Warning", "InitFailed",
-                          f"init container {c.name} exited with code {c.exit_code}", c.name)
-        row.status, row.status_reason = status.value, reason
+        row.status, row.status_reason = u.status.value, u.reason
         row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
         row.started_at, row.finished_at = c.started_at, c.finished_at
-    if report.sandbox_recreated:
+    if fold.sandbox_recreated:
         capsule.restart_count += 1
-    # What the agent did comes first, then the status it led to.
-    for type_, reason_, message, container in report.events:
-        add_event(session, capsule, type_, reason_, message, container)
-    status, reason = derive_capsule_status(report, capsule.deleting)
-    if (capsule.status, capsule.status_reason) != (status.value, reason):
+    for event in fold.events:
+        add_event(session, capsule, event.type, event.reason, event.message, event.container)
+    if fold.changed:
         capsule.updated_at = now
-        if capsule.status != status.value:
-            kind = "Warning" if status in (Status.ERROR, Status.RESTARTING) else "Normal"
-            add_event(session, capsule, kind, status.value,
-                      f"{capsule.status} → {status.value}" + (f": {reason}" if reason else ""))
-    capsule.status, capsule.status_reason = status.value, reason
+    capsule.status, capsule.status_reason = fold.status.value, fold.reason
     capsule.sandbox_id = report.sandbox_id
+
+
+def _state_of(capsule: Capsule) -> CapsuleState:
+    return CapsuleState(
+        status=capsule.status, status_reason=capsule.status_reason, deleting=capsule.deleting,
+        containers={c.uuid: ChildState(c.status, c.exit_code, c.restart_count)
+                    for c in capsule.containers})
 
 
 def list_events(session: Session, capsule: Capsule, limit: int | None = None,

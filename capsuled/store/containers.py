@@ -10,10 +10,11 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from capsuled.domain.channel import BareReport, ContainerAssignment
+from capsuled.domain.fold import EventRecord
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
 from capsuled.domain.status import Status, container_status
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store.capsules import (UUID_RE, Page, add_event, bump_host_revision,
+from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_spec,
                                      forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import storable_ident
@@ -62,20 +63,13 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
                             f"named {name}" for name in missing])
     uuid = str(uuidlib.uuid4())
     spec = spec.model_copy(update={"uuid": uuid, "role": "app"})
-    capsule.spec = cspec.model_copy(update={"containers": [*cspec.containers, spec]}).model_dump(
-        mode="json")
-    capsule.cpu = round(capsule.cpu + (spec.cpu or 0.0), 3)
-    capsule.memory = capsule.memory + (spec.memory or 0)
-    capsule.generation += 1
-    capsule.updated_at = utcnow()
     row = Container(uuid=uuid, capsule_id=capsule.id, role="app",
                     position=len(capsule.containers), name=spec.name,
                     project_id=capsule.project_id, user_id=capsule.user_id, image=spec.image,
                     status=Status.CREATING.value, created_at=utcnow())
     capsule.containers.append(row)
-    session.flush()
-    add_event(session, capsule, "Normal", "ContainerAdded", f"container {spec.name} added", spec.name)
-    bump_host_revision(session, capsule.host)
+    change_spec(session, capsule, cspec.model_copy(update={"containers": [*cspec.containers, spec]}),
+                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name))
     return row
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection
 from datetime import timedelta
@@ -12,20 +11,18 @@ import anyio.to_thread
 
 from capsuled.api.policy import Policy
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import capsule_spec_asks, template_asks
 from capsuled.domain.resources import capsule_with_default_limits
-from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
-from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
+from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
 from capsuled.store.engine import Store
-from capsuled.store.hosts import capacities
 from capsuled.store.tables import Capsule, Event, utcnow
 
-LOG = logging.getLogger(__name__)
 # A waiter re-reads the store at least this often: reports that land on another API
 # replica do not wake it.
 _REREAD_SECONDS = 0.25
@@ -37,9 +34,9 @@ class CapsuleService:
                  policy: Policy | None = None, quotas: QuotaService | None = None,
                  weigher: Weigher = "spread") -> None:
         self._store = store
-        self._weigher: Weigher = weigher
         self._policy = policy or Policy()
-        self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
+        quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
+        self._placement = Placement(quotas, host_down_after, weigher)
         self._control = control
         self._limits = limits
         self._down_after = host_down_after
@@ -52,24 +49,19 @@ class CapsuleService:
         self._policy.check_host_access(who, capsule_spec_asks(spec))
         spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
-            self._quotas.begin(s, who.project_id)
-            self._quotas.check(s, who.project_id, Delta(
-                capsules=1, containers=len(spec.all_containers), cpu=spec.total_cpu(),
-                memory=spec.total_memory(), disk=sum(v.size or 0 for v in spec.volumes)))
-            req = Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
-                          availability_zone=spec.availability_zone,
-                          disk=sum(v.size or 0 for v in spec.volumes), labels=spec.node_selector)
-            try:
-                host: str | None = select_host(capacities(s), req, utcnow(), self._down_after,
-                                               self._weigher)
-                status, reason = Status.CREATING, None
-            except NoValidHost as exc:
-                # Zun answers 202 and records the failure on the capsule; zunclient expects it.
-                # Members read str(exc), which names no host; the per-host detail is logged.
-                host, status, reason = None, Status.ERROR, str(exc)
-                LOG.warning("no host for capsule %s of project %s: %s", spec.name,
-                            who.project_id, exc.detail)
-            row = repo.create_capsule(s, spec, who.project_id, who.user_id, host, status, reason)
+            disk = sum(v.size or 0 for v in spec.volumes)
+            placed = self._placement.place(
+                s, who.project_id,
+                Delta(capsules=1, containers=len(spec.all_containers), cpu=spec.total_cpu(),
+                      memory=spec.total_memory(), disk=disk),
+                Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
+                        availability_zone=spec.availability_zone, disk=disk,
+                        labels=spec.node_selector),
+                f"capsule {spec.name}")
+            # No host: Zun answers 202 and records the failure on the capsule; zunclient
+            # expects it.
+            row = repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
+                                      placed.status, placed.reason)
         self._control.notify()
         return self.get(who, row.uuid)
 

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from capsuled.api.policy import Policy
+from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
@@ -34,18 +35,16 @@ from capsuled.domain.resources import bare_with_default_limits
 from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
                                      ContainerOps, ExecResult, RawStream)
 from capsuled.domain.spec import BareSpec, CapsuleSpec
-from capsuled.domain.status import Status
 from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
                              NotAuthenticated, Unavailable)
 from capsuled.identity.base import Principal
-from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
+from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as repo
 from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store
-from capsuled.store.hosts import capacities
 from capsuled.store.tables import Container, ContainerAction, utcnow
 from capsuled.store.terminal_sessions import Terminal
 
@@ -94,9 +93,9 @@ class ContainerService:
                  policy: Policy | None = None, quotas: QuotaService | None = None,
                  weigher: Weigher = "spread") -> None:
         self._store = store
-        self._weigher: Weigher = weigher
         self._policy = policy or Policy()
-        self._quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
+        quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
+        self._placement = Placement(quotas, host_down_after, weigher)
         self._notify = notify
         self._ops_for = ops_for
         self._limits = limits
@@ -123,8 +122,7 @@ class ContainerService:
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
         with self._store.transaction() as s:
-            self._quotas.begin(s, who.project_id)
-            self._quotas.check(s, who.project_id, Delta(
+            self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                 disk=spec.disk))
             name = spec.container.name or _default_name(s)
@@ -134,24 +132,13 @@ class ContainerService:
             req = Request(cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                           availability_zone=spec.availability_zone, disk=spec.disk,
                           labels=spec.node_selector)
-            detail: str | None = None  # why, host by host: for the admin-only action detail
-            try:
-                hosts = capacities(s)
-                if spec.host is not None:
-                    hosts = [h for h in hosts if h.name == spec.host]
-                    if not hosts:
-                        raise InvalidInput(f"host: no host named {spec.host}")
-                host: str | None = select_host(hosts, req, utcnow(), self._down_after,
-                                               self._weigher)
-                status, reason = Status.CREATING, None
-            except NoValidHost as exc:
-                host, status, reason, detail = None, Status.ERROR, str(exc), exc.detail
-                LOG.warning("no host for container %s of project %s: %s", name,
-                            who.project_id, exc.detail)
-            row = repo.create_bare(s, spec, name, who.project_id, who.user_id, host,
-                                   "running" if run else "stopped", status, reason)
+            placed = self._placement.choose(s, req, f"container {name}", who.project_id,
+                                            only_host=spec.host)
+            row = repo.create_bare(s, spec, name, who.project_id, who.user_id, placed.host,
+                                   "running" if run else "stopped", placed.status, placed.reason)
+            # Why no host fits, host by host, goes to the admin-only action detail.
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id,
-                               finished=host is None, error=detail)
+                               finished=placed.host is None, error=placed.detail)
             uuid = row.uuid
         self._notify()
         return self.get(who, uuid)
@@ -162,15 +149,14 @@ class ContainerService:
             capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
             project = capsule.project_id
         with self._store.transaction() as s:
-            self._quotas.begin(s, project)
-            self._quotas.check(s, project, Delta(
+            self._placement.admit(s, project, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0))
             capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
             if capsule.host is None:
                 raise Conflict(f"Capsule {spec.capsule} has no host ({capsule.status}); "
                                "a container cannot join it.")
-            _check_host_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
-                             spec.container.memory or 0)
+            self._placement.ensure_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
+                                 spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
             row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
@@ -263,7 +249,7 @@ class ContainerService:
             project = repo.get_container(s, ident, self._scope(who), owner).project_id
         with self._store.transaction() as s:
             if {"cpu", "memory"} & changes.keys():
-                self._quotas.begin(s, project)
+                self._placement.lock(s, project)
             owner = capsule_repo.get_capsule(s, capsule, self._scope(who)) if capsule else None
             row = repo.get_container(s, ident, self._scope(who), owner)
             if row.capsule is not None:
@@ -309,15 +295,14 @@ class ContainerService:
 
     def _resize(self, s: Any, row: Container, cpu: float | None, memory: int | None) -> None:
         old_cpu, old_memory = _claim(row)
-        self._quotas.check(s, row.project_id, Delta(
-            cpu=max(0.0, (cpu if cpu is not None else old_cpu) - old_cpu),
-            memory=max(0, (memory if memory is not None else old_memory) - old_memory)))
+        quota = Delta(cpu=max(0.0, (cpu if cpu is not None else old_cpu) - old_cpu),
+                      memory=max(0, (memory if memory is not None else old_memory) - old_memory))
         if row.capsule is None:
             spec = BareSpec.model_validate(row.spec)
             c = spec.container.model_copy(update={
                 k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None})
-            _check_host_room(s, row.host, "container's", (c.cpu or 0.0) - old_cpu,
-                             (c.memory or 0) - old_memory)
+            self._placement.grow(s, row.project_id, quota, row.host, "container's",
+                                 (c.cpu or 0.0) - old_cpu, (c.memory or 0) - old_memory)
             repo.set_desired(s, row, spec=spec.model_copy(update={"container": c}))
             return
         capsule = row.capsule
@@ -326,13 +311,10 @@ class ContainerService:
                                      if v is not None}) if c.uuid == row.uuid else c
                 for c in cspec.containers]
         new = cspec.model_copy(update={"containers": apps})
-        _check_host_room(s, capsule.host, "capsule's", new.total_cpu() - float(capsule.cpu),
-                         new.total_memory() - int(capsule.memory))
-        capsule.spec = new.model_dump(mode="json")
-        capsule.cpu, capsule.memory = new.total_cpu(), new.total_memory()
-        capsule.generation += 1
-        capsule.updated_at = utcnow()
-        capsule_repo.bump_host_revision(s, capsule.host)
+        self._placement.grow(s, row.project_id, quota, capsule.host, "capsule's",
+                             new.total_cpu() - float(capsule.cpu),
+                             new.total_memory() - int(capsule.memory))
+        capsule_repo.change_spec(s, capsule, new)
 
     # -- reads through the host ------------------------------------------------------------
     def logs(self, who: Principal, ident: str, req: LogRequest, capsule: str | None = None) -> bytes:
@@ -478,23 +460,6 @@ class ContainerService:
             return
         verb = "delete" if action == "delete_stop" else action
         raise Conflict(f"Cannot {verb} container {row.uuid} in {row.status} state.")
-
-
-def _check_host_room(s: Any, host: str | None, whose: str, cpu: float, memory: int) -> None:
-    """Refuse growing a claim on a host that has not the room for it. `capacities` locks
-    the host rows as the scheduler's claims do (DESIGN decision 6), so concurrent creates
-    and resizes on any replica never overcommit it together. The message names neither
-    the host nor its free capacity: a member must not learn about other tenants' load."""
-    if host is None or (cpu <= 0 and memory <= 0):
-        return
-    cap = next((h for h in capacities(s) if h.name == host), None)
-    if cap is None:
-        return  # the host row is gone: nothing runs there to protect
-    if cpu > 0 and cap.cpus - cap.cpu_used < cpu:
-        raise Conflict(f"cpu: the {whose} host has not enough free CPU for {cpu:g} more cores.")
-    if memory > 0 and cap.memory_mb - cap.memory_used < memory:
-        raise Conflict(f"memory: the {whose} host has not enough free memory for "
-                       f"{memory} more MiB.")
 
 
 class _HostHidden:

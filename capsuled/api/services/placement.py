@@ -1,0 +1,103 @@
+"""Where new work goes, and whether it may grow: the one placement path for capsules, bare
+containers, containers added to capsules and resizes.
+
+Every step runs in the caller's transaction and under the locks DESIGN decision 6 names:
+`admit` takes the project's quota lock row before reading usage, and `choose` and `ensure_room`
+read host capacities with the host rows locked, so concurrent creates and resizes on any
+API replica never both take a project's or a host's last free unit. The claim itself is
+the row the caller then writes in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from capsuled.api.services.quotas import Delta, QuotaService
+from capsuled.domain.status import Status
+from capsuled.errors import Conflict, InvalidInput
+from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
+from capsuled.store.hosts import capacities
+from capsuled.store.tables import utcnow
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a new capsule or container goes: a host and Creating, or (no host fits) no
+    host and Error, as Zun records it and answers 202. `reason` names no host (members
+    read it); `detail` says why, host by host, for administrators only."""
+
+    host: str | None
+    status: Status
+    reason: str | None = None
+    detail: str | None = None
+
+
+class Placement:
+    def __init__(self, quotas: QuotaService, host_down_after: timedelta,
+                 weigher: Weigher = "spread") -> None:
+        self._quotas = quotas
+        self._down_after = host_down_after
+        self._weigher: Weigher = weigher
+
+    def lock(self, s: Session, project_id: str) -> None:
+        """Serialise the project's quota-checked changes; first in the transaction."""
+        self._quotas.begin(s, project_id)
+
+    def admit(self, s: Session, project_id: str, delta: Delta) -> None:
+        """Lock the project and refuse what its quota has no room for."""
+        self.lock(s, project_id)
+        self._quotas.check(s, project_id, delta)
+
+    def choose(self, s: Session, want: Request, what: str, project_id: str,
+               only_host: str | None = None) -> Placed:
+        """A host for `want` (only `only_host` when one is asked for by name). `what`
+        ("capsule web") names it in the administrators' log when no host fits."""
+        try:
+            hosts = capacities(s)
+            if only_host is not None:
+                hosts = [h for h in hosts if h.name == only_host]
+                if not hosts:
+                    raise InvalidInput(f"host: no host named {only_host}")
+            host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            return Placed(host, Status.CREATING)
+        except NoValidHost as exc:
+            # Members read str(exc), which names no host; the per-host detail is logged.
+            LOG.warning("no host for %s of project %s: %s", what, project_id, exc.detail)
+            return Placed(None, Status.ERROR, str(exc), exc.detail)
+
+    def place(self, s: Session, project_id: str, delta: Delta, want: Request,
+              what: str) -> Placed:
+        """Admit, then choose: a new capsule's whole path."""
+        self.admit(s, project_id, delta)
+        return self.choose(s, want, what, project_id)
+
+    def grow(self, s: Session, project_id: str, delta: Delta, host: str | None, whose: str,
+             cpu: float, memory: int) -> None:
+        """Refuse growing a claim by `cpu` cores and `memory` MiB on `host` beyond the
+        project's quota (`delta`) or the host's free room. The caller holds the project
+        lock (`lock` or `admit`)."""
+        self._quotas.check(s, project_id, delta)
+        self.ensure_room(s, host, whose, cpu, memory)
+
+    @staticmethod
+    def ensure_room(s: Session, host: str | None, whose: str, cpu: float, memory: int) -> None:
+        """Refuse growing a claim on a host that has not the room for it. `capacities`
+        locks the host rows as the scheduler's claims do, so concurrent creates and
+        resizes never overcommit it together. The message names neither the host nor its
+        free capacity: a member must not learn about other tenants' load."""
+        if host is None or (cpu <= 0 and memory <= 0):
+            return
+        cap = next((h for h in capacities(s) if h.name == host), None)
+        if cap is None:
+            return  # the host row is gone: nothing runs there to protect
+        if cpu > 0 and cap.cpus - cap.cpu_used < cpu:
+            raise Conflict(f"cpu: the {whose} host has not enough free CPU for {cpu:g} more cores.")
+        if memory > 0 and cap.memory_mb - cap.memory_used < memory:
+            raise Conflict(f"memory: the {whose} host has not enough free memory for "
+                           f"{memory} more MiB.")

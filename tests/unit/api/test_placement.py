@@ -1,0 +1,88 @@
+"""The one placement path on a SQLite store: admit under the project's quota, choose a
+host (or record why none fits without naming one), refuse growth a host has no room for."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from capsuled.api.services.placement import Placed, Placement
+from capsuled.api.services.quotas import Delta, QuotaService
+from capsuled.domain.channel import HostInfo
+from capsuled.domain.status import Status
+from capsuled.errors import Conflict, InvalidInput, OverQuota
+from capsuled.scheduler.select import Request
+from capsuled.store.engine import Store, make_engine, upgrade
+from capsuled.store.hosts import register_host
+
+DEFAULTS = {"capsules": 10, "containers": 40, "cpu": 8, "memory": 8192, "disk": 100}
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    store = Store(engine)
+    with store.transaction() as s:
+        register_host(s, HostInfo(name="secret-host", cpus=4, memory_mb=4096, disk_gb=50))
+    return store
+
+
+@pytest.fixture()
+def placement(store: Store) -> Placement:
+    return Placement(QuotaService(store, DEFAULTS), timedelta(seconds=180))
+
+
+def test_a_request_that_fits_goes_to_a_host_as_creating(store: Store,
+                                                        placement: Placement) -> None:
+    with store.transaction() as s:
+        placed = placement.place(s, "p1", Delta(containers=1, cpu=1.0, memory=256),
+                                 Request(cpu=1.0, memory=256), "container web")
+    assert placed == Placed("secret-host", Status.CREATING)
+
+
+def test_no_host_is_an_error_whose_reason_names_no_host(store: Store,
+                                                        placement: Placement) -> None:
+    with store.transaction() as s:
+        placed = placement.choose(s, Request(cpu=6.0, memory=256), "capsule big", "p1")
+    assert (placed.host, placed.status) == (None, Status.ERROR)
+    assert placed.reason is not None and "secret-host" not in placed.reason
+    assert placed.detail is not None and "secret-host" in placed.detail
+
+
+def test_a_host_asked_for_by_name_must_exist(store: Store, placement: Placement) -> None:
+    with store.transaction() as s, pytest.raises(InvalidInput, match="no host named nope"):
+        placement.choose(s, Request(cpu=1.0, memory=256), "container web", "p1", only_host="nope")
+    with store.transaction() as s:
+        placed = placement.choose(s, Request(cpu=1.0, memory=256), "container web", "p1",
+                                  only_host="secret-host")
+    assert placed.host == "secret-host"
+
+
+def test_admit_refuses_what_the_quota_has_no_room_for(store: Store,
+                                                      placement: Placement) -> None:
+    with store.transaction() as s, pytest.raises(OverQuota, match="cpu"):
+        placement.admit(s, "p1", Delta(containers=1, cpu=9.0))
+
+
+def test_growth_beyond_the_hosts_room_is_refused_without_naming_it(
+        store: Store, placement: Placement) -> None:
+    with store.transaction() as s:
+        placement.lock(s, "p1")
+        placement.grow(s, "p1", Delta(cpu=2.0), "secret-host", "capsule's", 2.0, 0)
+        with pytest.raises(Conflict) as exc:
+            placement.grow(s, "p1", Delta(cpu=5.0), "secret-host", "capsule's", 5.0, 0)
+    assert exc.value.message == (
+        "cpu: the capsule's host has not enough free CPU for 5 more cores.")
+    with store.transaction() as s, pytest.raises(Conflict, match="memory: the container's host"):
+        placement.ensure_room(s, "secret-host", "container's", 0.0, 5000)
+
+
+def test_growth_on_no_host_or_by_nothing_is_not_checked(store: Store,
+                                                        placement: Placement) -> None:
+    with store.transaction() as s:
+        placement.ensure_room(s, None, "capsule's", 100.0, 100000)
+        placement.ensure_room(s, "secret-host", "capsule's", -1.0, 0)
+        placement.ensure_room(s, "gone-host", "capsule's", 100.0, 0)
