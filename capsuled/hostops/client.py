@@ -2,9 +2,10 @@
 multi-host mode (the agent side is hostops/server.py; the wire is hostops/wire.py).
 
 Errors the host's runtime raised arrive as the same capsuled.errors class with the same
-message. Not reaching the agent is `Unavailable` naming its URL; an agent that refuses
-the ops key is `Unavailable` too, saying so (a configuration problem of the deployment,
-not the user's).
+message (a class this side does not know, from a newer agent, as the class its HTTP
+status stands for in capsuled/http_status.py). Not reaching the agent is `Unavailable`
+naming its URL; an agent that refuses the ops key is `Unavailable` too, saying so (a
+configuration problem of the deployment, not the user's).
 """
 
 from __future__ import annotations
