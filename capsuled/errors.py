@@ -1,4 +1,4 @@
-"""The one error taxonomy. No HTTP and no Docker here: api/errors.py maps these to
+"""The one error taxonomy. No HTTP and no Docker here: http_status.py maps these to
 status codes, drivers translate their SDK's exceptions into them.
 
     CapsuledError

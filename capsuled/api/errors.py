@@ -1,4 +1,4 @@
-"""The only place that knows HTTP status codes: CapsuledError → Zun's error body."""
+"""CapsuledError → Zun's error body, with the status capsuled/http_status.py gives it."""
 
 from __future__ import annotations
 
@@ -12,36 +12,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from capsuled import errors
+from capsuled.http_status import status_for
 
 LOG = logging.getLogger(__name__)
-
-STATUS: dict[type[errors.CapsuledError], int] = {
-    errors.InvalidInput: 400,
-    errors.NotAuthenticated: 401,
-    errors.Forbidden: 403,
-    errors.NotFound: 404,
-    errors.VersionNotAcceptable: 406,
-    errors.Conflict: 409,
-    errors.UnsupportedMediaType: 415,
-    errors.PayloadTooLarge: 413,
-    errors.TooManyRequests: 429,
-    errors.Unavailable: 503,
-    errors.DriverError: 500,
-    errors.RuntimeRejected: 400,
-    errors.ImageNotFound: 404,
-    errors.RuntimeConflict: 409,
-}
 
 
 def _kebab(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
-
-
-def status_for(exc: errors.CapsuledError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
-    return 500
 
 
 def error_response(request: Request, status: int, code: str, title: str, detail: str | None = None,

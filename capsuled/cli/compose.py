@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.domain.channel import AgentChannel
-    from capsuled.domain.hostops import ContainerOps
+    from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.engine import Store
@@ -173,7 +173,7 @@ def ops_keys(settings: Settings, store: Store) -> OpsKeys:
 
 def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps]:
     """Host name → the ops client of that host's agent, from what it registered."""
-    from capsuled.api.services.remote_ops import ops_for_hosts
+    from capsuled.hostops.client import ops_for_hosts
 
     ca = settings.api.ops_ca_file
     return ops_for_hosts(ops_keys(settings, store).endpoint, ca_file=str(ca) if ca else None)

@@ -140,7 +140,7 @@ def agent_command(
     them on the local Docker Engine, reports what it sees, and serves logs/exec/attach/…
     for the API on its ops endpoint."""
     from capsuled.agent.http_channel import HttpChannel
-    from capsuled.agent.ops_server import OpsKey, create_ops_app, owned_by, serve_ops, stop_ops
+    from capsuled.hostops.server import OpsKey, create_ops_app, owned_by, serve_ops, stop_ops
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.errors import Unavailable
 

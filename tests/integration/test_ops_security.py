@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from capsuled.agent.ops_server import create_ops_app, owned_by, serve_ops, stop_ops
-from capsuled.api.services.remote_ops import RemoteOps
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
 from capsuled.drivers.runtime.docker import DockerRuntime
 from capsuled.errors import NotFound, Unavailable
+from capsuled.hostops.client import RemoteOps
+from capsuled.hostops.server import create_ops_app, owned_by, serve_ops, stop_ops
 
 pytestmark = [pytest.mark.docker]
 TEST_LABEL = "capsuled.test=ops-security"

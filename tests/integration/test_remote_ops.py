@@ -16,12 +16,12 @@ import httpx
 import pytest
 from conftest import free_port, wait_for
 
-from capsuled.agent.ops_server import create_ops_app, serve_ops, stop_ops
-from capsuled.api.services.remote_ops import RemoteOps, ops_for_hosts
-from capsuled.domain.hostops import RawStream
 from capsuled.drivers.runtime.docker import DockerRuntime
 from capsuled.errors import (DriverError, NotFound, RuntimeConflict, RuntimeRejected,
                              Unavailable)
+from capsuled.hostops.client import RemoteOps, ops_for_hosts
+from capsuled.hostops.protocol import RawStream
+from capsuled.hostops.server import create_ops_app, serve_ops, stop_ops
 
 pytestmark = [pytest.mark.docker]
 LABEL = {"capsuled.test": "remote-ops"}

@@ -21,10 +21,10 @@ from conftest import Server, free_port, remove_instance_objects, start_server, w
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from capsuled.agent.ops_server import create_ops_app, serve_ops, stop_ops
-from capsuled.api.services.remote_ops import RemoteOps
 from capsuled.drivers.runtime.docker import DockerRuntime
 from capsuled.errors import PayloadTooLarge, Unavailable
+from capsuled.hostops.client import RemoteOps
+from capsuled.hostops.server import create_ops_app, serve_ops, stop_ops
 
 pytestmark = [pytest.mark.docker]
 OCTET = {"Accept": "application/octet-stream"}
@@ -387,7 +387,7 @@ def test_an_agent_that_never_answers_is_given_up() -> None:
 
 
 def test_plain_logs_answer_the_newest_bytes_within_the_cap(server: Server) -> None:
-    from capsuled.domain.hostops import LOGS_MAX_BYTES
+    from capsuled.hostops.protocol import LOGS_MAX_BYTES
     token = server.issue_token(_project(), "logs", "member")
     with server.client(token) as c:
         # 10 MiB of 'a', then a last line: more than the cap, written before it sleeps.

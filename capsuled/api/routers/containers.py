@@ -28,8 +28,8 @@ from capsuled.api.streams import StreamLease, Streams
 from capsuled.api.views import action_view, any_container_view
 from capsuled.domain.template import whole_number
 from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated, TooManyRequests
+from capsuled.hostops.terminal import bridge
 from capsuled.store.capsules import Page
-from capsuled.terminal import bridge
 
 router = APIRouter(prefix="/v1/containers")
 LIST_FILTERS = ("name", "image", "project_id", "user_id", "host", "status")

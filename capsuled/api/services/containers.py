@@ -32,12 +32,12 @@ from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.host_access import bare_spec_asks, request_asks
 from capsuled.domain.resources import bare_with_default_limits
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
-                                     ContainerOps, ExecResult, RawStream)
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
                              NotAuthenticated, Unavailable)
+from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                       ContainerOps, ExecResult, RawStream)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from capsuled.domain.hostops import ContainerOps, ImageInfo
 from capsuled.errors import CapsuledError, InvalidInput, NotFound
+from capsuled.hostops.protocol import ContainerOps, ImageInfo
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from capsuled.domain.channel import ContainerState, HostInfo
-from capsuled.domain.hostops import ContainerOps
 from capsuled.domain.spec import HealthCheck, PullPolicy
+from capsuled.hostops.protocol import ContainerOps
 
 
 @dataclass(frozen=True)

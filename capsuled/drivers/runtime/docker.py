@@ -27,12 +27,12 @@ import docker
 from capsuled.domain import labels as L
 from capsuled.domain.channel import HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, LOGS_MAX_BYTES,
-                                     ExecResult, ImageInfo, RawStream)
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
 from capsuled.errors import DriverError, ImageNotFound, NotFound, PayloadTooLarge, RuntimeRejected
+from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                       LOGS_MAX_BYTES, ExecResult, ImageInfo, RawStream)
 
 _STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
 _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop",
@@ -188,7 +188,7 @@ class DockerRuntime:
                 raise
         return str(cid)
 
-    # -- imperative operations (domain.hostops.ContainerOps) ------------------------------
+    # -- imperative operations (hostops.protocol.ContainerOps) ----------------------------
     def start(self, container_id: str) -> None:
         with translate_docker_errors(f"start {container_id[:12]}"):
             self._api.start(container_id)

@@ -13,9 +13,9 @@ from capsuled.api.services.containers import ContainerService, LogRequest
 from capsuled.api.services.quotas import QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
-from capsuled.domain.hostops import ContainerOps
 from capsuled.domain.template import Limits
 from capsuled.errors import Unavailable
+from capsuled.hostops.protocol import ContainerOps
 from capsuled.identity.base import Principal
 from capsuled.store import containers as repo
 from capsuled.store.engine import Store, make_engine, upgrade

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from capsuled.agent.ops_server import OpsKey
 from capsuled.api.services.agents import ControlPlane, OpsKeys
 from capsuled.domain.channel import HostInfo, ops_key_digest
 from capsuled.errors import Unavailable
+from capsuled.hostops.server import OpsKey
 from capsuled.store.engine import Store, make_engine, upgrade
 from capsuled.store.tables import Host, Meta
 

@@ -1,10 +1,11 @@
 """ContainerOps over HTTP: how the API reaches the agent of a container's host in
-multi-host mode (the agent side is agent/ops_server.py; the wire is domain/ops_wire.py).
+multi-host mode (the agent side is hostops/server.py; the wire is hostops/wire.py).
 
 Errors the host's runtime raised arrive as the same capsuled.errors class with the same
-message. Not reaching the agent is `Unavailable` naming its URL; an agent that refuses
-the ops key is `Unavailable` too, saying so (a configuration problem of the deployment,
-not the user's).
+message (a class this side does not know, from a newer agent, as the class its HTTP
+status stands for in capsuled/http_status.py). Not reaching the agent is `Unavailable`
+naming its URL; an agent that refuses the ops key is `Unavailable` too, saying so (a
+configuration problem of the deployment, not the user's).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from capsuled.domain import ops_wire as wire
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, ContainerOps,
-                                     ExecResult, ImageInfo, RawStream)
 from capsuled.errors import CapsuledError, DriverError, Unavailable
+from capsuled.hostops import wire
+from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                       ContainerOps, ExecResult, ImageInfo, RawStream)
+from capsuled.http_status import error_class_for
 
 # Seconds without a byte from the agent before a call is given up, for calls whose work
 # takes long on the agent before it answers: a pull downloads an image; an archive is read
@@ -208,14 +210,15 @@ class RemoteOps:
                            f"({wire.OPS_KEY_HEADER}): the API's and the agent's ops keys differ")
 
     def _failure(self, name: str, r: httpx.Response) -> CapsuledError:
-        if r.status_code == 401:
-            return self._refused(name)
         try:
             doc = r.json()
         except ValueError:
             doc = None
         if wire.is_error(doc):
-            return wire.decode_error(doc)
+            return wire.decode_error(doc, error_class_for(r.status_code))
+        # The key check answers 401 in plain text; an error of the host's is a document.
+        if r.status_code == 401:
+            return self._refused(name)
         return Unavailable(f"{name}: the agent at {self.url} answered HTTP {r.status_code}: "
                            f"{r.text[:200]}")
 

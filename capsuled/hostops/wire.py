@@ -1,7 +1,7 @@
 """The wire format of `ContainerOps` between the API and a host's agent (pure: no I/O).
 
 In multi-host mode the agent serves its host's `ContainerOps` over HTTP and the API calls
-it with the same methods (api/services/remote_ops.py on one side, agent/ops_server.py on
+it with the same methods (hostops/client.py on one side, hostops/server.py on
 the other); this module is what both agree on. Every request carries the header
 `X-Capsuled-Ops-Key: <key>`; a missing or wrong key is HTTP 401.
 
@@ -17,7 +17,8 @@ the other); this module is what both agree on. Every request carries the header
 Values: bytes are base64 strings; ExecResult and ImageInfo are objects with their field
 names; get_archive's (bytes, stat) pair is {"data": base64, "stat": {…}}; Docker's
 documents (top, stats, archive stat) pass through as JSON. Errors keep their class (any
-class of capsuled.errors; an unknown name arrives as DriverError) and their message.
+class of capsuled.errors; an unknown name arrives as the class its HTTP status stands for
+in capsuled/http_status.py, else as DriverError) and their message.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from capsuled import errors
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, ExecResult,
-                                     ImageInfo)
 from capsuled.errors import CapsuledError, DriverError, InvalidInput
+from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT, ExecResult,
+                                       ImageInfo)
 
 OPS_PREFIX = "/ops"
 OPS_KEY_HEADER = "X-Capsuled-Ops-Key"
@@ -420,13 +421,14 @@ def is_error(doc: Any) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("error"), str)
 
 
-def decode_error(doc: Any) -> CapsuledError:
-    """The exception an error document stands for (unknown classes are DriverError)."""
+def decode_error(doc: Any, fallback: type[CapsuledError] | None = None) -> CapsuledError:
+    """The exception an error document stands for; a class this side does not know is
+    `fallback` (the class of the answer's HTTP status), else DriverError."""
     if not is_error(doc):
         return DriverError(f"the agent answered with a malformed error: {str(doc)[:200]}")
     message = doc.get("message")
     message = message if isinstance(message, str) else str(message)
-    cls = ERRORS.get(doc["error"])
+    cls = ERRORS.get(doc["error"]) or fallback
     if cls is None:
         return DriverError(message)
     if issubclass(cls, InvalidInput):

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from capsuled import errors
-from capsuled.domain import ops_wire as wire
-from capsuled.domain.hostops import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
-                                     ContainerOps, ExecResult, ImageInfo)
 from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
                              NotFound, RuntimeConflict, Unavailable)
+from capsuled.hostops import wire
+from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
+                                       ContainerOps, ExecResult, ImageInfo)
 
 BINARY = bytes(range(256)) + b"\x00\xff\xfe"
 IMG = ImageInfo(id="sha256:ab", repo="busybox", tag="latest", size=4_000_000, created=1700000000)

@@ -2,7 +2,7 @@
 
 In multi-host mode users' reads and imperative actions (logs, exec, attach, top, stats,
 archives, start/stop/…) reach the container's host through here; the API's RemoteOps is
-the client. The wire format is domain/ops_wire.py. Every request, websockets included,
+the client. The wire format is hostops/wire.py. Every request, websockets included,
 must carry `X-Capsuled-Ops-Key`; anything else is refused with 401 before routing. The
 agent keeps only the key's SHA-256 (`OpsKey`): the API derives the key and hands it over
 in the answer to the agent's registration (api/services/agents.py). Every call naming a
@@ -41,13 +41,12 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from capsuled.domain import ops_wire as wire
 from capsuled.domain.channel import ops_key_digest
-from capsuled.terminal import bridge
-from capsuled.domain.hostops import ContainerOps, RawStream
-from capsuled.errors import (CapsuledError, Conflict, DriverError, ImageNotFound, InvalidInput,
-                             NotFound, PayloadTooLarge, RuntimeConflict, RuntimeRejected,
-                             Unavailable)
+from capsuled.errors import CapsuledError, DriverError, InvalidInput, NotFound
+from capsuled.hostops import wire
+from capsuled.hostops.protocol import ContainerOps, RawStream
+from capsuled.hostops.terminal import bridge
+from capsuled.http_status import status_for
 
 LOG = logging.getLogger(__name__)
 _CHUNK = 65536
@@ -219,19 +218,12 @@ class _RequireKey:
             await websocket.close(code=4401, reason="ops key refused")
 
 
-# Only for people reading logs or using curl: the client goes by the error document.
-_STATUS: tuple[tuple[type[CapsuledError], int], ...] = (
-    (NotFound, 404), (ImageNotFound, 404), (InvalidInput, 400), (RuntimeRejected, 400),
-    (Conflict, 409), (RuntimeConflict, 409), (PayloadTooLarge, 413), (Unavailable, 503))
-
-
 def _error(exc: BaseException, status: int | None = None) -> JSONResponse:
     if not isinstance(exc, CapsuledError):
         LOG.exception("ops call failed unexpectedly", exc_info=exc)
+    # The status is for people reading logs or using curl: the client goes by the document.
     doc = wire.encode_error(exc)
-    if status is None:
-        status = next((s for cls, s in _STATUS if isinstance(exc, cls)), 500)
-    return JSONResponse(doc, status_code=status)
+    return JSONResponse(doc, status_code=status_for(exc) if status is None else status)
 
 
 # -- follow_logs ------------------------------------------------------------------------

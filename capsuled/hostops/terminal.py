@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 from starlette.websockets import WebSocket
 
-from capsuled.domain.hostops import RawStream
+from capsuled.hostops.protocol import RawStream
 
 _CHUNK = 65536
 
