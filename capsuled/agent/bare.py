@@ -40,7 +40,7 @@ from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
 from capsuled.domain.spec import InjectedFile
-from capsuled.drivers.network.base import ProjectNetwork, network_name
+from capsuled.drivers.network.base import ProjectNetwork
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
 from capsuled.errors import DriverError
@@ -261,12 +261,7 @@ class BareExecutor:
         project = desired.project_id
         if project is None or desired.deleting or o.state not in ("running", "created", "exited"):
             return
-        name = network_name(self._instance, project)
-        if name not in o.networks:
-            self._networks.with_network(project, lambda net: self._rt.connect_network(
-                o.id, net.name if net else name, (desired.name, desired.uuid)))
-        if "bridge" in o.networks:
-            self._rt.disconnect_network(o.id, "bridge")
+        self._networks.move_in(self._rt, o, project, (desired.name, desired.uuid))
 
     def _report(self, desired: ContainerAssignment, observed: list[Observed],
                 error: str | None) -> BareReport:

@@ -173,13 +173,9 @@ class CapsuleExecutor:
         project = desired.project_id
         if project is None or desired.deleting or sandbox.state != "running":
             return
-        name = network_name(self._instance, project)
-        if name not in sandbox.networks:
-            self._networks.with_network(project, lambda net: self._rt.connect_network(
-                sandbox.id, net.name if net else name, _aliases(desired)))
-            progress.event("Normal", "NetworkJoined", f"joined the project network {name}")
-        if "bridge" in sandbox.networks:
-            self._rt.disconnect_network(sandbox.id, "bridge")
+        if self._networks.move_in(self._rt, sandbox, project, _aliases(desired)):
+            progress.event("Normal", "NetworkJoined",
+                           f"joined the project network {network_name(self._instance, project)}")
 
     def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
         spec = desired.spec

@@ -3,6 +3,8 @@
     with_network(project, create)   lease the project's network (ensured; cached by the
                                     driver), run the create, release; a create that finds
                                     the network gone makes it again and retries once
+    move_in(rt, container, ...)     a container made before project networks joins its
+                                    project's network in place and leaves Docker's bridge
     collect(in_use)                 called by the relist: remove the networks of projects
                                     that have been idle (no desired capsule or container,
                                     no container in Docker, no lease) for a whole grace
@@ -24,7 +26,8 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork
+from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork, network_name
+from capsuled.drivers.runtime.base import Observed, Runtime
 from capsuled.errors import CapsuledError, DriverError, NotFound
 
 LOG = logging.getLogger(__name__)
@@ -61,6 +64,20 @@ class ProjectNetworks:
                 return create(net)
             except NotFound as exc:
                 raise DriverError(exc.message) from exc
+
+    def move_in(self, rt: Runtime, container: Observed, project: str,
+                aliases: tuple[str, ...]) -> bool:
+        """Connect a container (a sandbox, or a bare container) that is not on its project's
+        network to it, without a restart, and take it off Docker's shared default bridge.
+        Whether it had to join."""
+        name = network_name(self._instance, project)
+        joined = name not in container.networks
+        if joined:
+            self.with_network(project, lambda net: rt.connect_network(
+                container.id, net.name if net else name, aliases))
+        if "bridge" in container.networks:
+            rt.disconnect_network(container.id, "bridge")
+        return joined
 
     @contextmanager
     def _lease(self, project: str) -> Iterator[None]:
