@@ -18,6 +18,7 @@ from capsuled.cli.capsule.shared import (
     TimeoutOpt,
     UsageProblem,
     echo_json,
+    emit_list,
     report,
     reporting,
     runtime_of,
@@ -195,12 +196,7 @@ def list_(
     rt = runtime_of(ctx)
     with reporting(rt), rt.client() as client:
         capsules = client.list(_labels(label), all_projects)
-    if output is Format.json:
-        echo_json(capsules)
-    elif not capsules:
-        typer.echo("No capsules found.", err=True)
-    else:
-        render.emit(render.make_console(), render.capsule_table(capsules))
+    emit_list(output, capsules, "capsules", render.capsule_table)
 
 
 def describe(

@@ -36,6 +36,7 @@ from capsuled.cli.capsule.shared import (
     FormatOpt,
     UsageProblem,
     echo_json,
+    emit_list,
     report,
     reporting,
     runtime_of,
@@ -81,12 +82,7 @@ def list_(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         found = client.list(capsule, all_projects)
-    if output is Format.json:
-        echo_json(found)
-    elif not found:
-        typer.echo("No containers found.", err=True)
-    else:
-        render.emit(render.make_console(), render.container_table(found))
+    emit_list(output, found, "containers", render.container_table)
 
 
 def show(

@@ -90,3 +90,15 @@ def reporting(rt: Runtime) -> Iterator[None]:
 
 def echo_json(value: Any) -> None:
     typer.echo(render.dump_json(value))
+
+
+def emit_list(output: Format, rows: list[dict[str, Any]], what: str,
+              table: Callable[[list[dict[str, Any]]], Any]) -> None:
+    """A list command's answer: JSON for scripts, else a table, or "No <what> found." on
+    stderr when there is nothing (so a pipe reading stdout gets nothing either)."""
+    if output is Format.json:
+        echo_json(rows)
+    elif not rows:
+        typer.echo(f"No {what} found.", err=True)
+    else:
+        render.emit(render.make_console(), table(rows))
