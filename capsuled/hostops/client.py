@@ -171,9 +171,10 @@ class RemoteOps:
     def _socket(self, name: str, ident: str) -> RawStream:
         scheme, rest = self.url.split("://", 1)
         url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}{wire.socket_path(name, ident)}"
-        tls = {"ssl": self._tls} if scheme == "https" and self._tls is not None else {}
+        # None is websockets' default: the system's trust for wss, nothing for ws.
+        tls = self._tls if scheme == "https" else None
         try:
-            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key}, **tls,
+            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key}, ssl=tls,
                          open_timeout=self._timeout, close_timeout=_CLOSE_TIMEOUT,
                          compression=None, max_size=None, legacy=True)
         except InvalidStatus as exc:
