@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import io
 import logging
 import posixpath
@@ -423,7 +424,7 @@ class ContainerService:
         return token
 
     def actions(self, who: Principal, ident: str, limit: int | None = None,
-                marker: str | None = None) -> list[ContainerAction]:
+                marker: str | None = None) -> builtins.list[ContainerAction]:
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             return repo.list_actions(s, row.uuid, limit, marker)
