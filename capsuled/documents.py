@@ -60,12 +60,12 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _BudgetExceeded(f"nested deeper than {MAX_DEPTH} levels")
-            return Composer.compose_node(self, parent, index)  # type: ignore[arg-type]
+            return Composer.compose_node(self, parent, index)
         finally:
             self._depth -= 1
 
@@ -158,7 +158,9 @@ def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
         else:
             nodes = []
             while loader.check_node():
-                nodes.append(loader.get_node())
+                node = loader.get_node()
+                if node is not None:  # check_node() said one follows
+                    nodes.append(node)
         out = []
         for node in nodes:
             _expanded_size(node)

@@ -13,4 +13,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 cd "$ROOT"
 "$VENV/bin/lint-imports" --config pyproject.toml
+# Type errors fail the run before any test starts; the [tool.mypy] section says what is strict.
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -41,9 +41,10 @@ class HttpChannel:
     def instance_id(self, host: str) -> str:
         """The control plane's instance id (labels every Docker object of this install)."""
         body = self._call("GET", f"/v1/agents/{host}")
-        if not isinstance(body, dict) or not isinstance(body.get("instance_id"), str):
+        instance = body.get("instance_id") if isinstance(body, dict) else None
+        if not isinstance(instance, str):
             raise Unavailable(f"GET /v1/agents/{host}: the API's answer has no instance_id")
-        return body["instance_id"]
+        return instance
 
     def register(self, host: HostInfo) -> Registration | None:
         body = self._call("PUT", f"/v1/agents/{host.name}", json=host.model_dump(mode="json"))

@@ -52,7 +52,8 @@ class Agent:
         self._desired: dict[str, Assignment] = {}
         self._desired_bare: dict[str, ContainerAssignment] = {}
         self._lock = threading.Lock()
-        self._fingerprints: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        # Per container: id, state, exit code, unhealthy.
+        self._fingerprints: dict[str, tuple[tuple[str, str, str, bool], ...]] = {}
         self._stop = threading.Event()
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         # A project's network goes once it has had nothing on it for a whole relist period.

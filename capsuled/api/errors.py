@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +24,7 @@ def _kebab(name: str) -> str:
 
 def error_response(request: Request, status: int, code: str, title: str, detail: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"errors": [{"request_id": getattr(request.state, "request_id", ""),
+    body: dict[str, Any] = {"errors": [{"request_id": getattr(request.state, "request_id", ""),
                         "code": f"container.{code}", "status": status, "title": title,
                         "detail": detail if detail is not None else title, "links": []}]}
     return JSONResponse(body, status_code=status, headers=headers)

@@ -108,7 +108,7 @@ def _normalise(path: str) -> str:
 def _header(scope: Scope, name: str) -> str | None:
     for k, v in scope.get("headers", []):
         if k.decode("latin-1").lower() == name:
-            return v.decode("latin-1")
+            return str(v.decode("latin-1"))
     return None
 
 

@@ -36,7 +36,7 @@ COMMAND: Schema = {"anyOf": [STRING, STRINGS],
                                   "(before microversion 1.20 only a string)"}
 
 
-def obj(required: tuple[str, ...] = (), about: str | None = None, **props: Schema) -> Schema:
+def obj(required: tuple[str, ...] = (), about: str | None = None, /, **props: Schema) -> Schema:
     out: Schema = {"type": "object", "properties": props}
     if required:
         out["required"] = list(required)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,9 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
             else CapsuleSpec.model_validate(row.spec))
     by_uuid = {c.uuid: c for c in spec.all_containers}
     restart = {"Name": ZUN_RESTART_NAMES[spec.restart_policy], "MaximumRetryCount": "0"}
-    children = [container_view(c, by_uuid.get(c.uuid), spec, is_admin, row) for c in row.containers]
+    # ORM rows or listed rows, never a mix: one element type for the zips below.
+    members: Sequence[Container | ContainerRow] = row.containers
+    children = [container_view(c, by_uuid.get(c.uuid), spec, is_admin, row) for c in members]
     body: dict[str, Any] = {
         "uuid": row.uuid,
         "links": [{"href": f"{base_url}/v1/capsules/{row.uuid}", "rel": "self"},
@@ -42,8 +45,8 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "user_id": row.user_id,
         "created_at": ts(row.created_at),
         "updated_at": ts(row.updated_at),
-        "containers": [c for c, r in zip(children, row.containers, strict=True) if r.role == "app"],
-        "init_containers": [c for c, r in zip(children, row.containers, strict=True) if r.role == "init"],
+        "containers": [c for c, r in zip(children, members, strict=True) if r.role == "app"],
+        "init_containers": [c for c, r in zip(children, members, strict=True) if r.role == "init"],
         # Extensions (additive: Zun clients ignore unknown keys).
         "restart_count": row.restart_count,
         # size_enforced: Docker's local volumes (on this ext4/overlay2 kind of host) cannot

@@ -21,7 +21,7 @@ class Backoff:
 
     def next(self) -> float:
         # The exponent is capped too: a loop failing for days must not overflow a float.
-        delay = min(self._max, self._initial * 2 ** min(self._failures, 62))
+        delay = min(self._max, self._initial * 2.0 ** min(self._failures, 62))
         self._failures += 1
         return delay
 

@@ -250,8 +250,8 @@ def _restart(value: Any, p: _Problems) -> DockerRestart | None:
     if value is None:
         return None
     if isinstance(value, str):  # zunclient's CLI sends "on-failure:3" as an object; be lenient
-        name, _, count = value.partition(":")
-        value = {"Name": name, "MaximumRetryCount": count or "0"}
+        given_name, _, given_count = value.partition(":")
+        value = {"Name": given_name, "MaximumRetryCount": given_count or "0"}
     if not isinstance(value, dict):
         p.add("restart_policy", "must be {\"Name\": ..., \"MaximumRetryCount\": ...}")
         return None

@@ -362,9 +362,9 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
     health = _check_liveness(c.get("livenessProbe"), f"{path}.livenessProbe", role, p)
     if len(p.items) > before:
         return None
-    return ContainerSpec(name=name, role=role, image=image, command=command, args=args,  # type: ignore[arg-type]
+    return ContainerSpec(name=name, role=role, image=image, command=command, args=args,
                          workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
-                         volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],  # type: ignore[arg-type]
+                         volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],
                          tty=tty, stdin=stdin, privileged=privileged, health=health)
 
 
@@ -428,7 +428,7 @@ def _string_list(value: Any, path: str, p: _Problems) -> list[str]:
 def _bool(value: Any, path: str, p: _Problems, allow_strings: bool = False) -> bool:
     if isinstance(value, bool):
         return value
-    if allow_strings and value in ("true", "false"):
+    if allow_strings and isinstance(value, str) and value in ("true", "false"):
         return value == "true"
     p.add(path, "must be true or false")
     return False

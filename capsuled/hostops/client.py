@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -34,6 +34,7 @@ from capsuled.http_status import error_class_for
 # client's timeout, stop/restart/exec_run that plus their own wait.
 _SLOW_READ = {"pull_image": 1800.0, "get_archive": 300.0, "put_archive": 300.0}
 _CLOSE_TIMEOUT = 2.0
+T = TypeVar("T")
 
 
 class RemoteOps:
@@ -81,22 +82,22 @@ class RemoteOps:
 
     def logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
              tail: int | None, since: int | None) -> bytes:
-        return self._call("logs", container_id, stdout, stderr, timestamps, tail, since)  # type: ignore[no-any-return]
+        return self._result(bytes, "logs", container_id, stdout, stderr, timestamps, tail, since)
 
     def exec_run(self, container_id: str, command: list[str], max_output: int = EXEC_MAX_OUTPUT,
                  timeout: int = EXEC_TIMEOUT) -> ExecResult:
-        return self._call("exec_run", container_id, command, max_output, timeout,  # type: ignore[no-any-return]
-                          read=self._timeout + max(timeout, 0))
+        return self._result(ExecResult, "exec_run", container_id, command, max_output, timeout,
+                            read=self._timeout + max(timeout, 0))
 
     def top(self, container_id: str, ps_args: str | None) -> dict[str, Any]:
-        return self._call("top", container_id, ps_args)  # type: ignore[no-any-return]
+        return self._result(dict, "top", container_id, ps_args)
 
     def stats(self, container_id: str) -> dict[str, Any]:
-        return self._call("stats", container_id)  # type: ignore[no-any-return]
+        return self._result(dict, "stats", container_id)
 
     def get_archive(self, container_id: str, path: str,
                     max_bytes: int = ARCHIVE_MAX_BYTES) -> tuple[bytes, dict[str, Any]]:
-        return self._call("get_archive", container_id, path, max_bytes)  # type: ignore[no-any-return]
+        return self._result(tuple, "get_archive", container_id, path, max_bytes)
 
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         self._call("put_archive", container_id, path, data)
@@ -105,19 +106,27 @@ class RemoteOps:
         self._call("resize", container_id, height, width)
 
     def exec_interactive(self, container_id: str, command: list[str]) -> str:
-        return self._call("exec_interactive", container_id, command)  # type: ignore[no-any-return]
+        return self._result(str, "exec_interactive", container_id, command)
 
     def exec_resize(self, exec_id: str, height: int, width: int) -> None:
         self._call("exec_resize", exec_id, height, width)
 
     def list_images(self) -> list[ImageInfo]:
-        return self._call("list_images")  # type: ignore[no-any-return]
+        return self._result(list, "list_images")
 
     def pull_image(self, repo: str, tag: str) -> ImageInfo:
-        return self._call("pull_image", repo, tag)  # type: ignore[no-any-return]
+        return self._result(ImageInfo, "pull_image", repo, tag)
 
     def remove_image(self, ref: str) -> None:
         self._call("remove_image", ref)
+
+    def _result(self, kind: type[T], name: str, *args: Any, read: float | None = None) -> T:
+        """A call whose result the wire decodes to a `kind`; checked, so the type holds."""
+        value = self._call(name, *args, read=read)
+        if not isinstance(value, kind):
+            raise DriverError(f"{name}: the agent at {self.url} answered with a "
+                              f"{type(value).__name__}, not a {kind.__name__}")
+        return value
 
     def _call(self, name: str, *args: Any, read: float | None = None) -> Any:
         body = wire.encode_args(name, *args)
@@ -171,9 +180,10 @@ class RemoteOps:
     def _socket(self, name: str, ident: str) -> RawStream:
         scheme, rest = self.url.split("://", 1)
         url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}{wire.socket_path(name, ident)}"
-        tls = {"ssl": self._tls} if scheme == "https" and self._tls is not None else {}
+        # None is websockets' default: the system's trust for wss, nothing for ws.
+        tls = self._tls if scheme == "https" else None
         try:
-            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key}, **tls,
+            ws = connect(url, additional_headers={wire.OPS_KEY_HEADER: self._key}, ssl=tls,
                          open_timeout=self._timeout, close_timeout=_CLOSE_TIMEOUT,
                          compression=None, max_size=None, legacy=True)
         except InvalidStatus as exc:

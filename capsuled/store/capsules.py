@@ -113,7 +113,7 @@ _VOLUME_COLUMNS = _columns(Volume, VolumeRow)
 _IN_CHUNK = 500  # ids per IN (...) list, as SQLAlchemy's selectin loader does
 
 
-def _eager(stmt: Select[tuple[Capsule]]) -> Select[tuple[Capsule]]:
+def _eager(stmt: Select[Capsule]) -> Select[Capsule]:
     return stmt.options(selectinload(Capsule.containers), selectinload(Capsule.volumes))
 
 

@@ -25,7 +25,7 @@ SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", 
 BARE = "bare"
 
 
-def _eager(stmt: Select[tuple[Container]]) -> Select[tuple[Container]]:
+def _eager(stmt: Select[Container]) -> Select[Container]:
     return stmt.options(selectinload(Container.capsule))
 
 
@@ -174,6 +174,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             session.delete(row)
         return
     now = utcnow()
+    reason: str | None
     if report.error:
         status, reason = Status.ERROR, report.error
     elif report.container is not None:

@@ -79,7 +79,9 @@ def usage(session: Session) -> dict[str, tuple[float, int, int]]:
     containers that are placed there (a deleting one still holds its claim until gone)."""
     out: dict[str, tuple[float, int, int]] = {}
 
-    def add(host: str, cpu: float | None, memory: int | None, count: int) -> None:
+    def add(host: str | None, cpu: float | None, memory: int | None, count: int) -> None:
+        if host is None:  # the queries leave unplaced rows out; this tells the type checker
+            return
         c, m, n = out.get(host, (0.0, 0, 0))
         out[host] = (c + float(cpu or 0.0), m + int(memory or 0), n + count)
 
@@ -124,14 +126,16 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
 
 def disk_usage(session: Session) -> dict[str, int]:
     """Per host: GiB claimed by the volumes of the capsules and bare containers there."""
+    # The queries leave unplaced rows out; `host is not None` tells the type checker so.
     out = {host: int(size or 0) for host, size in session.execute(
         select(Capsule.host, func.sum(Volume.size)).join(Volume, Volume.capsule_id == Capsule.id)
-        .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all()}
+        .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all() if host is not None}
     for host, size in session.execute(
             select(Container.host, func.sum(Container.disk))
             .where(Container.role == "bare", Container.host.is_not(None), Container.disk > 0)
             .group_by(Container.host)).all():
-        out[host] = out.get(host, 0) + int(size or 0)
+        if host is not None:
+            out[host] = out.get(host, 0) + int(size or 0)
     return out
 
 

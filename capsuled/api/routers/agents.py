@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from capsuled.api import openapi as doc
 from capsuled.api.deps import PrincipalDep, allow, read_json
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.state import app_state
 from capsuled.domain.channel import BareReport, CapsuleReport, HostInfo
 from capsuled.errors import Forbidden, InvalidInput
 from capsuled.identity.base import Principal
@@ -24,7 +25,7 @@ MAX_WATCH_SECONDS = 60.0
 
 
 def _control(request: Request) -> ControlPlane:
-    return request.app.state.control  # type: ignore[no-any-return]
+    return app_state(request, "control", ControlPlane)
 
 
 def _own(who: Principal, host: str) -> None:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag
 from capsuled.api.services.capsules import CapsuleService
+from capsuled.api.state import app_state
 from capsuled.api.views import capsule_view, event_view
 from capsuled.domain.status import Status
 from capsuled.domain.template import short, whole_number
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/v1/capsules")
 
 
 def _service(request: Request) -> CapsuleService:
-    return request.app.state.capsules  # type: ignore[no-any-return]
+    return app_state(request, "capsules", CapsuleService)
 
 
 @router.post("", status_code=202, dependencies=[allow("capsule:create")],

@@ -24,6 +24,7 @@ from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
 from capsuled.api.services.containers import (ContainerService, LogRequest, parse_since,
                                               parse_stop_timeout, parse_tail)
+from capsuled.api.state import app_state
 from capsuled.api.streams import StreamLease, Streams
 from capsuled.api.views import action_view, any_container_view
 from capsuled.domain.template import whole_number
@@ -37,11 +38,11 @@ OCTET = "application/octet-stream"
 
 
 def _service(request: Request) -> ContainerService:
-    return request.app.state.containers  # type: ignore[no-any-return]
+    return app_state(request, "containers", ContainerService)
 
 
 def _streams(request: Request) -> Streams:
-    return request.app.state.streams  # type: ignore[no-any-return]
+    return app_state(request, "streams", Streams)
 
 
 def _request_id(request: Request) -> str:
@@ -211,7 +212,7 @@ async def _relay(stream: Iterator[bytes], streams: Streams) -> AsyncIterator[byt
         chunk = await streams.run_stream(next, stream, done, abandon_on_cancel=True)
         if chunk is done:
             return
-        yield chunk  # type: ignore[misc]
+        yield chunk
 
 
 @router.post("/{ident}/execute", dependencies=[allow("container:execute")],

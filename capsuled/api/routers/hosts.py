@@ -14,6 +14,7 @@ from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, VersionDep, allow, flag, given, read_json
 from capsuled.api.microversions import HOSTS_API, fmt
 from capsuled.api.services.hosts import AGENT_BINARY, HostService, HostState
+from capsuled.api.state import app_state
 from capsuled.api.views import ts
 from capsuled.errors import InvalidInput, NotFound
 
@@ -21,7 +22,7 @@ router = APIRouter()
 
 
 def _service(request: Request) -> HostService:
-    return request.app.state.hosts  # type: ignore[no-any-return]
+    return app_state(request, "hosts", HostService)
 
 
 def host_view(h: HostState, base: str) -> dict[str, Any]:

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request, Response
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, allow
 from capsuled.api.services.images import HostImage, ImageService
+from capsuled.api.state import app_state
 
 router = APIRouter(prefix="/v1/images")
 
 
 def _service(request: Request) -> ImageService:
-    return request.app.state.images  # type: ignore[no-any-return]
+    return app_state(request, "images", ImageService)
 
 
 def image_view(image: HostImage, base: str) -> dict[str, Any]:

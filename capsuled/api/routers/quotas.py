@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request, Response
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BodyDep, PrincipalDep, allow, flag
 from capsuled.api.services.quotas import QuotaService
+from capsuled.api.state import app_state
 
 router = APIRouter()
 
 
 def _service(request: Request) -> QuotaService:
-    return request.app.state.quotas  # type: ignore[no-any-return]
+    return app_state(request, "quotas", QuotaService)
 
 
 def _may(request: Request, rule: str, who: PrincipalDep, project_id: str) -> None:

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Request, Response
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BodyDep, allow, given
 from capsuled.api.services.tokens import TokenInfo, TokenService
+from capsuled.api.state import app_state
 from capsuled.api.views import ts
 
 router = APIRouter(prefix="/v1/tokens")
 
 
 def _service(request: Request) -> TokenService:
-    return request.app.state.tokens  # type: ignore[no-any-return]
+    return app_state(request, "tokens", TokenService)
 
 
 def token_view(t: TokenInfo) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Collection
 from datetime import timedelta
@@ -108,7 +109,7 @@ class CapsuleService:
         self._control.notify()
 
     def events(self, who: Principal, ident: str, limit: int | None = None,
-               marker: int | None = None) -> list[Event]:
+               marker: int | None = None) -> builtins.list[Event]:
         with self._store.transaction() as s:
             capsule = repo.get_capsule(s, ident, self._scope(who, "capsule:get_one_all_projects"))
             return repo.list_events(s, capsule, limit, marker)

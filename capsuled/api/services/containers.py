@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import io
 import logging
 import posixpath
@@ -214,19 +215,19 @@ class ContainerService:
         self._notify()
         error: str | None = None
         try:
-            ops = self._ops(host, runtime_id, ident)
+            ops, _, placed_id = self._ops(host, runtime_id, ident)
             if action == "start":
-                ops.start(runtime_id)  # type: ignore[arg-type]
+                ops.start(placed_id)
             elif action == "stop":
-                ops.stop(runtime_id, _timeout(timeout))  # type: ignore[arg-type]
+                ops.stop(placed_id, _timeout(timeout))
             elif action == "reboot":
-                ops.restart(runtime_id, _timeout(timeout))  # type: ignore[arg-type]
+                ops.restart(placed_id, _timeout(timeout))
             elif action == "pause":
-                ops.pause(runtime_id)  # type: ignore[arg-type]
+                ops.pause(placed_id)
             elif action == "unpause":
-                ops.unpause(runtime_id)  # type: ignore[arg-type]
+                ops.unpause(placed_id)
             else:
-                ops.kill(runtime_id, sig)  # type: ignore[arg-type]
+                ops.kill(placed_id, sig)
         except Exception as exc:
             error = getattr(exc, "message", str(exc))
             raise
@@ -371,8 +372,8 @@ class ContainerService:
             raise InvalidInput(f"Container {ident} was not created interactive (interactive/tty); "
                                "there is no terminal to attach to. Use logs instead.")
         host = row.capsule.host if row.capsule is not None else row.host
-        self._ops(host, row.runtime_id, ident)
-        return self._new_session(row.uuid, host, row.runtime_id, None), row.uuid  # type: ignore[arg-type]
+        _, placed_host, runtime_id = self._ops(host, row.runtime_id, ident)
+        return self._new_session(row.uuid, placed_host, runtime_id, None), row.uuid
 
     def exec_interactive(self, who: Principal, ident: str, command: Any,
                          capsule: str | None = None) -> tuple[str, str, str]:
@@ -381,9 +382,9 @@ class ContainerService:
         row = self.get(who, ident, capsule)
         self._check(row, "execute")
         host = row.capsule.host if row.capsule is not None else row.host
-        ops = self._ops(host, row.runtime_id, ident)
-        exec_id = ops.exec_interactive(row.runtime_id, argv)  # type: ignore[arg-type]
-        return exec_id, self._new_session(row.uuid, host, row.runtime_id, exec_id), row.uuid  # type: ignore[arg-type]
+        ops, placed_host, runtime_id = self._ops(host, row.runtime_id, ident)
+        exec_id = ops.exec_interactive(runtime_id, argv)
+        return exec_id, self._new_session(row.uuid, placed_host, runtime_id, exec_id), row.uuid
 
     def open_session(self, ident: str, token: str) -> tuple[RawStream, Terminal]:
         """Use up a websocket token (issued by any replica) and open what it stands for."""
@@ -423,7 +424,7 @@ class ContainerService:
         return token
 
     def actions(self, who: Principal, ident: str, limit: int | None = None,
-                marker: str | None = None) -> list[ContainerAction]:
+                marker: str | None = None) -> builtins.list[ContainerAction]:
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             return repo.list_actions(s, row.uuid, limit, marker)
@@ -439,12 +440,16 @@ class ContainerService:
         row = self.get(who, ident, capsule)
         self._check(row, action)
         host = row.capsule.host if row.capsule is not None else row.host
-        return self._ops(host, row.runtime_id, ident), row.runtime_id  # type: ignore[return-value]
+        ops, _, runtime_id = self._ops(host, row.runtime_id, ident)
+        return ops, runtime_id
 
-    def _ops(self, host: str | None, runtime_id: str | None, ident: str) -> ContainerOps:
+    def _ops(self, host: str | None, runtime_id: str | None,
+             ident: str) -> tuple[ContainerOps, str, str]:
+        """The operations of the container's host, the host and the container's runtime id:
+        Conflict while the container is not placed and created yet."""
         if host is None or runtime_id is None:
             raise Conflict(f"Container {ident} does not exist on a host yet.")
-        return _HostHidden.of(self._ops_for, host)
+        return _HostHidden.of(self._ops_for, host), host, runtime_id
 
     @staticmethod
     def _check(row: Container, action: str, force: bool = False) -> None:
@@ -471,7 +476,7 @@ class _HostHidden:
 
     @classmethod
     def of(cls, ops_for: Callable[[str], ContainerOps], host: str) -> ContainerOps:
-        return cls(_hidden(lambda: ops_for(host), "connect"))  # type: ignore[return-value]
+        return cls(_hidden(lambda: ops_for(host), "connect"))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)

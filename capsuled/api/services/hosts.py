@@ -9,6 +9,7 @@ takes it out of scheduling; what already runs there keeps running.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -100,7 +101,7 @@ class HostService:
                                f"placed on it; delete them first.")
             s.delete(row)
 
-    def availability_zones(self) -> list[str]:
+    def availability_zones(self) -> builtins.list[str]:
         # Any authenticated user may see the zones (they choose one in templates).
         with self._store.transaction() as s:
             return sorted({h.availability_zone for h in host_repo.list_hosts(s)})
@@ -124,7 +125,7 @@ class HostService:
         return (not row.forced_down and row.last_seen is not None
                 and now - row.last_seen <= self._down_after)
 
-    def _states(self) -> list[HostState]:
+    def _states(self) -> builtins.list[HostState]:
         now = utcnow()
         with self._store.transaction() as s:
             used = host_repo.usage(s)

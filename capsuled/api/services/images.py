@@ -7,6 +7,7 @@ replicas without being stored.
 
 from __future__ import annotations
 
+import builtins
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class ImageService:
         image = self.get(ident)
         self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
 
-    def _alive_hosts(self) -> list[str]:
+    def _alive_hosts(self) -> builtins.list[str]:
         now = utcnow()
         with self._store.transaction() as s:
             return [h.name for h in capacities(s, lock=False)

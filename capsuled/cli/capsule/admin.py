@@ -4,7 +4,7 @@ members too."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +13,7 @@ from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import AdminClient, ApiError
 from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, report, reporting, runtime_of
 
-_SETTINGS = {"no_args_is_help": True, "add_completion": False, "rich_markup_mode": "rich",
+_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "rich_markup_mode": "rich",
              "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 token_app = typer.Typer(help="""Issue, list and revoke the server's own tokens (admin).
@@ -44,7 +44,7 @@ def _client(ctx: typer.Context) -> tuple[Any, AdminClient]:
     return rt, AdminClient(rt.url, rt.token, transport=rt.transport)
 
 
-def _table(rows: list[Mapping[str, Any]], columns: list[tuple[str, str]]) -> None:
+def _table(rows: Sequence[Mapping[str, Any]], columns: list[tuple[str, str]]) -> None:
     table = render._table(*(title for title, _ in columns))
     for row in rows:
         table.add_row(*(render.text(_cell(row.get(key))) for _, key in columns))

@@ -20,12 +20,14 @@ import re
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 import docker
+from docker.types import LogConfig
+from docker.utils import decode_json_header
 
 from capsuled.domain import labels as L
-from capsuled.domain.channel import HostInfo
+from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
@@ -34,11 +36,23 @@ from capsuled.errors import DriverError, ImageNotFound, NotFound, PayloadTooLarg
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
                                        LOGS_MAX_BYTES, ExecResult, ImageInfo, RawStream)
 
-_STATES: set[str] = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
+# The Engine's status words we report as they are; anything else reads as dead.
+_STATES: dict[str, ContainerState] = {s: s for s in (
+    "created", "running", "paused", "restarting", "exited", "dead", "removing")}
 _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "restart", "stop",
            "health_status"}
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 DEFAULT_PIDS_LIMIT = 1024  # config.LimitSettings.pids_limit's default
+
+
+class _EngineHttp(Protocol):
+    """The SDK's raw-HTTP helpers, which its stubs leave out: `update` and `get_archive`
+    call the Engine API directly (the SDK has no method for either that suits us)."""
+
+    def _url(self, pathfmt: str, *args: str) -> str: ...
+    def _get(self, url: str, **kwargs: Any) -> Any: ...
+    def _post_json(self, url: str, data: dict[str, Any], **kwargs: Any) -> Any: ...
+    def _raise_for_status(self, response: Any) -> None: ...
 
 
 class DockerRuntime:
@@ -46,6 +60,7 @@ class DockerRuntime:
 
     def __init__(self, client: docker.APIClient, pids_limit: int | None = DEFAULT_PIDS_LIMIT) -> None:
         self._api = client
+        self._http = cast(_EngineHttp, client)
         self._images: set[str] = set()
         # Every container this runtime creates (sandboxes, members, bare) gets it: a fork
         # bomb in one tenant's container must not exhaust the host's process table.
@@ -90,7 +105,7 @@ class DockerRuntime:
         exited = state in ("exited", "dead") or (state == "restarting")
         return Observed(
             id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {},
-            state=state if state in _STATES else "dead",  # type: ignore[arg-type]
+            state=_STATES.get(state, "dead"),
             exit_code=st.get("ExitCode") if exited or state == "exited" else None,
             restart_count=int(data.get("RestartCount") or 0),
             started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
@@ -155,20 +170,21 @@ class DockerRuntime:
     def _endpoint(self, network: str | None, aliases: tuple[str, ...]) -> dict[str, Any] | None:
         if network is None:
             return None
-        return dict(self._api.create_networking_config({
-            network: self._api.create_endpoint_config(aliases=list(aliases) or None)}))
+        # What the SDK's create_networking_config builds (its stubs take one endpoint only).
+        return {"EndpointsConfig": {
+            network: self._api.create_endpoint_config(aliases=list(aliases) or None)}}
 
     def create_container(self, req: ContainerRequest) -> str:
         ns = f"container:{req.sandbox_id}" if req.sandbox_id else None
         network = None if ns else req.network
-        restart = {"Name": "no"} if req.restart_policy == "no" else {
+        restart: dict[str, str | int] = {"Name": "no"} if req.restart_policy == "no" else {
             "Name": req.restart_policy, "MaximumRetryCount": req.max_retry}
         host_config = self._api.create_host_config(
             network_mode=ns or network, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
             auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
-            log_config={"Type": "local", "Config": {}})
+            log_config=LogConfig(type="local", config={}))
         with translate_docker_errors(f"create container {req.name}"):
             cid = self._api.create_container(
                 image=req.image, name=req.name, labels=req.labels,
@@ -227,8 +243,8 @@ class DockerRuntime:
         if not body:
             return
         with translate_docker_errors(f"update {container_id[:12]}"):
-            url = self._api._url("/containers/{0}/update", container_id)
-            self._api._raise_for_status(self._api._post_json(url, data=body))
+            url = self._http._url("/containers/{0}/update", container_id)
+            self._http._raise_for_status(self._http._post_json(url, data=body))
 
     def logs(self, container_id: str, stdout: bool, stderr: bool, timestamps: bool,
              tail: int | None, since: int | None) -> bytes:
@@ -267,7 +283,8 @@ class DockerRuntime:
         with translate_docker_errors(f"exec in {container_id[:12]}"):
             ex = self._api.exec_create(container_id, command, stdout=True, stderr=True)
             sock = self._api.exec_start(ex["Id"], socket=True)
-        raw = getattr(sock, "_sock", sock)
+        # The SDK wraps the connection's socket; frames are read from the socket itself.
+        raw = cast(socket.socket, getattr(sock, "_sock", sock))
         try:
             output, truncated, timed_out = _read_frames(raw, max_output,
                                                         time.monotonic() + timeout)
@@ -305,11 +322,11 @@ class DockerRuntime:
         # closed when the tar grows past the cap, which the SDK's generator cannot do.
         what = f"copy {path} out of {container_id[:12]}"
         with translate_docker_errors(what):
-            res = self._api._get(self._api._url("/containers/{0}/archive", container_id),
-                                 params={"path": path}, stream=True)
+            res = self._http._get(self._http._url("/containers/{0}/archive", container_id),
+                                  params={"path": path}, stream=True)
             try:
-                self._api._raise_for_status(res)
-                stat = dict(docker.utils.decode_json_header(
+                self._http._raise_for_status(res)
+                stat = dict(decode_json_header(
                     res.headers.get("x-docker-container-path-stat") or "e30="))
                 size = stat.get("size")
                 if isinstance(size, int) and size > max_bytes:  # a file: refused before reading
