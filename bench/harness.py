@@ -132,11 +132,12 @@ class Server:
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"capsuled-bench-{name}-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # The benchmarks measure speed with best-effort-sized containers (busybox sleeping):
+        # The benchmarks measure speed with many small containers (busybox sleeping):
         # Capsuled's default limits (0.1 CPU, 256 MiB per container, claimed on the host
-        # like explicit requests) would fill this 2-CPU machine after 20 containers.
-        self.env = {"CAPSULED_LIMITS__DEFAULT_CPU": "0.002", "CAPSULED_LIMITS__DEFAULT_MEMORY": "8",
-                    **(env or {})}
+        # like explicit requests) would fill a 2-CPU machine after 20 containers, so the
+        # host offers 32x its cores and sleepers get 16 MiB (Docker's floor is 6).
+        self.env = {"CAPSULED_AGENT__CPU_ALLOCATION_RATIO": "32",
+                    "CAPSULED_LIMITS__DEFAULT_MEMORY": "16", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._instance: str | None = None
 

@@ -35,6 +35,10 @@ class AgentSettings(BaseModel):
     backoff_max: float = Field(60.0, description="Longest delay between retries of a failed sync")
     stop_timeout: int = Field(5, description="Seconds a container gets to stop on delete before SIGKILL")
     heartbeat_interval: float = Field(10.0, gt=0, description="Seconds between heartbeats")
+    cpu_allocation_ratio: float = Field(1.0, gt=0, le=64, description=(
+        "CPUs this host offers the scheduler per physical core (as Nova's "
+        "cpu_allocation_ratio): 1 claims real cores; 4 lets a 2-core host hold 80 containers "
+        "of the default 0.1 CPU. Memory is never overcommitted"))
     labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
     network_pool: IPv4Network = Field(IPv4Network("10.208.0.0/12"), description=(
         "Addresses for project networks, cut into /network_prefix blocks (one per project "

@@ -79,7 +79,10 @@ class Agent:
         """Tell the control plane about this host, retrying while it cannot be reached (an
         agent may start before the API); a refused token is fatal and raised."""
         info = self._runtime.host_info(self._host, self._settings.availability_zone)
-        info = info.model_copy(update={"labels": dict(self._settings.labels)})
+        # CPU is compressible: like Nova's cpu_allocation_ratio, the host offers its cores
+        # times the ratio to the scheduler (claims stay exact; limits are still per container).
+        info = info.model_copy(update={"labels": dict(self._settings.labels),
+                                       "cpus": info.cpus * self._settings.cpu_allocation_ratio})
         if self._ops_endpoint is not None:
             info = info.model_copy(update={"ops_url": self._ops_endpoint[0],
                                            "ops_nonce": self._ops_endpoint[1]})

@@ -146,3 +146,14 @@ def test_a_restarted_agent_adopts_its_containers_and_removes_orphans(host: Host)
     assert {o.id for o in host.runtime.observe_capsule("inst", "cap-a")} == before
     assert len(host.runtime.observe_capsule("inst", "bare-1")) == 1
     assert sum(1 for e in host.runtime.history() if e.action == "create") == creates
+
+
+@pytest.mark.parametrize("ratio", [1.0, 4.0])
+def test_the_host_offers_its_cores_times_the_cpu_allocation_ratio(ratio: float) -> None:
+    runtime, channel = fake_runtime(), MemoryChannel()
+    agent = Agent(channel, runtime, MemoryVolumes(),
+                  AgentSettings.model_validate({"host_name": "h1", "cpu_allocation_ratio": ratio}),
+                  "inst", INFRA, networks=MemoryNetworks())
+    agent.register()
+    physical = runtime.host_info("h1", "nova").cpus
+    assert channel.registered[-1].cpus == physical * ratio
