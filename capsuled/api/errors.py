@@ -19,7 +19,13 @@ LOG = logging.getLogger(__name__)
 
 
 def _kebab(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+    """Zun's error code for a class name: InvalidInput → invalid-input, and an acronym
+    stays one word (HTTPException → http-exception)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
+
+
+# Routing's own answers (no such path, wrong method), named as Zun's clients expect.
+_HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 
 
 def error_response(request: Request, status: int, code: str, title: str, detail: str | None = None,
@@ -52,7 +58,8 @@ def install(app: FastAPI) -> None:
         title = {404: "The resource could not be found.",
                  405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
-        return error_response(request, exc.status_code, _kebab(type(exc).__name__), title)
+        code = _HTTP_CODES.get(exc.status_code, f"http-{exc.status_code}")
+        return error_response(request, exc.status_code, code, title)
 
 
 

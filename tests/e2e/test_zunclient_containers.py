@@ -297,3 +297,11 @@ def test_quotas_through_zunclient(server: Server, unique) -> None:  # type: igno
         assert zun.quotas.get(project).disk == 50
     finally:
         zun.quota_classes.update("default", disk=100)
+
+
+def test_zunclient_create_in_the_default_security_group(zun, made, unique) -> None:  # type: ignore[no-untyped-def]
+    """What Zun's tempest suite sends on every create at microversion 1.1 and later."""
+    c = zun.containers.create(name=unique("zsg"), image="busybox", command=["sleep", "60"],
+                              security_groups=["default"])
+    made.append(c.uuid)
+    assert zun.containers.get(c.uuid).security_groups == ["default"]
