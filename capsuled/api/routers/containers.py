@@ -49,15 +49,6 @@ def _request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
-def _int(value: Any, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    out = whole_number(value, strings=True)  # ASCII digits only: int() takes '²' and 5,000 digits
-    if out is None:
-        raise InvalidInput(f"{name}: must be a non-negative integer")
-    return out
-
-
 @router.post("", status_code=202, dependencies=[allow("container:create")],
              openapi_extra=doc.body(doc.CONTAINER_CREATE, doc.CONTAINER_EXAMPLE))
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,

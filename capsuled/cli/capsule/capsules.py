@@ -22,6 +22,7 @@ from capsuled.cli.capsule.shared import (
     report,
     reporting,
     runtime_of,
+    show_each,
 )
 from capsuled.cli.capsule.templates import load_templates
 
@@ -214,27 +215,13 @@ def describe(
       capsule describe web-demo
     """
     rt = runtime_of(ctx)
-    console = render.make_console()
-    found: list[dict[str, Any]] = []
-    failed = False
     with reporting(rt), rt.client() as client:
-        for ident in idents:
-            try:
-                capsule = client.get(ident)
-                events = client.events(capsule["uuid"]) if output is Format.table else []
-            except ApiError as exc:
-                report(rt, exc)
-                failed = True
-                continue
-            if output is Format.table:
-                if found:
-                    console.print()
-                render.emit(console, render.describe(capsule, events))
-            found.append(capsule)
-    if output is Format.json:
-        echo_json(found)
-    if failed:
-        raise typer.Exit(1)
+        def fetch(ident: str) -> tuple[dict[str, Any], Any]:
+            capsule = client.get(ident)
+            if output is not Format.table:
+                return capsule, None
+            return capsule, render.describe(capsule, client.events(capsule["uuid"]))
+        show_each(rt, output, idents, fetch)
 
 
 def delete(

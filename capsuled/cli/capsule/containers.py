@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import typer
 
 from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError
 from capsuled.cli.capsule.container_common import (
     INTERRUPTED,
     CapsuleOpt,
@@ -37,9 +36,9 @@ from capsuled.cli.capsule.shared import (
     UsageProblem,
     echo_json,
     emit_list,
-    report,
     reporting,
     runtime_of,
+    show_each,
 )
 
 container_app = typer.Typer(
@@ -102,26 +101,11 @@ def show(
       capsule container show --capsule web-demo probe
     """
     rt = runtime_of(ctx)
-    console = render.make_console()
-    found: list[dict[str, Any]] = []
-    failed = False
     with reporting(rt), container_client(rt) as client:
-        for ident in idents:
-            try:
-                body = client.get(ident, capsule)
-            except ApiError as exc:
-                report(rt, exc)
-                failed = True
-                continue
-            if output is Format.table:
-                if found:
-                    console.print()
-                render.emit(console, render.show_container(body))
-            found.append(body)
-    if output is Format.json:
-        echo_json(found)
-    if failed:
-        raise typer.Exit(1)
+        def fetch(ident: str) -> tuple[dict[str, Any], Any]:
+            body = client.get(ident, capsule)
+            return body, render.show_container(body)
+        show_each(rt, output, idents, fetch)
 
 
 def logs(

@@ -102,3 +102,29 @@ def emit_list(output: Format, rows: list[dict[str, Any]], what: str,
         typer.echo(f"No {what} found.", err=True)
     else:
         render.emit(render.make_console(), table(rows))
+
+
+def show_each(rt: Runtime, output: Format, idents: list[str],
+              fetch: Callable[[str], tuple[dict[str, Any], Any]]) -> None:
+    """Show each ident in turn: `fetch` gives its body and what a table draws. One that
+    cannot be shown is reported and the others are still shown (exit 1); JSON output is
+    the list of bodies."""
+    console = render.make_console()
+    found: list[dict[str, Any]] = []
+    failed = False
+    for ident in idents:
+        try:
+            body, drawing = fetch(ident)
+        except ApiError as exc:
+            report(rt, exc)
+            failed = True
+            continue
+        if output is Format.table:
+            if found:
+                console.print()
+            render.emit(console, drawing)
+        found.append(body)
+    if output is Format.json:
+        echo_json(found)
+    if failed:
+        raise typer.Exit(1)
