@@ -36,7 +36,8 @@ _BASE = {
 _READS = {"get_one", "get_all", "logs", "top", "stats", "get_archive", "actions"}
 _CONTAINER_ACTIONS = ("create", "delete", "update", "start", "stop", "reboot", "pause",
                       "unpause", "kill", "rename", "execute", "execute_resize", "attach",
-                      "resize", "put_archive", *sorted(_READS))
+                      "resize", "put_archive", "rebuild", "commit", "resize_container",
+                      *sorted(_READS))
 
 DEFAULTS: dict[str, str] = {
     **_BASE,
@@ -52,7 +53,10 @@ DEFAULTS: dict[str, str] = {
     "container:get_all_all_projects": ADMIN, "container:delete_all_projects": ADMIN,
     "container:delete_force": ADMIN, "container:create:requested_destination": ADMIN,
     "container:create:privileged": ADMIN, "container:create:runtime": ADMIN,
-    "image:pull": ADMIN, "image:get_all": ADMIN, "image:get_one": ADMIN, "image:delete": ADMIN,
+    "image:pull": ADMIN, "image:delete": ADMIN,
+    # Members list the hosts' images too, but only base images and their own project's
+    # commits; an admin (image:get_all_all_projects) sees every project's, and the hosts.
+    "image:get_all": READER, "image:get_one": READER, "image:get_all_all_projects": ADMIN,
     "host:get_all": ADMIN, "host:get": ADMIN,
     "zun-service:get_all": ADMIN, "zun-service:update": ADMIN, "zun-service:delete": ADMIN,
     "availability_zones:get_all": READER,

@@ -153,6 +153,9 @@ class BareSpec(_Frozen):
     # Zun's auto_heal: a missing container is made again (always so here) and, with a
     # healthcheck, an unhealthy one is restarted (container.health.restart).
     auto_heal: bool = False
+    # Bumped by each rebuild: part of the runtime hash, so the agent replaces the Docker
+    # container even when the image is the same (level-triggered, survives agent restarts).
+    rebuilds: int = 0
 
     @property
     def disk(self) -> int:
@@ -168,7 +171,7 @@ class BareSpec(_Frozen):
         for added in ("privileged", "health"):
             if not payload["container"].get(added):
                 payload["container"].pop(added, None)
-        for added in ("volumes", "files", "auto_heal"):  # absent before: older hashes hold
+        for added in ("volumes", "files", "auto_heal", "rebuilds"):  # absent before: older hashes hold
             if not payload.get(added):
                 payload.pop(added, None)
         raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()

@@ -32,7 +32,7 @@ from capsuled.http_status import error_class_for
 # takes long on the agent before it answers: a pull downloads an image; an archive is read
 # (up to its size cap) or written by the Docker Engine first. Every other call has the
 # client's timeout, stop/restart/exec_run that plus their own wait.
-_SLOW_READ = {"pull_image": 1800.0, "get_archive": 300.0, "put_archive": 300.0}
+_SLOW_READ = {"pull_image": 1800.0, "get_archive": 300.0, "put_archive": 300.0, "commit": 600.0}
 _CLOSE_TIMEOUT = 2.0
 T = TypeVar("T")
 
@@ -119,6 +119,9 @@ class RemoteOps:
 
     def remove_image(self, ref: str) -> None:
         self._call("remove_image", ref)
+
+    def commit(self, container_id: str, repository: str, tag: str, project: str) -> ImageInfo:
+        return self._result(ImageInfo, "commit", container_id, repository, tag, project)
 
     def _result(self, kind: type[T], name: str, *args: Any, read: float | None = None) -> T:
         """A call whose result the wire decodes to a `kind`; checked, so the type holds."""

@@ -43,6 +43,7 @@ class ImageInfo:
     tag: str
     size: int  # bytes
     created: int  # epoch seconds
+    project: str | None = None  # the committing project's label (capsuled.project), if any
 
 
 class RawStream(Protocol):
@@ -116,3 +117,9 @@ class ContainerOps(Protocol):
     def pull_image(self, repo: str, tag: str) -> ImageInfo: ...
 
     def remove_image(self, ref: str) -> None: ...
+
+    def commit(self, container_id: str, repository: str, tag: str, project: str) -> ImageInfo:
+        """A new image from the container (paused meanwhile), as `repository:tag`, labelled
+        with `project`. Conflict when that reference already exists on the host and is not
+        an image `project` committed: a tenant must never replace another's or a base image."""
+        ...

@@ -55,7 +55,8 @@ _CHUNK = 65536
 # calls that wait on a container or on the Engine (stops, execs, pulls, archives).
 _STREAM_THREADS = 1024
 _WAIT_THREADS = 128
-_WAITS = frozenset({"stop", "restart", "exec_run", "pull_image", "get_archive", "put_archive"})
+_WAITS = frozenset({"stop", "restart", "exec_run", "pull_image", "get_archive", "put_archive",
+                    "commit"})
 
 
 class Sessions:

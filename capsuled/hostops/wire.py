@@ -196,12 +196,14 @@ class _ImageInfo(Kind):
             raise WireError("must be an ImageInfo")
         return {"id": STR.encode(value.id), "repo": STR.encode(value.repo),
                 "tag": STR.encode(value.tag), "size": INT.encode(value.size),
-                "created": INT.encode(value.created)}
+                "created": INT.encode(value.created), "project": OPT_STR.encode(value.project)}
 
     def decode(self, data: Any) -> Any:
         f = _fields(data, self.name, ("id", "repo", "tag", "size", "created"))
+        # `project` is newer: an older agent leaves it out.
         return ImageInfo(id=STR.decode(f["id"]), repo=STR.decode(f["repo"]), tag=STR.decode(f["tag"]),
-                         size=INT.decode(f["size"]), created=INT.decode(f["created"]))
+                         size=INT.decode(f["size"]), created=INT.decode(f["created"]),
+                         project=OPT_STR.decode(f.get("project")))
 
 
 class _List(Kind):
@@ -301,6 +303,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("list_images", (), IMAGES),
     Method("pull_image", (("repo", STR), ("tag", STR)), IMAGE),
     Method("remove_image", (("ref", STR),), NOTHING),
+    Method("commit", (_CID, ("repository", STR), ("tag", STR), ("project", STR)), IMAGE),
 )}
 
 # The request/response methods (POST /ops/{method} answering JSON).

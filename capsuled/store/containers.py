@@ -186,12 +186,14 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         return
     if row.deleting:
         status, reason = Status.DELETING, None
+    elif row.status == Status.REBUILDING.value and status is Status.CREATING:
+        status, reason = Status.REBUILDING, None  # the old container gone, the new one not yet
     if (row.status, row.status_reason) != (status.value, reason):
         row.updated_at = now
     row.status, row.status_reason = status.value, reason
-    if status is not Status.CREATING:
+    if status not in (Status.CREATING, Status.REBUILDING):
         finish_actions(session, row.uuid, "Error" if status is Status.ERROR else None,
-                       reason if status is Status.ERROR else None, only=("create",))
+                       reason if status is Status.ERROR else None, only=("create", "rebuild"))
 
 
 # -- actions ------------------------------------------------------------------------------

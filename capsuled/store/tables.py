@@ -245,5 +245,19 @@ class TerminalSession(Base):
     pending_width: Mapped[int | None] = mapped_column(Integer)
 
 
+class CommittedImage(Base):
+    """An image reference (repository:tag) a project made with `commit`: it is that
+    project's alone, so no other project may commit over it or run it."""
+
+    __tablename__ = "committed_images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(400), unique=True)  # normalised repository:tag
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    image_id: Mapped[str | None] = mapped_column(String(128))
+    container_uuid: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)

@@ -22,13 +22,15 @@ from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
+from capsuled.api.services.images import image_uuid
 from capsuled.api.services.containers import (ContainerService, LogRequest, parse_since,
                                               parse_stop_timeout, parse_tail)
 from capsuled.api.state import app_state
 from capsuled.api.streams import StreamLease, Streams
 from capsuled.api.views import action_view, any_container_view
 from capsuled.domain.template import whole_number
-from capsuled.errors import CapsuledError, InvalidInput, NotAuthenticated, TooManyRequests
+from capsuled.errors import (CapsuledError, InvalidInput, NotAuthenticated, TooManyRequests,
+                             VersionNotAcceptable)
 from capsuled.hostops.terminal import bridge
 from capsuled.store.capsules import Page
 
@@ -356,3 +358,35 @@ def actions(request: Request, ident: str, who: PrincipalDep, limit: str | None =
 def action_detail(request: Request, ident: str, request_id: str, who: PrincipalDep) -> dict[str, Any]:
     return action_view(_service(request).action_detail(who, ident, request_id), _service(request).shows_host(who),
                        with_events=True)
+
+
+# -- rebuild, commit, resize_container (Zun's container actions) ---------------------------
+
+@router.post("/{ident}/rebuild", status_code=202, dependencies=[allow("container:rebuild")])
+def rebuild(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> Response:
+    """A new Docker container from `image` (default: the same image); same uuid, name,
+    volumes and network identity. Status Rebuilding until the agent has made it."""
+    _service(request).rebuild(who, ident, given(body.get("image")),
+                              given(body.get("image_driver")), _request_id(request))
+    return Response(status_code=202)
+
+
+@router.post("/{ident}/commit", status_code=202, dependencies=[allow("container:commit")])
+def commit(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
+    """An image of the container in its host's engine as `repository:tag`, this project's
+    alone; its uuid is the one /v1/images lists it under."""
+    host, info = _service(request).commit(who, ident, given(body.get("repository")),
+                                          given(body.get("tag")), _request_id(request))
+    return {"uuid": image_uuid(host, info.repo, info.tag), "image_id": info.id,
+            "repository": info.repo, "tag": info.tag}
+
+
+@router.post("/{ident}/resize_container", status_code=202,
+             dependencies=[allow("container:resize_container")])
+def resize_container(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
+                     version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
+    """cpu and/or memory, as PATCH changes them (quota and host room checked)."""
+    if not version.at_least((1, 19)):
+        raise VersionNotAcceptable("resize_container needs API version 1.19 or later")
+    row = _service(request).resize_container(who, ident, dict(body))
+    return any_container_view(row, _service(request).shows_host(who), base)

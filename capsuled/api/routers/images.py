@@ -1,4 +1,5 @@
-"""/v1/images: the images on the hosts (admin only, as in Zun)."""
+"""/v1/images: the images on the hosts. Pulling and removing are an admin's (as in Zun);
+members list base images and their own project's commits, without host names."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from capsuled.api import openapi as doc
-from capsuled.api.deps import BaseUrlDep, BodyDep, allow
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, allow
+from capsuled.identity.base import Principal
 from capsuled.api.services.images import HostImage, ImageService
 from capsuled.api.state import app_state
 
@@ -18,16 +20,25 @@ def _service(request: Request) -> ImageService:
     return app_state(request, "images", ImageService)
 
 
-def image_view(image: HostImage, base: str) -> dict[str, Any]:
+def _project(request: Request, who: Principal) -> str | None:
+    """None (every image) for admins; otherwise the caller's project."""
+    return None if request.app.state.policy.allows("image:get_all_all_projects", who) \
+        else who.project_id
+
+
+def image_view(image: HostImage, base: str, shows_host: bool = True) -> dict[str, Any]:
     return {"uuid": image.uuid, "image_id": image.info.id, "repo": image.info.repo,
-            "tag": image.info.tag, "size": image.info.size, "host": image.host,
+            "tag": image.info.tag, "size": image.info.size,
+            "host": image.host if shows_host else None, "project_id": image.info.project,
             "links": [{"href": f"{base}/v1/images/{image.uuid}", "rel": "self"},
                       {"href": f"{base}/images/{image.uuid}", "rel": "bookmark"}]}
 
 
 @router.get("", dependencies=[allow("image:get_all")])
-def list_(request: Request, base: BaseUrlDep) -> dict[str, Any]:
-    return {"images": [image_view(i, base) for i in _service(request).list()], "next": None}
+def list_(request: Request, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+    project = _project(request, who)
+    return {"images": [image_view(i, base, project is None)
+                       for i in _service(request).list(project)], "next": None}
 
 
 @router.post("", status_code=202, dependencies=[allow("image:pull")],
@@ -38,8 +49,9 @@ def pull(request: Request, body: BodyDep, base: BaseUrlDep) -> dict[str, Any]:
 
 
 @router.get("/{ident}", dependencies=[allow("image:get_one")])
-def show(request: Request, ident: str, base: BaseUrlDep) -> dict[str, Any]:
-    return image_view(_service(request).get(ident), base)
+def show(request: Request, ident: str, who: PrincipalDep, base: BaseUrlDep) -> dict[str, Any]:
+    project = _project(request, who)
+    return image_view(_service(request).get(ident, project), base, project is None)
 
 
 @router.delete("/{ident}", status_code=204, dependencies=[allow("image:delete")])

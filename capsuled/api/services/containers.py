@@ -32,16 +32,19 @@ from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.host_access import bare_spec_asks, request_asks
+from capsuled.domain.image_ref import normalise, parse_commit_target
+from capsuled.domain.status import Status
 from capsuled.domain.resources import bare_with_default_limits
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
                              NotAuthenticated, Unavailable)
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
-                                       ContainerOps, ExecResult, RawStream)
+                                       ContainerOps, ExecResult, ImageInfo, RawStream)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo
+from capsuled.store import committed_images
 from capsuled.store import containers as repo
 from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
@@ -69,11 +72,14 @@ VALID: dict[str, tuple[str, ...]] = {
     "top": ("Running",),
     "stats": ("Running",),
     "archive": ("Created", "Paused", "Running", "Stopped"),
+    "rebuild": ("Created", "Running", "Stopped", "Error"),
+    "commit": ("Running", "Stopped", "Paused"),
+    "resize_container": ("Created", "Running", "Stopped", "Paused"),
 }
 # Lifecycle actions a capsule's container does not take on its own: it lives and dies
 # with its capsule (the seed's rule).
 CAPSULE_OWNED = {"delete", "delete_stop", "start", "stop", "reboot", "pause", "unpause", "kill",
-                 "rename"}
+                 "rename", "rebuild"}
 
 
 SESSION_TTL = timedelta(seconds=60)  # how long a websocket URL stays usable
@@ -120,6 +126,8 @@ class ContainerService:
         spec = bare_with_default_limits(spec, self._limits)
         if spec.host is not None:
             self._policy.enforce("container:create:requested_destination", who)
+        with self._store.transaction() as s:
+            self._check_image(s, spec.container.image, who.project_id)
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
         with self._store.transaction() as s:
@@ -433,6 +441,82 @@ class ContainerService:
         with self._store.transaction() as s:
             row = repo.get_container(s, ident, self._scope(who))
             return repo.get_action(s, row.uuid, request_id)
+
+    # -- rebuild, commit, resize_container ---------------------------------------------------
+    def rebuild(self, who: Principal, ident: str, image: Any, image_driver: Any,
+                request_id: str) -> None:
+        """Replace the Docker container with one from `image` (or the same image): the
+        spec's rebuild count changes its runtime hash, so the agent removes and re-creates
+        it from the stored spec, whatever happens to the agent in between."""
+        probe = parse_container_request(
+            {"image": "x" if image in (None, "") else image, "image_driver": image_driver},
+            self._limits)
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, self._scope(who))
+            self._check(row, "rebuild")
+            if row.host is None:
+                raise Conflict(f"Cannot rebuild container {row.uuid}: it has no host yet.")
+            spec = BareSpec.model_validate(row.spec)
+            if spec.auto_remove:
+                raise Conflict(f"Cannot rebuild container {row.uuid}: it is removed when it "
+                               "exits (auto_remove); create it again instead.")
+            new_image = spec.container.image if image in (None, "") else probe.container.image
+            self._check_image(s, new_image, row.project_id)
+            new = spec.model_copy(update={
+                "container": spec.container.model_copy(update={"image": new_image}),
+                "rebuilds": spec.rebuilds + 1})
+            # Zun's rule: it runs again only if it was running; otherwise it is left created.
+            repo.set_desired(s, row, "running" if row.status == Status.RUNNING.value
+                             else "stopped", spec=new)
+            row.image = new_image
+            row.status, row.status_reason = Status.REBUILDING.value, None
+            repo.record_action(s, row.uuid, "rebuild", request_id, who.project_id, who.user_id)
+        self._notify()
+
+    def commit(self, who: Principal, ident: str, repository: Any, tag: Any,
+               request_id: str) -> tuple[str, ImageInfo]:
+        """`docker commit` on the container's host; the image is this project's: (host, image)."""
+        repo_name, tag_name = parse_commit_target(repository, tag)
+        ref = normalise(f"{repo_name}:{tag_name}")
+        row = self.get(who, ident)
+        self._check(row, "commit")
+        host = row.capsule.host if row.capsule is not None else row.host
+        ops, placed_host, runtime_id = self._ops(host, row.runtime_id, ident)
+        project, uuid = row.project_id, row.uuid
+        with self._store.transaction() as s:
+            fresh = committed_images.claim(s, ref, project, uuid)
+        error: str | None = None
+        try:
+            info = ops.commit(runtime_id, repo_name, tag_name, project)
+        except Exception as exc:
+            error = getattr(exc, "message", str(exc))
+            raise
+        finally:
+            with self._store.transaction() as s:
+                if error is not None and fresh:
+                    committed_images.give_back(s, ref, project)
+                repo.record_action(s, uuid, "commit", request_id, who.project_id, who.user_id,
+                                   finished=True, error=error)
+        with self._store.transaction() as s:
+            committed_images.record(s, ref, project, placed_host, info.id, uuid)
+        return placed_host, info
+
+    def resize_container(self, who: Principal, ident: str, body: dict[str, Any]) -> Container:
+        """Zun's resize_container: cpu and/or memory, as PATCH does them."""
+        unknown = sorted(set(body) - {"cpu", "memory"})
+        if unknown:
+            raise InvalidInput([f"{k}: resize_container takes only cpu and memory" for k in unknown])
+        if body.get("cpu") is None and body.get("memory") is None:
+            raise InvalidInput("body: give cpu, memory or both")
+        with self._store.transaction() as s:
+            row = repo.get_container(s, ident, self._scope(who))
+            self._check(row, "resize_container")
+        return self.update(who, ident, {k: v for k, v in body.items() if v is not None}, None)
+
+    def _check_image(self, s: Any, image: str, project_id: str) -> None:
+        owner = committed_images.owner(s, normalise(image))
+        if owner is not None and owner != project_id:
+            raise InvalidInput(f"image: {short(image)} is not available to this project")
 
     # -- helpers ----------------------------------------------------------------------------
     def _target(self, who: Principal, ident: str, action: str,

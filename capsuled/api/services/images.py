@@ -40,18 +40,21 @@ class ImageService:
         self._ops_for = ops_for
         self._down_after = host_down_after
 
-    def list(self) -> list[HostImage]:
+    def list(self, project: str | None = None) -> list[HostImage]:
+        """Every image, or with `project` those a member of it may see: base images (no
+        project label) and its own commits, never another project's."""
         out = []
         for host in self._alive_hosts():
             try:
                 images = self._ops_for(host).list_images()
             except CapsuledError:
                 continue  # a host that cannot answer now shows nothing rather than failing all
-            out += [HostImage(image_uuid(host, i.repo, i.tag), host, i) for i in images]
+            out += [HostImage(image_uuid(host, i.repo, i.tag), host, i) for i in images
+                    if project is None or not i.project or i.project == project]
         return sorted(out, key=lambda h: (h.info.repo, h.info.tag, h.host))
 
-    def get(self, ident: str) -> HostImage:
-        for image in self.list():
+    def get(self, ident: str, project: str | None = None) -> HostImage:
+        for image in self.list(project):
             if ident in (image.uuid, image.info.id, f"{image.info.repo}:{image.info.tag}"):
                 return image
         raise NotFound(f"Image {ident} could not be found.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import platform
 import re
@@ -32,7 +33,8 @@ from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
                                            Summary)
-from capsuled.errors import DriverError, ImageNotFound, NotFound, PayloadTooLarge, RuntimeRejected
+from capsuled.errors import (Conflict, DriverError, ImageNotFound, NotFound, PayloadTooLarge,
+                             RuntimeRejected)
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
                                        LOGS_MAX_BYTES, ExecResult, ImageInfo, RawStream)
 
@@ -185,6 +187,11 @@ class DockerRuntime:
             auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config=LogConfig(type="local", config={}))
+        owner = self._image_project(req.image)
+        if owner and owner != req.labels.get(L.PROJECT):
+            # Another project's committed image, however it was named (tag, id, digest).
+            raise ImageNotFound(f"create container {req.name}: image {req.image} is not "
+                                "available to this project")
         with translate_docker_errors(f"create container {req.name}"):
             cid = self._api.create_container(
                 image=req.image, name=req.name, labels=req.labels,
@@ -384,7 +391,8 @@ class DockerRuntime:
                 repo, _, tag = ref.rpartition(":")
                 if repo and repo != "<none>":
                     out.append(ImageInfo(id=r["Id"], repo=repo, tag=tag, size=int(r.get("Size") or 0),
-                                         created=int(r.get("Created") or 0)))
+                                         created=int(r.get("Created") or 0),
+                                         project=(r.get("Labels") or {}).get(L.PROJECT)))
         return out
 
     def pull_image(self, repo: str, tag: str) -> ImageInfo:
@@ -397,6 +405,32 @@ class DockerRuntime:
         with translate_docker_errors(f"remove image {ref}"):
             self._api.remove_image(ref)
         self._images.discard(ref)
+
+    def commit(self, container_id: str, repository: str, tag: str, project: str) -> ImageInfo:
+        ref = f"{repository}:{tag}"
+        existing = self._image_project(ref)
+        if existing is not None and existing != project:
+            # A base image (no label) or another project's: committing would replace what
+            # every container asking for this name runs.
+            raise Conflict(f"repository: {ref} already exists on the host and is not an image "
+                           "this project committed; choose another repository or tag")
+        with translate_docker_errors(f"commit {container_id[:12]} as {ref}"):
+            made = self._api.commit(container_id, repository=repository, tag=tag, pause=True,
+                                    changes=[f"LABEL {L.PROJECT}={json.dumps(project)}"])
+            data = self._api.inspect_image(str(made["Id"]))
+        self._images.add(ref)
+        return ImageInfo(id=str(data["Id"]), repo=repository, tag=tag,
+                         size=int(data.get("Size") or 0), created=int(time.time()), project=project)
+
+    def _image_project(self, ref: str) -> str | None:
+        """The capsuled.project label of the image `ref` names: "" for an image without
+        one, None when there is no such image on the host."""
+        try:
+            with translate_docker_errors(f"inspect image {ref}"):
+                data = self._api.inspect_image(ref)
+        except (NotFound, ImageNotFound):
+            return None
+        return str(((data.get("Config") or {}).get("Labels") or {}).get(L.PROJECT) or "")
 
     def remove_container(self, container_id: str, stop_timeout: int) -> None:
         try:
