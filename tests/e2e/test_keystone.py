@@ -235,3 +235,46 @@ def test_zun_cli_container_lifecycle(zun: Callable[..., subprocess.CompletedProc
     deleted = zun("delete", "--force", name, user="admin")
     assert f"Request to delete container {name} has been accepted." in deleted.stdout
     wait_for(lambda: not containers_of(docker_api, uuid), timeout=60, what="container removed")
+
+
+def test_zun_cli_commit_and_rebuild(zun: Callable[..., subprocess.CompletedProcess[str]],
+                                    keystone: Keystone, docker_api: docker.APIClient) -> None:
+    """As a Keystone member: `zun commit` makes the project's image, `zun rebuild` moves
+    the container onto it; a commit over a base image is refused."""
+    name, repo = "ks-acts", "ks-acts-img"
+    zun("run", "--name", name, "busybox", "sh", "-c",
+        "trap 'exit 0' TERM; echo ks > /ks; while true; do sleep 1; done")
+    uuid = ""
+    try:
+        def running_uuid() -> str | None:
+            row = next((line for line in zun("list").stdout.splitlines() if f" {name} " in line), "")
+            return row.split("|")[1].strip() if "Running" in row else None
+        uuid = wait_for(running_uuid, timeout=90, interval=0.5, what=f"{name} Running")
+        [before] = containers_of(docker_api, uuid)
+
+        out = zun("commit", name, f"{repo}:v1").stdout
+        assert f"Request to commit container {name} has been accepted" in out, out
+        image = docker_api.inspect_image(f"{repo}:v1")
+        assert image["Config"]["Labels"]["capsuled.project"] == keystone.project_ids["demo"]
+        refused = zun("commit", name, "busybox:latest").stdout
+        assert "Commit for container" in refused and "repository" in refused, refused
+
+        out = zun("rebuild", "--image", f"{repo}:v1", name).stdout
+        assert f"Request to rebuild container {name} has been accepted" in out, out
+
+        def rebuilt() -> bool:
+            found = containers_of(docker_api, uuid)
+            return len(found) == 1 and found[0]["Id"] != before["Id"] \
+                and found[0]["State"] == "running"
+        wait_for(rebuilt, timeout=90, interval=0.5, what="the rebuilt container running")
+        [after] = containers_of(docker_api, uuid)
+        assert after["Image"] == f"{repo}:v1"
+        assert f"{repo}:v1" in zun("show", name).stdout
+    finally:
+        zun("delete", "--stop", name, check=False)
+        if uuid:
+            wait_for(lambda: not containers_of(docker_api, uuid), timeout=60, what="removed")
+        try:
+            docker_api.remove_image(f"{repo}:v1", force=True)
+        except docker.errors.APIError:
+            pass

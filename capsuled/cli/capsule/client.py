@@ -227,6 +227,13 @@ class ContainerClient(_Api):
         """start, stop, reboot, pause, unpause or kill (with `timeout` / `signal`)."""
         self._request("POST", self._path(ident, action), params=_only(**params))
 
+    def rebuild(self, ident: str, image: str | None) -> None:
+        self._request("POST", self._path(ident, "rebuild"), params=_only(image=image), json={})
+
+    def commit(self, ident: str, repository: str) -> dict[str, Any]:
+        """`repository` may carry its tag (repo:tag): the server splits it."""
+        return self._json("POST", self._path(ident, "commit"), params={"repository": repository}, json={})
+
     def rename(self, ident: str, name: str) -> dict[str, Any]:
         return self._json("POST", self._path(ident, "rename"), params={"name": name})
 

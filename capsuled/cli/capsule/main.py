@@ -14,6 +14,7 @@ import typer
 
 from capsuled.cli.capsule import (
     archives,
+    container_acts,
     capsules,
     container_lifecycle,
     container_run,
@@ -86,9 +87,13 @@ container_app.command()(container_lifecycle.update)
 container_app.command("exec", context_settings=PASS_THROUGH)(terminal.exec_)
 container_app.command()(terminal.attach)
 container_app.command()(archives.cp)
+container_app.command()(container_acts.rebuild)
+container_app.command()(container_acts.commit)
 
 app.add_typer(container_app, name="container")
 app.command("run", context_settings=PASS_THROUGH)(container_run.run)
+app.command("rebuild")(container_acts.rebuild)
+app.command("commit")(container_acts.commit)
 
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
