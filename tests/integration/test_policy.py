@@ -114,7 +114,11 @@ MATRIX: list[tuple[str, Call, dict[str, int]]] = [
      {"admin": 404, "member_a": 404, "reader_a": 403, "member_b": 404, "reader_b": 403}),
     ("hosts", lambda c, w: c.get("/v1/hosts"), ADMIN_ONLY),
     ("services", lambda c, w: c.get("/v1/services"), ADMIN_ONLY),
-    ("images", lambda c, w: c.get("/v1/images"), ADMIN_ONLY),
+    # Members list images too (base images and their project's commits, issue 11).
+    ("images", lambda c, w: c.get("/v1/images"), ANYONE),
+    # Pulling stays an admin's (offline here: the admin's pull is a 404 from the registry).
+    ("pull image", lambda c, w: c.post("/v1/images", json={"repo": "capsuled-no/such"}),
+     {"admin": 404, "member_a": 403, "reader_a": 403, "member_b": 403, "reader_b": 403}),
     ("tokens", lambda c, w: c.get("/v1/tokens"), ADMIN_ONLY),
     ("availability zones", lambda c, w: c.get("/v1/availability_zones"), ANYONE),
 ]

@@ -32,7 +32,8 @@ def test_each_result_comes_back_as_its_declared_type() -> None:
     ran = ExecResult(exit_code=0, output=b"hi\n", exec_id="e1")
     ops = _answering({"logs": b"line\n", "exec_run": ran, "top": {"Titles": ["PID"]},
                       "stats": {"cpu": 1}, "get_archive": (b"tar", {"size": 3}),
-                      "exec_interactive": "e2", "list_images": [image], "pull_image": image})
+                      "exec_interactive": "e2", "list_images": [image], "pull_image": image,
+                      "commit": image})
     assert ops.logs("c1", True, True, False, None, None) == b"line\n"
     assert ops.exec_run("c1", ["echo", "hi"]) == ran
     assert ops.top("c1", None) == {"Titles": ["PID"]}
@@ -41,6 +42,7 @@ def test_each_result_comes_back_as_its_declared_type() -> None:
     assert ops.exec_interactive("c1", ["sh"]) == "e2"
     assert ops.list_images() == [image]
     assert ops.pull_image("busybox", "latest") == image
+    assert ops.commit("c1", "busybox", "latest", "p") == image
 
 
 def test_a_result_of_another_type_is_a_driver_error(monkeypatch: pytest.MonkeyPatch) -> None:

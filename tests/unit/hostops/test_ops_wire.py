@@ -43,6 +43,9 @@ CASES: dict[str, tuple[tuple[Any, ...], Any]] = {
     "exec_resize": (("exec-id", 40, 120), None),
     "list_images": ((), [IMG, ImageInfo(id="sha256:cd", repo="a/b", tag="1", size=0, created=0)]),
     "pull_image": (("busybox", "latest"), IMG),
+    "commit": (("c1", "team/app", "v1", "proj-a"),
+               ImageInfo(id="sha256:ef", repo="team/app", tag="v1", size=1, created=2,
+                         project="proj-a")),
     "remove_image": (("busybox:latest",), None),
 }
 
@@ -127,6 +130,11 @@ def test_malformed_results_are_driver_errors() -> None:
         wire.decode_result("get_archive", {"data": "", "stat": []})
     with pytest.raises(DriverError, match="bad result"):
         wire.encode_result("stats", ["not", "a", "dict"])
+
+
+def test_an_image_from_an_older_agent_has_no_project() -> None:
+    old = {"id": "sha256:1", "repo": "busybox", "tag": "latest", "size": 1, "created": 0}
+    assert wire.decode_result("pull_image", old).project is None
 
 
 def test_bounds_an_older_peer_does_not_send_take_their_defaults() -> None:
