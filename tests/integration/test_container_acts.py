@@ -261,6 +261,10 @@ def test_committed_images_are_the_projects_alone(
         assert r.status_code == 400 and "image" in error(r), r.text
         r = bob.post(f"/v1/containers/{theirs['uuid']}/rebuild", params={"image": spelling}, json={})
         assert r.status_code == 400 and "image" in error(r), r.text
+    tmpl = {"kind": "capsule", "metadata": {"name": unique("stealcap")},
+            "spec": {"containers": [{"name": "app", "image": f"{repo}:v1", "command": LOOP}]}}
+    r = bob.post("/v1/capsules", json={"template": tmpl})
+    assert r.status_code == 400 and "image" in error(r), r.text
     r = commit(bob, theirs["uuid"], made, expect=409, repository=repo, tag="v1")
     assert "repository" in error(r)
     assert docker_api.inspect_image(f"{repo}:v1")["Config"]["Labels"]["capsuled.project"] == "acts-a"

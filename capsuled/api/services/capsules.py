@@ -16,11 +16,14 @@ from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import capsule_spec_asks, template_asks
+from capsuled.domain.image_ref import normalise
+from capsuled.errors import InvalidInput
 from capsuled.domain.resources import capsule_with_default_limits
 from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
+from capsuled.store import committed_images
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
 
@@ -50,6 +53,12 @@ class CapsuleService:
         self._policy.check_host_access(who, capsule_spec_asks(spec))
         spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
+            # Another project's committed image is not this project's to run (issue 11).
+            foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
+                       for c in spec.all_containers
+                       if committed_images.owner(s, normalise(c.image)) not in (None, who.project_id)]
+            if foreign:
+                raise InvalidInput(foreign)
             disk = sum(v.size or 0 for v in spec.volumes)
             placed = self._placement.place(
                 s, who.project_id,

@@ -23,7 +23,7 @@ from rich.text import Text
 # Piped output is for grep and awk: wrapping a table row across lines would break them.
 PIPE_WIDTH = 400
 STATUS_STYLES = {"Running": "green", "Error": "bold red", "Unknown": "red",
-                 "Deleting": "magenta", "Stopped": "dim"}
+                 "Deleting": "magenta", "Stopped": "dim", "Rebuilding": "yellow"}
 NONE = "-"
 
 
