@@ -372,11 +372,13 @@ def rebuild(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> R
 
 
 @router.post("/{ident}/commit", status_code=202, dependencies=[allow("container:commit")])
-def commit(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
+async def commit(request: Request, ident: str, body: BodyDep, who: PrincipalDep) -> dict[str, Any]:
     """An image of the container in its host's engine as `repository:tag`, this project's
     alone; its uuid is the one /v1/images lists it under."""
-    host, info = _service(request).commit(who, ident, given(body.get("repository")),
-                                          given(body.get("tag")), _request_id(request))
+    # docker commit of a large container takes a while: on the waits' own threads.
+    host, info = await _streams(request).run_wait(partial(
+        _service(request).commit, who, ident, given(body.get("repository")),
+        given(body.get("tag")), _request_id(request)))
     return {"uuid": image_uuid(host, info.repo, info.tag), "image_id": info.id,
             "repository": info.repo, "tag": info.tag}
 

@@ -54,11 +54,13 @@ class CapsuleService:
         spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
             # Another project's committed image is not this project's to run (issue 11).
+            # A read of its own: the placement transaction below must start with its locks.
             foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
                        for c in spec.all_containers
                        if committed_images.owner(s, normalise(c.image)) not in (None, who.project_id)]
-            if foreign:
-                raise InvalidInput(foreign)
+        if foreign:
+            raise InvalidInput(foreign)
+        with self._store.transaction() as s:
             disk = sum(v.size or 0 for v in spec.volumes)
             placed = self._placement.place(
                 s, who.project_id,

@@ -126,10 +126,11 @@ class ContainerService:
         spec = bare_with_default_limits(spec, self._limits)
         if spec.host is not None:
             self._policy.enforce("container:create:requested_destination", who)
-        with self._store.transaction() as s:
-            self._check_image(s, spec.container.image, who.project_id)
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
+        # Its own short read: the placement transaction below must start with its locks.
+        with self._store.transaction() as s:
+            self._check_image(s, spec.container.image, who.project_id)
         with self._store.transaction() as s:
             self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
@@ -157,6 +158,7 @@ class ContainerService:
         with self._store.transaction() as s:
             capsule = capsule_repo.get_capsule(s, spec.capsule, self._scope(who))
             project = capsule.project_id
+            self._check_image(s, spec.container.image, project)
         with self._store.transaction() as s:
             self._placement.admit(s, project, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0))
