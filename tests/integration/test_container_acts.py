@@ -316,8 +316,7 @@ def test_resize_container_changes_cpu_and_memory_live_from_1_19(
     r = alice.post(f"/v1/containers/{uuid}/resize_container", json={"memory": 96, "cpu": 0.5},
                    headers={"OpenStack-API-Version": "container 1.19"})
     assert r.status_code == 202, r.text
-    assert (r.json()["memory"], r.json()["cpu"]) == ("96", 0.5) or \
-        (str(r.json()["memory"]), float(r.json()["cpu"])) == ("96", 0.5)
+    assert (r.json()["memory"], r.json()["cpu"]) == ("96", 0.5)  # Zun shows memory as text
     wait_for(lambda: bare(docker_api, uuid)["HostConfig"]["Memory"] == 96 * 1024 * 1024,
              timeout=30, what="docker update")
     info = bare(docker_api, uuid)
