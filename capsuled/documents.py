@@ -60,6 +60,14 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 - PyYAML's name
+        # The scanner runs ahead of the composer, and its cost grows with the square of
+        # the open flow collections (it revisits every pending simple key per token):
+        # "[" * 2000 took seconds before the composer's depth check was reached.
+        if self.flow_level >= MAX_DEPTH:
+            raise _BudgetExceeded(f"nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
