@@ -21,6 +21,7 @@ from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
+from capsuled.store import registries as registry_repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
 
@@ -50,6 +51,7 @@ class CapsuleService:
         self._policy.check_host_access(who, capsule_spec_asks(spec))
         spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
+            spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             disk = sum(v.size or 0 for v in spec.volumes)
             placed = self._placement.place(
                 s, who.project_id,

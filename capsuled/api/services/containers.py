@@ -43,6 +43,7 @@ from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as repo
+from capsuled.store import registries as registry_repo
 from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store
@@ -123,6 +124,8 @@ class ContainerService:
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
         with self._store.transaction() as s:
+            spec = spec.model_copy(update={
+                "container": registry_repo.resolve(s, who.project_id, spec.container)})
             self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                 disk=spec.disk))
@@ -159,7 +162,8 @@ class ContainerService:
             self._placement.ensure_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
                                  spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
-            row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))
+            member = registry_repo.resolve(s, project, spec.container)
+            row = repo.add_member(s, capsule, member.model_copy(update={"name": name}))
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
             uuid = row.uuid
         self._notify()

@@ -13,8 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from typing import Any
+
+from capsuled.api.services.image_search import Unreachable, search_catalog
+from capsuled.domain.registry import canonical_domain, split_host
+from capsuled.domain.template import IMAGE_RE, short
 from capsuled.errors import CapsuledError, InvalidInput, NotFound
 from capsuled.hostops.protocol import ContainerOps, ImageInfo
+from capsuled.store import registries as registry_repo
+from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
@@ -35,7 +42,10 @@ def image_uuid(host: str, repo: str, tag: str) -> str:
 
 class ImageService:
     def __init__(self, store: Store, ops_for: Callable[[str], ContainerOps],
-                 host_down_after: timedelta) -> None:
+                 host_down_after: timedelta, secrets: SecretBox | None = None,
+                 search_timeout: float = 5.0) -> None:
+        self._secrets = secrets
+        self._search_timeout = search_timeout
         self._store = store
         self._ops_for = ops_for
         self._down_after = host_down_after
@@ -73,6 +83,40 @@ class ImageService:
     def delete(self, ident: str) -> None:
         image = self.get(ident)
         self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
+
+    def search(self, project_id: str, term: str, image_driver: str | None,
+               exact_match: bool) -> builtins.list[dict[str, Any]]:
+        """Zun's image search, in the project's own registries: those whose domain the
+        term names, or all of them when it names none. Docker Hub has no catalog and this
+        server searches it through no engine, so a term for it is refused clearly."""
+        if image_driver not in (None, "docker"):
+            raise InvalidInput(f"image_driver: only docker images can be searched here, not "
+                               f"{short(image_driver)}")
+        host, name = split_host(term.strip())
+        if not name or len(term) > 255 or not IMAGE_RE.match(term.strip()):
+            raise InvalidInput("image: must be an image name such as busybox or "
+                               "registry.example.com/team/app")
+        with self._store.transaction() as s:
+            own = ({} if self._secrets is None else
+                   registry_repo.credentials(s, self._secrets, project_id)).values()
+        targets = [r for r in own if host is None
+                   or canonical_domain(r.domain) == canonical_domain(host)]
+        if not targets:
+            where = host or "any registry of this project"
+            raise InvalidInput(f"image: cannot search {where}: searching needs one of the "
+                               "project's registries (see /v1/registries); Docker Hub is not "
+                               "searched by this server")
+        found, failed = [], []
+        for reg in targets:
+            try:
+                found += search_catalog(reg, name.split(":")[0], exact_match, self._search_timeout)
+            except Unreachable as exc:
+                failed.append(str(exc))
+        if failed and not found and len(failed) == len(targets):
+            raise InvalidInput("image: no registry could be searched: " + "; ".join(failed))
+        return [{"id": None, "name": f.name, "tags": [], "status": None, "size": None,
+                 "description": None, "is_official": False, "is_automated": False,
+                 "star_count": 0, "metadata": {"registry": f.registry}} for f in found]
 
     def _alive_hosts(self) -> builtins.list[str]:
         now = utcnow()
