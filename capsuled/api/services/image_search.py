@@ -19,7 +19,7 @@ import httpx
 from capsuled.domain.registry import Credentials
 
 MAX_CATALOG_BYTES = 1024 * 1024
-MAX_REPOSITORIES = 10_000
+MAX_REPOSITORIES = 1000  # one catalog page; the reference registry refuses more
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
