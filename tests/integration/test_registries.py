@@ -68,7 +68,7 @@ class Tenant:
 
     def cleanup(self) -> None:
         for u in self.containers:
-            self.api.delete(f"/v1/containers/{u}", params={"force": "true", "stop": "true"})
+            self.api.delete(f"/v1/containers/{u}", params={"stop": "true"})
         for u in self.capsules:
             self.api.delete(f"/v1/capsules/{u}")
         for u in [*self.containers, *self.capsules]:
@@ -304,7 +304,8 @@ def test_registry_delete_after_its_container_goes(server: Server, tenants,  # ty
     reg = a.registry(name=unique("reg"), domain=registry.domain, username=USER, password=PASSWORD)
     c = a.run(name=unique("c"), image=REPO, registry=reg["uuid"], command=["true"])
     assert a.api.delete(f"/v1/registries/{reg['uuid']}").status_code == 409
-    a.api.delete(f"/v1/containers/{c['uuid']}", params={"force": "true", "stop": "true"})
+    a.wait(c["uuid"], "Stopped")
+    assert a.api.delete(f"/v1/containers/{c['uuid']}").status_code == 204
     wait_for(lambda: a.api.get(f"/v1/containers/{c['uuid']}").status_code == 404, timeout=30)
     assert a.api.delete(f"/v1/registries/{reg['uuid']}").status_code == 204
     a.registries.clear()
@@ -326,4 +327,4 @@ def test_registry_key_file_keeps_credentials_across_restarts(own_server, tmp_pat
         assert c.status_code == 202, c.text
         wait_for(lambda: admin.get(f"/v1/containers/{c.json()['uuid']}").json()["status"]
                  == "Running", timeout=60, what="Running after a restart")
-        admin.delete(f"/v1/containers/{c.json()['uuid']}", params={"force": "true", "stop": "true"})
+        admin.delete(f"/v1/containers/{c.json()['uuid']}", params={"stop": "true"})
