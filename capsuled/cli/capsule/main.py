@@ -18,6 +18,7 @@ from capsuled.cli.capsule import (
     container_lifecycle,
     container_run,
     containers,
+    registries,
     terminal,
 )
 from capsuled.cli.capsule.admin import host_app, quota_app, service_app, token_app
@@ -90,6 +91,7 @@ container_app.command()(archives.cp)
 app.add_typer(container_app, name="container")
 app.command("run", context_settings=PASS_THROUGH)(container_run.run)
 
+app.add_typer(registries.registry_app, name="registry")
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
 app.add_typer(host_app, name="host")
