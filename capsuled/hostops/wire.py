@@ -301,6 +301,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("list_images", (), IMAGES),
     Method("pull_image", (("repo", STR), ("tag", STR)), IMAGE),
     Method("remove_image", (("ref", STR),), NOTHING),
+    Method("search_images", (("term", STR), ("limit", INT)), DOCUMENT),
 )}
 
 # The request/response methods (POST /ops/{method} answering JSON).

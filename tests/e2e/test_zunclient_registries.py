@@ -43,6 +43,9 @@ def test_zunclient_registry_crud_and_a_container_through_it(  # type: ignore[no-
     updated = zun.registries.update(info["uuid"], username=USER, password=PASSWORD)
     assert updated._info["registry"]["password"] == "***"
 
+    hits = zun.images.search_image(f"{registry.domain}/busybox", exact_match=False)
+    assert [h.name for h in hits] == [registry.image]
+
     c = zun.containers.run(image=REPO, registry=name, command=["sleep", "3600"])
     assert c.registry_id == info["uuid"]
     wait_for(lambda: zun.containers.get(c.uuid).status == "Running", timeout=60,

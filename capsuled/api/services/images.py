@@ -16,9 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from capsuled.api.services.image_search import Unreachable, search_catalog
-from capsuled.domain.registry import canonical_domain, split_host
+from capsuled.domain.registry import DOCKER_HUB, canonical_domain, split_host
 from capsuled.domain.template import IMAGE_RE, short
-from capsuled.errors import CapsuledError, InvalidInput, NotFound
+from capsuled.errors import CapsuledError, InvalidInput, NotFound, Unavailable
 from capsuled.hostops.protocol import ContainerOps, ImageInfo
 from capsuled.store import registries as registry_repo
 from capsuled.store.crypto import SecretBox
@@ -86,37 +86,66 @@ class ImageService:
 
     def search(self, project_id: str, term: str, image_driver: str | None,
                exact_match: bool) -> builtins.list[dict[str, Any]]:
-        """Zun's image search, in the project's own registries: those whose domain the
-        term names, or all of them when it names none. Docker Hub has no catalog and this
-        server searches it through no engine, so a term for it is refused clearly."""
+        """Zun's image search: the catalogs of the project's own registries (those whose
+        domain the term names, or all of them when it names none) and, for a term that
+        names no host or Docker Hub, Docker Hub through a host's engine. A 400 naming
+        each source when none could be searched."""
         if image_driver not in (None, "docker"):
             raise InvalidInput(f"image_driver: only docker images can be searched here, not "
                                f"{short(image_driver)}")
-        host, name = split_host(term.strip())
-        if not name or len(term) > 255 or not IMAGE_RE.match(term.strip()):
+        term = term.strip()
+        host, name = split_host(term)
+        if not name or len(term) > 255 or not IMAGE_RE.match(term):
             raise InvalidInput("image: must be an image name such as busybox or "
                                "registry.example.com/team/app")
+        name = name.split("@")[0].split(":")[0]
         with self._store.transaction() as s:
             own = ({} if self._secrets is None else
                    registry_repo.credentials(s, self._secrets, project_id)).values()
-        targets = [r for r in own if host is None
-                   or canonical_domain(r.domain) == canonical_domain(host)]
-        if not targets:
-            where = host or "any registry of this project"
-            raise InvalidInput(f"image: cannot search {where}: searching needs one of the "
-                               "project's registries (see /v1/registries); Docker Hub is not "
-                               "searched by this server")
-        found, failed = [], []
+        wanted = canonical_domain(host) if host else None
+        targets = [r for r in own if wanted is None or canonical_domain(r.domain) == wanted]
+        found: builtins.list[dict[str, Any]] = []
+        failed: builtins.list[str] = []
         for reg in targets:
             try:
-                found += search_catalog(reg, name.split(":")[0], exact_match, self._search_timeout)
+                found += [_found(f.name, f.registry) for f in
+                          search_catalog(reg, name, exact_match, self._search_timeout)]
             except Unreachable as exc:
                 failed.append(str(exc))
-        if failed and not found and len(failed) == len(targets):
+        searched = len(targets)
+        if wanted in (None, DOCKER_HUB) and not any(canonical_domain(r.domain) == DOCKER_HUB
+                                                    for r in targets):
+            searched += 1
+            try:
+                found += self._search_hub(name, exact_match)
+            except CapsuledError as exc:
+                failed.append(f"{DOCKER_HUB}: cannot be searched ({_first_line(exc.message)})")
+        if searched == 0:
+            raise InvalidInput(f"image: cannot search {host}: it is none of this project's "
+                               "registries (see /v1/registries)")
+        if failed and len(failed) == searched:
             raise InvalidInput("image: no registry could be searched: " + "; ".join(failed))
-        return [{"id": None, "name": f.name, "tags": [], "status": None, "size": None,
-                 "description": None, "is_official": False, "is_automated": False,
-                 "star_count": 0, "metadata": {"registry": f.registry}} for f in found]
+        return found
+
+    def _search_hub(self, name: str, exact: bool) -> builtins.list[dict[str, Any]]:
+        hosts = self._alive_hosts()
+        if not hosts:
+            raise Unavailable("no running host to ask")
+        rows = self._ops_for(hosts[0]).search_images(name, 25).get("results") or []
+        out = []
+        for r in rows:
+            if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+                continue
+            if exact and r["name"] not in (name, f"library/{name}"):
+                continue
+            item = _found(r["name"], DOCKER_HUB)
+            item.update(description=r.get("description"),
+                        is_official=bool(r.get("is_official")),
+                        is_automated=bool(r.get("is_automated")),
+                        star_count=r.get("star_count") or 0)
+            item["metadata"].update(is_official=item["is_official"], star_count=item["star_count"])
+            out.append(item)
+        return out
 
     def _alive_hosts(self) -> builtins.list[str]:
         now = utcnow()
@@ -132,3 +161,13 @@ def _split(repo: str) -> tuple[str, str]:
         return name, tag
     return repo, "latest"
 
+
+def _found(name: str, registry: str) -> dict[str, Any]:
+    """A search hit in the fields zunclient's image-search prints."""
+    return {"id": None, "name": name, "tags": [], "status": None, "size": None,
+            "description": None, "is_official": False, "is_automated": False, "star_count": 0,
+            "metadata": {"registry": registry}}
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0][:200] if text else ""

@@ -402,6 +402,13 @@ class DockerRuntime:
             data = self._api.inspect_image(f"{repo}:{tag}")
         return ImageInfo(id=data["Id"], repo=repo, tag=tag, size=int(data.get("Size") or 0), created=0)
 
+    def search_images(self, term: str, limit: int) -> dict[str, Any]:
+        with translate_docker_errors(f"search {term}"):
+            rows = self._api.search(term, limit=max(1, min(limit, 100)))
+        keys = ("name", "description", "star_count", "is_official", "is_automated")
+        return {"results": [{k: r.get(k) for k in keys} for r in rows[:limit]
+                            if isinstance(r, dict)]}
+
     def remove_image(self, ref: str) -> None:
         with translate_docker_errors(f"remove image {ref}"):
             self._api.remove_image(ref)
