@@ -44,6 +44,7 @@ CASES: dict[str, tuple[tuple[Any, ...], Any]] = {
     "list_images": ((), [IMG, ImageInfo(id="sha256:cd", repo="a/b", tag="1", size=0, created=0)]),
     "pull_image": (("busybox", "latest"), IMG),
     "remove_image": (("busybox:latest",), None),
+    "search_images": (("busybox", 25), {"results": [{"name": "busybox", "star_count": 1}]}),
 }
 
 
