@@ -129,6 +129,9 @@ def test_registry_crud_hides_the_password_and_encrypts_it(server: Server, tenant
     assert bad.status_code == 400 and "registry.domain" in bad.text
     assert "leaky-secret" not in bad.text
     assert a.api.post("/v1/registries", json={"domain": "x.io"}).status_code == 400
+    uuid_name = a.api.post("/v1/registries", json={"registry": {
+        "name": "00000000-0000-4000-8000-000000000000", "domain": "x.io"}})
+    assert uuid_name.status_code == 400 and "registry.name" in uuid_name.text
     dup = a.api.post("/v1/registries", json={"registry": {"name": name, "domain": "x.io"}})
     assert dup.status_code == 409
     # At rest: neither password nor username is in the database file in clear.

@@ -15,7 +15,7 @@ from capsuled.domain.template import short
 from capsuled.errors import InvalidInput
 from capsuled.identity.base import Principal
 from capsuled.store import registries as repo
-from capsuled.store.capsules import Page
+from capsuled.store.capsules import UUID_RE, Page
 from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
 from capsuled.store.tables import Registry
@@ -98,7 +98,10 @@ def _parse(body: dict[str, Any], creating: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     if "name" in inner:
         name = inner["name"]
-        if not (isinstance(name, str) and rules.NAME_RE.match(name)):
+        if isinstance(name, str) and UUID_RE.match(name):
+            problems.append("registry.name: must not look like a uuid (registries are found "
+                            "by uuid or name)")
+        elif not (isinstance(name, str) and rules.NAME_RE.match(name)):
             problems.append("registry.name: must be 2 to 255 letters, digits, '_', '.' or '-', "
                             "starting with a letter or digit")
         else:
