@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from capsuled.domain.channel import Assignment, ContainerAssignment
+from capsuled.domain.channel import Assignment, ContainerAssignment, ImagePull
 from capsuled.domain.registry import Credentials, canonical_domain, plan_pull
 from capsuled.domain.spec import CapsuleSpec, ContainerSpec
 from capsuled.domain.template import short
@@ -128,7 +128,7 @@ def with_pulls(session: Session, box: SecretBox, capsules: Sequence[Assignment],
     guarded = guarded_domains(session)
     cache: dict[str, dict[str, Credentials]] = {}
 
-    def plans(project: str | None, specs: Sequence[ContainerSpec]) -> list[object]:
+    def plans(project: str | None, specs: Sequence[ContainerSpec]) -> list[ImagePull]:
         if not guarded and not any(c.registry for c in specs):
             return []
         own = {} if project is None else cache.setdefault(

@@ -1,5 +1,6 @@
 """Images on the hosts (Zun's /v1/images, admin only): listed live from each host's
 engine rather than from a table that could drift, pulled and removed through the host.
+Image search (any member) looks in the project's registries and Docker Hub.
 
 An image's uuid is derived from (host, repo:tag), so it is stable across calls and
 replicas without being stored.
@@ -12,7 +13,6 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-
 from typing import Any
 
 from capsuled.api.services.image_search import Unreachable, search_catalog
