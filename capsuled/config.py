@@ -103,6 +103,13 @@ class ApiSettings(BaseModel):
     ops_secret: SecretStr | None = Field(None, description="Secret agents' ops keys derive from "
                                          "(the same on every API replica); default: one kept in "
                                          "the database, which a copy of it then reveals")
+    registry_secret: SecretStr | None = Field(None, description="Secret that registry "
+                                              "credentials are encrypted under (any text; the "
+                                              "same on every API replica); default: a random "
+                                              "key made in state_dir/registry.key (0600) on "
+                                              "first start")
+    registry_search_timeout: float = Field(5.0, gt=0, le=60, description="Seconds an image "
+                                           "search waits for one registry's catalog")
     host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
                                    "a host is down: not scheduled to, its capsules Unknown")
     scheduler_weigher: Literal["spread", "pack"] = Field(

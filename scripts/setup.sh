@@ -8,7 +8,8 @@ VENV=${CAPSULED_VENV:-$ROOT/.venv}
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-for p in docker.io busybox-static catatonit iptables iproute2; do
+# docker-registry and apache2-utils (htpasswd): the private registry the registry tests run.
+for p in docker.io busybox-static catatonit iptables iproute2 docker-registry apache2-utils; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -34,6 +34,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.plan import resources, unhealthy
 from capsuled.domain import labels as L
@@ -213,7 +214,7 @@ class BareExecutor:
     def _create(self, uuid: str, desired: ContainerAssignment) -> None:
         spec = desired.spec
         c = spec.container
-        self._rt.ensure_image(c.image, c.image_pull_policy)
+        image = pulls.ensure_image(self._rt, c, desired.pulls)
         nano_cpus, memory_bytes = wanted_resources(desired)
         labels = {**spec.labels, L.INSTANCE: self._instance, L.CAPSULE: uuid,
                   L.CONTAINER: uuid, L.NAME: desired.name, L.ROLE: L.ROLE_BARE,
@@ -232,7 +233,7 @@ class BareExecutor:
 
         def create(net: ProjectNetwork | None) -> str:
             cid = self._rt.create_container(ContainerRequest(
-                name=naming.bare_name(uuid, desired.name), image=c.image, sandbox_id=None,
+                name=naming.bare_name(uuid, desired.name), image=image, sandbox_id=None,
                 labels=labels, entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir,
                 env=dict(c.env), nano_cpus=nano_cpus, memory_bytes=memory_bytes,
                 restart_policy=spec.restart.name, max_retry=spec.restart.max_retry,

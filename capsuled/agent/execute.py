@@ -8,6 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.domain import labels as L
@@ -179,9 +180,9 @@ class CapsuleExecutor:
 
     def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
         spec = desired.spec
-        self._rt.ensure_image(c.image, c.image_pull_policy)
+        image = pulls.ensure_image(self._rt, c, desired.pulls)
         return self._rt.create_container(ContainerRequest(
-            name=naming.container_name(desired.uuid, spec.name, c.name), image=c.image,
+            name=naming.container_name(desired.uuid, spec.name, c.name), image=image,
             sandbox_id=sandbox.id, labels=self._member_labels(desired, c, sandbox),
             entrypoint=list(c.command), cmd=list(c.args), workdir=c.workdir, env=dict(c.env),
             nano_cpus=resources(c)[0], memory_bytes=resources(c)[1],

@@ -9,13 +9,15 @@ from fastapi import FastAPI
 from capsuled.api import errors, openapi
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import agents, capsules, containers, hosts, images, quotas, root, tokens
+from capsuled.api.routers import (agents, capsules, containers, hosts, images, quotas, registries,
+                                  root, tokens)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
+from capsuled.api.services.registries import RegistryService
 from capsuled.api.services.tokens import TokenService
 from capsuled.api.streams import Streams
 from capsuled.config import Settings
@@ -33,6 +35,7 @@ class Services:
     tokens: TokenService
     quotas: QuotaService
     control: ControlPlane
+    registries: RegistryService
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -48,12 +51,13 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.tokens = services.tokens
     app.state.quotas = services.quotas
     app.state.control = services.control
+    app.state.registries = services.registries
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
     errors.install(app)
     openapi.install(app)
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
                        max_agent_body_bytes=settings.api.max_agent_body_bytes)
-    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents):
+    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries):
         app.include_router(module.router)
     return app

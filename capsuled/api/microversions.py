@@ -18,6 +18,8 @@ MAX = (1, 40)
 # Versions where behaviour changes for capsules.
 CAPSULE_NEW_BODY = (1, 32)
 HOSTS_API = (1, 4)
+REGISTRIES_API = (1, 30)
+CONTAINER_REGISTRY = (1, 31)
 
 # ASCII digits, a few of them: `\d` alone takes '²' and int() refuses 5,000 digits.
 _VALUE = re.compile(r"^\s*(\S+)\s+(latest|\d{1,6}\.\d{1,6})\s*\Z", re.I | re.ASCII)

@@ -59,6 +59,8 @@ TEMPLATE_CONTAINER = obj(
     livenessProbe=obj(exec=obj(("command",), command=STRINGS), periodSeconds=INTEGER,
                       timeoutSeconds=INTEGER, failureThreshold=INTEGER,
                       initialDelaySeconds=INTEGER),
+    registry={"type": "string", "description": "Name or uuid of one of the project's "
+              "registries to pull the image through (extension)"},
 )
 TEMPLATE = obj(
     ("kind", "metadata", "spec"),
@@ -113,6 +115,9 @@ PUT_ARCHIVE = obj(("path", "data"), path=STRING,
                   data={"type": "string", "description": "A tar archive, base64 from 1.25"},
                   capsule=STRING)
 IMAGE_PULL = obj(("repo",), repo=STRING, host=STRING)
+REGISTRY = obj(("registry",), registry=obj(
+    name=STRING, domain=STRING, username=STRING,
+    password={"type": "string", "description": "Stored encrypted; shown as ***"}))
 QUOTA = obj(**{r: {"type": "number"} for r in ("capsules", "containers", "cpu", "memory", "disk")})
 TOKEN_CREATE = obj(("project_id", "user_id"), project_id=STRING, user_id=STRING, roles=STRINGS,
                    description=STRING, expires_in=INTEGER_OR_TEXT,

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, str] = {
     # Members list the hosts' images too, but only base images and their own project's
     # commits; an admin (image:get_all_all_projects) sees every project's, and the hosts.
     "image:get_all": READER, "image:get_one": READER, "image:get_all_all_projects": ADMIN,
+    "image:search": READER,
+    "registry:create": MEMBER, "registry:update": MEMBER, "registry:delete": MEMBER,
+    "registry:get_one": READER, "registry:get_all": READER, "registry:get_all_all_projects": ADMIN,
     "host:get_all": ADMIN, "host:get": ADMIN,
     "zun-service:get_all": ADMIN, "zun-service:update": ADMIN, "zun-service:delete": ADMIN,
     "availability_zones:get_all": READER,

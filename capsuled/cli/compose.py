@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.engine import Store
+    from capsuled.store.crypto import SecretBox
     from capsuled.store.notify import PgNotifier
 
 LOG = logging.getLogger("capsuled")
@@ -116,6 +117,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
     from capsuled.api.services.quotas import QuotaService
+    from capsuled.api.services.registries import RegistryService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
@@ -126,7 +128,8 @@ def build_api(settings: Settings, store: Store,
         policy = Policy(settings.policy, settings.policy_file)
     except CapsuledError as exc:
         raise fail(exc.message) from exc
-    control = ControlPlane(store, ops_keys=ops_keys(settings, store))
+    box = secret_box(settings)
+    control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box)
     notifier = None
     if supports_notify(store.engine):
         notifier = PgNotifier(store.engine, control.on_notice)
@@ -145,7 +148,9 @@ def build_api(settings: Settings, store: Store,
                                     policy=policy, quotas=quotas,
                                     weigher=settings.api.scheduler_weigher),
         hosts=HostService(store, down_after),
-        images=ImageService(store, ops_for, down_after),
+        images=ImageService(store, ops_for, down_after, secrets=box,
+                            search_timeout=settings.api.registry_search_timeout),
+        registries=RegistryService(store, box, policy),
         tokens=TokenService(store, on_revoke=local.forget),
         quotas=quotas,
         control=control)
@@ -162,6 +167,21 @@ def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:
 
     LOG.info("validating tokens with Keystone at %s", settings.keystone.auth_url)
     return LocalThenKeystone(local, KeystoneIdentity.from_settings(settings.keystone))
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    """What registry credentials are sealed with: api.registry_secret, or the state
+    directory's key file (made on first start; one API process only)."""
+    from capsuled.paths import private_dir
+    from capsuled.store.crypto import SecretBox, key_file_secret
+
+    secret = settings.api.registry_secret
+    if secret is not None:
+        return SecretBox(secret.get_secret_value())
+    try:
+        return SecretBox(key_file_secret(private_dir(settings.state_dir)))
+    except (OSError, ValueError) as exc:
+        raise fail(f"registry key: {exc}") from exc
 
 
 def ops_keys(settings: Settings, store: Store) -> OpsKeys:

@@ -33,6 +33,19 @@ ContainerState = Literal["missing", "created", "running", "paused", "restarting"
                          "dead", "removing"]
 
 
+class ImagePull(_Wire):
+    """How one container's image is pulled when a private registry is involved: the
+    reference to pull and run, whether to pull every time (the cache guard of
+    domain/registry.py), and the project's credentials for that registry. It travels only
+    inside the assignment of that container and is never stored by the agent."""
+
+    container: str  # the container's name in its spec
+    image: str
+    always: bool = True
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+
+
 class Assignment(_Wire):
     """One capsule the host should run (or tear down, when `deleting`)."""
 
@@ -41,6 +54,7 @@ class Assignment(_Wire):
     deleting: bool = False
     spec: CapsuleSpec
     project_id: str | None = None  # its containers join this project's network (None: none)
+    pulls: list[ImagePull] = Field(default_factory=list, repr=False)
 
 
 DesiredState = Literal["running", "stopped", "paused"]
@@ -57,6 +71,7 @@ class ContainerAssignment(_Wire):
     runtime_id: str | None = None  # last one reported: it existed, so missing now means removed
     spec: BareSpec
     project_id: str | None = None  # it joins this project's network (None: Docker's default)
+    pulls: list[ImagePull] = Field(default_factory=list, repr=False)
 
 
 class Assignments(_Wire):

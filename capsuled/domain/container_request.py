@@ -18,8 +18,9 @@ from typing import Any
 from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, HealthCheck,
                                   InjectedFile, VolumeMount, VolumeSpec)
 from capsuled.domain import labels as L
-from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES, Limits,
-                                      _Problems, refuse_nul, whole_number)
+from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES,
+                                      REGISTRY_REF_RE, Limits, _Problems, refuse_nul,
+                                      whole_number)
 from capsuled.errors import InvalidInput
 
 MAX_VALUE_CHARS = 32 * 1024  # one environment or label value
@@ -36,7 +37,7 @@ INERT: dict[str, tuple[Any, ...]] = {
     # Every container is in its project's `default` group (zunclient and Zun's tempest
     # suite name it on every create); other groups need Neutron.
     "image_driver": ("docker", None), "security_groups": (None, [], ["default"]), "nets": (None, []),
-    "cpu_policy": (None, "shared"), "runtime": (None, "runc"), "registry": (None,),
+    "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
     "exposed_ports": (None, {}), "disk": (None, 0),
 }
 
@@ -85,6 +86,10 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     pull = body.get("image_pull_policy")
     if pull is not None and (not isinstance(pull, str) or pull.lower() not in PULL_POLICIES):
         p.add("image_pull_policy", "must be always, ifnotpresent or never")
+    registry = body.get("registry")
+    if registry is not None and not (isinstance(registry, str) and REGISTRY_REF_RE.match(registry)):
+        p.add("registry", "must be the name or uuid of one of the project's registries")
+        registry = None
     zone = _optional_str(body.get("availability_zone"), "availability_zone", p)
     host = _optional_str(body.get("host"), "host", p)
     if capsule is not None:
@@ -106,7 +111,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         workdir=workdir, env=env, cpu=cpu, memory=memory,
         volume_mounts=mounts,
         image_pull_policy=PULL_POLICIES[pull.lower()] if isinstance(pull, str) else "IfNotPresent",
-        tty=tty, stdin=interactive, privileged=privileged, health=health)
+        tty=tty, stdin=interactive, privileged=privileged, health=health, registry=registry)
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
                     availability_zone=zone, host=host, node_selector=node_selector,

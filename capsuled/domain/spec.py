@@ -67,6 +67,9 @@ class ContainerSpec(_Frozen):
     stdin: bool = False
     privileged: bool = False
     health: HealthCheck | None = None
+    # The uuid of one of the project's registries (a name in a request or template is
+    # resolved by the API); the agent is told how to pull through it (channel.ImagePull).
+    registry: str | None = None
 
     @property
     def zun_command(self) -> list[str]:
@@ -110,7 +113,7 @@ def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
     """A short digest of everything that requires recreating a container when it changes.
     CPU and memory are left out: `docker update` changes them in place."""
     payload = spec.model_dump(mode="json", exclude={"cpu", "memory"})
-    for added in ("privileged", "health"):  # fields added later leave old hashes alone at default
+    for added in ("privileged", "health", "registry"):  # later fields: old hashes hold at default
         if not payload.get(added):
             payload.pop(added, None)
     payload["restart_policy"] = restart_policy
@@ -168,7 +171,7 @@ class BareSpec(_Frozen):
                                                         "node_selector"})
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
             payload["container"].pop(live, None)
-        for added in ("privileged", "health"):
+        for added in ("privileged", "health", "registry"):
             if not payload["container"].get(added):
                 payload["container"].pop(added, None)
         for added in ("volumes", "files", "auto_heal", "rebuilds"):  # absent before: older hashes hold

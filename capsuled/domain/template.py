@@ -24,6 +24,8 @@ from capsuled.errors import InvalidInput
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
 CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 IMAGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.:/@-]*\Z")
+# A registry named by a container (its name, or its uuid): Zun's container `registry`.
+REGISTRY_REF_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,254}\Z")
 LABEL_KEY_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]{0,251}[a-zA-Z0-9])?\Z")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "Never"}
@@ -33,7 +35,9 @@ METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector"}
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
-                  "livenessProbe"}
+                  "livenessProbe",
+                  # extension: pull the image through one of the project's registries
+                  "registry"}
 PROBE_KEYS = {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold",
               "initialDelaySeconds"}
 # (field, default, least, most): bounded so that Docker's nanosecond fields cannot overflow.
@@ -360,12 +364,16 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
     stdin = _bool(c.get("stdin", False), f"{path}.stdin", p)
     privileged = _check_security_context(c.get("securityContext"), f"{path}.securityContext", p)
     health = _check_liveness(c.get("livenessProbe"), f"{path}.livenessProbe", role, p)
+    registry = c.get("registry")
+    if registry is not None and not (isinstance(registry, str) and REGISTRY_REF_RE.match(registry)):
+        p.add(f"{path}.registry", "must be the name or uuid of one of the project's registries")
     if len(p.items) > before:
         return None
     return ContainerSpec(name=name, role=role, image=image, command=command, args=args,
                          workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
                          volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],
-                         tty=tty, stdin=stdin, privileged=privileged, health=health)
+                         tty=tty, stdin=stdin, privileged=privileged, health=health,
+                         registry=registry)
 
 
 def _check_liveness(value: Any, path: str, role: str, p: _Problems) -> HealthCheck | None:

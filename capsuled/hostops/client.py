@@ -117,6 +117,9 @@ class RemoteOps:
     def pull_image(self, repo: str, tag: str) -> ImageInfo:
         return self._result(ImageInfo, "pull_image", repo, tag)
 
+    def search_images(self, term: str, limit: int) -> dict[str, Any]:
+        return self._result(dict, "search_images", term, limit)
+
     def remove_image(self, ref: str) -> None:
         self._call("remove_image", ref)
 

@@ -123,3 +123,8 @@ class ContainerOps(Protocol):
         with `project`. Conflict when that reference already exists on the host and is not
         an image `project` committed: a tenant must never replace another's or a base image."""
         ...
+
+    def search_images(self, term: str, limit: int) -> dict[str, Any]:
+        """Docker Hub's search through the engine: {"results": [{name, description,
+        star_count, is_official, is_automated}]}, at most `limit`."""
+        ...

@@ -304,6 +304,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("pull_image", (("repo", STR), ("tag", STR)), IMAGE),
     Method("remove_image", (("ref", STR),), NOTHING),
     Method("commit", (_CID, ("repository", STR), ("tag", STR), ("project", STR)), IMAGE),
+    Method("search_images", (("term", STR), ("limit", INT)), DOCUMENT),
 )}
 
 # The request/response methods (POST /ops/{method} answering JSON).

@@ -137,7 +137,7 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
                   host=host, created_at=utcnow())
     row.containers = [
         Container(uuid=c.uuid, role=c.role, position=i, name=c.name, project_id=project_id,
-                  user_id=user_id, image=c.image, status=status.value)
+                  user_id=user_id, image=c.image, status=status.value, registry_id=c.registry)
         for i, c in enumerate(spec.all_containers)]
     row.volumes = [
         Volume(uuid=str(uuidlib.uuid4()), name=v.name, type=v.type, size=v.size,

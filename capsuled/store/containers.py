@@ -40,7 +40,8 @@ def create_bare(session: Session, spec: BareSpec, name: str, project_id: str, us
                     project_id=project_id, user_id=user_id, image=c.image, status=status.value,
                     status_reason=status_reason, spec=spec.model_dump(mode="json"), host=host,
                     cpu=c.cpu or 0.0, memory=c.memory or 0, disk=spec.disk,
-                    desired_state=desired_state, generation=1, created_at=utcnow())
+                    desired_state=desired_state, generation=1, created_at=utcnow(),
+                    registry_id=c.registry)
     session.add(row)
     session.flush()
     bump_host_revision(session, host)
@@ -66,7 +67,7 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
     row = Container(uuid=uuid, capsule_id=capsule.id, role="app",
                     position=len(capsule.containers), name=spec.name,
                     project_id=capsule.project_id, user_id=capsule.user_id, image=spec.image,
-                    status=Status.CREATING.value, created_at=utcnow())
+                    status=Status.CREATING.value, created_at=utcnow(), registry_id=spec.registry)
     capsule.containers.append(row)
     change_spec(session, capsule, cspec.model_copy(update={"containers": [*cspec.containers, spec]}),
                 EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name))

@@ -144,8 +144,29 @@ class Container(Base):
     generation: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    # The registry (uuid) its image is pulled through, bare or a capsule's: a registry in
+    # use cannot be deleted (as Zun's foreign key refuses it).
+    registry_id: Mapped[str | None] = mapped_column(String(36), index=True)
+
     capsule: Mapped[Capsule | None] = relationship(back_populates="containers")
     __table_args__ = (UniqueConstraint("capsule_id", "name", name="uq_containers_capsule_name"),)
+
+
+class Registry(Base):
+    """A project's private registry. Username and password are encrypted (store/crypto.py)."""
+
+    __tablename__ = "registries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    domain: Mapped[str] = mapped_column(String(255), index=True)
+    username_enc: Mapped[str | None] = mapped_column(Text)
+    password_enc: Mapped[str | None] = mapped_column(Text)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_registries_project_name"),)
 
 
 class Volume(Base):

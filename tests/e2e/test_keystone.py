@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import docker
@@ -278,3 +279,45 @@ def test_zun_cli_commit_and_rebuild(zun: Callable[..., subprocess.CompletedProce
             docker_api.remove_image(f"{repo}:v1", force=True)
         except docker.errors.APIError:
             pass
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory: pytest.TempPathFactory,
+                     docker_api: docker.APIClient) -> Iterator[Any]:
+    from private_registry import start_registry
+    yield from start_registry(tmp_path_factory.mktemp("ks-registry"), docker_api)
+
+
+def test_zun_cli_registries(zun: Callable[..., subprocess.CompletedProcess[str]],
+                            private_registry: Any, docker_api: docker.APIClient,
+                            ks_server: Server) -> None:
+    """zun registry-create/list/show/update/delete and `zun run --registry` as a member
+    of a Keystone project; another Keystone project sees none of it."""
+    from private_registry import PASSWORD, REPO, USER
+    domain = private_registry.domain
+    made = zun("registry-create", "--name", "ksreg", "--domain", domain, "--username", USER,
+               "--password", PASSWORD)
+    assert "***" in made.stdout and PASSWORD not in made.stdout
+    listed = zun("registry-list").stdout
+    assert "ksreg" in listed and domain in listed and PASSWORD not in listed
+    assert "ksreg" not in zun("registry-list", user="admin").stdout  # another project's
+    assert "ksreg" in zun("registry-list", "--all-projects", user="admin").stdout
+    shown = zun("registry-show", "ksreg").stdout
+    assert domain in shown and PASSWORD not in shown
+    # The cloud admin reaches any project's registry by name, as in Zun; still no password.
+    assert PASSWORD not in zun("registry-show", "ksreg", user="admin").stdout
+    zun("registry-update", "ksreg", "--password", PASSWORD)
+    ran = zun("run", "--name", "ks-private", "--registry", "ksreg", REPO, "sleep", "300")
+    assert "ks-private" in ran.stdout
+
+    def running() -> bool:
+        return "Running" in zun("show", "ks-private").stdout
+    wait_for(running, timeout=90, interval=0.5, what="the private image Running")
+    found = docker_api.containers(filters={"label": ["capsuled.name=ks-private"]})
+    assert docker_api.inspect_container(found[0]["Id"])["Config"]["Image"] == private_registry.image
+    zun("delete", "--stop", "ks-private")
+    wait_for(lambda: "ks-private" not in zun("list").stdout, timeout=60, what="container gone")
+    deleted = zun("registry-delete", "ksreg")
+    assert "has been accepted" in deleted.stdout
+    assert "ksreg" not in zun("registry-list").stdout
+    assert PASSWORD not in Path(ks_server.log or "").read_text()

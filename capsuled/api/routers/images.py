@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from capsuled.api import openapi as doc
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, allow
+from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, allow, flag, given
 from capsuled.identity.base import Principal
 from capsuled.api.services.images import HostImage, ImageService
 from capsuled.api.state import app_state
@@ -46,6 +46,14 @@ def list_(request: Request, who: PrincipalDep, base: BaseUrlDep) -> dict[str, An
 def pull(request: Request, body: BodyDep, base: BaseUrlDep) -> dict[str, Any]:
     """Pull `repo` (name[:tag]) to `host` (default: a running host)."""
     return image_view(_service(request).pull(body.get("repo"), body.get("host")), base)
+
+
+@router.get("/{image:path}/search", dependencies=[allow("image:search")])
+def search(request: Request, image: str, who: PrincipalDep, image_driver: str | None = None,
+           exact_match: str | None = None) -> list[dict[str, Any]]:
+    """Zun's image search, in the project's private registries (registry catalogs)."""
+    return _service(request).search(who.project_id, image, given(image_driver),
+                                    flag(exact_match, "exact_match"))
 
 
 @router.get("/{ident}", dependencies=[allow("image:get_one")])

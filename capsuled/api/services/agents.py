@@ -35,6 +35,8 @@ from capsuled.errors import Conflict, Unavailable
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
+from capsuled.store import registries as registry_repo
+from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
 from capsuled.store.meta import claim_meta, get_meta
 
@@ -162,8 +164,11 @@ class OpsKeys:
 
 class ControlPlane:
     def __init__(self, store: Store, publish: Callable[[str], None] | None = None,
-                 ops_keys: OpsKeys | None = None) -> None:
+                 ops_keys: OpsKeys | None = None, secrets: SecretBox | None = None) -> None:
         self._store = store
+        # Opens registry credentials for the pulls an assignment carries (None: no
+        # registries can exist, as in tests that build a bare control plane).
+        self._secrets = secrets
         self.ops_keys = ops_keys or OpsKeys(store)
         self.assigned = Signal()  # some desired set changed
         self.reported = Signal()  # some agent report landed
@@ -223,9 +228,13 @@ class ControlPlane:
             revision = host_repo.host_revision(s, host)
             if revision <= after_revision and not final:
                 return None
-            return Assignments(host=host, revision=revision,
-                               capsules=capsule_repo.assignments_for(s, host),
-                               containers=container_repo.bare_assignments_for(s, host))
+            capsules = capsule_repo.assignments_for(s, host)
+            containers = container_repo.bare_assignments_for(s, host)
+            if self._secrets is not None:
+                capsules, containers = registry_repo.with_pulls(s, self._secrets, capsules,
+                                                                containers)
+            return Assignments(host=host, revision=revision, capsules=capsules,
+                               containers=containers)
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:

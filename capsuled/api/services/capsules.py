@@ -24,6 +24,7 @@ from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
 from capsuled.store import committed_images
+from capsuled.store import registries as registry_repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
 
@@ -61,6 +62,7 @@ class CapsuleService:
         if foreign:
             raise InvalidInput(foreign)
         with self._store.transaction() as s:
+            spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             disk = sum(v.size or 0 for v in spec.volumes)
             placed = self._placement.place(
                 s, who.project_id,

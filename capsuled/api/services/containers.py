@@ -46,6 +46,7 @@ from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import committed_images
 from capsuled.store import containers as repo
+from capsuled.store import registries as registry_repo
 from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store
@@ -132,6 +133,8 @@ class ContainerService:
         with self._store.transaction() as s:
             self._check_image(s, spec.container.image, who.project_id)
         with self._store.transaction() as s:
+            spec = spec.model_copy(update={
+                "container": registry_repo.resolve(s, who.project_id, spec.container)})
             self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                 disk=spec.disk))
@@ -169,7 +172,8 @@ class ContainerService:
             self._placement.ensure_room(s, capsule.host, "capsule's", spec.container.cpu or 0.0,
                                  spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
-            row = repo.add_member(s, capsule, spec.container.model_copy(update={"name": name}))
+            member = registry_repo.resolve(s, project, spec.container)
+            row = repo.add_member(s, capsule, member.model_copy(update={"name": name}))
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
             uuid = row.uuid
         self._notify()

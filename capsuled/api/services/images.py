@@ -1,5 +1,6 @@
 """Images on the hosts (Zun's /v1/images, admin only): listed live from each host's
 engine rather than from a table that could drift, pulled and removed through the host.
+Image search (any member) looks in the project's registries and Docker Hub.
 
 An image's uuid is derived from (host, repo:tag), so it is stable across calls and
 replicas without being stored.
@@ -12,9 +13,15 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from capsuled.errors import CapsuledError, InvalidInput, NotFound
+from capsuled.api.services.image_search import Unreachable, search_catalog
+from capsuled.domain.registry import DOCKER_HUB, canonical_domain, split_host
+from capsuled.domain.template import IMAGE_RE, short
+from capsuled.errors import CapsuledError, InvalidInput, NotFound, Unavailable
 from capsuled.hostops.protocol import ContainerOps, ImageInfo
+from capsuled.store import registries as registry_repo
+from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
@@ -35,7 +42,10 @@ def image_uuid(host: str, repo: str, tag: str) -> str:
 
 class ImageService:
     def __init__(self, store: Store, ops_for: Callable[[str], ContainerOps],
-                 host_down_after: timedelta) -> None:
+                 host_down_after: timedelta, secrets: SecretBox | None = None,
+                 search_timeout: float = 5.0) -> None:
+        self._secrets = secrets
+        self._search_timeout = search_timeout
         self._store = store
         self._ops_for = ops_for
         self._down_after = host_down_after
@@ -77,6 +87,69 @@ class ImageService:
         image = self.get(ident)
         self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
 
+    def search(self, project_id: str, term: str, image_driver: str | None,
+               exact_match: bool) -> builtins.list[dict[str, Any]]:
+        """Zun's image search: the catalogs of the project's own registries (those whose
+        domain the term names, or all of them when it names none) and, for a term that
+        names no host or Docker Hub, Docker Hub through a host's engine. A 400 naming
+        each source when none could be searched."""
+        if image_driver not in (None, "docker"):
+            raise InvalidInput(f"image_driver: only docker images can be searched here, not "
+                               f"{short(image_driver)}")
+        term = term.strip()
+        host, name = split_host(term)
+        if not name or len(term) > 255 or not IMAGE_RE.match(term):
+            raise InvalidInput("image: must be an image name such as busybox or "
+                               "registry.example.com/team/app")
+        name = name.split("@")[0].split(":")[0]
+        with self._store.transaction() as s:
+            own = ({} if self._secrets is None else
+                   registry_repo.credentials(s, self._secrets, project_id)).values()
+        wanted = canonical_domain(host) if host else None
+        targets = [r for r in own if wanted is None or canonical_domain(r.domain) == wanted]
+        found: builtins.list[dict[str, Any]] = []
+        failed: builtins.list[str] = []
+        for reg in targets:
+            try:
+                found += [_found(f.name, f.registry) for f in
+                          search_catalog(reg, name, exact_match, self._search_timeout)]
+            except Unreachable as exc:
+                failed.append(str(exc))
+        searched = len(targets)
+        if wanted in (None, DOCKER_HUB) and not any(canonical_domain(r.domain) == DOCKER_HUB
+                                                    for r in targets):
+            searched += 1
+            try:
+                found += self._search_hub(name, exact_match)
+            except CapsuledError as exc:
+                failed.append(f"{DOCKER_HUB}: cannot be searched ({_first_line(exc.message)})")
+        if searched == 0:
+            raise InvalidInput(f"image: cannot search {host}: it is none of this project's "
+                               "registries (see /v1/registries)")
+        if failed and len(failed) == searched:
+            raise InvalidInput("image: no registry could be searched: " + "; ".join(failed))
+        return found
+
+    def _search_hub(self, name: str, exact: bool) -> builtins.list[dict[str, Any]]:
+        hosts = self._alive_hosts()
+        if not hosts:
+            raise Unavailable("no running host to ask")
+        rows = self._ops_for(hosts[0]).search_images(name, 25).get("results") or []
+        out = []
+        for r in rows:
+            if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+                continue
+            if exact and r["name"] not in (name, f"library/{name}"):
+                continue
+            item = _found(r["name"], DOCKER_HUB)
+            item.update(description=r.get("description"),
+                        is_official=bool(r.get("is_official")),
+                        is_automated=bool(r.get("is_automated")),
+                        star_count=r.get("star_count") or 0)
+            item["metadata"].update(is_official=item["is_official"], star_count=item["star_count"])
+            out.append(item)
+        return out
+
     def _alive_hosts(self) -> builtins.list[str]:
         now = utcnow()
         with self._store.transaction() as s:
@@ -91,3 +164,13 @@ def _split(repo: str) -> tuple[str, str]:
         return name, tag
     return repo, "latest"
 
+
+def _found(name: str, registry: str) -> dict[str, Any]:
+    """A search hit in the fields zunclient's image-search prints."""
+    return {"id": None, "name": name, "tags": [], "status": None, "size": None,
+            "description": None, "is_official": False, "is_automated": False, "star_count": 0,
+            "metadata": {"registry": registry}}
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0][:200] if text else ""

@@ -75,6 +75,10 @@ def run(
              "it; type=bind,source=FILE,destination=/path: put FILE there before it starts; "
              "with --capsule, source=VOLUME,destination=/path mounts a capsule volume. "
              "Repeatable.")] = None,
+    registry: Annotated[str | None, typer.Option(
+        "--registry", metavar="NAME|UUID", show_default=False,
+        help="Pull IMAGE through this registry of your project (see `capsule registry`): "
+             "an IMAGE without a host is taken from the registry's domain.")] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Keep stdin open, so that `container attach` can type into it.")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Give the container a terminal.")] = False,
@@ -111,7 +115,7 @@ def run(
         "memory": None if mem is None else str(mem), "labels": parse_labels(label) or None,
         "restart_policy": parse_restart(restart), "auto_remove": rm or None,
         "interactive": interactive or None, "tty": tty or None, "capsule": capsule,
-        "mounts": parse_mounts(mount) or None}
+        "mounts": parse_mounts(mount) or None, "registry": registry}
     # Only what was asked for: the server's defaults are the rest.
     body: dict[str, Any] = {"image": image, **{k: v for k, v in optional.items() if v is not None}}
     rt = runtime_of(ctx)

@@ -19,6 +19,7 @@ from capsuled.cli.capsule import (
     container_lifecycle,
     container_run,
     containers,
+    registries,
     terminal,
 )
 from capsuled.cli.capsule.admin import host_app, quota_app, service_app, token_app
@@ -95,6 +96,7 @@ app.command("run", context_settings=PASS_THROUGH)(container_run.run)
 app.command("rebuild")(container_acts.rebuild)
 app.command("commit")(container_acts.commit)
 
+app.add_typer(registries.registry_app, name="registry")
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
 app.add_typer(host_app, name="host")

@@ -41,6 +41,14 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one pull; never logged (repr hides the password)."""
+
+    username: str
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class Summary:
     """A cheap listing entry (no inspect): enough to notice that something changed."""
 
@@ -108,7 +116,9 @@ class Runtime(Protocol):
 
     def observe_capsule(self, instance: str, capsule: str) -> list[Observed]: ...
 
-    def ensure_image(self, image: str, policy: PullPolicy) -> None: ...
+    def ensure_image(self, image: str, policy: PullPolicy, auth: RegistryAuth | None = None) -> None:
+        """Make `image` present by `policy`; a pull presents `auth` to the registry."""
+        ...
 
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         """Create and start the infra container; returns it as started."""

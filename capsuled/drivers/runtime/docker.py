@@ -31,7 +31,8 @@ from capsuled.domain import labels as L
 from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
-from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
+from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RegistryAuth, RuntimeEvent,
+                                           SandboxRequest,
                                            Summary)
 from capsuled.errors import (Conflict, DriverError, ImageNotFound, NotFound, PayloadTooLarge,
                              RuntimeRejected)
@@ -119,7 +120,7 @@ class DockerRuntime:
             networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
             health=(st.get("Health") or {}).get("Status") or None)
 
-    def ensure_image(self, image: str, policy: str) -> None:
+    def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None = None) -> None:
         ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
         if policy != "Always" and ref in self._images:
             return
@@ -130,11 +131,19 @@ class DockerRuntime:
             repo, _, tag = ref.rpartition(":")
             try:
                 with translate_docker_errors(f"pull {ref}"):
-                    self._api.pull(repo, tag=tag)
+                    self._pull(repo, tag, auth)
             except DriverError as exc:
-                raise ImageNotFound(f"image {image} is not present and could not be pulled: "
-                                    f"{exc.message}") from exc
+                # With Always the cached copy must not be used: the registry said no.
+                raise ImageNotFound(f"image {image} could not be pulled: {exc.message}") from exc
         self._images.add(ref)
+
+    def _pull(self, repo: str, tag: str, auth: RegistryAuth | None) -> None:
+        """Pull, failing on an error the engine reports inside its progress stream (it
+        answers 200 first for some registries' refusals)."""
+        config = {"username": auth.username, "password": auth.password} if auth else None
+        for chunk in self._api.pull(repo, tag=tag, auth_config=config, stream=True, decode=True):
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise DriverError(str(chunk.get("error"))[:500])
 
     def _has_image(self, ref: str) -> bool:
         try:
@@ -400,6 +409,13 @@ class DockerRuntime:
         with translate_docker_errors(f"inspect image {repo}:{tag}"):
             data = self._api.inspect_image(f"{repo}:{tag}")
         return ImageInfo(id=data["Id"], repo=repo, tag=tag, size=int(data.get("Size") or 0), created=0)
+
+    def search_images(self, term: str, limit: int) -> dict[str, Any]:
+        with translate_docker_errors(f"search {term}"):
+            rows = self._api.search(term, limit=max(1, min(limit, 100)))
+        keys = ("name", "description", "star_count", "is_official", "is_automated")
+        return {"results": [{k: r.get(k) for k in keys} for r in rows[:limit]
+                            if isinstance(r, dict)]}
 
     def remove_image(self, ref: str) -> None:
         with translate_docker_errors(f"remove image {ref}"):

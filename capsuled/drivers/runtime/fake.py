@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
 from capsuled.domain.channel import ContainerState, HostInfo
-from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RuntimeEvent, SandboxRequest,
+from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RegistryAuth, RuntimeEvent,
+                                           SandboxRequest,
                                            Summary)
 from capsuled.errors import (DriverError, ImageNotFound, NotFound, RuntimeConflict,
                              RuntimeRejected, Unavailable)
@@ -80,6 +81,7 @@ class FakeRuntime:
         self.images: set[str] = {_ref(i) for i in images}
         self.registry: set[str] = {_ref(i) for i in (*images, *registry)}
         self.pulls: list[str] = []
+        self.pull_auths: list[tuple[str, str | None]] = []  # (ref, username) of each ensure_image
         self.missing_networks: set[str] = set()  # networks a create must not find
         self._faults: dict[str, list[_Fault]] = {}
         self._log: list[tuple[dict[str, str], RuntimeEvent]] = []
@@ -145,8 +147,9 @@ class FakeRuntime:
             return [_observed(c) for c in self.containers.values()
                     if c.labels.get(L.INSTANCE) == instance and c.labels.get(L.CAPSULE) == capsule]
 
-    def ensure_image(self, image: str, policy: str) -> None:
+    def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None = None) -> None:
         self._fault("ensure_image")
+        self.pull_auths.append((_ref(image), auth.username if auth else None))
         ref = _ref(image)
         with self._lock:
             present = ref in self.images

@@ -129,3 +129,25 @@ def test_a_restarted_agent_adopts_what_is_there(goal: DesiredState) -> None:
     assert rig.agent().sync(UUID, want(state=goal, runtime_id=before[0])).settled
     assert rig.only() == before
     assert [e for e in rig.runtime.history() if e.action == "create"] == creates
+
+
+def test_a_pull_plan_pulls_its_reference_always_with_its_credentials() -> None:
+    from capsuled.domain.channel import ImagePull
+    rig = Rig()
+    ref = "127.0.0.1:5000/private/busybox"
+    rig.runtime.registry.add(f"{ref}:latest")
+    spec = BareSpec(container=ContainerSpec(name="web", image="private/busybox", registry="r1",
+                                            command=["sleep", "300"]))
+    plan = ImagePull(container="web", image=ref, always=True, username="u", password="pw")
+    assert "pw" not in repr(want(spec, pulls=[plan]))
+    ex = rig.agent()
+    assert ex.sync(UUID, want(spec, pulls=[plan])).settled
+    assert rig.runtime.pull_auths[-1] == (f"{ref}:latest", "u")
+    assert rig.runtime.pulls == [f"{ref}:latest"]
+    cid, _ = rig.only()
+    assert rig.runtime.containers[cid].image == ref
+    # Present in the cache, yet a guarded image is pulled again (Always): a refusal fails.
+    rig.runtime.registry.discard(f"{ref}:latest")
+    rig.runtime.remove_container(cid, 0)
+    out = ex.sync(UUID, want(spec, pulls=[plan.model_copy(update={"username": None})]))
+    assert out.report is not None and "could not be pulled" in str(out.report)

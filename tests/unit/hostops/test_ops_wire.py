@@ -47,6 +47,7 @@ CASES: dict[str, tuple[tuple[Any, ...], Any]] = {
                ImageInfo(id="sha256:ef", repo="team/app", tag="v1", size=1, created=2,
                          project="proj-a")),
     "remove_image": (("busybox:latest",), None),
+    "search_images": (("busybox", 25), {"results": [{"name": "busybox", "star_count": 1}]}),
 }
 
 
