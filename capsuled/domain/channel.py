@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from capsuled.domain.addresses import Address
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 class _Wire(BaseModel):
@@ -41,6 +42,8 @@ class Assignment(_Wire):
     deleting: bool = False
     spec: CapsuleSpec
     project_id: str | None = None  # its containers join this project's network (None: none)
+    # The sandbox's last known addresses: a recreated sandbox asks for them again.
+    addresses: list[Address] = Field(default_factory=list)
 
 
 DesiredState = Literal["running", "stopped", "paused"]
@@ -57,6 +60,7 @@ class ContainerAssignment(_Wire):
     runtime_id: str | None = None  # last one reported: it existed, so missing now means removed
     spec: BareSpec
     project_id: str | None = None  # it joins this project's network (None: Docker's default)
+    addresses: list[Address] = Field(default_factory=list)  # last known: asked for again
 
 
 class Assignments(_Wire):
@@ -114,6 +118,9 @@ class ContainerReport(_Wire):
     finished_at: str | None = None
     error: str | None = None
     health: str | None = None  # with a health check: starting | healthy | unhealthy
+    # Its addresses on its project network as observed (empty: none seen now, e.g. while
+    # stopped; the store then keeps the last ones, as a Neutron port keeps its IP).
+    addresses: list[Address] = Field(default_factory=list)
 
 
 class CapsuleReport(_Wire):
@@ -126,6 +133,7 @@ class CapsuleReport(_Wire):
     progress: str | None = None
     error: str | None = None
     containers: list[ContainerReport] = Field(default_factory=list)
+    addresses: list[Address] = Field(default_factory=list)  # the sandbox's, shared by members
     events: list[tuple[str, str, str, str | None]] = Field(default_factory=list)
     """(type, reason, message, container name) the agent wants recorded."""
 
