@@ -52,6 +52,8 @@ DEFAULTS: dict[str, str] = {
     "container:get_all_all_projects": ADMIN, "container:delete_all_projects": ADMIN,
     "container:delete_force": ADMIN, "container:create:requested_destination": ADMIN,
     "container:create:privileged": ADMIN, "container:create:runtime": ADMIN,
+    "container:network_list": READER, "container:network_attach": MEMBER,
+    "container:network_detach": MEMBER,
     "image:pull": ADMIN, "image:get_all": ADMIN, "image:get_one": ADMIN, "image:delete": ADMIN,
     "host:get_all": ADMIN, "host:get": ADMIN,
     "zun-service:get_all": ADMIN, "zun-service:update": ADMIN, "zun-service:delete": ADMIN,
