@@ -311,3 +311,31 @@ def test_a_sandbox_gets_the_address_it_asks_for(rig: Rig) -> None:
     member(rig, "cap1", again.id)
     assert [o.addresses for o in rig.runtime.observe_capsule(rig.instance, "cap1")
             if o.labels[L.ROLE] == "app"] == [()]
+
+
+@pytest.mark.docker
+def test_docker_a_stopped_container_whose_address_was_taken_starts_with_a_fresh_one(
+        docker_api: docker.APIClient) -> None:
+    """Docker's own allocation ignores a stopped container's reservation: someone else's
+    container can take it, and the start must not fail for ever."""
+    rigs = _docker_rig(docker_api)
+    rig = next(rigs)
+    try:
+        net = rig.network()
+        cid = rig.runtime.create_container(ContainerRequest(
+            name=rig.name("cap1"), image=BUSYBOX, sandbox_id=None, cmd=["sleep", "300"],
+            labels=rig.labels("cap1", L.ROLE_BARE), network=net))
+        ip = _ip(rig, "cap1", net)
+        rig.runtime.stop(cid, 0)
+        thief = docker_api.create_container(
+            BUSYBOX, ["sleep", "300"], name=rig.name("thief"), labels={L.INSTANCE: rig.instance},
+            host_config=docker_api.create_host_config(network_mode=net),
+            networking_config={"EndpointsConfig": {net: docker_api.create_endpoint_config(
+                ipv4_address=ip)}})
+        docker_api.start(thief["Id"])
+        rig.runtime.start(cid)
+        assert _ip(rig, "cap1", net) not in (None, ip)
+        (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+        assert o.state == "running"
+    finally:
+        rigs.close()
