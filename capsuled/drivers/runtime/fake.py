@@ -340,7 +340,8 @@ class FakeRuntime:
                  for n, ip in c.ips.items() if n == network}
         taken.add(str(next(subnet.hosts())))  # the bridge's own address
         if preferred and preferred not in taken and ipaddress.IPv4Address(preferred) in subnet \
-                and ipaddress.IPv4Address(preferred) != subnet.broadcast_address:
+                and ipaddress.IPv4Address(preferred) not in (subnet.network_address,
+                                                             subnet.broadcast_address):
             return f"{preferred}/{subnet.prefixlen}"
         free = next((str(h) for h in subnet.hosts() if str(h) not in taken), None)
         if free is None:
