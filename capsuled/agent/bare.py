@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from capsuled.agent import pulls
-from capsuled.agent.networks import ProjectNetworks
+from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
 from capsuled.agent.plan import resources, unhealthy
 from capsuled.domain import labels as L
 from capsuled.domain import naming
@@ -240,6 +240,7 @@ class BareExecutor:
                 tty=c.tty, stdin=c.stdin, hostname=spec.hostname or desired.name,
                 auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
+                ipv4_address=previous_address(desired.project_id, desired.addresses),
                 privileged=c.privileged, binds=binds, health=c.health))
             if spec.files:
                 # Files go in before the first start; a container left without them would be
@@ -272,7 +273,8 @@ class BareExecutor:
             ContainerReport(uuid=desired.uuid, name=name, role="bare", state=o.state,
                             runtime_id=o.id, exit_code=o.exit_code, restart_count=o.restart_count,
                             oom_killed=o.oom_killed, started_at=o.started_at,
-                            finished_at=o.finished_at, health=o.health)
+                            finished_at=o.finished_at, health=o.health,
+                            addresses=addresses_of(self._instance, desired.project_id, o))
         return BareReport(uuid=desired.uuid, generation=desired.generation, container=container,
                           error=error)
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from capsuled.agent import pulls
-from capsuled.agent.networks import ProjectNetworks
+from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
 from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.domain import labels as L
 from capsuled.domain import naming
@@ -157,7 +157,8 @@ class CapsuleExecutor:
             return self._rt.create_sandbox(SandboxRequest(
                 name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
                 hostname=spec.name or desired.uuid[:12], labels=labels,
-                network=net.name if net else None, aliases=_aliases(desired)))
+                network=net.name if net else None, aliases=_aliases(desired),
+                ipv4_address=previous_address(desired.project_id, desired.addresses)))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:
@@ -220,7 +221,8 @@ class CapsuleExecutor:
                              sandbox_id=sandbox.id if sandbox else None,
                              sandbox_state=sandbox.state if sandbox else "missing",
                              sandbox_recreated=progress.recreated, error=error,
-                             containers=containers, events=progress.events)
+                             containers=containers, events=progress.events,
+                             addresses=addresses_of(self._instance, desired.project_id, sandbox))
 
 
 def _aliases(desired: Assignment) -> tuple[str, ...]:

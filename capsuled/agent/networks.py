@@ -18,6 +18,7 @@ its network gone all the same (removed by hand) forgets it and makes it again.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from capsuled.domain.addresses import Address, network_uuid, preferred
 from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import Observed, Runtime
 from capsuled.errors import CapsuledError, DriverError, NotFound
@@ -129,3 +131,26 @@ class ProjectNetworks:
 def network_missing(exc: NotFound) -> bool:
     message = exc.message.lower()
     return "network" in message and "not found" in message
+
+
+def addresses_of(instance: str, project: str | None, o: Observed | None) -> list[Address]:
+    """What a container (a sandbox, or a bare container) holds on its project's network,
+    as the API shows it; nothing of any other network (Docker's bridge before it moved in)."""
+    if project is None or o is None:
+        return []
+    name, net = network_name(instance, project), network_uuid(project)
+    out = []
+    for network, iface in o.addresses:
+        if network != name:
+            continue
+        try:
+            addr = ipaddress.IPv4Interface(iface)
+        except ValueError:
+            continue
+        out.append(Address(network_id=net, addr=str(addr.ip), subnet=str(addr.network)))
+    return out
+
+
+def previous_address(project: str | None, known: list[Address]) -> str | None:
+    """The address to ask for again when the container is remade."""
+    return None if project is None else preferred(known, network_uuid(project))

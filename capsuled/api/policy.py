@@ -53,6 +53,8 @@ DEFAULTS: dict[str, str] = {
     "container:get_all_all_projects": ADMIN, "container:delete_all_projects": ADMIN,
     "container:delete_force": ADMIN, "container:create:requested_destination": ADMIN,
     "container:create:privileged": ADMIN, "container:create:runtime": ADMIN,
+    "container:network_list": READER, "container:network_attach": MEMBER,
+    "container:network_detach": MEMBER,
     "image:pull": ADMIN, "image:delete": ADMIN,
     # Members list the hosts' images too, but only base images and their own project's
     # commits; an admin (image:get_all_all_projects) sees every project's, and the hosts.

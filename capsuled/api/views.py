@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
+from capsuled.domain.addresses import parse_stored, zun_addresses
 from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
                                   HealthCheck)
 from capsuled.store.capsules import CapsuleRow, ContainerRow
@@ -40,7 +41,9 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "restart_policy": restart,
         "cpu": float(row.cpu),
         "memory": str(row.memory),
-        "addresses": {},
+        # The sandbox's, which every member row keeps.
+        "addresses": zun_addresses(parse_stored(members[0].addresses if members else None),
+                                   row.uuid),
         "project_id": row.project_id,
         "user_id": row.user_id,
         "created_at": ts(row.created_at),
@@ -89,7 +92,9 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "ports": [p.container_port for p in spec.ports] if spec else [],
         "hostname": (capsule.name if capsule else None),
         "labels": {},
-        "addresses": {},
+        # A member's are its sandbox's (one port, the capsule's).
+        "addresses": zun_addresses(parse_stored(row.addresses),
+                                   capsule.uuid if capsule else row.uuid),
         "restart_policy": {"Name": policy, "MaximumRetryCount": "0"},
         "interactive": spec.stdin if spec else False,
         "tty": spec.tty if spec else False,

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from capsuled.domain.addresses import Address
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 class _Wire(BaseModel):
@@ -55,6 +56,8 @@ class Assignment(_Wire):
     spec: CapsuleSpec
     project_id: str | None = None  # its containers join this project's network (None: none)
     pulls: list[ImagePull] = Field(default_factory=list, repr=False)
+    # The sandbox's last known addresses: a recreated sandbox asks for them again.
+    addresses: list[Address] = Field(default_factory=list)
 
 
 DesiredState = Literal["running", "stopped", "paused"]
@@ -72,6 +75,7 @@ class ContainerAssignment(_Wire):
     spec: BareSpec
     project_id: str | None = None  # it joins this project's network (None: Docker's default)
     pulls: list[ImagePull] = Field(default_factory=list, repr=False)
+    addresses: list[Address] = Field(default_factory=list)  # last known: asked for again
 
 
 class Assignments(_Wire):
@@ -129,6 +133,9 @@ class ContainerReport(_Wire):
     finished_at: str | None = None
     error: str | None = None
     health: str | None = None  # with a health check: starting | healthy | unhealthy
+    # Its addresses on its project network as observed (empty: none seen now, e.g. while
+    # stopped; the store then keeps the last ones, as a Neutron port keeps its IP).
+    addresses: list[Address] = Field(default_factory=list)
 
 
 class CapsuleReport(_Wire):
@@ -141,6 +148,7 @@ class CapsuleReport(_Wire):
     progress: str | None = None
     error: str | None = None
     containers: list[ContainerReport] = Field(default_factory=list)
+    addresses: list[Address] = Field(default_factory=list)  # the sandbox's, shared by members
     events: list[tuple[str, str, str, str | None]] = Field(default_factory=list)
     """(type, reason, message, container name) the agent wants recorded."""
 

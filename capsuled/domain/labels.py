@@ -14,6 +14,7 @@ SANDBOX_START = "capsuled.sandbox-start"  # the sandbox start a member joined; s
 VOLUME = "capsuled.volume"            # template volume name
 AUTO_REMOVE = "capsuled.auto-remove"  # "true" on volumes removed with their capsule
 PROJECT = "capsuled.project"          # owning project: on project networks and on containers
+NETWORK_ID = "capsuled.network-id"    # a project network's uuid (domain.addresses.network_uuid)
 
 ROLE_SANDBOX = "sandbox"
 ROLE_BARE = "bare"

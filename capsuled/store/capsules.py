@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Select, Text, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from capsuled.domain.addresses import parse_stored
 from capsuled.domain.channel import Assignment, CapsuleReport
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_report
@@ -87,6 +88,7 @@ class ContainerRow:
     finished_at: str | None
     created_at: datetime
     updated_at: datetime | None
+    addresses: list[Any] | None
 
 
 @dataclass(slots=True)
@@ -318,12 +320,16 @@ def mark_deleting(session: Session, capsule: Capsule) -> None:
 
 
 def assignments_for(session: Session, host: str) -> list[Assignment]:
+    # The sandbox's last addresses, which every member row holds: the first member's.
+    addresses = (select(Container.addresses).where(Container.capsule_id == Capsule.id)
+                 .order_by(Container.position, Container.id).limit(1).scalar_subquery())
     rows = session.execute(
-        select(Capsule.uuid, Capsule.generation, Capsule.deleting, Capsule.spec, Capsule.project_id)
+        select(Capsule.uuid, Capsule.generation, Capsule.deleting, Capsule.spec, Capsule.project_id,
+               addresses)
         .where(Capsule.host == host).order_by(Capsule.id)).all()
     return [Assignment(uuid=u, generation=g, deleting=d, spec=CapsuleSpec.model_validate(s),
-                       project_id=p)
-            for u, g, d, s, p in rows]
+                       project_id=p, addresses=parse_stored(a))
+            for u, g, d, s, p, a in rows]
 
 
 def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
@@ -348,6 +354,11 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         row.status, row.status_reason = u.status.value, u.reason
         row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
         row.started_at, row.finished_at = c.started_at, c.finished_at
+    if report.addresses:  # none seen (sandbox stopped or being remade): the last ones stay
+        seen = [a.model_dump() for a in report.addresses]
+        for row in capsule.containers:
+            if row.addresses != seen:
+                row.addresses = seen
     if fold.sandbox_recreated:
         capsule.restart_count += 1
     for event in fold.events:

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session, selectinload
 
+from capsuled.domain.addresses import parse_stored
 from capsuled.domain.channel import BareReport, ContainerAssignment
 from capsuled.domain.fold import EventRecord
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
@@ -157,11 +158,12 @@ def bare_assignments_for(session: Session, host: str) -> list[ContainerAssignmen
     rows = session.execute(
         select(Container.uuid, Container.name, Container.generation, Container.deleting,
                Container.desired_state, Container.runtime_id, Container.spec,
-               Container.project_id)
+               Container.project_id, Container.addresses)
         .where(Container.host == host, Container.role == BARE).order_by(Container.id)).all()
     return [ContainerAssignment(uuid=u, name=n, generation=g, deleting=d, desired_state=ds,
-                                runtime_id=rid, spec=BareSpec.model_validate(sp), project_id=p)
-            for u, n, g, d, ds, rid, sp, p in rows]
+                                runtime_id=rid, spec=BareSpec.model_validate(sp), project_id=p,
+                                addresses=parse_stored(a))
+            for u, n, g, d, ds, rid, sp, p, a in rows]
 
 
 def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
@@ -183,6 +185,10 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         c = report.container
         row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
         row.started_at, row.finished_at = c.started_at, c.finished_at
+        if c.addresses:  # none seen (stopped, being remade): the last ones stay
+            seen = [a.model_dump() for a in c.addresses]
+            if row.addresses != seen:
+                row.addresses = seen
     else:
         return
     if row.deleting:

@@ -133,6 +133,9 @@ class Container(Base):
     finished_at: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Its addresses as the agent last saw them (a capsule's members: the sandbox's), a list
+    # of domain.addresses.Address dicts; kept while it is stopped, as a port keeps its IP.
+    addresses: Mapped[list[Any] | None] = mapped_column(JSON)
     # Bare containers only (capsule children live in their capsule's spec and host):
     # their own desired state, placement and claim.
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import docker
+import docker.errors
+import docker.types
 import pytest
 
 from capsuled.domain import labels as L
@@ -27,6 +29,7 @@ class Rig:
     runtime: Runtime
     instance: str
     kill: Callable[[str], None]  # the container's process dies (SIGKILL)
+    network: Callable[[], str]  # a network with a subnet of its own (as project networks have)
 
     def labels(self, capsule: str, role: str = "app", **more: str) -> dict[str, str]:
         return {L.INSTANCE: self.instance, L.CAPSULE: capsule, L.ROLE: role, **more}
@@ -37,15 +40,32 @@ class Rig:
 
 def _fake_rig() -> Iterator[Rig]:
     fake = FakeRuntime(images=(INFRA, BUSYBOX))
-    yield Rig(fake, f"contract-{secrets.token_hex(4)}", lambda cid: fake.exit(cid, 137))
+    yield Rig(fake, f"contract-{secrets.token_hex(4)}", lambda cid: fake.exit(cid, 137),
+              lambda: f"net-{secrets.token_hex(4)}")
 
 
 def _docker_rig(api: docker.APIClient) -> Iterator[Rig]:
     instance = f"contract-{secrets.token_hex(4)}"
     try:
-        yield Rig(DockerRuntime(api), instance, lambda cid: api.kill(cid))
+        yield Rig(DockerRuntime(api), instance, lambda cid: api.kill(cid),
+                  lambda: _docker_network(api, instance))
     finally:
         remove_instance_objects(api, instance)
+
+
+def _docker_network(api: docker.APIClient, instance: str) -> str:
+    """A labelled bridge on a free /24 (removed with the instance's objects)."""
+    name = f"{instance}-net"
+    for _ in range(20):
+        subnet = f"10.{secrets.randbelow(50) + 200}.{secrets.randbelow(256)}.0/24"
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+        try:
+            api.create_network(name, driver="bridge", labels={L.INSTANCE: instance}, ipam=ipam)
+            return name
+        except docker.errors.APIError as exc:
+            if "overlap" not in str(exc).lower():
+                raise
+    raise AssertionError("no free /24 for the contract network")
 
 
 @pytest.fixture(params=[pytest.param("fake"), pytest.param("docker", marks=pytest.mark.docker)])
@@ -236,3 +256,86 @@ def test_network_join_and_leave_are_idempotent(rig: Rig) -> None:
     rig.runtime.connect_network(cid, "bridge", ())
     (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
     assert o.networks == ("bridge",)
+
+
+def _ip(rig: Rig, capsule: str, network: str) -> str | None:
+    (o,) = rig.runtime.observe_capsule(rig.instance, capsule)
+    found = dict(o.addresses).get(network)
+    return None if found is None else found.split("/")[0]
+
+
+def test_addresses_are_reserved_for_life_and_asked_for_again(rig: Rig) -> None:
+    net = rig.network()
+
+    def bare(capsule: str, ip: str | None = None, start: bool = True) -> str:
+        return rig.runtime.create_container(ContainerRequest(
+            name=rig.name(capsule), image=BUSYBOX, sandbox_id=None, cmd=["sleep", "300"],
+            labels=rig.labels(capsule, L.ROLE_BARE), network=net, ipv4_address=ip, start=start))
+
+    first = bare("cap1")
+    ip1 = _ip(rig, "cap1", net)
+    assert ip1 is not None
+    (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+    assert dict(o.addresses)[net].endswith("/24")
+    # Stopped, it shows none; meanwhile a new container does not get its address, and
+    # started again it has the same one.
+    rig.runtime.stop(first, 1)
+    assert _ip(rig, "cap1", net) is None
+    bare("cap2")
+    assert _ip(rig, "cap2", net) not in (None, ip1)
+    rig.runtime.start(first)
+    assert _ip(rig, "cap1", net) == ip1
+    # Asked for while another holds it: a fresh one. Once it is free: that one.
+    bare("cap3", ip=ip1)
+    assert _ip(rig, "cap3", net) not in (None, ip1, _ip(rig, "cap2", net))
+    rig.runtime.remove_container(first, 1)
+    bare("cap4", ip=ip1)
+    assert _ip(rig, "cap4", net) == ip1
+    # Garbage or an address outside the subnet: a fresh one rather than a failure.
+    bare("cap5", ip="192.0.2.10")
+    assert (_ip(rig, "cap5", net) or "").rsplit(".", 1)[0] == ip1.rsplit(".", 1)[0]
+
+
+def test_a_sandbox_gets_the_address_it_asks_for(rig: Rig) -> None:
+    net = rig.network()
+    sb = rig.runtime.create_sandbox(SandboxRequest(
+        name=rig.name("cap1-sandbox"), image=INFRA, hostname="cap1",
+        labels=rig.labels("cap1", L.ROLE_SANDBOX), network=net))
+    ip = dict(sb.addresses)[net].split("/")[0]
+    rig.runtime.remove_container(sb.id, 0)
+    again = rig.runtime.create_sandbox(SandboxRequest(
+        name=rig.name("cap1-sandbox"), image=INFRA, hostname="cap1",
+        labels=rig.labels("cap1", L.ROLE_SANDBOX), network=net, ipv4_address=ip))
+    assert dict(again.addresses)[net] == dict(sb.addresses)[net]
+    # A member has no address of its own: it uses its sandbox's.
+    member(rig, "cap1", again.id)
+    assert [o.addresses for o in rig.runtime.observe_capsule(rig.instance, "cap1")
+            if o.labels[L.ROLE] == "app"] == [()]
+
+
+@pytest.mark.docker
+def test_docker_a_stopped_container_whose_address_was_taken_starts_with_a_fresh_one(
+        docker_api: docker.APIClient) -> None:
+    """Docker's own allocation ignores a stopped container's reservation: someone else's
+    container can take it, and the start must not fail for ever."""
+    rigs = _docker_rig(docker_api)
+    rig = next(rigs)
+    try:
+        net = rig.network()
+        cid = rig.runtime.create_container(ContainerRequest(
+            name=rig.name("cap1"), image=BUSYBOX, sandbox_id=None, cmd=["sleep", "300"],
+            labels=rig.labels("cap1", L.ROLE_BARE), network=net))
+        ip = _ip(rig, "cap1", net)
+        rig.runtime.stop(cid, 0)
+        thief = docker_api.create_container(
+            BUSYBOX, ["sleep", "300"], name=rig.name("thief"), labels={L.INSTANCE: rig.instance},
+            host_config=docker_api.create_host_config(network_mode=net),
+            networking_config={"EndpointsConfig": {net: docker_api.create_endpoint_config(
+                ipv4_address=ip)}})
+        docker_api.start(thief["Id"])
+        rig.runtime.start(cid)
+        assert _ip(rig, "cap1", net) not in (None, ip)
+        (o,) = rig.runtime.observe_capsule(rig.instance, "cap1")
+        assert o.state == "running"
+    finally:
+        rigs.close()

@@ -305,3 +305,32 @@ def test_zunclient_create_in_the_default_security_group(zun, made, unique) -> No
                               security_groups=["default"])
     made.append(c.uuid)
     assert zun.containers.get(c.uuid).security_groups == ["default"]
+
+
+def test_addresses_and_network_list_through_zunclient(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                                      unique) -> None:
+    from capsuled.domain.addresses import network_uuid, port_id
+    c = zun.containers.run(name=unique("znet"), image="busybox", command=["sleep", "3600"])
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    shown = wait_for(lambda: zun.containers.get(c.uuid).addresses, what="addresses")
+    net = network_uuid(zun.containers.get(c.uuid).project_id)
+    (entry,) = shown[net]
+    (docker_net,) = docker_of(docker_api, c.uuid)["NetworkSettings"]["Networks"].values()
+    assert entry["addr"] == docker_net["IPAddress"] and entry["port"] == port_id(net, c.uuid)
+    (listed,) = zun.containers.network_list(c.uuid)
+    assert (listed.net_id, listed.port_id) == (net, entry["port"])
+    assert listed.fixed_ips == [{"ip_address": entry["addr"], "version": 4,
+                                 "subnet_id": entry["subnet_id"]}]
+    with pytest.raises(zun_exc.Conflict) as conflict:
+        zun.containers.network_attach(c.uuid, network=net)
+    assert "already attached" in str(conflict.value)
+    with pytest.raises(zun_exc.BadRequest) as bad:
+        zun.containers.network_attach(c.uuid, network="someone-elses-net")
+    assert "network" in str(bad.value) and "one network" in str(bad.value)
+    with pytest.raises(zun_exc.BadRequest) as bad:
+        zun.containers.network_detach(c.uuid, network=net)
+    assert "not supported" in str(bad.value)
+    with pytest.raises(zun_exc.BadRequest):
+        zun.containers.network_detach(c.uuid, port=entry["port"])
+    assert zun.containers.get(c.uuid).addresses == shown

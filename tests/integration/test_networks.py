@@ -15,6 +15,7 @@ from typing import Any
 import docker
 import httpx
 import pytest
+from capsuled.domain.addresses import network_uuid
 from conftest import Capsules, Server, exec_in, sandbox, sleeper, template, wait_for
 
 pytestmark = pytest.mark.docker
@@ -107,7 +108,8 @@ def test_projects_are_isolated_and_reach_their_own_capsules_by_name(
         net_a, net_b = the_network(docker_api, instance, pa), the_network(docker_api, instance, pb)
         assert net_a["Id"] != net_b["Id"]
         for net, project in ((net_a, pa), (net_b, pb)):
-            assert net["Labels"] == {"capsuled.instance": instance, "capsuled.project": project}
+            assert net["Labels"] == {"capsuled.instance": instance, "capsuled.project": project,
+                                     "capsuled.network-id": network_uuid(project)}
             assert net["Driver"] == "bridge" and net["Scope"] == "local"
             assert net["Options"]["com.docker.network.bridge.enable_icc"] == "true"
         a1_sb, a2_sb, b1_sb = (sandbox(docker_api, c["uuid"]) for c in (a1, a2, b1))

@@ -23,11 +23,13 @@ from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, all
 from capsuled.api.microversions import ApiVersion
 from capsuled.api.routers.capsules import _limit, _marker, _sort_dir, filter_value
 from capsuled.api.services.images import image_uuid
+from capsuled.api.services import container_networks
 from capsuled.api.services.containers import (ContainerService, LogRequest, parse_since,
                                               parse_stop_timeout, parse_tail)
 from capsuled.api.state import app_state
 from capsuled.api.streams import StreamLease, Streams
 from capsuled.api.views import action_view, any_container_view
+from capsuled.domain.addresses import network_list as zun_network_list
 from capsuled.domain.template import whole_number
 from capsuled.errors import (CapsuledError, InvalidInput, NotAuthenticated, TooManyRequests,
                              VersionNotAcceptable)
@@ -395,3 +397,47 @@ def resize_container(request: Request, ident: str, body: BodyDep, who: Principal
         raise VersionNotAcceptable("resize_container needs API version 1.19 or later")
     row = _service(request).resize_container(who, ident, dict(body))
     return any_container_view(row, _service(request).shows_host(who), base)
+
+
+# -- networks (issue 11): network_list, network_attach, network_detach ---------------------
+NETWORK_LIST = (1, 13)
+NETWORK_LIST_GROUPED = (1, 18)
+NETWORK_DETACH = (1, 6)
+NETWORK_ATTACH = (1, 8)
+
+
+def _needs(version: ApiVersion, least: tuple[int, int], what: str) -> None:
+    if not version.at_least(least):
+        raise VersionNotAcceptable(f"{what} needs API version {least[0]}.{least[1]} or later "
+                                   f"(this request asked for {version})")
+
+
+@router.get("/{ident}/network_list", dependencies=[allow("container:network_list")])
+def network_list(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+                 capsule: str | None = None) -> dict[str, Any]:
+    """The container's networks: per port with fixed_ips (≥1.18), or one entry per address."""
+    _needs(version, NETWORK_LIST, "network_list")
+    found, owner = container_networks.addresses(_service(request).get(who, ident, given(capsule)))
+    return {"networks": zun_network_list(found, owner, version.at_least(NETWORK_LIST_GROUPED))}
+
+
+@router.post("/{ident}/network_attach", dependencies=[allow("container:network_attach")])
+def network_attach(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+                   network: str | None = None, port: str | None = None,
+                   fixed_ip: str | None = None, capsule: str | None = None) -> Response:
+    """Query parameters, as zunclient sends them (it posts no body)."""
+    _needs(version, NETWORK_ATTACH, "network_attach")
+    container_networks.attach(_service(request).get, who, ident, {
+        "network": network, "port": port, "fixed_ip": fixed_ip, "capsule": capsule})
+    return Response(status_code=200)
+
+
+@router.post("/{ident}/network_detach", status_code=202,
+             dependencies=[allow("container:network_detach")])
+def network_detach(request: Request, ident: str, who: PrincipalDep, version: VersionDep,
+                   network: str | None = None, port: str | None = None,
+                   capsule: str | None = None) -> Response:
+    _needs(version, NETWORK_DETACH, "network_detach")
+    container_networks.detach(_service(request).get, who, ident, {
+        "network": network, "port": port, "capsule": capsule}, version)
+    return Response(status_code=202)

@@ -160,6 +160,7 @@ def _fields(capsule: Mapping[str, Any], now: datetime | None) -> Table:
         ("Memory", text(f"{memory} MiB" if memory not in (None, "") else None)),
         ("Restart policy", text(restart_policy(capsule))),
         ("Restart count", text(capsule.get("restart_count", 0))),
+        ("Addresses", text(addresses(capsule.get("addresses")))),
     ]
     if "host" in capsule:  # admins only: absence means "not yours to know", not "none"
         rows.append(("Host", text(capsule.get("host"))))
@@ -171,6 +172,15 @@ def _fields(capsule: Mapping[str, Any], now: datetime | None) -> Table:
     for key, value in rows:
         grid.add_row(f"{key}:", value)
     return grid
+
+
+def addresses(value: Any) -> str | None:
+    """Zun's addresses ({network: [{addr, …}]}) as "10.0.0.5, 10.0.0.6"; None if none."""
+    if not isinstance(value, Mapping):
+        return None
+    found = [str(a["addr"]) for entries in value.values() if isinstance(entries, list)
+             for a in entries if isinstance(a, Mapping) and a.get("addr")]
+    return ", ".join(found) or None
 
 
 def _number(value: Any) -> str | None:
@@ -283,6 +293,7 @@ def show_container(c: Mapping[str, Any], now: datetime | None = None) -> Table:
         ("Environment", text(pairs(c.get("environment")))),
         ("Labels", text(pairs(c.get("labels")))),
         ("Hostname", text(c.get("hostname"))),
+        ("Addresses", text(addresses(c.get("addresses")))),
         ("Interactive", Text("yes" if c.get("interactive") else "no")),
         ("TTY", Text("yes" if c.get("tty") else "no")),
         ("Auto remove", Text("yes" if c.get("auto_remove") else "no")),

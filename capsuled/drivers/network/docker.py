@@ -1,7 +1,8 @@
 """BridgeNetworks: one Docker bridge network per project and deployment.
 
 What it leaves on the host: bridge networks named `capsuled-<instance>-<project hash>`,
-labelled `capsuled.instance=<deployment>` and `capsuled.project=<project id>`, with
+labelled `capsuled.instance=<deployment>`, `capsuled.project=<project id>` and
+`capsuled.network-id=<the network's uuid as the API shows it>`, with
 inter-container traffic enabled inside the network (Docker's isolation rules drop traffic
 between different bridge networks). Containers attach by network name, as the docker CLI
 does, so a container whose network was recreated still starts.
@@ -29,6 +30,7 @@ import docker
 import docker.types
 
 from capsuled.domain import labels as L
+from capsuled.domain.addresses import network_uuid
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.errors import DriverError, NotFound, RuntimeConflict, RuntimeRejected
@@ -99,7 +101,8 @@ class BridgeNetworks:
                     with translate_docker_errors(f"create network {name}"):
                         created = self._api.create_network(
                             name, driver="bridge", options={ICC: "true"}, check_duplicate=True,
-                            labels={L.INSTANCE: instance, L.PROJECT: project}, ipam=ipam)
+                            labels={L.INSTANCE: instance, L.PROJECT: project,
+                                    L.NETWORK_ID: network_uuid(project)}, ipam=ipam)
                     return str(created["Id"]), str(subnet)
                 except (RuntimeRejected, DriverError) as exc:
                     if isinstance(exc, RuntimeConflict) or "overlap" not in exc.message.lower():

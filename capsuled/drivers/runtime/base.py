@@ -34,6 +34,9 @@ class Observed:
     nano_cpus: int | None = None
     memory_bytes: int | None = None
     networks: tuple[str, ...] = ()  # names of the networks it joined (none for members)
+    # (network name, "ip/prefix") of each network it holds an IPv4 address on now (none
+    # while it is not running, none for members: they use the sandbox's)
+    addresses: tuple[tuple[str, str], ...] = ()
     health: str | None = None  # with a health check: starting | healthy | unhealthy
     # False: its pids limit is not the runtime's (made before there was one, or under
     # another setting); the agent applies it in place (update_resources), not a recreate.
@@ -66,6 +69,10 @@ class SandboxRequest:
     labels: dict[str, str]
     network: str | None = None  # the project network to join (None: Docker's default bridge)
     aliases: tuple[str, ...] = ()  # DNS names on that network
+    # The IPv4 address it had before (it is being remade): asked for again, a fresh one if
+    # it is taken. Either way the address is reserved for the container until it is
+    # removed, so a stop and start (or a restart by its policy) keeps it.
+    ipv4_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class ContainerRequest:
     start: bool = True
     network: str | None = None  # bare containers only, as for the sandbox: members share its
     aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None  # bare containers only, as for the sandbox
     privileged: bool = False  # admins only; the API's policy gate sees to that
     health: HealthCheck | None = None
 

@@ -31,6 +31,7 @@ from capsuled.domain import labels as L
 from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
+from capsuled.drivers.runtime import docker_addresses
 from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RegistryAuth, RuntimeEvent,
                                            SandboxRequest,
                                            Summary)
@@ -65,6 +66,7 @@ class DockerRuntime:
         self._api = client
         self._http = cast(_EngineHttp, client)
         self._images: set[str] = set()
+        self._addresses = docker_addresses.AddressBook(client)
         # Every container this runtime creates (sandboxes, members, bare) gets it: a fork
         # bomb in one tenant's container must not exhaust the host's process table.
         self._pids_limit = pids_limit
@@ -118,6 +120,7 @@ class DockerRuntime:
             pids_ok=self._pids_limit is None
             or (data.get("HostConfig") or {}).get("PidsLimit") == self._pids_limit,
             networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
+            addresses=docker_addresses.observed(data),
             health=(st.get("Health") or {}).get("Status") or None)
 
     def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None = None) -> None:
@@ -158,15 +161,16 @@ class DockerRuntime:
         host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
                                                    restart_policy={"Name": "no"}, init=False,
                                                    pids_limit=self._pids_limit)
-        with translate_docker_errors(f"create sandbox {req.name}"):
+        with self._addresses.picking(req.network), \
+                translate_docker_errors(f"create sandbox {req.name}"):
+            ip = self._addresses.pick(req.network, req.ipv4_address)
             cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
                                              hostname=_hostname(req.hostname),
                                              host_config=host_config, detach=True,
-                                             networking_config=self._endpoint(req.network,
-                                                                              req.aliases))["Id"]
+                                             networking_config=self._endpoint(
+                                                 req.network, req.aliases, ip))["Id"]
         try:
-            with translate_docker_errors(f"create sandbox {req.name}"):
-                self._api.start(cid)
+            self._start(cid, f"create sandbox {req.name}")
         except NotFound:
             # The network vanished between create and start: a container that never started
             # would only be in the way of the retry.
@@ -178,12 +182,25 @@ class DockerRuntime:
                               + (f": {obs.error}" if obs and obs.error else ""))
         return obs
 
-    def _endpoint(self, network: str | None, aliases: tuple[str, ...]) -> dict[str, Any] | None:
+    def _endpoint(self, network: str | None, aliases: tuple[str, ...],
+                  ipv4_address: str | None) -> dict[str, Any] | None:
         if network is None:
             return None
         # What the SDK's create_networking_config builds (its stubs take one endpoint only).
-        return {"EndpointsConfig": {
-            network: self._api.create_endpoint_config(aliases=list(aliases) or None)}}
+        return {"EndpointsConfig": {network: self._api.create_endpoint_config(
+            aliases=list(aliases) or None, ipv4_address=ipv4_address)}}
+
+    def _start(self, container_id: str, what: str) -> None:
+        """Start; a container whose reserved address someone else took meanwhile gets a
+        fresh one (docker_addresses) rather than never starting again."""
+        try:
+            with translate_docker_errors(what):
+                self._api.start(container_id)
+        except DriverError as exc:
+            if not docker_addresses.in_use(exc) or not self._addresses.repin(container_id):
+                raise
+            with translate_docker_errors(what):
+                self._api.start(container_id)
 
     def create_container(self, req: ContainerRequest) -> str:
         ns = f"container:{req.sandbox_id}" if req.sandbox_id else None
@@ -201,18 +218,19 @@ class DockerRuntime:
             # Another project's committed image, however it was named (tag, id, digest).
             raise ImageNotFound(f"create container {req.name}: image {req.image} is not "
                                 "available to this project")
-        with translate_docker_errors(f"create container {req.name}"):
+        with self._addresses.picking(network), \
+                translate_docker_errors(f"create container {req.name}"):
+            ip = self._addresses.pick(network, req.ipv4_address)
             cid = self._api.create_container(
                 image=req.image, name=req.name, labels=req.labels,
                 entrypoint=req.entrypoint or None, command=req.cmd or None,
                 working_dir=req.workdir, environment=req.env or None, tty=req.tty,
                 stdin_open=req.stdin, hostname=None if ns else _hostname(req.hostname or req.name),
                 host_config=host_config, detach=True, healthcheck=_healthcheck(req.health),
-                networking_config=self._endpoint(network, req.aliases))["Id"]
+                networking_config=self._endpoint(network, req.aliases, ip))["Id"]
         if req.start:
             try:
-                with translate_docker_errors(f"create container {req.name}"):
-                    self._api.start(cid)
+                self._start(cid, f"create container {req.name}")
             except NotFound:
                 if network is None:
                     raise
@@ -222,8 +240,7 @@ class DockerRuntime:
 
     # -- imperative operations (hostops.protocol.ContainerOps) ----------------------------
     def start(self, container_id: str) -> None:
-        with translate_docker_errors(f"start {container_id[:12]}"):
-            self._api.start(container_id)
+        self._start(container_id, f"start {container_id[:12]}")
 
     def stop(self, container_id: str, timeout: int) -> None:
         with translate_docker_errors(f"stop {container_id[:12]}"):

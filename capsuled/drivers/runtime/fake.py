@@ -16,6 +16,7 @@ as Docker's would, and a sandbox's exit kills its members, whose PID namespace i
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ class FakeContainer:
     nano_cpus: int | None = None
     memory_bytes: int | None = None
     networks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name → aliases
+    ips: dict[str, str] = field(default_factory=dict)  # name → its reserved "ip/prefix"
     health: str | None = None
     has_health_check: bool = False
     archives: list[tuple[str, bytes]] = field(default_factory=list)  # (path, tar) put in
@@ -83,6 +85,7 @@ class FakeRuntime:
         self.pulls: list[str] = []
         self.pull_auths: list[tuple[str, str | None]] = []  # (ref, username) of each ensure_image
         self.missing_networks: set[str] = set()  # networks a create must not find
+        self.subnets: dict[str, ipaddress.IPv4Network] = {}  # network → subnet, on first use
         self._faults: dict[str, list[_Fault]] = {}
         self._log: list[tuple[dict[str, str], RuntimeEvent]] = []
         self._epoch = 0  # bumped by drop_event_streams
@@ -166,7 +169,8 @@ class FakeRuntime:
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         self._fault("create_sandbox")
         with self._lock:
-            c = self._create(req.name, req.image, req.labels, None, req.network, req.aliases)
+            c = self._create(req.name, req.image, req.labels, None, req.network, req.aliases,
+                             req.ipv4_address)
             self._run(c)
             obs = _observed(c)
         self._fault("create_sandbox", after=True)
@@ -180,7 +184,8 @@ class FakeRuntime:
                 raise RuntimeRejected(f"create container {req.name}: No such container: "
                                       f"{req.sandbox_id}")
             c = self._create(req.name, req.image, req.labels, req.sandbox_id,
-                             None if req.sandbox_id else req.network, req.aliases)
+                             None if req.sandbox_id else req.network, req.aliases,
+                             None if req.sandbox_id else req.ipv4_address)
             c.restart_policy, c.max_retry, c.auto_remove = (req.restart_policy, req.max_retry,
                                                             req.auto_remove)
             c.nano_cpus, c.memory_bytes = req.nano_cpus, req.memory_bytes
@@ -275,12 +280,16 @@ class FakeRuntime:
         with self._lock:
             c = self._get(container_id)
             self._check_network(network)
-            c.networks.setdefault(network, aliases)
+            if network not in c.networks:
+                c.networks[network] = aliases
+                c.ips[network] = self._pick(network, None)
 
     def disconnect_network(self, container_id: str, network: str) -> None:
         self._fault("disconnect_network")
         with self._lock:
-            self._get(container_id).networks.pop(network, None)
+            c = self._get(container_id)
+            c.networks.pop(network, None)
+            c.ips.pop(network, None)
 
     def events(self, instance: str) -> Iterator[RuntimeEvent]:
         self._fault("events")
@@ -325,8 +334,26 @@ class FakeRuntime:
         if network in self.missing_networks:
             raise NotFound(f"network {network} not found")
 
+    def _pick(self, network: str, preferred: str | None) -> str:
+        """As DockerRuntime does: the address asked for if free, else the first free one;
+        reserved until the container leaves the network or goes. As "ip/prefix"."""
+        subnet = self.subnets.setdefault(network, ipaddress.IPv4Network(
+            "172.17.0.0/16" if network == "bridge" else f"10.{len(self.subnets) % 250}.0.0/24"))
+        taken = {ip.split("/")[0] for c in self.containers.values()
+                 for n, ip in c.ips.items() if n == network}
+        taken.add(str(next(subnet.hosts())))  # the bridge's own address
+        if preferred and preferred not in taken and ipaddress.IPv4Address(preferred) in subnet \
+                and ipaddress.IPv4Address(preferred) not in (subnet.network_address,
+                                                             subnet.broadcast_address):
+            return f"{preferred}/{subnet.prefixlen}"
+        free = next((str(h) for h in subnet.hosts() if str(h) not in taken), None)
+        if free is None:
+            raise DriverError(f"network {network}: no available IPv4 addresses on this network")
+        return f"{free}/{subnet.prefixlen}"
+
     def _create(self, name: str, image: str, labels: dict[str, str], sandbox_id: str | None,
-                network: str | None, aliases: tuple[str, ...]) -> FakeContainer:
+                network: str | None, aliases: tuple[str, ...],
+                ipv4_address: str | None = None) -> FakeContainer:
         if _ref(image) not in self.images:
             raise ImageNotFound(f"create container {name}: No such image: {image}")
         if any(c.name == name for c in self.containers.values()):
@@ -338,6 +365,7 @@ class FakeRuntime:
         c = FakeContainer(id=cid, name=name, image=image, labels=dict(labels), sandbox_id=sandbox_id)
         if sandbox_id is None:  # members have no networks of their own: they share the sandbox's
             c.networks[network or "bridge"] = aliases
+            c.ips[network or "bridge"] = self._pick(network or "bridge", ipv4_address)
         self.containers[cid] = c
         self._emit(c, "create")
         return c
@@ -422,4 +450,5 @@ def _observed(c: FakeContainer) -> Observed:
                     restart_count=c.restart_count, started_at=c.started_at,
                     finished_at=c.finished_at, oom_killed=c.oom_killed,
                     nano_cpus=c.nano_cpus, memory_bytes=c.memory_bytes,
-                    networks=tuple(sorted(c.networks)), health=c.health)
+                    networks=tuple(sorted(c.networks)), health=c.health,
+                    addresses=tuple(sorted(c.ips.items())) if c.state in _RUNNING else ())

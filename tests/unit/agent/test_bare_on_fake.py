@@ -151,3 +151,31 @@ def test_a_pull_plan_pulls_its_reference_always_with_its_credentials() -> None:
     rig.runtime.remove_container(cid, 0)
     out = ex.sync(UUID, want(spec, pulls=[plan.model_copy(update={"username": None})]))
     assert out.report is not None and "could not be pulled" in str(out.report)
+
+
+def test_it_reports_its_project_address_and_asks_for_it_again_when_remade() -> None:
+    from capsuled.domain.addresses import Address, network_uuid
+    rig = Rig()
+    ex = rig.agent()
+    first = ex.sync(UUID, want(project_id="p1"))
+    assert first.report is not None and first.report.container is not None
+    (addr,) = first.report.container.addresses
+    assert addr.network_id == network_uuid("p1") and addr.subnet.endswith("/24")
+    # Stopped: nothing observed now (the store keeps the last one).
+    stopped = ex.sync(UUID, want(state="stopped", project_id="p1"))
+    assert stopped.report is not None and stopped.report.container is not None
+    assert stopped.report.container.addresses == []
+    # Removed behind the agent's back: made again with the address it had.
+    cid, _ = rig.only()
+    rig.runtime.remove_container(cid, 0)
+    again = ex.sync(UUID, want(project_id="p1", addresses=[addr], runtime_id=cid))
+    assert again.report is not None and again.report.container is not None
+    assert again.report.container.addresses == [addr]
+    assert rig.only()[0] != cid
+    # Another project's address is never asked for: a fresh one on this project's network.
+    other = Address(network_id=network_uuid("p2"), addr="10.9.9.9", subnet="10.9.9.0/24")
+    rig.runtime.remove_container(rig.only()[0], 0)
+    last = ex.sync(UUID, want(project_id="p1", addresses=[other], runtime_id="gone"))
+    assert last.report is not None and last.report.container is not None
+    assert [a.network_id for a in last.report.container.addresses] == [network_uuid("p1")]
+    assert last.report.container.addresses[0].addr != "10.9.9.9"

@@ -270,6 +270,15 @@ def test_show_continues_past_a_missing_container(cli: Any, fake: FakeApi) -> Non
     assert {r.url.params["capsule"] for r in fake.requests} == {"web-demo"}
 
 
+def test_show_lists_the_addresses(cli: Any, fake: FakeApi) -> None:
+    fake.on("GET", "/v1/containers/web", httpx.Response(200, json=container(addresses={
+        "net-1": [{"addr": "10.208.0.2", "version": 4, "port": "p", "subnet_id": "s",
+                   "preserve_on_delete": False}], "odd": "not a list"})))
+    result = cli("container", "show", "web")
+    assert result.exit_code == 0, result.output
+    assert "Addresses:" in result.stdout and "10.208.0.2" in result.stdout
+
+
 def test_show_json(cli: Any, fake: FakeApi) -> None:
     fake.on("GET", "/v1/containers/web", httpx.Response(200, json=container()))
     result = cli("container", "show", "web", "-o", "json")

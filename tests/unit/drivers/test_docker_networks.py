@@ -16,6 +16,7 @@ import requests
 from capsuled.drivers.network.base import network_name
 from capsuled.drivers.network.docker import ICC, BridgeNetworks
 from capsuled.errors import DriverError
+from capsuled.domain.addresses import network_uuid
 
 
 def api_error(status: int, message: str) -> docker.errors.APIError:
@@ -105,7 +106,8 @@ def test_ensure_creates_once_then_answers_from_its_cache(nets: BridgeNetworks, a
     first = nets.ensure_network("inst", "proj")
     assert nets.ensure_network("inst", "proj") == first
     assert api.calls == ["list", f"create {network_name('inst', 'proj')}"]
-    assert api.nets[first.id]["Labels"] == {"capsuled.instance": "inst", "capsuled.project": "proj"}
+    assert api.nets[first.id]["Labels"] == {"capsuled.instance": "inst", "capsuled.project": "proj",
+                                            "capsuled.network-id": network_uuid("proj")}
 
 
 def test_an_existing_network_is_adopted_after_the_409(nets: BridgeNetworks, api: StubAPI,
