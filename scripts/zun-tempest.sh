@@ -16,13 +16,15 @@
 # Environment: CAPSULED_TEMPEST_VENV (default /var/cache/capsuled/tempest-venv as root,
 # else .tempest-venv), CAPSULED_KEYSTONE_VENV (as in scripts/keystone.sh; the same
 # /var/cache default as scripts/test.sh when root), CAPSULED_VENV (the project's, .venv),
-# ZUN_TEMPEST_CONCURRENCY (parallel workers, default 2: one credential pair each).
+# ZUN_TEMPEST_CONCURRENCY (parallel workers, default 2: one credential pair each),
+# ZUN_TEMPEST_RUN_TIMEOUT (seconds per run, default 1800).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS=$ROOT/scripts/tempest-constraints.txt
 EXPECTED=$ROOT/scripts/zun-tempest-expected-failures.txt
 CAPSULED_VENV=${CAPSULED_VENV:-$ROOT/.venv}
 CONCURRENCY=${ZUN_TEMPEST_CONCURRENCY:-2}
+RUN_TIMEOUT=${ZUN_TEMPEST_RUN_TIMEOUT:-1800}
 if [ "$(id -u)" = 0 ]; then
   # Outside the checkout: survives fresh clones, so only a machine's first run installs.
   VENV=${CAPSULED_TEMPEST_VENV:-/var/cache/capsuled/tempest-venv}
@@ -72,12 +74,17 @@ CAP_PORT=$(free_port)
 while [ "$CAP_PORT" = "$KS_PORT" ]; do CAP_PORT=$(free_port); done
 CAP_URL=http://127.0.0.1:$CAP_PORT
 CAP_PID=
+TEMPEST_PID=
 MADE_NGINX=
 
 # Everything this run started goes on exit, whatever the exit: capsuled, the Docker
 # objects of its instance (by label), Keystone, the nginx stand-in image if we made it.
 cleanup() {
   set +e
+  if [ -n "$TEMPEST_PID" ] && kill -0 "$TEMPEST_PID" 2>/dev/null; then
+    kill -TERM "$TEMPEST_PID"
+    wait "$TEMPEST_PID" 2>/dev/null
+  fi
   if [ -n "$CAP_PID" ] && kill -0 "$CAP_PID" 2>/dev/null; then
     kill -TERM "$CAP_PID"
     for _ in $(seq 1 100); do kill -0 "$CAP_PID" 2>/dev/null || break; sleep 0.2; done
@@ -105,7 +112,8 @@ EOF
   # Keep the logs with the results; drop the state (databases, keys, tokens).
   cp "$WORK/capsuled/server.log" "$RESULTS/capsuled.log" 2>/dev/null
   cp "$WORK/keystone/keystone.log" "$RESULTS/keystone.log" 2>/dev/null
-  rm -rf "$WORK/capsuled" "$WORK/keystone" "$WORK/lowest" "$WORK/highest" "$WORK/accounts.yaml"
+  rm -rf "$WORK/capsuled" "$WORK/keystone" "$WORK/lowest" "$WORK/highest" "$WORK/accounts.yaml" \
+    "$WORK/workspaces.yaml" "$WORK/tempest-etc"
   rmdir "$WORK" 2>/dev/null
 }
 trap cleanup EXIT
@@ -177,7 +185,10 @@ EOF
 # 5. One tempest workspace per microversion setting.
 workspace() {  # name, min_microversion ("" = none)
   local ws=$WORK/$1
-  "$VENV/bin/tempest" init "$ws" >/dev/null
+  # Its own workspace registry and (empty) global config dir: nothing goes to ~/.tempest.
+  mkdir -p "$WORK/tempest-etc"
+  "$VENV/bin/tempest" init --workspace-path "$WORK/workspaces.yaml" --config-dir "$WORK/tempest-etc" \
+    --name "$1" "$ws" >/dev/null
   cat >"$ws/etc/tempest.conf" <<EOF
 [DEFAULT]
 log_dir = $ws
@@ -226,8 +237,15 @@ run() {  # name, min_microversion
   local ws=$WORK/$1 rc=0
   workspace "$1" "$2"
   log "run $1 (min_microversion ${2:-unset}): tempest run --concurrency $CONCURRENCY"
-  (cd "$ws" && "$VENV/bin/tempest" run --regex "$REGEX" --concurrency "$CONCURRENCY" \
-     >"$RESULTS/$1.out" 2>&1) || true
+  # Bounded: a hung worker must not hold the job forever (a normal run takes ~3 minutes).
+  # In the background and waited for, so that a signal reaches the trap at once (bash runs
+  # traps only between foreground commands); `timeout` leads its own process group, and a
+  # TERM sent to it goes to tempest and its stestr workers too.
+  (cd "$ws" && exec timeout -k 30 "$RUN_TIMEOUT" "$VENV/bin/tempest" run --regex "$REGEX" \
+     --concurrency "$CONCURRENCY") >"$RESULTS/$1.out" 2>&1 &
+  TEMPEST_PID=$!
+  wait "$TEMPEST_PID" || true
+  TEMPEST_PID=
   (cd "$ws" && "$VENV/bin/stestr" last --subunit >"$RESULTS/$1.subunit" 2>/dev/null) || true
   cp "$ws/tempest.log" "$RESULTS/$1.tempest.log" 2>/dev/null || true
   "$VENV/bin/python" "$ROOT/scripts/zun-tempest-summary.py" "$1" "$RESULTS/$1.subunit" "$EXPECTED" \
