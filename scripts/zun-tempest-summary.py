@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import subunit
-import testtools
 
 # Tempest appends the idempotent id and attributes: "...test_x[id-…,smoke]".
 ATTRS = re.compile(r"\[.*\]$")
@@ -40,6 +38,10 @@ def expected_failures(path: Path) -> dict[str, str]:
 
 def statuses(stream_path: Path) -> dict[str, str]:
     """Final status of every test id in the stream (success, fail, skip, …)."""
+    # Here, not at the top: the pure parts are imported by tests without the tempest venv.
+    import subunit
+    import testtools
+
     found: dict[str, str] = {}
 
     def record(test: dict[str, object]) -> None:
@@ -53,46 +55,54 @@ def statuses(stream_path: Path) -> dict[str, str]:
     return found
 
 
-def main(run: str, stream: str, expected_file: str) -> int:
-    expected = expected_failures(Path(expected_file))
-    results = statuses(Path(stream))
-    counts: Counter[str] = Counter()
-    unexpected: list[str] = []
-    failures: list[str] = []
-    stale: list[str] = []
+@dataclass
+class Report:
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)   # every failing id
+    unexpected: list[str] = field(default_factory=list)  # failing and not in the list
+    stale: list[str] = field(default_factory=list)       # in the list but passing
+
+
+def classify(results: dict[str, str], expected: dict[str, str]) -> Report:
+    report = Report()
     for test_id, status in sorted(results.items()):
         name = bare(test_id)
         if status in ("success", "xfail"):
-            counts["passed"] += 1
+            report.counts["passed"] += 1
             if name in expected:
-                stale.append(name)
+                report.stale.append(name)
         elif status == "skip":
-            counts["skipped"] += 1
-        elif status in ("fail", "uxsuccess"):
-            counts["failed"] += 1
-            failures.append(name)
+            report.counts["skipped"] += 1
+        else:  # fail, uxsuccess, or "exists"/"inprogress": a worker died mid-test
+            report.counts["failed"] += 1
+            report.failures.append(name)
             if name not in expected:
-                unexpected.append(name)
-        else:  # "exists", "inprogress": a worker died mid-test
-            counts["failed"] += 1
-            failures.append(name)
-            unexpected.append(name)
-    Path(stream).with_suffix(".failures.txt").write_text("".join(f"{f}\n" for f in failures))
+                report.unexpected.append(name)
+    return report
+
+
+def main(run: str, stream: str, expected_file: str) -> int:
+    expected = expected_failures(Path(expected_file))
+    results = statuses(Path(stream))
+    report = classify(results, expected)
+    counts = report.counts
+    Path(stream).with_suffix(".failures.txt").write_text(
+        "".join(f"{f}\n" for f in report.failures))
     print(f"== {run}: {counts['passed']} passed, {counts['failed']} failed "
-          f"({counts['failed'] - len(unexpected)} expected), {counts['skipped']} skipped")
-    for name in failures:
+          f"({counts['failed'] - len(report.unexpected)} expected), {counts['skipped']} skipped")
+    for name in report.failures:
         if name in expected:
             print(f"   expected failure  {name}  ({expected[name]})")
         else:
             cls = FIXTURE.match(name)
             hint = f" (class fixture of {cls['cls']})" if cls else ""
             print(f"   UNEXPECTED FAIL   {name}{hint}")
-    for name in stale:
+    for name in report.stale:
         print(f"   note: now passes, remove it from the expected-failure list: {name}")
     if not results:
         print(f"   no test results in {stream}: the run did not start")
         return 1
-    return 1 if unexpected else 0
+    return 1 if report.unexpected else 0
 
 
 if __name__ == "__main__":
