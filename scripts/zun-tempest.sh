@@ -112,6 +112,7 @@ EOF
   # Keep the logs with the results; drop the state (databases, keys, tokens).
   cp "$WORK/capsuled/server.log" "$RESULTS/capsuled.log" 2>/dev/null
   cp "$WORK/keystone/keystone.log" "$RESULTS/keystone.log" 2>/dev/null
+  cp "$WORK/keystone/uwsgi.log" "$RESULTS/keystone-uwsgi.log" 2>/dev/null
   rm -rf "$WORK/capsuled" "$WORK/keystone" "$WORK/lowest" "$WORK/highest" "$WORK/accounts.yaml" \
     "$WORK/workspaces.yaml" "$WORK/tempest-etc"
   rmdir "$WORK" 2>/dev/null
@@ -129,8 +130,10 @@ fi
 
 # 2. Keystone, with capsuled's URL in its catalog (capsuled is not up yet: it is only a URL).
 log "keystone on 127.0.0.1:$KS_PORT, capsuled on $CAP_URL (work dir $WORK)"
-bash "$ROOT/scripts/keystone.sh" start --state-dir "$WORK/keystone" --port "$KS_PORT" \
-  --container-url "$CAP_URL/v1"
+# One request at a time: the workers log in concurrently, and two password logins at once
+# can hit SQLite's "database is locked" in Keystone (each writes last_active_at).
+KEYSTONE_UWSGI_THREADS=1 bash "$ROOT/scripts/keystone.sh" start --state-dir "$WORK/keystone" \
+  --port "$KS_PORT" --container-url "$CAP_URL/v1"
 # shellcheck disable=SC1091
 source "$WORK/keystone/capsuled.env"
 AUTH_URL=$CAPSULED_KEYSTONE__AUTH_URL
