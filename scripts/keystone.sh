@@ -24,6 +24,9 @@ CONSTRAINTS=$ROOT/scripts/keystone-constraints.txt
 ADMIN_PASSWORD=${KEYSTONE_ADMIN_PASSWORD:-admin-secret}
 SERVICE_PASSWORD=${KEYSTONE_SERVICE_PASSWORD:-capsuled-secret}
 DEMO_PASSWORD=${KEYSTONE_DEMO_PASSWORD:-demo-secret}
+# Every password login writes the user's last_active_at; on SQLite two at once can fail with
+# "database is locked" (a 500). Callers that log in concurrently (the tempest job) set 1.
+THREADS=${KEYSTONE_UWSGI_THREADS:-4}
 
 action=start
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then action=$1; shift; fi
@@ -113,7 +116,7 @@ fi
 if ! running; then
   echo "keystone.sh: starting uwsgi on 127.0.0.1:$PORT" >&2
   OS_KEYSTONE_CONFIG_FILES=$CONF "$VENV/bin/uwsgi" --http-socket "127.0.0.1:$PORT" \
-    --module keystone.wsgi.api:application --master --processes 1 --threads 4 \
+    --module keystone.wsgi.api:application --master --processes 1 --threads "$THREADS" \
     --die-on-term --need-app --pidfile "$PIDFILE" --daemonize "$STATE/uwsgi.log" \
     --add-header "Connection: close"
 fi
