@@ -237,9 +237,9 @@ class ContainerService:
             elif action == "reboot":
                 ops.restart(placed_id, _timeout(timeout))
             elif action == "pause":
-                ops.pause(placed_id)
+                _unless_already(ops.pause, placed_id, "is already paused")
             elif action == "unpause":
-                ops.unpause(placed_id)
+                _unless_already(ops.unpause, placed_id, "is not paused")
             else:
                 ops.kill(placed_id, sig)
         except Exception as exc:
@@ -740,3 +740,13 @@ def parse_tail(value: str | None) -> int | None:
         raise InvalidInput("tail: must be 'all' or a non-negative integer")
     return tail
 
+
+def _unless_already(call: Callable[[str], None], container_id: str, already: str) -> None:
+    """A pause or unpause that finds the container as asked is done: the agent, woken by
+    the desired state saved just before, may have got there first. Docker says so only in
+    its message (409 for pause, 500 for unpause), which crosses the ops wire unchanged."""
+    try:
+        call(container_id)
+    except CapsuledError as exc:
+        if already not in exc.message:
+            raise

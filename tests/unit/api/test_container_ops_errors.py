@@ -14,7 +14,7 @@ from capsuled.api.services.quotas import QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.template import Limits
-from capsuled.errors import Unavailable
+from capsuled.errors import DriverError, RuntimeConflict, Unavailable
 from capsuled.hostops.protocol import ContainerOps
 from capsuled.identity.base import Principal
 from capsuled.store import containers as repo
@@ -69,3 +69,26 @@ def test_a_host_without_an_agent_is_503_without_its_name(store: Store) -> None:
     with pytest.raises(Unavailable) as exc:
         svc.logs(ALICE, uuid, LogRequest())
     assert SECRET_HOST not in exc.value.message and "cannot be reached" in exc.value.message
+
+
+class _AgentWasFaster:
+    """The host as the API finds it when the agent, woken by the saved desired state,
+    paused or unpaused the container first (seen in Zun's tempest pause test)."""
+
+    def pause(self, cid: str) -> None:
+        raise RuntimeConflict(f"pause {cid[:12]}: Container {cid} is already paused")
+
+    def unpause(self, cid: str) -> None:
+        raise DriverError(f"unpause {cid[:12]}: Container {cid} is not paused")
+
+
+@pytest.mark.parametrize("action,status", [("pause", "Running"), ("unpause", "Paused")])
+def test_a_state_the_agent_reached_first_is_success(store: Store, action: str, status: str) -> None:
+    uuid = _running(store)
+    with store.transaction() as s:
+        repo.get_container(s, uuid, None).status = status
+    svc = _service(store, lambda host: _AgentWasFaster())
+    svc.action(ALICE, uuid, action, "req-1")  # no error: the container is as asked
+    with store.transaction() as s:
+        (act,) = [a for a in repo.list_actions(s, uuid) if a.action == action]
+        assert act.message is None
