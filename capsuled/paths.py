@@ -15,6 +15,8 @@ import platformdirs
 DEFAULT_LISTEN = "127.0.0.1:9517"
 DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
 ADMIN_TOKEN_FILE = "admin-token"
+# The agent's record of which cached images are private to which projects (agent/image_ledger.py).
+PRIVATE_IMAGES_FILE = "private-images.json"
 
 
 def default_state_dir() -> Path:

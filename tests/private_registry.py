@@ -6,6 +6,8 @@ the engine's configuration."""
 
 from __future__ import annotations
 
+import io
+import secrets
 import shutil
 import subprocess
 import time
@@ -27,6 +29,7 @@ class PrivateRegistry:
     domain: str  # 127.0.0.1:<port>
     proc: subprocess.Popen[bytes]
     log: Path
+    image_id: str = ""  # the pushed image's ID (not on the host until someone pulls it)
 
     @property
     def image(self) -> str:
@@ -75,13 +78,22 @@ def start_registry(tmp: Path, docker_api: docker.APIClient) -> Iterator[PrivateR
             if time.monotonic() > deadline:
                 raise AssertionError("docker-registry did not answer")
             time.sleep(0.1)
-        docker_api.tag("busybox:latest", reg.image, "latest")
+        # Its own image ID (busybox plus a label unique to this run): the host's image gate
+        # judges by ID, and busybox itself is public on the host.
+        dockerfile = f"FROM busybox:latest\nLABEL org.capsuled-tests.private={secrets.token_hex(8)}\n"
+        for chunk in docker_api.build(fileobj=io.BytesIO(dockerfile.encode()),
+                                      tag=f"{reg.image}:latest", pull=False, rm=True,
+                                      decode=True):
+            assert "error" not in chunk, chunk
+        reg.image_id = docker_api.inspect_image(f"{reg.image}:latest")["Id"]
+        assert reg.image_id != docker_api.inspect_image("busybox:latest")["Id"]
         auth = {"username": USER, "password": PASSWORD}
         for chunk in docker_api.push(reg.image, tag="latest", auth_config=auth, stream=True,
                                      decode=True):
             assert "error" not in chunk, chunk
         # Only the registry has it now: every run of it below is a real pull.
         docker_api.remove_image(f"{reg.image}:latest")
+        assert reg.image_id not in {i["Id"] for i in docker_api.images(all=True)}
         yield reg
     finally:
         proc.terminate()

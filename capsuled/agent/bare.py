@@ -128,8 +128,10 @@ class BareOutcome:
 class BareExecutor:
     def __init__(self, runtime: Runtime, networks: ProjectNetworks, volumes: VolumeDriver,
                  instance: str, stop_timeout: int,
-                 announce: Callable[[BareReport], None] | None = None) -> None:
+                 announce: Callable[[BareReport], None] | None = None,
+                 images: pulls.ImageGate | None = None) -> None:
         self._rt = runtime
+        self._images = images if images is not None else pulls.ImageGate(runtime)
         # Reports a container to the store at once (before a one-shot container's first
         # start); an error stops the sync before the start, to be retried.
         self._announce = announce or (lambda report: None)
@@ -214,7 +216,7 @@ class BareExecutor:
     def _create(self, uuid: str, desired: ContainerAssignment) -> None:
         spec = desired.spec
         c = spec.container
-        image = pulls.ensure_image(self._rt, c, desired.pulls)
+        image = self._images.ensure(desired.project_id, c, desired.pulls)
         nano_cpus, memory_bytes = wanted_resources(desired)
         labels = {**spec.labels, L.INSTANCE: self._instance, L.CAPSULE: uuid,
                   L.CONTAINER: uuid, L.NAME: desired.name, L.ROLE: L.ROLE_BARE,

@@ -43,8 +43,9 @@ class _Progress:
 class CapsuleExecutor:
     def __init__(self, runtime: Runtime, volumes: VolumeDriver, networks: ProjectNetworks,
                  instance: str, infra_image: str, stop_timeout: int,
-                 parallel: ThreadPoolExecutor) -> None:
+                 parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None) -> None:
         self._rt = runtime
+        self._images = images if images is not None else pulls.ImageGate(runtime)
         self._volumes = volumes
         self._networks = networks
         self._instance = instance
@@ -181,7 +182,7 @@ class CapsuleExecutor:
 
     def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
         spec = desired.spec
-        image = pulls.ensure_image(self._rt, c, desired.pulls)
+        image = self._images.ensure(desired.project_id, c, desired.pulls)
         return self._rt.create_container(ContainerRequest(
             name=naming.container_name(desired.uuid, spec.name, c.name), image=image,
             sandbox_id=sandbox.id, labels=self._member_labels(desired, c, sandbox),

@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from capsuled.agent.bare import BareExecutor
 from capsuled.agent.execute import CapsuleExecutor
+from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.networks import ProjectNetworks
+from capsuled.agent.pulls import ImageGate
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
@@ -39,7 +41,8 @@ class Agent:
     def __init__(self, channel: AgentChannel, runtime: Runtime, volumes: VolumeDriver,
                  settings: AgentSettings, instance: str, infra_image: str,
                  networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None,
-                 on_ops_key: Callable[[str], None] | None = None) -> None:
+                 on_ops_key: Callable[[str], None] | None = None,
+                 image_ledger: ImageLedger | None = None) -> None:
         self._channel = channel
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
         # key it derived for that nonce, which the ops server must accept (on_ops_key).
@@ -58,10 +61,13 @@ class Agent:
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         # A project's network goes once it has had nothing on it for a whole relist period.
         self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
+        # One gate for both executors: which cached images each project may use.
+        images = ImageGate(runtime, image_ledger)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
-                                         settings.stop_timeout, self._parallel)
+                                         settings.stop_timeout, self._parallel, images)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
-                                  announce=lambda r: self._channel.report(self._host, [], [r]))
+                                  announce=lambda r: self._channel.report(self._host, [], [r]),
+                                  images=images)
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max)
         self._threads: list[threading.Thread] = []

@@ -204,7 +204,9 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
                 on_ops_key: Callable[[str], None] | None = None) -> Agent:
     """`ops_endpoint`: (URL, per-boot nonce) of this agent's ops endpoint; `on_ops_key`
     gets the key the API derived for it at each registration."""
+    from capsuled.agent.image_ledger import ImageLedger
     from capsuled.agent.loop import Agent
+    from capsuled.paths import PRIVATE_IMAGES_FILE, private_dir
     from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.drivers.volume.docker import LocalVolumes
@@ -213,7 +215,8 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     runtime = DockerRuntime(client, pids_limit=settings.limits.pids_limit)
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
-                 on_ops_key=on_ops_key)
+                 on_ops_key=on_ops_key,
+                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE))
 
 
 def new_ops_key() -> str:

@@ -35,10 +35,11 @@ ContainerState = Literal["missing", "created", "running", "paused", "restarting"
 
 
 class ImagePull(_Wire):
-    """How one container's image is pulled when a private registry is involved: the
-    reference to pull and run, whether to pull every time (the cache guard of
-    domain/registry.py), and the project's credentials for that registry. It travels only
-    inside the assignment of that container and is never stored by the agent."""
+    """How one container's image is pulled when a registry of its project is involved: the
+    reference to pull and run, whether to pull every time whatever the spec's policy
+    says (the API sends False: the agent's image gate decides, agent/pulls.py), and the
+    project's credentials for that registry. It travels only inside the assignment of
+    that container and is never stored by the agent."""
 
     container: str  # the container's name in its spec
     image: str

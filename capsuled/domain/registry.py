@@ -1,17 +1,18 @@
 """Private registries as rules: what a registry record may hold, which host an image
 reference names, the reference pulled through a registry, and how an image is pulled.
 
-The pull rule guards a host's image cache. Docker keeps what one project pulled with its
-credentials, and another project naming the same reference would otherwise run it from
-the cache without ever showing credentials. So an image whose registry host is the
-domain of ANY project's registry is always pulled (policy Always), with the pulling
-project's own credentials or none: the registry checks access on every pull.
+A pull plan carries only the pulling project's own credentials: those of the registry
+its container names, or of its registry whose domain is the image's host. Whether a
+cached image may be used without a pull is decided on the host, by image ID, where it is
+known which images came through a credentialed pull (agent/pulls.py). Other projects'
+registry domains play no part: a tenant registering `docker.io` (or any host) must not
+change how anyone else's images are pulled.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from capsuled.domain.channel import ImagePull
@@ -86,21 +87,18 @@ def pull_reference(image: str, registry: Credentials | None) -> str:
     return f"{registry.domain}/{image}"
 
 
-def plan_pull(spec: ContainerSpec, own: Mapping[str, Credentials],
-              guarded: Iterable[str]) -> ImagePull | None:
+def plan_pull(spec: ContainerSpec, own: Mapping[str, Credentials]) -> ImagePull | None:
     """How this container's image is pulled, or None for the spec's own way (no registry
-    involved). `own`: the project's registries by uuid; `guarded`: every project's
-    registry domains (canonical)."""
+    of the project involved). `own`: the project's registries by uuid. The spec's pull
+    policy applies (`always` False); the host forces a pull where the cache is private."""
     chosen = own.get(spec.registry) if spec.registry else None
     ref = pull_reference(spec.image, chosen)
     host = image_host(ref)
-    guarded_set = set(guarded)
-    if chosen is None and spec.registry is None and host not in guarded_set:
-        return None
     if chosen is None or canonical_domain(chosen.domain) != host:
         # The image is elsewhere than the named registry: only that host's own credentials.
         chosen = next((r for r in own.values() if canonical_domain(r.domain) == host), None)
-    always = host in guarded_set or chosen is not None
-    return ImagePull(container=spec.name, image=ref, always=always,
+    if chosen is None and spec.registry is None:
+        return None
+    return ImagePull(container=spec.name, image=ref, always=False,
                      username=chosen.username if chosen else None,
                      password=chosen.password if chosen else None)

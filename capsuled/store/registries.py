@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import Assignment, ContainerAssignment, ImagePull
-from capsuled.domain.registry import Credentials, canonical_domain, plan_pull
+from capsuled.domain.registry import Credentials, plan_pull
 from capsuled.domain.spec import CapsuleSpec, ContainerSpec
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
@@ -116,24 +116,19 @@ def credentials(session: Session, box: SecretBox, project_id: str) -> dict[str, 
                                 password=box.open(r.password_enc)) for r in rows}
 
 
-def guarded_domains(session: Session) -> set[str]:
-    """Every project's registry domains: images from these hosts are always pulled."""
-    return {canonical_domain(d) for d in session.scalars(select(Registry.domain).distinct())}
-
-
 def with_pulls(session: Session, box: SecretBox, capsules: Sequence[Assignment],
                containers: Sequence[ContainerAssignment]
                ) -> tuple[list[Assignment], list[ContainerAssignment]]:
-    """The assignments with each container's pull plan, credentials of its own project."""
-    guarded = guarded_domains(session)
+    """The assignments with each container's pull plan, credentials of its own project
+    only (no other project's registry changes how this one's images are pulled)."""
     cache: dict[str, dict[str, Credentials]] = {}
 
     def plans(project: str | None, specs: Sequence[ContainerSpec]) -> list[ImagePull]:
-        if not guarded and not any(c.registry for c in specs):
-            return []
         own = {} if project is None else cache.setdefault(
             project, credentials(session, box, project))
-        return [p for p in (plan_pull(c, own, guarded) for c in specs) if p is not None]
+        if not own and not any(c.registry for c in specs):
+            return []
+        return [p for p in (plan_pull(c, own) for c in specs) if p is not None]
 
     out_c = [a.model_copy(update={"pulls": plans(a.project_id, a.spec.all_containers)})
              for a in capsules]

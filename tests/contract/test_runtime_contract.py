@@ -223,6 +223,17 @@ def test_ensure_image_is_idempotent_and_missing_images_raise(rig: Rig) -> None:
     assert states(rig, "cap1") == {}
 
 
+def test_image_identity_is_by_id_and_listed(rig: Rig) -> None:
+    """The image gate (agent/pulls.py) compares images by ID: a reference and the ID name
+    the same image, a locally made one is not from a registry, a missing one is None."""
+    got = rig.runtime.image_identity(BUSYBOX)
+    assert got is not None and got.id.startswith("sha256:") and not got.from_registry
+    assert rig.runtime.image_identity(f"{BUSYBOX}:latest") == got
+    assert rig.runtime.image_identity(got.id) == got
+    assert rig.runtime.image_identity(f"capsuled-contract-missing-{secrets.token_hex(4)}") is None
+    assert got.id in rig.runtime.image_ids()
+
+
 def test_missing_containers_raise_not_found_and_removing_them_does_not(rig: Rig) -> None:
     ghost = "0" * 64
     calls: list[Callable[[], None]] = [

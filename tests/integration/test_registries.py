@@ -337,3 +337,64 @@ def test_registry_key_file_keeps_credentials_across_restarts(own_server, tmp_pat
         wait_for(lambda: admin.get(f"/v1/containers/{c.json()['uuid']}").json()["status"]
                  == "Running", timeout=60, what="Running after a restart")
         admin.delete(f"/v1/containers/{c.json()['uuid']}", params={"stop": "true"})
+
+
+def test_registering_a_public_host_changes_nothing_for_another_project(  # type: ignore[no-untyped-def]
+        server: Server, tenants, docker_api, registry: PrivateRegistry, unique) -> None:
+    """C registers docker.io with a username, and the private registry's host with bogus
+    credentials; D (and C too) still run the host's offline busybox, which no pull could
+    fetch here (this machine has no internet): no pull was forced on anyone."""
+    c, d = tenants(), tenants()
+    c.registry(name=unique("hub"), domain="docker.io", username="c-user", password="c-Pass-1")
+    c.registry(name=unique("priv"), domain=registry.domain, username="c-user", password="bogus-1")
+    busybox_id = docker_api.inspect_image("busybox:latest")["Id"]
+    for who, body in ((d, {"image": "busybox:latest"}),
+                      (d, {"image": "busybox", "image_pull_policy": "ifnotpresent"}),
+                      (c, {"image": "busybox:latest"})):
+        made = who.run(name=unique("bb"), **body)
+        who.wait(made["uuid"], "Running")
+        inspected = docker_of(docker_api, made["uuid"])
+        assert inspected["State"]["Running"] and inspected["Image"] == busybox_id
+
+
+def test_the_private_record_survives_an_agent_restart(  # type: ignore[no-untyped-def]
+        own_server, tmp_path: Path, docker_api) -> None:
+    """A pulls its private image with credentials; the server (and its agent) restarts;
+    B still cannot run the cached copy, and the record is a 0600 file in the state dir."""
+    # A registry of its own: its image ID has never been on this host.
+    fresh = start_registry(tmp_path / "reg", docker_api)
+    reg = next(fresh)
+    srv = own_server()
+    try:
+        a = Tenant(srv, "proj-a")
+        mine = a.registry(name="reg-a", domain=reg.domain, username=USER, password=PASSWORD)
+        ok = a.run(name="a1", image=REPO, registry=mine["uuid"])
+        a.wait(ok["uuid"], "Running")
+        assert docker_api.inspect_image(f"{reg.image}:latest")["Id"] == reg.image_id
+        record = srv.state_dir / "private-images.json"
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+        assert reg.image_id in record.read_text() and PASSWORD not in record.read_text()
+        a.api.close()
+        srv.stop()
+        srv.start()
+        b = Tenant(srv, "proj-b")
+        for body in ({"image": reg.image, "image_pull_policy": "ifnotpresent"},
+                     {"image": f"{reg.image}:latest", "image_pull_policy": "never"}):
+            stolen = b.run(name=f"b-{body['image_pull_policy']}", **body)
+            failed = b.wait(stolen["uuid"], "Error")
+            assert "could not be pulled" in (failed["status_reason"] or ""), failed
+            assert docker_api.containers(all=True, filters={"label": [
+                f"capsuled.container={stolen['uuid']}"]}) == []
+        # A is still known to have access: its next container runs from the cache.
+        a = Tenant(srv, "proj-a")
+        again = a.run(name="a2", image=REPO, registry=mine["uuid"])
+        a.wait(again["uuid"], "Running")
+        a.api.close()
+        b.api.close()
+    finally:
+        srv.stop()
+        fresh.close()
+        try:
+            docker_api.remove_image(f"{reg.image}:latest", force=True)
+        except docker.errors.APIError:
+            pass

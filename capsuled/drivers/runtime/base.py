@@ -52,6 +52,14 @@ class RegistryAuth:
 
 
 @dataclass(frozen=True)
+class ImageIdentity:
+    """What an image reference resolves to on this host."""
+
+    id: str  # sha256:...: the same for every name of the image
+    from_registry: bool  # it came from a registry pull (Docker: RepoDigests), not a build/load
+
+
+@dataclass(frozen=True)
 class Summary:
     """A cheap listing entry (no inspect): enough to notice that something changed."""
 
@@ -126,6 +134,14 @@ class Runtime(Protocol):
 
     def ensure_image(self, image: str, policy: PullPolicy, auth: RegistryAuth | None = None) -> None:
         """Make `image` present by `policy`; a pull presents `auth` to the registry."""
+        ...
+
+    def image_identity(self, image: str) -> ImageIdentity | None:
+        """The image `image` (a reference or an ID) names on this host, or None if absent."""
+        ...
+
+    def image_ids(self) -> set[str]:
+        """The IDs of every image on this host (one call)."""
         ...
 
     def create_sandbox(self, req: SandboxRequest) -> Observed:

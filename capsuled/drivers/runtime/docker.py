@@ -32,9 +32,8 @@ from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime import docker_addresses
-from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RegistryAuth, RuntimeEvent,
-                                           SandboxRequest,
-                                           Summary)
+from capsuled.drivers.runtime.base import (ContainerRequest, ImageIdentity, Observed,
+                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary)
 from capsuled.errors import (Conflict, DriverError, ImageNotFound, NotFound, PayloadTooLarge,
                              RuntimeRejected)
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
@@ -139,6 +138,20 @@ class DockerRuntime:
                 # With Always the cached copy must not be used: the registry said no.
                 raise ImageNotFound(f"image {image} could not be pulled: {exc.message}") from exc
         self._images.add(ref)
+
+    def image_identity(self, image: str) -> ImageIdentity | None:
+        ref = image if image.startswith("sha256:") or ":" in image.rsplit("/", 1)[-1] \
+            or "@" in image else f"{image}:latest"
+        try:
+            with translate_docker_errors(f"inspect image {ref}"):
+                data = self._api.inspect_image(ref)
+        except (NotFound, ImageNotFound):
+            return None
+        return ImageIdentity(id=str(data["Id"]), from_registry=bool(data.get("RepoDigests")))
+
+    def image_ids(self) -> set[str]:
+        with translate_docker_errors("list images"):
+            return {str(i) for i in self._api.images(all=True, quiet=True)}
 
     def _pull(self, repo: str, tag: str, auth: RegistryAuth | None) -> None:
         """Pull, failing on an error the engine reports inside its progress stream (it

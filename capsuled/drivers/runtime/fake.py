@@ -16,6 +16,7 @@ as Docker's would, and a sandbox's exit kills its members, whose PID namespace i
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import itertools
 import threading
@@ -24,9 +25,8 @@ from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
 from capsuled.domain.channel import ContainerState, HostInfo
-from capsuled.drivers.runtime.base import (ContainerRequest, Observed, RegistryAuth, RuntimeEvent,
-                                           SandboxRequest,
-                                           Summary)
+from capsuled.drivers.runtime.base import (ContainerRequest, ImageIdentity, Observed,
+                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary)
 from capsuled.errors import (DriverError, ImageNotFound, NotFound, RuntimeConflict,
                              RuntimeRejected, Unavailable)
 
@@ -84,6 +84,12 @@ class FakeRuntime:
         self.registry: set[str] = {_ref(i) for i in (*images, *registry)}
         self.pulls: list[str] = []
         self.pull_auths: list[tuple[str, str | None]] = []  # (ref, username) of each ensure_image
+        # A reference's image ID (default: derived from the reference); tests give two
+        # references one ID to stand for a re-tag.
+        self.ids: dict[str, str] = {}
+        # References the registry serves only to this username (others: access denied).
+        self.registry_users: dict[str, str] = {}
+        self._pulled: set[str] = set()  # present references that came from a pull
         self.missing_networks: set[str] = set()  # networks a create must not find
         self.subnets: dict[str, ipaddress.IPv4Network] = {}  # network → subnet, on first use
         self._faults: dict[str, list[_Fault]] = {}
@@ -159,12 +165,37 @@ class FakeRuntime:
             if policy == "Never" and not present:
                 raise ImageNotFound(f"image {image} is not present and imagePullPolicy is Never")
             if policy == "Always" or not present:
-                if ref not in self.registry:
+                user = self.registry_users.get(ref)
+                if ref not in self.registry or (
+                        user is not None and (auth is None or auth.username != user)):
                     raise ImageNotFound(f"image {image} is not present and could not be pulled: "
                                         f"pull access denied for {ref}")
                 self.pulls.append(ref)
                 self.images.add(ref)
+                self._pulled.add(ref)
         self._fault("ensure_image", after=True)
+
+    def image_id(self, image: str) -> str:
+        """The ID the reference has (on the host and in the registry)."""
+        ref = _ref(image)
+        return self.ids.get(ref) or "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+    def image_identity(self, image: str) -> ImageIdentity | None:
+        self._fault("image_identity")
+        with self._lock:
+            if image.startswith("sha256:"):
+                refs = [r for r in self.images if self.image_id(r) == image]
+            else:
+                refs = [_ref(image)] if _ref(image) in self.images else []
+            if not refs:
+                return None
+            return ImageIdentity(id=self.image_id(refs[0]),
+                                 from_registry=any(r in self._pulled for r in refs))
+
+    def image_ids(self) -> set[str]:
+        self._fault("image_ids")
+        with self._lock:
+            return {self.image_id(r) for r in self.images}
 
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         self._fault("create_sandbox")

@@ -146,7 +146,7 @@ def test_a_pull_plan_pulls_its_reference_always_with_its_credentials() -> None:
     assert rig.runtime.pulls == [f"{ref}:latest"]
     cid, _ = rig.only()
     assert rig.runtime.containers[cid].image == ref
-    # Present in the cache, yet a guarded image is pulled again (Always): a refusal fails.
+    # A plan that says always (older API) pulls even a cached image: a refusal fails.
     rig.runtime.registry.discard(f"{ref}:latest")
     rig.runtime.remove_container(cid, 0)
     out = ex.sync(UUID, want(spec, pulls=[plan.model_copy(update={"username": None})]))

@@ -84,6 +84,10 @@ class _Docker:
     def ensure_image(self, image: str, policy: str) -> None:
         pass
 
+    def image_identity(self, image: str) -> Any:
+        from capsuled.drivers.runtime.base import ImageIdentity
+        return ImageIdentity(id="sha256:1", from_registry=False)
+
     def create_container(self, req: Any) -> str:
         self.created += 1
         cid = f"c{self.created}"

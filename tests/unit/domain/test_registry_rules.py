@@ -31,30 +31,28 @@ def test_pull_reference_joins_the_domain_unless_the_image_names_a_host() -> None
     assert split_host("a/b") == (None, "a/b")
 
 
-def test_named_registry_pulls_always_with_its_credentials() -> None:
+def test_named_registry_pulls_with_its_credentials_under_the_specs_policy() -> None:
     spec = ContainerSpec(name="c", image="private/busybox", registry="a")
-    plan = plan_pull(spec, {"a": A}, {"127.0.0.1:5000"})
-    assert plan is not None and plan.always and plan.username == "u" and plan.password == "pw"
+    plan = plan_pull(spec, {"a": A})
+    assert plan is not None and not plan.always and plan.username == "u" and plan.password == "pw"
     assert plan.image == "127.0.0.1:5000/private/busybox"
     assert "pw" not in repr(plan) and "pw" not in repr(A)
 
 
-def test_guarded_domain_is_always_pulled_with_no_credentials_of_another_project() -> None:
-    # B has no registry; A's domain guards the reference: pull always, no credentials.
-    spec = ContainerSpec(name="c", image="127.0.0.1:5000/private/busybox",
-                         image_pull_policy="Never")
-    plan = plan_pull(spec, {}, {"127.0.0.1:5000"})
-    assert plan is not None and plan.always and plan.username is None and plan.password is None
-
-
-def test_unguarded_image_keeps_its_own_policy() -> None:
-    assert plan_pull(ContainerSpec(name="c", image="busybox"), {}, {"127.0.0.1:5000"}) is None
+def test_no_registry_of_its_own_means_no_plan_whatever_other_projects_registered() -> None:
+    # Other projects' registry domains are not an input any more: nothing to guard here.
+    assert plan_pull(ContainerSpec(name="c", image="127.0.0.1:5000/private/busybox",
+                                   image_pull_policy="Never"), {}) is None
+    assert plan_pull(ContainerSpec(name="c", image="busybox"), {}) is None
 
 
 def test_own_registry_of_the_host_lends_its_credentials() -> None:
     spec = ContainerSpec(name="c", image="127.0.0.1:5000/private/busybox")
-    plan = plan_pull(spec, {"a": A}, {"127.0.0.1:5000"})
-    assert plan is not None and plan.username == "u"
+    plan = plan_pull(spec, {"a": A})
+    assert plan is not None and plan.username == "u" and not plan.always
+    hub = Credentials(uuid="h", domain="docker.io", username="me", password="x")
+    other = plan_pull(ContainerSpec(name="c", image="127.0.0.1:5000/private/busybox"), {"h": hub})
+    assert other is None  # a registry of another host lends nothing
 
 
 @pytest.mark.parametrize("bad", ["", "http://x.io", "x.io/path", "x.io:99999", "a b", None, 5])
