@@ -388,8 +388,12 @@ def test_an_auto_removed_container_takes_its_volumes_along(containers: Container
 ])
 def test_bad_mounts_are_400_naming_the_field_and_make_nothing(
         containers: Containers, docker_api: docker.APIClient, mounts: list[Any], problem: str) -> None:
-    before = docker_api.volumes(filters={"label": ["capsuled.volume"]})
+    def volumes() -> set[str]:
+        found = docker_api.volumes(filters={"label": ["capsuled.volume"]}) or {}
+        return {v["Name"] for v in found.get("Volumes") or []}
+    before = volumes()
     r = containers.api.post("/v1/containers", params={"run": "true"},
                             json={"image": "busybox", "mounts": mounts})
     assert r.status_code == 400 and problem in r.text, r.text
-    assert docker_api.volumes(filters={"label": ["capsuled.volume"]}) == before
+    # None made (earlier tests' volumes may still be going away meanwhile).
+    assert volumes() - before == set()
