@@ -122,6 +122,8 @@ def build_api(settings: Settings, store: Store,
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.capsules import Retention, configure_retention
+    from capsuled.store.outbox import OutboxRetention
+    from capsuled.store.outbox import configure as configure_outbox
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -136,6 +138,9 @@ def build_api(settings: Settings, store: Store,
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_outbox(OutboxRetention(
+        records=settings.limits.outbox_records,
+        max_age=timedelta(seconds=settings.limits.outbox_max_age)))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
         max_age=timedelta(seconds=settings.limits.event_max_age)))
