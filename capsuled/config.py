@@ -132,6 +132,11 @@ class ApiSettings(BaseModel):
                                  "output_truncated")
     exec_timeout: int = Field(60, ge=1, le=3600, description="Seconds a non-interactive execute "
                               "is waited for; then the answer says timed_out")
+    watch_heartbeat: float = Field(15.0, gt=0, le=300, description="Seconds between "
+                                   "heartbeat lines on an idle event watch stream")
+    watch_poll: float = Field(1.0, gt=0, le=60, description="Seconds between a watch stream's "
+                              "re-reads of the outbox when no local commit woke it (sees other "
+                              "API replicas' changes)")
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")

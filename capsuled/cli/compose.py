@@ -113,6 +113,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
+    from capsuled.api.services.events import EventService, OutboxHub
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
@@ -145,6 +146,8 @@ def build_api(settings: Settings, store: Store,
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
         max_age=timedelta(seconds=settings.limits.event_max_age)))
     down_after = timedelta(seconds=settings.api.host_down_after)
+    hub = OutboxHub()
+    store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(
         capsules=CapsuleService(store, control, limits, host_down_after=down_after,
@@ -158,7 +161,9 @@ def build_api(settings: Settings, store: Store,
         registries=RegistryService(store, box, policy),
         tokens=TokenService(store, on_revoke=local.forget),
         quotas=quotas,
-        control=control)
+        control=control,
+        events=EventService(store, policy),
+        outbox_hub=hub)
     app = create_app(settings, identity(settings, local), services, policy)
     return Api(app, control, HostMonitor(store, down_after), notifier)
 
@@ -228,8 +233,11 @@ def new_ops_key() -> str:
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
     host, _, port = listen.rpartition(":")
+    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
+    # stop waits this long for them, then cancels them (clients resume with `since`).
     server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                           log_level=log_level, access_log=False))
+                                           log_level=log_level, access_log=False,
+                                           timeout_graceful_shutdown=5))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
