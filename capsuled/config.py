@@ -162,7 +162,7 @@ class LimitSettings(BaseModel):
     event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
                                  "container action) is kept")
     actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
-    outbox_records: int = Field(100_000, ge=1000, description="Newest change records kept "
+    outbox_records: int = Field(100_000, ge=100, description="Newest change records kept "
                                 "in the outbox (what watch streams resume from)")
     outbox_max_age: float = Field(7 * 86400, gt=0, description="Seconds a change record is "
                                   "kept in the outbox")

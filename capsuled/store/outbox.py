@@ -19,6 +19,7 @@ Old records are pruned by count and age (`configure`); `pruned_through` says how
 from __future__ import annotations
 
 import logging
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,6 +63,15 @@ def record(session: Session, *, project_id: str, kind: str, uuid: str, name: str
                     "object_name": name, "labels": dict(labels or {}),
                     "event_type": event_type, "reason": reason[:64], "message": message,
                     "status": status, "created_at": utcnow()})
+
+
+def refused(session: Session, *, project_id: str, kind: str, name: str | None,
+            message: str, labels: dict[str, Any] | None = None) -> None:
+    """A create the project's quota refused: nothing was made, so the record names a new
+    uuid of its own (the refused request's) and status `Refused`."""
+    record(session, project_id=project_id, kind=kind, uuid=str(uuidlib.uuid4()), name=name,
+           event_type=f"{kind}.create.error", reason="QuotaExceeded", message=message,
+           status="Refused", labels=labels)
 
 
 def install(factory: sessionmaker[Session], on_commit: Callable[[int], None]) -> None:

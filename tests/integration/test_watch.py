@@ -242,28 +242,103 @@ def test_server_sent_events(server: Server, tenants: dict[str, httpx.Client]) ->
     assert ids == sorted(ids) and ids[0] > start
 
 
+def _bulky(client: httpx.Client, name: str) -> None:
+    """An unplaceable capsule with ~16 KiB of labels, created and deleted: four records
+    of that size each."""
+    t = _unplaceable(name)
+    t["metadata"]["labels"] = {f"k{i:02d}": "v" * 250 for i in range(64)}
+    assert client.post("/v1/capsules", json={"template": t}).status_code == 202
+    assert client.delete(f"/v1/capsules/{name}").status_code == 204
+
+
 def test_a_slow_watcher_does_not_delay_creates(server: Server,
                                                tenants: dict[str, httpx.Client]) -> None:
     client = next(iter(tenants.values()))
     token = client.headers["X-Auth-Token"]
-    # A watcher that never reads: its socket's buffers fill and the server's send waits.
+    start = _head(client)
+    # A watcher that never reads: once more is sent than the sockets' buffers hold (4 MiB
+    # on loopback), the server's writes to it wait.
     url = urlparse(server.url)
-    slow = socket.create_connection((url.hostname, url.port))
+    slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.sendall(f"GET /v1/events?watch=true&since=0 HTTP/1.1\r\nHost: x\r\n"
+    slow.connect((url.hostname, url.port))
+    slow.sendall(f"GET /v1/events?watch=true&since={start} HTTP/1.1\r\nHost: x\r\n"
                  f"X-Auth-Token: {token}\r\n\r\n".encode())
-    fast = Watcher(server, token, since=_head(client))
+    fast = Watcher(server, token, since=start)
     try:
         took = []
-        for _ in range(15):
+        for _ in range(90):
             t0 = time.monotonic()
-            _churn(client, [f"f-{uuid.uuid4().hex[:6]}"])
+            _bulky(client, f"f-{uuid.uuid4().hex[:6]}")
             took.append(time.monotonic() - t0)
-        fast.wait_count(60, timeout=30)
+        fast.wait_count(360, timeout=60)
+        sent = sum(len(json.dumps(r)) for r in fast.records)
+        assert sent > 5 * 1_048_576, sent  # the slow one is stuck behind this much
         assert max(took) < 2.0, took
+        with server.client() as admin:  # and the server answers everyone at once
+            t0 = time.monotonic()
+            assert admin.get("/v1/capsules").status_code == 200
+            assert time.monotonic() - t0 < 1.0
     finally:
         slow.close()
         fast.stop()
+
+
+def test_quota_refusals_and_bare_containers_are_records(
+        server: Server, tenants: dict[str, httpx.Client], docker_api: Any) -> None:
+    project, client = next(iter(tenants.items()))
+    start = _head(client)
+    with server.client() as admin:
+        assert admin.put(f"/v1/quotas/{project}", json={"capsules": 0}).status_code == 200
+    refused = f"q-{uuid.uuid4().hex[:6]}"
+    r = client.post("/v1/capsules", json={"template": _unplaceable(refused)})
+    assert r.status_code == 403, r.text
+    [record] = _page(client, start, capsule=refused)
+    assert (record["event_type"], record["reason"], record["status"]) == (
+        "capsule.create.error", "QuotaExceeded", "Refused")
+    name = f"bare-{uuid.uuid4().hex[:6]}"
+    r = client.post("/v1/containers", params={"run": "true"},
+                    json={"name": name, "image": "busybox", "command": ["sleep", "3600"]})
+    assert r.status_code == 202, r.text
+    ident = r.json()["uuid"]
+    try:
+        wait_for(lambda: any(e["event_type"] == "container.create.end"
+                             for e in _page(client, start, capsule=name)), timeout=90,
+                 what="container.create.end")
+        assert docker_api.inspect_container(
+            docker_api.containers(filters={"label": f"capsuled.container={ident}"})[0]["Id"]
+        )["State"]["Running"]
+    finally:
+        assert client.delete(f"/v1/containers/{ident}", params={"stop": "true"}).status_code == 204
+    wait_for(lambda: any(e["event_type"] == "container.delete.end"
+                         for e in _page(client, start, capsule=ident)), timeout=60,
+             what="container.delete.end")
+    kinds = [e["event_type"] for e in _page(client, start, capsule=name)]
+    assert kinds[0] == "container.create.start" and kinds[-1] == "container.delete.end", kinds
+    assert {e["kind"] for e in _page(client, start, capsule=name)} == {"container"}
+
+
+def test_heartbeats_and_a_pruned_since_is_gone(own_server: Any) -> None:
+    srv = own_server(CAPSULED_API__WATCH_HEARTBEAT="0.3", CAPSULED_LIMITS__OUTBOX_RECORDS="100")
+    project = _project()
+    token = srv.issue_token(project, "u", "member")
+    with srv.client(token) as client:
+        w = Watcher(srv, token)
+        try:
+            wait_for(lambda: w.heartbeats >= 2, timeout=5, what="two heartbeats")
+        finally:
+            w.stop()
+        _churn(client, [f"g-{i}-{uuid.uuid4().hex[:4]}" for i in range(80)])  # 320 records
+        r = client.get("/v1/events", params={"since": "1"})
+        assert r.status_code == 410 and "pruned" in r.text, r.text
+        gone = Watcher(srv, token, since=1)
+        assert gone.status == 410
+        gone.stop()
+        # Without since a page starts at the oldest record kept.
+        body = client.get("/v1/events").json()
+        kept = body["events"]
+        assert 100 <= len(kept) < 320 and kept[-1]["seq"] == body["head"] == body["last_seq"]
+        assert client.get("/v1/events", params={"since": str(kept[0]["seq"] - 1)}).status_code == 200
 
 
 def test_a_real_capsule_tells_its_story(server: Server, tenants: dict[str, httpx.Client],
