@@ -367,3 +367,24 @@ def test_a_real_capsule_tells_its_story(server: Server, tenants: dict[str, httpx
     wait_for(lambda: any(e["event_type"] == "capsule.delete.end"
                          for e in _page(client, start, capsule=capsule)), timeout=60,
              what="capsule.delete.end")
+
+
+def test_watch_streams_count_against_the_stream_limits_until_they_hang_up(
+        server: Server, tenants: dict[str, httpx.Client]) -> None:
+    client = next(iter(tenants.values()))
+    token = client.headers["X-Auth-Token"]
+    open_ = [Watcher(server, token) for _ in range(10)]  # api.streams_per_project
+    try:
+        assert all(w.status == 200 for w in open_)
+        over = Watcher(server, token)
+        assert over.status == 429, over.status
+        over.stop()
+    finally:
+        for w in open_:
+            w.stop()
+
+    def reopened() -> bool:
+        w = Watcher(server, token)
+        w.stop()
+        return w.status == 200
+    wait_for(reopened, timeout=10, what="the hung-up streams' places to be free")
