@@ -152,6 +152,7 @@ def set_desired(session: Session, row: Container, desired_state: str | None = No
         row.desired_state = desired_state
         changed(session, row, "container.update", "DesiredState", f"asked to be {desired_state}")
     if spec is not None:
+        changed(session, row, "container.update", "SpecChanged", "the container's spec changed")
         row.spec = spec.model_dump(mode="json")
         row.cpu = spec.container.cpu or 0.0
         row.memory = spec.container.memory or 0
