@@ -133,9 +133,13 @@ def build_api(settings: Settings, store: Store,
         raise fail(exc.message) from exc
     box = secret_box(settings)
     control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box)
+    hub = OutboxHub()
+    store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     notifier = None
     if supports_notify(store.engine):
-        notifier = PgNotifier(store.engine, control.on_notice)
+        # Another replica's commit (its assignments and reports come with a notice) also
+        # wakes this replica's watch streams at once rather than at their next poll.
+        notifier = PgNotifier(store.engine, hub.also_wakes(control.on_notice))
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
@@ -146,8 +150,6 @@ def build_api(settings: Settings, store: Store,
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
         max_age=timedelta(seconds=settings.limits.event_max_age)))
     down_after = timedelta(seconds=settings.api.host_down_after)
-    hub = OutboxHub()
-    store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     quotas = QuotaService(store, settings.quota.model_dump())
     services = Services(
         capsules=CapsuleService(store, control, limits, host_down_after=down_after,

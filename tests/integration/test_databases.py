@@ -442,3 +442,35 @@ def test_outbox_readers_never_skip_a_seq_that_commits_later(db: Database) -> Non
     written = sum(1 + i % 3 for i in range(40) if i % 7)
     assert sum(isinstance(r, RuntimeError) for r in results) == len(range(0, 40, 7))
     assert seen == list(range(1, written + 1))  # no gap, no repeat, in order
+
+
+def test_a_watch_on_one_replica_wakes_on_another_replicas_notice(db: Database) -> None:
+    """PostgreSQL: a replica's watchers wake when another replica publishes (its changes
+    come with a notice), not only at their next poll."""
+    import asyncio
+
+    from capsuled.api.services.events import OutboxHub
+    from capsuled.store.notify import PgNotifier, supports_notify
+
+    store = db.ready()
+    if not supports_notify(store.engine):
+        return
+    hub = OutboxHub()
+    heard: list[str] = []
+    listener = PgNotifier(db.store().engine, hub.also_wakes(heard.append))
+    other = PgNotifier(db.store().engine, lambda _t: None)
+    listener.start()
+    try:
+        time.sleep(0.5)  # listening
+
+        async def wait_for_wake() -> float:
+            started = time.monotonic()
+            asyncio.get_running_loop().call_later(0.2, other.publish, "reported")
+            await hub.wait(0, timeout=10)
+            return time.monotonic() - started
+
+        took = asyncio.run(wait_for_wake())
+        assert took < 2, took
+        assert heard == ["reported"]
+    finally:
+        listener.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -85,9 +86,10 @@ class EventService:
 
 class OutboxHub:
     """Wakes the watch streams of this replica (on its event loop) when a commit of this
-    process wrote records; streams also re-read every `api.watch_poll` seconds, which is
-    how other replicas' commits are seen. Writers only schedule a wake-up: a slow or
-    stuck watcher never holds them."""
+    process wrote records, and on PostgreSQL when another replica's notice arrives
+    (`also_wakes`); streams also re-read every `api.watch_poll` seconds, which is how
+    other replicas' commits are seen on the other engines. Writers only schedule a
+    wake-up: a slow or stuck watcher never holds them."""
 
     def __init__(self) -> None:
         self._newest = 0
@@ -98,12 +100,24 @@ class OutboxHub:
         """Called by the store, in the committing thread."""
         with self._lock:
             self._newest = max(self._newest, newest)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake every waiter to re-read (another replica committed something)."""
+        with self._lock:
             waiters = list(self._waiters)
         for loop, ready in waiters:
             try:
                 loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:  # that loop is closed: its stream is gone
+            except RuntimeError:
                 pass
+
+    def also_wakes(self, on_notice: Callable[[str], None]) -> Callable[[str], None]:
+        """`on_notice`, which then wakes this hub's waiters too."""
+        def both(topic: str) -> None:
+            on_notice(topic)
+            self.wake()
+        return both
 
     async def wait(self, after: int, timeout: float) -> None:
         """Until a commit newer than `after` is announced, or `timeout` seconds."""
