@@ -383,12 +383,18 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         capsule.restart_count += 1
     before = capsule.status
     capsule.status, capsule.status_reason = fold.status.value, fold.reason
+    status_told = before == capsule.status
     for event in fold.events:
         add_event(session, capsule, event.type, event.reason, event.message, event.container)
-        changed(session, capsule, "capsule.update", event.reason,
+        # The fold's own event for a status change (reason: the new status) is the record
+        # that ends a create, in Nova's shape; the others are updates.
+        is_status = not status_told and event.container is None and event.reason == capsule.status
+        status_told = status_told or is_status
+        changed(session, capsule, _status_event(before, fold.status) if is_status
+                else "capsule.update", event.reason,
                 f"{event.container}: {event.message}" if event.container else event.message)
-    if before != capsule.status:
-        changed(session, capsule, _status_event(before, fold.status), "StatusChanged",
+    if not status_told:
+        changed(session, capsule, _status_event(before, fold.status), capsule.status,
                 f"{before} -> {capsule.status}" + (f": {fold.reason}" if fold.reason else ""))
     if fold.changed:
         capsule.updated_at = now

@@ -358,7 +358,10 @@ def test_a_real_capsule_tells_its_story(server: Server, tenants: dict[str, httpx
         assert kinds[:2] == ["capsule.create.start", "capsule.update"]  # accepted, scheduled
         assert seen[-1]["status"] == "Running" or "capsule.create.end" in kinds
         ended = next(e for e in seen if e["event_type"] == "capsule.create.end")
-        assert ended["status"] == "Running", seen
+        assert (ended["status"], ended["reason"]) == ("Running", "Running"), seen
+        assert kinds.count("capsule.create.end") == 1, kinds  # one record per change
+        # The agent's observations (image, sandbox, container started) came before it.
+        assert len(kinds[:kinds.index("capsule.create.end")]) > 2, seen
         # What Docker really has: the container the records say started.
         running = docker_api.containers(filters={"label": f"capsuled.capsule={capsule}"})
         assert running, "no container of the capsule in Docker"
