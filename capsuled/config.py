@@ -132,6 +132,11 @@ class ApiSettings(BaseModel):
                                  "output_truncated")
     exec_timeout: int = Field(60, ge=1, le=3600, description="Seconds a non-interactive execute "
                               "is waited for; then the answer says timed_out")
+    watch_heartbeat: float = Field(15.0, gt=0, le=300, description="Seconds between "
+                                   "heartbeat lines on an idle event watch stream")
+    watch_poll: float = Field(1.0, gt=0, le=60, description="Seconds between a watch stream's "
+                              "re-reads of the outbox when no local commit woke it (sees other "
+                              "API replicas' changes)")
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")
@@ -157,6 +162,10 @@ class LimitSettings(BaseModel):
     event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
                                  "container action) is kept")
     actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
+    outbox_records: int = Field(100_000, ge=100, description="Newest change records kept "
+                                "in the outbox (what watch streams resume from)")
+    outbox_max_age: float = Field(7 * 86400, gt=0, description="Seconds a change record is "
+                                  "kept in the outbox")
 
 
 class QuotaSettings(BaseModel):

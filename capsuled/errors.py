@@ -65,6 +65,10 @@ class VersionNotAcceptable(CapsuledError):
     pass
 
 
+class Gone(CapsuledError):
+    """What was asked for existed but is no longer kept (a watch resumed from a pruned seq)."""
+
+
 class UnsupportedMediaType(CapsuledError):
     pass
 

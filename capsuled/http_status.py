@@ -17,6 +17,7 @@ STATUS: dict[type[errors.CapsuledError], int] = {
     errors.NotFound: 404,
     errors.VersionNotAcceptable: 406,
     errors.Conflict: 409,
+    errors.Gone: 410,
     errors.UnsupportedMediaType: 415,
     errors.PayloadTooLarge: 413,
     errors.TooManyRequests: 429,

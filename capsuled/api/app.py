@@ -9,11 +9,12 @@ from fastapi import FastAPI
 from capsuled.api import errors, openapi
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import (agents, capsules, containers, hosts, images, quotas, registries,
-                                  root, tokens)
+from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, quotas,
+                                  registries, root, tokens)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
+from capsuled.api.services.events import EventService, OutboxHub
 from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
@@ -36,6 +37,8 @@ class Services:
     quotas: QuotaService
     control: ControlPlane
     registries: RegistryService
+    events: EventService
+    outbox_hub: OutboxHub
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -52,12 +55,15 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.quotas = services.quotas
     app.state.control = services.control
     app.state.registries = services.registries
+    app.state.events = services.events
+    app.state.outbox_hub = services.outbox_hub
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
     errors.install(app)
     openapi.install(app)
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
                        max_agent_body_bytes=settings.api.max_agent_body_bytes)
-    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries):
+    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
+                   events):
         app.include_router(module.router)
     return app

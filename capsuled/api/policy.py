@@ -67,6 +67,9 @@ DEFAULTS: dict[str, str] = {
     "availability_zones:get_all": READER,
     "quota:get": READER, "quota:get_default": READER, "quota:update": ADMIN,
     "quota:delete": ADMIN, "quota_class:get": ADMIN, "quota_class:update": ADMIN,
+    # The change records (GET /v1/events, an extension): one's own project's; every
+    # project's (all_projects=true) is an admin's.
+    "event:get_all": READER, "event:watch": READER, "event:get_all_all_projects": ADMIN,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
     # The agent channel: agent tokens only (each bound to its host, checked by the router).
     "agent:channel": "role:agent",

@@ -113,6 +113,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
+    from capsuled.api.services.events import EventService, OutboxHub
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
@@ -122,6 +123,8 @@ def build_api(settings: Settings, store: Store,
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.capsules import Retention, configure_retention
+    from capsuled.store.outbox import OutboxRetention
+    from capsuled.store.outbox import configure as configure_outbox
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -130,12 +133,19 @@ def build_api(settings: Settings, store: Store,
         raise fail(exc.message) from exc
     box = secret_box(settings)
     control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box)
+    hub = OutboxHub()
+    store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     notifier = None
     if supports_notify(store.engine):
-        notifier = PgNotifier(store.engine, control.on_notice)
+        # Another replica's commit (its assignments and reports come with a notice) also
+        # wakes this replica's watch streams at once rather than at their next poll.
+        notifier = PgNotifier(store.engine, hub.also_wakes(control.on_notice))
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_outbox(OutboxRetention(
+        records=settings.limits.outbox_records,
+        max_age=timedelta(seconds=settings.limits.outbox_max_age)))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
         max_age=timedelta(seconds=settings.limits.event_max_age)))
@@ -153,7 +163,9 @@ def build_api(settings: Settings, store: Store,
         registries=RegistryService(store, box, policy),
         tokens=TokenService(store, on_revoke=local.forget),
         quotas=quotas,
-        control=control)
+        control=control,
+        events=EventService(store, policy),
+        outbox_hub=hub)
     app = create_app(settings, identity(settings, local), services, policy)
     return Api(app, control, HostMonitor(store, down_after), notifier)
 
@@ -226,8 +238,11 @@ def new_ops_key() -> str:
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
     host, _, port = listen.rpartition(":")
+    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
+    # stop waits this long for them, then cancels them (clients resume with `since`).
     server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                           log_level=log_level, access_log=False))
+                                           log_level=log_level, access_log=False,
+                                           timeout_graceful_shutdown=5))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.

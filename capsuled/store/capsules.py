@@ -19,6 +19,7 @@ from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_rep
 from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
+from capsuled.store import outbox
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, utcnow)
 
@@ -152,8 +153,21 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     # admin-only `host` field), not for the message.
     add_event(session, row, "Normal", "Accepted",
               "capsule accepted and scheduled" if host else "capsule accepted")
+    changed(session, row, "capsule.create.start", "Accepted", "capsule accepted")
+    if host:
+        changed(session, row, "capsule.update", "Scheduled", "capsule placed on a host")
+    elif status is Status.ERROR:
+        changed(session, row, "capsule.create.error", "Unschedulable", status_reason or "")
     bump_host_revision(session, host)
     return row
+
+
+def changed(session: Session, capsule: Capsule, event_type: str, reason: str,
+            message: str = "", status: str | None = None) -> None:
+    """The outbox record of a change to `capsule` (committed with it)."""
+    outbox.record(session, project_id=capsule.project_id, kind="capsule", uuid=capsule.uuid,
+                  name=capsule.name, event_type=event_type, reason=reason, message=message,
+                  status=status or capsule.status, labels=capsule.labels)
 
 
 def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
@@ -169,6 +183,8 @@ def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
     if event is not None:
         session.flush()
         add_event(session, capsule, event.type, event.reason, event.message, event.container)
+    changed(session, capsule, "capsule.update", event.reason if event else "SpecChanged",
+            event.message if event else "the capsule's spec changed")
     bump_host_revision(session, capsule.host)
 
 
@@ -306,6 +322,8 @@ def list_capsules(session: Session, project_id: str | None, page: Page,
 def mark_deleting(session: Session, capsule: Capsule) -> None:
     """Unplaced capsules go at once; placed ones wait for their agent to clean up."""
     if capsule.host is None:
+        changed(session, capsule, "capsule.delete.start", "Deleting", "delete requested")
+        changed(session, capsule, "capsule.delete.end", "Deleted", "capsule deleted", "Deleted")
         session.delete(capsule)
         return
     if capsule.deleting:
@@ -316,6 +334,7 @@ def mark_deleting(session: Session, capsule: Capsule) -> None:
     capsule.status_reason = None
     capsule.updated_at = utcnow()
     add_event(session, capsule, "Normal", "Deleting", "delete requested")
+    changed(session, capsule, "capsule.delete.start", "Deleting", "delete requested")
     bump_host_revision(session, capsule.host)
 
 
@@ -342,6 +361,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
     if report.gone:
         if capsule.deleting:
             forget_actions(session, [c.uuid for c in capsule.containers])
+            changed(session, capsule, "capsule.delete.end", "Deleted", "capsule deleted", "Deleted")
             session.delete(capsule)
         return
     fold = fold_report(_state_of(capsule), report)
@@ -361,12 +381,31 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
                 row.addresses = seen
     if fold.sandbox_recreated:
         capsule.restart_count += 1
+    before = capsule.status
+    capsule.status, capsule.status_reason = fold.status.value, fold.reason
+    status_told = before == capsule.status
     for event in fold.events:
         add_event(session, capsule, event.type, event.reason, event.message, event.container)
+        # The fold's own event for a status change (reason: the new status) is the record
+        # that ends a create, in Nova's shape; the others are updates.
+        is_status = not status_told and event.container is None and event.reason == capsule.status
+        status_told = status_told or is_status
+        changed(session, capsule, _status_event(before, fold.status) if is_status
+                else "capsule.update", event.reason,
+                f"{event.container}: {event.message}" if event.container else event.message)
+    if not status_told:
+        changed(session, capsule, _status_event(before, fold.status), capsule.status,
+                f"{before} -> {capsule.status}" + (f": {fold.reason}" if fold.reason else ""))
     if fold.changed:
         capsule.updated_at = now
-    capsule.status, capsule.status_reason = fold.status.value, fold.reason
     capsule.sandbox_id = report.sandbox_id
+
+
+def _status_event(before: str, after: Status) -> str:
+    """Nova's shape: leaving Creating ends the create (well or in error)."""
+    if before == Status.CREATING.value and after is not Status.CREATING:
+        return "capsule.create.error" if after is Status.ERROR else "capsule.create.end"
+    return "capsule.update"
 
 
 def _state_of(capsule: Capsule) -> CapsuleState:
@@ -401,6 +440,8 @@ def force_delete(session: Session, capsule: Capsule) -> None:
     what it finds of the capsule is an orphan, which it removes, volumes too."""
     host = capsule.host
     forget_actions(session, [c.uuid for c in capsule.containers])
+    changed(session, capsule, "capsule.delete.end", "ForceDeleted", "capsule deleted by force",
+            "Deleted")
     session.delete(capsule)
     bump_host_revision(session, host)
 

@@ -19,6 +19,7 @@ from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_s
                                      forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import storable_ident
+from capsuled.store import outbox
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -45,8 +46,22 @@ def create_bare(session: Session, spec: BareSpec, name: str, project_id: str, us
                     registry_id=c.registry)
     session.add(row)
     session.flush()
+    changed(session, row, "container.create.start", "Accepted", "container accepted")
+    if host:
+        changed(session, row, "container.update", "Scheduled", "container placed on a host")
+    elif status is Status.ERROR:
+        changed(session, row, "container.create.error", "Unschedulable", status_reason or "")
     bump_host_revision(session, host)
     return row
+
+
+def changed(session: Session, row: Container, event_type: str, reason: str, message: str = "",
+            status: str | None = None) -> None:
+    """The outbox record of a change to the bare container `row` (committed with it)."""
+    labels = ((row.spec or {}).get("container") or {}).get("labels") or {}
+    outbox.record(session, project_id=row.project_id, kind="container", uuid=row.uuid,
+                  name=row.name, event_type=event_type, reason=reason, message=message,
+                  status=status or row.status, labels=labels if isinstance(labels, dict) else {})
 
 
 def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Container:
@@ -133,9 +148,11 @@ def list_containers(session: Session, project_id: str | None, page: Page,
 def set_desired(session: Session, row: Container, desired_state: str | None = None,
                 spec: BareSpec | None = None) -> None:
     """Change what the agent should converge to; bumps the generation and wakes it."""
-    if desired_state is not None:
+    if desired_state is not None and desired_state != row.desired_state:
         row.desired_state = desired_state
+        changed(session, row, "container.update", "DesiredState", f"asked to be {desired_state}")
     if spec is not None:
+        changed(session, row, "container.update", "SpecChanged", "the container's spec changed")
         row.spec = spec.model_dump(mode="json")
         row.cpu = spec.container.cpu or 0.0
         row.memory = spec.container.memory or 0
@@ -146,11 +163,14 @@ def set_desired(session: Session, row: Container, desired_state: str | None = No
 
 def mark_deleting(session: Session, row: Container) -> None:
     if row.host is None:
+        changed(session, row, "container.delete.start", "Deleting", "delete requested")
+        changed(session, row, "container.delete.end", "Deleted", "container deleted", "Deleted")
         session.delete(row)
         return
     if not row.deleting:
         row.deleting = True
         row.status, row.status_reason = Status.DELETING.value, None
+        changed(session, row, "container.delete.start", "Deleting", "delete requested")
         set_desired(session, row)
 
 
@@ -174,6 +194,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
     if report.gone:
         if row.deleting or (row.spec or {}).get("auto_remove"):
             forget_actions(session, [row.uuid])
+            changed(session, row, "container.delete.end", "Deleted", "container deleted", "Deleted")
             session.delete(row)
         return
     now = utcnow()
@@ -197,7 +218,15 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         status, reason = Status.REBUILDING, None  # the old container gone, the new one not yet
     if (row.status, row.status_reason) != (status.value, reason):
         row.updated_at = now
+    before = row.status
     row.status, row.status_reason = status.value, reason
+    if before != row.status:
+        ended = before in (Status.CREATING.value, Status.REBUILDING.value) and status not in (
+            Status.CREATING, Status.REBUILDING)
+        kind = ("container.create.error" if status is Status.ERROR else "container.create.end"
+                ) if ended else "container.update"
+        changed(session, row, kind, "StatusChanged",
+                f"{before} -> {row.status}" + (f": {reason}" if reason else ""))
     if status not in (Status.CREATING, Status.REBUILDING):
         finish_actions(session, row.uuid, "Error" if status is Status.ERROR else None,
                        reason if status is Status.ERROR else None, only=("create", "rebuild"))
@@ -263,6 +292,8 @@ def force_delete(session: Session, row: Container) -> None:
     comes back it removes the container, and its volumes, as an orphan."""
     forget_actions(session, [row.uuid])
     host = row.host
+    changed(session, row, "container.delete.end", "ForceDeleted", "container deleted by force",
+            "Deleted")
     session.delete(row)
     bump_host_revision(session, host)
 

@@ -9,7 +9,7 @@ SQLite the first write takes the database's single write lock.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.errors import InvalidInput, Unavailable
 from capsuled.paths import private_file
+from capsuled.store import outbox
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
@@ -156,6 +157,14 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # Called (from the committing thread) with the newest outbox seq after a commit
+        # that wrote outbox records: the API's watchers subscribe here.
+        self.outbox_listeners: list[Callable[[int], None]] = []
+        outbox.install(self._sessions, self._outbox_committed)
+
+    def _outbox_committed(self, newest: int) -> None:
+        for listener in list(self.outbox_listeners):
+            listener(newest)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

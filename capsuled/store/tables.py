@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
                         Text, UniqueConstraint)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -281,6 +281,42 @@ class CommittedImage(Base):
     image_id: Mapped[str | None] = mapped_column(String(128))
     container_uuid: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class OutboxRecord(Base):
+    """One change, as its readers (watch streams; notifiers and webhooks later) see it.
+
+    Written in the transaction that made the change (store/outbox.py), never updated, and
+    numbered by `seq` from the one counter row: a record becomes visible only after every
+    record with a smaller seq did, so a reader that remembers the last seq it saw misses
+    nothing."""
+
+    __tablename__ = "outbox"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(10))  # capsule | container
+    object_uuid: Mapped[str] = mapped_column(String(36))
+    object_name: Mapped[str | None] = mapped_column(String(255))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    event_type: Mapped[str] = mapped_column(String(64))  # capsule.create.start, container.update, ...
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    __table_args__ = (Index("ix_outbox_project_seq", "project_id", "seq"),
+                      Index("ix_outbox_created_at", "created_at"))
+
+
+class OutboxCounter(Base):
+    """The one row (id 1) that numbers outbox records. Writers update it just before they
+    commit, so they take its row lock last and hold it only through their commit: records
+    commit in seq order on every engine, and a rolled-back change gives its numbers back."""
+
+    __tablename__ = "outbox_counter"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Records up to here may have been pruned: a reader behind it has lost some (410).
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 for _table in Base.metadata.tables.values():

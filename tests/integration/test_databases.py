@@ -393,3 +393,84 @@ def test_events_are_counted_pruned_and_paged_and_force_delete_frees_a_gone_host(
         assert host_repo.usage(s).get("h1", (0.0, 0, 0)) == (0.0, 0, 0)
         # Their history went with them (a gone container's actions are a 404 anyway).
         assert s.scalar(select(func.count()).select_from(ContainerAction)) == 0
+
+
+def test_outbox_readers_never_skip_a_seq_that_commits_later(db: Database) -> None:
+    """The outbox gap: writers on several connections (replicas) number their records and
+    then commit at different speeds; a reader that keeps only the last seq it saw must
+    still see every record, each exactly once, in seq order."""
+    import random
+
+    from sqlalchemy import event as sa_event
+
+    from capsuled.store import outbox
+
+    db.ready()
+    writers = [db.store() for _ in range(4)]
+    for w in writers:
+        # Runs after the outbox numbered the records: a slow commit, the gap's window.
+        sa_event.listen(w._sessions, "before_commit",  # noqa: SLF001
+                        lambda _s: time.sleep(random.uniform(0, 0.02)))
+    reader = db.store()
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            with reader.transaction() as s:
+                got = [r.seq for r in outbox.read(s, last, None, 1000)]
+            seen.extend(got)
+            last = got[-1] if got else last
+            if finished and not got:
+                return
+
+    def write(i: int) -> None:
+        with writers[i % 4].transaction() as s:
+            for k in range(1 + i % 3):
+                outbox.record(s, project_id=f"p{i % 2}", kind="capsule", uuid=f"u{i}-{k}",
+                              name=None, event_type="capsule.update", reason="Test")
+            if i % 7 == 0:
+                raise RuntimeError("rolled back: its numbers go back too")
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    results = at_once(40, write)
+    done.set()
+    thread.join(timeout=60)
+    written = sum(1 + i % 3 for i in range(40) if i % 7)
+    assert sum(isinstance(r, RuntimeError) for r in results) == len(range(0, 40, 7))
+    assert seen == list(range(1, written + 1))  # no gap, no repeat, in order
+
+
+def test_a_watch_on_one_replica_wakes_on_another_replicas_notice(db: Database) -> None:
+    """PostgreSQL: a replica's watchers wake when another replica publishes (its changes
+    come with a notice), not only at their next poll."""
+    import asyncio
+
+    from capsuled.api.services.events import OutboxHub
+    from capsuled.store.notify import PgNotifier, supports_notify
+
+    store = db.ready()
+    if not supports_notify(store.engine):
+        return
+    hub = OutboxHub()
+    heard: list[str] = []
+    listener = PgNotifier(db.store().engine, hub.also_wakes(heard.append))
+    other = PgNotifier(db.store().engine, lambda _t: None)
+    listener.start()
+    try:
+        time.sleep(0.5)  # listening
+
+        async def wait_for_wake() -> float:
+            started = time.monotonic()
+            asyncio.get_running_loop().call_later(0.2, other.publish, "reported")
+            await hub.wait(0, timeout=10)
+            return time.monotonic() - started
+
+        took = asyncio.run(wait_for_wake())
+        assert took < 2, took
+        assert heard == ["reported"]
+    finally:
+        listener.stop()

@@ -17,13 +17,14 @@ from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import capsule_spec_asks, template_asks
 from capsuled.domain.image_ref import normalise
-from capsuled.errors import InvalidInput
+from capsuled.domain.spec import CapsuleSpec
+from capsuled.errors import InvalidInput, OverQuota
 from capsuled.domain.resources import capsule_with_default_limits
 from capsuled.domain.template import Limits, load_template_text, parse_template
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
-from capsuled.store import committed_images
+from capsuled.store import committed_images, outbox
 from capsuled.store import registries as registry_repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
@@ -61,6 +62,17 @@ class CapsuleService:
                        if committed_images.owner(s, normalise(c.image)) not in (None, who.project_id)]
         if foreign:
             raise InvalidInput(foreign)
+        try:
+            row = self._create(who, spec)
+        except OverQuota as exc:
+            with self._store.transaction() as s:  # the refusal is a change record too
+                outbox.refused(s, project_id=who.project_id, kind="capsule", name=spec.name,
+                               message=exc.message, labels=spec.labels)
+            raise
+        self._control.notify()
+        return self.get(who, row.uuid)
+
+    def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
         with self._store.transaction() as s:
             spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             disk = sum(v.size or 0 for v in spec.volumes)
@@ -74,10 +86,8 @@ class CapsuleService:
                 f"capsule {spec.name}")
             # No host: Zun answers 202 and records the failure on the capsule; zunclient
             # expects it.
-            row = repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
-                                      placed.status, placed.reason)
-        self._control.notify()
-        return self.get(who, row.uuid)
+            return repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
+                                       placed.status, placed.reason)
 
     def get(self, who: Principal, ident: str) -> Capsule:
         """One capsule; those allowed `capsule:get_one_all_projects` reach any project's."""

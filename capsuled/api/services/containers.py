@@ -38,13 +38,13 @@ from capsuled.domain.resources import bare_with_default_limits
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 from capsuled.domain.template import Limits, short, whole_number
 from capsuled.errors import (CapsuledError, Conflict, InvalidInput,
-                             NotAuthenticated, Unavailable)
+                             NotAuthenticated, OverQuota, Unavailable)
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
                                        ContainerOps, ExecResult, ImageInfo, RawStream)
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as capsule_repo
-from capsuled.store import committed_images
+from capsuled.store import committed_images, outbox
 from capsuled.store import containers as repo
 from capsuled.store import registries as registry_repo
 from capsuled.store import terminal_sessions as terminals
@@ -132,6 +132,17 @@ class ContainerService:
         # Its own short read: the placement transaction below must start with its locks.
         with self._store.transaction() as s:
             self._check_image(s, spec.container.image, who.project_id)
+        try:
+            uuid = self._create_bare(who, spec, run, request_id)
+        except OverQuota as exc:
+            with self._store.transaction() as s:  # the refusal is a change record too
+                outbox.refused(s, project_id=who.project_id, kind="container",
+                               name=spec.container.name, message=exc.message)
+            raise
+        self._notify()
+        return self.get(who, uuid)
+
+    def _create_bare(self, who: Principal, spec: BareSpec, run: bool, request_id: str) -> str:
         with self._store.transaction() as s:
             spec = spec.model_copy(update={
                 "container": registry_repo.resolve(s, who.project_id, spec.container)})
@@ -152,9 +163,7 @@ class ContainerService:
             # Why no host fits, host by host, goes to the admin-only action detail.
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id,
                                finished=placed.host is None, error=placed.detail)
-            uuid = row.uuid
-        self._notify()
-        return self.get(who, uuid)
+            return row.uuid
 
     def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
         assert spec.capsule is not None

@@ -3,6 +3,7 @@ for capsules to run or to be gone."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError
+from capsuled.cli.capsule.event_stream import EventClient, Query, event_line
 from capsuled.cli.capsule.shared import (
     Format,
     FormatOpt,
@@ -184,20 +186,42 @@ def list_(
     label: LabelOpt = None,
     all_projects: AllProjectsOpt = False,
     output: FormatOpt = Format.table,
+    watch: Annotated[bool, typer.Option(
+        "--watch", "-w", help="Then print each change to these capsules as it happens.")] = False,
 ) -> None:
     """List capsules, optionally only those with given labels.
 
     CONTAINERS counts running/total app containers; RESTARTS adds sandbox re-creations to
-    the containers' restarts.
+    the containers' restarts. With --watch the command keeps running and prints a line
+    (with -o json: a JSON object) for every change to a listed or new capsule.
 
     Example:
 
       capsule list -l app=web -l tier=front
+      capsule list --watch
     """
     rt = runtime_of(ctx)
-    with reporting(rt), rt.client() as client:
-        capsules = client.list(_labels(label), all_projects)
-    emit_list(output, capsules, "capsules", render.capsule_table)
+    query = Query(labels=_labels(label), all_projects=all_projects)
+    with reporting(rt), rt.client() as client, \
+            EventClient(rt.url, rt.token, transport=rt.transport) as changes:
+        # The newest seq before the list: a change made meanwhile is shown (perhaps
+        # twice, in the list and as a change), never lost.
+        since = changes.head() if watch else 0
+        capsules = client.list(query.labels, all_projects)
+        emit_list(output, capsules, "capsules", render.capsule_table)
+        if watch:
+            _watch_capsules(changes, query, since, output, rt.sleep)
+
+
+def _watch_capsules(changes: EventClient, query: Query, since: int, output: Format,
+                    sleep: Callable[[float], None]) -> None:
+    try:
+        for record in changes.watch(query, since, sleep=sleep):
+            if record.get("kind") != "capsule":
+                continue
+            typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def describe(

@@ -19,6 +19,7 @@ from capsuled.cli.capsule import (
     container_lifecycle,
     container_run,
     containers,
+    events,
     registries,
     terminal,
 )
@@ -66,6 +67,7 @@ app.command()(capsules.create)
 app.command("list")(capsules.list_)
 app.command()(capsules.describe)
 app.command()(capsules.delete)
+app.command()(events.events)
 
 container_app.command("list")(containers.list_)
 container_app.command("ls", hidden=True)(containers.list_)
