@@ -104,7 +104,8 @@ def test_run_applies_the_request_to_docker(containers: Containers, docker_api: d
 def test_lifecycle_actions_change_the_real_container(containers: Containers,
                                                      docker_api: docker.APIClient, unique) -> None:
     body = containers.run(name=unique("life"), run=False,
-                          command=["sh", "-c", "trap 'exit 42' USR1; while true; do sleep 0.2; done"])
+                          command=["sh", "-c", "trap 'exit 42' USR1; touch /tmp/trapped; "
+                                   "while true; do sleep 0.2; done"])
     containers.wait(body["uuid"], "Created")
     assert inspect(docker_api, body)["State"]["Status"] == "created"
 
@@ -126,6 +127,11 @@ def test_lifecycle_actions_change_the_real_container(containers: Containers,
 
     containers.act(body["uuid"], "start")
     containers.wait(body["uuid"], "Running")
+    # PID 1 drops a signal it has no handler for: wait until the shell has set its trap.
+    wait_for(lambda: containers.api.post(f"/v1/containers/{body['uuid']}/execute",
+                                         json={"command": "test -f /tmp/trapped"}
+                                         ).json().get("exit_code") == 0,
+             timeout=10, what="the trap to be set")
     containers.act(body["uuid"], "kill", signal="usr1")
     killed = containers.wait(body["uuid"], "Stopped")
     assert killed["exit_code"] == 42  # the trap ran: the signal we asked for was sent
