@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 from conftest import Server, exec_in, wait_for
+from test_zunclient_containers import docker_of, status_of
 from zunclient import client as zun_client
 from zunclient.common.apiclient import exceptions as zun_exc
 
@@ -34,22 +35,6 @@ def made(zun, docker_api: docker.APIClient) -> Iterator[list[str]]:  # type: ign
                 zun.containers.delete(t, stop=True)
         except (zun_exc.NotFound, docker.errors.APIError):
             pass
-
-
-def status_of(zun, ident: str, *statuses: str, timeout: float = 60):  # type: ignore[no-untyped-def]
-    got = {}
-
-    def check() -> bool:
-        got["c"] = zun.containers.get(ident)
-        return got["c"].status in statuses
-    wait_for(check, timeout=timeout, what=f"{ident} {statuses}")
-    return got["c"]
-
-
-def docker_of(docker_api: docker.APIClient, uuid: str) -> dict:  # type: ignore[type-arg]
-    found = docker_api.containers(all=True, filters={"label": [f"capsuled.container={uuid}"]})
-    assert len(found) == 1, found
-    return docker_api.inspect_container(found[0]["Id"])  # type: ignore[no-any-return]
 
 
 def test_commit_then_rebuild_onto_the_committed_image(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]

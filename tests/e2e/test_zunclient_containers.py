@@ -33,7 +33,7 @@ def made(zun) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
             pass
 
 
-def status_of(zun, ident: str, *statuses: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+def status_of(zun, ident: str, *statuses: str, timeout: float = 60):  # type: ignore[no-untyped-def]
     got = {}
 
     def check() -> bool:
