@@ -38,11 +38,7 @@ def attach(get: Getter, who: Principal, ident: str, params: dict[str, Any]) -> N
     _text(params, "fixed_ip")  # checked for its type; the answer does not depend on it
     if network is None and port is None:
         raise InvalidInput("network: give the network to attach (or port)")
-    mine = network_uuid(row.project_id)
-    if network is not None and network != mine:
-        raise _unknown("network", network, mine)
-    if port is not None and port != _port(row):
-        raise _unknown("port", port, mine)
+    mine = _named_ours(row, network, port)
     raise Conflict(f"network: container {row.name} is already attached to network {mine}, "
                    f"the one network of its project")
 
@@ -55,14 +51,21 @@ def detach(get: Getter, who: Principal, ident: str, params: dict[str, Any],
         raise InvalidInput("port: detaching by port needs API version 1.17 or later")
     if network is None and port is None:
         raise InvalidInput("network: give the network to detach (or port)")
+    mine = _named_ours(row, network, port)
+    raise InvalidInput(f"network: detaching container {row.name} from network {mine} is not "
+                       f"supported: it is its project's one network, which containers keep "
+                       f"for life")
+
+
+def _named_ours(row: Container, network: str | None, port: str | None) -> str:
+    """The project's network id, once `network` and `port` (when given) are found to name
+    it and the container's own port; else the same 4xx for another project's and none."""
     mine = network_uuid(row.project_id)
     if network is not None and network != mine:
         raise _unknown("network", network, mine)
     if port is not None and port != _port(row):
         raise _unknown("port", port, mine)
-    raise InvalidInput(f"network: detaching container {row.name} from network {mine} is not "
-                       f"supported: it is its project's one network, which containers keep "
-                       f"for life")
+    return mine
 
 
 def _target(get: Getter, who: Principal, ident: str, params: dict[str, Any],
