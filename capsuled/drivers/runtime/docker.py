@@ -254,6 +254,22 @@ class DockerRuntime:
         with translate_docker_errors(f"kill {container_id[:12]}"):
             self._api.kill(container_id, signal=signal)
 
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container's first process (the prober enters its
+        network namespace through /proc/PID/ns/net)."""
+        with translate_docker_errors(f"inspect {container_id[:12]}"):
+            state = self._api.inspect_container(container_id).get("State") or {}
+        pid = state.get("Pid")
+        if not state.get("Running") or not isinstance(pid, int) or pid <= 0:
+            raise DriverError(f"container {container_id[:12]} is not running")
+        return pid
+
+    def exec_probe(self, container_id: str, command: list[str],
+                   timeout: int) -> tuple[int | None, bytes]:
+        """An exec probe: exit code (None: it timed out) and the first KiB of its output."""
+        got = self.exec_run(container_id, command, max_output=1024, timeout=timeout)
+        return (None if got.timed_out else got.exit_code), got.output
+
     def pause(self, container_id: str) -> None:
         with translate_docker_errors(f"pause {container_id[:12]}"):
             self._api.pause(container_id)
