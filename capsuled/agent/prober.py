@@ -38,7 +38,9 @@ class ProbeDriver(Protocol):
 
     def exec_probe(self, container_id: str, command: list[str], timeout: int) -> tuple[int | None, bytes]: ...
 
-    def kill(self, container_id: str, signal: str | int | None) -> None: ...
+    def kill_main_process(self, container_id: str) -> None:
+        """As a crash: the container's restart policy applies and counts it."""
+        ...
 
     def container_pid(self, container_id: str) -> int: ...
 
@@ -206,7 +208,7 @@ class Prober:
                                     f"container {name} failed its {purpose} probe "
                                     f"{probe.failure_threshold} times ({message}); killed it", name))
             try:
-                self._driver.kill(t.container_id, "SIGKILL")
+                self._driver.kill_main_process(t.container_id)
             except CapsuledError as exc:
                 LOG.warning("killing %s after its %s probe failed: %s", name, purpose, exc.message)
             with self._lock:

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
@@ -263,6 +264,24 @@ class DockerRuntime:
         if not state.get("Running") or not isinstance(pid, int) or pid <= 0:
             raise DriverError(f"container {container_id[:12]} is not running")
         return pid
+
+    def kill_main_process(self, container_id: str) -> None:
+        """SIGKILL a running container's main process from the host, as a crash would: Docker's
+        restart policy then restarts it and counts the restart (`docker kill` would mark it
+        stopped by hand). A pidfd pins the process, and the container must still name that
+        pid once it is pinned, so a pid reused meanwhile is never signalled."""
+        pid = self.container_pid(container_id)
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return  # already gone
+        try:
+            if self.container_pid(container_id) == pid:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
 
     def exec_probe(self, container_id: str, command: list[str],
                    timeout: int) -> tuple[int | None, bytes]:

@@ -74,7 +74,7 @@ class StubDriver:
     def exec_probe(self, container_id: str, command: list[str], timeout: int) -> tuple[int | None, bytes]:
         return self.exit_code, b"no such file"
 
-    def kill(self, container_id: str, signal: Any) -> None:
+    def kill_main_process(self, container_id: str) -> None:
         self.killed.append(container_id)
 
     def container_pid(self, container_id: str) -> int:
