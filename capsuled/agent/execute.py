@@ -246,7 +246,8 @@ class CapsuleExecutor:
             if (c.probes and o is not None and o.state == "running" and sandbox is not None
                     and sandbox.state == "running" and not desired.deleting):
                 targets.append(Target(capsule=desired.uuid, container_id=o.id,
-                                      sandbox_id=sandbox.id, started_at=o.started_at or "", spec=c))
+                                      sandbox_id=sandbox.id, started_at=o.started_at or "", spec=c,
+                                      restart_capsule=desired.spec.failure_policy == "RestartCapsule"))
         self._prober.track(desired.uuid, targets)
 
 

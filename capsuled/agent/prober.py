@@ -120,6 +120,7 @@ class Target:
     sandbox_id: str
     started_at: str
     spec: ContainerSpec
+    restart_capsule: bool = False  # spec.failurePolicy RestartCapsule
 
 
 class Prober:
@@ -206,9 +207,13 @@ class Prober:
                 if len(pending) < MAX_PENDING_EVENTS:
                     pending.append(("Warning", "Unhealthy" if purpose == "liveness" else "StartupFailed",
                                     f"container {name} failed its {purpose} probe "
-                                    f"{probe.failure_threshold} times ({message}); killed it", name))
+                                    f"{probe.failure_threshold} times ({message}); "
+                                    + ("restarting the whole capsule" if t.restart_capsule
+                                       else "killed it"), name))
             try:
-                self._driver.kill_main_process(t.container_id)
+                # RestartCapsule: the sandbox's end takes its members with it (it is PID 1
+                # of their namespace) and the executor remakes the capsule, sandbox and all.
+                self._driver.kill_main_process(t.sandbox_id if t.restart_capsule else t.container_id)
             except CapsuledError as exc:
                 LOG.warning("killing %s after its %s probe failed: %s", name, purpose, exc.message)
             with self._lock:

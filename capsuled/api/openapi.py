@@ -83,7 +83,9 @@ TEMPLATE = obj(
                  ("name",), name=STRING, emptyDir={"type": "object"},
                  cinder=obj(("size",), size=INTEGER, autoRemove=BOOLEAN))},
              restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
-             nodeSelector=STRING_MAP),
+             nodeSelector=STRING_MAP,
+             failurePolicy={"type": "string", "enum": ["RestartContainer", "RestartCapsule"],
+                            "description": "What a failed liveness/startup probe restarts (extension)"}),
 )
 CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
 CAPSULE_EXAMPLE = {"template": {"kind": "capsule", "metadata": {"name": "example"}, "spec": {

@@ -128,6 +128,9 @@ class CapsuleSpec(_Frozen):
     init_containers: list[ContainerSpec] = Field(default_factory=list)
     containers: list[ContainerSpec]
     volumes: list[VolumeSpec] = Field(default_factory=list)
+    # Extension: what the prober restarts when a liveness or startup probe fails for good:
+    # the container (as Kubernetes) or the whole capsule, sandbox and all.
+    failure_policy: Literal["RestartContainer", "RestartCapsule"] = "RestartContainer"
 
     @property
     def all_containers(self) -> list[ContainerSpec]:

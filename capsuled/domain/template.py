@@ -33,7 +33,9 @@ PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "N
 
 TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availabilityZone", "spec"}
 METADATA_KEYS = {"name", "labels", "annotations"}
-SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector"}
+SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
+             "failurePolicy"}  # extension: what a liveness/startup failure restarts
+FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
                   "livenessProbe", "readinessProbe", "startupProbe",
@@ -155,6 +157,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     node_selector = _check_string_map(spec.get("nodeSelector"), "spec.nodeSelector", p,
                                       keys=LABEL_KEY_RE, max_value=MAX_LABEL_CHARS)
     volumes = _check_volumes(spec.get("volumes"), p)
+    failure_policy = spec.get("failurePolicy", "RestartContainer")
+    if failure_policy not in FAILURE_POLICIES:
+        p.add("spec.failurePolicy", "must be RestartContainer or RestartCapsule")
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
     raw_volumes = _raw_list(spec.get("volumes"))
@@ -173,7 +178,8 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
         return None
     return CapsuleSpec(name=name, labels=labels, annotations=annotations, restart_policy=policy,
                        availability_zone=zone, init_containers=inits, containers=apps,
-                       volumes=volumes, node_selector=node_selector)
+                       volumes=volumes, node_selector=node_selector,
+                       failure_policy=failure_policy)
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import docker
+import httpx
 import pytest
-from conftest import Capsules, Server, exec_in, member, template, wait_for
+from conftest import Capsules, Server, exec_in, member, sandbox, template, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -132,3 +133,54 @@ def test_a_probe_cannot_reach_another_projects_capsule(server: Server, unique) -
         b.api.close()
 
 
+
+
+@pytest.mark.parametrize("kind", ["exec", "tcp"])
+def test_failure_policy_restart_capsule_recreates_the_sandbox(capsules: Capsules,
+                                                              docker_api: docker.APIClient,
+                                                              unique, kind: str) -> None:
+    """exec liveness is Docker's health check (the plan remakes the capsule); tcp is the
+    prober's (it ends the sandbox, and the plan remakes the capsule)."""
+    probe: dict[str, Any] = ({"exec": {"command": ["cat", "/tmp/alive"]}} if kind == "exec"
+                             else {"tcpSocket": {"port": 7003}})
+    command = ("touch /tmp/alive; exec sleep 3600" if kind == "exec" else NC.format(port=7003))
+    app = {"name": "app", "image": "busybox", "command": ["sh", "-c", command],
+           "livenessProbe": {**probe, "periodSeconds": 1, "failureThreshold": 1}}
+    body = capsules.create(template(unique("whole"), [app], failurePolicy="RestartCapsule"))
+    uuid = body["uuid"]
+    capsules.wait_status(uuid, "Running")
+    wait_for(lambda: capsules.get(uuid)["health"] == "healthy", timeout=20, what="healthy")
+    old_sandbox = sandbox(docker_api, uuid)["Id"]
+    c = member(docker_api, uuid, "app")
+    if kind == "exec":
+        exec_in(docker_api, c["Id"], "rm", "/tmp/alive")
+    else:
+        exec_in(docker_api, c["Id"], "touch", "/tmp/stop")
+    wait_for(lambda: capsules.get(uuid)["restart_count"] >= 1, timeout=30,
+             what="the capsule to be recreated")
+    wait_for(lambda: sandbox(docker_api, uuid)["Id"] != old_sandbox, timeout=15, what="a new sandbox")
+    wait_for(lambda: any(e["reason"] == "SandboxRecreated" for e in
+                         capsules.api.get(f"/v1/capsules/{uuid}/events").json()["events"]),
+             timeout=10, what="a SandboxRecreated event")
+    capsules.wait_status(uuid, "Running")
+    wait_for(lambda: capsules.get(uuid)["health"] == "healthy", timeout=20, what="healthy again")
+    assert member(docker_api, uuid, "app")["Id"] != c["Id"]
+
+
+def test_bare_containers_show_the_same_conditions(api: httpx.Client, unique) -> None:
+    r = api.post("/v1/containers", params={"run": "true"}, json={
+        "image": "busybox", "name": unique("bare"), "command": ["sh", "-c", "touch /tmp/alive; exec sleep 3600"],
+        "healthcheck": {"cmd": "cat /tmp/alive", "interval": 1, "retries": 1, "timeout": 1}})
+    assert r.status_code == 202, r.text
+    uuid = r.json()["uuid"]
+    try:
+        wait_for(lambda: api.get(f"/v1/containers/{uuid}").json()["health"] == "healthy",
+                 timeout=30, what="healthy")
+        assert api.get(f"/v1/containers/{uuid}").json()["ready"] is True
+        assert api.post(f"/v1/containers/{uuid}/execute", params={"run": "true"},
+                        json={"command": "rm /tmp/alive"}).status_code == 200
+        wait_for(lambda: api.get(f"/v1/containers/{uuid}").json()["health"] == "unhealthy",
+                 timeout=30, what="unhealthy")
+        assert api.get(f"/v1/containers/{uuid}").json()["ready"] is False
+    finally:
+        api.delete(f"/v1/containers/{uuid}", params={"force": "true"})

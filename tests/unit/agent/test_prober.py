@@ -118,3 +118,14 @@ def test_prober_forgets_containers_no_longer_tracked() -> None:
     assert p.state("cid")[0] is False
     p.track("cap", [])
     assert p.state("cid") == (None, {})
+
+
+def test_restart_capsule_kills_the_sandbox_instead() -> None:
+    driver = StubDriver()
+    driver.exit_code = 1
+    p, _ = _prober(driver)
+    one = Probe(kind="exec", command=["false"], period=1, failure_threshold=1)
+    p.track("cap", [Target("cap", "cid", "sbx", "t0", spec(liveness=one), restart_capsule=True)])
+    p.run_due(1e12)
+    assert driver.killed == ["sbx"]
+    assert "restarting the whole capsule" in p.drain_events("cap")[0][2]

@@ -506,6 +506,13 @@ def test_an_exec_liveness_probe_behind_a_startup_probe_is_the_probers() -> None:
     assert c.health is None and c.liveness == Probe(kind="exec", command=["true"])
 
 
+def test_failure_policy_is_an_extension_with_a_container_default() -> None:
+    assert parse_template(tmpl(box("web"))).failure_policy == "RestartContainer"
+    assert parse_template(tmpl(box("web"), failurePolicy="RestartCapsule")).failure_policy == "RestartCapsule"
+    assert problems(tmpl(box("web"), failurePolicy="Always")) == [
+        "spec.failurePolicy: must be RestartContainer or RestartCapsule"]
+
+
 def test_probes_do_not_change_the_spec_hash() -> None:
     plain = parse_template(tmpl(box("web"))).containers[0]
     probed = parse_template(tmpl(box("web", readinessProbe={"tcpSocket": {"port": 80}}))).containers[0]
