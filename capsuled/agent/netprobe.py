@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 CLONE_NEWNET = 0x40000000
 MAX_STATUS_LINE = 4096
@@ -26,35 +27,43 @@ class ProbeFailed(Exception):
     """The check failed; the message says how (it is shown to the capsule's owner)."""
 
 
-def _socket_in(pid: int) -> socket.socket:
+PidOf = Callable[[], int]
+
+
+def _socket_in(pid_of: PidOf) -> socket.socket:
+    """A TCP socket in the network namespace of the process `pid_of` names. The pid is asked
+    again once its namespace is open: if it changed (the sandbox ended and the pid could
+    now be anyone's), nothing is made."""
+    pid = pid_of()
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProbeFailed(f"the capsule's network namespace is gone ({exc.strerror})") from None
     made: list[socket.socket] = []
     failed: list[str] = []
 
     def enter() -> None:  # this thread ends in the sandbox's namespace: nothing else runs in it
-        try:
-            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            failed.append(f"the capsule's network namespace is gone ({exc.strerror})")
+        if _LIBC.setns(fd, CLONE_NEWNET) != 0:
+            failed.append(f"cannot enter the capsule's network namespace "
+                          f"({os.strerror(ctypes.get_errno())})")
             return
-        try:
-            if _LIBC.setns(fd, CLONE_NEWNET) != 0:
-                failed.append(f"cannot enter the capsule's network namespace "
-                              f"({os.strerror(ctypes.get_errno())})")
-                return
-            made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-        finally:
-            os.close(fd)
+        made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
 
-    t = threading.Thread(target=enter, name="probe-netns", daemon=True)
-    t.start()
-    t.join()
+    try:
+        if pid_of() != pid:
+            raise ProbeFailed("the capsule's sandbox changed during the probe")
+        t = threading.Thread(target=enter, name="probe-netns", daemon=True)
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
     if not made:
         raise ProbeFailed(failed[0] if failed else "cannot make a socket in the capsule")
     return made[0]
 
 
-def _connect(pid: int, port: int, timeout: float) -> socket.socket:
-    s = _socket_in(pid)
+def _connect(pid_of: PidOf, port: int, timeout: float) -> socket.socket:
+    s = _socket_in(pid_of)
     s.settimeout(timeout)
     try:
         s.connect(("127.0.0.1", port))
@@ -67,17 +76,17 @@ def _connect(pid: int, port: int, timeout: float) -> socket.socket:
     return s
 
 
-def check_tcp(pid: int, port: int, timeout: float) -> None:
+def check_tcp(pid_of: PidOf, port: int, timeout: float) -> None:
     """Raises ProbeFailed unless something accepts a connection on `port`."""
-    _connect(pid, port, timeout).close()
+    _connect(pid_of, port, timeout).close()
 
 
-def check_http(pid: int, port: int, path: str, scheme: str, headers: list[tuple[str, str]],
+def check_http(pid_of: PidOf, port: int, path: str, scheme: str, headers: list[tuple[str, str]],
                timeout: float) -> int:
     """GET `path`; returns the status, or raises ProbeFailed unless it is 200-399.
     HTTPS is not verified (as Kubernetes: the probe checks liveness, not identity)."""
     deadline = time.monotonic() + timeout
-    raw = _connect(pid, port, timeout)
+    raw = _connect(pid_of, port, timeout)
     try:
         conn: socket.socket = raw
         if scheme == "HTTPS":

@@ -231,19 +231,18 @@ class Prober:
                 text = out.decode("utf-8", "replace").strip()[:200]
                 why = "timed out" if code is None else f"exited with {code}"
                 return False, f"command {why}" + (f": {text}" if text else "")
-            pid = self._pid(t.sandbox_id)
+            # Asked afresh each time, never cached: a pid kept past its sandbox's life could
+            # by then be another capsule's process (netprobe asks twice around the open).
+            def pid_of() -> int:
+                return self._driver.container_pid(t.sandbox_id)
+
             if probe.kind == "tcp":
-                netprobe.check_tcp(pid, probe.port, probe.timeout)
+                netprobe.check_tcp(pid_of, probe.port, probe.timeout)
             else:
-                netprobe.check_http(pid, probe.port, probe.path, probe.scheme, probe.headers,
+                netprobe.check_http(pid_of, probe.port, probe.path, probe.scheme, probe.headers,
                                     probe.timeout)
             return True, None
         except netprobe.ProbeFailed as exc:
             return False, str(exc)
         except CapsuledError as exc:
             return False, exc.message
-
-    def _pid(self, sandbox_id: str) -> int:
-        # Asked afresh each time, not cached: a pid kept past its sandbox's life could by
-        # then be another capsule's process.
-        return self._driver.container_pid(sandbox_id)
