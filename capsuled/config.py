@@ -31,6 +31,9 @@ class AgentSettings(BaseModel):
     availability_zone: str = Field("nova", description="Availability zone this host is in")
     relist_interval: float = Field(15.0, description="Seconds between full relists (repairs missed events)")
     workers: int = Field(16, description="Capsules reconciled in parallel")
+    probe_concurrency: int = Field(8, ge=1, le=256, description=(
+        "Container probes (exec, HTTP, TCP) run at once on this host; each is bounded by "
+        "its timeoutSeconds"))
     backoff_initial: float = Field(1.0, description="First delay before retrying a failed capsule sync")
     backoff_max: float = Field(60.0, description="Longest delay between retries of a failed sync")
     stop_timeout: int = Field(5, description="Seconds a container gets to stop on delete before SIGKILL")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
 from capsuled.agent.plan import Plan, compute_plan, resources
+from capsuled.agent.prober import Prober, Target
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
@@ -43,9 +44,11 @@ class _Progress:
 class CapsuleExecutor:
     def __init__(self, runtime: Runtime, volumes: VolumeDriver, networks: ProjectNetworks,
                  instance: str, infra_image: str, stop_timeout: int,
-                 parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None) -> None:
+                 parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None,
+                 prober: Prober | None = None) -> None:
         self._rt = runtime
         self._images = images if images is not None else pulls.ImageGate(runtime)
+        self._prober = prober
         self._volumes = volumes
         self._networks = networks
         self._instance = instance
@@ -75,6 +78,8 @@ class CapsuleExecutor:
             progress.event("Warning", "Failed", exc.message)
             observed = self._safe_observe(uuid)
         if desired is None:
+            if self._prober is not None:
+                self._prober.track(uuid, [])
             return Outcome(None, settled=error is None)
         return Outcome(self._report(desired, observed, progress, error), settled=error is None)
 
@@ -85,6 +90,8 @@ class CapsuleExecutor:
             return []
 
     def _gone(self, desired: Assignment | None) -> CapsuleReport | None:
+        if desired is not None and self._prober is not None:
+            self._prober.track(desired.uuid, [])
         if desired is None:
             return None
         return CapsuleReport(uuid=desired.uuid, generation=desired.generation, gone=True)
@@ -208,22 +215,42 @@ class CapsuleExecutor:
         by_uuid = {o.labels.get(L.CONTAINER): o for o in observed}
         sandboxes = [o for o in observed if o.labels.get(L.ROLE) == L.ROLE_SANDBOX]
         sandbox = next((o for o in sandboxes if o.state == "running"), sandboxes[0] if sandboxes else None)
+        self._track_probes(desired, by_uuid, sandbox)
         containers = []
         for c in desired.spec.all_containers:
             o = by_uuid.get(c.uuid)
+            ready, probes = self._prober.state(o.id if o else None) if self._prober else (None, {})
             containers.append(ContainerReport(uuid=c.uuid, name=c.name, role=c.role) if o is None
                               else ContainerReport(
                                   uuid=c.uuid, name=c.name, role=c.role, state=o.state,
                                   runtime_id=o.id, exit_code=o.exit_code,
                                   restart_count=o.restart_count, oom_killed=o.oom_killed,
                                   started_at=o.started_at, finished_at=o.finished_at,
-                                  health=o.health))
+                                  health=o.health, ready=ready, probes=probes))
+        if self._prober is not None:
+            progress.events.extend(self._prober.drain_events(desired.uuid))
         return CapsuleReport(uuid=desired.uuid, generation=desired.generation,
                              sandbox_id=sandbox.id if sandbox else None,
                              sandbox_state=sandbox.state if sandbox else "missing",
                              sandbox_recreated=progress.recreated, error=error,
                              containers=containers, events=progress.events,
                              addresses=addresses_of(self._instance, desired.project_id, sandbox))
+
+
+    def _track_probes(self, desired: Assignment, by_uuid: dict[str | None, Observed],
+                      sandbox: Observed | None) -> None:
+        """Hand the prober the running app containers that have probes."""
+        if self._prober is None:
+            return
+        targets = []
+        for c in desired.spec.containers:
+            o = by_uuid.get(c.uuid)
+            if (c.probes and o is not None and o.state == "running" and sandbox is not None
+                    and sandbox.state == "running" and not desired.deleting):
+                targets.append(Target(capsule=desired.uuid, container_id=o.id,
+                                      sandbox_id=sandbox.id, started_at=o.started_at or "", spec=c,
+                                      restart_capsule=desired.spec.failure_policy == "RestartCapsule"))
+        self._prober.track(desired.uuid, targets)
 
 
 def _aliases(desired: Assignment) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from capsuled.agent.execute import CapsuleExecutor
 from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.pulls import ImageGate
+from capsuled.agent.prober import Prober, ProbeDriver
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
@@ -42,7 +43,8 @@ class Agent:
                  settings: AgentSettings, instance: str, infra_image: str,
                  networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None,
                  on_ops_key: Callable[[str], None] | None = None,
-                 image_ledger: ImageLedger | None = None) -> None:
+                 image_ledger: ImageLedger | None = None,
+                 probe_driver: ProbeDriver | None = None) -> None:
         self._channel = channel
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
         # key it derived for that nonce, which the ops server must accept (on_ops_key).
@@ -63,8 +65,14 @@ class Agent:
         self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
         # One gate for both executors: which cached images each project may use.
         images = ImageGate(runtime, image_ledger)
+        # HTTP/TCP/exec probes of capsule containers; a change in a container's condition
+        # syncs its capsule, whose report then carries it.
+        self._prober = None if probe_driver is None else Prober(
+            probe_driver, on_change=lambda uuid: self.workers.enqueue(uuid),
+            concurrency=settings.probe_concurrency)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
-                                         settings.stop_timeout, self._parallel, images)
+                                         settings.stop_timeout, self._parallel, images,
+                                         self._prober)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images)
@@ -80,6 +88,8 @@ class Agent:
             t = threading.Thread(target=target, name=f"agent-{target.__name__.strip('_')}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self._prober is not None:
+            self._prober.start()
 
     def register(self) -> None:
         """Tell the control plane about this host, retrying while it cannot be reached (an
@@ -108,6 +118,8 @@ class Agent:
     def stop(self) -> None:
         """Stop reconciling; containers are left running for the next start to adopt."""
         self._stop.set()
+        if self._prober is not None:
+            self._prober.stop()
         self.workers.stop()
         self._parallel.shutdown(wait=False, cancel_futures=True)
 

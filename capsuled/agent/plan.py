@@ -9,6 +9,8 @@ left to do, so each plan only needs to be right about the very next step:
     members not in the spec  remove them
     init containers          in order: start the next one, or wait for the running one;
                              one that exited non-zero blocks the capsule (Error)
+    failurePolicy            RestartCapsule: a container Docker found unhealthy (its
+                             liveness probe) remakes the whole capsule, sandbox and all
     app containers           create the missing ones together; restart stopped ones the
                              restart policy says should run; apply changed cpu/memory
                              in place
@@ -95,6 +97,13 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
         if o.exit_code not in (0, None):
             return Plan(blocked=f"init container {init.name} exited with code {o.exit_code}")
 
+    if spec.failure_policy == "RestartCapsule":
+        failing = next((app.name for app in spec.containers if app.uuid in by_uuid
+                        and unhealthy(app, by_uuid[app.uuid])), None)
+        if failing is not None:  # Docker's health check failed: the whole capsule goes
+            return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
+                        create_sandbox=True,
+                        sandbox_recreated=f"container {failing} failed its liveness probe")
     plan = Plan(sandbox=sandbox)
     for app in spec.containers:
         o = by_uuid.get(app.uuid)

@@ -45,6 +45,16 @@ def obj(required: tuple[str, ...] = (), about: str | None = None, /, **props: Sc
     return out
 
 
+PROBE = obj((),
+    "A Kubernetes probe: one of exec, httpGet, tcpSocket (HTTP and TCP target the capsule itself)",
+    exec=obj(("command",), command=STRINGS),
+    httpGet=obj(("port",), port=INTEGER_OR_TEXT, path=STRING,
+                scheme={"type": "string", "enum": ["HTTP", "HTTPS"]},
+                httpHeaders={"type": "array", "items": obj(("name", "value"), name=STRING,
+                                                             value=STRING)}),
+    tcpSocket=obj(("port",), port=INTEGER_OR_TEXT),
+    initialDelaySeconds=INTEGER, periodSeconds=INTEGER, timeoutSeconds=INTEGER,
+    successThreshold=INTEGER, failureThreshold=INTEGER)
 TEMPLATE_CONTAINER = obj(
     ("image",), name=STRING, image=STRING, command=STRINGS, args=STRINGS, workDir=STRING,
     env=STRING_MAP,
@@ -56,9 +66,7 @@ TEMPLATE_CONTAINER = obj(
                                                  mountPath=STRING, readOnly=BOOLEAN)},
     imagePullPolicy={"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
     tty=BOOLEAN, stdin=BOOLEAN, securityContext=obj(privileged=BOOLEAN),
-    livenessProbe=obj(exec=obj(("command",), command=STRINGS), periodSeconds=INTEGER,
-                      timeoutSeconds=INTEGER, failureThreshold=INTEGER,
-                      initialDelaySeconds=INTEGER),
+    livenessProbe=PROBE, readinessProbe=PROBE, startupProbe=PROBE,
     registry={"type": "string", "description": "Name or uuid of one of the project's "
               "registries to pull the image through (extension)"},
 )
@@ -75,7 +83,9 @@ TEMPLATE = obj(
                  ("name",), name=STRING, emptyDir={"type": "object"},
                  cinder=obj(("size",), size=INTEGER, autoRemove=BOOLEAN))},
              restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
-             nodeSelector=STRING_MAP),
+             nodeSelector=STRING_MAP,
+             failurePolicy={"type": "string", "enum": ["RestartContainer", "RestartCapsule"],
+                            "description": "What a failed liveness/startup probe restarts (extension)"}),
 )
 CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
 CAPSULE_EXAMPLE = {"template": {"kind": "capsule", "metadata": {"name": "example"}, "spec": {

@@ -10,6 +10,7 @@ from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
 from capsuled.domain.addresses import parse_stored, zun_addresses
+from capsuled.domain.conditions import capsule_conditions, container_health, container_ready
 from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
                                   HealthCheck)
 from capsuled.store.capsules import CapsuleRow, ContainerRow
@@ -52,6 +53,7 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "init_containers": [c for c, r in zip(children, members, strict=True) if r.role == "init"],
         # Extensions (additive: Zun clients ignore unknown keys).
         "restart_count": row.restart_count,
+        **_capsule_conditions(row.status, [r for r in members if r.role == "app"]),
         # size_enforced: Docker's local volumes (on this ext4/overlay2 kind of host) cannot
         # cap a volume's size; the size is charged to the disk quota and claimed on the
         # host, but a container can write more. Said here rather than pretended.
@@ -115,6 +117,10 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "exit_code": row.exit_code,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
+        # Extensions: its conditions (domain/conditions.py) and probe results.
+        "ready": container_ready(row.status, row.probe),
+        "health": container_health(row.status, row.probe),
+        "probe": dict((row.probe or {}).get("probes") or {}),
     }
     if is_admin:
         body.update({"host": capsule.host if capsule else None,
@@ -161,6 +167,12 @@ def action_view(a: ContainerAction, is_admin: bool, with_events: bool = False) -
             event["traceback"] = a.detail
         body["events"] = [event]
     return body
+
+
+def _capsule_conditions(status: str, apps: Sequence[Container | ContainerRow]) -> dict[str, Any]:
+    ready, total, health = capsule_conditions(status, [(r.status, r.probe) for r in apps])
+    return {"ready": f"{ready}/{total}", "all_ready": status == "Running" and ready == total > 0,
+            "health": health}
 
 
 def _healthcheck(h: HealthCheck) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     runtime = DockerRuntime(client, pids_limit=settings.limits.pids_limit)
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
-                 on_ops_key=on_ops_key,
+                 on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE))
 
 

@@ -121,6 +121,14 @@ def ops_key_digest(key: str | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+class ProbeResult(_Wire):
+    """One probe of a container as the agent's prober last saw it."""
+
+    result: Literal["success", "failure", "unknown"] = "unknown"
+    consecutive_failures: int = 0
+    last_failure: str | None = None
+
+
 class ContainerReport(_Wire):
     uuid: str
     name: str
@@ -134,6 +142,10 @@ class ContainerReport(_Wire):
     finished_at: str | None = None
     error: str | None = None
     health: str | None = None  # with a health check: starting | healthy | unhealthy
+    # From the prober (None: it has no probes, or is not running): ready, and each probe
+    # (startup, liveness, readiness) by purpose.
+    ready: bool | None = None
+    probes: dict[str, ProbeResult] = Field(default_factory=dict)
     # Its addresses on its project network as observed (empty: none seen now, e.g. while
     # stopped; the store then keeps the last ones, as a Neutron port keeps its IP).
     addresses: list[Address] = Field(default_factory=list)

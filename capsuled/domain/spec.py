@@ -49,6 +49,28 @@ class HealthCheck(_Frozen):
     restart: bool = True
 
 
+ProbeKind = Literal["exec", "http", "tcp"]
+ProbePurpose = Literal["liveness", "readiness", "startup"]
+
+
+class Probe(_Frozen):
+    """A Kubernetes probe the agent's prober runs (agent/prober.py). HTTP and TCP probes
+    always target 127.0.0.1 inside the capsule's own network namespace: there is no host
+    field, so a tenant cannot aim one anywhere else."""
+
+    kind: ProbeKind
+    command: list[str] = Field(default_factory=list)  # exec
+    port: int = 0  # http, tcp: a named port is resolved to its number when parsed
+    path: str = "/"  # http
+    scheme: Literal["HTTP", "HTTPS"] = "HTTP"
+    headers: list[tuple[str, str]] = Field(default_factory=list)
+    initial_delay: int = 0
+    period: int = 10
+    timeout: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
 class ContainerSpec(_Frozen):
     uuid: str = ""
     name: str
@@ -70,6 +92,18 @@ class ContainerSpec(_Frozen):
     # The uuid of one of the project's registries (a name in a request or template is
     # resolved by the API); the agent is told how to pull through it (channel.ImagePull).
     registry: str | None = None
+    # Probes the agent's prober runs (an exec liveness probe without a startup probe is
+    # `health` instead: Docker runs it). Left out of the hashes: the prober reads them
+    # from the spec it is given, so changing one recreates nothing.
+    liveness: Probe | None = None
+    readiness: Probe | None = None
+    startup: Probe | None = None
+
+    @property
+    def probes(self) -> dict[str, Probe]:
+        """The prober's probes by purpose."""
+        out = {"startup": self.startup, "liveness": self.liveness, "readiness": self.readiness}
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def zun_command(self) -> list[str]:
@@ -94,6 +128,9 @@ class CapsuleSpec(_Frozen):
     init_containers: list[ContainerSpec] = Field(default_factory=list)
     containers: list[ContainerSpec]
     volumes: list[VolumeSpec] = Field(default_factory=list)
+    # Extension: what the prober restarts when a liveness or startup probe fails for good:
+    # the container (as Kubernetes) or the whole capsule, sandbox and all.
+    failure_policy: Literal["RestartContainer", "RestartCapsule"] = "RestartContainer"
 
     @property
     def all_containers(self) -> list[ContainerSpec]:
@@ -109,10 +146,13 @@ class CapsuleSpec(_Frozen):
         return max([apps, *(c.memory or 0 for c in self.init_containers)])
 
 
+PROBER_FIELDS = ("liveness", "readiness", "startup")
+
+
 def spec_hash(spec: ContainerSpec, restart_policy: RestartPolicy) -> str:
     """A short digest of everything that requires recreating a container when it changes.
     CPU and memory are left out: `docker update` changes them in place."""
-    payload = spec.model_dump(mode="json", exclude={"cpu", "memory"})
+    payload = spec.model_dump(mode="json", exclude={"cpu", "memory", *PROBER_FIELDS})
     for added in ("privileged", "health", "registry"):  # later fields: old hashes hold at default
         if not payload.get(added):
             payload.pop(added, None)
@@ -169,6 +209,8 @@ class BareSpec(_Frozen):
         """Like spec_hash, minus what `docker update` changes in place (cpu, memory)."""
         payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host",
                                                         "node_selector"})
+        for probe in PROBER_FIELDS:
+            payload["container"].pop(probe, None)
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate
             payload["container"].pop(live, None)
         for added in ("privileged", "health", "registry"):

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capsuled import documents
-from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
-                                  VolumeSpec)
+from capsuled.domain.probes import check_probe
+from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, Probe,
+                                  VolumeMount, VolumeSpec)
 from capsuled.errors import InvalidInput
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
@@ -32,19 +33,15 @@ PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "N
 
 TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availabilityZone", "spec"}
 METADATA_KEYS = {"name", "labels", "annotations"}
-SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector"}
+SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
+             "failurePolicy"}  # extension: what a liveness/startup failure restarts
+FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
-                  "livenessProbe",
+                  "livenessProbe", "readinessProbe", "startupProbe",
                   # extension: pull the image through one of the project's registries
                   "registry"}
-PROBE_KEYS = {"exec", "periodSeconds", "timeoutSeconds", "failureThreshold",
-              "initialDelaySeconds"}
-# (field, default, least, most): bounded so that Docker's nanosecond fields cannot overflow.
-PROBE_NUMBERS = (("periodSeconds", 10, 1, 3600), ("timeoutSeconds", 1, 1, 3600),
-                 ("failureThreshold", 3, 1, 1000), ("initialDelaySeconds", 0, 0, 3600))
-NOT_SUPPORTED = {"labels", "readinessProbe", "healthcheck", "httpGet", "tcpSocket", "grpc",
-                 "startupProbe", "successThreshold",
+NOT_SUPPORTED = {"labels", "healthcheck", "grpc",
                  "limits", "imageDriver", "entrypoint", "hostname", "privileged"}
 
 
@@ -160,6 +157,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     node_selector = _check_string_map(spec.get("nodeSelector"), "spec.nodeSelector", p,
                                       keys=LABEL_KEY_RE, max_value=MAX_LABEL_CHARS)
     volumes = _check_volumes(spec.get("volumes"), p)
+    failure_policy = spec.get("failurePolicy", "RestartContainer")
+    if failure_policy not in FAILURE_POLICIES:
+        p.add("spec.failurePolicy", "must be RestartContainer or RestartCapsule")
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
     raw_volumes = _raw_list(spec.get("volumes"))
@@ -178,7 +178,8 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
         return None
     return CapsuleSpec(name=name, labels=labels, annotations=annotations, restart_policy=policy,
                        availability_zone=zone, init_containers=inits, containers=apps,
-                       volumes=volumes, node_selector=node_selector)
+                       volumes=volumes, node_selector=node_selector,
+                       failure_policy=failure_policy)
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems
@@ -363,7 +364,10 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
     tty = _bool(c.get("tty", False), f"{path}.tty", p, allow_strings=True)
     stdin = _bool(c.get("stdin", False), f"{path}.stdin", p)
     privileged = _check_security_context(c.get("securityContext"), f"{path}.securityContext", p)
-    health = _check_liveness(c.get("livenessProbe"), f"{path}.livenessProbe", role, p)
+    probes = {purpose: _check_probe(c.get(f"{purpose}Probe"), f"{path}.{purpose}Probe", purpose,
+                                    role, ports, p)
+              for purpose in ("liveness", "readiness", "startup")}
+    health, liveness = _docker_health(probes["liveness"], probes["startup"])
     registry = c.get("registry")
     if registry is not None and not (isinstance(registry, str) and REGISTRY_REF_RE.match(registry)):
         p.add(f"{path}.registry", "must be the name or uuid of one of the project's registries")
@@ -373,43 +377,28 @@ def _check_container(c: Any, path: str, role: str, index: int, volumes: set[str]
                          workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
                          volume_mounts=mounts, image_pull_policy=PULL_POLICIES[pull.lower()],
                          tty=tty, stdin=stdin, privileged=privileged, health=health,
-                         registry=registry)
+                         registry=registry, liveness=liveness, readiness=probes["readiness"],
+                         startup=probes["startup"])
 
 
-def _check_liveness(value: Any, path: str, role: str, p: _Problems) -> HealthCheck | None:
-    """Kubernetes' livenessProbe, exec form: the command runs in the container every
-    periodSeconds; failureThreshold failures in a row and the agent restarts it."""
+def _check_probe(value: Any, path: str, purpose: str, role: str, ports: list[Port],
+                 p: _Problems) -> Probe | None:
     if value is None:
         return None
     if role == "init":
         p.add(path, "is not allowed on init containers (they run to completion)")
         return None
-    if not isinstance(value, dict):
-        p.add(path, "must be an object with exec.command")
-        return None
-    _unknown_keys(value, PROBE_KEYS, path, p)
-    probe_exec = value.get("exec")
-    command = None
-    if probe_exec is None and set(value) & NOT_SUPPORTED:
-        pass  # another kind of probe: said above
-    elif not isinstance(probe_exec, dict) or set(probe_exec) - {"command"}:
-        p.add(f"{path}.exec", "must be {command: [...]} (exec is the probe kind supported)")
-    else:
-        command = _string_list(probe_exec.get("command"), f"{path}.exec.command", p)
-        if not command:
-            p.add(f"{path}.exec.command", "must be a non-empty list of strings")
-    numbers = {}
-    for key, default, least, most in PROBE_NUMBERS:
-        v = whole_number(value.get(key, default))
-        if v is None or not least <= v <= most:
-            p.add(f"{path}.{key}", f"must be a whole number from {least} to {most}")
-            v = default
-        numbers[key] = v
-    if not command:
-        return None
-    return HealthCheck(command=command, interval=numbers["periodSeconds"],
-                       timeout=numbers["timeoutSeconds"], retries=numbers["failureThreshold"],
-                       start_period=numbers["initialDelaySeconds"], restart=True)
+    return check_probe(value, path, purpose, ports, p.add)
+
+
+def _docker_health(liveness: Probe | None, startup: Probe | None) -> tuple[HealthCheck | None, Probe | None]:
+    """An exec liveness probe with no startup probe to wait for is Docker's HEALTHCHECK
+    (as before the prober; Docker runs it); any other stays with the agent's prober."""
+    if liveness is None or liveness.kind != "exec" or startup is not None:
+        return None, liveness
+    return HealthCheck(command=liveness.command, interval=liveness.period, timeout=liveness.timeout,
+                       retries=liveness.failure_threshold, start_period=liveness.initial_delay,
+                       restart=True), None
 
 
 def _check_security_context(value: Any, path: str, p: _Problems) -> bool:

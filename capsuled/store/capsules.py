@@ -13,7 +13,7 @@ from sqlalchemy import Select, Text, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.addresses import parse_stored
-from capsuled.domain.channel import Assignment, CapsuleReport
+from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_report
 from capsuled.domain.status import Status
@@ -90,6 +90,7 @@ class ContainerRow:
     created_at: datetime
     updated_at: datetime | None
     addresses: list[Any] | None
+    probe: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -374,6 +375,9 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         row.status, row.status_reason = u.status.value, u.reason
         row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
         row.started_at, row.finished_at = c.started_at, c.finished_at
+        conditions = conditions_of(c)
+        if row.probe != conditions:
+            row.probe = conditions
     if report.addresses:  # none seen (sandbox stopped or being remade): the last ones stay
         seen = [a.model_dump() for a in report.addresses]
         for row in capsule.containers:
@@ -406,6 +410,12 @@ def _status_event(before: str, after: Status) -> str:
     if before == Status.CREATING.value and after is not Status.CREATING:
         return "capsule.create.error" if after is Status.ERROR else "capsule.create.end"
     return "capsule.update"
+
+
+def conditions_of(c: ContainerReport) -> dict[str, Any]:
+    """What is kept of a report's ready and health conditions (Container.probe)."""
+    return {"ready": c.ready, "health": c.health,
+            "probes": {k: v.model_dump() for k, v in sorted(c.probes.items())}}
 
 
 def _state_of(capsule: Capsule) -> CapsuleState:

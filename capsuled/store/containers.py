@@ -18,7 +18,7 @@ from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_spec,
                                      forget_actions, retention)
 from capsuled.domain.template import short
-from capsuled.store.capsules import storable_ident
+from capsuled.store.capsules import conditions_of, storable_ident
 from capsuled.store import outbox
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
@@ -206,6 +206,9 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         c = report.container
         row.runtime_id, row.exit_code, row.restart_count = c.runtime_id, c.exit_code, c.restart_count
         row.started_at, row.finished_at = c.started_at, c.finished_at
+        conditions = conditions_of(c)
+        if row.probe != conditions:
+            row.probe = conditions
         if c.addresses:  # none seen (stopped, being remade): the last ones stay
             seen = [a.model_dump() for a in c.addresses]
             if row.addresses != seen:

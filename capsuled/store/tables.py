@@ -136,6 +136,9 @@ class Container(Base):
     # Its addresses as the agent last saw them (a capsule's members: the sandbox's), a list
     # of domain.addresses.Address dicts; kept while it is stopped, as a port keeps its IP.
     addresses: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Its conditions as last reported: {"ready": bool | None, "health": Docker's health
+    # status | None, "probes": {purpose: channel.ProbeResult dict}} (None: never reported).
+    probe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Bare containers only (capsule children live in their capsule's spec and host):
     # their own desired state, placement and claim.
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -137,10 +137,10 @@ def _table(*columns: str) -> Table:
 # --- list -----------------------------------------------------------------------------------
 
 def capsule_table(capsules: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = _table("UUID", "NAME", "STATUS", "CONTAINERS", "RESTARTS", "LABELS", "AGE")
+    table = _table("UUID", "NAME", "STATUS", "CONTAINERS", "READY", "RESTARTS", "LABELS", "AGE")
     for c in capsules:
         table.add_row(text(c.get("uuid")), text(c.get("name")), status_text(c.get("status")),
-                      Text(ready(c)), Text(str(restarts(c))), Text(pairs(c.get("labels"))),
+                      Text(ready(c)), text(c.get("ready")), Text(str(restarts(c))), Text(pairs(c.get("labels"))),
                       Text(age(c.get("created_at"), now)))
     return table
 
@@ -160,6 +160,8 @@ def _fields(capsule: Mapping[str, Any], now: datetime | None) -> Table:
         ("Memory", text(f"{memory} MiB" if memory not in (None, "") else None)),
         ("Restart policy", text(restart_policy(capsule))),
         ("Restart count", text(capsule.get("restart_count", 0))),
+        ("Ready", text(capsule.get("ready"))),
+        ("Health", text(capsule.get("health"))),
         ("Addresses", text(addresses(capsule.get("addresses")))),
     ]
     if "host" in capsule:  # admins only: absence means "not yours to know", not "none"
@@ -190,7 +192,7 @@ def _number(value: Any) -> str | None:
 
 
 def containers_table(capsule: Mapping[str, Any]) -> Table:
-    table = _table("NAME", "IMAGE", "STATUS", "EXIT", "RESTARTS", "REASON")
+    table = _table("NAME", "IMAGE", "STATUS", "READY", "EXIT", "RESTARTS", "PROBES", "REASON")
     members = [(c, True) for c in capsule.get("init_containers") or []]
     members += [(c, False) for c in capsule.get("containers") or []]
     for c, init in members:
@@ -198,9 +200,18 @@ def containers_table(capsule: Mapping[str, Any]) -> Table:
         if init:
             name.append(" (init)", style="dim")
         table.add_row(name, text(c.get("image")), status_text(c.get("status")),
+                      text({True: "yes", False: "no"}.get(c.get("ready"))),
                       text(c.get("exit_code")), text(c.get("restart_count", 0)),
-                      text(c.get("status_reason")))
+                      text(probes(c.get("probe"))), text(c.get("status_reason")))
     return table
+
+
+def probes(value: Any) -> str | None:
+    """{purpose: {result, consecutive_failures, last_failure}}: one line per probe."""
+    lines = [f"{k}: {r.get('result', 'unknown')}" + (f" x{r['consecutive_failures']}" if r.get(
+        "consecutive_failures") else "") + (f" ({r['last_failure']})" if r.get("last_failure") else "")
+        for k, r in (value.items() if isinstance(value, Mapping) else ()) if isinstance(r, Mapping)]
+    return "\n".join(lines) or None
 
 
 def volumes_table(capsule: Mapping[str, Any]) -> Table:

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import socket
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
@@ -266,6 +267,40 @@ class DockerRuntime:
     def kill(self, container_id: str, signal: str | int | None) -> None:
         with translate_docker_errors(f"kill {container_id[:12]}"):
             self._api.kill(container_id, signal=signal)
+
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container's first process (the prober enters its
+        network namespace through /proc/PID/ns/net)."""
+        with translate_docker_errors(f"inspect {container_id[:12]}"):
+            state = self._api.inspect_container(container_id).get("State") or {}
+        pid = state.get("Pid")
+        if not state.get("Running") or not isinstance(pid, int) or pid <= 0:
+            raise DriverError(f"container {container_id[:12]} is not running")
+        return pid
+
+    def kill_main_process(self, container_id: str) -> None:
+        """SIGKILL a running container's main process from the host, as a crash would: Docker's
+        restart policy then restarts it and counts the restart (`docker kill` would mark it
+        stopped by hand). A pidfd pins the process, and the container must still name that
+        pid once it is pinned, so a pid reused meanwhile is never signalled."""
+        pid = self.container_pid(container_id)
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return  # already gone
+        try:
+            if self.container_pid(container_id) == pid:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
+
+    def exec_probe(self, container_id: str, command: list[str],
+                   timeout: int) -> tuple[int | None, bytes]:
+        """An exec probe: exit code (None: it timed out) and the first KiB of its output."""
+        got = self.exec_run(container_id, command, max_output=1024, timeout=timeout)
+        return (None if got.timed_out else got.exit_code), got.output
 
     def pause(self, container_id: str) -> None:
         with translate_docker_errors(f"pause {container_id[:12]}"):

@@ -234,6 +234,18 @@ def test_plan_restarts_an_app_whose_liveness_probe_fails() -> None:
     assert compute_plan(desired(), [SB, member(WEB, health="unhealthy"), member(PROBE)]).empty
 
 
+def test_failure_policy_restart_capsule_remakes_the_capsule_for_an_unhealthy_container() -> None:
+    from capsuled.domain.spec import HealthCheck
+
+    live = WEB.model_copy(update={"health": HealthCheck(command=["cat", "/tmp/ok"])})
+    base = desired(apps=(live, PROBE))
+    want = base.model_copy(update={"spec": base.spec.model_copy(update={"failure_policy": "RestartCapsule"})})
+    plan = compute_plan(want, [SB, member(live, health="unhealthy"), member(PROBE)])
+    assert plan.create_sandbox and sorted(plan.remove) == ["id-probe", "id-web", "sb"]
+    assert plan.sandbox_recreated == "container web failed its liveness probe"
+    assert compute_plan(want, [SB, member(live, health="healthy"), member(PROBE)]).empty
+
+
 def test_a_missing_pids_limit_is_applied_in_place_not_by_a_recreate() -> None:
     """Containers made before the pids limit (or under another one) are updated live."""
     from dataclasses import replace

@@ -315,14 +315,25 @@ def test_create_wait_times_out(cli: Any, fake: FakeCapsuled, tmp_path: Path) -> 
 # --- list -----------------------------------------------------------------------------------
 
 def test_list_table(cli: Any, fake: FakeCapsuled) -> None:
-    web = fake.add("web", labels={"app": "web", "tier": "front"})
+    web = fake.add("web", labels={"app": "web", "tier": "front"}, ready="1/2")
     result = cli("list")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
-    assert header.split() == ["UUID", "NAME", "STATUS", "CONTAINERS", "RESTARTS", "LABELS", "AGE"]
+    assert header.split() == ["UUID", "NAME", "STATUS", "CONTAINERS", "READY", "RESTARTS", "LABELS", "AGE"]
     cells = row.split()
     # 2 of 2 running; restarts = 1 (sandbox) + 2 + 0 (containers)
-    assert cells[:6] == [web["uuid"], "web", "Running", "2/2", "3", "app=web,tier=front"]
+    assert cells[:7] == [web["uuid"], "web", "Running", "2/2", "1/2", "3", "app=web,tier=front"]
+
+
+def test_describe_shows_ready_health_and_probe_state(cli: Any, fake: FakeCapsuled) -> None:
+    web = fake.add("web", ready="1/2", health="healthy")
+    web["containers"][0].update(ready=False, probe={"readiness": {
+        "result": "failure", "consecutive_failures": 3, "last_failure": "HTTP probe failed with status 404"}})
+    result = cli("describe", "web")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "Ready: 1/2" in out and "Health: healthy" in out
+    assert "readiness: failure x3 (HTTP probe failed with status 404)" in out
 
 
 def test_list_json_follows_next_links(cli: Any, fake: FakeCapsuled) -> None:

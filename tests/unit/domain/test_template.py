@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from capsuled.domain.spec import Probe, spec_hash
 from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, VolumeMount,
                                   VolumeSpec)
 from capsuled.domain.template import parse_template
@@ -304,8 +305,40 @@ REJECTED: list[tuple[str, Any, str]] = [
      "spec.containers[1].securityContext.runAsUser: is not supported"),
     ("security-context-type", _c1(securityContext=["privileged"]),
      "spec.containers[1].securityContext: must be an object"),
-    ("liveness-probe-http", _c1(livenessProbe={"httpGet": {"port": 80}}),
-     "spec.containers[1].livenessProbe.httpGet: is not supported"),
+    ("liveness-probe-grpc", _c1(livenessProbe={"grpc": {"port": 80}}),
+     "spec.containers[1].livenessProbe.grpc: is not supported"),
+    ("probe-http-host", _c1(readinessProbe={"httpGet": {"port": 80, "host": "10.0.0.9"}}),
+     "spec.containers[1].readinessProbe.httpGet.host: is not supported: a probe always targets its own capsule"),
+    ("probe-tcp-host", _c1(startupProbe={"tcpSocket": {"port": 80, "host": "169.254.169.254"}}),
+     "spec.containers[1].startupProbe.tcpSocket.host: is not supported: a probe always targets its own capsule"),
+    ("probe-two-kinds", _c1(readinessProbe={"exec": {"command": ["true"]}, "tcpSocket": {"port": 1}}),
+     "spec.containers[1].readinessProbe: must have exactly one of exec, httpGet, tcpSocket"),
+    ("probe-no-kind", _c1(readinessProbe={"periodSeconds": 1}),
+     "spec.containers[1].readinessProbe: must have exactly one of exec, httpGet, tcpSocket"),
+    ("probe-success-liveness", _c1(livenessProbe={"tcpSocket": {"port": 1}, "successThreshold": 2}),
+     "spec.containers[1].livenessProbe.successThreshold: must be 1 for a liveness probe"),
+    ("probe-success-startup", _c1(startupProbe={"tcpSocket": {"port": 1}, "successThreshold": 3}),
+     "spec.containers[1].startupProbe.successThreshold: must be 1 for a startup probe"),
+    ("probe-huge-period", _c1(readinessProbe={"tcpSocket": {"port": 1}, "periodSeconds": 10**400}),
+     "spec.containers[1].readinessProbe.periodSeconds: must be a whole number from 1 to 3600"),
+    ("probe-zero-failure", _c1(readinessProbe={"tcpSocket": {"port": 1}, "failureThreshold": 0}),
+     "spec.containers[1].readinessProbe.failureThreshold: must be a whole number from 1 to 1000"),
+    ("probe-bool-timeout", _c1(readinessProbe={"tcpSocket": {"port": 1}, "timeoutSeconds": True}),
+     "spec.containers[1].readinessProbe.timeoutSeconds: must be a whole number from 1 to 3600"),
+    ("probe-port-range", _c1(readinessProbe={"tcpSocket": {"port": 70000}}),
+     "spec.containers[1].readinessProbe.tcpSocket.port: must be a port number from 1 to 65535 "
+     "or the name of a container port"),
+    ("probe-port-unknown-name", _c1(readinessProbe={"httpGet": {"port": "web"}}),
+     "spec.containers[1].readinessProbe.httpGet.port: names no TCP port of this container: 'web'"),
+    ("probe-http-path", _c1(readinessProbe={"httpGet": {"port": 80, "path": "no-slash"}}),
+     "spec.containers[1].readinessProbe.httpGet.path: must be an absolute URL path of printable "
+     "ASCII, at most 1024 characters"),
+    ("probe-http-scheme", _c1(readinessProbe={"httpGet": {"port": 80, "scheme": "FTP"}}),
+     "spec.containers[1].readinessProbe.httpGet.scheme: must be HTTP or HTTPS"),
+    ("probe-http-header-crlf", _c1(readinessProbe={"httpGet": {"port": 80, "httpHeaders": [
+        {"name": "X-A", "value": "a\r\nHost: evil"}]}}),
+     "spec.containers[1].readinessProbe.httpGet.httpHeaders[0].value: must be printable text "
+     "without line breaks, at most 1024 characters"),
     ("liveness-probe-no-command", _c1(livenessProbe={"exec": {"command": []}}),
      "spec.containers[1].livenessProbe.exec.command: must be a non-empty list of strings"),
     ("liveness-probe-period", _c1(livenessProbe={"exec": {"command": ["true"]}, "periodSeconds": 0}),
@@ -313,8 +346,9 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("liveness-probe-on-init", _with(["spec", "initContainers", 0, "livenessProbe"],
                                      {"exec": {"command": ["true"]}}),
      "spec.initContainers[0].livenessProbe: is not allowed on init containers (they run to completion)"),
-    ("readiness-probe", _c1(readinessProbe={"exec": {"command": ["true"]}}),
-     "spec.containers[1].readinessProbe: is not supported"),
+    ("readiness-probe-on-init", _with(["spec", "initContainers", 0, "readinessProbe"],
+                                      {"exec": {"command": ["true"]}}),
+     "spec.initContainers[0].readinessProbe: is not allowed on init containers (they run to completion)"),
     ("container-labels", _c1(labels={"a": "b"}), "spec.containers[1].labels: is not supported"),
     ("init-security-context",
      _with(["spec", "initContainers", 0, "securityContext"], {"capabilities": {}}),
@@ -446,6 +480,43 @@ def test_a_liveness_probe_becomes_a_health_check_that_restarts() -> None:
                                                     timeout=1, retries=2, start_period=5,
                                                     restart=True)
     assert parse_template(tmpl(box("web"))).containers[0].health is None
+
+
+def test_probes_of_each_kind_parse_with_kubernetes_defaults() -> None:
+    spec = parse_template(tmpl(box(
+        "web", ports=[{"containerPort": 8080, "name": "http"}],
+        readinessProbe={"httpGet": {"port": "http", "path": "/ready", "scheme": "HTTPS",
+                                    "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                        "successThreshold": 2, "periodSeconds": 1},
+        livenessProbe={"tcpSocket": {"port": 9000}},
+        startupProbe={"exec": {"command": ["true"]}, "failureThreshold": 30})))
+    c = spec.containers[0]
+    assert c.readiness == Probe(kind="http", port=8080, path="/ready", scheme="HTTPS",
+                                headers=[("X-Probe", "1")], period=1, success_threshold=2)
+    assert c.liveness == Probe(kind="tcp", port=9000)
+    assert (c.liveness.period, c.liveness.timeout, c.liveness.failure_threshold,
+            c.liveness.initial_delay) == (10, 1, 3, 0)
+    assert c.startup == Probe(kind="exec", command=["true"], failure_threshold=30)
+    assert c.health is None
+
+
+def test_an_exec_liveness_probe_behind_a_startup_probe_is_the_probers() -> None:
+    c = parse_template(tmpl(box("web", livenessProbe={"exec": {"command": ["true"]}},
+                                startupProbe={"tcpSocket": {"port": 80}}))).containers[0]
+    assert c.health is None and c.liveness == Probe(kind="exec", command=["true"])
+
+
+def test_failure_policy_is_an_extension_with_a_container_default() -> None:
+    assert parse_template(tmpl(box("web"))).failure_policy == "RestartContainer"
+    assert parse_template(tmpl(box("web"), failurePolicy="RestartCapsule")).failure_policy == "RestartCapsule"
+    assert problems(tmpl(box("web"), failurePolicy="Always")) == [
+        "spec.failurePolicy: must be RestartContainer or RestartCapsule"]
+
+
+def test_probes_do_not_change_the_spec_hash() -> None:
+    plain = parse_template(tmpl(box("web"))).containers[0]
+    probed = parse_template(tmpl(box("web", readinessProbe={"tcpSocket": {"port": 80}}))).containers[0]
+    assert spec_hash(plain, "Always") == spec_hash(probed, "Always")
 
 
 def test_parse_reports_invalid_volume_also_unmounted_when_no_container_mounts_it() -> None:
