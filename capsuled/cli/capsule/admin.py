@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import AdminClient, ApiError
-from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, report, reporting, runtime_of
+from capsuled.cli.capsule.client import AdminClient
+from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
+                                         reporting, runtime_of)
 
 _SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "rich_markup_mode": "rich",
              "context_settings": {"help_option_names": ["-h", "--help"]}}
@@ -131,17 +132,8 @@ def token_revoke(ctx: typer.Context, uuids: Annotated[list[str], typer.Argument(
         metavar="UUID...", help="Tokens to revoke (see `token list`).")]) -> None:
     """Revoke tokens: they stop working at once."""
     rt, client = _client(ctx)
-    failed = False
     with reporting(rt), client:
-        for uuid in uuids:
-            try:
-                client.revoke_token(uuid)
-                typer.echo(f"revoked {uuid}")
-            except ApiError as exc:
-                report(rt, exc)
-                failed = True
-    if failed:
-        raise typer.Exit(1)
+        each_or_exit(rt, uuids, client.revoke_token, lambda uuid: f"revoked {uuid}")
 
 
 # --- quotas ---------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from urllib.parse import quote
 import typer
 
 from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError, _Api
-from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, report, reporting, runtime_of
+from capsuled.cli.capsule.client import _Api
+from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
+                                         reporting, runtime_of)
 
 registry_app = typer.Typer(help="""Your project's private registries.
 
@@ -143,14 +144,5 @@ def delete(ctx: typer.Context, idents: Annotated[list[str], typer.Argument(
         metavar="NAME|UUID...", help="Registries to delete.")]) -> None:
     """Delete registries (refused while a container pulls through one)."""
     rt, client = _client(ctx)
-    failed = False
     with reporting(rt), client:
-        for ident in idents:
-            try:
-                client.delete(ident)
-                typer.echo(f"registry/{ident} deleted")
-            except ApiError as exc:
-                report(rt, exc)
-                failed = True
-    if failed:
-        raise typer.Exit(1)
+        each_or_exit(rt, idents, client.delete, lambda ident: f"registry/{ident} deleted")

@@ -128,3 +128,20 @@ def show_each(rt: Runtime, output: Format, idents: list[str],
         echo_json(found)
     if failed:
         raise typer.Exit(1)
+
+
+def each_or_exit(rt: Runtime, idents: list[str], call: Callable[[str], Any],
+                 done: Callable[[str], str]) -> None:
+    """`call` each ident in turn, echoing `done(ident)` after each that worked; one that
+    fails is reported and the others still run (exit 1 at the end)."""
+    failed = False
+    for ident in idents:
+        try:
+            call(ident)
+        except ApiError as exc:
+            report(rt, exc)
+            failed = True
+            continue
+        typer.echo(done(ident))
+    if failed:
+        raise typer.Exit(1)
