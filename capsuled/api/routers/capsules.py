@@ -93,11 +93,16 @@ def events(request: Request, ident: str, who: PrincipalDep, limit: str | None = 
 
 
 def _event_marker(raw: str | None) -> int | None:
+    return sequence_number(raw, "marker", "the id of a listed event")
+
+
+def sequence_number(raw: str | None, field: str, what: str) -> int | None:
+    """A whole number >= 0 from the query (None when not given); 400 naming `field`."""
     if raw is None:
         return None
     value = whole_number(raw, strings=True)
     if value is None or value < 0:
-        raise InvalidInput(f"marker: must be the id of a listed event, not {short(raw)}")
+        raise InvalidInput(f"{field}: must be {what}, not {short(raw)}")
     return value
 
 

@@ -23,11 +23,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from capsuled.api.deps import PrincipalDep, allow, flag, given
-from capsuled.api.routers.capsules import _labels, _limit
+from capsuled.api.routers.capsules import _labels, _limit, sequence_number
 from capsuled.api.services.events import EventService, OutboxHub, Selector
 from capsuled.api.state import app_state
 from capsuled.api.streams import StreamLease, Streams
-from capsuled.domain.template import short, whole_number
+from capsuled.domain.template import short
 from capsuled.errors import InvalidInput
 from capsuled.store.capsules import storable_ident
 from capsuled.store.tables import OutboxRecord
@@ -128,13 +128,7 @@ def _frame(view: dict[str, Any], sse: bool) -> bytes:
 
 
 def _since(raw: str | None) -> int | None:
-    raw = given(raw)
-    if raw is None:
-        return None
-    value = whole_number(raw, strings=True)
-    if value is None or value < 0:
-        raise InvalidInput(f"since: must be a sequence number (a whole number >= 0), not {short(raw)}")
-    return value
+    return sequence_number(given(raw), "since", "a sequence number (a whole number >= 0)")
 
 
 def _capsule(raw: str | None) -> str | None:
