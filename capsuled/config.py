@@ -169,6 +169,9 @@ class LimitSettings(BaseModel):
                                 "in the outbox (what watch streams resume from)")
     outbox_max_age: float = Field(7 * 86400, gt=0, description="Seconds a change record is "
                                   "kept in the outbox")
+    outbox_reader_records: int = Field(1_000_000, ge=1000, description="Records kept for a "
+                                       "durable reader (notifier, webhook) that has not read "
+                                       "them yet, at most (beyond it the oldest are lost)")
 
 
 class QuotaSettings(BaseModel):

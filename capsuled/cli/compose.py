@@ -145,7 +145,8 @@ def build_api(settings: Settings, store: Store,
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
     configure_outbox(OutboxRetention(
         records=settings.limits.outbox_records,
-        max_age=timedelta(seconds=settings.limits.outbox_max_age)))
+        max_age=timedelta(seconds=settings.limits.outbox_max_age),
+        reader_records=settings.limits.outbox_reader_records))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
         max_age=timedelta(seconds=settings.limits.event_max_age)))

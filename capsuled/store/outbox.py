@@ -14,6 +14,7 @@ the records wait in the session and are numbered and inserted just before it com
 
 Readers keep their own cursor (the last seq they handled) and read `seq > cursor`.
 Old records are pruned by count and age (`configure`); `pruned_through` says how far.
+Durable readers (store/outbox_readers.py) hold pruning back until they have read.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from capsuled.store.tables import OutboxCounter, OutboxRecord, utcnow
+from capsuled.store.tables import OutboxCounter, OutboxReader, OutboxRecord, utcnow
 
 LOG = logging.getLogger(__name__)
 _PENDING = "capsuled.outbox.pending"
@@ -43,6 +44,10 @@ class OutboxRetention:
 
     records: int = 100_000
     max_age: timedelta = timedelta(days=7)
+    # Records still owed to a durable reader (a notifier whose broker is down) are kept
+    # beyond `records` and `max_age`, but not past this many: a reader that stalls for
+    # good cannot grow the table without bound (it then loses the oldest, and says so).
+    reader_records: int = 1_000_000
 
 
 _retention = OutboxRetention()
@@ -116,6 +121,9 @@ def _prune(session: Session, newest: int, now: datetime) -> None:
     by_age = session.scalar(select(OutboxRecord.seq).where(
         OutboxRecord.created_at < now - keep.max_age).order_by(OutboxRecord.seq.desc()).limit(1))
     through = max(by_count, by_age or 0)
+    owed = session.scalar(select(func.min(OutboxReader.seq)))
+    if owed is not None:  # keep what a durable reader has not handled yet
+        through = max(min(through, int(owed)), newest - keep.reader_records)
     if through <= 0:
         return
     session.execute(delete(OutboxRecord).where(OutboxRecord.seq <= through),

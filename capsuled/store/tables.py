@@ -322,5 +322,18 @@ class OutboxCounter(Base):
     pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class OutboxReader(Base):
+    """A durable reader of the outbox (the AMQP notifier, one webhook subscription): the
+    last seq it handled, and which process holds its lease. Pruning keeps every record
+    after the slowest reader's `seq` (up to limits.outbox_reader_records)."""
+
+    __tablename__ = "outbox_readers"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)
