@@ -10,6 +10,7 @@ Cases (docs/benchmarks.md has the details, goals and the latest results):
   4 API          list/show on 10,000 capsules, creates accepted per second
   5 scheduler    placements per second over 1,000 simulated hosts
   6 at rest      capsuled's CPU with 200 running capsules over 60 s
+  7 events       creates/s with the AMQP notifier on vs off; change → watcher latency
 
 A full run takes ~12 minutes, --quick ~3 (fewer runs and capsules, said in the table).
 Needs a Docker Engine with the seeded images (`capsuled image seed`); podman is optional.
@@ -36,17 +37,18 @@ from bench.harness import (BENCH_LABEL, CaseResult, Row, Server, docker_api, loa
                            machine, remove_labelled, still_labelled)
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = (1, 2, 3, 4, 5, 6)
+ALL = (1, 2, 3, 4, 5, 6, 7)
 
 FULL = {"startup_runs": 15, "burst_n": 50, "burst_rounds": 3, "kill_capsules": 10,
         "kill_per_capsule": 10, "api_n": 10_000, "api_list_rounds": 2, "api_shows": 300,
         "api_create_seconds": 5.0, "api_clients": 4, "api_rounds": 3, "sched_hosts": 1000,
         "sched_placements": 5000, "sched_rounds": 5, "idle_n": 200, "idle_window": 60.0,
-        "idle_baseline": 30.0, "idle_settle": 20.0}
+        "idle_baseline": 30.0, "idle_settle": 20.0, "events_rounds": 3, "events_watchers": 4,
+        "events_writes": 300, "events_rate": 50.0}
 QUICK = {**FULL, "startup_runs": 5, "burst_n": 20, "burst_rounds": 1, "kill_capsules": 3,
          "api_list_rounds": 1, "api_shows": 100, "api_create_seconds": 2.0, "api_rounds": 1,
          "sched_placements": 2000, "sched_rounds": 3, "idle_n": 30, "idle_window": 15.0,
-         "idle_baseline": 10.0, "idle_settle": 17.0}
+         "idle_baseline": 10.0, "idle_settle": 17.0, "events_rounds": 1, "events_writes": 100}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"--quick: {p['idle_n']} capsules, {p['idle_window']:g}s window")
                 return rows, notes
             case("6 at rest", case6)
+        if 7 in cases:
+            from bench.cases import events
+            case("7 events", lambda: (events.run(p, api), []))
     finally:
         removed: list[str] = []
         labels = [f"{BENCH_LABEL}={run_id}"]
