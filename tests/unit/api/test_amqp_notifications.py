@@ -266,3 +266,18 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings.model_fields["notifications"].default_factory is not None
     monkeypatch.delenv("CAPSULED_NOTIFICATIONS__ENABLED")
     assert Settings().notifications.enabled is False
+
+
+def test_the_composition_root_builds_no_relay_when_off_and_refuses_a_bad_url(
+        store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from capsuled.cli import compose
+
+    assert compose.notifications(Settings(state_dir=tmp_path), store) is None
+    bad = Settings(state_dir=tmp_path, notifications=_settings(
+        transport_url=SecretStr("nosuch://user:hunter2@host/")))
+    with pytest.raises(typer.Exit):
+        compose.notifications(bad, store)
+    err = capsys.readouterr().err
+    assert "notifications.transport_url" in err and "hunter2" not in err
