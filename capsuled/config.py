@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -218,9 +218,10 @@ class NotificationSettings(BaseModel):
     # A URL carries the broker's password: a SecretStr stays out of reprs and logs.
     transport_url: SecretStr = Field(SecretStr("rabbit://guest:guest@127.0.0.1:5672/"),
                                      description="oslo.messaging transport URL of the broker")
-    topics: list[str] = Field(default_factory=lambda: ["notifications"], min_length=1,
-                              description="Topics each notification goes to (consumers read "
-                              "the queues <topic>.info and <topic>.error)")
+    topics: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=lambda: ["notifications"], min_length=1,
+        description="Topics each notification goes to (consumers read the queues "
+        "<topic>.info and <topic>.error)")
     driver: Literal["messagingv2", "messaging", "log", "noop"] = Field(
         "messagingv2", description="oslo.messaging notification driver: messagingv2 (the "
         "2.0 envelope OpenStack services use), messaging (1.0, no envelope), log, noop")

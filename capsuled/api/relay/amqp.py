@@ -60,7 +60,9 @@ class _SendFailures(logging.Filter):
     with the whole payload, and returns. Installed on the loggers it logs to, this filter
     turns such a record, in a thread that is `watching`, into the failure of that send (so
     the change is retried rather than lost), and keeps the payload (containers'
-    environments) out of the log. Records of other threads pass untouched."""
+    environments) out of the log. Records of other threads pass untouched. The logger
+    names are oslo.messaging's: tests/unit/api/test_amqp_notifications.py fails a send
+    through the pinned version's driver to hold them true."""
 
     def __init__(self) -> None:
         super().__init__()
