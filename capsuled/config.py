@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -209,6 +209,40 @@ class KeystoneSettings(BaseModel):
     cache_size: int = Field(10_000, ge=1, description="Tokens the cache holds")
 
 
+class NotificationSettings(BaseModel):
+    """OpenStack notifications: the outbox's changes published with oslo.messaging's
+    notifier (api/relay/amqp.py) by every API process (a lease picks the one that sends)."""
+
+    enabled: bool = Field(False, description="Publish every change (capsule.*, container.*) "
+                          "as an OpenStack notification")
+    # A URL carries the broker's password: a SecretStr stays out of reprs and logs.
+    transport_url: SecretStr = Field(SecretStr("rabbit://guest:guest@127.0.0.1:5672/"),
+                                     description="oslo.messaging transport URL of the broker")
+    topics: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=lambda: ["notifications"], min_length=1,
+        description="Topics each notification goes to (consumers read the queues "
+        "<topic>.info and <topic>.error)")
+    driver: Literal["messagingv2", "messaging", "log", "noop"] = Field(
+        "messagingv2", description="oslo.messaging notification driver: messagingv2 (the "
+        "2.0 envelope OpenStack services use), messaging (1.0, no envelope), log, noop")
+    control_exchange: str = Field("capsuled", min_length=1, max_length=255, description=(
+        "AMQP exchange the notifications are published to (oslo.messaging's "
+        "control_exchange; Nova's is nova)"))
+    publisher_id: str = Field(default_factory=lambda: f"capsuled.{socket.gethostname()}",
+                              description="publisher_id of every notification")
+    # Both bound how long the relay's thread can be held by a broker that is down or slow:
+    # a failed publish is retried later from the same change, never waited for.
+    retry: int = Field(0, ge=0, le=10, description="Connection retries within one publish "
+                       "before it counts as failed (the relay then retries it with back-off)")
+    send_timeout: int = Field(10, ge=1, le=600, description="Seconds a publish may wait on "
+                              "the broker (its socket timeout and AMQP heartbeat; connecting "
+                              "is bounded at 5 s)")
+    retry_max: float = Field(30.0, ge=0.5, le=600, description="Longest wait between two tries "
+                             "of a failed publish (back-off from 0.5 s)")
+    endpoint_url: str | None = Field(None, description="Base of the `links` in payloads "
+                                     "(default: http://<listen>)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSULED_", env_nested_delimiter="__")
 
@@ -223,6 +257,9 @@ class Settings(BaseSettings):
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     keystone: KeystoneSettings | None = Field(
         None, description="Validate tokens with Keystone (CAPSULED_KEYSTONE__*); unset: standalone")
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings,
+        description="OpenStack notifications on RabbitMQ (CAPSULED_NOTIFICATIONS__*); off by default")
     policy: dict[str, str] = Field(default_factory=dict,
                                    description="Policy rule overrides: name -> check string")
     policy_file: Path | None = Field(None, description="YAML file of policy rule overrides")

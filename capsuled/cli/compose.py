@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
+    from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.domain.channel import AgentChannel
@@ -93,17 +94,23 @@ class Api:
     control: ControlPlane
     monitor: HostMonitor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
+    notifications: Notifications | None = None  # [notifications] enabled: the AMQP relay
 
     def start(self) -> None:
-        """The API's background work: the host monitor, the cross-replica listener."""
+        """The API's background work: the host monitor, the cross-replica listener, the
+        notification relay (every replica runs it; its lease picks the one that sends)."""
         self.monitor.start()
         if self.notifier is not None:
             self.notifier.start()
+        if self.notifications is not None:
+            self.notifications.start()
 
     def stop(self) -> None:
         self.monitor.stop()
         if self.notifier is not None:
             self.notifier.stop()
+        if self.notifications is not None:
+            self.notifications.stop()
 
 
 def build_api(settings: Settings, store: Store,
@@ -168,7 +175,25 @@ def build_api(settings: Settings, store: Store,
         events=EventService(store, policy),
         outbox_hub=hub)
     app = create_app(settings, identity(settings, local), services, policy)
-    return Api(app, control, HostMonitor(store, down_after), notifier)
+    return Api(app, control, HostMonitor(store, down_after), notifier,
+               notifications(settings, store))
+
+
+def notifications(settings: Settings, store: Store) -> Notifications | None:
+    """The AMQP notification relay when [notifications] is enabled. Imported only then:
+    oslo.messaging is a large import that an all-in-one without it does not pay for."""
+    conf = settings.notifications
+    if not conf.enabled:
+        return None
+    from capsuled.api.relay.amqp import Notifications
+
+    try:
+        made = Notifications(store, conf, conf.endpoint_url or f"http://{settings.listen}")
+    except CapsuledError as exc:
+        raise fail(exc.message) from exc
+    LOG.info("publishing notifications (%s) to exchange %s, topics %s", conf.driver,
+             conf.control_exchange, ", ".join(conf.topics))
+    return made
 
 
 def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -269,6 +270,14 @@ def get_capsule(session: Session, ident: str, project_id: str | None) -> Capsule
     if len(found) > 1:
         raise Conflict(f"Multiple capsules exist with name {ident}. Please use the capsule uuid instead.")
     return found[0]
+
+
+def by_uuids(session: Session, uuids: Collection[str]) -> list[Capsule]:
+    """The capsules of `uuids` that still exist, any project's, with their containers and
+    volumes (the notifier renders a batch of changes with one read)."""
+    if not uuids:
+        return []
+    return list(session.scalars(_eager(select(Capsule).where(Capsule.uuid.in_(list(uuids))))))
 
 
 def storable_ident(ident: str) -> bool:

@@ -4,6 +4,7 @@ added at run time, lookups across both, and the action history."""
 from __future__ import annotations
 
 import uuid as uuidlib
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Select, delete, select
@@ -112,6 +113,15 @@ def get_container(session: Session, ident: str, project_id: str | None,
         raise Conflict(f"Multiple containers exist with name {ident}. Please use the container "
                        "uuid instead.")
     return found[0]
+
+
+def bare_by_uuids(session: Session, uuids: Collection[str]) -> list[Container]:
+    """The bare containers of `uuids` that still exist, any project's (the notifier renders
+    a batch of changes with one read)."""
+    if not uuids:
+        return []
+    return list(session.scalars(select(Container).where(Container.uuid.in_(list(uuids)),
+                                                        Container.role == BARE)))
 
 
 def list_containers(session: Session, project_id: str | None, page: Page,
