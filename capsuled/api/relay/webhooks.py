@@ -26,7 +26,7 @@ from capsuled.api.relay.egress import Poster, Reply
 from capsuled.api.relay.worker import Change, DeliveryFailed
 from capsuled.api.views import change_view
 from capsuled.domain.egress import Target, parse_url
-from capsuled.domain.webhooks import (Progress, RetryPolicy, failed, matches, should_attempt,
+from capsuled.domain.webhooks import (DEAD_LETTERING, Progress, RetryPolicy, failed, matches, should_attempt,
                                       signature)
 from capsuled.store import subscriptions as repo
 from capsuled.store.crypto import SecretBox
@@ -148,6 +148,8 @@ class WebhookSink:
                 repo.redelivered(s, letter_id, error)
                 if error is None:
                     tally.delivered += 1
+                    if tally.progress.state == DEAD_LETTERING:  # the endpoint is back
+                        tally.progress = Progress()
                 else:
                     tally.failed_attempts += 1
                     tally.last_error, tally.last_error_at = f"seq {seq} (redelivery): {error}", now
