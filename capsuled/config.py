@@ -107,7 +107,8 @@ class ApiSettings(BaseModel):
                                          "(the same on every API replica); default: one kept in "
                                          "the database, which a copy of it then reveals")
     registry_secret: SecretStr | None = Field(None, description="Secret that registry "
-                                              "credentials are encrypted under (any text; the "
+                                              "credentials and webhook signing secrets are "
+                                              "encrypted under (any text; the "
                                               "same on every API replica); default: a random "
                                               "key made in state_dir/registry.key (0600) on "
                                               "first start")

@@ -164,6 +164,9 @@ class WebhookSupervisor:
 
     def _look(self) -> None:
         """Which projects have records newer than their relays saw: those run now."""
+        if not self._entries:
+            self._through = None  # nobody to wake: start afresh when someone subscribes
+            return
         with self._store.transaction() as s:
             if self._through is None:
                 self._through = outbox.cursor(s).newest
