@@ -385,3 +385,77 @@ def test_the_supervisor_backs_off_and_recovers(store: Store, poster: HttpPoster,
         assert view.failed_attempts >= 3 and set(receiver.seqs()) == {1}
     finally:
         sup.stop()
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.utcnow()  # noqa: DTZ003
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection is to 127.0.0.1 (what the name resolved to), yet TLS is asked for
+    and verified against the URL's name (SNI), and Host carries the name."""
+    import ssl
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from capsuled.api.relay.egress import tls_context
+
+    cert, key = _self_signed(tmp_path, "hooks.example.com")
+    seen: dict[str, str | None] = {}
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    def note_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        seen["sni"] = name
+
+    server_ctx.sni_callback = note_sni  # type: ignore[assignment]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            seen["host"] = self.headers["Host"]
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = server_ctx.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setitem(DNS, "hooks.example.com", ["127.0.0.1"])
+    monkeypatch.setitem(DNS, "other.example.com", ["127.0.0.1"])
+    poster = HttpPoster(3, 1024, resolve=resolve, verify=tls_context(cert))
+    try:
+        ok = poster.post(parse_url(f"https://hooks.example.com:{port}/in"), True, {}, b"{}")
+        assert (ok.ok, ok.status) == (True, 204), ok
+        assert seen == {"sni": "hooks.example.com", "host": f"hooks.example.com:{port}"}
+        wrong = poster.post(parse_url(f"https://other.example.com:{port}/in"), True, {}, b"{}")
+        assert not wrong.ok and wrong.status is None and "certificate" in (wrong.error or "")
+        # A member's subscription to the same name is refused before any connection.
+        refused = poster.post(parse_url(f"https://hooks.example.com:{port}/in"), False, {}, b"{}")
+        assert refused.error is not None and "loopback" in refused.error
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        poster.close()
