@@ -168,10 +168,11 @@ class WebhookSupervisor:
             self._through = None  # nobody to wake: start afresh when someone subscribes
             return
         with self._store.transaction() as s:
-            if self._through is None:
+            if self._through is None:  # from here on; whatever came before, each reads once
                 self._through = outbox.cursor(s).newest
-                return
-            heads = repo.newest_by_project(s, self._through)
+                heads = {entry.project: self._through for entry in list(self._entries.values())}
+            else:
+                heads = repo.newest_by_project(s, self._through)
         if not heads:
             return
         self._through = max(self._through, *heads.values())
