@@ -107,7 +107,8 @@ class ApiSettings(BaseModel):
                                          "(the same on every API replica); default: one kept in "
                                          "the database, which a copy of it then reveals")
     registry_secret: SecretStr | None = Field(None, description="Secret that registry "
-                                              "credentials are encrypted under (any text; the "
+                                              "credentials and webhook signing secrets are "
+                                              "encrypted under (any text; the "
                                               "same on every API replica); default: a random "
                                               "key made in state_dir/registry.key (0600) on "
                                               "first start")
@@ -172,6 +173,44 @@ class LimitSettings(BaseModel):
     outbox_reader_records: int = Field(1_000_000, ge=1000, description="Records kept for a "
                                        "durable reader (notifier, webhook) that has not read "
                                        "them yet, at most (beyond it the oldest are lost)")
+
+
+class WebhookSettings(BaseModel):
+    """Webhook subscriptions (/v1/subscriptions): how many, how they are retried, and the
+    bounds of each delivery (a tenant chooses the URL: every wait has a limit)."""
+
+    per_project: int = Field(10, ge=0, description="Subscriptions one project may have "
+                             "(403 beyond; 0: none)")
+    workers: int = Field(8, ge=1, le=256, description="Threads of one API replica that POST "
+                         "webhooks, all subscriptions together")
+    project_workers: int = Field(2, ge=1, description="Of those, how many one project's "
+                                 "subscriptions may occupy at once (a slow receiver delays "
+                                 "only its own project)")
+    timeout: float = Field(10.0, gt=0, le=120, description="Seconds one delivery may take in "
+                           "all (connect, send, answer); longer is a failed attempt")
+    max_response_bytes: int = Field(65_536, ge=0, description="Bytes of a receiver's answer "
+                                    "read (the rest is not read; only the status counts)")
+    retry_initial: float = Field(1.0, gt=0, description="Seconds before the first retry of a "
+                                 "failed delivery; doubled after each failure")
+    retry_max: float = Field(300.0, gt=0, description="Longest wait between retries; also how "
+                             "often a dead-lettering subscription tries its endpoint again")
+    retry_window: float = Field(3600.0, gt=0, description="Seconds an event is retried before "
+                                "it goes to the dead letters (a receiver down for less loses "
+                                "nothing)")
+    max_attempts: int = Field(100, ge=1, description="Failed attempts at one event after "
+                              "which it goes to the dead letters even within retry_window")
+    dead_letters: int = Field(1000, ge=1, description="Dead letters kept per subscription "
+                              "(the oldest are dropped beyond, and counted)")
+    poll: float = Field(1.0, gt=0, le=60, description="Seconds between looks at the outbox for "
+                        "other API replicas' changes and for new or deleted subscriptions")
+    ca_file: Path | None = Field(None, description="PEM CA bundle https receivers are "
+                                 "verified against; default: the system's CAs")
+
+    @model_validator(mode="after")
+    def _retry_is_ordered(self) -> Self:
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must be at least retry_initial")
+        return self
 
 
 class QuotaSettings(BaseModel):
@@ -255,6 +294,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     keystone: KeystoneSettings | None = Field(
         None, description="Validate tokens with Keystone (CAPSULED_KEYSTONE__*); unset: standalone")
     notifications: NotificationSettings = Field(

@@ -10,7 +10,7 @@ from capsuled.api import errors, openapi
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
 from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, quotas,
-                                  registries, root, tokens)
+                                  registries, root, subscriptions, tokens)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
@@ -19,6 +19,7 @@ from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.registries import RegistryService
+from capsuled.api.services.subscriptions import SubscriptionService
 from capsuled.api.services.tokens import TokenService
 from capsuled.api.streams import Streams
 from capsuled.config import Settings
@@ -39,6 +40,7 @@ class Services:
     registries: RegistryService
     events: EventService
     outbox_hub: OutboxHub
+    subscriptions: SubscriptionService
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -57,6 +59,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.registries = services.registries
     app.state.events = services.events
     app.state.outbox_hub = services.outbox_hub
+    app.state.subscriptions = services.subscriptions
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
     errors.install(app)
@@ -64,6 +67,6 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
                        max_agent_body_bytes=settings.api.max_agent_body_bytes)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events):
+                   events, subscriptions):
         app.include_router(module.router)
     return app

@@ -132,6 +132,14 @@ QUOTA = obj(**{r: {"type": "number"} for r in ("capsules", "containers", "cpu", 
 TOKEN_CREATE = obj(("project_id", "user_id"), project_id=STRING, user_id=STRING, roles=STRINGS,
                    description=STRING, expires_in=INTEGER_OR_TEXT,
                    host={"type": "string", "description": "The host an agent token is for"})
+SUBSCRIPTION = obj(
+    ("url",), url={"type": "string", "description": "http(s) URL the events are POSTed to"},
+    events={"type": "array", "items": STRING,
+            "description": "Event patterns such as capsule.* (empty: every event)"},
+    secret={"type": "string", "description": "HMAC-SHA256 key (generated and shown once if "
+                                             "absent)"},
+    name=STRING)
+SUBSCRIPTION_EXAMPLE = {"url": "https://hooks.example.com/capsuled", "events": ["capsule.*"]}
 SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
                      forced_down=BOOLEAN_OR_TEXT)
 AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}

@@ -70,6 +70,13 @@ DEFAULTS: dict[str, str] = {
     # The change records (GET /v1/events, an extension): one's own project's; every
     # project's (all_projects=true) is an admin's.
     "event:get_all": READER, "event:watch": READER, "event:get_all_all_projects": ADMIN,
+    # Webhooks (/v1/subscriptions, an extension): a project's own; reaching loopback,
+    # private, link-local, multicast or reserved addresses is an admin's power.
+    "subscription:create": MEMBER, "subscription:delete": MEMBER,
+    "subscription:get_one": READER, "subscription:get_all": READER,
+    "subscription:get_all_all_projects": ADMIN, "subscription:create:private_address": ADMIN,
+    "subscription:dead_letters": READER, "subscription:redeliver": MEMBER,
+    "subscription:discard": MEMBER,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
     # The agent channel: agent tokens only (each bound to its host, checked by the router).
     "agent:channel": "role:agent",

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
+from capsuled.api.relay.worker import Change
 from capsuled.domain.addresses import parse_stored, zun_addresses
 from capsuled.domain.conditions import capsule_conditions, container_health, container_ready
 from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
@@ -19,6 +20,14 @@ from capsuled.store.tables import Capsule, Container, ContainerAction, Event
 
 def ts(value: datetime | None) -> str | None:
     return str(value) if value is not None else None
+
+
+def change_view(c: Change) -> dict[str, Any]:
+    """An outbox change record: one line of a watch stream, one webhook's body."""
+    return {"seq": c.seq, "event_type": c.event_type, "kind": c.kind, "uuid": c.uuid,
+            "name": c.name, "project_id": c.project_id, "labels": c.labels,
+            "reason": c.reason, "message": c.message, "status": c.status,
+            "created_at": str(c.created_at)}
 
 
 def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,

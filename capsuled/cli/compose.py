@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from capsuled.agent.loop import Agent
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
+    from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.domain.channel import AgentChannel
     from capsuled.hostops.protocol import ContainerOps
@@ -93,13 +94,16 @@ class Api:
     app: FastAPI
     control: ControlPlane
     monitor: HostMonitor
+    webhooks: WebhookSupervisor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
     notifications: Notifications | None = None  # [notifications] enabled: the AMQP relay
 
     def start(self) -> None:
-        """The API's background work: the host monitor, the cross-replica listener, the
-        notification relay (every replica runs it; its lease picks the one that sends)."""
+        """The API's background work: the host monitor, webhook delivery, the
+        cross-replica listener, the notification relay (every replica runs it; its lease
+        picks the one that sends)."""
         self.monitor.start()
+        self.webhooks.start()
         if self.notifier is not None:
             self.notifier.start()
         if self.notifications is not None:
@@ -107,6 +111,7 @@ class Api:
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.webhooks.stop()
         if self.notifier is not None:
             self.notifier.stop()
         if self.notifications is not None:
@@ -125,7 +130,10 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
     from capsuled.api.services.quotas import QuotaService
+    from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
+    from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
+    from capsuled.api.services.subscriptions import SubscriptionService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
@@ -159,6 +167,13 @@ def build_api(settings: Settings, store: Store,
         max_age=timedelta(seconds=settings.limits.event_max_age)))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
+    hooks = settings.webhooks
+    try:
+        verify = tls_context(hooks.ca_file)
+    except (OSError, ValueError) as exc:
+        raise fail(f"webhooks.ca_file: {exc}") from exc
+    webhooks = WebhookSupervisor(store, box, hooks, HttpPoster(
+        hooks.timeout, hooks.max_response_bytes, resolve=system_resolver, verify=verify))
     services = Services(
         capsules=CapsuleService(store, control, limits, host_down_after=down_after,
                                 policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher),
@@ -173,9 +188,11 @@ def build_api(settings: Settings, store: Store,
         quotas=quotas,
         control=control,
         events=EventService(store, policy),
-        outbox_hub=hub)
+        outbox_hub=hub,
+        subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
+                                          changed=webhooks.rescan))
     app = create_app(settings, identity(settings, local), services, policy)
-    return Api(app, control, HostMonitor(store, down_after), notifier,
+    return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
                notifications(settings, store))
 
 

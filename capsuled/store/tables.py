@@ -335,5 +335,60 @@ class OutboxReader(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+
+class Subscription(Base):
+    """A project's webhook (/v1/subscriptions): where its events are POSTed, which ones,
+    the signing secret (sealed, store/crypto.py), and how delivery stands. Delivery reads
+    the outbox as durable reader `webhook:<uuid>` (outbox_readers)."""
+
+    __tablename__ = "subscriptions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[Any]] = mapped_column(JSON)  # event patterns; empty: every event
+    secret_enc: Mapped[str] = mapped_column(Text)
+    # Made by someone allowed to reach loopback/private addresses (an admin): checked
+    # again at each delivery, against what the URL's host resolves to then.
+    allow_private: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # How delivery stands (domain/webhooks.Progress), and what it has done.
+    state: Mapped[str] = mapped_column(String(20), default="active")
+    retry_seq: Mapped[int | None] = mapped_column(BigInteger)
+    retry_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    failing_since: Mapped[datetime | None] = mapped_column(Timestamp)
+    probe_after: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_delivered_seq: Mapped[int | None] = mapped_column(BigInteger)
+    last_delivered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed_attempts: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead_lettered: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead_letters_dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_subscriptions_project_name"),)
+
+
+class DeadLetter(Base):
+    """An event a subscription gave up delivering: the body as it was sent (the outbox may
+    prune the record meanwhile), kept until redelivered or discarded; at most
+    webhooks.dead_letters per subscription (the oldest go first)."""
+
+    __tablename__ = "subscription_dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(10), default="dead")  # dead | queued (redeliver)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    __table_args__ = (UniqueConstraint("subscription_id", "seq", name="uq_dead_letters_sub_seq"),
+                      Index("ix_dead_letters_state", "state"))
+
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)

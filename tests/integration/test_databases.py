@@ -474,3 +474,69 @@ def test_a_watch_on_one_replica_wakes_on_another_replicas_notice(db: Database) -
         assert heard == ["reported"]
     finally:
         listener.stop()
+
+
+def test_webhook_subscriptions_limit_deliver_and_dead_letter(db: Database) -> None:
+    """Subscriptions on every engine: the per-project limit under concurrent creates, a
+    delivery round, dead letters past their bound, a redelivery, and a delete that drops
+    the subscription's outbox reader."""
+    import httpx
+
+    from capsuled.api.relay.egress import HttpPoster
+    from capsuled.api.relay.webhooks import WebhookSink
+    from capsuled.api.relay.worker import OutboxRelay
+    from capsuled.api.services.subscriptions import SubscriptionService
+    from capsuled.config import WebhookSettings
+    from capsuled.domain.webhooks import RetryPolicy
+    from capsuled.store import outbox, outbox_readers
+    from capsuled.store import subscriptions as subs
+    from capsuled.store.crypto import SecretBox
+
+    box = SecretBox("db-test")
+    db.ready()
+
+    def service(store: Store) -> SubscriptionService:
+        return SubscriptionService(store, box, Policy(), WebhookSettings(per_project=3),
+                                   lambda host, port: [])
+
+    stores = [db.store() for _ in range(4)]
+    made = at_once(8, lambda i: service(stores[i % 4]).create(
+        member("hooks"), {"url": f"https://93.184.215.14/{i}"}))
+    assert sum(not isinstance(m, Exception) for m in made) == 3
+    assert all(isinstance(m, OverQuota) for m in made if isinstance(m, Exception)), made
+    store = db.store()
+    svc = service(store)
+    first = next(m for m in made if not isinstance(m, Exception))
+    status = {"now": 200}
+    got: list[int] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        got.append(int(request.headers["X-Capsuled-Delivery"]))
+        return httpx.Response(status["now"], stream=httpx.ByteStream(b""))
+
+    poster = HttpPoster(2, 1024, transport=httpx.MockTransport(receive))
+    sink = WebhookSink(store, box, first.uuid, poster, RetryPolicy(1, 60, 600, 1), keep=2,
+                       budget=30)
+    relay = OutboxRelay(store, subs.reader_name(first.uuid), sink, project_id="hooks")
+    for n in range(4):
+        with store.transaction() as s:
+            outbox.record(s, project_id="hooks", kind="capsule", uuid=f"u{n}", name=None,
+                          event_type="capsule.update", reason="Test")
+        if n == 0:
+            relay.run_once()
+            status["now"] = 500
+    relay.run_once()
+    view = svc.get(member("hooks"), first.uuid)
+    assert (view.delivered, view.dead_lettered, view.dead_letters, view.dead_letters_dropped,
+            view.state) == (1, 3, 2, 1, "dead_lettering")
+    letters = svc.dead_letters(member("hooks"), first.uuid, None, 10)
+    assert [d.seq for d in letters] == [got[0] + 2, got[0] + 3]
+    status["now"] = 200
+    assert svc.redeliver(member("hooks"), first.uuid, None) == 2
+    assert sink.redeliver_queued() is False
+    assert got[-2:] == [d.seq for d in letters]
+    assert svc.get(member("hooks"), first.uuid).state == "active"
+    svc.delete(member("hooks"), first.uuid)
+    with store.transaction() as s:
+        assert outbox_readers.position(s, subs.reader_name(first.uuid)) is None
+    poster.close()

@@ -113,6 +113,11 @@ class OutboxRelay:
                 LOG.warning("relay %s: releasing its lease failed", self.name)
             self._lease = None
 
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this relay held its reader's lease at its last `run_once`."""
+        return self._lease is not None
+
     def wake(self, _newest: int = 0) -> None:
         """A commit wrote records (called in the committing thread: only sets a flag)."""
         self._wake.set()
@@ -156,7 +161,7 @@ class OutboxRelay:
                 since = cur.pruned_through
             rows = [r for r in outbox.read(s, since, self._project, self._batch)
                     if r.seq <= cur.newest]
-            changes = [_change(r) for r in rows]
+            changes = [change_of(r) for r in rows]
             through = changes[-1].seq if len(rows) == self._batch else max(since, cur.newest)
         if changes:
             try:
@@ -176,7 +181,8 @@ class OutboxRelay:
                 self._lease = None
 
 
-def _change(r: Any) -> Change:
+def change_of(r: Any) -> Change:
+    """An outbox record (store.tables.OutboxRecord) as a Change."""
     return Change(seq=r.seq, project_id=r.project_id, kind=r.kind, uuid=r.object_uuid,
                   name=r.object_name, labels=dict(r.labels or {}), event_type=r.event_type,
                   reason=r.reason, message=r.message, status=r.status, created_at=r.created_at)

@@ -23,10 +23,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from capsuled.api.deps import PrincipalDep, allow, flag, given
+from capsuled.api.relay.worker import change_of
 from capsuled.api.routers.capsules import _labels, _limit, sequence_number
 from capsuled.api.services.events import EventService, OutboxHub, Selector
 from capsuled.api.state import app_state
 from capsuled.api.streams import StreamLease, Streams
+from capsuled.api.views import change_view
 from capsuled.domain.template import short
 from capsuled.errors import InvalidInput
 from capsuled.store.capsules import storable_ident
@@ -43,10 +45,8 @@ def _service(request: Request) -> EventService:
 
 
 def record_view(r: OutboxRecord) -> dict[str, Any]:
-    return {"seq": r.seq, "event_type": r.event_type, "kind": r.kind, "uuid": r.object_uuid,
-            "name": r.object_name, "project_id": r.project_id, "labels": r.labels or {},
-            "reason": r.reason, "message": r.message, "status": r.status,
-            "created_at": str(r.created_at)}
+    """A record as watch streams and pages show it (and webhooks POST it)."""
+    return change_view(change_of(r))
 
 
 @router.get("", dependencies=[allow("event:get_all")])

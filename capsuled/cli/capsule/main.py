@@ -21,6 +21,7 @@ from capsuled.cli.capsule import (
     containers,
     events,
     registries,
+    subscriptions,
     terminal,
 )
 from capsuled.cli.capsule.admin import host_app, quota_app, service_app, token_app
@@ -99,6 +100,7 @@ app.command("rebuild")(container_acts.rebuild)
 app.command("commit")(container_acts.commit)
 
 app.add_typer(registries.registry_app, name="registry")
+app.add_typer(subscriptions.subscription_app, name="subscription")
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
 app.add_typer(host_app, name="host")
