@@ -71,6 +71,10 @@ DEFAULTS: dict[str, str] = {
     # project's (all_projects=true) is an admin's.
     "event:get_all": READER, "event:watch": READER, "event:get_all_all_projects": ADMIN,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
+    # GET /metrics: counts per project and per host, for operators only. A token with the
+    # `metrics` role (which only an admin issues, and which nothing else allows) lets a
+    # Prometheus scrape without holding an admin token.
+    "metrics:get": "rule:admin_api or role:metrics",
     # The agent channel: agent tokens only (each bound to its host, checked by the router).
     "agent:channel": "role:agent",
 }
