@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, PlatformCollector,
-                               ProcessCollector)
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily, Metric)
@@ -42,6 +42,10 @@ from capsuled.store.counts import StatusCount
 from capsuled.store.engine import Store
 
 LOG = logging.getLogger(__name__)
+# No `<name>_created` series beside every counter and histogram: in the text format they
+# are gauges of their own that double the series count and tell an operator nothing
+# (Prometheus notices counter resets itself). A switch of the library's, for the process.
+disable_created_metrics()
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of a path no route matches

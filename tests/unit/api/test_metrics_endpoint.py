@@ -5,7 +5,9 @@ and that a storm of scrapes reads the store once per cache period."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import string
 import threading
 import warnings
@@ -32,6 +34,7 @@ from capsuled.store import outbox_readers
 from capsuled.store.engine import Store
 
 LATEST = {"OpenStack-API-Version": "container latest"}
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def capsule_template(name: str, cpu: float = 0.1) -> dict[str, Any]:
@@ -302,3 +305,24 @@ def test_a_store_that_fails_is_reported_not_raised(api: Api) -> None:
     families = {f.name: f for f in collector.collect()}
     assert families["capsuled_store_up"].samples[0].value == 0
     assert "capsuled_capsules" not in families
+
+
+def test_the_grafana_dashboard_is_json_over_these_metric_names(api: Api) -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    # One of everything, so that every family has samples.
+    api.add_host("h1")
+    agent = {"X-Auth-Token": api.token("service", "agent", host="h1")}
+    api.http.post("/v1/agents/h1/heartbeat", headers=agent, json={"stats": {
+        "sync": {"count": 1, "seconds": 0.1, "bounds": [1.0], "buckets": [1]}}})
+    api.http.post("/v1/agents/h1/reports", json={}, headers=agent)
+    api.http.post("/v1/capsules", json=capsule_template("web"),
+                  headers=api.client_headers(api.admin))
+    with api.store.transaction() as s:
+        outbox_readers.ensure(s, "notifier", start=0)
+    api.built.app.state.metrics.store_collector._taken = float("-inf")
+    exported = set(re.findall(r"\b(?:capsuled|process)_\w+",
+                              api.http.get("/metrics", headers={"X-Auth-Token": api.admin}).text))
+    used = {name for e in exprs for name in re.findall(r"\b(?:capsuled|process)_\w+", e)}
+    assert used and used <= exported, used - exported
