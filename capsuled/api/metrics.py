@@ -204,8 +204,12 @@ class StoreSnapshot:
 
 
 class StoreCollector:
-    """Reads the store when scraped, at most once per `cache_seconds`: concurrent
-    scrapes wait for the one read in progress and share it."""
+    """Reads the store when scraped, at most once per `cache_seconds`, one read at a time.
+    A scrape that finds a read in progress answers with the previous snapshot instead of
+    waiting for it: a slow database then holds one thread, not one per scrape (a scrape
+    waits, up to `FIRST_READ_WAIT`, only when there is no snapshot yet)."""
+
+    FIRST_READ_WAIT = 10.0
 
     def __init__(self, store: Store, cache_seconds: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -218,11 +222,26 @@ class StoreCollector:
         self.reads = 0  # how many times the store was read (tests, and the log)
 
     def snapshot(self) -> StoreSnapshot:
-        with self._lock:
-            if self._snapshot is None or self._clock() - self._taken >= self._ttl:
-                self._snapshot = self._read()
+        previous = self._fresh()
+        if previous is not None:
+            return previous
+        previous = self._snapshot
+        if not self._lock.acquire(blocking=previous is None, timeout=(
+                self.FIRST_READ_WAIT if previous is None else -1)):
+            return previous or StoreSnapshot(ok=False)
+        try:
+            snap = self._fresh()  # another scrape may have read it meanwhile
+            if snap is None:
+                snap = self._snapshot = self._read()
                 self._taken = self._clock()
-            return self._snapshot
+            return snap
+        finally:
+            self._lock.release()
+
+    def _fresh(self) -> StoreSnapshot | None:
+        """The snapshot if it is younger than the cache period."""
+        snap = self._snapshot
+        return snap if snap is not None and self._clock() - self._taken < self._ttl else None
 
     def _read(self) -> StoreSnapshot:
         self.reads += 1

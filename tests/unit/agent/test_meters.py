@@ -3,11 +3,15 @@ sends with its heartbeats after it synced something."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 from pydantic import ValidationError
 
-from capsuled.agent.meters import SYNC_BOUNDS, LoopMeter
-from capsuled.domain.channel import LoopStats
+from capsuled.agent.http_channel import HttpChannel
+from capsuled.agent.meters import SYNC_BOUNDS, AgentMeters, LoopMeter
+from capsuled.domain.channel import AgentStats, LoopStats
 from tests.conftest import wait_for
 from tests.unit.agent.test_loop_on_fake import Host, capsule, up
 
@@ -59,3 +63,21 @@ def test_a_running_agent_heartbeats_its_sync_counters() -> None:
     finally:
         for agent in host.agents:
             host.stop_agent(agent)
+
+
+def test_the_http_channel_sends_the_stats_with_the_heartbeat() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+    channel = HttpChannel("http://api", "t", transport=httpx.MockTransport(answer))
+    meters = AgentMeters()
+    meters.sync.record(0.2)
+    channel.heartbeat("h1", meters.snapshot())
+    channel.heartbeat("h1")  # no stats: no body, as agents before them sent
+    first, second = seen
+    assert first.url.path == "/v1/agents/h1/heartbeat"
+    sent = AgentStats.model_validate(json.loads(first.content)["stats"])
+    assert sent.sync.count == 1 and sent.sync.buckets[-1] == 1
+    assert second.content == b""

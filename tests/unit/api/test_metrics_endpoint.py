@@ -326,3 +326,32 @@ def test_the_grafana_dashboard_is_json_over_these_metric_names(api: Api) -> None
                               api.http.get("/metrics", headers={"X-Auth-Token": api.admin}).text))
     used = {name for e in exprs for name in re.findall(r"\b(?:capsuled|process)_\w+", e)}
     assert used and used <= exported, used - exported
+
+
+def test_a_slow_read_holds_one_scrape_the_others_get_the_last_snapshot(api: Api) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Slow(Store):
+        slow = False
+
+        def transaction(self) -> Any:
+            if self.slow:
+                entered.set()
+                release.wait(10)
+            return super().transaction()
+    store = Slow(api.store.engine)
+    now = [0.0]
+    collector = StoreCollector(store, 2.0, clock=lambda: now[0])
+    first = collector.snapshot()
+    store.slow, now[0] = True, 5.0  # stale, and the next read hangs
+    reader = threading.Thread(target=collector.snapshot)
+    reader.start()
+    assert entered.wait(5)
+    try:
+        # Scrapes meanwhile answer at once, with what was read before.
+        assert all(collector.snapshot() is first for _ in range(20))
+    finally:
+        release.set()
+        reader.join(5)
+    assert collector.reads == 2 and collector.snapshot() is not first
