@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from capsuled.logs import LogFormat
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
 
 DEFAULT_OPS_PORT = 9518
@@ -141,6 +142,10 @@ class ApiSettings(BaseModel):
     watch_poll: float = Field(1.0, gt=0, le=60, description="Seconds between a watch stream's "
                               "re-reads of the outbox when no local commit woke it (sees other "
                               "API replicas' changes)")
+    metrics_cache: float = Field(2.0, ge=0, le=60, description="Seconds a scrape of /metrics "
+                                 "reuses the store's counts (capsules and containers by status "
+                                 "per project, the outbox and its readers): a storm of scrapes "
+                                 "costs the database one set of queries per period")
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")
@@ -289,6 +294,9 @@ class Settings(BaseSettings):
     listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT the API listens on")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in state_dir")
     log_level: str = "info"
+    log_format: LogFormat = Field("text", description="text: one plain line per record; json: "
+                                  "one JSON object per line (time, level, logger, message, and "
+                                  "request_id for what a request logged)")
     docker: DockerSettings = Field(default_factory=DockerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -51,6 +51,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # more `capsuled` options, e.g. --log-format
 
     @property
     def token(self) -> str:
@@ -66,7 +67,7 @@ class Server:
         out = open(self.log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "capsuled"), "--state-dir", str(self.state_dir), "--listen",
-             f"127.0.0.1:{self.port}"], stdout=out, stderr=subprocess.STDOUT,
+             f"127.0.0.1:{self.port}", *self.args], stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **self.env})
         def up() -> bool:
             assert self.proc is not None
@@ -136,10 +137,11 @@ def docker_api() -> docker.APIClient:
     return api
 
 
-def start_server(tmp: Path, docker_api: docker.APIClient, **env: str) -> Server:
+def start_server(tmp: Path, docker_api: docker.APIClient, args: tuple[str, ...] = (),
+                 **env: str) -> Server:
     port = free_port()
     server = Server(url=f"http://127.0.0.1:{port}", state_dir=tmp, port=port,
-                    env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env})
+                    env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env}, args=list(args))
     server.start()
     return server
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from capsuled.domain.channel import (Assignments, BareReport, CapsuleReport, HostInfo,
-                                     Registration)
+from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
+                                     HostInfo, Registration)
 from capsuled.errors import Forbidden, NotAuthenticated, Unavailable
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,8 +51,10 @@ class HttpChannel:
         # An API from before derived ops keys answers 204, without a body.
         return None if body is None else _parse(Registration, body, f"PUT /v1/agents/{host.name}")
 
-    def heartbeat(self, host: str) -> None:
-        self._call("POST", f"/v1/agents/{host}/heartbeat")
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+        # An API from before agent stats ignores the body.
+        self._call("POST", f"/v1/agents/{host}/heartbeat",
+                   json=None if stats is None else {"stats": stats.model_dump(mode="json")})
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         body = self._call("GET", f"/v1/agents/{host}/assignments",

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from capsuled.agent.bare import BareExecutor
 from capsuled.agent.execute import CapsuleExecutor
 from capsuled.agent.image_ledger import ImageLedger
+from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
@@ -76,8 +77,10 @@ class Agent:
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images)
+        # What the loops did, sent with each heartbeat (the API's /metrics, per host).
+        self.meters = AgentMeters()
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
-                                      settings.backoff_max)
+                                      settings.backoff_max, meter=self.meters.sync)
         self._threads: list[threading.Thread] = []
         self._first_watch = threading.Event()
 
@@ -154,7 +157,8 @@ class Agent:
             # Nothing may end this loop but stop(): an agent that no longer watches keeps
             # heartbeating, so the control plane would never notice it went deaf.
             try:
-                got = self._channel.watch(self._host, revision, WATCH_TIMEOUT)
+                with self.meters.watch.round():
+                    got = self._channel.watch(self._host, revision, WATCH_TIMEOUT)
                 self._take_desired(got)
                 revision = got.revision
             except Exception as exc:  # noqa: BLE001 - logged; the loop backs off and goes on
@@ -215,6 +219,10 @@ class Agent:
         """Sync every capsule whose Docker picture changed since the last relist, every
         desired capsule with nothing in Docker yet, and every orphan; collect the networks
         of projects with nothing left on this host."""
+        with self.meters.relist.round():
+            self._relist()
+
+    def _relist(self) -> None:
         # List Docker before reading the desired set: a container can only exist for a
         # capsule that was desired before it was created, so this order never mistakes a
         # brand-new capsule for an orphan.
@@ -257,7 +265,8 @@ class Agent:
                     self._fingerprints.clear()
                     self.relist()
                 else:
-                    self._channel.heartbeat(self._host)
+                    with self.meters.heartbeat.round():
+                        self._channel.heartbeat(self._host, self.meters.snapshot())
                 lost = False
             except Exception as exc:  # noqa: BLE001 - logged; the next beat tries again
                 _log_failure("heartbeat", exc)

@@ -15,14 +15,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from capsuled.agent.meters import LoopMeter
+
 LOG = logging.getLogger(__name__)
 
 SyncFn = Callable[[str], bool]  # returns True when the capsule is settled
 
 
 class CapsuleWorkers:
-    def __init__(self, sync: SyncFn, threads: int, backoff_initial: float, backoff_max: float) -> None:
+    def __init__(self, sync: SyncFn, threads: int, backoff_initial: float, backoff_max: float,
+                 meter: LoopMeter | None = None) -> None:
         self._sync = sync
+        self._meter = meter or LoopMeter()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="capsule")
         self._lock = threading.Lock()
         self._running: set[str] = set()
@@ -56,11 +60,14 @@ class CapsuleWorkers:
             return bool(self._running)
 
     def _run(self, uuid: str) -> None:
+        started = time.monotonic()
+        failed = False
         try:
             settled = self._sync(uuid)
         except Exception:
             LOG.exception("sync failed capsule=%s", uuid)
-            settled = False
+            settled, failed = False, True
+        self._meter.record(time.monotonic() - started, error=failed, settled=settled or failed)
         with self._lock:
             self._running.discard(uuid)
             again = uuid in self._dirty

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from capsuled.api import errors, openapi
+from capsuled.api.metrics import ApiMetrics
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, quotas,
-                                  registries, root, subscriptions, tokens)
+from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, metrics,
+                                  quotas, registries, root, subscriptions, tokens)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
@@ -44,7 +45,9 @@ class Services:
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
-               policy: Policy | None = None) -> FastAPI:
+               policy: Policy | None = None, api_metrics: ApiMetrics | None = None) -> FastAPI:
+    """`api_metrics`: what /metrics serves and the services record into (the composition
+    root builds one over the store; default: request metrics only)."""
     app = FastAPI(title="Capsuled", version="1", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.identity = identity
@@ -60,13 +63,15 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.events = services.events
     app.state.outbox_hub = services.outbox_hub
     app.state.subscriptions = services.subscriptions
+    app.state.metrics = api_metrics = api_metrics or ApiMetrics()
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
     errors.install(app)
     openapi.install(app)
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
-                       max_agent_body_bytes=settings.api.max_agent_body_bytes)
+                       max_agent_body_bytes=settings.api.max_agent_body_bytes,
+                       metrics=api_metrics)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events, subscriptions):
+                   events, subscriptions, metrics):
         app.include_router(module.router)
     return app

@@ -19,6 +19,10 @@ def principal(request: Request) -> Principal:
     token = request.headers.get("x-auth-token")
     if not token:
         raise NotAuthenticated("Authentication required: send a token in the X-Auth-Token header.")
+    return authenticate(request, token)
+
+
+def authenticate(request: Request, token: str) -> Principal:
     identity: IdentityProvider = request.app.state.identity
     who = identity.authenticate(token)
     if who is None:
@@ -58,7 +62,11 @@ def _load_json(raw: bytes) -> Any:
 
 async def read_json(request: Request) -> Any:
     """The body as JSON (any type), bounded in size (middleware) and depth; None if empty."""
-    raw = await request.body()
+    return read_body(await request.body())
+
+
+def read_body(raw: bytes) -> Any:
+    """`raw` as JSON (any type) within the depth budget; None if empty."""
     return _load_json(raw) if raw else None
 
 

@@ -143,6 +143,8 @@ SUBSCRIPTION_EXAMPLE = {"url": "https://hooks.example.com/capsuled", "events": [
 SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
                      forced_down=BOOLEAN_OR_TEXT)
 AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}
+AGENT_HEARTBEAT = obj(stats={"type": "object", "description": "The agent's AgentStats "
+                            "(capsuled.domain.channel); dropped, never refused, when malformed"})
 AGENT_REPORTS = obj(capsules={"type": "array", "items": {"type": "object"}},
                     containers={"type": "array", "items": {"type": "object"}})
 
@@ -168,7 +170,8 @@ VERSION_PARAMETER: Schema = {
 def install(app: FastAPI) -> None:
     """Build the document once, with the security scheme and the version header. Every
     /v1/… route takes a token and the microversion (tests/integration/test_fuzz_api.py
-    checks that each answers 401 without a token); /, /v1 and /healthz take neither."""
+    checks that each answers 401 without a token); /metrics takes a token only; /, /v1
+    and /healthz take neither."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -178,6 +181,9 @@ def install(app: FastAPI) -> None:
             "type": "apiKey", "in": "header", "name": "X-Auth-Token",
             "description": "A capsuled token (POST /v1/tokens), or a Keystone token"}}
         for path, ops in doc["paths"].items():
+            if path == "/metrics":  # a token, but no microversion: it is no Zun resource
+                for op in ops.values():
+                    op["security"] = [{SECURITY_SCHEME: []}]
             if not path.startswith("/v1/"):
                 continue
             for op in ops.values():

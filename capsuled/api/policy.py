@@ -78,6 +78,10 @@ DEFAULTS: dict[str, str] = {
     "subscription:dead_letters": READER, "subscription:redeliver": MEMBER,
     "subscription:discard": MEMBER,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
+    # GET /metrics: counts per project and per host, for operators only. A token with the
+    # `metrics` role (which only an admin issues, and which nothing else allows) lets a
+    # Prometheus scrape without holding an admin token.
+    "metrics:get": "rule:admin_api or role:metrics",
     # The agent channel: agent tokens only (each bound to its host, checked by the router).
     "agent:channel": "role:agent",
 }

@@ -8,7 +8,6 @@ import gc
 import logging
 import secrets
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -46,8 +45,9 @@ def fail(message: str) -> typer.Exit:
 
 
 def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from capsuled import logs
+
+    logs.setup(settings.log_level, settings.log_format)
 
 
 @dataclass
@@ -121,6 +121,7 @@ class Api:
 def build_api(settings: Settings, store: Store,
               ops_for: Callable[[str], ContainerOps]) -> Api:
     from capsuled.api.app import Services, create_app
+    from capsuled.api.metrics import ApiMetrics
     from capsuled.api.policy import Policy
     from capsuled.api.services.agents import ControlPlane
     from capsuled.api.services.capsules import CapsuleService
@@ -147,7 +148,9 @@ def build_api(settings: Settings, store: Store,
     except CapsuledError as exc:
         raise fail(exc.message) from exc
     box = secret_box(settings)
-    control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box)
+    metrics = ApiMetrics(store, settings.api.metrics_cache)
+    control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box,
+                           metrics=metrics)
     hub = OutboxHub()
     store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     notifier = None
@@ -176,10 +179,11 @@ def build_api(settings: Settings, store: Store,
         hooks.timeout, hooks.max_response_bytes, resolve=system_resolver, verify=verify))
     services = Services(
         capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher),
+                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher,
+                                metrics=metrics),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
                                     policy=policy, quotas=quotas,
-                                    weigher=settings.api.scheduler_weigher),
+                                    weigher=settings.api.scheduler_weigher, metrics=metrics),
         hosts=HostService(store, down_after),
         images=ImageService(store, ops_for, down_after, secrets=box,
                             search_timeout=settings.api.registry_search_timeout),
@@ -191,7 +195,7 @@ def build_api(settings: Settings, store: Store,
         outbox_hub=hub,
         subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
                                           changed=webhooks.rescan))
-    app = create_app(settings, identity(settings, local), services, policy)
+    app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
                notifications(settings, store))
 
@@ -278,14 +282,16 @@ def new_ops_key() -> str:
     return secrets.token_urlsafe(32)
 
 
-def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) -> None:
+def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
+          log_format: str = "text") -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
     host, _, port = listen.rpartition(":")
     # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
     # stop waits this long for them, then cancels them (clients resume with `since`).
     server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
                                            log_level=log_level, access_log=False,
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=5,
+                                           **uvicorn_logging(log_format)))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
@@ -298,6 +304,12 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None]) ->
         server.run()
     finally:
         on_exit()
+
+
+def uvicorn_logging(log_format: str) -> dict[str, Any]:
+    """uvicorn.Config's logging arguments: with JSON logs, uvicorn configures no handlers
+    of its own and its records reach the root logger's JSON lines; otherwise its own."""
+    return {"log_config": None} if log_format == "json" else {}
 
 
 def wait_for_signal(on_exit: Callable[[], None]) -> None:

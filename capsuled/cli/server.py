@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +27,16 @@ app.add_typer(image_app, name="image")
 LOG = logging.getLogger("capsuled")
 
 
+class LogFormatChoice(str, Enum):  # typer offers an Enum's values as the choices
+    text = "text"
+    json = "json"
+
+
 def _settings(state_dir: Path | None, listen: str | None, log_level: str | None,
-              database_url: str | None = None) -> Settings:
+              database_url: str | None = None, log_format: str | None = None) -> Settings:
     overrides: dict[str, object] = {}
+    if log_format is not None:
+        overrides["log_format"] = log_format
     if database_url is not None:
         overrides["database_url"] = database_url
     if state_dir is not None:
@@ -47,13 +55,17 @@ def main_command(
                                                    "Default: /var/lib/capsuled as root, else a per-user data dir.")] = None,
     listen: Annotated[str | None, typer.Option(help="HOST:PORT for the API. Default 127.0.0.1:9517.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    log_format: Annotated[LogFormatChoice | None, typer.Option(
+        help="text (default) or json: one JSON object per line with time, level, logger, "
+             "message and the request_id of the request that logged it.")] = None,
     database_url: Annotated[str | None, typer.Option(
         help="SQLAlchemy URL: postgresql+psycopg://USER:PASSWORD@HOST/DB, "
              "mysql+pymysql://USER:PASSWORD@HOST/DB (MariaDB). Default: SQLite in the state "
              "directory.")] = None,
 ) -> None:
     """Run the all-in-one server: the Zun-compatible API and the agent for this host."""
-    ctx.obj = _settings(state_dir, listen, log_level, database_url)
+    ctx.obj = _settings(state_dir, listen, log_level, database_url,
+                        None if log_format is None else log_format.value)
     if ctx.invoked_subcommand is None:
         run_all_in_one(ctx.obj)
 
@@ -96,7 +108,7 @@ def run_all_in_one(settings: Settings) -> None:
     def stop() -> None:
         api.stop()
         agent.stop()
-    compose.serve(api.app, settings.listen, settings.log_level, stop)
+    compose.serve(api.app, settings.listen, settings.log_level, stop, settings.log_format)
 
 
 @app.command("api")
@@ -113,7 +125,7 @@ def api_command(ctx: typer.Context) -> None:
     api.start()
     LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
              settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
-    compose.serve(api.app, settings.listen, settings.log_level, api.stop)
+    compose.serve(api.app, settings.listen, settings.log_level, api.stop, settings.log_format)
 
 
 @app.command("agent")
@@ -185,7 +197,8 @@ def agent_command(
     try:
         ops_server, ops_thread = serve_ops(create_ops_app(runtime, key, owns), bind_host, port,
                                            ssl_certfile=str(cert) if cert else None,
-                                           ssl_keyfile=str(tls_key) if tls_key else None)
+                                           ssl_keyfile=str(tls_key) if tls_key else None,
+                                           log_to_root=settings.log_format == "json")
     except OSError as exc:
         raise compose.fail(str(exc)) from exc
     url = agent_settings.ops_endpoint_url()

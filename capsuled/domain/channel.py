@@ -17,9 +17,10 @@ loops survive.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Protocol
+import math
+from typing import Literal, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capsuled.domain.addresses import Address
 from capsuled.domain.spec import BareSpec, CapsuleSpec
@@ -176,12 +177,54 @@ class BareReport(_Wire):
     error: str | None = None
 
 
+class LoopStats(_Wire):
+    """What one of the agent's loops did since the agent started. Counters only grow; an
+    agent restart starts them at zero again (Prometheus reads that as a counter reset).
+    The API exposes them per host on /metrics; they are the agent's own view, which the
+    API cannot measure (a sync talks to Docker, not to the API)."""
+
+    count: int = Field(0, ge=0)  # rounds finished, with or without an error
+    errors: int = Field(0, ge=0)  # rounds that raised
+    unsettled: int = Field(0, ge=0)  # syncs that ended with work left (retried after back-off)
+    seconds: float = Field(0.0, ge=0)  # the rounds' total duration
+    # Their durations as a histogram: per bound (seconds, increasing), how many rounds took
+    # at most that long (cumulative, Prometheus's `le`). Empty: no histogram (long polls).
+    # The bounds travel with the counts, so agent and API need not share a version.
+    bounds: list[float] = Field(default_factory=list, max_length=32)
+    buckets: list[int] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _histogram_is_whole(self) -> Self:
+        if len(self.bounds) != len(self.buckets):
+            raise ValueError("bounds and buckets must have the same length")
+        if any(not math.isfinite(b) or b <= 0 for b in self.bounds) or any(
+                b >= c for b, c in zip(self.bounds, self.bounds[1:])):
+            raise ValueError("bounds must be finite, positive and increasing")
+        if any(n < 0 or n > self.count for n in self.buckets) or any(
+                a > b for a, b in zip(self.buckets, self.buckets[1:])):
+            raise ValueError("buckets must be cumulative counts between 0 and count")
+        if not math.isfinite(self.seconds):
+            raise ValueError("seconds must be finite")
+        return self
+
+
+class AgentStats(_Wire):
+    """The agent's loops, sent with each heartbeat."""
+
+    sync: LoopStats = Field(default_factory=LoopStats)  # one capsule's or bare container's sync
+    relist: LoopStats = Field(default_factory=LoopStats)  # a relist of everything in Docker
+    watch: LoopStats = Field(default_factory=LoopStats)  # long polls for the desired set
+    heartbeat: LoopStats = Field(default_factory=LoopStats)  # heartbeats (errors: failed ones)
+
+
 class AgentChannel(Protocol):
     """The agent's only way to the control plane. Every call is idempotent."""
 
     def register(self, host: HostInfo) -> Registration | None: ...
 
-    def heartbeat(self, host: str) -> None: ...
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+        """The host is alive; `stats` are its loops' counters (None: not measured)."""
+        ...
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         """The host's full desired set, returned once its revision passes `after_revision`

@@ -312,16 +312,19 @@ async def _session(websocket: WebSocket, open_stream: Callable[[], RawStream],
 
 def serve_ops(app: ASGIApp, host: str, port: int, startup_timeout: float = 10.0,
               log_level: str = "warning", ssl_certfile: str | None = None,
-              ssl_keyfile: str | None = None) -> tuple[uvicorn.Server, threading.Thread]:
+              ssl_keyfile: str | None = None,
+              log_to_root: bool = False) -> tuple[uvicorn.Server, threading.Thread]:
     """Run `app` with uvicorn in a daemon thread; return once it listens (with TLS when
-    given a PEM certificate and key).
+    given a PEM certificate and key). `log_to_root`: uvicorn's records go to the root
+    logger's handlers (JSON logs) instead of handlers of its own.
 
     Stop it with `stop_ops(server, thread)`. Raises OSError if it cannot listen.
     """
+    logging_args: dict[str, Any] = {"log_config": None} if log_to_root else {}
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
                             access_log=False, timeout_graceful_shutdown=5,
                             ws_per_message_deflate=False, ssl_certfile=ssl_certfile,
-                            ssl_keyfile=ssl_keyfile)
+                            ssl_keyfile=ssl_keyfile, **logging_args)
     server = _OpsServer(config, getattr(getattr(app, "state", None), "sessions", None))
     failure: list[BaseException] = []
 

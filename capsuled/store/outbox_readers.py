@@ -85,6 +85,17 @@ def position(session: Session, name: str) -> int | None:
     return session.scalar(select(OutboxReader.seq).where(OutboxReader.name == name))
 
 
+def positions(session: Session, limit: int) -> list[tuple[str, int]]:
+    """(name, cursor) of the `limit` readers furthest behind, slowest first."""
+    rows = session.execute(select(OutboxReader.name, OutboxReader.seq)
+                           .order_by(OutboxReader.seq, OutboxReader.name).limit(limit))
+    return [(str(name), int(seq)) for name, seq in rows]
+
+
+def count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(OutboxReader)) or 0)
+
+
 def slowest(session: Session) -> int | None:
     """The smallest cursor of any reader: records after it are still owed to someone."""
     return session.scalar(select(func.min(OutboxReader.seq)))

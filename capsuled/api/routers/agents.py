@@ -6,19 +6,21 @@ host can read its own assignments, never another host's or any tenant's API.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
 
 from capsuled.api import openapi as doc
-from capsuled.api.deps import PrincipalDep, allow, read_json
+from capsuled.api.deps import PrincipalDep, allow, read_body, read_json
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.state import app_state
-from capsuled.domain.channel import BareReport, CapsuleReport, HostInfo
+from capsuled.domain.channel import AgentStats, BareReport, CapsuleReport, HostInfo
 from capsuled.errors import Forbidden, InvalidInput
 from capsuled.identity.base import Principal
 
+LOG = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/agents/{host}", dependencies=[allow("agent:channel")])
 
 MAX_WATCH_SECONDS = 60.0
@@ -66,11 +68,31 @@ async def register(request: Request, host: str, who: PrincipalDep) -> dict[str, 
     return got.model_dump(mode="json")
 
 
-@router.post("/heartbeat", status_code=204)
-def heartbeat(request: Request, host: str, who: PrincipalDep) -> Response:
+@router.post("/heartbeat", status_code=204,
+             openapi_extra=doc.body(doc.AGENT_HEARTBEAT, required=False))
+async def heartbeat(request: Request, host: str, who: PrincipalDep) -> Response:
+    """The host is alive; the body (optional) carries its agent's loop counters."""
     _own(who, host)
-    _control(request).heartbeat(host)
+    stats = _stats(host, await request.body())
+    await anyio.to_thread.run_sync(_control(request).heartbeat, host, stats)
     return Response(status_code=204)
+
+
+def _stats(host: str, raw: bytes) -> AgentStats | None:
+    """The agent's stats, or None. Unlike every other input, a bad body is not refused: a
+    heartbeat is the host's sign of life, and an agent whose heartbeats fail registers
+    again and relists everything, so a fault in its metrics must not become one in its
+    liveness. The stats are dropped and the reason logged instead."""
+    if not raw:
+        return None
+    try:
+        body = read_body(raw)
+        stats = body.get("stats") if isinstance(body, dict) else None
+        return None if stats is None else AgentStats.model_validate(stats)
+    except (InvalidInput, ValueError) as exc:
+        LOG.warning("host %s: ignoring the stats of its heartbeat: %s", host,
+                    exc.message if isinstance(exc, InvalidInput) else exc)
+        return None
 
 
 @router.get("/assignments")

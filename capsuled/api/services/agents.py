@@ -29,8 +29,9 @@ from collections.abc import Callable
 
 import anyio.to_thread
 
-from capsuled.domain.channel import (Assignments, BareReport, CapsuleReport, HostInfo,
-                                     Registration, ops_key_digest)
+from capsuled.api.metrics import ApiMetrics
+from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
+                                     HostInfo, Registration, ops_key_digest)
 from capsuled.errors import Conflict, Unavailable
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
@@ -164,8 +165,10 @@ class OpsKeys:
 
 class ControlPlane:
     def __init__(self, store: Store, publish: Callable[[str], None] | None = None,
-                 ops_keys: OpsKeys | None = None, secrets: SecretBox | None = None) -> None:
+                 ops_keys: OpsKeys | None = None, secrets: SecretBox | None = None,
+                 metrics: ApiMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or ApiMetrics()
         # Opens registry credentials for the pulls an assignment carries (None: no
         # registries can exist, as in tests that build a bare control plane).
         self._secrets = secrets
@@ -197,9 +200,11 @@ class ControlPlane:
             host_repo.register_host(s, host, ops_key_digest(key) if key else None)
         return Registration(ops_key=key)
 
-    def heartbeat(self, host: str) -> None:
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
         with self._store.transaction() as s:
             host_repo.heartbeat(s, host)
+        if stats is not None:
+            self._metrics.agent_stats(host, stats)
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         """The host's desired set once its revision passes `after_revision`, or as it is
@@ -238,11 +243,16 @@ class ControlPlane:
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:
-        with self._store.transaction() as s:
-            for r in reports:
-                capsule_repo.apply_report(s, host, r)
-            for b in containers or []:
-                container_repo.apply_bare_report(s, host, b)
+        started, failed = time.perf_counter(), True
+        try:
+            with self._store.transaction() as s:
+                for r in reports:
+                    capsule_repo.apply_report(s, host, r)
+                for b in containers or []:
+                    container_repo.apply_bare_report(s, host, b)
+            failed = False
+        finally:
+            self._metrics.report_stored(host, time.perf_counter() - started, failed)
         self.reported.fire()
         if self.publish is not None:
             self.publish(REPORTED)

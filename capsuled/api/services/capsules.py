@@ -11,6 +11,7 @@ from typing import Any
 import anyio.to_thread
 
 from capsuled.api.policy import Policy
+from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
@@ -38,11 +39,11 @@ class CapsuleService:
     def __init__(self, store: Store, control: ControlPlane, limits: Limits,
                  host_down_after: timedelta = timedelta(seconds=180),
                  policy: Policy | None = None, quotas: QuotaService | None = None,
-                 weigher: Weigher = "spread") -> None:
+                 weigher: Weigher = "spread", metrics: ApiMetrics | None = None) -> None:
         self._store = store
         self._policy = policy or Policy()
         quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
-        self._placement = Placement(quotas, host_down_after, weigher)
+        self._placement = Placement(quotas, host_down_after, weigher, metrics)
         self._control = control
         self._limits = limits
         self._down_after = host_down_after

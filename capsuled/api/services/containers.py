@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from capsuled.api.policy import Policy
+from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
@@ -99,11 +100,11 @@ class ContainerService:
     def __init__(self, store: Store, notify: Callable[[], None], ops_for: Callable[[str], ContainerOps],
                  limits: Limits, host_down_after: timedelta = timedelta(seconds=180),
                  policy: Policy | None = None, quotas: QuotaService | None = None,
-                 weigher: Weigher = "spread") -> None:
+                 weigher: Weigher = "spread", metrics: ApiMetrics | None = None) -> None:
         self._store = store
         self._policy = policy or Policy()
         quotas = quotas or QuotaService(store, QuotaSettings().model_dump())
-        self._placement = Placement(quotas, host_down_after, weigher)
+        self._placement = Placement(quotas, host_down_after, weigher, metrics)
         self._notify = notify
         self._ops_for = ops_for
         self._limits = limits

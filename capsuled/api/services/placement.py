@@ -11,11 +11,14 @@ the row the caller then writes in the same transaction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from capsuled.api import metrics as m
+from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput
@@ -40,10 +43,12 @@ class Placed:
 
 class Placement:
     def __init__(self, quotas: QuotaService, host_down_after: timedelta,
-                 weigher: Weigher = "spread") -> None:
+                 weigher: Weigher = "spread", metrics: ApiMetrics | None = None) -> None:
         self._quotas = quotas
         self._down_after = host_down_after
         self._weigher: Weigher = weigher
+        # Decisions are counted here, not in the scheduler, which stays pure.
+        self._metrics = metrics or ApiMetrics()
 
     def lock(self, s: Session, project_id: str) -> None:
         """Serialise the project's quota-checked changes; first in the transaction."""
@@ -58,18 +63,24 @@ class Placement:
                only_host: str | None = None) -> Placed:
         """A host for `want` (only `only_host` when one is asked for by name). `what`
         ("capsule web") names it in the administrators' log when no host fits."""
+        started, result = time.perf_counter(), m.ERROR
         try:
             hosts = capacities(s)
             if only_host is not None:
                 hosts = [h for h in hosts if h.name == only_host]
                 if not hosts:
+                    result = m.UNKNOWN_HOST
                     raise InvalidInput(f"host: no host named {only_host}")
             host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            result = m.OK
             return Placed(host, Status.CREATING)
         except NoValidHost as exc:
+            result = m.NO_VALID_HOST
             # Members read str(exc), which names no host; the per-host detail is logged.
             LOG.warning("no host for %s of project %s: %s", what, project_id, exc.detail)
             return Placed(None, Status.ERROR, str(exc), exc.detail)
+        finally:
+            self._metrics.decided(m.PLACE, result, time.perf_counter() - started)
 
     def place(self, s: Session, project_id: str, delta: Delta, want: Request,
               what: str) -> Placed:
@@ -85,19 +96,27 @@ class Placement:
         self._quotas.check(s, project_id, delta)
         self.ensure_room(s, host, whose, cpu, memory)
 
-    @staticmethod
-    def ensure_room(s: Session, host: str | None, whose: str, cpu: float, memory: int) -> None:
+    def ensure_room(self, s: Session, host: str | None, whose: str, cpu: float,
+                    memory: int) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
         locks the host rows as the scheduler's claims do, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
         free capacity: a member must not learn about other tenants' load."""
         if host is None or (cpu <= 0 and memory <= 0):
             return
-        cap = next((h for h in capacities(s) if h.name == host), None)
-        if cap is None:
-            return  # the host row is gone: nothing runs there to protect
-        if cpu > 0 and cap.cpus - cap.cpu_used < cpu:
-            raise Conflict(f"cpu: the {whose} host has not enough free CPU for {cpu:g} more cores.")
-        if memory > 0 and cap.memory_mb - cap.memory_used < memory:
-            raise Conflict(f"memory: the {whose} host has not enough free memory for "
-                           f"{memory} more MiB.")
+        started, result = time.perf_counter(), m.ERROR
+        try:
+            cap = next((h for h in capacities(s) if h.name == host), None)
+            result = m.OK
+            if cap is None:
+                return  # the host row is gone: nothing runs there to protect
+            if cpu > 0 and cap.cpus - cap.cpu_used < cpu:
+                result = m.NO_ROOM
+                raise Conflict(f"cpu: the {whose} host has not enough free CPU for {cpu:g} "
+                               "more cores.")
+            if memory > 0 and cap.memory_mb - cap.memory_used < memory:
+                result = m.NO_ROOM
+                raise Conflict(f"memory: the {whose} host has not enough free memory for "
+                               f"{memory} more MiB.")
+        finally:
+            self._metrics.decided(m.GROW, result, time.perf_counter() - started)

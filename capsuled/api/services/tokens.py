@@ -16,7 +16,7 @@ from capsuled.store import tokens as repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Token, utcnow
 
-ROLES = ("admin", "member", "reader", "agent")
+ROLES = ("admin", "member", "reader", "agent", "metrics")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}$")
 # ASCII digits, a dozen at most: more is no lifetime (and int() refuses 5,000 of them).
 _DURATION = re.compile(r"^(\d{1,12})\s*([smhdw]?)\Z", re.ASCII)

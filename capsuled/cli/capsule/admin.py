@@ -20,8 +20,8 @@ _SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "
 token_app = typer.Typer(help="""Issue, list and revoke the server's own tokens (admin).
 
     A token stands for a user in a project with roles: admin (everything, every project),
-    member (creates and acts within its project), reader (reads within its project).
-    The plain token is printed once, at creation; the server keeps only its digest.
+    member (creates and acts within its project), reader (reads within its project),
+    metrics (scrapes GET /metrics and nothing else). The plain token is printed once, at creation; the server keeps only its digest.
 
     Example:
 
@@ -76,7 +76,8 @@ def token_create(
     project: Annotated[str, typer.Option("--project", "-p", help="Project the token acts in.")],
     user: Annotated[str, typer.Option("--user", "-u", help="User the token stands for.")],
     role: Annotated[list[str] | None, typer.Option(
-        "--role", "-r", help="admin, member, reader or agent; repeat for several (default member).")] = None,
+        "--role", "-r", help="admin, member, reader, agent or metrics; repeat for several "
+        "(default member).")] = None,
     expires: Annotated[str | None, typer.Option(
         help="Lifetime: seconds, or 90m, 12h, 30d, 2w. Default: no expiry.")] = None,
     description: Annotated[str | None, typer.Option(help="A note for `token list`.")] = None,
@@ -87,7 +88,8 @@ def token_create(
     """Issue a token and print it (once: only its digest is kept).
 
     An agent token (--role agent --host NAME) lets `capsuled agent` on that host reach its
-    own assignments and nothing else.
+    own assignments and nothing else; a metrics token (--role metrics) lets Prometheus
+    scrape GET /metrics and nothing else.
     """
     rt, client = _client(ctx)
     body: dict[str, Any] = {"project_id": project, "user_id": user, "roles": role or ["member"]}

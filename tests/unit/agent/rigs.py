@@ -7,8 +7,8 @@ import threading
 from collections.abc import Collection
 
 from capsuled.domain import labels as L
-from capsuled.domain.channel import (Assignment, Assignments, BareReport, CapsuleReport,
-                                     ContainerAssignment, HostInfo, Registration)
+from capsuled.domain.channel import (AgentStats, Assignment, Assignments, BareReport,
+                                     CapsuleReport, ContainerAssignment, HostInfo, Registration)
 from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.fake import FakeRuntime
 from capsuled.drivers.volume.base import VolumeRequest
@@ -72,6 +72,7 @@ class MemoryChannel:
         self.reports: list[CapsuleReport] = []
         self.bare_reports: list[BareReport] = []
         self.registered: list[HostInfo] = []
+        self.stats: list[AgentStats] = []
 
     def assign(self, capsules: list[Assignment],
                containers: list[ContainerAssignment] | None = None) -> None:
@@ -88,8 +89,9 @@ class MemoryChannel:
         self.registered.append(host)
         return None
 
-    def heartbeat(self, host: str) -> None:
-        pass
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+        if stats is not None:
+            self.stats.append(stats)
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         with self._changed:
