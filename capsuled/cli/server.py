@@ -114,7 +114,7 @@ def run_all_in_one(settings: Settings) -> None:
 @app.command("api")
 def api_command(ctx: typer.Context) -> None:
     """Run a stateless API server (multi-host). Any number may share one database
-    (--database-url before `api`); agents on the compute hosts connect to them with
+    (--database-url); agents on the compute hosts connect to them with
     `capsuled agent`. The first to start on an empty database writes the admin token."""
     from capsuled.paths import ADMIN_TOKEN_FILE
 
@@ -237,7 +237,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Option(
         help="SQLAlchemy URL (postgresql+psycopg://…, mysql+pymysql://…, sqlite:///PATH). "
-             "Default: the server's, from --database-url before `db` or $CAPSULED_DATABASE_URL, "
+             "Default: the server's, from capsuled's --database-url or $CAPSULED_DATABASE_URL, "
              "else SQLite in the state directory.")] = None) -> None:
     """Create the schema on an empty database or migrate it to this version (idempotent)."""
     from capsuled.errors import CapsuledError
@@ -266,8 +266,44 @@ def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Opt
         typer.echo(f"{where}: already at revision {done.after}, nothing to do")
 
 
+# The server-wide options (main_command's) may also follow the subcommand, as people type
+# them: `capsuled api --database-url URL --listen H:P`. They are moved before it; click
+# has no options shared between a group and its commands.
+GLOBAL_OPTIONS = ("--state-dir", "--listen", "--log-level", "--log-format", "--database-url")
+SUBCOMMANDS = ("api", "agent", "image", "db")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """argv with every server-wide option after the subcommand moved before it."""
+    at = next((i for i, a in enumerate(argv) if a in SUBCOMMANDS), None)
+    if at is None:
+        return argv
+    before, after, moved = argv[:at], argv[at:], []
+    rest: list[str] = []
+    i = 0
+    while i < len(after):
+        arg = after[i]
+        if arg == "--":  # what follows is an argument, never an option
+            rest += after[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in arg or i + 1 >= len(after):
+                moved.append(arg)
+                i += 1
+            else:
+                moved += after[i:i + 2]
+                i += 2
+            continue
+        rest.append(arg)
+        i += 1
+    return before + moved + rest
+
+
 def main() -> None:
-    app()
+    import sys
+
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="capsuled")
 
 
 if __name__ == "__main__":

@@ -208,3 +208,32 @@ def test_run_with_mounts(server: Server, docker_api: docker.APIClient, tmp_path:
         ok(cli(server, "container", "delete", "--stop", name))
     bad = cli(server, "run", "--mount", "source=myvol,destination=/d", "busybox")
     assert bad.returncode == 1 and b"mounts[0].source: named (Cinder) volumes" in bad.stderr
+
+
+def test_capsule_logs_picks_the_only_container_or_asks_which(server: Server,
+                                                             bare: dict[str, Any]) -> None:
+    name = f"logs-{uuidlib.uuid4().hex[:8]}"
+    said = {"name": "talker", "image": "busybox",
+            "command": ["sh", "-c", "echo from talker; sleep 3600"]}
+    with server.client() as api:
+        r = api.post("/v1/capsules", json={"template": template(name, [said])})
+        assert r.status_code == 202, r.text
+        two = f"{name}-two"
+        r = api.post("/v1/capsules", json={"template": template(two, [said, sleeper("quiet")])})
+        assert r.status_code == 202, r.text
+        try:
+            wait_for(lambda: b"from talker" in cli(server, "logs", name).stdout, timeout=30,
+                     what="the talker's output through `capsule logs NAME`")
+            asked = cli(server, "logs", two)
+            assert asked.returncode == 2
+            assert b"talker, quiet" in asked.stderr and b"-c CONTAINER" in asked.stderr
+            wait_for(lambda: cli(server, "logs", two, "-c", "talker").stdout == b"from talker\n",
+                     timeout=30, what="-c picks the container")
+            # A name that is no capsule is a bare container's, as `docker logs NAME`.
+            assert ok(cli(server, "logs", "--tail", "1", bare["name"])) == b"to stderr\n"
+            missing = cli(server, "logs", f"{name}-nope")
+            assert missing.returncode == 1
+            assert missing.stderr == f"error: no capsule or bare container is named {name}-nope\n".encode()
+        finally:
+            for gone in (name, two):
+                api.delete(f"/v1/capsules/{gone}")

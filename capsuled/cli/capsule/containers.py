@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from capsuled.cli.capsule import render
+from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.container_common import (
     INTERRUPTED,
     CapsuleOpt,
@@ -167,6 +168,63 @@ def logs(
         except KeyboardInterrupt:
             raise typer.Exit(INTERRUPTED) from None
 
+
+
+def pod_logs(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", show_default=False,
+                                        help="A capsule (or a bare container), by name or uuid.")],
+    container: Annotated[str | None, typer.Option(
+        "--container", "-c", metavar="CONTAINER", show_default=False,
+        help="Which of the capsule's containers (needed when it has more than one).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until "
+                                         "the container stops or Ctrl-C.")] = False,
+    timestamps: Annotated[bool, typer.Option("--timestamps", "-t",
+                                             help="Prefix each line with its RFC 3339 time.")] = False,
+    tail: Annotated[str | None, typer.Option(
+        "--tail", "-n", metavar="N", show_default=False, callback=parse_tail,
+        help="Only the last N lines (or all).")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="WHEN", show_default=False,
+        help="Only output since WHEN: epoch seconds, 'YYYY-MM-DD HH:MM:SS', or a duration "
+             "ago (30s, 10m, 1h30m, 2d).")] = None,
+) -> None:
+    """Print the output of a capsule's container, as `kubectl logs POD -c CONTAINER` does.
+
+    Without -c a capsule with one container shows that one; with several, the error lists
+    their names. A NAME that is no capsule is taken as a bare container's.
+
+    Example:
+
+      capsule logs web-demo
+      capsule logs web-demo -c sidecar -f --tail 20
+    """
+    rt = runtime_of(ctx)
+    capsule: str | None = name
+    ident = container
+    if ident is None:
+        with reporting(rt), rt.client() as client:
+            try:
+                members = [c.get("name") for c in client.get(name).get("containers", [])]
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                members, capsule, ident = [], None, name  # a bare container, as docker logs
+                with container_client(rt) as bare:
+                    try:
+                        bare.get(name)
+                    except ApiError as missing:
+                        if missing.status != 404:
+                            raise
+                        raise CliError(f"no capsule or bare container is named {name}") from None
+        if capsule is not None:
+            if len(members) != 1:
+                raise UsageProblem(f"capsule {name} has containers {', '.join(map(str, members))}:"
+                                   " say which with -c CONTAINER", ctx=ctx)
+            ident = str(members[0])
+    assert ident is not None
+    logs(ctx, ident, follow=follow, timestamps=timestamps, tail=tail, since=since, stdout=True,
+         stderr=True, capsule=capsule, output=Format.table)
 
 def top(
     ctx: typer.Context,

@@ -33,7 +33,7 @@ from capsuled.cli.capsule.shared import Runtime
 
 __all__ = ["Runtime", "app", "main"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -69,6 +69,7 @@ app.command("list")(capsules.list_)
 app.command()(capsules.describe)
 app.command()(capsules.delete)
 app.command()(events.events)
+app.command("logs")(containers.pod_logs)
 
 container_app.command("list")(containers.list_)
 container_app.command("ls", hidden=True)(containers.list_)
