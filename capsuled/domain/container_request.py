@@ -43,7 +43,7 @@ INERT: dict[str, tuple[Any, ...]] = {
     "disk": (None, 0),
 }
 # Zun's exposed_ports keys: "80" (TCP), "80/tcp" or "53/udp".
-EXPOSED_KEY = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp))?$")
+EXPOSED_KEY = re.compile(r"([0-9]{1,5})(?:/(tcp|udp))?")
 
 
 def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
@@ -139,7 +139,7 @@ def _exposed_ports(value: Any, p: _Problems, most: int) -> list[Port]:
         return []
     out: dict[tuple[int, str], Port] = {}
     for key, options in value.items():
-        m = EXPOSED_KEY.match(key) if isinstance(key, str) else None
+        m = EXPOSED_KEY.fullmatch(key) if isinstance(key, str) else None
         where = f"exposed_ports.{str(key)[:40]}"
         if m is None or not 0 < int(m.group(1)) < 65536:
             p.add(where, "must be PORT or PORT/PROTOCOL: a port from 1 to 65535, protocol "

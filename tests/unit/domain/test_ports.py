@@ -89,6 +89,7 @@ def test_exposed_ports_are_published_on_any_host_port() -> None:
     ({"0/tcp": {}}, "exposed_ports.0/tcp: must be PORT or PORT/PROTOCOL"),
     ({"70000": {}}, "exposed_ports.70000: must be PORT or PORT/PROTOCOL"),
     ({"80/TCP": {}}, "exposed_ports.80/TCP: must be PORT or PORT/PROTOCOL"),
+    ({"80\n": {}}, "exposed_ports.80\n: must be PORT or PORT/PROTOCOL"),
     ({"80/tcp": {"HostPort": "80"}}, "exposed_ports.80/tcp: takes no options: {}"),
     ({f"{p}/tcp": {} for p in range(1, 19)}, "exposed_ports: at most 16 ports may be published, not 18"),
 ])
