@@ -114,7 +114,7 @@ def run(
         raise UsageProblem(f"{' and '.join(clash)} cannot be combined with --capsule: "
                            "a capsule's containers follow the capsule's restart policy", ctx=ctx)
     mem = parse_memory(memory)
-    optional = {
+    optional: dict[str, Any] = {
         "command": trailing_words(command) or None, "name": name,
         "environment": parse_env(env) or None, "workdir": workdir, "cpu": cpu,
         "memory": None if mem is None else str(mem), "labels": parse_labels(label) or None,

@@ -4,6 +4,7 @@ gate, and the claim's release on every way a capsule row goes."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -163,3 +164,39 @@ def test_the_database_refuses_a_double_claim_the_locks_would_have_prevented(stor
         row = s.scalars(select(Capsule)).one()
         s.add(HostPort(host="h1", protocol="TCP", port=18080, capsule_id=row.id, project_id="p1"))
         s.flush()
+
+
+def test_the_migration_claims_the_host_ports_of_capsules_placed_before_it(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from capsuled.store.engine import MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0013")
+        for i, (host, spec) in enumerate([
+                ("h1", {"containers": [{"ports": [{"container_port": 80, "host_port": 18080}]}],
+                        "init_containers": [{"ports": [{"container_port": 53, "protocol": "UDP",
+                                                        "host_port": 18053}]}]}),
+                ("h1", {"containers": [{"ports": [{"container_port": 81, "host_port": 18080}]}]}),
+                ("h2", {"containers": [{"ports": [{"container_port": 80, "host_port": 18080},
+                                                  {"container_port": 90}]}]}),
+                (None, {"containers": [{"ports": [{"container_port": 80, "host_port": 18081}]}]})]):
+            conn.execute(text(
+                "INSERT INTO capsules (uuid, project_id, user_id, labels, annotations, spec, status,"
+                " cpu, memory, host, generation, deleting, restart_count, created_at) VALUES "
+                "(:u, :p, 'u', '{}', '{}', :spec, 'Running', 0, 0, :host, 1, 0, 0, '2026-01-01')"),
+                {"u": f"00000000-0000-0000-0000-00000000000{i}", "p": f"p{i}",
+                 "spec": json.dumps(spec), "host": host})
+    upgrade(engine)
+    got = Store(engine)
+    with got.transaction() as s:
+        rows = [(r.host, r.protocol, r.port, r.project_id) for r in s.scalars(
+            select(HostPort).order_by(HostPort.id))]
+    # The older capsule keeps a port two of them asked for on one host.
+    assert rows == [("h1", "UDP", 18053, "p0"), ("h1", "TCP", 18080, "p0"), ("h2", "TCP", 18080, "p2")]

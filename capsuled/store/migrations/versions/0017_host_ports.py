@@ -32,6 +32,37 @@ def upgrade() -> None:
         **_MYSQL)
     with op.batch_alter_table("containers") as batch:
         batch.add_column(sa.Column("published_ports", sa.JSON(), nullable=True))
+    _claim_existing()
+
+
+def _claim_existing() -> None:
+    """Placed capsules whose templates had hostPorts before they were published: their
+    sandboxes publish them from now on, so the scheduler must see them as claimed. Older
+    capsules first; a port two of them ask for on one host goes to the first (the other
+    fails with the port's reason when its sandbox is remade)."""
+    capsules = sa.table("capsules", sa.column("id", sa.Integer()), sa.column("host", sa.String()),
+                        sa.column("project_id", sa.String()), sa.column("spec", sa.JSON()))
+    ports = sa.table("host_ports", sa.column("host", sa.String()), sa.column("protocol", sa.String()),
+                     sa.column("port", sa.Integer()), sa.column("capsule_id", sa.Integer()),
+                     sa.column("project_id", sa.String()))
+    bind = op.get_bind()
+    seen: set[tuple[str, str, int]] = set()
+    rows = []
+    for cid, host, project, spec in bind.execute(
+            sa.select(capsules.c.id, capsules.c.host, capsules.c.project_id, capsules.c.spec)
+            .where(capsules.c.host.is_not(None)).order_by(capsules.c.id)):
+        spec = spec if isinstance(spec, dict) else {}
+        for c in [*(spec.get("init_containers") or []), *(spec.get("containers") or [])]:
+            for p in (c.get("ports") or []) if isinstance(c, dict) else []:
+                hp, proto = (p.get("host_port"), p.get("protocol", "TCP")) if isinstance(p, dict) \
+                    else (None, None)
+                if isinstance(hp, int) and hp > 0 and proto in ("TCP", "UDP") \
+                        and (host, proto, hp) not in seen:
+                    seen.add((host, proto, hp))
+                    rows.append({"host": host, "protocol": proto, "port": hp, "capsule_id": cid,
+                                 "project_id": project})
+    if rows:
+        op.bulk_insert(ports, rows)
 
 
 def downgrade() -> None:
