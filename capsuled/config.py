@@ -7,7 +7,7 @@ between group and field, e.g. CAPSULED_AGENT__RELIST_INTERVAL=5.
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
@@ -44,6 +44,9 @@ class AgentSettings(BaseModel):
         "cpu_allocation_ratio): 1 claims real cores; 4 lets a 2-core host hold 80 containers "
         "of the default 0.1 CPU. Memory is never overcommitted"))
     labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
+    publish_address: IPv4Address = Field(IPv4Address("0.0.0.0"), description=(
+        "Host address published ports bind to (a template's hostPort, a bare container's "
+        "exposed_ports); 0.0.0.0 is every IPv4 address of the host"))
     network_pool: IPv4Network = Field(IPv4Network("10.208.0.0/12"), description=(
         "Addresses for project networks, cut into /network_prefix blocks (one per project "
         "with containers on this host); blocks that overlap the host's routes are skipped"))
@@ -163,6 +166,12 @@ class LimitSettings(BaseModel):
                                "for none (stored in its spec, charged to quota, claimed on "
                                "its host like an explicit request)")
     default_memory: int = Field(256, gt=0, description="MiB given to a container that asks for none")
+    min_host_port: int = Field(1024, ge=1, le=65536, description="Lowest host port a "
+                               "template's hostPort may publish without host-level access "
+                               "(container:create:privileged, admins): the privileged ports "
+                               "stay the operator's")
+    max_host_ports: int = Field(16, ge=0, le=1024, description="Host ports one capsule "
+                                "(hostPort) or bare container (exposed_ports) may publish")
     pids_limit: int = Field(1024, ge=1, description="Processes each container (sandboxes too) "
                             "may have at once; read by the agent and applied to the containers "
                             "it creates")

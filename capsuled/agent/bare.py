@@ -12,6 +12,8 @@ counterpart of plan.py and execute.py.
                               stays exited: restarting it is its restart policy's job.
     network                   created on its project's network with its name as DNS alias;
                               one made before project networks joins it in place
+    exposed ports             published on host ports Docker picks (part of the spec hash),
+                              reported as observed
     mounts                    its own volumes are made before it and removed once it is
                               gone; injected files are put in before it first starts
 
@@ -40,6 +42,7 @@ from capsuled.agent.plan import resources, unhealthy
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import BareReport, ContainerAssignment, ContainerReport
+from capsuled.domain.ports import bindings
 from capsuled.domain.spec import InjectedFile
 from capsuled.drivers.network.base import ProjectNetwork
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime
@@ -129,8 +132,9 @@ class BareExecutor:
     def __init__(self, runtime: Runtime, networks: ProjectNetworks, volumes: VolumeDriver,
                  instance: str, stop_timeout: int,
                  announce: Callable[[BareReport], None] | None = None,
-                 images: pulls.ImageGate | None = None) -> None:
+                 images: pulls.ImageGate | None = None, publish_address: str = "0.0.0.0") -> None:
         self._rt = runtime
+        self._publish_address = publish_address  # where exposed ports bind
         self._images = images if images is not None else pulls.ImageGate(runtime)
         # Reports a container to the store at once (before a one-shot container's first
         # start); an error stops the sync before the start, to be retried.
@@ -243,7 +247,8 @@ class BareExecutor:
                 auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
-                privileged=c.privileged, binds=binds, health=c.health))
+                privileged=c.privileged, binds=binds, health=c.health,
+                ports=bindings(c.ports, self._publish_address)))
             if spec.files:
                 # Files go in before the first start; a container left without them would be
                 # started by the next sync as it is, so a failure removes it.
@@ -276,7 +281,8 @@ class BareExecutor:
                             runtime_id=o.id, exit_code=o.exit_code, restart_count=o.restart_count,
                             oom_killed=o.oom_killed, started_at=o.started_at,
                             finished_at=o.finished_at, health=o.health,
-                            addresses=addresses_of(self._instance, desired.project_id, o))
+                            addresses=addresses_of(self._instance, desired.project_id, o),
+                            ports=list(o.ports))
         return BareReport(uuid=desired.uuid, generation=desired.generation, container=container,
                           error=error)
 

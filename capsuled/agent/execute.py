@@ -15,6 +15,7 @@ from capsuled.agent.prober import Prober, Target
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
+from capsuled.domain.ports import bindings, capsule_published, fingerprint
 from capsuled.domain.spec import ZUN_RESTART_NAMES, ContainerSpec, spec_hash
 from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime, SandboxRequest
@@ -45,8 +46,9 @@ class CapsuleExecutor:
     def __init__(self, runtime: Runtime, volumes: VolumeDriver, networks: ProjectNetworks,
                  instance: str, infra_image: str, stop_timeout: int,
                  parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None,
-                 prober: Prober | None = None) -> None:
+                 prober: Prober | None = None, publish_address: str = "0.0.0.0") -> None:
         self._rt = runtime
+        self._publish_address = publish_address  # where the sandboxes' host ports bind
         self._images = images if images is not None else pulls.ImageGate(runtime)
         self._prober = prober
         self._volumes = volumes
@@ -157,7 +159,10 @@ class CapsuleExecutor:
                 labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.VOLUME: vol.name,
                         L.AUTO_REMOVE: "true" if vol.auto_remove or vol.type == "emptyDir" else "false"}))
         self._rt.ensure_image(self._infra, "IfNotPresent")
+        published = capsule_published(spec)
         labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX}
+        if published:
+            labels[L.PORTS] = fingerprint(published)
         if desired.project_id is not None:
             labels[L.PROJECT] = desired.project_id
 
@@ -166,7 +171,8 @@ class CapsuleExecutor:
                 name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired),
-                ipv4_address=previous_address(desired.project_id, desired.addresses)))
+                ipv4_address=previous_address(desired.project_id, desired.addresses),
+                ports=bindings(published, self._publish_address)))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:

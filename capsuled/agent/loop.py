@@ -71,12 +71,13 @@ class Agent:
         self._prober = None if probe_driver is None else Prober(
             probe_driver, on_change=lambda uuid: self.workers.enqueue(uuid),
             concurrency=settings.probe_concurrency)
+        publish = str(settings.publish_address)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel, images,
-                                         self._prober)
+                                         self._prober, publish_address=publish)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
-                                  images=images)
+                                  images=images, publish_address=publish)
         # What the loops did, sent with each heartbeat (the API's /metrics, per host).
         self.meters = AgentMeters()
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,

@@ -6,6 +6,7 @@ left to do, so each plan only needs to be right about the very next step:
     deleting                 remove members, then the sandbox, then owned volumes → gone
     sandbox missing / down   remove everything, then volumes + a new sandbox
     sandbox restarted        (members joined an older start) same as down
+    host ports changed       (the sandbox publishes other ones) same as down
     members not in the spec  remove them
     init containers          in order: start the next one, or wait for the running one;
                              one that exited non-zero blocks the capsule (Error)
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
 from capsuled.domain.channel import Assignment
+from capsuled.domain.ports import capsule_published, fingerprint
 from capsuled.domain.spec import ContainerSpec, spec_hash
 from capsuled.drivers.runtime.base import Observed
 
@@ -73,6 +75,10 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
                     create_sandbox=True, sandbox_recreated=why)
 
     spec = desired.spec
+    if sandbox.labels.get(L.PORTS, "") != fingerprint(capsule_published(spec)):
+        # Docker cannot change a container's port bindings: a new sandbox publishes them.
+        return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
+                    create_sandbox=True, sandbox_recreated="its published host ports changed")
     wanted = {c.uuid: c for c in spec.all_containers}
     unknown = [o.id for o in members if o.labels.get(L.CONTAINER) not in wanted]
     stale = [o for o in members if o.id not in unknown

@@ -59,7 +59,9 @@ TEMPLATE_CONTAINER = obj(
     ("image",), name=STRING, image=STRING, command=STRINGS, args=STRINGS, workDir=STRING,
     env=STRING_MAP,
     ports={"type": "array", "items": obj(
-        ("containerPort",), containerPort=INTEGER_OR_TEXT, hostPort=INTEGER, name=STRING,
+        ("containerPort",), containerPort=INTEGER_OR_TEXT, name=STRING,
+        hostPort={"type": "integer", "description": "Publish containerPort on this host port "
+                  "(claimed on the capsule's host; below limits.min_host_port: admins only)"},
         protocol={"type": "string", "enum": ["TCP", "UDP"]})},
     resources=obj(requests=obj(cpu=NUMBER_OR_TEXT, memory=INTEGER_OR_TEXT)),
     volumeMounts={"type": "array", "items": obj(("name", "mountPath"), name=STRING,
@@ -109,7 +111,10 @@ CONTAINER_FIELDS: dict[str, Schema] = {
     "availability_zone": STRING, "auto_heal": BOOLEAN_OR_TEXT, "privileged": BOOLEAN_OR_TEXT,
     "healthcheck": obj(cmd=STRING, interval=INTEGER_OR_TEXT, retries=INTEGER_OR_TEXT,
                        timeout=INTEGER_OR_TEXT),
-    "exposed_ports": {"type": "object"}, "registry": STRING, "host": STRING,
+    "exposed_ports": {"type": "object", "additionalProperties": {"type": "object"},
+                      "description": '≥ 1.24: {"80/tcp": {}, "53/udp": {}}, each published on a '
+                                     "host port Docker picks (published_ports in the body)"},
+    "registry": STRING, "host": STRING,
     "run": BOOLEAN_OR_TEXT,
     "capsule": {"type": "string", "description": "Extension: add the container to this capsule"},
 }

@@ -11,6 +11,7 @@ from typing import Any
 from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
 from capsuled.api.relay.worker import Change
 from capsuled.domain.addresses import parse_stored, zun_addresses
+from capsuled.domain import ports
 from capsuled.domain.conditions import capsule_conditions, container_health, container_ready
 from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
                                   HealthCheck)
@@ -100,7 +101,7 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "memory": str(spec.memory) if spec and spec.memory is not None else None,
         "environment": dict(spec.env) if spec else {},
         "workdir": spec.workdir if spec else None,
-        "ports": [p.container_port for p in spec.ports] if spec else [],
+        "ports": [p.container_port for p in spec.ports] if spec else [],  # Zun's shape
         "hostname": (capsule.name if capsule else None),
         "labels": {},
         # A member's are its sandbox's (one port, the capsule's).
@@ -126,10 +127,12 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "exit_code": row.exit_code,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
-        # Extensions: its conditions (domain/conditions.py) and probe results.
+        # Extensions: its conditions (domain/conditions.py) and probe results, and the
+        # ports it publishes on its host (a member's through its sandbox: fixed ones).
         "ready": container_ready(row.status, row.probe),
         "health": container_health(row.status, row.probe),
         "probe": dict((row.probe or {}).get("probes") or {}),
+        "published_ports": ports.view(spec),
     }
     if is_admin:
         body.update({"host": capsule.host if capsule else None,
@@ -154,7 +157,9 @@ def any_container_view(row: Container, is_admin: bool, base_url: str) -> dict[st
             "labels": dict(bare.labels), "auto_remove": bare.auto_remove,
             "auto_heal": bare.auto_heal, "disk": bare.disk,
             "disk_enforced": False,  # as a capsule volume's size_enforced (extension)
-            "hostname": bare.hostname or row.name, "capsule_id": None})
+            "hostname": bare.hostname or row.name, "capsule_id": None,
+            # Host ports Docker picked for its exposed_ports, as the agent last saw them.
+            "published_ports": ports.view(bare.container, row.published_ports)})
         if is_admin:
             body["host"] = row.host
     body["links"] = [{"href": f"{base_url}/v1/containers/{row.uuid}", "rel": "self"},

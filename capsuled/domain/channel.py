@@ -23,6 +23,7 @@ from typing import Literal, Protocol, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capsuled.domain.addresses import Address
+from capsuled.domain.ports import PublishedPort
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 class _Wire(BaseModel):
@@ -150,6 +151,9 @@ class ContainerReport(_Wire):
     # Its addresses on its project network as observed (empty: none seen now, e.g. while
     # stopped; the store then keeps the last ones, as a Neutron port keeps its IP).
     addresses: list[Address] = Field(default_factory=list)
+    # A bare container's published ports with the host ports Docker gave them (empty while
+    # it is not running). Members publish through their sandbox: their spec says which.
+    ports: list[PublishedPort] = Field(default_factory=list)
 
 
 class CapsuleReport(_Wire):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
+import re
 import shlex
 from typing import Any
 
 
+from capsuled.domain.ports import ANY_HOST_PORT
 from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, HealthCheck,
-                                  InjectedFile, VolumeMount, VolumeSpec)
+                                  InjectedFile, Port, VolumeMount, VolumeSpec)
 from capsuled.domain import labels as L
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES,
                                       REGISTRY_REF_RE, Limits, _Problems, refuse_nul,
@@ -38,8 +40,10 @@ INERT: dict[str, tuple[Any, ...]] = {
     # suite name it on every create); other groups need Neutron.
     "image_driver": ("docker", None), "security_groups": (None, [], ["default"]), "nets": (None, []),
     "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
-    "exposed_ports": (None, {}), "disk": (None, 0),
+    "disk": (None, 0),
 }
+# Zun's exposed_ports keys: "80" (TCP), "80/tcp" or "53/udp".
+EXPOSED_KEY = re.compile(r"([0-9]{1,5})(?:/(tcp|udp))?")
 
 
 def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
@@ -92,7 +96,11 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         registry = None
     zone = _optional_str(body.get("availability_zone"), "availability_zone", p)
     host = _optional_str(body.get("host"), "host", p)
+    ports = _exposed_ports(body.get("exposed_ports"), p, limits.max_host_ports)
     if capsule is not None:
+        if ports:
+            p.add("exposed_ports", "a capsule's ports are published by its sandbox, made with "
+                                   "the capsule (hostPort in its template); not allowed with capsule")
         for key in ("restart_policy", "auto_remove", "hostname", "availability_zone", "host"):
             if body.get(key) not in (None, False):
                 p.add(key, "comes from the capsule; not allowed with capsule")
@@ -108,7 +116,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
 
     spec = ContainerSpec(
         name=name or "", role="app", image=str(image), command=entrypoint, args=command,
-        workdir=workdir, env=env, cpu=cpu, memory=memory,
+        workdir=workdir, env=env, cpu=cpu, memory=memory, ports=ports,
         volume_mounts=mounts,
         image_pull_policy=PULL_POLICIES[pull.lower()] if isinstance(pull, str) else "IfNotPresent",
         tty=tty, stdin=interactive, privileged=privileged, health=health, registry=registry)
@@ -116,6 +124,34 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
                     hostname=hostname, labels=labels, capsule=capsule,
                     availability_zone=zone, host=host, node_selector=node_selector,
                     volumes=volumes, files=files, auto_heal=auto_heal)
+
+
+def _exposed_ports(value: Any, p: _Problems, most: int) -> list[Port]:
+    """Zun's exposed_ports ({"80/tcp": {}, "53/udp": {}}): each published on a host port
+    the runtime picks (as `docker run -P`), which the container's body then shows."""
+    if value in (None, {}):
+        return []
+    if not isinstance(value, dict):
+        p.add("exposed_ports", 'must be an object such as {"80/tcp": {}, "53/udp": {}}')
+        return []
+    if len(value) > most:
+        p.add("exposed_ports", f"at most {most} ports may be published, not {len(value)}")
+        return []
+    out: dict[tuple[int, str], Port] = {}
+    for key, options in value.items():
+        m = EXPOSED_KEY.fullmatch(key) if isinstance(key, str) else None
+        where = f"exposed_ports.{str(key)[:40]}"
+        if m is None or not 0 < int(m.group(1)) < 65536:
+            p.add(where, "must be PORT or PORT/PROTOCOL: a port from 1 to 65535, protocol "
+                         "tcp or udp")
+        elif options not in (None, {}):
+            p.add(where, "takes no options: {}")
+        else:
+            port = int(m.group(1))
+            proto = "UDP" if m.group(2) == "udp" else "TCP"
+            out[(port, proto)] = Port(container_port=port, protocol=proto,
+                                      host_port=ANY_HOST_PORT)
+    return list(out.values())
 
 
 def _healthcheck(value: Any, auto_heal: bool, p: _Problems) -> HealthCheck | None:

@@ -1,6 +1,7 @@
 """Requests for host-level powers: the fields of a template or a container request that
 would let a container reach past its sandbox (privileged mode, the host's network, PID or
-IPC namespace, host paths, added capabilities, devices, another OCI runtime).
+IPC namespace, host paths, added capabilities, devices, another OCI runtime, a host port
+below limits.min_host_port).
 
 Pure: it only finds them. The API refuses them with 403 to callers the policy does not
 trust (`container:create:privileged`), so a tenant learns which field was refused and
@@ -26,7 +27,7 @@ _REQUEST_VALUES = ("privileged", "devices", "cap_add", "security_opt", "network_
 _DEFAULT_RUNTIMES = (None, "", "runc")
 
 
-def template_asks(template: Any) -> list[str]:
+def template_asks(template: Any, min_host_port: int = 1024) -> list[str]:
     """The paths of host-level asks in a capsule template (empty when there are none)."""
     if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
         return []
@@ -37,7 +38,7 @@ def template_asks(template: Any) -> list[str]:
         items = spec.get(group)
         for i, c in enumerate(items if isinstance(items, list) else []):
             if isinstance(c, dict):
-                asks += _container_asks(c, f"spec.{group}[{i}]")
+                asks += _container_asks(c, f"spec.{group}[{i}]", min_host_port)
     volumes = spec.get("volumes")
     for i, v in enumerate(volumes if isinstance(volumes, list) else []):
         if isinstance(v, dict) and "hostPath" in v:
@@ -45,8 +46,13 @@ def template_asks(template: Any) -> list[str]:
     return asks
 
 
-def _container_asks(c: dict[str, Any], path: str) -> list[str]:
+def _container_asks(c: dict[str, Any], path: str, min_host_port: int) -> list[str]:
     asks = [f"{path}.{k}" for k in _CONTAINER_VALUES if c.get(k)]
+    ports = c.get("ports")
+    for j, p in enumerate(ports if isinstance(ports, list) else []):
+        hp = p.get("hostPort") if isinstance(p, dict) else None
+        if isinstance(hp, int) and not isinstance(hp, bool) and 0 < hp < min_host_port:
+            asks.append(_low_port(f"{path}.ports[{j}]", hp, min_host_port))
     ctx = c.get("securityContext")
     if isinstance(ctx, dict):
         if ctx.get("privileged"):
@@ -74,13 +80,22 @@ def request_asks(body: Any) -> list[str]:
     return asks
 
 
-def capsule_spec_asks(spec: CapsuleSpec) -> list[str]:
-    """Host-level powers a parsed capsule spec would give its containers."""
+def capsule_spec_asks(spec: CapsuleSpec, min_host_port: int = 1024) -> list[str]:
+    """Host-level powers a parsed capsule spec would give its containers. A host port
+    below `min_host_port` (limits.min_host_port) is one: the privileged ports (SSH, DNS,
+    HTTP on 80) are the operator's to hand out, not any tenant's."""
     asks = []
     for group, items in (("initContainers", spec.init_containers), ("containers", spec.containers)):
-        asks += [f"spec.{group}[{i}].securityContext.privileged"
-                 for i, c in enumerate(items) if c.privileged]
+        for i, c in enumerate(items):
+            if c.privileged:
+                asks.append(f"spec.{group}[{i}].securityContext.privileged")
+            asks += [_low_port(f"spec.{group}[{i}].ports[{j}]", p.host_port, min_host_port)
+                     for j, p in enumerate(c.ports) if p.host_port and p.host_port < min_host_port]
     return asks
+
+
+def _low_port(path: str, port: int, least: int) -> str:
+    return f"{path}.hostPort ({port} is below {least})"
 
 
 def bare_spec_asks(spec: BareSpec) -> list[str]:

@@ -32,6 +32,9 @@ class VolumeMount(_Frozen):
 class Port(_Frozen):
     container_port: int
     protocol: Literal["TCP", "UDP"] = "TCP"
+    # None: not published (documentation, as in Kubernetes); 1-65535: published on that
+    # host port (a template's hostPort, claimed on the host); 0: published on a host port
+    # the runtime picks (a bare container's exposed_ports). See domain/ports.py.
     host_port: int | None = None
     name: str | None = None
 

@@ -57,6 +57,10 @@ class Limits:
     # What a container that asks for none gets (domain.resources.with_default_limits).
     default_cpu: float = 0.1
     default_memory: int = 256
+    # Published host ports: below min_host_port only for those trusted with host access
+    # (domain.host_access); at most max_host_ports per capsule or bare container.
+    min_host_port: int = 1024
+    max_host_ports: int = 16
 
 
 _REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -171,6 +175,7 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     apps = _check_containers(spec.get("containers"), "spec.containers", "app",
                              volume_names, p, limits, required=True)
     _check_names_unique(spec.get("initContainers"), spec.get("containers"), p)
+    _check_host_ports(spec.get("initContainers"), spec.get("containers"), p, limits)
     _check_volumes_mounted(raw_volumes, raw_containers, p)
     if len(inits) + len(apps) > limits.max_containers:
         p.add("spec.containers", f"a capsule holds at most {limits.max_containers} containers")
@@ -595,6 +600,34 @@ def _check_names_unique(inits: Any, apps: Any, p: _Problems) -> None:
                 p.add(f"{group}[{i}].name", f"duplicate container name {name!r} (also {seen[name]})")
             else:
                 seen[name] = f"{group}[{i}]"
+
+
+def _check_host_ports(inits: Any, apps: Any, p: _Problems, limits: Limits) -> None:
+    """Members share the sandbox's network namespace, which publishes all their ports: a
+    host port (per protocol) is published once per capsule, and a capsule publishes at
+    most limits.max_host_ports. On the raw lists, as names are, so every clash is found."""
+    seen: dict[tuple[str, int], str] = {}
+    count = 0
+    for group, items in (("spec.initContainers", inits), ("spec.containers", apps)):
+        for i, c in enumerate(_raw_list(items)):
+            ports = c.get("ports") if isinstance(c, dict) else None
+            for j, port in enumerate(_raw_list(ports)):
+                hp = port.get("hostPort") if isinstance(port, dict) else None
+                if isinstance(hp, bool) or not isinstance(hp, int) or not 0 < hp < 65536:
+                    continue  # absent, or reported by _check_ports
+                proto = port.get("protocol", "TCP")
+                if proto not in ("TCP", "UDP"):
+                    continue  # reported by _check_ports
+                where = f"{group}[{i}].ports[{j}]"
+                count += 1
+                if (proto, hp) in seen:
+                    p.add(f"{where}.hostPort", f"{proto} host port {hp} is already "
+                                               f"published by {seen[(proto, hp)]}")
+                else:
+                    seen[(proto, hp)] = where
+    if count > limits.max_host_ports:
+        p.add("spec.containers", f"a capsule publishes at most {limits.max_host_ports} "
+                                 f"host ports, not {count}")
 
 
 def _raw_list(value: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Pick a host for a capsule: filter out hosts that cannot take it, then spread.
+"""Pick a host for a capsule: filter out hosts that cannot take it (down, zone, CPU,
+memory, disk, labels, a fixed host port already claimed there), then spread or pack.
 
 Pure: it sees capacities, never the database. Issue-level scheduling (labels, hints,
 pack weigher, optimistic claims across replicas) extends this module.
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
+from capsuled.domain.ports import HostPortKey, describe
 from capsuled.store.hosts import HostCapacity
 
 
@@ -35,6 +37,8 @@ class Request:
     availability_zone: str | None = None
     disk: int = 0  # GiB
     labels: Mapping[str, str] = field(default_factory=dict)  # the host must carry all of them
+    ports: tuple[HostPortKey, ...] = ()  # fixed host ports that must be free there
+    project_id: str | None = None  # whose request: a port's holder is "yours" or not
 
 
 def label_hints(hints: Mapping[str, object] | None) -> dict[str, str]:
@@ -67,7 +71,30 @@ def _rejects(host: HostCapacity, req: Request, now: datetime, down_after: timede
     for key, value in req.labels.items():
         if host.labels.get(key) != value:
             return f"lacks label {key}={value}", f"no host that is up has label {key}={value}"
+    for wanted in req.ports:
+        holder = host.ports.get(wanted)
+        if holder is not None:
+            # The requester learns only that it is its own capsule or someone else's.
+            whose = (f"your capsule {holder.capsule}" if holder.project_id == req.project_id
+                     else "another project")
+            return (f"{describe(wanted)} used by capsule {holder.capsule} of project "
+                    f"{holder.project_id}", f"no host has {describe(wanted)} free{_BY}{whose}")
     return None
+
+
+_BY = ": used by "
+
+
+def _merge_holders(unmet: list[str]) -> list[str]:
+    """"no host has TCP port 80 free: used by X" and "…: used by Y" as one line naming
+    both holders, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for line in unmet:
+        head, _, holder = line.partition(_BY)
+        holders = out.setdefault(head, [])
+        if holder and holder not in holders:
+            holders.append(holder)
+    return [head + (_BY + ", ".join(holders) if holders else "") for head, holders in out.items()]
 
 
 Weigher = Literal["spread", "pack"]
@@ -86,6 +113,7 @@ def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
     cutoff = now - down_after
     zone, cpu, memory, disk = req.availability_zone, req.cpu, req.memory, req.disk
     labels = tuple(req.labels.items())
+    ports = req.ports
     pack = weigher == "pack"
     best: HostCapacity | None = None
     best_mem, best_cpu = 0.0, 0.0
@@ -102,6 +130,8 @@ def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
             continue
         if labels and any(h.labels.get(k) != v for k, v in labels):
             continue
+        if ports and any(p in h.ports for p in ports):
+            continue
         if best is not None:
             if free_mem != best_mem:
                 if (free_mem > best_mem) == pack:
@@ -114,7 +144,7 @@ def select_host(hosts: list[HostCapacity], req: Request, now: datetime,
         best, best_mem, best_cpu = h, free_mem, free_cpu
     if best is None:
         why = {h.name: r for h in hosts if (r := _rejects(h, req, now, down_after)) is not None}
-        unmet = list(dict.fromkeys(public for _, public in why.values()))
+        unmet = _merge_holders(list(dict.fromkeys(public for _, public in why.values())))
         if len(unmet) > 1 and "no host is up" in unmet:
             unmet.remove("no host is up")  # the hosts that are up are the news
         raise NoValidHost({h: detail for h, (detail, _) in why.items()}, unmet)

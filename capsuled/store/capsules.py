@@ -20,7 +20,7 @@ from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_rep
 from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store import outbox
+from capsuled.store import host_ports, outbox
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, utcnow)
 
@@ -149,6 +149,7 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
                auto_remove=v.auto_remove, project_id=project_id, user_id=user_id)
         for v in spec.volumes]
     row.label_rows = [CapsuleLabel(key=k, value=v) for k, v in spec.labels.items()]
+    host_ports.claim(session, row, spec)  # its fixed host ports, with its CPU and memory
     session.add(row)
     session.flush()
     # Members read events: which host it went to is for administrators (the capsule's
@@ -175,11 +176,13 @@ def changed(session: Session, capsule: Capsule, event_type: str, reason: str,
 def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
                 event: EventRecord | None = None) -> None:
     """The one way a capsule's spec changes (a resize, an added container; update and
-    rollback next): the spec and its cpu and memory totals are written, the generation
+    rollback next): the spec, its cpu and memory totals and its host-port claims are
+    written (the caller checked that new ports are free: Placement.ensure_ports), the generation
     goes up so that the agent reconciles it, and its host's revision wakes that agent.
     `event`, which describes the change, is recorded in the same transaction."""
     capsule.spec = spec.model_dump(mode="json")
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
+    host_ports.claim(session, capsule, spec)
     capsule.generation += 1
     capsule.updated_at = utcnow()
     if event is not None:

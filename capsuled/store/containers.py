@@ -223,6 +223,11 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             seen = [a.model_dump() for a in c.addresses]
             if row.addresses != seen:
                 row.addresses = seen
+        # Unlike an address, a host port Docker picked is the container's only while it
+        # runs: shown as it is now.
+        ports = [b.model_dump() for b in c.ports] or None
+        if row.published_ports != ports:
+            row.published_ports = ports
     else:
         return
     if row.deleting:

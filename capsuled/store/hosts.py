@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid as uuidlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
+from capsuled.domain.ports import HostPortKey
+from capsuled.store.host_ports import PortHolder, held
 from capsuled.store.tables import Capsule, Container, Host, Volume, utcnow
 
 
@@ -28,6 +31,8 @@ class HostCapacity:
     containers: int = 0
     disk_gb: int = 0
     disk_used: int = 0  # GiB claimed by capsule volumes
+    # Fixed host ports claimed there (store/host_ports.py), with their holders.
+    ports: Mapping[HostPortKey, PortHolder] = field(default_factory=dict)
 
 
 def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None = None) -> Host:
@@ -113,6 +118,7 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
                                  .execution_options(populate_existing=True)).all())
     used = usage(session)
     disk = disk_usage(session)
+    ports = held(session)
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
                          forced_down=bool(h.forced_down),
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
@@ -120,7 +126,8 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
                          cpu_used=used.get(h.name, (0.0, 0, 0))[0],
                          memory_used=used.get(h.name, (0.0, 0, 0))[1],
                          containers=used.get(h.name, (0.0, 0, 0))[2],
-                         disk_gb=h.disk_gb or 0, disk_used=disk.get(h.name, 0))
+                         disk_gb=h.disk_gb or 0, disk_used=disk.get(h.name, 0),
+                         ports=ports.get(h.name, {}))
             for h in hosts]
 
 

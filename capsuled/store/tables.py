@@ -99,6 +99,8 @@ class Capsule(Base):
         cascade="all, delete-orphan", passive_deletes=True, order_by="Volume.id")
     label_rows: Mapped[list[CapsuleLabel]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True)
+    host_ports: Mapped[list[HostPort]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="HostPort.id")
 
 
 class CapsuleLabel(Base):
@@ -110,6 +112,22 @@ class CapsuleLabel(Base):
     key: Mapped[str] = mapped_column(String(255))
     value: Mapped[str] = mapped_column(String(255))
     __table_args__ = (Index("ix_capsule_labels_kv", "key", "value"),)
+
+
+class HostPort(Base):
+    """A fixed host port a capsule publishes (a template's hostPort), claimed on its host
+    with the capsule (store/host_ports.py) and released with its row. The unique key is
+    the backstop of the scheduler's claim: a host hands out each (protocol, port) once."""
+
+    __tablename__ = "host_ports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    protocol: Mapped[str] = mapped_column(String(3))  # TCP | UDP
+    port: Mapped[int] = mapped_column(Integer)
+    capsule_id: Mapped[int] = mapped_column(ForeignKey("capsules.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    __table_args__ = (UniqueConstraint("host", "protocol", "port",
+                                       name="uq_host_ports_host_protocol_port"),)
 
 
 class Container(Base):
@@ -139,6 +157,10 @@ class Container(Base):
     # Its conditions as last reported: {"ready": bool | None, "health": Docker's health
     # status | None, "probes": {purpose: channel.ProbeResult dict}} (None: never reported).
     probe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A bare container's published ports as the agent last saw them (domain.ports.
+    # PublishedPort dicts: the host ports Docker picked for its exposed_ports); empty
+    # while it is not running, when Docker holds no binding for it.
+    published_ports: Mapped[list[Any] | None] = mapped_column(JSON)
     # Bare containers only (capsule children live in their capsule's spec and host):
     # their own desired state, placement and claim.
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -4,6 +4,7 @@ DockerRuntime alike, so the agent's unit tests on the fake say something about D
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import docker.types
 import pytest
 
 from capsuled.domain import labels as L
+from capsuled.domain.ports import PublishedPort
 from capsuled.drivers.runtime.base import ContainerRequest, Runtime, RuntimeEvent, SandboxRequest
 from capsuled.drivers.runtime.docker import DockerRuntime
 from capsuled.drivers.runtime.fake import FakeRuntime
@@ -322,6 +324,40 @@ def test_a_sandbox_gets_the_address_it_asks_for(rig: Rig) -> None:
     member(rig, "cap1", again.id)
     assert [o.addresses for o in rig.runtime.observe_capsule(rig.instance, "cap1")
             if o.labels[L.ROLE] == "app"] == [()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_published_ports_get_fixed_or_picked_host_ports_and_a_taken_one_fails(rig: Rig) -> None:
+    fixed = _free_port()
+    want = PublishedPort(container_port=8080, host_port=fixed, host_ip="127.0.0.1")
+    sb = rig.runtime.create_sandbox(SandboxRequest(
+        name=rig.name("cap1-sandbox"), image=INFRA, hostname="cap1",
+        labels=rig.labels("cap1", L.ROLE_SANDBOX), ports=(want,)))
+    assert sb.ports == (want,)
+    member(rig, "cap1", sb.id)  # members publish through the sandbox, nothing of their own
+    assert [o.ports for o in rig.runtime.observe_capsule(rig.instance, "cap1")
+            if o.labels[L.ROLE] == "app"] == [()]
+    cid = rig.runtime.create_container(ContainerRequest(
+        name=rig.name("cap2"), image=BUSYBOX, sandbox_id=None, cmd=["sleep", "300"],
+        labels=rig.labels("cap2", L.ROLE_BARE), ports=(
+            PublishedPort(container_port=80, host_port=0, host_ip="127.0.0.1"),
+            PublishedPort(container_port=53, protocol="UDP", host_port=0, host_ip="127.0.0.1"))))
+    (bare,) = rig.runtime.observe_capsule(rig.instance, "cap2")
+    assert {(p.protocol, p.container_port) for p in bare.ports} == {("TCP", 80), ("UDP", 53)}
+    assert all(p.host_port > 0 and p.host_ip == "127.0.0.1" for p in bare.ports)
+    rig.runtime.stop(cid, 0)  # a stopped container holds no host port
+    assert rig.runtime.observe_capsule(rig.instance, "cap2")[0].ports == ()
+    # The same host port again: the sandbox cannot start, says which port, and is not left.
+    with pytest.raises(DriverError, match=f"TCP port {fixed} on the host: something else"):
+        rig.runtime.create_sandbox(SandboxRequest(
+            name=rig.name("cap3-sandbox"), image=INFRA, hostname="cap3",
+            labels=rig.labels("cap3", L.ROLE_SANDBOX), ports=(want,)))
+    assert rig.runtime.observe_capsule(rig.instance, "cap3") == []
 
 
 @pytest.mark.docker

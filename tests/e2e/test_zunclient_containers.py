@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 
 import docker
@@ -162,6 +163,38 @@ def test_run_with_a_healthcheck_through_zunclient(zun, made, docker_api: docker.
     assert got.healthcheck == {"cmd": "true", "interval": 2, "retries": 3, "timeout": 1}
     assert got.auto_heal is True
     assert docker_of(docker_api, c.uuid)["Config"]["Healthcheck"]["Test"] == ["CMD", "sh", "-c", "true"]
+
+
+def test_run_with_exposed_ports_through_zunclient(zun, made, docker_api: docker.APIClient,  # type: ignore[no-untyped-def]
+                                                  unique) -> None:
+    # What `zun run -p 8080 -p 53/udp` hands the library.
+    c = zun.containers.run(name=unique("zp"), image="busybox", exposed_ports={"8080": {}, "53/udp": {}},
+                           command=["sh", "-c", "mkdir /www && echo published > /www/index.html "
+                                                "&& exec httpd -f -p 8080 -h /www"])
+    made.append(c.uuid)
+    status_of(zun, c.uuid, "Running")
+    got = wait_for(lambda: (lambda b: b if all(p["host_port"] for p in b.published_ports) else None)(
+        zun.containers.get(c.uuid)), what="the host ports Docker picked, reported")
+    assert sorted(got.ports) == [53, 8080]  # Zun's shape: the container ports
+    host_ports = {(p["protocol"], p["container_port"]): p["host_port"] for p in got.published_ports}
+    assert set(host_ports) == {("TCP", 8080), ("UDP", 53)}
+    info = docker_of(docker_api, c.uuid)
+    assert info["HostConfig"]["PortBindings"]["8080/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": ""}]
+    assert info["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"] == str(host_ports[("TCP", 8080)])
+    page = wait_for(lambda: _get(f"http://127.0.0.1:{host_ports[('TCP', 8080)]}/"), timeout=15,
+                    what="the page through the published port")
+    assert page == "published\n"
+    with pytest.raises(zun_exc.BadRequest) as bad:
+        zun.containers.run(image="busybox", exposed_ports={"80/sctp": {}})
+    assert "exposed_ports.80/sctp" in str(bad.value)
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return str(r.read().decode())
+    except OSError:
+        return None
 
 
 def test_capsule_children_are_refused_lifecycle_actions(zun, server: Server, docker_api,  # type: ignore[no-untyped-def]

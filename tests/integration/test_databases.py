@@ -297,6 +297,22 @@ def test_concurrent_claims_from_different_projects_never_oversubscribe_a_host(
     assert all(c.status == "Error" and "768 MiB" in (c.status_reason or "") for c in refused)
 
 
+def test_concurrent_creates_never_claim_one_host_port_twice(db: Database) -> None:
+    store = db.ready()
+    add_host(store, "h1")
+    add_host(store, "h2")
+    capsules = capsule_service(store)
+    tmpl = template("web")
+    tmpl["spec"]["containers"][0]["ports"] = [{"containerPort": 80, "hostPort": 18080}]
+    results = at_once(8, lambda i: capsules.create(member(f"p{i}"), tmpl))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    placed = sorted(c.host for c in results if isinstance(c, Capsule) and c.host is not None)
+    assert placed == ["h1", "h2"]
+    refused = [c for c in results if isinstance(c, Capsule) and c.host is None]
+    assert len(refused) == 6 and all("TCP port 18080 free" in (c.status_reason or "")
+                                     for c in refused)
+
+
 def test_replicas_on_postgresql_wake_each_other_at_once(db: Database) -> None:
     """On PostgreSQL a commit's wake-up reaches the other API replicas through
     LISTEN/NOTIFY; elsewhere there is nothing to listen to and they re-read instead."""

@@ -337,3 +337,35 @@ def test_node_selector_and_label_hints_pick_hosts_by_label(cluster: Cluster) -> 
         assert labels == {"host-a": {"name": "host-a"}, "host-b": {"name": "host-b"}}
         api.delete(f"/v1/containers/{bare}", params={"force": "true"})
         _delete_all(api, [u, nowhere["uuid"]])
+
+
+def test_a_host_port_taken_on_one_host_sends_the_next_capsule_to_the_other(cluster: Cluster) -> None:
+    port = free_port()
+    ported = sleeper("app", ports=[{"containerPort": 8080, "hostPort": port}])
+    made: list[str] = []
+    try:
+        for i in range(2):
+            with cluster.client(i) as api:  # one through each replica
+                r = api.post("/v1/capsules", json={"template": template(f"port-{i}", [ported])})
+                assert r.status_code == 202, r.text
+                made.append(r.json()["uuid"])
+        with cluster.client(0) as api:
+            hosts = {_wait(api, u, "Running")["host"]: u for u in made}
+            assert set(hosts) == {"host-a", "host-b"}
+            for host, u in hosts.items():  # each engine publishes it for its own capsule
+                (sb,) = cluster.dockers[host].containers(filters={"label": [
+                    f"capsuled.capsule={u}", "capsuled.role=sandbox"]})
+                bindings = cluster.dockers[host].inspect_container(sb["Id"])["HostConfig"]["PortBindings"]
+                assert bindings == {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+            r = api.post("/v1/capsules", json={"template": template("port-2", [ported])})
+            third = r.json()
+            made.append(third["uuid"])
+            assert third["status"] == "Error"
+            holders = [f"your capsule port-{i}" for i in (0, 1) if made[i] == hosts["host-a"]] + \
+                [f"your capsule port-{i}" for i in (0, 1) if made[i] == hosts["host-b"]]
+            assert third["status_reason"] == (
+                f"There are not enough hosts available. (no host has TCP port {port} free: "
+                f"used by {', '.join(holders)})")
+    finally:
+        with cluster.client(0) as api:
+            _delete_all(api, made)

@@ -59,9 +59,10 @@ def create(request: Request, response: Response, body: BodyDep, who: PrincipalDe
            version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
     """Create a container (run=true also starts it); `capsule` adds it to a capsule."""
     run = flag(body.pop("run", None), "run")
-    if body.get("registry") is not None and not version.at_least((1, 31)):
-        raise InvalidInput(f"registry: needs microversion 1.31 or later (this request asked "
-                           f"for {version})")
+    for key, least in (("registry", (1, 31)), ("exposed_ports", (1, 24))):
+        if body.get(key) not in (None, {}) and not version.at_least(least):
+            raise InvalidInput(f"{key}: needs microversion {least[0]}.{least[1]} or later "
+                               f"(this request asked for {version})")
     row = _service(request).create(who, body, run, _request_id(request),
                                    command_as_string=not version.at_least((1, 20)))
     response.headers["Location"] = f"{base}/v1/containers/{row.uuid}"

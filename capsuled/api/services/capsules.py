@@ -18,6 +18,7 @@ from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
 from capsuled.domain.host_access import capsule_spec_asks, template_asks
 from capsuled.domain.image_ref import normalise
+from capsuled.domain.ports import capsule_host_ports
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.errors import InvalidInput, OverQuota
 from capsuled.domain.resources import capsule_with_default_limits
@@ -51,9 +52,10 @@ class CapsuleService:
     def create(self, who: Principal, template: Any) -> Capsule:
         # Parse once (text is decoded here, within budgets), then decide on what was parsed.
         document = load_template_text(template) if isinstance(template, str) else template
-        self._policy.check_host_access(who, template_asks(document))
+        least = self._limits.min_host_port
+        self._policy.check_host_access(who, template_asks(document, least))
         spec = parse_template(document, self._limits)
-        self._policy.check_host_access(who, capsule_spec_asks(spec))
+        self._policy.check_host_access(who, capsule_spec_asks(spec, least))
         spec = capsule_with_default_limits(spec, self._limits)
         with self._store.transaction() as s:
             # Another project's committed image is not this project's to run (issue 11).
@@ -83,7 +85,8 @@ class CapsuleService:
                       memory=spec.total_memory(), disk=disk),
                 Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
                         availability_zone=spec.availability_zone, disk=disk,
-                        labels=spec.node_selector),
+                        labels=spec.node_selector, ports=tuple(capsule_host_ports(spec)),
+                        project_id=who.project_id),
                 f"capsule {spec.name}")
             # No host: Zun answers 202 and records the failure on the capsule; zunclient
             # expects it.

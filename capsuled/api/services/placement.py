@@ -2,16 +2,18 @@
 containers, containers added to capsules and resizes.
 
 Every step runs in the caller's transaction and under the locks DESIGN decision 6 names:
-`admit` takes the project's quota lock row before reading usage, and `choose` and `ensure_room`
-read host capacities with the host rows locked, so concurrent creates and resizes on any
-API replica never both take a project's or a host's last free unit. The claim itself is
-the row the caller then writes in the same transaction.
+`admit` takes the project's quota lock row before reading usage, and `choose`, `ensure_room`
+and `ensure_ports` read host capacities with the host rows locked, so concurrent creates
+and resizes on any API replica never both take a project's or a host's last free unit (or
+the same fixed host port). The claim itself is the row the caller then writes in the same
+transaction (a capsule's host ports: store/host_ports.py, written by the capsule store).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from capsuled.api import metrics as m
 from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.quotas import Delta, QuotaService
+from capsuled.domain.ports import HostPortKey, describe
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
@@ -120,3 +123,22 @@ class Placement:
                                f"{memory} more MiB.")
         finally:
             self._metrics.decided(m.GROW, result, time.perf_counter() - started)
+
+    @staticmethod
+    def ensure_ports(s: Session, host: str | None, capsule_uuid: str,
+                     ports: Iterable[HostPortKey], project_id: str) -> None:
+        """Refuse fixed host ports (a capsule update's new hostPorts) that another capsule
+        holds on `host`, under the host row locks as `choose` reads them; the capsule's
+        own claims do not count. Names the holder only to its own project."""
+        if host is None:
+            return
+        cap = next((h for h in capacities(s) if h.name == host), None)
+        held = cap.ports if cap is not None else {}
+        for key in ports:
+            holder = held.get(key)
+            if holder is None or holder.uuid == capsule_uuid:
+                continue
+            whose = (f"your capsule {holder.capsule}" if holder.project_id == project_id
+                     else "another project")
+            raise Conflict(f"hostPort: {describe(key)} is in use on the capsule's host "
+                           f"(by {whose}).")

@@ -27,6 +27,7 @@ from capsuled.cli.capsule.shared import (
     show_each,
 )
 from capsuled.cli.capsule.templates import load_templates
+from capsuled.cli.capsule.waiting import WaitDisplay
 
 
 class CapsuleFailed(CliError):
@@ -78,7 +79,7 @@ def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, time
     states = {ident: "?" for ident in targets}
     fresh: dict[str, tuple[bool, str]] = {}  # answered by the hold: not probed again
     deadline = time.monotonic() + timeout
-    with render.WaitDisplay(render.make_console(stderr=True), goal) as display:
+    with WaitDisplay(render.make_console(stderr=True), goal) as display:
         while True:
             for ident in list(pending):
                 done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)

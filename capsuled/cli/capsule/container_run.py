@@ -32,6 +32,7 @@ from capsuled.cli.capsule.shared import (
     reporting,
     runtime_of,
 )
+from capsuled.cli.capsule.waiting import WaitDisplay
 
 
 def run(
@@ -79,6 +80,10 @@ def run(
         "--registry", metavar="NAME|UUID", show_default=False,
         help="Pull IMAGE through this registry of your project (see `capsule registry`): "
              "an IMAGE without a host is taken from the registry's domain.")] = None,
+    expose: Annotated[list[str] | None, typer.Option(
+        "--expose-port", "-p", metavar="PORT[/PROTOCOL]", show_default=False,
+        help="Publish this container port (tcp or udp) on a host port the server picks, "
+             "shown by `container show`, as zun run -p does. Repeatable.")] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Keep stdin open, so that `container attach` can type into it.")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Give the container a terminal.")] = False,
@@ -100,7 +105,7 @@ def run(
     Example:
 
       capsule run --name hello busybox echo hello
-      capsule run --wait --name web -m 64 -e GREETING=hi busybox httpd -f -p 8080
+      capsule run --wait --name web -m 64 -p 8080 busybox httpd -f -p 8080
       capsule run --capsule web-demo --name debug busybox sleep 3600
       capsule run --mount size=1,destination=/data --mount type=bind,source=app.conf,destination=/etc/app.conf busybox sleep 3600
     """
@@ -109,13 +114,14 @@ def run(
         raise UsageProblem(f"{' and '.join(clash)} cannot be combined with --capsule: "
                            "a capsule's containers follow the capsule's restart policy", ctx=ctx)
     mem = parse_memory(memory)
-    optional = {
+    optional: dict[str, Any] = {
         "command": trailing_words(command) or None, "name": name,
         "environment": parse_env(env) or None, "workdir": workdir, "cpu": cpu,
         "memory": None if mem is None else str(mem), "labels": parse_labels(label) or None,
         "restart_policy": parse_restart(restart), "auto_remove": rm or None,
         "interactive": interactive or None, "tty": tty or None, "capsule": capsule,
-        "mounts": parse_mounts(mount) or None, "registry": registry}
+        "mounts": parse_mounts(mount) or None, "registry": registry,
+        "exposed_ports": {p: {} for p in expose or []} or None}
     # Only what was asked for: the server's defaults are the rest.
     body: dict[str, Any] = {"image": image, **{k: v for k, v in optional.items() if v is not None}}
     rt = runtime_of(ctx)
@@ -140,7 +146,7 @@ def _wait_started(rt: Runtime, client: ContainerClient, body: dict[str, Any],
     """Poll until the container runs (or ran and exited 0); the newest body and any failure."""
     name, uuid = render.display_name(body), str(body.get("uuid"))
     deadline = time.monotonic() + timeout
-    with render.WaitDisplay(render.make_console(stderr=True), "Running", kind="container") as display:
+    with WaitDisplay(render.make_console(stderr=True), "Running", kind="container") as display:
         while True:
             try:
                 body = client.get(uuid)

@@ -11,12 +11,10 @@ import os
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
-from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
@@ -192,7 +190,8 @@ def _number(value: Any) -> str | None:
 
 
 def containers_table(capsule: Mapping[str, Any]) -> Table:
-    table = _table("NAME", "IMAGE", "STATUS", "READY", "EXIT", "RESTARTS", "PROBES", "REASON")
+    table = _table("NAME", "IMAGE", "STATUS", "READY", "EXIT", "RESTARTS", "PORTS", "PROBES",
+                   "REASON")
     members = [(c, True) for c in capsule.get("init_containers") or []]
     members += [(c, False) for c in capsule.get("containers") or []]
     for c, init in members:
@@ -202,8 +201,19 @@ def containers_table(capsule: Mapping[str, Any]) -> Table:
         table.add_row(name, text(c.get("image")), status_text(c.get("status")),
                       text({True: "yes", False: "no"}.get(c.get("ready"))),
                       text(c.get("exit_code")), text(c.get("restart_count", 0)),
-                      text(probes(c.get("probe"))), text(c.get("status_reason")))
+                      text(published(c)), text(probes(c.get("probe"))), text(c.get("status_reason")))
     return table
+
+
+def published(c: Mapping[str, Any]) -> str | None:
+    """published_ports as docker ps shows ports: "18080->8080/TCP, 53/UDP" (a port with no
+    host port yet: the runtime picks one when the container runs)."""
+    found = []
+    for p in c.get("published_ports") or []:
+        if isinstance(p, Mapping):
+            port = f"{p.get('container_port')}/{p.get('protocol')}"
+            found.append(f"{p['host_port']}->{port}" if p.get("host_port") else port)
+    return ", ".join(found) or None
 
 
 def probes(value: Any) -> str | None:
@@ -305,6 +315,7 @@ def show_container(c: Mapping[str, Any], now: datetime | None = None) -> Table:
         ("Labels", text(pairs(c.get("labels")))),
         ("Hostname", text(c.get("hostname"))),
         ("Addresses", text(addresses(c.get("addresses")))),
+        ("Published ports", text(published(c))),
         ("Interactive", Text("yes" if c.get("interactive") else "no")),
         ("TTY", Text("yes" if c.get("tty") else "no")),
         ("Auto remove", Text("yes" if c.get("auto_remove") else "no")),
@@ -359,41 +370,3 @@ def _server_table(columns: Iterable[Any]) -> Table:
 def _clock(value: Any) -> str | None:
     """`2026-11-24 08:00:00.123456` → `2026-11-24 08:00:00` (UTC, to the second)."""
     return str(value)[:19] if value else None
-
-
-# --- waiting ----------------------------------------------------------------------------
-
-class WaitDisplay:
-    """Progress while polling: a live spinner line on a terminal, a line per change otherwise
-    (so CI logs still show what happened without control codes)."""
-
-    def __init__(self, console: Console, goal: str, kind: str = "capsule") -> None:
-        self.console = console
-        self.goal = goal
-        self.kind = kind  # what is waited for: "capsule" or "container"
-        self._last: dict[int, str] = {}  # by position: two capsules may share a name
-        self._status: Status | None = None
-
-    def __enter__(self) -> WaitDisplay:
-        if self.console.is_terminal:
-            self._status = self.console.status(f"waiting for {self.kind}s to be {self.goal}…")
-            self._status.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._status is not None:
-            self._status.stop()
-
-    def update(self, states: Sequence[tuple[str, str]]) -> None:
-        """`states` lists each capsule's (or container's) display name with its current status."""
-        if self._status is not None:
-            line = Text(f"waiting for {self.goal}: ")
-            for i, (name, status) in enumerate(states):
-                line.append(", " if i else "").append(f"{name} ").append(status_text(status))
-            self._status.update(line)
-            return
-        for key, (name, status) in enumerate(states):
-            if self._last.get(key) != status:
-                self.console.print(Text(f"{self.kind}/{name}: {status}"))
-        self._last = {key: status for key, (_, status) in enumerate(states)}

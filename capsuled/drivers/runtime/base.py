@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from capsuled.domain.channel import ContainerState, HostInfo
+from capsuled.domain.ports import PublishedPort
 from capsuled.domain.spec import HealthCheck, PullPolicy
+from capsuled.errors import DriverError
 from capsuled.hostops.protocol import ContainerOps
 
 
@@ -41,6 +43,8 @@ class Observed:
     # False: its pids limit is not the runtime's (made before there was one, or under
     # another setting); the agent applies it in place (update_resources), not a recreate.
     pids_ok: bool = True
+    # Its published ports with the host ports they got (none while it is not running).
+    ports: tuple[PublishedPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class SandboxRequest:
     # it is taken. Either way the address is reserved for the container until it is
     # removed, so a stop and start (or a restart by its policy) keeps it.
     ipv4_address: str | None = None
+    # Ports published on the host for the whole capsule (host_port 0: any free one).
+    ports: tuple[PublishedPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,17 @@ class ContainerRequest:
     ipv4_address: str | None = None  # bare containers only, as for the sandbox
     privileged: bool = False  # admins only; the API's policy gate sees to that
     health: HealthCheck | None = None
+    ports: tuple[PublishedPort, ...] = ()  # bare containers only: members use the sandbox's
+
+
+def port_taken(what: str, port: PublishedPort | None, detail: str = "") -> DriverError:
+    """The error both runtimes raise when a host port cannot be published because
+    something else on the host holds it (another program, or a port Docker handed out on
+    its own): the capsule's status_reason, so it names the port and says what to do."""
+    which = f"{port.protocol} port {port.host_port}" if port else "one of its ports"
+    return DriverError(f"{what}: cannot publish {which} on the host: something else there "
+                       f"already uses it; free it or pick another hostPort"
+                       + (f" ({detail})" if detail else ""))
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ from capsuled.domain.channel import ContainerState, HostInfo
 from capsuled.drivers.docker_client import translate_docker_errors
 from capsuled.domain.spec import HealthCheck
 from capsuled.drivers.runtime import docker_addresses
+from capsuled.domain.ports import PublishedPort
 from capsuled.drivers.runtime.base import (ContainerRequest, ImageIdentity, Observed,
-                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary)
+                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary,
+                                           port_taken)
 from capsuled.errors import (Conflict, DriverError, ImageNotFound, NotFound, PayloadTooLarge,
                              RuntimeRejected)
 from capsuled.hostops.protocol import (ARCHIVE_MAX_BYTES, EXEC_MAX_OUTPUT, EXEC_TIMEOUT,
@@ -47,6 +49,17 @@ _EVENTS = {"create", "start", "die", "oom", "destroy", "pause", "unpause", "rest
            "health_status"}
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 DEFAULT_PIDS_LIMIT = 1024  # config.LimitSettings.pids_limit's default
+
+
+class PortTaken(DriverError):
+    """A host port could not be published: something else on the host holds it."""
+
+
+# How the Engine says a host port is taken: by another program ("listen tcp4
+# 0.0.0.0:8080: bind: address already in use") or by a binding of its own ("Bind for
+# 0.0.0.0:8080 failed: port is already allocated").
+_PORT_TAKEN = re.compile(r"listen (tcp|udp)[46]? \[?[0-9a-fA-F.:]*\]?:(\d+): bind: (address already in use)"
+                         r"|Bind for \[?[0-9a-fA-F.:]*\]?:(\d+) failed: (port is already allocated)")
 
 
 class _EngineHttp(Protocol):
@@ -121,7 +134,8 @@ class DockerRuntime:
             or (data.get("HostConfig") or {}).get("PidsLimit") == self._pids_limit,
             networks=tuple(sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}))),
             addresses=docker_addresses.observed(data),
-            health=(st.get("Health") or {}).get("Status") or None)
+            health=(st.get("Health") or {}).get("Status") or None,
+            ports=_published(data))
 
     def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None = None) -> None:
         ref = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
@@ -174,20 +188,22 @@ class DockerRuntime:
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
                                                    restart_policy={"Name": "no"}, init=False,
-                                                   pids_limit=self._pids_limit)
+                                                   pids_limit=self._pids_limit,
+                                                   port_bindings=_port_bindings(req.ports))
         with self._addresses.picking(req.network), \
                 translate_docker_errors(f"create sandbox {req.name}"):
             ip = self._addresses.pick(req.network, req.ipv4_address)
             cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
                                              hostname=_hostname(req.hostname),
                                              host_config=host_config, detach=True,
+                                             ports=_exposed(req.ports),
                                              networking_config=self._endpoint(
                                                  req.network, req.aliases, ip))["Id"]
         try:
-            self._start(cid, f"create sandbox {req.name}")
-        except NotFound:
-            # The network vanished between create and start: a container that never started
-            # would only be in the way of the retry.
+            self._start(cid, f"create sandbox {req.name}", req.ports)
+        except (NotFound, PortTaken):
+            # The network vanished between create and start, or a host port is taken: a
+            # container that never started would only be in the way of the retry.
             self.remove_container(cid, 0)
             raise
         obs = self._inspect(cid)
@@ -204,13 +220,18 @@ class DockerRuntime:
         return {"EndpointsConfig": {network: self._api.create_endpoint_config(
             aliases=list(aliases) or None, ipv4_address=ipv4_address)}}
 
-    def _start(self, container_id: str, what: str) -> None:
+    def _start(self, container_id: str, what: str,
+               ports: tuple[PublishedPort, ...] = ()) -> None:
         """Start; a container whose reserved address someone else took meanwhile gets a
-        fresh one (docker_addresses) rather than never starting again."""
+        fresh one (docker_addresses) rather than never starting again. A host port that
+        something else holds is PortTaken (its words say "address already in use" too)."""
         try:
             with translate_docker_errors(what):
                 self._api.start(container_id)
         except DriverError as exc:
+            taken = _port_taken(exc.message, ports)
+            if taken is not None:
+                raise PortTaken(port_taken(what, taken[0], taken[1]).message) from exc
             if not docker_addresses.in_use(exc) or not self._addresses.repin(container_id):
                 raise
             with translate_docker_errors(what):
@@ -221,10 +242,12 @@ class DockerRuntime:
         network = None if ns else req.network
         restart: dict[str, str | int] = {"Name": "no"} if req.restart_policy == "no" else {
             "Name": req.restart_policy, "MaximumRetryCount": req.max_retry}
+        ports = () if ns else req.ports  # members publish through their sandbox
         host_config = self._api.create_host_config(
             network_mode=ns or network, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
             auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
+            port_bindings=_port_bindings(ports),
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config=LogConfig(type="local", config={}))
         owner = self._image_project(req.image)
@@ -241,10 +264,11 @@ class DockerRuntime:
                 working_dir=req.workdir, environment=req.env or None, tty=req.tty,
                 stdin_open=req.stdin, hostname=None if ns else _hostname(req.hostname or req.name),
                 host_config=host_config, detach=True, healthcheck=_healthcheck(req.health),
+                ports=_exposed(ports),
                 networking_config=self._endpoint(network, req.aliases, ip))["Id"]
         if req.start:
             try:
-                self._start(cid, f"create container {req.name}")
+                self._start(cid, f"create container {req.name}", ports)
             except NotFound:
                 if network is None:
                     raise
@@ -640,6 +664,50 @@ def _raw(sock: Any) -> RawStream:
 
 def _time(value: str | None) -> str | None:
     return None if not value or value.startswith(_ZERO_TIME[:10]) else value
+
+
+def _port_bindings(ports: tuple[PublishedPort, ...]) -> dict[int | str, Any] | None:
+    """HostConfig.PortBindings: each container port on its host port (empty: any free one,
+    as `docker run -P` picks) at its host address."""
+    out: dict[int | str, Any] = {}
+    for p in ports:
+        out.setdefault(f"{p.container_port}/{p.protocol.lower()}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""})
+    return out or None
+
+
+def _exposed(ports: tuple[PublishedPort, ...]) -> list[tuple[int, str]] | None:
+    """Config.ExposedPorts: Docker publishes only the ports a container exposes."""
+    return sorted({(p.container_port, p.protocol.lower()) for p in ports}) or None
+
+
+def _published(data: dict[str, Any]) -> tuple[PublishedPort, ...]:
+    """NetworkSettings.Ports of an inspected container: its bindings while it runs."""
+    out = []
+    for key, binds in sorted(((data.get("NetworkSettings") or {}).get("Ports") or {}).items()):
+        port, _, proto = str(key).partition("/")
+        for b in binds or []:
+            try:
+                out.append(PublishedPort(container_port=int(port), protocol=proto.upper() or "TCP",
+                                         host_port=int(b.get("HostPort") or 0),
+                                         host_ip=str(b.get("HostIp") or "0.0.0.0")))
+            except (ValueError, TypeError):
+                continue  # a protocol we do not publish (sctp) or a malformed entry
+    return tuple(out)
+
+
+def _port_taken(message: str, ports: tuple[PublishedPort, ...]
+                ) -> tuple[PublishedPort | None, str] | None:
+    """Which of `ports` the Engine could not bind, and its words, when `message` says a
+    host port is taken; None for any other failure."""
+    m = _PORT_TAKEN.search(message)
+    if m is None:
+        return None
+    proto = (m.group(1) or "").upper()
+    number = int(m.group(2) or m.group(4))
+    found = next((p for p in ports if p.host_port == number and proto in ("", p.protocol)),
+                 None)
+    return found, m.group(3) or m.group(5)
 
 
 def _hostname(name: str) -> str:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
 from capsuled.domain.channel import ContainerState, HostInfo
+from capsuled.domain.ports import PublishedPort
 from capsuled.drivers.runtime.base import (ContainerRequest, ImageIdentity, Observed,
-                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary)
+                                           RegistryAuth, RuntimeEvent, SandboxRequest, Summary,
+                                           port_taken)
 from capsuled.errors import (DriverError, ImageNotFound, NotFound, RuntimeConflict,
                              RuntimeRejected, Unavailable)
 
@@ -61,6 +63,8 @@ class FakeContainer:
     health: str | None = None
     has_health_check: bool = False
     archives: list[tuple[str, bytes]] = field(default_factory=list)  # (path, tar) put in
+    ports: tuple[PublishedPort, ...] = ()  # what it publishes (host_port 0: any)
+    bound: tuple[PublishedPort, ...] = ()  # the host ports it holds while it runs
 
 
 @dataclass
@@ -92,6 +96,9 @@ class FakeRuntime:
         self._pulled: set[str] = set()  # present references that came from a pull
         self.missing_networks: set[str] = set()  # networks a create must not find
         self.subnets: dict[str, ipaddress.IPv4Network] = {}  # network → subnet, on first use
+        # Host ports (protocol, port) another program on the host listens on.
+        self.occupied: set[tuple[str, int]] = set()
+        self._ephemeral = itertools.count(49153)  # where Docker's own picks start
         self._faults: dict[str, list[_Fault]] = {}
         self._log: list[tuple[dict[str, str], RuntimeEvent]] = []
         self._epoch = 0  # bumped by drop_event_streams
@@ -202,7 +209,12 @@ class FakeRuntime:
         with self._lock:
             c = self._create(req.name, req.image, req.labels, None, req.network, req.aliases,
                              req.ipv4_address)
-            self._run(c)
+            c.ports = req.ports
+            try:
+                self._run(c)
+            except DriverError:
+                self._destroy(c)  # as DockerRuntime removes a sandbox that could not start
+                raise
             obs = _observed(c)
         self._fault("create_sandbox", after=True)
         return obs
@@ -222,6 +234,7 @@ class FakeRuntime:
             c.nano_cpus, c.memory_bytes = req.nano_cpus, req.memory_bytes
             c.has_health_check = req.health is not None
             c.entrypoint, c.cmd = list(req.entrypoint), list(req.cmd)
+            c.ports = () if req.sandbox_id else req.ports
             if req.start:
                 self._start(c)
         self._fault("create_container", after=True)
@@ -416,17 +429,38 @@ class FakeRuntime:
         self._die(c, code, oom_killed)
         if self._restarts(c, code):
             c.restart_count += 1
-            self._run(c)  # the program is not run again: no restart loop without a clock
+            try:
+                self._run(c)  # the program is not run again: no restart loop without a clock
+            except DriverError:
+                pass  # a host port it publishes was taken meanwhile: it stays exited
         elif c.auto_remove:
             self._destroy(c)
 
     def _run(self, c: FakeContainer) -> None:
+        c.bound = self._bind(c)
         c.state, c.exit_code, c.started_at = "running", None, self._now()
         c.health = "starting" if c.has_health_check else None
         self._emit(c, "start")
 
+    def _bind(self, c: FakeContainer) -> tuple[PublishedPort, ...]:
+        """The host ports `c` gets as it starts, as Docker binds them: a fixed one that
+        another program or running container holds fails the start; 0 gets a free one."""
+        held = set(self.occupied) | {(b.protocol, b.host_port) for o in self.containers.values()
+                                     if o is not c and o.state in _RUNNING for b in o.bound}
+        out = []
+        for p in c.ports:
+            port = p.host_port
+            if not port:
+                port = next(n for n in self._ephemeral if (p.protocol, n) not in held)
+            elif (p.protocol, port) in held:
+                raise port_taken(f"start {c.name}", p, "address already in use")
+            held.add((p.protocol, port))
+            out.append(p.model_copy(update={"host_port": port}))
+        return tuple(out)
+
     def _die(self, c: FakeContainer, code: int, oom_killed: bool) -> None:
         c.state, c.exit_code, c.oom_killed, c.finished_at = "exited", code, oom_killed, self._now()
+        c.bound = ()
         c.health = "unhealthy" if c.has_health_check else None
         if oom_killed:
             self._emit(c, "oom")
@@ -482,4 +516,5 @@ def _observed(c: FakeContainer) -> Observed:
                     finished_at=c.finished_at, oom_killed=c.oom_killed,
                     nano_cpus=c.nano_cpus, memory_bytes=c.memory_bytes,
                     networks=tuple(sorted(c.networks)), health=c.health,
-                    addresses=tuple(sorted(c.ips.items())) if c.state in _RUNNING else ())
+                    addresses=tuple(sorted(c.ips.items())) if c.state in _RUNNING else (),
+                    ports=c.bound if c.state in _RUNNING else ())

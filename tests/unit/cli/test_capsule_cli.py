@@ -336,6 +336,16 @@ def test_describe_shows_ready_health_and_probe_state(cli: Any, fake: FakeCapsule
     assert "readiness: failure x3 (HTTP probe failed with status 404)" in out
 
 
+def test_describe_shows_published_ports(cli: Any, fake: FakeCapsuled) -> None:
+    web = fake.add("web")
+    web["containers"][0]["published_ports"] = [
+        {"container_port": 8080, "protocol": "TCP", "host_port": 18080},
+        {"container_port": 53, "protocol": "UDP", "host_port": None}]
+    result = cli("describe", "web")
+    assert result.exit_code == 0, result.output
+    assert "PORTS" in result.stdout and "18080->8080/TCP, 53/UDP" in result.stdout
+
+
 def test_list_json_follows_next_links(cli: Any, fake: FakeCapsuled) -> None:
     names = [f"c{i}" for i in range(5)]
     for name in names:

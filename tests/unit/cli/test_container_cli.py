@@ -128,6 +128,18 @@ def test_run_sends_only_what_was_asked(cli: Any, fake: FakeApi) -> None:
     assert sent(fake.only()) == {"image": "busybox", "auto_remove": True}
 
 
+def test_run_publishes_ports_as_zuns_exposed_ports_and_show_lists_them(cli: Any,
+                                                                         fake: FakeApi) -> None:
+    fake.on("POST", "/v1/containers", httpx.Response(202, json=container(name="c-1")))
+    result = cli("run", "-p", "8080", "--expose-port", "53/udp", "busybox")
+    assert result.exit_code == 0, result.output
+    assert sent(fake.only())["exposed_ports"] == {"8080": {}, "53/udp": {}}
+    fake.on("GET", "/v1/containers/web", httpx.Response(200, json=container(published_ports=[
+        {"container_port": 8080, "protocol": "TCP", "host_port": 49160}])))
+    shown = cli("container", "show", "web")
+    assert "Published ports:" in shown.stdout and "49160->8080/TCP" in shown.stdout
+
+
 def test_run_with_mounts_sends_zuns_mounts(cli: Any, fake: FakeApi, tmp_path: Path) -> None:
     conf = tmp_path / "app.conf"
     conf.write_bytes(b"port=8080\n\x00\xff")

@@ -115,7 +115,9 @@ requests = obj(
     healthcheck=obj(json_junk, cmd=st.text(max_size=10), interval=st.integers(0, 4000) | st.just("²"),
                     retries=st.integers(0, 5), timeout=st.integers(1, 5)),
     hints=st.dictionaries(st.sampled_from(["label:ssd", "zone", "label:"]), st.text(max_size=5), max_size=2),
-    exposed_ports=st.just({}), nets=st.just([]), host=names, availability_zone=names,
+    exposed_ports=st.dictionaries(st.sampled_from(["80", "80/tcp", "53/udp", "0", "x/tcp", "70000", "8/TCP"]),
+                                  st.just({}) | st.just({"HostPort": "1"}), max_size=3) | junk,
+    nets=st.just([]), host=names, availability_zone=names,
 )
 
 

@@ -1,0 +1,57 @@
+"""Fixed host ports as a host resource: who holds which (protocol, port) on which host.
+
+A capsule's template hostPorts are claimed when it is placed, in the same transaction and
+under the same host row locks as its CPU and memory (placement reads `held` through
+`hosts.capacities`, then `claim` writes the rows), and released when its row goes (the
+foreign key cascades: a delete the agent confirmed, a force delete, an unplaced capsule).
+The unique key (host, protocol, port) is the backstop: a claim the locks somehow let
+through fails its transaction instead of double-booking a port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from capsuled.domain.ports import HostPortKey, capsule_host_ports
+from capsuled.domain.spec import CapsuleSpec
+from capsuled.store.tables import Capsule, HostPort
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """Who holds a host port: the scheduler says "your capsule web" to its own project
+    and "another project" to everyone else."""
+
+    project_id: str
+    capsule: str  # its name, or its uuid when it has none
+    uuid: str = ""  # the capsule's
+
+
+def held(session: Session) -> dict[str, dict[HostPortKey, PortHolder]]:
+    """Per host, every claimed (protocol, port) and its holder."""
+    out: dict[str, dict[HostPortKey, PortHolder]] = {}
+    for host, proto, port, project, name, uuid in session.execute(
+            select(HostPort.host, HostPort.protocol, HostPort.port, HostPort.project_id,
+                   Capsule.name, Capsule.uuid).join(Capsule, Capsule.id == HostPort.capsule_id)):
+        out.setdefault(host, {})[(proto, port)] = PortHolder(project, name or uuid, uuid)
+    return out
+
+
+def claim(session: Session, capsule: Capsule, spec: CapsuleSpec) -> None:
+    """Make the capsule's claims those of `spec` on its host (none when unplaced): at
+    create, and again whenever its spec changes (capsules.change_spec). The caller has
+    checked, under the host locks, that the new ports are free there."""
+    want = set(capsule_host_ports(spec)) if capsule.host else set()
+    have = {(r.protocol, r.port): r for r in capsule.host_ports}
+    for key, row in have.items():
+        if key not in want or row.host != capsule.host:
+            capsule.host_ports.remove(row)
+    kept = {(r.protocol, r.port) for r in capsule.host_ports}
+    if capsule.host is None:
+        return
+    for proto, port in sorted(want - kept):
+        capsule.host_ports.append(HostPort(host=capsule.host, protocol=proto, port=port,
+                                           project_id=capsule.project_id))
