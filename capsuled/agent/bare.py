@@ -243,6 +243,7 @@ class BareExecutor:
                 auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
+                dns=net.dns if net else (),
                 privileged=c.privileged, binds=binds, health=c.health))
             if spec.files:
                 # Files go in before the first start; a container left without them would be

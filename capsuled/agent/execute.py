@@ -166,7 +166,8 @@ class CapsuleExecutor:
                 name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired),
-                ipv4_address=previous_address(desired.project_id, desired.addresses)))
+                ipv4_address=previous_address(desired.project_id, desired.addresses),
+                dns=net.dns if net else ()))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:

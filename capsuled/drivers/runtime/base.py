@@ -81,6 +81,7 @@ class SandboxRequest:
     # it is taken. Either way the address is reserved for the container until it is
     # removed, so a stop and start (or a restart by its policy) keeps it.
     ipv4_address: str | None = None
+    dns: tuple[str, ...] = ()  # DNS servers (empty: Docker's defaults); members share them
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class ContainerRequest:
     network: str | None = None  # bare containers only, as for the sandbox: members share its
     aliases: tuple[str, ...] = ()
     ipv4_address: str | None = None  # bare containers only, as for the sandbox
+    dns: tuple[str, ...] = ()  # bare containers only, as for the sandbox
     privileged: bool = False  # admins only; the API's policy gate sees to that
     health: HealthCheck | None = None
 

@@ -174,7 +174,8 @@ class DockerRuntime:
     def create_sandbox(self, req: SandboxRequest) -> Observed:
         host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
                                                    restart_policy={"Name": "no"}, init=False,
-                                                   pids_limit=self._pids_limit)
+                                                   pids_limit=self._pids_limit,
+                                                   dns=list(req.dns) or None)
         with self._addresses.picking(req.network), \
                 translate_docker_errors(f"create sandbox {req.name}"):
             ip = self._addresses.pick(req.network, req.ipv4_address)
@@ -225,6 +226,7 @@ class DockerRuntime:
             network_mode=ns or network, ipc_mode=ns, pid_mode=ns, binds=req.binds or None,
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
             auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
+            dns=None if ns or not req.dns else list(req.dns),
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config=LogConfig(type="local", config={}))
         owner = self._image_project(req.image)
