@@ -95,6 +95,7 @@ class Overlay:
         """`repair` (the relist's): set everything again, whatever was applied before (a
         rule or an FDB entry removed by hand comes back)."""
         with self._lock:
+            before = dict(self._applied)
             if repair:
                 self._applied.clear()
                 self._firewall = None
@@ -125,8 +126,9 @@ class Overlay:
                 try:
                     self._links.ensure(port)
                     self._applied[alias] = port
-                    LOG.info("overlay: %s on %s (VNI %d) floods to %s", port.name, port.bridge,
-                             port.vni, ", ".join(port.peers) or "no peer yet")
+                    if before.get(alias) != port:
+                        LOG.info("overlay: %s on %s (VNI %d) floods to %s", port.name,
+                                 port.bridge, port.vni, ", ".join(port.peers) or "no peer yet")
                 except CapsuledError as exc:
                     self._applied.pop(alias, None)
                     LOG.warning("overlay: %s", exc.message)
