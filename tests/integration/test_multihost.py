@@ -436,6 +436,11 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(cluster: Clus
         assert ipaddress.ip_network(cfg_a["Subnet"]).subnet_of(
             ipaddress.ip_network(_overlay_pool(cluster)))
 
+        # VXLAN's 50 bytes come off the containers' MTU, or large packets would be lost.
+        for body in (pa, pb):
+            client, cid = _app(cluster, body)
+            assert exec_in(client, cid, "cat", "/sys/class/net/eth0/mtu") == (0, "1450\n")
+
         # The project's capsules reach each other across the hosts, by address and by name.
         wait_for(lambda: _get(cluster, pa, _ip(pb)) == (0, "pb\n"), timeout=20,
                  what="pa reaches pb's address across the hosts")
@@ -447,17 +452,22 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(cluster: Clus
         assert _get(cluster, pb, pa["uuid"]) == (0, "pa\n")  # its uuid is a name too
 
         # Another project's capsules, on either host, reach neither, by address or name.
+        chains = Chains.of(cluster.instance)
         for other in (qa, qb):
             for target in (_ip(pa), _ip(pb), "pa", "pb"):
                 code, out = _get(cluster, other, target)
                 assert code != 0, (other["host"], target, out)
+        # On host B (its engine manages no iptables) it is the agent's isolation rule that
+        # dropped qb's packets to pb's bridge.
+        listed = _in_netns(HOSTB_NETNS, "iptables", "-w", "-L", chains.isolate, "-v", "-x",
+                           "-n").stdout.splitlines()
+        assert int(listed[2].split()[0]) > 0, listed
         # ... and its own capsules reach each other as well.
         wait_for(lambda: _get(cluster, qa, "qb") == (0, "qb\n"), timeout=20,
                  what="qa reaches qb by name")
         # Nothing forwarded may reach a VTEP (a container sending VXLAN frames into another
         # project's segment): host B's rules drop it, and VXLAN from a non-peer is dropped.
         rules = _in_netns(HOSTB_NETNS, "iptables", "-w", "-S").stdout
-        chains = Chains.of(cluster.instance)
         assert f"-A {chains.forward} -p udp -m udp --dport 4789 -j DROP" in rules
         assert f"-A {chains.input} -s 172.31.250.1/32 -p udp -m udp --dport 4789 -j RETURN" in rules
     finally:

@@ -188,12 +188,30 @@ class VxlanLinks:
         """Rewrite the deployment's chains for these bridges and peers, and make sure they
         are jumped to."""
         chains = Chains.of(instance)
-        self._iptables(["iptables-restore", "-w", "--noflush"],
-                       firewall_rules(chains, bridges, peers).encode())
-        for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward)):
-            check = ["iptables", "-w", "-C", parent, "-j", chain]
-            if self._iptables(check, None, ok_codes=(0, 1)) != 0:
+        rules = firewall_rules(chains, bridges, peers)
+        wanted = [line for line in rules.splitlines() if line.startswith("-A ")]
+        jumps = [f"-A {parent} -j {chain}"
+                 for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward))]
+        # Rewritten only when they differ (one read): a rewrite resets their counters.
+        have = self._iptables_lines(["iptables", "-w", "-S"])
+        if _by_chain(have, chains) != _by_chain(wanted, chains):
+            self._iptables(["iptables-restore", "-w", "--noflush"], rules.encode())
+        for jump in jumps:
+            if jump not in have:
+                parent, chain = jump.split()[1], jump.split()[-1]
                 self._iptables(["iptables", "-w", "-I", parent, "1", "-j", chain], None)
+
+    def _iptables_lines(self, argv: list[str]) -> list[str]:
+        if self._netns is not None:
+            argv = ["nsenter", f"--net={self._netns}", *argv]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=_IPTABLES_TIMEOUT,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DriverError(f"{argv[0]}: {exc}") from exc
+        if done.returncode != 0:
+            raise DriverError(f"{' '.join(argv)}: {done.stderr.decode(errors='replace').strip()}")
+        return done.stdout.decode(errors="replace").splitlines()
 
     def _iptables(self, argv: list[str], stdin: bytes | None,
                   ok_codes: Iterable[int] = (0,)) -> int:
@@ -245,6 +263,17 @@ def firewall_rules(chains: Chains, bridges: Collection[str], peers: Collection[s
     lines.append(f"-A {chains.isolate} -o {BRIDGE_PREFIX}+ -j DROP")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _by_chain(lines: Iterable[str], chains: Chains) -> dict[str, list[str]]:
+    """The `-A` lines of our chains, per chain, in order (iptables -S lists chains in its
+    own order)."""
+    out: dict[str, list[str]] = {c: [] for c in (chains.input, chains.forward, chains.isolate)}
+    for line in lines:
+        words = line.split()
+        if len(words) > 1 and words[0] == "-A" and words[1] in out:
+            out[words[1]].append(line)
+    return out
 
 
 def _iproute() -> Any:
