@@ -407,7 +407,12 @@ def _get(cluster: Cluster, body: dict[str, Any], target: str) -> tuple[int, str]
     return exec_in(client, cid, "sh", "-c", f"timeout 3 wget -qO- http://{target}:8080/ 2>&1")
 
 
-def test_a_project_network_spans_hosts_and_other_projects_stay_out(cluster: Cluster) -> None:
+def test_a_project_network_spans_hosts_and_other_projects_stay_out(
+        cluster: Cluster, request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["cluster"] != "postgresql":
+        # The data path is the same on any database; the allocation on MariaDB is
+        # tested in test_databases.py. One run keeps the suite within its budget.
+        pytest.skip("networks across hosts are proven once, on the PostgreSQL cluster")
     with cluster.client() as admin:
         tokens = {}
         for project in ("span-p", "span-q"):
@@ -453,10 +458,11 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(cluster: Clus
 
         # Another project's capsules, on either host, reach neither, by address or name.
         chains = Chains.of(cluster.instance)
-        for other in (qa, qb):
-            for target in (_ip(pa), _ip(pb), "pa", "pb"):
-                code, out = _get(cluster, other, target)
-                assert code != 0, (other["host"], target, out)
+        tries = [(other, target) for other in (qa, qb) for target in (_ip(pa), _ip(pb), "pa", "pb")]
+        with ThreadPoolExecutor(len(tries)) as pool:  # each waits out its timeout: at once
+            got = list(pool.map(lambda t: _get(cluster, *t), tries))
+        for (other, target), (code, out) in zip(tries, got):
+            assert code != 0, (other["host"], target, out)
         # On host B (its engine manages no iptables) it is the agent's isolation rule that
         # dropped qb's packets to pb's bridge.
         listed = _in_netns(HOSTB_NETNS, "iptables", "-w", "-L", chains.isolate, "-v", "-x",

@@ -6,14 +6,19 @@ deployment's devices, and give containers this host's DNS responder first."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from collections.abc import Collection
+from pathlib import Path
+
+import pytest
 
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.overlay import Overlay
 from capsuled.domain.channel import OverlayNetwork
+from capsuled.drivers.network import vxlan
 from capsuled.drivers.network.base import ProjectNetwork
-from capsuled.drivers.network.vxlan import (Chains, VxlanPort, alias_of, bridge_name,
-                                            firewall_rules, vxlan_name)
+from capsuled.drivers.network.vxlan import (Chains, VxlanLinks, VxlanPort, alias_of,
+                                            bridge_name, firewall_rules, vxlan_name)
 from capsuled.errors import DriverError
 from rigs import MemoryNetworks
 
@@ -137,3 +142,36 @@ def test_the_firewall_guards_vteps_and_isolates_bridges() -> None:
         f"-A {chains.isolate} -o cpb+ -j DROP",
         "COMMIT"]
     assert ipaddress.IPv4Address("192.0.2.2")  # peers are addresses, never free text
+
+
+class _Run:
+    """subprocess.run as iptables would answer it: `-S` lists `rules`."""
+
+    def __init__(self, rules: list[str]) -> None:
+        self.rules = rules
+        self.argv: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        self.argv.append(argv)
+        out = "\n".join(self.rules).encode() if argv[-1] == "-S" else b""
+        return subprocess.CompletedProcess(argv, 0, out, b"")
+
+
+def test_the_chains_are_rewritten_only_when_they_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    chains = Chains.of("inst")
+    wanted = [line for line in firewall_rules(chains, ["cpbaaa"], ["192.0.2.2"]).splitlines()
+              if line.startswith("-A ")]
+    # As iptables -S lists them: chains in its own order, the jumps elsewhere.
+    listed = ["-P INPUT ACCEPT", f"-A INPUT -j {chains.input}", f"-A FORWARD -j {chains.forward}",
+              *sorted(wanted, key=lambda line: line.split()[1])]
+    run = _Run(listed)
+    monkeypatch.setattr(vxlan.subprocess, "run", run)
+    VxlanLinks(Path("/run/netns/x")).firewall("inst", ["cpbaaa"], ["192.0.2.2"])
+    assert run.argv == [["nsenter", "--net=/run/netns/x", "iptables", "-w", "-S"]]
+    # A peer more: rewritten; jumps gone (someone flushed INPUT): put back first.
+    run = _Run(["-P INPUT ACCEPT", *wanted])
+    monkeypatch.setattr(vxlan.subprocess, "run", run)
+    VxlanLinks().firewall("inst", ["cpbaaa"], ["192.0.2.2", "192.0.2.3"])
+    assert [a[:2] for a in run.argv] == [["iptables", "-w"], ["iptables-restore", "-w"],
+                                         ["iptables", "-w"], ["iptables", "-w"]]
+    assert run.argv[2] == ["iptables", "-w", "-I", "INPUT", "1", "-j", chains.input]

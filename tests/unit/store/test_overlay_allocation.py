@@ -18,11 +18,13 @@ from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import QuotaService
 from capsuled.domain.addresses import Address, network_uuid
 from capsuled.domain.channel import CapsuleReport, HostInfo, OverlayNetwork
+from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.overlay import OverlayPool
 from capsuled.domain.template import parse_template
 from capsuled.errors import Conflict
 from capsuled.scheduler.select import Request
 from capsuled.store import capsules as capsule_repo
+from capsuled.store import containers as container_repo
 from capsuled.store import overlay
 from capsuled.store.engine import Store, make_engine, upgrade
 from capsuled.store.hosts import host_revision
@@ -111,8 +113,17 @@ def test_names_on_other_hosts_are_told_to_the_project_only_and_wake_its_hosts(
         after = host_revision(s, "h1"), host_revision(s, "h3")
     assert after[0] > before[0]  # h1 has project p: its agent re-reads the directory
     assert after[1] == before[1]  # h3 has nothing of p
+    # A bare container of p on h2, with its address reported: a name too.
+    bare_addr = str(_overlays(control, "h2")["p"].ip_range[6])
+    with store.transaction() as s:
+        row = container_repo.create_bare(s, parse_container_request({"image": "busybox"}),
+                                         "db", "p", "u", "h2", "running")
+        row.addresses = [Address(network_id=network_uuid("p"), addr=bare_addr,
+                                 subnet="10.224.0.0/20").model_dump()]
+        bare = row.uuid
     on1 = _overlays(control, "h1")
-    assert {(n.name, str(n.addr)) for n in on1["p"].names} == {("web-b", addr), (b, addr)}
+    assert {(n.name, str(n.addr)) for n in on1["p"].names} == {
+        ("web-b", addr), (b, addr), ("db", bare_addr), (bare, bare_addr)}
     assert on1["q"].names == []  # another project on the same host learns nothing of p
     assert _overlays(control, "h2")["p"].names == []  # a's address is not known yet
 
