@@ -172,7 +172,8 @@ class CapsuleExecutor:
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
-                ports=bindings(published, self._publish_address)))
+                ports=bindings(published, self._publish_address),
+                dns=net.dns if net else ()))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
+    from capsuled.agent.overlay import Overlay
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
@@ -141,6 +142,8 @@ def build_api(settings: Settings, store: Store,
     from capsuled.store.capsules import Retention, configure_retention
     from capsuled.store.outbox import OutboxRetention
     from capsuled.store.outbox import configure as configure_outbox
+    from capsuled.store.overlay import configure as configure_overlay
+    from capsuled.domain.overlay import OverlayPool
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -161,6 +164,8 @@ def build_api(settings: Settings, store: Store,
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_overlay(OverlayPool(settings.overlay.pool, settings.overlay.project_prefix,
+                                  settings.overlay.host_prefix))
     configure_outbox(OutboxRetention(
         records=settings.limits.outbox_records,
         max_age=timedelta(seconds=settings.limits.outbox_max_age),
@@ -275,7 +280,24 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
-                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE))
+                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
+                 overlay=overlay(settings, instance))
+
+
+def overlay(settings: Settings, instance: str) -> Overlay | None:
+    """Project networks across hosts, when this host has an underlay address."""
+    conf = settings.agent
+    if conf.underlay_address is None:
+        return None
+    from capsuled.agent.dns import DnsResponder, host_resolvers
+    from capsuled.agent.overlay import Overlay
+    from capsuled.drivers.network.vxlan import VxlanLinks
+
+    links = VxlanLinks(conf.host_netns)
+    LOG.info("project networks span hosts: VXLAN from %s%s", conf.underlay_address,
+             f" in {conf.host_netns}" if conf.host_netns else "")
+    return Overlay(links, DnsResponder(links.udp_socket), instance, str(conf.underlay_address),
+                   conf.overlay_mtu, host_resolvers())
 
 
 def new_ops_key() -> str:

@@ -20,7 +20,7 @@ from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_rep
 from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store import host_ports, outbox
+from capsuled.store import host_ports, outbox, overlay
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, utcnow)
 
@@ -373,6 +373,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         return
     if report.gone:
         if capsule.deleting:
+            overlay.names_changed(session, capsule.project_id)
             forget_actions(session, [c.uuid for c in capsule.containers])
             changed(session, capsule, "capsule.delete.end", "Deleted", "capsule deleted", "Deleted")
             session.delete(capsule)
@@ -395,6 +396,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         for row in capsule.containers:
             if row.addresses != seen:
                 row.addresses = seen
+                overlay.names_changed(session, capsule.project_id)
     if fold.sandbox_recreated:
         capsule.restart_count += 1
     before = capsule.status

@@ -20,7 +20,7 @@ from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_s
                                      forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import conditions_of, storable_ident
-from capsuled.store import outbox
+from capsuled.store import outbox, overlay
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -203,6 +203,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         return
     if report.gone:
         if row.deleting or (row.spec or {}).get("auto_remove"):
+            overlay.names_changed(session, row.project_id)
             forget_actions(session, [row.uuid])
             changed(session, row, "container.delete.end", "Deleted", "container deleted", "Deleted")
             session.delete(row)
@@ -223,6 +224,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             seen = [a.model_dump() for a in c.addresses]
             if row.addresses != seen:
                 row.addresses = seen
+                overlay.names_changed(session, row.project_id)
         # Unlike an address, a host port Docker picked is the container's only while it
         # runs: shown as it is now.
         ports = [b.model_dump() for b in c.ports] or None

@@ -412,5 +412,31 @@ class DeadLetter(Base):
     __table_args__ = (UniqueConstraint("subscription_id", "seq", name="uq_dead_letters_sub_seq"),
                       Index("ix_dead_letters_state", "state"))
 
+class OverlayProject(Base):
+    """A project's network across hosts (domain/overlay.py): its segment id and subnet,
+    allocated once by the control plane for the whole deployment."""
+
+    __tablename__ = "overlay_projects"
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    subnet: Mapped[str] = mapped_column(String(18), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class OverlayBlock(Base):
+    """One host's block of a project's subnet: the only addresses that host hands out on
+    the project's network, and its bridge's own address."""
+
+    __tablename__ = "overlay_blocks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("overlay_projects.project_id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    block: Mapped[str] = mapped_column(String(18), unique=True)
+    gateway: Mapped[str] = mapped_column(String(15))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    __table_args__ = (UniqueConstraint("project_id", "host", name="uq_overlay_blocks_project_host"),)
+
+
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)

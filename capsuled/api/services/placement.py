@@ -26,6 +26,7 @@ from capsuled.domain.ports import HostPortKey, describe
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
+from capsuled.store import overlay
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
 
@@ -75,6 +76,9 @@ class Placement:
                     result = m.UNKNOWN_HOST
                     raise InvalidInput(f"host: no host named {only_host}")
             host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            # The project network's block on that host, when it spans hosts (the host
+            # rows are locked: see store/overlay.py); no room left refuses the create.
+            overlay.ensure_block(s, project_id, host)
             result = m.OK
             return Placed(host, Status.CREATING)
         except NoValidHost as exc:
