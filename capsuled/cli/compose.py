@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from capsuled.agent.loop import Agent
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.domain.channel import AgentChannel
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
@@ -92,16 +93,20 @@ class Api:
     app: FastAPI
     control: ControlPlane
     monitor: HostMonitor
+    rollouts: RolloutSupervisor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
 
     def start(self) -> None:
-        """The API's background work: the host monitor, the cross-replica listener."""
+        """The API's background work: the host monitor, the rollout supervisor, the
+        cross-replica listener."""
         self.monitor.start()
+        self.rollouts.start()
         if self.notifier is not None:
             self.notifier.start()
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.rollouts.stop()
         if self.notifier is not None:
             self.notifier.stop()
 
@@ -117,8 +122,11 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.placement import Placement
     from capsuled.api.services.quotas import QuotaService
     from capsuled.api.services.registries import RegistryService
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.api.services.rollouts import RolloutService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
@@ -149,12 +157,16 @@ def build_api(settings: Settings, store: Store,
         reader_records=settings.limits.outbox_reader_records))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
-        max_age=timedelta(seconds=settings.limits.event_max_age)))
+        max_age=timedelta(seconds=settings.limits.event_max_age),
+        revisions=settings.limits.revisions_per_capsule))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
+    capsules = CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
+                              quotas=quotas, weigher=settings.api.scheduler_weigher)
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher),
+        capsules=capsules,
+        rollouts=RolloutService(store, control, capsules,
+                                Placement(quotas, down_after, settings.api.scheduler_weigher)),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
                                     policy=policy, quotas=quotas,
                                     weigher=settings.api.scheduler_weigher),
@@ -168,7 +180,9 @@ def build_api(settings: Settings, store: Store,
         events=EventService(store, policy),
         outbox_hub=hub)
     app = create_app(settings, identity(settings, local), services, policy)
-    return Api(app, control, HostMonitor(store, down_after), notifier)
+    return Api(app, control, HostMonitor(store, down_after),
+               RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
+               notifier)
 
 
 def identity(settings: Settings, local: LocalIdentity) -> IdentityProvider:

@@ -86,12 +86,13 @@ class Placement:
         self.ensure_room(s, host, whose, cpu, memory)
 
     @staticmethod
-    def ensure_room(s: Session, host: str | None, whose: str, cpu: float, memory: int) -> None:
+    def ensure_room(s: Session, host: str | None, whose: str, cpu: float, memory: int,
+                    disk: int = 0) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
         locks the host rows as the scheduler's claims do, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
         free capacity: a member must not learn about other tenants' load."""
-        if host is None or (cpu <= 0 and memory <= 0):
+        if host is None or (cpu <= 0 and memory <= 0 and disk <= 0):
             return
         cap = next((h for h in capacities(s) if h.name == host), None)
         if cap is None:
@@ -101,3 +102,5 @@ class Placement:
         if memory > 0 and cap.memory_mb - cap.memory_used < memory:
             raise Conflict(f"memory: the {whose} host has not enough free memory for "
                            f"{memory} more MiB.")
+        if disk > 0 and cap.disk_gb - cap.disk_used < disk:
+            raise Conflict(f"disk: the {whose} host has not enough free disk for {disk} more GiB.")

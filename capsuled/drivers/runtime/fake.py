@@ -45,6 +45,7 @@ class FakeContainer:
     sandbox_id: str | None = None
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     state: ContainerState = "created"
     exit_code: int | None = None
     restart_count: int = 0
@@ -222,6 +223,7 @@ class FakeRuntime:
             c.nano_cpus, c.memory_bytes = req.nano_cpus, req.memory_bytes
             c.has_health_check = req.health is not None
             c.entrypoint, c.cmd = list(req.entrypoint), list(req.cmd)
+            c.env = dict(req.env)
             if req.start:
                 self._start(c)
         self._fault("create_container", after=True)
