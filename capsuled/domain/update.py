@@ -8,8 +8,8 @@ capsule's current spec to a new one. Here it is decided, before anything is stor
 - whether the change needs a new sandbox (volumes added or removed, ports, init
   containers: the sandbox and its namespaces are made when the capsule starts), which
   bumps `sandbox_epoch` so that the agent remakes the capsule in place;
-- which containers the health gate watches (changed or new ones; all of them on a new
-  sandbox);
+- which containers the health gate watches (changed or new ones, and those whose probes
+  changed; all of them on a new sandbox);
 - what the capsule claims while the update is under way: the larger of the two specs, so
   that a rollback always fits (domain/rollout.py);
 - what cannot change in place (the name; a volume's type).
@@ -64,8 +64,11 @@ def plan_change(current: CapsuleSpec, new: CapsuleSpec) -> Change:
         policy = current.restart_policy != new.restart_policy  # in every container's hash
         changed = [c.name for c in new.containers if c.name not in old or policy
                    or _runtime_view(old[c.name]) != _runtime_view(c)]
-        watched = tuple(changed)
         replaced = tuple(n for n in changed if n in old)
+        # A container whose probes changed keeps running (the prober reads probes from
+        # the spec, and starts its verdicts over), but it is judged again.
+        watched = tuple(c.name for c in new.containers if c.name in changed
+                        or old[c.name].probes != c.probes)
     return Change(new=new, new_sandbox=why, watched=watched, replaced=replaced)
 
 
