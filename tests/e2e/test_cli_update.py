@@ -86,3 +86,30 @@ def test_update_history_failed_update_and_rollback(server: Server, docker_api: d
 def server_uuid(server: Server, name: str) -> str:
     with server.client() as api:
         return str(api.get(f"/v1/capsules/{name}").json()["uuid"])
+
+
+def test_zunclient_keeps_working_on_an_updated_capsule(server: Server, unique: Callable[[str], str],
+                                                       cleanup: list[str]) -> None:
+    from conftest import wait_for
+    from zunclient import client as zun_client
+
+    zun = zun_client.Client("1.latest", auth_token=server.token,
+                            endpoint_override=server.url + "/v1")
+    name = unique("zunupd")
+    cleanup.append(name)
+    created = zun.capsules.create(template=template(name, [sleeper("main"), sleeper("side")]))
+    wait_for(lambda: zun.capsules.get(created.uuid).status == "Running", timeout=60, what="Running")
+    before = {c["name"]: c["uuid"] for c in zun.capsules.describe(name).containers}
+
+    with server.client() as api:
+        r = api.patch(f"/v1/capsules/{name}", json={"containers": [{"name": "main", "env": {"X": "1"}}]})
+        assert r.status_code == 202, r.text
+    shown = zun.capsules.get(created.uuid)  # mid-update: a status zunclient just shows
+    assert shown.status in ("Updating", "Running")
+    wait_for(lambda: zun.capsules.get(created.uuid).status == "Running", timeout=60, what="updated")
+    after = zun.capsules.describe(name)
+    assert {c["name"]: c["uuid"] for c in after.containers} == before
+    assert next(c for c in after.containers if c["name"] == "main")["environment"] == {"X": "1"}
+    assert created.uuid in {c.uuid for c in zun.capsules.list()}
+    zun.capsules.delete(name)
+    wait_for(lambda: name not in {c.name for c in zun.capsules.list()}, timeout=60, what="gone")
