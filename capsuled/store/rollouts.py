@@ -199,14 +199,14 @@ def tick(session: Session, capsule: Capsule, now: datetime) -> bool:
     r = locked(session, capsule)
     if r is None or capsule.deleting:
         return False
-    before = capsule.status
+    before, revision = capsule.status, capsule.revision
     status, reason = _decide(session, capsule, r, now)
     if (capsule.status, capsule.status_reason) != (status, reason):
         capsule.status, capsule.status_reason, capsule.updated_at = status, reason, now
         if status != before:
             repo.changed(session, capsule, "capsule.update", status, f"{before} -> {status}"
                          + (f": {reason}" if reason else ""))
-    return capsule.rollout is None or current(capsule) != r
+    return capsule.rollout is None or capsule.revision != revision
 
 
 def _decide(session: Session, capsule: Capsule, r: Rollout, now: datetime) -> tuple[str, str | None]:

@@ -290,3 +290,22 @@ def test_a_rollout_is_judged_once_whoever_looks(rig: Rig) -> None:
     rig.sync()
     assert rig.get(uuid).status == "Running"
     assert utcnow()  # the clock is the API's: nothing here waited for it
+
+
+def test_the_supervisor_rolls_back_what_passed_its_deadline_and_wakes_the_agents(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from capsuled.api.services import rollout_supervisor
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+
+    woken: list[bool] = []
+    supervisor = RolloutSupervisor(rig.store, 0.1, lambda: woken.append(True))
+    uuid = rig.create(template(progressDeadlineSeconds=30))
+    rig.update(uuid, containers=[{"name": "front", "image": "broken"}])
+    rig.sync()
+    assert supervisor.check() == 0 and woken == []
+    monkeypatch.setattr(rollout_supervisor, "utcnow", lambda: utcnow() + timedelta(seconds=31))
+    assert supervisor.check() == 1 and woken == [True]
+    assert rig.get(uuid).revision == 3
+    assert supervisor.check() == 0  # the rollback has its own deadline, not passed
