@@ -371,7 +371,10 @@ def assignments_for(session: Session, host: str) -> list[Assignment]:
 
 def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
     """Fold one observation into the rows. Reports for other hosts' or unknown capsules,
-    or for an older generation, are ignored: they can only be late."""
+    or for an older generation, are ignored: they can only be late. The capsule's row is
+    locked first (rollouts.lock_row), so an update committed while this folds cannot be
+    overwritten by what the agent saw of the old spec, and a rollout is judged once."""
+    rollouts.lock_row(session, Capsule.uuid == report.uuid, Capsule.host == host)
     capsule = session.scalars(_eager(select(Capsule)).where(
         Capsule.uuid == report.uuid, Capsule.host == host)).first()
     if capsule is None or report.generation < capsule.generation:
@@ -382,7 +385,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
             changed(session, capsule, "capsule.delete.end", "Deleted", "capsule deleted", "Deleted")
             session.delete(capsule)
         return
-    rollout = rollouts.locked(session, capsule)  # an update under way decides under a lock
+    rollout = rollouts.current(capsule)
     fold = fold_report(_state_of(capsule, rollout), report)
     now = utcnow()
     by_uuid = {c.uuid: c for c in capsule.containers}

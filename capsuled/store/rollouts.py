@@ -21,8 +21,9 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from capsuled.domain.conditions import container_ready
 from capsuled.domain.fold import EventRecord
@@ -49,14 +50,23 @@ def current(capsule: Capsule) -> Rollout | None:
     return None if capsule.rollout is None else Rollout.model_validate(capsule.rollout)
 
 
-def lock(session: Session, capsule: Capsule) -> None:
-    """Take the capsule's row lock (SQLite: the database write lock) for the rest of the
-    transaction, then read the row again: rollout decisions are made on what the last
-    holder committed, so two replicas never both end (or roll back) one rollout."""
-    session.execute(update(Capsule).where(Capsule.id == capsule.id)
-                    .values(revision=Capsule.revision),
+def lock_row(session: Session, *where: ColumnElement[bool]) -> None:
+    """Take the row lock of the capsule `where` finds (SQLite: the database write lock) for
+    the rest of the transaction: a write that changes nothing, which every engine
+    serialises. What is read after it is what the last holder committed."""
+    session.execute(update(Capsule).where(*where).values(revision=Capsule.revision),
                     execution_options={"synchronize_session": False})
-    session.refresh(capsule)
+
+
+def lock(session: Session, capsule: Capsule) -> None:
+    """Take the capsule's row lock, then read the row again: rollout decisions are made on
+    what the last holder committed, so two replicas never both end (or roll back) one
+    rollout."""
+    lock_row(session, Capsule.id == capsule.id)
+    try:
+        session.refresh(capsule)
+    except ObjectDeletedError:
+        raise NotFound(f"Capsule {capsule.uuid} could not be found.") from None
 
 
 def locked(session: Session, capsule: Capsule) -> Rollout | None:
@@ -196,7 +206,10 @@ def observe(session: Session, capsule: Capsule, r: Rollout, status: Status, reas
 def tick(session: Session, capsule: Capsule, now: datetime) -> bool:
     """Judge the capsule's rollout by the clock (the deadline, minReadySeconds): the
     supervisor's step. True when the rollout ended or rolled back."""
-    r = locked(session, capsule)
+    try:
+        r = locked(session, capsule)
+    except NotFound:
+        return False  # deleted meanwhile
     if r is None or capsule.deleting:
         return False
     before, revision = capsule.status, capsule.revision

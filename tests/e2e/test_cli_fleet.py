@@ -114,6 +114,8 @@ def fleet(server: Server, unique: Callable[[str], str]) -> Iterator[tuple[str, l
         yield label, names
         for c in api.get("/v1/capsules", params={"labels": f"app={label}"}).json()["capsules"]:
             api.delete(f"/v1/capsules/{c['uuid']}")
+        wait_for(lambda: not api.get("/v1/capsules", params={"labels": f"app={label}"}).json()[
+            "capsules"], timeout=60, what="the fleet gone")  # the shared server's CPU
 
 
 def revisions_of(server: Server, names: list[str]) -> list[int]:

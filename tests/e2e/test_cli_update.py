@@ -12,7 +12,7 @@ from typing import Any
 import docker
 import pytest
 import yaml
-from conftest import Server, member, sleeper, template
+from conftest import Server, member, sleeper, template, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -21,11 +21,15 @@ HTTPD = "mkdir -p /www && echo {v} > /www/index.html && exec httpd -f -p 8080 -h
 
 @pytest.fixture()
 def cleanup(server: Server) -> Iterator[list[str]]:
+    """Deleted at the end, and waited for: the shared server's CPU is for later tests."""
     names: list[str] = []
     yield names
     with server.client() as api:
         for n in names:
             api.delete(f"/v1/capsules/{n}")
+        for n in names:
+            wait_for(lambda: api.get(f"/v1/capsules/{n}").status_code == 404, timeout=60,
+                     what=f"{n} gone")
 
 
 def web(version: str, path: str = "/index.html") -> dict[str, Any]:
@@ -90,7 +94,6 @@ def server_uuid(server: Server, name: str) -> str:
 
 def test_zunclient_keeps_working_on_an_updated_capsule(server: Server, unique: Callable[[str], str],
                                                        cleanup: list[str]) -> None:
-    from conftest import wait_for
     from zunclient import client as zun_client
 
     zun = zun_client.Client("1.latest", auth_token=server.token,
