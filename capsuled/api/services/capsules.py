@@ -67,8 +67,14 @@ class CapsuleService:
         document = load_template_text(template) if isinstance(template, str) else template
         self._policy.check_host_access(who, template_asks(document))
         spec = parse_template(document, self._limits)
-        self._policy.check_host_access(who, capsule_spec_asks(spec))
+        self.check_host_access(who, spec)
         return capsule_with_default_limits(spec, self._limits)
+
+    def check_host_access(self, who: Principal, spec: CapsuleSpec) -> None:
+        """403 unless `who` may run what `spec` asks of the host (privileged containers):
+        also for a spec that was not parsed just now (a rollback, an image change of a
+        privileged container), whoever first made it."""
+        self._policy.check_host_access(who, capsule_spec_asks(spec))
 
     def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
         with self._store.transaction() as s:

@@ -70,6 +70,8 @@ class RolloutService:
                 current = CapsuleSpec.model_validate(capsule.spec)
                 if spec is None:
                     new = apply_quick_changes(current, body["containers"])
+                    # A new image in a privileged container is a new privileged program.
+                    self._capsules.check_host_access(who, new)
                     refuse_foreign_images(self._store, project, new)
                 else:
                     new = spec if spec.name is not None else spec.model_copy(update={"name": current.name})
@@ -107,6 +109,7 @@ class RolloutService:
             if target == capsule.revision:
                 raise InvalidInput(f"revision: {target} is the capsule's current revision")
             spec = CapsuleSpec.model_validate(revisions.get(s, capsule, target).spec)
+            self._capsules.check_host_access(who, spec)  # an admin's revision is not a member's
             self._grow(s, capsule, spec)
             rollouts.begin(s, capsule, spec, kind="rollback", user_id=who.user_id,
                            restores=target, cause=cause or f"rollback to revision {target}")

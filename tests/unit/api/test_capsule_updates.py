@@ -309,3 +309,24 @@ def test_the_supervisor_rolls_back_what_passed_its_deadline_and_wakes_the_agents
     assert supervisor.check() == 1 and woken == [True]
     assert rig.get(uuid).revision == 3
     assert supervisor.check() == 0  # the rollback has its own deadline, not passed
+
+
+def test_a_member_cannot_reuse_an_admins_privileged_revision(rig: Rig) -> None:
+    from capsuled.errors import Forbidden
+    from capsuled.identity.base import Principal
+
+    admin = Principal(project_id="p1", user_id="root", roles=frozenset({"admin"}))
+    privileged = template(apps=[{"name": "front", "image": "busybox",
+                                 "securityContext": {"privileged": True}}])
+    uuid = rig.capsules.create(admin, privileged).uuid
+    rig.sync()
+    # A new image in a privileged container would be a member's program run privileged.
+    with pytest.raises(Forbidden, match="privileged"):
+        rig.update(uuid, containers=[{"name": "front", "image": "busybox:2"}])
+    rig.rollouts.update(admin, uuid, {"template": template()})  # unprivileged now
+    rig.sync()
+    with pytest.raises(Forbidden, match="privileged"):
+        rig.rollouts.rollback(ALICE, uuid, {"revision": 1})
+    rig.rollouts.rollback(admin, uuid, {"revision": 1})
+    rig.sync()
+    assert rig.get(uuid).revision == 3
