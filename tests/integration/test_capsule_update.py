@@ -112,7 +112,7 @@ def test_an_update_that_never_gets_ready_rolls_back_by_itself(
     web = {"name": "web", "image": "busybox", "command": ["sh", "-c", HTTPD],
            "readinessProbe": {"httpGet": {"port": 8080, "path": "/index.html"},
                               "periodSeconds": 1, "failureThreshold": 1}}
-    body = capsules.create(template(name, [web, sleeper("side")], progressDeadlineSeconds=6))
+    body = capsules.create(template(name, [web, sleeper("side")], progressDeadlineSeconds=4))
     uuid = body["uuid"]
     capsules.wait_status(uuid, "Running")
     wait_for(lambda: capsules.get(uuid)["all_ready"], timeout=20, what="ready")
@@ -120,14 +120,14 @@ def test_an_update_that_never_gets_ready_rolls_back_by_itself(
     # The new version serves nothing: its readiness probe gets 404s.
     broken = {**web, "command": ["sh", "-c", "mkdir -p /www && exec httpd -f -p 8080 -h /www"]}
     r = patch(capsules.api, uuid, template=template(name, [broken, sleeper("side")],
-                                                    progressDeadlineSeconds=6))
+                                                    progressDeadlineSeconds=4))
     assert r.status_code == 202, r.text
     wait_for(lambda: capsules.get(uuid)["revision"] == 3, timeout=30, what="the automatic rollback")
     done = settled(capsules, uuid)
     assert done["status"] == "Running"
     revs = revisions(capsules.api, uuid)
     assert [r["outcome"] for r in revs] == [None, "Failed", "Ready"]
-    assert "not ready within progressDeadlineSeconds (6s)" in revs[1]["outcome_reason"]
+    assert "not ready within progressDeadlineSeconds (4s)" in revs[1]["outcome_reason"]
     assert revs[2]["change_cause"].startswith("automatic rollback to revision 1")
     assert revs[2]["template"]["spec"]["containers"][0]["command"] == ["sh", "-c", HTTPD]
     wait_for(lambda: capsules.get(uuid)["all_ready"], timeout=20, what="ready again")
