@@ -406,7 +406,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
                 row.addresses = seen
     if fold.sandbox_recreated:
         capsule.restart_count += 1
-    before = capsule.status
+    before, before_reason = capsule.status, capsule.status_reason
     status, reason = fold.status.value, fold.reason
     if rollout is not None:
         # The capsule shows Updating until the rollout ends; what its containers say is
@@ -428,7 +428,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         changed(session, capsule, _status_event(before, Status(capsule.status)), capsule.status,
                 f"{before} -> {capsule.status}" + (f": {capsule.status_reason}"
                                                    if capsule.status_reason else ""))
-    if fold.changed or (before, status) != (capsule.status, reason):
+    if fold.changed or (before, before_reason) != (status, reason):
         capsule.updated_at = now
     capsule.sandbox_id = report.sandbox_id
 
