@@ -41,6 +41,7 @@ class Change:
     new_sandbox: str | None  # why the capsule is remade in place, or None
     watched: tuple[str, ...]  # app containers the health gate waits for, by name
     replaced: tuple[str, ...]  # containers replaced in the running sandbox, by name
+    added: tuple[str, ...] = ()  # new app containers in the running sandbox, by name
 
     @property
     def empty(self) -> bool:
@@ -57,10 +58,12 @@ def plan_change(current: CapsuleSpec, new: CapsuleSpec) -> Change:
     why = needs_new_sandbox(current, new)
     new = new.model_copy(update={"sandbox_epoch": current.sandbox_epoch + (1 if why else 0)})
     old = {c.name: c for c in current.containers}
+    added: tuple[str, ...] = ()
     if why:
         watched = tuple(c.name for c in new.containers)
         replaced: tuple[str, ...] = ()
     else:
+        added = tuple(c.name for c in new.containers if c.name not in old)
         policy = current.restart_policy != new.restart_policy  # in every container's hash
         changed = [c.name for c in new.containers if c.name not in old or policy
                    or _runtime_view(old[c.name]) != _runtime_view(c)]
@@ -69,7 +72,7 @@ def plan_change(current: CapsuleSpec, new: CapsuleSpec) -> Change:
         # the spec, and starts its verdicts over), but it is judged again.
         watched = tuple(c.name for c in new.containers if c.name in changed
                         or old[c.name].probes != c.probes)
-    return Change(new=new, new_sandbox=why, watched=watched, replaced=replaced)
+    return Change(new=new, new_sandbox=why, watched=watched, replaced=replaced, added=added)
 
 
 def _with_uuid(c: ContainerSpec, uuids: dict[str, str]) -> ContainerSpec:

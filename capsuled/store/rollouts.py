@@ -131,9 +131,12 @@ def _started_event(r: Rollout, change: Change) -> EventRecord:
         parts.append(f"a new sandbox ({change.new_sandbox})")
     if change.replaced:
         parts.append("replacing " + ", ".join(change.replaced))
-    added = [n for n in change.watched if n not in change.replaced and not change.new_sandbox]
-    if added:
-        parts.append("adding " + ", ".join(added))
+    if change.added:
+        parts.append("adding " + ", ".join(change.added))
+    probed = [n for n in change.watched if n not in (*change.replaced, *change.added)
+              and not change.new_sandbox]
+    if probed:
+        parts.append("new probes for " + ", ".join(probed))
     detail = f" ({'; '.join(parts)})" if parts else " (no container changes)"
     if r.kind == "rollback":
         how = "automatically " if r.automatic else ""
