@@ -162,6 +162,9 @@ class ApiSettings(BaseModel):
                                  "reuses the store's counts (capsules and containers by status "
                                  "per project, the outbox and its readers): a storm of scrapes "
                                  "costs the database one set of queries per period")
+    rollout_check_interval: float = Field(0.5, gt=0, le=30, description="Seconds between "
+                                          "checks of capsule updates under way (deadline "
+                                          "passed: roll back; ready for minReadySeconds: done)")
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")
@@ -214,6 +217,9 @@ class LimitSettings(BaseModel):
     event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
                                  "container action) is kept")
     actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
+    revisions_per_capsule: int = Field(10, ge=2, le=1000, description="Newest revisions kept "
+                                       "per capsule (what rollback can go back to; the current "
+                                       "one and an update's starting point are always kept)")
     outbox_records: int = Field(100_000, ge=100, description="Newest change records kept "
                                 "in the outbox (what watch streams resume from)")
     outbox_max_age: float = Field(7 * 86400, gt=0, description="Seconds a change record is "

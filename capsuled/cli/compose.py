@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.domain.channel import AgentChannel
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
@@ -96,14 +97,16 @@ class Api:
     control: ControlPlane
     monitor: HostMonitor
     webhooks: WebhookSupervisor
+    rollouts: RolloutSupervisor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
     notifications: Notifications | None = None  # [notifications] enabled: the AMQP relay
 
     def start(self) -> None:
-        """The API's background work: the host monitor, webhook delivery, the
-        cross-replica listener, the notification relay (every replica runs it; its lease
-        picks the one that sends)."""
+        """The API's background work: the host monitor, the rollout supervisor, webhook
+        delivery, the cross-replica listener, the notification relay (every replica runs
+        it; its lease picks the one that sends)."""
         self.monitor.start()
+        self.rollouts.start()
         self.webhooks.start()
         if self.notifier is not None:
             self.notifier.start()
@@ -112,6 +115,7 @@ class Api:
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.rollouts.stop()
         self.webhooks.stop()
         if self.notifier is not None:
             self.notifier.stop()
@@ -131,11 +135,14 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.placement import Placement
     from capsuled.api.services.quotas import QuotaService
     from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
     from capsuled.api.services.subscriptions import SubscriptionService
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.api.services.rollouts import RolloutService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
@@ -172,7 +179,8 @@ def build_api(settings: Settings, store: Store,
         reader_records=settings.limits.outbox_reader_records))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
-        max_age=timedelta(seconds=settings.limits.event_max_age)))
+        max_age=timedelta(seconds=settings.limits.event_max_age),
+        revisions=settings.limits.revisions_per_capsule))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
     hooks = settings.webhooks
@@ -182,10 +190,14 @@ def build_api(settings: Settings, store: Store,
         raise fail(f"webhooks.ca_file: {exc}") from exc
     webhooks = WebhookSupervisor(store, box, hooks, HttpPoster(
         hooks.timeout, hooks.max_response_bytes, resolve=system_resolver, verify=verify))
+    capsules = CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
+                              quotas=quotas, weigher=settings.api.scheduler_weigher,
+                              metrics=metrics)
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher,
-                                metrics=metrics),
+        capsules=capsules,
+        rollouts=RolloutService(store, control, capsules,
+                                Placement(quotas, down_after, settings.api.scheduler_weigher,
+                                          metrics=metrics)),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
                                     policy=policy, quotas=quotas,
                                     weigher=settings.api.scheduler_weigher, metrics=metrics),
@@ -201,8 +213,9 @@ def build_api(settings: Settings, store: Store,
         subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
                                           changed=webhooks.rescan))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
-    return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
-               notifications(settings, store))
+    return Api(app, control, HostMonitor(store, down_after), webhooks,
+               RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
+               notifier, notifications(settings, store))
 
 
 def notifications(settings: Settings, store: Store) -> Notifications | None:

@@ -192,6 +192,9 @@ class CapsuleReport(_Wire):
     sandbox_state: ContainerState = "missing"
     sandbox_recreated: bool = False
     progress: str | None = None
+    # The agent's plan for this generation is done: every container is on its spec (None:
+    # an agent from before updates, which does not say). An update waits for it.
+    converged: bool | None = None
     error: str | None = None
     containers: list[ContainerReport] = Field(default_factory=list)
     addresses: list[Address] = Field(default_factory=list)  # the sandbox's, shared by members

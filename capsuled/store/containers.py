@@ -65,7 +65,7 @@ def changed(session: Session, row: Container, event_type: str, reason: str, mess
                   status=status or row.status, labels=labels if isinstance(labels, dict) else {})
 
 
-def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Container:
+def add_member(session: Session, capsule: Capsule, spec: ContainerSpec, user_id: str) -> Container:
     """Add an app container to a running capsule (`run --capsule`): into its spec, which
     the agent reconciles, and as a row, which the API shows."""
     if capsule.deleting:
@@ -87,7 +87,8 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
                     status=Status.CREATING.value, created_at=utcnow(), registry_id=spec.registry)
     capsule.containers.append(row)
     change_spec(session, capsule, cspec.model_copy(update={"containers": [*cspec.containers, spec]}),
-                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name))
+                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name),
+                user_id=user_id, cause=f"added container {spec.name}")
     return row
 
 

@@ -91,6 +91,12 @@ class Capsule(Base):
     sandbox_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The revision its spec is (capsule_revisions), and while an update or rollback is
+    # under way its state (domain.rollout.Rollout as JSON) and deadline (the rollout
+    # supervisor's indexed query); both NULL otherwise.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    rollout_deadline: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
 
     containers: Mapped[list[Container]] = relationship(
         back_populates="capsule", cascade="all, delete-orphan", passive_deletes=True,
@@ -101,6 +107,25 @@ class Capsule(Base):
         cascade="all, delete-orphan", passive_deletes=True)
     host_ports: Mapped[list[HostPort]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="HostPort.id")
+
+
+class CapsuleRevision(Base):
+    """One revision of a capsule's spec: the newest `limits.revisions_per_capsule` are kept
+    (and always the current one and the one an update under way came from)."""
+
+    __tablename__ = "capsule_revisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    capsule_id: Mapped[int] = mapped_column(ForeignKey("capsules.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    change_cause: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # How its rollout ended: Ready, Failed or Superseded (NULL: under way, or not gated).
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (UniqueConstraint("capsule_id", "revision", name="uq_capsule_revisions"),)
 
 
 class CapsuleLabel(Base):

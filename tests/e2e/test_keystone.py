@@ -202,6 +202,16 @@ def test_zun_cli_capsule_lifecycle(zun: Callable[..., subprocess.CompletedProces
     for word in (uuid, "Running", keystone.project_ids["demo"], "main"):
         assert word in described.stdout, word
 
+    # Updated (an extension the zun CLI knows nothing of), it is the same capsule to zun.
+    with api(ks_server, token) as c:
+        assert c.patch(f"/v1/capsules/{name}", json={
+            "containers": [{"name": "main", "env": {"V": "2"}}]}).status_code == 202
+        wait_for(lambda: (lambda b: b["revision"] == 2 and b["status"] == "Running")(
+            c.get(f"/v1/capsules/{name}").json()), timeout=60, what=f"{name} updated")
+    described = zun("capsule-describe", name)
+    for word in (uuid, "Running", "'V': '2'"):
+        assert word in described.stdout, word
+
     # Another project does not see it.
     admin_list = zun("capsule-list", user="admin")
     assert name not in admin_list.stdout

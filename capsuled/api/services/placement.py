@@ -104,12 +104,12 @@ class Placement:
         self.ensure_room(s, host, whose, cpu, memory)
 
     def ensure_room(self, s: Session, host: str | None, whose: str, cpu: float,
-                    memory: int) -> None:
+                    memory: int, disk: int = 0) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
         locks the host rows as the scheduler's claims do, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
         free capacity: a member must not learn about other tenants' load."""
-        if host is None or (cpu <= 0 and memory <= 0):
+        if host is None or (cpu <= 0 and memory <= 0 and disk <= 0):
             return
         started, result = time.perf_counter(), m.ERROR
         try:
@@ -125,6 +125,10 @@ class Placement:
                 result = m.NO_ROOM
                 raise Conflict(f"memory: the {whose} host has not enough free memory for "
                                f"{memory} more MiB.")
+            if disk > 0 and cap.disk_gb - cap.disk_used < disk:
+                result = m.NO_ROOM
+                raise Conflict(f"disk: the {whose} host has not enough free disk for {disk} "
+                               "more GiB.")
         finally:
             self._metrics.decided(m.GROW, result, time.perf_counter() - started)
 
