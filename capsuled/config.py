@@ -168,6 +168,11 @@ class ApiSettings(BaseModel):
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")
+    keep_alive: int = Field(75, ge=1, le=3600, description="Seconds an idle client "
+                            "connection stays open for its next request: well above the 5 s "
+                            "the OpenStack CLIs' --wait polls sleep between requests on one "
+                            "connection (at 5 s the server closes it just as they reuse it), "
+                            "and above a load balancer's usual idle timeout (60 s)")
 
 
 class OverlaySettings(BaseModel):

@@ -318,15 +318,9 @@ def new_ops_key() -> str:
 
 
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
-          log_format: str = "text") -> None:
+          log_format: str, keep_alive: int) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
-    host, _, port = listen.rpartition(":")
-    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
-    # stop waits this long for them, then cancels them (clients resume with `since`).
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                           log_level=log_level, access_log=False,
-                                           timeout_graceful_shutdown=5,
-                                           **uvicorn_logging(log_format)))
+    server = uvicorn.Server(api_server_config(app, listen, log_level, log_format, keep_alive))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
@@ -339,6 +333,18 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
         server.run()
     finally:
         on_exit()
+
+
+def api_server_config(app: Any, listen: str, log_level: str, log_format: str,
+                      keep_alive: int) -> uvicorn.Config:
+    host, _, port = listen.rpartition(":")
+    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
+    # stop waits this long for them, then cancels them (clients resume with `since`).
+    # keep_alive (api.keep_alive) replaces uvicorn's 5 s, which equals the OpenStack CLIs'
+    # poll interval: they lost the race and read "Remote end closed connection".
+    return uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level=log_level,
+                          access_log=False, timeout_graceful_shutdown=5,
+                          timeout_keep_alive=keep_alive, **uvicorn_logging(log_format))
 
 
 def uvicorn_logging(log_format: str) -> dict[str, Any]:
