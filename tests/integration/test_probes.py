@@ -150,12 +150,20 @@ def test_failure_policy_restart_capsule_recreates_the_sandbox(capsules: Capsules
     uuid = body["uuid"]
     capsules.wait_status(uuid, "Running")
     wait_for(lambda: capsules.get(uuid)["health"] == "healthy", timeout=20, what="healthy")
-    old_sandbox = sandbox(docker_api, uuid)["Id"]
-    c = member(docker_api, uuid, "app")
-    if kind == "exec":
-        exec_in(docker_api, c["Id"], "rm", "/tmp/alive")
-    else:
-        exec_in(docker_api, c["Id"], "touch", "/tmp/stop")
+    seen: dict[str, Any] = {}
+
+    def break_it() -> bool:
+        # On a loaded machine the probe may catch nc between two connections and the
+        # capsule be remade already: break whichever app container is running now.
+        try:
+            seen["sandbox"] = sandbox(docker_api, uuid)["Id"]
+            seen["app"] = member(docker_api, uuid, "app")
+            cmd = ["rm", "/tmp/alive"] if kind == "exec" else ["touch", "/tmp/stop"]
+            return exec_in(docker_api, seen["app"]["Id"], *cmd)[0] == 0
+        except (docker.errors.APIError, AssertionError):
+            return False
+    wait_for(break_it, timeout=30, what="the app container to be broken on purpose")
+    old_sandbox, c = seen["sandbox"], seen["app"]
     wait_for(lambda: capsules.get(uuid)["restart_count"] >= 1, timeout=30,
              what="the capsule to be recreated")
     def new_sandbox() -> bool:
