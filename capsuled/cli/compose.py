@@ -134,6 +134,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
+    from capsuled.api.services.security_groups import SecurityGroupService
     from capsuled.api.services.subscriptions import SubscriptionService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
@@ -194,7 +195,10 @@ def build_api(settings: Settings, store: Store,
         events=EventService(store, policy),
         outbox_hub=hub,
         subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
-                                          changed=webhooks.rescan))
+                                          changed=webhooks.rescan),
+        security_groups=SecurityGroupService(
+            store, quotas, limits, settings.limits.security_groups_per_project, policy,
+            notify=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
                notifications(settings, store))

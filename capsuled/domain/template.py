@@ -18,6 +18,7 @@ from typing import Any
 
 from capsuled import documents
 from capsuled.domain.probes import check_probe
+from capsuled.domain.security_groups import parse_names
 from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, Probe,
                                   VolumeMount, VolumeSpec)
 from capsuled.errors import InvalidInput
@@ -34,7 +35,8 @@ PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "N
 TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availabilityZone", "spec"}
 METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
-             "failurePolicy"}  # extension: what a liveness/startup failure restarts
+             "failurePolicy",  # extension: what a liveness/startup failure restarts
+             "securityGroups"}  # extension: the project's security groups it is in
 FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
@@ -61,6 +63,9 @@ class Limits:
     # (domain.host_access); at most max_host_ports per capsule or bare container.
     min_host_port: int = 1024
     max_host_ports: int = 16
+    # Security groups one capsule or bare container may be in; rules one group may hold.
+    max_security_groups: int = 8
+    max_security_group_rules: int = 64
 
 
 _REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -164,6 +169,8 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     failure_policy = spec.get("failurePolicy", "RestartContainer")
     if failure_policy not in FAILURE_POLICIES:
         p.add("spec.failurePolicy", "must be RestartContainer or RestartCapsule")
+    groups = parse_names(spec.get("securityGroups"), "spec.securityGroups", p.add,
+                         limits.max_security_groups)
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
     raw_volumes = _raw_list(spec.get("volumes"))
@@ -184,7 +191,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     return CapsuleSpec(name=name, labels=labels, annotations=annotations, restart_policy=policy,
                        availability_zone=zone, init_containers=inits, containers=apps,
                        volumes=volumes, node_selector=node_selector,
-                       failure_policy=failure_policy)
+                       failure_policy=failure_policy,
+                       # none, or an empty list: `default` (a group without rules closes)
+                       **({"security_groups": groups} if groups else {}))
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems
