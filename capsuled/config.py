@@ -56,6 +56,9 @@ class AgentSettings(BaseModel):
         "with containers on this host); blocks that overlap the host's routes are skipped"))
     # /22: 1,022 addresses per project and host, 1,024 projects in the default pool.
     network_prefix: int = Field(22, ge=8, le=29, description="Size of each project network")
+    host_netns: Path | None = Field(None, description=(
+        "Network namespace (a path such as /run/netns/NAME) the Docker Engine's bridges "
+        "live in, when it is not the agent's own: firewall rules are made there"))
     # Multi-host only: where the API reaches this agent for logs, exec, attach, top, …
     # Loopback unless told otherwise: the endpoint runs commands in containers, so it is
     # exposed only on the address the operator names.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.domain.channel import AgentChannel
+    from capsuled.drivers.firewall.base import FirewallDriver
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
@@ -279,7 +280,26 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
-                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE))
+                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
+                 firewall=firewall(settings))
+
+
+def firewall(settings: Settings) -> FirewallDriver | None:
+    """The kernel's security-group rules (agent.security_groups), or None."""
+    from capsuled.drivers.firewall.iptables import (Commands, IptablesFirewall,
+                                                    bridged_traffic_filtered)
+
+    if not settings.agent.security_groups:
+        LOG.warning("agent.security_groups is off: security groups are not enforced on this "
+                    "host")
+        return None
+    netns = settings.agent.host_netns
+    if netns is None and not bridged_traffic_filtered():
+        LOG.warning("net.bridge.bridge-nf-call-iptables is not 1 (modprobe br_netfilter; "
+                    "sysctl -w net.bridge.bridge-nf-call-iptables=1): security groups filter "
+                    "traffic from other networks only, not between containers of one host's "
+                    "project network")
+    return IptablesFirewall(Commands(str(netns) if netns else None))
 
 
 def new_ops_key() -> str:

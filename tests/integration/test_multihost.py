@@ -31,6 +31,7 @@ ADMIN_URLS = {
     "mariadb": os.environ.get("CAPSULED_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 MAIN_DOCKER = "unix:///var/run/docker.sock"
+HOSTB_NETNS = "/run/netns/cap-hostb"  # scripts/extra-dockerd.sh: host-b's engine's links
 DOWN_AFTER = 3.0
 
 
@@ -117,7 +118,9 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                    "--ops-url", f"http://127.0.0.1:{ops}", "--label", f"name={host}"),
                          {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
                           "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
-                          "CAPSULED_AGENT__RELIST_INTERVAL": "3"}, tmp / f"agent-{host}.log")
+                          "CAPSULED_AGENT__RELIST_INTERVAL": "3",
+                          **({"CAPSULED_AGENT__HOST_NETNS": HOSTB_NETNS} if host == "host-b"
+                             else {})}, tmp / f"agent-{host}.log")
             agent.start()
             c.agents[host] = agent
         wait_for(lambda: {s["host"] for s in api.get("/v1/services").json()["services"]
@@ -131,8 +134,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         for p in [*c.agents.values(), *apis]:
             p.stop()
-        for client in c.dockers.values():
-            remove_instance_objects(client, c.instance)
+        for host, client in c.dockers.items():
+            remove_instance_objects(client, c.instance, HOSTB_NETNS if host == "host-b" else None)
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")))
         admin.dispose()
