@@ -62,6 +62,7 @@ class Firewall:
         self._wanted: dict[str, Wanted] | None = None  # None until the first watch
         self._seen: dict[str, tuple[int, tuple[str, ...]]] = {}  # unit → (when, addresses)
         self._present: set[str] | None = None  # None until the first relist
+        self._gone: set[str] = set()  # removed, though maybe still desired (being deleted)
         self._applied: tuple[list[Guard], set[str] | None] | None = None
         self._clock = itertools.count(1)
 
@@ -70,7 +71,10 @@ class Firewall:
         next sync or relist tries again."""
         with self._lock:
             self._wanted = dict(units)
+            self._gone &= units.keys()
             for uuid, w in units.items():
+                if uuid in self._gone:
+                    continue
                 if uuid not in self._seen and w.stored:
                     self._seen[uuid] = (0, w.stored)  # older than anything observed
         self._apply(quiet=True)
@@ -82,11 +86,15 @@ class Firewall:
         with self._lock:
             if now and self._seen.get(unit, (0, ()))[1] != now:
                 self._seen[unit] = (next(self._clock), now)
+            if now:
+                self._gone.discard(unit)
         self._apply()  # nothing new: no kernel call, unless the last one failed
 
     def forget(self, unit: str) -> None:
         with self._lock:
-            if self._seen.pop(unit, None) is None:
+            known = self._seen.pop(unit, None) is not None or unit not in self._gone
+            self._gone.add(unit)
+            if not known:
                 return
         self._apply(quiet=True)
 
@@ -123,8 +131,8 @@ class Firewall:
         guards = []
         unknown = set()
         for uuid, w in sorted(self._wanted.items()):
-            if w.rules is None:
-                continue  # not filtered (no project network, or an API from before groups)
+            if w.rules is None or uuid in self._gone:
+                continue  # not filtered (no project network, an API from before groups), or gone
             seen = self._seen.get(uuid)
             if seen is None:
                 unknown.add(uuid)  # guarded as it was until its address is known
@@ -133,5 +141,5 @@ class Firewall:
         if self._present is None:
             return guards, None
         # In Docker but no longer desired (being removed): closed as it was, until gone.
-        orphans = {u for u in self._present if u not in self._wanted}
+        orphans = {u for u in self._present if u not in self._wanted and u not in self._gone}
         return guards, unknown | orphans

@@ -23,10 +23,11 @@ ACCEPTs. A unit's chain:
     the rest                                 DROP  (a client sees its connection time out)
 
 The sub-chains keep a rule naming a remote group of N members and M rules at N + M lines,
-not N × M. The digest in each dispatch line covers the unit's whole rendering: `ensure`
-reads the table once (iptables-save), rewrites only the units whose digest or chains
-differ, and writes everything in one iptables-restore --noflush (atomic: nf_tables commits
-it as one transaction, legacy iptables as one table replace).
+not N × M. Rules are rendered in iptables-save's own form, so `ensure` reads the table once
+(iptables-save), compares, rewrites only the units whose chains read otherwise (changed
+rules, or edited by hand), and writes everything in one iptables-restore --noflush (atomic:
+nf_tables commits it as one transaction, legacy iptables as one table replace). The digest
+in each dispatch line names the rendering it dispatches to, for a reader of the table.
 """
 
 from __future__ import annotations
@@ -275,10 +276,10 @@ class IptablesFirewall:
         dispatch = sorted((d for _, d in claims.values()), key=lambda d: (d.address, d.chain))
         held = {d.chain for d in dispatch}
 
+        # The kernel prints rules as they are rendered (iptables-save's own form): a chain
+        # that reads otherwise, or is missing, or has a sub-chain too many, is written again.
         rewrite = [top for top, r in wanted.items()
-                   if any(c not in table.chains for c in r.chains)
-                   or any(d.chain == top and d.digest != r.digest for d in current)
-                   or not any(d.chain == top for d in current)
+                   if any(table.chains.get(c) != rules for c, rules in r.chains.items())
                    or any(names.owner(c) == top and c not in r.chains for c in ours)]
         stale = sorted(c for c in ours if names.owner(c) not in held and names.owner(c) not in wanted)
         jump = self._jump(names, table)
