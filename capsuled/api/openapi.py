@@ -87,7 +87,10 @@ TEMPLATE = obj(
              restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
              nodeSelector=STRING_MAP,
              failurePolicy={"type": "string", "enum": ["RestartContainer", "RestartCapsule"],
-                            "description": "What a failed liveness/startup probe restarts (extension)"}),
+                            "description": "What a failed liveness/startup probe restarts (extension)"},
+             securityGroups={"type": "array", "items": STRING, "description": "Names of the "
+                             "project's security groups the capsule is in (extension; default "
+                             "[\"default\"])"}),
 )
 CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
 CAPSULE_EXAMPLE = {"template": {"kind": "capsule", "metadata": {"name": "example"}, "spec": {
