@@ -73,6 +73,9 @@ def test_zunclient_moves_a_container_between_groups(
         wait_for(lambda: answers(docker_api, client, ip, 9090), timeout=15, what="9090 open")
         with pytest.raises(zun_exc.BadRequest, match="already in security group default"):
             zun.containers.add_security_group(made.uuid, "default")
+        zun.containers.remove_security_group(made.uuid, "web-a")  # the group gone: both still
+        assert zun.containers.get(made.uuid).security_groups == ["default"]
+        assert answers(docker_api, client, ip, 8080) and answers(docker_api, client, ip, 9090)
 
         # Another project: neither our group nor our container exists for them.
         other = zun_client.Client("1.14", auth_token=server.issue_token(unique("zsg-b"), "eve"),

@@ -18,11 +18,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
 from capsuled.api import openapi as doc
-from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given
-from capsuled.api.deps import read_json
+from capsuled.api.deps import (BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag, given,
+                               read_json)
+from capsuled.api.microversions import ApiVersion
 from capsuled.api.policy import Policy
 from capsuled.api.routers.capsules import _limit, filter_value
 from capsuled.api.services.security_groups import GroupView, SecurityGroupService
@@ -63,12 +65,13 @@ def create(request: Request, response: Response, body: BodyDep, who: PrincipalDe
 @router.get("", dependencies=[allow("security_group:get_all")])
 def list_(request: Request, who: PrincipalDep, base: BaseUrlDep, limit: str | None = None,
           marker: str | None = None, all_projects: str | None = None) -> dict[str, Any]:
-    """The project's groups, its implicit `default` first; pages of `limit` after `marker`."""
+    """The project's groups, its implicit `default` first (on the first page, beyond
+    `limit`); pages of `limit` after `marker`."""
     page = _limit(given(limit), request.app.state.settings.api.max_limit)
     after = None if given(marker) is None else filter_value("marker", str(marker))
     rows = _service(request).list(who, flag(all_projects, "all_projects"), page, after)
     nxt = None
-    if rows and len(rows) == page and not rows[-1].implicit:
+    if len([v for v in rows if not v.implicit]) == page:
         params = {k: v for k, v in request.query_params.multi_items() if k != "marker"}
         params.update(limit=str(page), marker=rows[-1].uuid)
         nxt = f"{base}/v1/security_groups?{urlencode(params)}"
@@ -109,7 +112,7 @@ def _scope(request: Request, who: Principal) -> str | None:
     return None if policy.allows("container:get_one_all_projects", who) else who.project_id
 
 
-def _needs_zun_version(version: Any) -> None:
+def _needs_zun_version(version: ApiVersion) -> None:
     if version.at_least((LAST_VERSION[0], LAST_VERSION[1] + 1)):
         raise VersionNotAcceptable(
             f"add_security_group and remove_security_group exist up to microversion "
@@ -140,8 +143,6 @@ async def remove_security_group(request: Request, ident: str, who: PrincipalDep,
 
 async def _membership(request: Request, ident: str, who: Principal, name: Any,
                       add: bool) -> None:
-    import anyio.to_thread
-
     if name is not None and not isinstance(name, str):
         raise InvalidInput("name: must be a security group's name")
     service = _service(request)

@@ -106,7 +106,7 @@ class SecurityGroupService:
                                                  limit, marker)]
         if all_projects or marker is not None:
             return rows
-        return [default_view(who.project_id), *rows][:limit]
+        return [default_view(who.project_id), *rows]  # default is on the first page, uncounted
 
     def update(self, who: Principal, ident: str, body: dict[str, Any]) -> GroupView:
         fields = self._parse(body, creating=False)

@@ -188,8 +188,11 @@ def test_crud_with_every_problem_named(api: Api) -> None:
     assert api.http.get("/v1/security_groups/a2", headers=me).status_code == 404
     names = [g["name"] for g in api.http.get("/v1/security_groups", headers=me).json()["security_groups"]]
     assert names == ["default", "web", "a1"]
-    page = api.http.get("/v1/security_groups", params={"limit": 2}, headers=me).json()
+    page = api.http.get("/v1/security_groups", params={"limit": 1}, headers=me).json()
     assert [g["name"] for g in page["security_groups"]] == ["default", "web"] and page["next"]
+    page = api.http.get(page["next"], headers=me).json()
+    assert [g["name"] for g in page["security_groups"]] == ["a1"] and page["next"]
+    assert api.http.get(page["next"], headers=me).json() == {"security_groups": [], "next": None}
 
 
 def test_readers_read_and_other_projects_see_nothing(api: Api) -> None:
