@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from capsuled.agent.overlay import Overlay
 from capsuled.domain.addresses import Address, network_uuid, preferred
 from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import Observed, Runtime
@@ -38,8 +39,11 @@ T = TypeVar("T")
 
 class ProjectNetworks:
     def __init__(self, driver: NetworkDriver, instance: str, grace: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 overlay: Overlay | None = None) -> None:
         self._driver = driver
+        # Projects whose network spans hosts: laid out by the control plane, joined by VXLAN.
+        self._overlay = overlay
         self._instance = instance
         self._grace = grace
         self._clock = clock
@@ -53,7 +57,7 @@ class ProjectNetworks:
         if project is None:
             return create(None)
         with self._lease(project):
-            net = self._driver.ensure_network(self._instance, project)
+            net = self._ensure(project)
             try:
                 return create(net)
             except NotFound as exc:
@@ -61,11 +65,17 @@ class ProjectNetworks:
                     raise
                 LOG.warning("network %s of project %s is gone; making it again", net.name, project)
             self._driver.forget_network(self._instance, project)
-            net = self._driver.ensure_network(self._instance, project)
+            net = self._ensure(project)
             try:
                 return create(net)
             except NotFound as exc:
                 raise DriverError(exc.message) from exc
+
+    def _ensure(self, project: str) -> ProjectNetwork:
+        if self._overlay is None:
+            return self._driver.ensure_network(self._instance, project)
+        net = self._driver.ensure_network(self._instance, project, self._overlay.layout(project))
+        return self._overlay.attach(net)
 
     def move_in(self, rt: Runtime, container: Observed, project: str,
                 aliases: tuple[str, ...]) -> bool:
@@ -125,6 +135,8 @@ class ProjectNetworks:
                 return []
             for net in removed:
                 self._idle_since.pop(net.project, None)
+        if removed and self._overlay is not None:
+            self._overlay.reconcile()  # their VXLAN devices and DNS responders go too
         return removed
 
 

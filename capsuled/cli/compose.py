@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
+    from capsuled.agent.overlay import Overlay
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.domain.channel import AgentChannel
     from capsuled.drivers.firewall.base import FirewallDriver
     from capsuled.hostops.protocol import ContainerOps
@@ -96,14 +98,16 @@ class Api:
     control: ControlPlane
     monitor: HostMonitor
     webhooks: WebhookSupervisor
+    rollouts: RolloutSupervisor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
     notifications: Notifications | None = None  # [notifications] enabled: the AMQP relay
 
     def start(self) -> None:
-        """The API's background work: the host monitor, webhook delivery, the
-        cross-replica listener, the notification relay (every replica runs it; its lease
-        picks the one that sends)."""
+        """The API's background work: the host monitor, the rollout supervisor, webhook
+        delivery, the cross-replica listener, the notification relay (every replica runs
+        it; its lease picks the one that sends)."""
         self.monitor.start()
+        self.rollouts.start()
         self.webhooks.start()
         if self.notifier is not None:
             self.notifier.start()
@@ -112,6 +116,7 @@ class Api:
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.rollouts.stop()
         self.webhooks.stop()
         if self.notifier is not None:
             self.notifier.stop()
@@ -131,18 +136,23 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.placement import Placement
     from capsuled.api.services.quotas import QuotaService
     from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
     from capsuled.api.services.security_groups import SecurityGroupService
     from capsuled.api.services.subscriptions import SubscriptionService
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.api.services.rollouts import RolloutService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.capsules import Retention, configure_retention
     from capsuled.store.outbox import OutboxRetention
     from capsuled.store.outbox import configure as configure_outbox
+    from capsuled.store.overlay import configure as configure_overlay
+    from capsuled.domain.overlay import OverlayPool
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -163,13 +173,16 @@ def build_api(settings: Settings, store: Store,
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_overlay(OverlayPool(settings.overlay.pool, settings.overlay.project_prefix,
+                                  settings.overlay.host_prefix))
     configure_outbox(OutboxRetention(
         records=settings.limits.outbox_records,
         max_age=timedelta(seconds=settings.limits.outbox_max_age),
         reader_records=settings.limits.outbox_reader_records))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
-        max_age=timedelta(seconds=settings.limits.event_max_age)))
+        max_age=timedelta(seconds=settings.limits.event_max_age),
+        revisions=settings.limits.revisions_per_capsule))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
     hooks = settings.webhooks
@@ -179,10 +192,14 @@ def build_api(settings: Settings, store: Store,
         raise fail(f"webhooks.ca_file: {exc}") from exc
     webhooks = WebhookSupervisor(store, box, hooks, HttpPoster(
         hooks.timeout, hooks.max_response_bytes, resolve=system_resolver, verify=verify))
+    capsules = CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
+                              quotas=quotas, weigher=settings.api.scheduler_weigher,
+                              metrics=metrics)
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher,
-                                metrics=metrics),
+        capsules=capsules,
+        rollouts=RolloutService(store, control, capsules,
+                                Placement(quotas, down_after, settings.api.scheduler_weigher,
+                                          metrics=metrics)),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
                                     policy=policy, quotas=quotas,
                                     weigher=settings.api.scheduler_weigher, metrics=metrics),
@@ -201,8 +218,9 @@ def build_api(settings: Settings, store: Store,
             store, quotas, limits, settings.limits.security_groups_per_project, policy,
             notify=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
-    return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
-               notifications(settings, store))
+    return Api(app, control, HostMonitor(store, down_after), webhooks,
+               RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
+               notifier, notifications(settings, store))
 
 
 def notifications(settings: Settings, store: Store) -> Notifications | None:
@@ -281,7 +299,23 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
-                 firewall=firewall(settings))
+                 overlay=overlay(settings, instance), firewall=firewall(settings))
+
+
+def overlay(settings: Settings, instance: str) -> Overlay | None:
+    """Project networks across hosts, when this host has an underlay address."""
+    conf = settings.agent
+    if conf.underlay_address is None:
+        return None
+    from capsuled.agent.dns import DnsResponder, host_resolvers
+    from capsuled.agent.overlay import Overlay
+    from capsuled.drivers.network.vxlan import VxlanLinks
+
+    links = VxlanLinks(conf.host_netns)
+    LOG.info("project networks span hosts: VXLAN from %s%s", conf.underlay_address,
+             f" in {conf.host_netns}" if conf.host_netns else "")
+    return Overlay(links, DnsResponder(links.udp_socket), instance, str(conf.underlay_address),
+                   conf.overlay_mtu, host_resolvers())
 
 
 def firewall(settings: Settings) -> FirewallDriver | None:
@@ -307,15 +341,9 @@ def new_ops_key() -> str:
 
 
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
-          log_format: str = "text") -> None:
+          log_format: str, keep_alive: int) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
-    host, _, port = listen.rpartition(":")
-    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
-    # stop waits this long for them, then cancels them (clients resume with `since`).
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                           log_level=log_level, access_log=False,
-                                           timeout_graceful_shutdown=5,
-                                           **uvicorn_logging(log_format)))
+    server = uvicorn.Server(api_server_config(app, listen, log_level, log_format, keep_alive))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
@@ -328,6 +356,18 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
         server.run()
     finally:
         on_exit()
+
+
+def api_server_config(app: Any, listen: str, log_level: str, log_format: str,
+                      keep_alive: int) -> uvicorn.Config:
+    host, _, port = listen.rpartition(":")
+    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
+    # stop waits this long for them, then cancels them (clients resume with `since`).
+    # keep_alive (api.keep_alive) replaces uvicorn's 5 s, which equals the OpenStack CLIs'
+    # poll interval: they lost the race and read "Remote end closed connection".
+    return uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level=log_level,
+                          access_log=False, timeout_graceful_shutdown=5,
+                          timeout_keep_alive=keep_alive, **uvicorn_logging(log_format))
 
 
 def uvicorn_logging(log_format: str) -> dict[str, Any]:

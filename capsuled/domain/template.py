@@ -36,7 +36,11 @@ TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availability
 METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
              "failurePolicy",  # extension: what a liveness/startup failure restarts
+             # extensions: how an update is judged (domain/rollout.py)
+             "minReadySeconds", "progressDeadlineSeconds",
              "securityGroups"}  # extension: the project's security groups it is in
+# (template key, least, most, default): seconds, bounded so that no update waits for long.
+ROLLOUT_NUMBERS = (("minReadySeconds", 0, 3600, 0), ("progressDeadlineSeconds", 1, 3600, 120))
 FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
@@ -169,6 +173,13 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     failure_policy = spec.get("failurePolicy", "RestartContainer")
     if failure_policy not in FAILURE_POLICIES:
         p.add("spec.failurePolicy", "must be RestartContainer or RestartCapsule")
+    rollout: dict[str, int] = {}
+    for key, least, most, default in ROLLOUT_NUMBERS:
+        value = whole_number(spec.get(key, default))
+        if value is None or not least <= value <= most:
+            p.add(f"spec.{key}", f"must be a whole number of seconds from {least} to {most}")
+            value = default
+        rollout[key] = value
     groups = parse_names(spec.get("securityGroups"), "spec.securityGroups", p.add,
                          limits.max_security_groups)
     # Names and mounts are taken from the raw lists, so a volume or container with its own
@@ -192,6 +203,8 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
                        availability_zone=zone, init_containers=inits, containers=apps,
                        volumes=volumes, node_selector=node_selector,
                        failure_policy=failure_policy,
+                       min_ready_seconds=rollout["minReadySeconds"],
+                       progress_deadline_seconds=rollout["progressDeadlineSeconds"],
                        # none, or an empty list: `default` (a group without rules closes)
                        **({"security_groups": groups} if groups else {}))
 

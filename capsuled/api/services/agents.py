@@ -36,6 +36,7 @@ from capsuled.errors import Conflict, Unavailable
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
+from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
 from capsuled.store import security_groups as sg_repo
 from capsuled.store.crypto import SecretBox
@@ -199,6 +200,7 @@ class ControlPlane:
             key = self.ops_keys.derive(host.name, host.ops_nonce)
         with self._store.transaction() as s:
             host_repo.register_host(s, host, ops_key_digest(key) if key else None)
+            overlay_repo.allocate_present(s, host.name)
         return Registration(ops_key=key)
 
     def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
@@ -241,7 +243,8 @@ class ControlPlane:
                                                                 containers)
             capsules, containers = sg_repo.with_firewalls(s, host, capsules, containers)
             return Assignments(host=host, revision=revision, capsules=capsules,
-                               containers=containers)
+                               containers=containers,
+                               overlays=overlay_repo.overlays_for(s, host))
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:
@@ -252,6 +255,13 @@ class ControlPlane:
                     capsule_repo.apply_report(s, host, r)
                 for b in containers or []:
                     container_repo.apply_bare_report(s, host, b)
+                renamed = overlay_repo.take_changed(s)
+            if renamed:
+                # The project's other hosts answer for these names: wake them (after the
+                # report's commit, in the lock order placement uses).
+                with self._store.transaction() as s:
+                    overlay_repo.bump_peers(s, renamed, host)
+                self.notify()
             failed = False
         finally:
             self._metrics.report_stored(host, time.perf_counter() - started, failed)

@@ -87,6 +87,7 @@ class SandboxRequest:
     ipv4_address: str | None = None
     # Ports published on the host for the whole capsule (host_port 0: any free one).
     ports: tuple[PublishedPort, ...] = ()
+    dns: tuple[str, ...] = ()  # DNS servers (empty: Docker's defaults); members share them
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class ContainerRequest:
     network: str | None = None  # bare containers only, as for the sandbox: members share its
     aliases: tuple[str, ...] = ()
     ipv4_address: str | None = None  # bare containers only, as for the sandbox
+    dns: tuple[str, ...] = ()  # bare containers only, as for the sandbox
     privileged: bool = False  # admins only; the API's policy gate sees to that
     health: HealthCheck | None = None
     ports: tuple[PublishedPort, ...] = ()  # bare containers only: members use the sandbox's

@@ -348,3 +348,29 @@ def test_assignments_carry_the_resolved_firewalls(api: Api) -> None:
                       if a.uuid == theirs["uuid"])
     api.run_container(their_host, theirs["uuid"], "10.208.8.9")
     assert ("tcp", 8080, ()) in web_firewall()
+
+
+def test_an_update_moves_a_capsule_between_groups_that_exist(api: Api) -> None:
+    api.add_host("h1")
+    me = api.as_("team-a")
+    assert api.http.post("/v1/security_groups", headers=me, json={
+        "name": "web", "rules": [tcp(8080, remote_group="default")]}).status_code == 201
+    k = api.http.post("/v1/capsules", json=capsule("kk"), headers=me).json()
+    api.run_capsule("h1", k["uuid"], "10.208.0.2")
+
+    def allowed() -> set[tuple[str, int | None]]:
+        fw = next(a for a in api.assignments("h1").capsules if a.uuid == k["uuid"]).firewall
+        assert fw is not None
+        return {(a.protocol, a.port_min) for a in fw.allow}
+    assert allowed() == {("any", None)}
+    gone = api.http.patch(f"/v1/capsules/{k['uuid']}", headers=me,
+                          json={"template": capsule("kk", "nope")["template"]})
+    assert gone.status_code == 400
+    assert detail(gone) == "spec.securityGroups: no security group named 'nope' in this project"
+    r = api.http.patch(f"/v1/capsules/{k['uuid']}", headers=me,
+                       json={"template": capsule("kk", "web")["template"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["security_groups"] == ["web"] and allowed() == {("tcp", 8080)}
+    # The revision's template says so (what `capsule history -o yaml` gives to edit).
+    revisions = api.http.get(f"/v1/capsules/{k['uuid']}/revisions", headers=me).json()
+    assert revisions["revisions"][-1]["template"]["spec"]["securityGroups"] == ["web"]

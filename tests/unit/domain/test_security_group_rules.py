@@ -11,6 +11,7 @@ from capsuled.domain import security_groups as sg
 from capsuled.domain.container_request import parse_container_request
 from capsuled.domain.spec import Port
 from capsuled.domain.template import parse_template
+from capsuled.domain.template_out import render_template
 from capsuled.errors import InvalidInput
 
 
@@ -121,3 +122,12 @@ def test_a_units_firewall_joins_its_groups_and_opens_its_published_ports() -> No
     assert fw.peers["group:default"].own_network
     closed = sg.effective(["gone"], rules, lambda g: sg.Peers())  # a group that is no more
     assert closed.allow == [] and closed.peers == {}
+
+
+def test_a_templates_groups_survive_its_rendering() -> None:
+    for groups in (["web", "default"], None):
+        spec = parse_template({"kind": "capsule", "metadata": {"name": "kk"}, "spec": {
+            **({"securityGroups": groups} if groups else {}), "containers": [{"image": "busybox"}]}})
+        back = render_template(spec)
+        assert ("securityGroups" in back["spec"]) == (groups is not None)
+        assert parse_template(back).security_groups == spec.security_groups

@@ -1,7 +1,7 @@
 """security_groups: a project's named ingress rule sets
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0016
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
