@@ -44,6 +44,10 @@ class AgentSettings(BaseModel):
         "cpu_allocation_ratio): 1 claims real cores; 4 lets a 2-core host hold 80 containers "
         "of the default 0.1 CPU. Memory is never overcommitted"))
     labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
+    security_groups: bool = Field(True, description=(
+        "Enforce security groups in this host's kernel (iptables, filter table: a chain per "
+        "capsule or bare container, jumped to from DOCKER-USER); off: every container is "
+        "reachable as Docker's networks allow"))
     publish_address: IPv4Address = Field(IPv4Address("0.0.0.0"), description=(
         "Host address published ports bind to (a template's hostPort, a bare container's "
         "exposed_ports); 0.0.0.0 is every IPv4 address of the host"))
@@ -214,6 +218,12 @@ class LimitSettings(BaseModel):
                                "stay the operator's")
     max_host_ports: int = Field(16, ge=0, le=1024, description="Host ports one capsule "
                                 "(hostPort) or bare container (exposed_ports) may publish")
+    max_security_groups: int = Field(8, ge=1, le=64, description="Security groups one capsule "
+                                     "(spec.securityGroups) or bare container may be in")
+    max_security_group_rules: int = Field(64, ge=1, le=1024, description="Rules one security "
+                                          "group may hold")
+    security_groups_per_project: int = Field(50, ge=0, description="Security groups one "
+                                             "project may make (default, implicit, not counted)")
     pids_limit: int = Field(1024, ge=1, description="Processes each container (sandboxes too) "
                             "may have at once; read by the agent and applied to the containers "
                             "it creates")

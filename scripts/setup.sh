@@ -47,6 +47,14 @@ if ! /usr/bin/docker -H unix:///var/run/docker.sock version >/dev/null 2>&1; the
   /usr/bin/docker version >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/capsuled-dockerd.log" >&2; tail -20 /var/log/capsuled-dockerd.log >&2; exit 1; }
 fi
 
+# Security groups are iptables rules in FORWARD (agent/firewall.py): packets between
+# containers on one bridge reach them only with br_netfilter's bridge-nf-call-iptables.
+if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" != "1" ]; then
+  echo "setup: enabling net.bridge.bridge-nf-call-iptables (security groups)"
+  modprobe br_netfilter 2>/dev/null || true
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1 || echo "setup: could not set net.bridge.bridge-nf-call-iptables=1: security groups will not filter traffic within a host's project network" >&2
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   python3 -m venv "$VENV"

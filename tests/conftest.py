@@ -20,6 +20,8 @@ import docker
 import httpx
 import pytest
 
+from capsuled.drivers.firewall.iptables import Commands, IptablesFirewall, Names
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 LATEST = {"OpenStack-API-Version": "container latest"}
@@ -108,8 +110,10 @@ class Server:
                                    "CAPSULE_TOKEN": self.token, "COLUMNS": "200", **(env or {})})
 
 
-def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
-    """Remove every container, volume and network of one capsuled instance; what was removed."""
+def remove_instance_objects(api: docker.APIClient, instance: str,
+                            netns: str | None = None) -> list[str]:
+    """Remove every container, volume, network and security-group chain of one capsuled
+    instance; what was removed (the chains are not counted: a live server keeps its own)."""
     label = f"capsuled.instance={instance}"
     left = []
     for c in api.containers(all=True, filters={"label": [label]}):
@@ -121,6 +125,7 @@ def remove_instance_objects(api: docker.APIClient, instance: str) -> list[str]:
     for n in api.networks(filters={"label": [label]}):
         left.append(n["Name"])
         api.remove_network(n["Id"])
+    IptablesFirewall(Commands(netns)).remove_all(instance)
     return left
 
 
@@ -134,6 +139,13 @@ def docker_api() -> docker.APIClient:
     # checkout, the tempest job) has live servers whose stopped containers hold no endpoint
     # on their network, and pruning it under them fails their next start.
     api.prune_networks(filters={"label": "capsuled.instance", "until": "30m"})
+    # Security-group chains of deployments that left no network behind (a run killed before
+    # its clean-up): their rules name addresses that another deployment's containers may get.
+    live = {Names.of(n["Labels"]["capsuled.instance"]).tag
+            for n in api.networks(filters={"label": "capsuled.instance"})}
+    firewall = IptablesFirewall()
+    for tag in firewall.deployments() - live:
+        firewall.remove_deployment(tag)
     return api
 
 

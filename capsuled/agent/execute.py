@@ -5,6 +5,7 @@ CapsuleReport."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.agent.prober import Prober, Target
 from capsuled.domain import labels as L
 from capsuled.domain import naming
+from capsuled.domain.addresses import Address
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.ports import bindings, capsule_published, fingerprint
 from capsuled.domain.spec import ZUN_RESTART_NAMES, ContainerSpec, spec_hash
@@ -48,8 +50,12 @@ class CapsuleExecutor:
     def __init__(self, runtime: Runtime, volumes: VolumeDriver, networks: ProjectNetworks,
                  instance: str, infra_image: str, stop_timeout: int,
                  parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None,
-                 prober: Prober | None = None, publish_address: str = "0.0.0.0") -> None:
+                 prober: Prober | None = None, publish_address: str = "0.0.0.0",
+                 guard: Callable[[str, list[Address]], None] | None = None) -> None:
         self._rt = runtime
+        # Puts a capsule's security groups on its sandbox's address (agent/firewall.py);
+        # raises DriverError when it cannot, and then no member starts.
+        self._guard = guard
         self._publish_address = publish_address  # where the sandboxes' host ports bind
         self._images = images if images is not None else pulls.ImageGate(runtime)
         self._prober = prober
@@ -123,8 +129,13 @@ class CapsuleExecutor:
         if plan.create_sandbox:
             # compute_plan removes everything of the capsule before a new sandbox, and asks
             # for nothing else in that step.
-            return [self._create_sandbox(desired, progress, plan.sandbox_recreated,
-                                         plan.sandbox_replaced)]
+            sandbox = self._create_sandbox(desired, progress, plan.sandbox_recreated,
+                                           plan.sandbox_replaced)
+            self._guard_sandbox(desired, sandbox)
+            return [sandbox]
+        if plan.sandbox is not None and (plan.run_init or plan.start_init or plan.create_apps
+                                         or plan.start or plan.restart):
+            self._guard_sandbox(desired, plan.sandbox)  # before anything may listen
         if plan.replacing is not None:
             progress.event("Normal", "Replaced", f"replaced container {plan.replacing}: its "
                            "spec changed", plan.replacing)
@@ -201,6 +212,10 @@ class CapsuleExecutor:
         else:
             progress.event("Normal", "SandboxCreated", "created the sandbox")
         return sandbox
+
+    def _guard_sandbox(self, desired: Assignment, sandbox: Observed) -> None:
+        if self._guard is not None and desired.project_id is not None:
+            self._guard(desired.uuid, addresses_of(self._instance, desired.project_id, sandbox))
 
     def _join_network(self, desired: Assignment, sandbox: Observed, progress: _Progress) -> None:
         """A sandbox made before project networks (on Docker's default bridge) joins its

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from capsuled.agent.bare import BareExecutor
 from capsuled.agent.execute import CapsuleExecutor
+from capsuled.agent.firewall import Firewall, Wanted
+from capsuled.agent.firewall import addresses as firewall_addresses
 from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
@@ -24,7 +26,9 @@ from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
 from capsuled.domain.backoff import Backoff
+from capsuled.domain.addresses import Address
 from capsuled.domain.channel import AgentChannel, Assignment, Assignments, ContainerAssignment
+from capsuled.drivers.firewall.base import FirewallDriver
 from capsuled.drivers.network.base import NetworkDriver
 from capsuled.drivers.runtime.base import Runtime, Summary
 from capsuled.drivers.volume.base import VolumeDriver
@@ -47,7 +51,8 @@ class Agent:
                  on_ops_key: Callable[[str], None] | None = None,
                  image_ledger: ImageLedger | None = None,
                  probe_driver: ProbeDriver | None = None,
-                 overlay: Overlay | None = None) -> None:
+                 overlay: Overlay | None = None,
+                 firewall: FirewallDriver | None = None) -> None:
         self._channel = channel
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
         # key it derived for that nonce, which the ops server must accept (on_ops_key).
@@ -77,9 +82,13 @@ class Agent:
             probe_driver, on_change=lambda uuid: self.workers.enqueue(uuid),
             concurrency=settings.probe_concurrency)
         publish = str(settings.publish_address)
+        # Security groups in the kernel (None: not enforced on this host).
+        self._firewall = None if firewall is None else Firewall(firewall, instance)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel, images,
-                                         self._prober, publish_address=publish)
+                                         self._prober, publish_address=publish,
+                                         guard=None if self._firewall is None
+                                         else self._firewall.observe)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images, publish_address=publish)
@@ -146,6 +155,8 @@ class Agent:
         if bare is not None:
             done = self._bare.sync(uuid, bare)
             if done.report is not None:
+                self._guard(uuid, done.report.gone,
+                            done.report.container.addresses if done.report.container else [])
                 self._channel.report(self._host, [], [done.report])
             return done.settled
         # A capsule, or an orphan of either kind: removing everything labelled with the
@@ -154,8 +165,24 @@ class Agent:
             self._bare.forget(uuid)
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
+            self._guard(uuid, outcome.report.gone, outcome.report.addresses)
             self._channel.report(self._host, [outcome.report])
+        elif outcome.settled:
+            self._guard(uuid, True, [])  # an orphan, removed
         return outcome.settled
+
+    def _guard(self, uuid: str, gone: bool, found: list[Address]) -> None:
+        """Its security groups follow what the sync saw: its address, or that it is gone.
+        A failure is logged; the next sync or relist applies them."""
+        if self._firewall is None:
+            return
+        try:
+            if gone:
+                self._firewall.forget(uuid)
+            else:
+                self._firewall.observe(uuid, found)
+        except CapsuledError as exc:
+            LOG.warning("security groups of %s: %s", uuid, exc.message)
 
     # -- wake-ups ------------------------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -185,6 +212,14 @@ class Agent:
         with self._lock:
             old, self._desired = self._desired, fresh
             old_bare, self._desired_bare = self._desired_bare, fresh_bare
+        if self._firewall is not None:
+            # Before the workers act on it: an address a removed unit gives up is no longer
+            # admitted anywhere by the time another unit can get it.
+            wanted = {a.uuid: Wanted(a.firewall, firewall_addresses(a.addresses))
+                      for a in got.capsules}
+            wanted.update({a.uuid: Wanted(a.firewall, firewall_addresses(a.addresses))
+                           for a in got.containers})
+            self._firewall.desire(wanted)
         self._first_watch.set()
         for uuid, gen in [*((u, a.generation) for u, a in fresh.items()),
                           *((u, a.generation) for u, a in fresh_bare.items())]:
@@ -261,6 +296,8 @@ class Agent:
                       if a.project_id is not None and not a.deleting}
             in_use |= {s.labels[L.PROJECT] for s in summaries if L.PROJECT in s.labels}
             self._networks.collect(in_use)
+            if self._firewall is not None:
+                self._firewall.relist(grouped.keys())
         if self._overlay is not None:
             self._overlay.reconcile(repair=True)
 

@@ -11,7 +11,8 @@ from capsuled.api.metrics import ApiMetrics
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
 from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, metrics,
-                                  quotas, registries, root, subscriptions, tokens)
+                                  quotas, registries, root, security_groups, subscriptions,
+                                  tokens)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
@@ -20,6 +21,7 @@ from capsuled.api.services.hosts import HostService
 from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.registries import RegistryService
+from capsuled.api.services.security_groups import SecurityGroupService
 from capsuled.api.services.subscriptions import SubscriptionService
 from capsuled.api.services.rollouts import RolloutService
 from capsuled.api.services.tokens import TokenService
@@ -44,6 +46,7 @@ class Services:
     events: EventService
     outbox_hub: OutboxHub
     subscriptions: SubscriptionService
+    security_groups: SecurityGroupService
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -66,6 +69,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.events = services.events
     app.state.outbox_hub = services.outbox_hub
     app.state.subscriptions = services.subscriptions
+    app.state.security_groups = services.security_groups
     app.state.metrics = api_metrics = api_metrics or ApiMetrics()
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
@@ -75,6 +79,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
                        max_agent_body_bytes=settings.api.max_agent_body_bytes,
                        metrics=api_metrics)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events, subscriptions, metrics):
+                   events, subscriptions, security_groups, metrics):
         app.include_router(module.router)
+    app.include_router(security_groups.container_actions)
     return app

@@ -92,7 +92,10 @@ TEMPLATE = obj(
                               "new containers stayed ready this long (extension; 0-3600, default 0)"},
              progressDeadlineSeconds={"type": "integer", "description": "An update not done "
                                       "this long after it began rolls back (extension; "
-                                      "1-3600, default 120)"}),
+                                      "1-3600, default 120)"},
+             securityGroups={"type": "array", "items": STRING, "description": "Names of the "
+                             "project's security groups the capsule is in (extension; default "
+                             "[\"default\"])"}),
 )
 CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
 CHANGE_CAUSE: Schema = {"type": "string", "description": "Why (shown in the revisions); "
@@ -123,7 +126,9 @@ CONTAINER_FIELDS: dict[str, Schema] = {
         STRING]},
     "interactive": BOOLEAN_OR_TEXT, "tty": BOOLEAN_OR_TEXT, "image_driver": STRING,
     "image_pull_policy": {"type": "string", "enum": ["always", "ifnotpresent", "never"]},
-    "security_groups": STRINGS, "hints": STRING_MAP, "nets": {"type": "array"},
+    "security_groups": {"type": "array", "items": STRING, "description": "Names of the "
+                        "project's security groups (default: [\"default\"])"},
+    "hints": STRING_MAP, "nets": {"type": "array"},
     "auto_remove": BOOLEAN_OR_TEXT, "runtime": STRING, "hostname": STRING,
     "mounts": {"type": "array", "items": obj(
         source=STRING, destination=STRING, size=INTEGER_OR_TEXT,
@@ -165,6 +170,22 @@ SUBSCRIPTION = obj(
                                              "absent)"},
     name=STRING)
 SUBSCRIPTION_EXAMPLE = {"url": "https://hooks.example.com/capsuled", "events": ["capsule.*"]}
+SECURITY_GROUP_RULE = obj(
+    direction={"type": "string", "enum": ["ingress"]},
+    ethertype={"type": "string", "enum": ["IPv4"]},
+    protocol={"type": "string", "enum": ["tcp", "udp", "icmp", "any"]},
+    port_range_min=INTEGER_OR_TEXT, port_range_max=INTEGER_OR_TEXT,
+    remote_ip_prefix={"type": "string", "description": "Source network (CIDR); neither this "
+                                                       "nor remote_group: any source"},
+    remote_group={"type": "string", "description": "Source group by name; default: the "
+                                                   "whole project"},
+    description=STRING)
+SECURITY_GROUP = obj(("name",), name=STRING, description=STRING,
+                     rules={"type": "array", "items": SECURITY_GROUP_RULE})
+SECURITY_GROUP_UPDATE = obj(description=STRING, rules={
+    "type": "array", "items": SECURITY_GROUP_RULE, "description": "Replaces every rule"})
+SECURITY_GROUP_EXAMPLE = {"name": "web", "description": "HTTP from the project", "rules": [
+    {"protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_group": "default"}]}
 SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
                      forced_down=BOOLEAN_OR_TEXT)
 AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}

@@ -37,7 +37,7 @@ _READS = {"get_one", "get_all", "logs", "top", "stats", "get_archive", "actions"
 _CONTAINER_ACTIONS = ("create", "delete", "update", "start", "stop", "reboot", "pause",
                       "unpause", "kill", "rename", "execute", "execute_resize", "attach",
                       "resize", "put_archive", "rebuild", "commit", "resize_container",
-                      *sorted(_READS))
+                      "add_security_group", "remove_security_group", *sorted(_READS))
 
 DEFAULTS: dict[str, str] = {
     **_BASE,
@@ -64,6 +64,11 @@ DEFAULTS: dict[str, str] = {
     "image:search": READER,
     "registry:create": MEMBER, "registry:update": MEMBER, "registry:delete": MEMBER,
     "registry:get_one": READER, "registry:get_all": READER, "registry:get_all_all_projects": ADMIN,
+    # Security groups (/v1/security_groups, an extension): a project's own; every
+    # project's (all_projects=true, or another's by uuid) is an admin's.
+    "security_group:create": MEMBER, "security_group:update": MEMBER,
+    "security_group:delete": MEMBER, "security_group:get_one": READER,
+    "security_group:get_all": READER, "security_group:get_all_all_projects": ADMIN,
     "host:get_all": ADMIN, "host:get": ADMIN,
     "zun-service:get_all": ADMIN, "zun-service:update": ADMIN, "zun-service:delete": ADMIN,
     "availability_zones:get_all": READER,

@@ -65,6 +65,7 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "init_containers": [c for c, r in zip(children, members, strict=True) if r.role == "init"],
         # Extensions (additive: Zun clients ignore unknown keys).
         "restart_count": row.restart_count,
+        "security_groups": list(spec.security_groups),
         **_capsule_conditions(row.status, [r for r in members if r.role == "app"]),
         # size_enforced: Docker's local volumes (on this ext4/overlay2 kind of host) cannot
         # cap a volume's size; the size is charged to the disk quota and claimed on the
@@ -136,7 +137,8 @@ def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,
         "interactive": spec.stdin if spec else False,
         "tty": spec.tty if spec else False,
         "image_driver": "docker",
-        "security_groups": ["default"],
+        # A member is in its capsule's groups (a container made before groups: default).
+        "security_groups": list(capsule_spec.security_groups) if capsule_spec else ["default"],
         "auto_remove": False,
         "disk": 0,
         "auto_heal": bool(spec and spec.health and spec.health.restart),
@@ -183,6 +185,7 @@ def any_container_view(row: Container, is_admin: bool, base_url: str) -> dict[st
             "auto_heal": bare.auto_heal, "disk": bare.disk,
             "disk_enforced": False,  # as a capsule volume's size_enforced (extension)
             "hostname": bare.hostname or row.name, "capsule_id": None,
+            "security_groups": list(bare.security_groups),
             # Host ports Docker picked for its exposed_ports, as the agent last saw them.
             "published_ports": ports.view(bare.container, row.published_ports)})
         if is_admin:

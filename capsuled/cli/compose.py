@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.domain.channel import AgentChannel
+    from capsuled.drivers.firewall.base import FirewallDriver
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
@@ -140,6 +141,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
+    from capsuled.api.services.security_groups import SecurityGroupService
     from capsuled.api.services.subscriptions import SubscriptionService
     from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.api.services.rollouts import RolloutService
@@ -211,7 +213,10 @@ def build_api(settings: Settings, store: Store,
         events=EventService(store, policy),
         outbox_hub=hub,
         subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
-                                          changed=webhooks.rescan))
+                                          changed=webhooks.rescan),
+        security_groups=SecurityGroupService(
+            store, quotas, limits, settings.limits.security_groups_per_project, policy,
+            notify=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks,
                RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
@@ -294,7 +299,7 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
-                 overlay=overlay(settings, instance))
+                 overlay=overlay(settings, instance), firewall=firewall(settings))
 
 
 def overlay(settings: Settings, instance: str) -> Overlay | None:
@@ -311,6 +316,24 @@ def overlay(settings: Settings, instance: str) -> Overlay | None:
              f" in {conf.host_netns}" if conf.host_netns else "")
     return Overlay(links, DnsResponder(links.udp_socket), instance, str(conf.underlay_address),
                    conf.overlay_mtu, host_resolvers())
+
+
+def firewall(settings: Settings) -> FirewallDriver | None:
+    """The kernel's security-group rules (agent.security_groups), or None."""
+    from capsuled.drivers.firewall.iptables import (Commands, IptablesFirewall,
+                                                    bridged_traffic_filtered)
+
+    if not settings.agent.security_groups:
+        LOG.warning("agent.security_groups is off: security groups are not enforced on this "
+                    "host")
+        return None
+    netns = settings.agent.host_netns
+    if netns is None and not bridged_traffic_filtered():
+        LOG.warning("net.bridge.bridge-nf-call-iptables is not 1 (modprobe br_netfilter; "
+                    "sysctl -w net.bridge.bridge-nf-call-iptables=1): security groups filter "
+                    "traffic from other networks only, not between containers of one host's "
+                    "project network")
+    return IptablesFirewall(Commands(str(netns) if netns else None))
 
 
 def new_ops_key() -> str:

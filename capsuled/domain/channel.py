@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from capsuled.domain.addresses import Address
 from capsuled.domain.ports import PublishedPort
+from capsuled.domain.security_groups import Firewall
 from capsuled.domain.spec import BareSpec, CapsuleSpec
 
 class _Wire(BaseModel):
@@ -62,6 +63,8 @@ class Assignment(_Wire):
     pulls: list[ImagePull] = Field(default_factory=list, repr=False)
     # The sandbox's last known addresses: a recreated sandbox asks for them again.
     addresses: list[Address] = Field(default_factory=list)
+    # Its security groups' rules, resolved (None: not filtered, e.g. from an older API).
+    firewall: Firewall | None = None
 
 
 DesiredState = Literal["running", "stopped", "paused"]
@@ -80,6 +83,7 @@ class ContainerAssignment(_Wire):
     project_id: str | None = None  # it joins this project's network (None: Docker's default)
     pulls: list[ImagePull] = Field(default_factory=list, repr=False)
     addresses: list[Address] = Field(default_factory=list)  # last known: asked for again
+    firewall: Firewall | None = None  # as a capsule's
 
 
 class RemoteName(_Wire):

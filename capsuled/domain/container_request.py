@@ -20,6 +20,7 @@ from capsuled.domain.ports import ANY_HOST_PORT
 from capsuled.domain.spec import (BareSpec, ContainerSpec, DockerRestart, HealthCheck,
                                   InjectedFile, Port, VolumeMount, VolumeSpec)
 from capsuled.domain import labels as L
+from capsuled.domain.security_groups import DEFAULT, parse_names
 from capsuled.domain.template import (CONTAINER_NAME_RE, IMAGE_RE, PULL_POLICIES,
                                       REGISTRY_REF_RE, Limits, _Problems, refuse_nul,
                                       whole_number)
@@ -36,9 +37,7 @@ KNOWN = {"name", "image", "command", "entrypoint", "cpu", "memory", "disk", "cpu
          "capsule"}
 # Accepted only with these "nothing asked" values.
 INERT: dict[str, tuple[Any, ...]] = {
-    # Every container is in its project's `default` group (zunclient and Zun's tempest
-    # suite name it on every create); other groups need Neutron.
-    "image_driver": ("docker", None), "security_groups": (None, [], ["default"]), "nets": (None, []),
+    "image_driver": ("docker", None), "nets": (None, []),
     "cpu_policy": (None, "shared"), "runtime": (None, "runc"),
     "disk": (None, 0),
 }
@@ -56,8 +55,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
         p.add(key or "''", "unknown field")
     for key, allowed in INERT.items():
         if body.get(key) not in allowed:
-            p.add(key, "only [\"default\"] (the project's own group; other groups need "
-                       "Neutron)" if key == "security_groups" else "not supported by this server")
+            p.add(key, "not supported by this server")
 
     name = body.get("name")
     if name is not None and not (isinstance(name, str) and CONTAINER_NAME_RE.match(name)):
@@ -97,7 +95,15 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     zone = _optional_str(body.get("availability_zone"), "availability_zone", p)
     host = _optional_str(body.get("host"), "host", p)
     ports = _exposed_ports(body.get("exposed_ports"), p, limits.max_host_ports)
+    # Names of the project's security groups (the service checks that they exist); none
+    # given, or Zun's empty list: the project's `default`.
+    groups = parse_names(body.get("security_groups"), "security_groups", p.add,
+                         limits.max_security_groups) or [DEFAULT]
     if capsule is not None:
+        if groups != [DEFAULT]:
+            p.add("security_groups", "a container in a capsule is in the capsule's groups "
+                                     "(spec.securityGroups of its template); not allowed "
+                                     "with capsule")
         if ports:
             p.add("exposed_ports", "a capsule's ports are published by its sandbox, made with "
                                    "the capsule (hostPort in its template); not allowed with capsule")
@@ -123,7 +129,7 @@ def parse_container_request(body: dict[str, Any], limits: Limits | None = None,
     return BareSpec(container=spec, restart=restart or DockerRestart(), auto_remove=auto_remove,
                     hostname=hostname, labels=labels, capsule=capsule,
                     availability_zone=zone, host=host, node_selector=node_selector,
-                    volumes=volumes, files=files, auto_heal=auto_heal)
+                    volumes=volumes, files=files, auto_heal=auto_heal, security_groups=groups)
 
 
 def _exposed_ports(value: Any, p: _Problems, most: int) -> list[Port]:

@@ -144,6 +144,9 @@ class CapsuleSpec(_Frozen):
     # when it differs, with the same uuid and name (as BareSpec.rebuilds does for a bare
     # container). Level-triggered: it survives agent restarts.
     sandbox_epoch: int = 0
+    # Extension: the project's security groups whose rules say what may reach it
+    # (domain/security_groups.py); capsules from before groups are in `default`.
+    security_groups: list[str] = Field(default_factory=lambda: ["default"])
 
     @property
     def all_containers(self) -> list[ContainerSpec]:
@@ -212,6 +215,9 @@ class BareSpec(_Frozen):
     # Bumped by each rebuild: part of the runtime hash, so the agent replaces the Docker
     # container even when the image is the same (level-triggered, survives agent restarts).
     rebuilds: int = 0
+    # Zun's security_groups (names in its project): the firewall changes in place, so
+    # they are no part of the runtime hash.
+    security_groups: list[str] = Field(default_factory=lambda: ["default"])
 
     @property
     def disk(self) -> int:
@@ -221,7 +227,7 @@ class BareSpec(_Frozen):
     def runtime_hash(self) -> str:
         """Like spec_hash, minus what `docker update` changes in place (cpu, memory)."""
         payload = self.model_dump(mode="json", exclude={"capsule", "availability_zone", "host",
-                                                        "node_selector"})
+                                                        "node_selector", "security_groups"})
         for probe in PROBER_FIELDS:
             payload["container"].pop(probe, None)
         for live in ("cpu", "memory", "name"):  # docker update / a row rename, not a recreate

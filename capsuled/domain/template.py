@@ -18,6 +18,7 @@ from typing import Any
 
 from capsuled import documents
 from capsuled.domain.probes import check_probe
+from capsuled.domain.security_groups import parse_names
 from capsuled.domain.spec import (CapsuleSpec, ContainerSpec, HealthCheck, Port, Probe,
                                   VolumeMount, VolumeSpec)
 from capsuled.errors import InvalidInput
@@ -36,7 +37,8 @@ METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
              "failurePolicy",  # extension: what a liveness/startup failure restarts
              # extensions: how an update is judged (domain/rollout.py)
-             "minReadySeconds", "progressDeadlineSeconds"}
+             "minReadySeconds", "progressDeadlineSeconds",
+             "securityGroups"}  # extension: the project's security groups it is in
 # (template key, least, most, default): seconds, bounded so that no update waits for long.
 ROLLOUT_NUMBERS = (("minReadySeconds", 0, 3600, 0), ("progressDeadlineSeconds", 1, 3600, 120))
 FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
@@ -65,6 +67,9 @@ class Limits:
     # (domain.host_access); at most max_host_ports per capsule or bare container.
     min_host_port: int = 1024
     max_host_ports: int = 16
+    # Security groups one capsule or bare container may be in; rules one group may hold.
+    max_security_groups: int = 8
+    max_security_group_rules: int = 64
 
 
 _REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -175,6 +180,8 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
             p.add(f"spec.{key}", f"must be a whole number of seconds from {least} to {most}")
             value = default
         rollout[key] = value
+    groups = parse_names(spec.get("securityGroups"), "spec.securityGroups", p.add,
+                         limits.max_security_groups)
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
     raw_volumes = _raw_list(spec.get("volumes"))
@@ -197,7 +204,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
                        volumes=volumes, node_selector=node_selector,
                        failure_policy=failure_policy,
                        min_ready_seconds=rollout["minReadySeconds"],
-                       progress_deadline_seconds=rollout["progressDeadlineSeconds"])
+                       progress_deadline_seconds=rollout["progressDeadlineSeconds"],
+                       # none, or an empty list: `default` (a group without rules closes)
+                       **({"security_groups": groups} if groups else {}))
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems

@@ -33,6 +33,8 @@ def render_template(spec: CapsuleSpec) -> dict[str, Any]:
         body["nodeSelector"] = dict(spec.node_selector)
     if spec.failure_policy != "RestartContainer":
         body["failurePolicy"] = spec.failure_policy
+    if spec.security_groups != ["default"]:
+        body["securityGroups"] = list(spec.security_groups)
     if spec.min_ready_seconds:
         body["minReadySeconds"] = spec.min_ready_seconds
     if spec.progress_deadline_seconds != 120:

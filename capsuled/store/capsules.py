@@ -21,7 +21,7 @@ from capsuled.domain.rollout import Rollout
 from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store import host_ports, outbox, overlay, revisions, rollouts
+from capsuled.store import host_ports, outbox, overlay, revisions, rollouts, security_groups
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, utcnow)
 
@@ -190,6 +190,7 @@ def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
     that the agent is never given a mix of two changes."""
     if capsule.rollout is not None and not rollout:
         raise Conflict(rollouts.busy_message(capsule))
+    moved = set(security_groups.groups_in(capsule.spec)) ^ set(spec.security_groups)
     number = capsule.revision + 1
     capsule.spec = spec.model_dump(mode="json")
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
@@ -204,6 +205,8 @@ def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
     changed(session, capsule, "capsule.update", event.reason if event else "SpecChanged",
             event.message if event else "the capsule's spec changed")
     bump_host_revision(session, capsule.host)
+    if moved:
+        security_groups.members_changed(session, capsule.project_id, moved, capsule.host)
     return number
 
 
@@ -366,6 +369,13 @@ def mark_deleting(session: Session, capsule: Capsule) -> None:
     add_event(session, capsule, "Normal", "Deleting", "delete requested")
     changed(session, capsule, "capsule.delete.start", "Deleting", "delete requested")
     bump_host_revision(session, capsule.host)
+    _left(session, capsule)
+
+
+def _left(session: Session, capsule: Capsule) -> None:
+    """Its address no longer admits anyone through its groups (it may soon be another's)."""
+    security_groups.members_changed(session, capsule.project_id,
+                                    security_groups.groups_in(capsule.spec), capsule.host)
 
 
 def assignments_for(session: Session, host: str) -> list[Assignment]:
@@ -414,10 +424,14 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
             row.probe = conditions
     if report.addresses:  # none seen (sandbox stopped or being remade): the last ones stay
         seen = [a.model_dump() for a in report.addresses]
+        moved = False
         for row in capsule.containers:
             if row.addresses != seen:
-                row.addresses = seen
+                row.addresses, moved = seen, True
                 overlay.names_changed(session, capsule.project_id)
+        if moved:  # the firewalls that admit its groups' members admit its new address
+            security_groups.members_changed(session, capsule.project_id,
+                                            security_groups.groups_in(capsule.spec), host)
     if fold.sandbox_recreated:
         capsule.restart_count += 1
     before, before_reason = capsule.status, capsule.status_reason
@@ -500,6 +514,7 @@ def force_delete(session: Session, capsule: Capsule) -> None:
             "Deleted")
     session.delete(capsule)
     bump_host_revision(session, host)
+    _left(session, capsule)
 
 
 def forget_actions(session: Session, container_uuids: list[str]) -> None:

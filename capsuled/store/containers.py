@@ -20,7 +20,7 @@ from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_s
                                      forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import conditions_of, storable_ident
-from capsuled.store import outbox, overlay
+from capsuled.store import outbox, overlay, security_groups
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -164,6 +164,9 @@ def set_desired(session: Session, row: Container, desired_state: str | None = No
         changed(session, row, "container.update", "DesiredState", f"asked to be {desired_state}")
     if spec is not None:
         changed(session, row, "container.update", "SpecChanged", "the container's spec changed")
+        moved = set(security_groups.groups_in(row.spec)) ^ set(spec.security_groups)
+        if moved:
+            security_groups.members_changed(session, row.project_id, moved, row.host)
         row.spec = spec.model_dump(mode="json")
         row.cpu = spec.container.cpu or 0.0
         row.memory = spec.container.memory or 0
@@ -183,6 +186,13 @@ def mark_deleting(session: Session, row: Container) -> None:
         row.status, row.status_reason = Status.DELETING.value, None
         changed(session, row, "container.delete.start", "Deleting", "delete requested")
         set_desired(session, row)
+        _left(session, row)
+
+
+def _left(session: Session, row: Container) -> None:
+    """Its address no longer admits anyone through its groups (it may soon be another's)."""
+    security_groups.members_changed(session, row.project_id,
+                                    security_groups.groups_in(row.spec), row.host)
 
 
 def bare_assignments_for(session: Session, host: str) -> list[ContainerAssignment]:
@@ -208,6 +218,8 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             forget_actions(session, [row.uuid])
             changed(session, row, "container.delete.end", "Deleted", "container deleted", "Deleted")
             session.delete(row)
+            if not row.deleting:  # gone by itself (auto_remove): it left its groups now
+                _left(session, row)
         return
     now = utcnow()
     reason: str | None
@@ -226,6 +238,8 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             if row.addresses != seen:
                 row.addresses = seen
                 overlay.names_changed(session, row.project_id)
+                security_groups.members_changed(session, row.project_id,
+                                                security_groups.groups_in(row.spec), host)
         # Unlike an address, a host port Docker picked is the container's only while it
         # runs: shown as it is now.
         ports = [b.model_dump() for b in c.ports] or None
@@ -317,6 +331,7 @@ def force_delete(session: Session, row: Container) -> None:
             "Deleted")
     session.delete(row)
     bump_host_revision(session, host)
+    _left(session, row)
 
 
 def get_action(session: Session, container_uuid: str, request_id: str) -> ContainerAction:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.errors import InvalidInput, Unavailable
 from capsuled.paths import private_file
-from capsuled.store import outbox
+from capsuled.store import outbox, security_groups
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
@@ -161,6 +161,7 @@ class Store:
         # that wrote outbox records: the API's watchers subscribe here.
         self.outbox_listeners: list[Callable[[int], None]] = []
         outbox.install(self._sessions, self._outbox_committed)
+        security_groups.install(self._sessions)  # agents woken after a membership change
 
     def _outbox_committed(self, newest: int) -> None:
         for listener in list(self.outbox_listeners):

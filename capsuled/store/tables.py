@@ -222,6 +222,24 @@ class Registry(Base):
     __table_args__ = (UniqueConstraint("project_id", "name", name="uq_registries_project_name"),)
 
 
+class SecurityGroup(Base):
+    """A project's security group (/v1/security_groups): ingress rules (a list of
+    domain.security_groups.Rule dicts) that the capsules and containers naming it in their
+    spec's security_groups are guarded by. `default` is implicit and has no row."""
+
+    __tablename__ = "security_groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    rules: Mapped[list[Any]] = mapped_column(JSON)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_security_groups_project_name"),)
+
+
 class Volume(Base):
     __tablename__ = "volumes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

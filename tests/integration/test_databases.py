@@ -34,12 +34,14 @@ from capsuled.api.policy import Policy
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.quotas import QuotaService
+from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.security_groups import SecurityGroupService
 from capsuled.cli.server import app
 from capsuled.config import QuotaSettings
 from capsuled.domain.channel import HostInfo
 from capsuled.domain.template import Limits
 from capsuled.domain.overlay import OverlayPool
-from capsuled.errors import Conflict, NotFound, OverQuota
+from capsuled.errors import Conflict, InvalidInput, NotFound, OverQuota
 from capsuled.identity.base import Principal
 from capsuled.identity.local import LocalIdentity, bootstrap
 from capsuled.store import hosts as host_repo
@@ -299,6 +301,29 @@ def test_concurrent_claims_from_different_projects_never_oversubscribe_a_host(
     refused = [c for c in results if isinstance(c, Capsule) and c.host is None]
     assert len(refused) == 7
     assert all(c.status == "Error" and "768 MiB" in (c.status_reason or "") for c in refused)
+
+
+def test_a_security_group_is_never_deleted_under_a_create_that_names_it(db: Database) -> None:
+    store = db.ready()
+    add_host(store)
+    capsules = capsule_service(store)
+    groups = SecurityGroupService(store, QuotaService(store, QuotaSettings().model_dump()), Limits())
+    who = member("sg")
+    web = {"protocol": "tcp", "port_range_min": 80, "remote_group": "default"}
+    groups.create(who, {"name": "web", "rules": [web]})
+
+    def tmpl(i: int) -> dict[str, Any]:
+        t = template(f"sg-{i}")
+        t["spec"]["securityGroups"] = ["web"]
+        return t
+    results = at_once(9, lambda i: groups.delete(who, "web") if i == 0 else capsules.create(who, tmpl(i)))
+    made = [r for r in results[1:] if isinstance(r, Capsule)]
+    if isinstance(results[0], Exception):  # some create was first: the group stays in use
+        assert isinstance(results[0], Conflict) and len(made) == 8, results
+        fw = next(a for a in ControlPlane(store).watch("h1", -1, 0).capsules).firewall
+        assert fw is not None and [(a.protocol, a.port_min) for a in fw.allow] == [("tcp", 80)]
+    else:  # the delete was first: every create names a group that is gone
+        assert made == [] and all(isinstance(r, InvalidInput) for r in results[1:]), results
 
 
 def test_concurrent_creates_never_claim_one_host_port_twice(db: Database) -> None:

@@ -146,8 +146,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         for p in [*c.agents.values(), *apis]:
             p.stop()
-        for client in c.dockers.values():
-            remove_instance_objects(client, c.instance)
+        for host, client in c.dockers.items():
+            remove_instance_objects(client, c.instance, HOSTB_NETNS if host == "host-b" else None)
         remove_overlay_objects(c.instance)
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")))
@@ -415,11 +415,12 @@ def test_a_host_port_taken_on_one_host_sends_the_next_capsule_to_the_other(clust
 PAGE = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
-def _web(api: httpx.Client, name: str, host: str) -> dict[str, Any]:
-    """A capsule serving its name on port 8080, on `host`."""
+def _web(api: httpx.Client, name: str, host: str, *groups: str) -> dict[str, Any]:
+    """A capsule serving its name on port 8080, on `host` (in `groups`, default: default)."""
+    extra: dict[str, Any] = {"securityGroups": list(groups)} if groups else {}
     r = api.post("/v1/capsules", json={"template": template(name, [{
         "name": "web", "image": "busybox", "command": ["sh", "-c", PAGE.format(text=name)]}],
-        nodeSelector={"name": host})})
+        nodeSelector={"name": host}, **extra)})
     assert r.status_code == 202, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -491,6 +492,21 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(
                  what="pb reaches pa by name")
         assert _get(cluster, pb, pa["uuid"]) == (0, "pa\n")  # its uuid is a name too
 
+        # Security groups hold across hosts (host B's rules are made in its engine's
+        # namespace): 8080 from the project answers there, a group without rules drops it.
+        for name, rules in (("web8080", [{"protocol": "tcp", "port_range_min": 8080,
+                                          "remote_group": "default"}]), ("closed", [])):
+            assert p.post("/v1/security_groups", json={"name": name, "rules": rules}).status_code == 201
+        made["span-p"] += [_web(p, "pc", "host-b", "web8080")["uuid"],
+                           _web(p, "pd", "host-b", "closed")["uuid"]]
+        with cluster.client() as admin:
+            pc, pd = (_wait(admin, u, "Running") for u in made["span-p"][2:])
+        wait_for(lambda: _get(cluster, pa, _ip(pc)) == (0, "pc\n"), timeout=20,
+                 what="pa reaches pc's allowed port across the hosts")
+        code, out = _get(cluster, pa, _ip(pd))
+        assert code != 0 and "pd" not in out
+        assert _get(cluster, pb, _ip(pd))[0] != 0  # not even from pd's own host
+
         # Another project's capsules, on either host, reach neither, by address or name.
         chains = Chains.of(cluster.instance)
         tries = [(other, target) for other in (qa, qb) for target in (_ip(pa), _ip(pb), "pa", "pb")]
@@ -515,6 +531,9 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(
         for api, project in ((p, "span-p"), (q, "span-q")):
             _delete_all(api, made[project])
             api.close()
+        with cluster.client(0, tokens["span-p"]) as api:
+            for name in ("web8080", "closed"):
+                api.delete(f"/v1/security_groups/{name}")
 
 
 def _project_network(cluster: Cluster, host: str, project: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
 from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
+from capsuled.store import security_groups as sg_repo
 from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
 from capsuled.store.meta import claim_meta, get_meta
@@ -240,6 +241,7 @@ class ControlPlane:
             if self._secrets is not None:
                 capsules, containers = registry_repo.with_pulls(s, self._secrets, capsules,
                                                                 containers)
+            capsules, containers = sg_repo.with_firewalls(s, host, capsules, containers)
             return Assignments(host=host, revision=revision, capsules=capsules,
                                containers=containers,
                                overlays=overlay_repo.overlays_for(s, host))

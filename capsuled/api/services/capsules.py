@@ -28,6 +28,7 @@ from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
 from capsuled.store import committed_images, outbox
 from capsuled.store import registries as registry_repo
+from capsuled.store import security_groups as sg_repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Capsule, Event, utcnow
 
@@ -81,6 +82,10 @@ class CapsuleService:
     def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
         with self._store.transaction() as s:
             spec = registry_repo.resolve_capsule(s, who.project_id, spec)
+            # Under the project's lock (placement takes it again): a group cannot be
+            # deleted while this create runs.
+            self._placement.lock(s, who.project_id)
+            sg_repo.check_names(s, who.project_id, spec.security_groups, "spec.securityGroups")
             disk = sum(v.size or 0 for v in spec.volumes)
             placed = self._placement.place(
                 s, who.project_id,

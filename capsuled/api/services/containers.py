@@ -48,6 +48,7 @@ from capsuled.store import capsules as capsule_repo
 from capsuled.store import committed_images, outbox
 from capsuled.store import containers as repo
 from capsuled.store import registries as registry_repo
+from capsuled.store import security_groups as sg_repo
 from capsuled.store import terminal_sessions as terminals
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store
@@ -150,6 +151,8 @@ class ContainerService:
             self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                 disk=spec.disk))
+            # Under the project's lock: a group cannot be deleted while this create runs.
+            sg_repo.check_names(s, who.project_id, spec.security_groups, "security_groups")
             name = spec.container.name or _default_name(s)
             if s.query(Container).filter_by(role=repo.BARE, name=name,
                                             project_id=who.project_id).first() is not None:

@@ -30,6 +30,7 @@ from capsuled.identity.base import Principal
 from capsuled.store import capsules as repo
 from capsuled.store import hosts as host_repo
 from capsuled.store import registries as registry_repo
+from capsuled.store import security_groups as sg_repo
 from capsuled.store import revisions, rollouts
 from capsuled.store.engine import Store
 from capsuled.store.revisions import MAX_CAUSE_CHARS
@@ -77,6 +78,8 @@ class RolloutService:
                 else:
                     new = spec if spec.name is not None else spec.model_copy(update={"name": current.name})
                 new = registry_repo.resolve_capsule(s, project, new)
+                # Under the project's lock (_locked): no group goes while this names it.
+                sg_repo.check_names(s, project, new.security_groups, "spec.securityGroups")
                 problems = immutable_problems(current, new) + _placement_problems(s, capsule, new)
                 if problems:
                     raise InvalidInput(problems)
@@ -111,6 +114,8 @@ class RolloutService:
                 raise InvalidInput(f"revision: {target} is the capsule's current revision")
             spec = CapsuleSpec.model_validate(revisions.get(s, capsule, target).spec)
             self._capsules.check_host_access(who, spec)  # an admin's revision is not a member's
+            # Its groups may have been deleted since: a 400 naming them, not a closed capsule.
+            sg_repo.check_names(s, project, spec.security_groups, "spec.securityGroups")
             self._grow(s, capsule, spec)
             rollouts.begin(s, capsule, spec, kind="rollback", user_id=who.user_id,
                            restores=target, cause=cause or f"rollback to revision {target}")

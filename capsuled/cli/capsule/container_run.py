@@ -84,6 +84,10 @@ def run(
         "--expose-port", "-p", metavar="PORT[/PROTOCOL]", show_default=False,
         help="Publish this container port (tcp or udp) on a host port the server picks, "
              "shown by `container show`, as zun run -p does. Repeatable.")] = None,
+    security_group: Annotated[list[str] | None, typer.Option(
+        "--security-group", metavar="NAME", show_default=False,
+        help="Put the container in this security group of your project (see `capsule "
+             "security-group`) instead of default. Repeatable.")] = None,
     interactive: Annotated[bool, typer.Option(
         "--interactive", "-i", help="Keep stdin open, so that `container attach` can type into it.")] = False,
     tty: Annotated[bool, typer.Option("--tty", "-t", help="Give the container a terminal.")] = False,
@@ -121,7 +125,8 @@ def run(
         "restart_policy": parse_restart(restart), "auto_remove": rm or None,
         "interactive": interactive or None, "tty": tty or None, "capsule": capsule,
         "mounts": parse_mounts(mount) or None, "registry": registry,
-        "exposed_ports": {p: {} for p in expose or []} or None}
+        "exposed_ports": {p: {} for p in expose or []} or None,
+        "security_groups": list(security_group or []) or None}
     # Only what was asked for: the server's defaults are the rest.
     body: dict[str, Any] = {"image": image, **{k: v for k, v in optional.items() if v is not None}}
     rt = runtime_of(ctx)
