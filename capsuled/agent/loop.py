@@ -19,6 +19,7 @@ from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
+from capsuled.agent.services import ServiceAgent
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
@@ -45,8 +46,10 @@ class Agent:
                  networks: NetworkDriver, ops_endpoint: tuple[str, str] | None = None,
                  on_ops_key: Callable[[str], None] | None = None,
                  image_ledger: ImageLedger | None = None,
-                 probe_driver: ProbeDriver | None = None) -> None:
+                 probe_driver: ProbeDriver | None = None,
+                 services: ServiceAgent | None = None) -> None:
         self._channel = channel
+        self._services = services  # capsule services on this host (None: not programmed)
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
         # key it derived for that nonce, which the ops server must accept (on_ops_key).
         self._ops_endpoint = ops_endpoint
@@ -63,7 +66,9 @@ class Agent:
         self._stop = threading.Event()
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         # A project's network goes once it has had nothing on it for a whole relist period.
-        self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval)
+        self._networks = ProjectNetworks(
+            networks, instance, grace=settings.relist_interval,
+            on_ready=services.network_ready if services is not None else None)
         # One gate for both executors: which cached images each project may use.
         images = ImageGate(runtime, image_ledger)
         # HTTP/TCP/exec probes of capsule containers; a change in a container's condition
@@ -74,7 +79,9 @@ class Agent:
         publish = str(settings.publish_address)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel, images,
-                                         self._prober, publish_address=publish)
+                                         self._prober, publish_address=publish,
+                                         services=services,
+                                         announce=lambda r: self._channel.report(self._host, [r]))
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images, publish_address=publish)
@@ -94,6 +101,8 @@ class Agent:
             self._threads.append(t)
         if self._prober is not None:
             self._prober.start()
+        if self._services is not None:
+            self._services.start()
 
     def register(self) -> None:
         """Tell the control plane about this host, retrying while it cannot be reached (an
@@ -122,6 +131,8 @@ class Agent:
     def stop(self) -> None:
         """Stop reconciling; containers are left running for the next start to adopt."""
         self._stop.set()
+        if self._services is not None:
+            self._services.stop()
         if self._prober is not None:
             self._prober.stop()
         self.workers.stop()
@@ -147,6 +158,8 @@ class Agent:
             self._bare.forget(uuid)
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
+            if self._services is not None:
+                self._services.observed(outcome.report)  # this host's rules first
             self._channel.report(self._host, [outcome.report])
         return outcome.settled
 

@@ -38,8 +38,11 @@ T = TypeVar("T")
 
 class ProjectNetworks:
     def __init__(self, driver: NetworkDriver, instance: str, grace: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_ready: Callable[[str, ProjectNetwork], None] | None = None) -> None:
         self._driver = driver
+        # Told of the network before each create joins it (services put its rules in).
+        self._on_ready = on_ready
         self._instance = instance
         self._grace = grace
         self._clock = clock
@@ -53,7 +56,7 @@ class ProjectNetworks:
         if project is None:
             return create(None)
         with self._lease(project):
-            net = self._driver.ensure_network(self._instance, project)
+            net = self._ensure(project)
             try:
                 return create(net)
             except NotFound as exc:
@@ -61,11 +64,17 @@ class ProjectNetworks:
                     raise
                 LOG.warning("network %s of project %s is gone; making it again", net.name, project)
             self._driver.forget_network(self._instance, project)
-            net = self._driver.ensure_network(self._instance, project)
+            net = self._ensure(project)
             try:
                 return create(net)
             except NotFound as exc:
                 raise DriverError(exc.message) from exc
+
+    def _ensure(self, project: str) -> ProjectNetwork:
+        net = self._driver.ensure_network(self._instance, project)
+        if self._on_ready is not None:
+            self._on_ready(project, net)
+        return net
 
     def move_in(self, rt: Runtime, container: Observed, project: str,
                 aliases: tuple[str, ...]) -> bool:

@@ -10,9 +10,11 @@ from capsuled.api import errors, openapi
 from capsuled.api.metrics import ApiMetrics
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, metrics,
-                                  quotas, registries, root, subscriptions, tokens)
+from capsuled.api.routers import (agents, capsule_services, capsules, containers, events, hosts,
+                                  images, metrics, quotas, registries, root, subscriptions,
+                                  tokens)
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.capsule_services import CapsuleServices
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.events import EventService, OutboxHub
@@ -42,6 +44,7 @@ class Services:
     events: EventService
     outbox_hub: OutboxHub
     subscriptions: SubscriptionService
+    capsule_services: CapsuleServices
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -63,6 +66,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.events = services.events
     app.state.outbox_hub = services.outbox_hub
     app.state.subscriptions = services.subscriptions
+    app.state.capsule_services = services.capsule_services
     app.state.metrics = api_metrics = api_metrics or ApiMetrics()
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
@@ -72,6 +76,6 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
                        max_agent_body_bytes=settings.api.max_agent_body_bytes,
                        metrics=api_metrics)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events, subscriptions, metrics):
+                   events, subscriptions, capsule_services, metrics):
         app.include_router(module.router)
     return app

@@ -145,6 +145,19 @@ SUBSCRIPTION = obj(
                                              "absent)"},
     name=STRING)
 SUBSCRIPTION_EXAMPLE = {"url": "https://hooks.example.com/capsuled", "events": ["capsule.*"]}
+CAPSULE_SERVICE = obj(
+    ("name", "selector", "ports"),
+    name={"type": "string", "description": "RFC 1123 label; what the project's capsules "
+                                           "resolve to the VIP"},
+    selector={"type": "object", "additionalProperties": STRING,
+              "description": "Labels a capsule must all carry to be a backend"},
+    ports={"type": "array", "items": obj(
+        ("port",), port=INTEGER, targetPort=INTEGER,
+        protocol={"type": "string", "enum": ["TCP", "UDP"]},
+        publish={"type": "integer", "description": "Also open on this port of every host "
+                                                   "(services.publish_min..publish_max)"})})
+CAPSULE_SERVICE_EXAMPLE = {"name": "web", "selector": {"app": "web"},
+                           "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
 SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
                      forced_down=BOOLEAN_OR_TEXT)
 AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}

@@ -11,12 +11,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
 import uvicorn
 
 from capsuled.config import Settings
+from capsuled.domain.channel import AgentChannel
+from capsuled.domain.services import ServiceChannel
 from capsuled.errors import CapsuledError
 
 if TYPE_CHECKING:
@@ -24,11 +26,11 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
+    from capsuled.agent.services import ServiceAgent
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
-    from capsuled.domain.channel import AgentChannel
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
@@ -124,6 +126,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.metrics import ApiMetrics
     from capsuled.api.policy import Policy
     from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.capsule_services import CapsuleServices
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.events import EventService, OutboxHub
@@ -150,7 +153,7 @@ def build_api(settings: Settings, store: Store,
     box = secret_box(settings)
     metrics = ApiMetrics(store, settings.api.metrics_cache)
     control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box,
-                           metrics=metrics)
+                           metrics=metrics, vip_range=settings.services.vip_range)
     hub = OutboxHub()
     store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     notifier = None
@@ -194,7 +197,8 @@ def build_api(settings: Settings, store: Store,
         events=EventService(store, policy),
         outbox_hub=hub,
         subscriptions=SubscriptionService(store, box, policy, hooks, system_resolver,
-                                          changed=webhooks.rescan))
+                                          changed=webhooks.rescan),
+        capsule_services=CapsuleServices(store, policy, settings.services, changed=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
                notifications(settings, store))
@@ -258,13 +262,18 @@ def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps
     return ops_for_hosts(ops_keys(settings, store).endpoint, ca_file=str(ca) if ca else None)
 
 
-def build_agent(settings: Settings, channel: AgentChannel, client: docker.APIClient,
+class Channel(AgentChannel, ServiceChannel, Protocol):
+    """What an agent talks to: the control plane in process, or HttpChannel."""
+
+
+def build_agent(settings: Settings, channel: Channel, client: docker.APIClient,
                 instance: str, ops_endpoint: tuple[str, str] | None = None,
                 on_ops_key: Callable[[str], None] | None = None) -> Agent:
     """`ops_endpoint`: (URL, per-boot nonce) of this agent's ops endpoint; `on_ops_key`
     gets the key the API derived for it at each registration."""
     from capsuled.agent.image_ledger import ImageLedger
     from capsuled.agent.loop import Agent
+    from capsuled.agent.services import ServiceAgent
     from capsuled.paths import PRIVATE_IMAGES_FILE, private_dir
     from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
@@ -275,7 +284,32 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
     return Agent(channel, runtime, LocalVolumes(client), settings.agent, instance,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
-                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE))
+                 image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
+                 services=service_agent(settings, channel, client, instance))
+
+
+def service_agent(settings: Settings, channel: ServiceChannel, client: docker.APIClient,
+                  instance: str) -> ServiceAgent | None:
+    """This host's side of capsule services: nftables rules over Docker's project
+    networks. None (and a warning) when it is turned off or cannot work here."""
+    from capsuled.agent.services import ServiceAgent
+    from capsuled.drivers.lb.nft import NftLoadBalancer, table_name
+    from capsuled.drivers.network.segments import DockerSegments
+
+    conf, host = settings.services, settings.agent.host_name
+    if not conf.enabled:
+        return None
+    lb = NftLoadBalancer(table_name(instance, host),
+                         comment=f"capsuled services: deployment {instance}, host {host}")
+    why = lb.available()
+    if why is not None:
+        LOG.warning("capsule services are off on this host (no traffic reaches their "
+                    "addresses here): %s", why)
+        return None
+    segments = DockerSegments(client)
+    return ServiceAgent(channel, lb, lambda: segments.segments(instance), host,
+                        drain_timeout=conf.drain_timeout, drain_grace=conf.drain_grace,
+                        resync=settings.agent.relist_interval)
 
 
 def new_ops_key() -> str:

@@ -189,7 +189,8 @@ class DockerRuntime:
         host_config = self._api.create_host_config(ipc_mode="shareable", network_mode=req.network,
                                                    restart_policy={"Name": "no"}, init=False,
                                                    pids_limit=self._pids_limit,
-                                                   port_bindings=_port_bindings(req.ports))
+                                                   port_bindings=_port_bindings(req.ports),
+                                                   extra_hosts=dict(req.extra_hosts) or None)
         with self._addresses.picking(req.network), \
                 translate_docker_errors(f"create sandbox {req.name}"):
             ip = self._addresses.pick(req.network, req.ipv4_address)

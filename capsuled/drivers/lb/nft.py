@@ -1,0 +1,223 @@
+"""NftLoadBalancer: services as kernel NAT rules in one nftables table of this agent's.
+
+Why nftables: IPVS is the classic kernel load balancer, but not every kernel has it (this
+project's CI kernel is built without CONFIG_IP_VS, and has no modules to load), while
+every kernel Docker runs on has nftables NAT. The rules are kube-proxy's nftables design:
+a connection to a VIP is DNATed, at its first packet, to a backend chosen round-robin
+(`numgen inc`); conntrack keeps every later packet of it on that backend, so changing the
+rules never breaks a connection, and removing a backend (readiness lost, drain) only
+stops new connections to it. No userspace process sits in the data path.
+
+What it leaves on the host: one table `ip <name>` (named by the agent after its
+deployment and host), replaced whole by each `apply` in one `nft -f` transaction
+(atomic), deleted when the state is empty. Chains:
+
+    prerouting (nat, before Docker's)  VIP traffic → vips; the host's addresses → published
+    output (nat)                       the host's own connections to published ports
+    vips        bridge + source subnet + VIP + port → frontend (only its project's clients)
+    published   port → frontend
+    feN         numgen inc mod n → feNbM: dnat to backend:targetPort
+    postrouting masquerade what was DNATed, so replies come back through this host
+    forward / egress (filter)  anything else to the VIP range is refused (TCP reset)
+
+`connections` reads the kernel's connection table (/proc/net/nf_conntrack, else the
+`conntrack` command) for TCP connections that are not finished yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Collection, Iterable
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from capsuled.drivers.lb.base import Frontend, LbState, Segment
+from capsuled.errors import DriverError
+
+LOG = logging.getLogger(__name__)
+CONNTRACK_FILE = Path("/proc/net/nf_conntrack")
+# Before Docker's NAT (priority dstnat, -100) and filter (0) chains, after raw/conntrack.
+NAT_PRIORITY = -110
+SNAT_PRIORITY = 90
+FILTER_PRIORITY = -10
+# TCP states of a connection that may still carry a request or its answer.
+LIVE = frozenset({"SYN_SENT", "SYN_SENT2", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
+                  "CLOSE_WAIT", "LAST_ACK"})
+_BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name, safe to quote
+_TABLE = re.compile(r"[^A-Za-z0-9_]")
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def table_name(instance: str, host: str) -> str:
+    """The table of one deployment's agent on one host (several agents may share a
+    network namespace in tests: each has its own)."""
+    import hashlib
+    return _TABLE.sub("_", f"capsuled_svc_{instance}_{hashlib.sha256(host.encode()).hexdigest()[:8]}")
+
+
+class NftLoadBalancer:
+    def __init__(self, table: str, comment: str = "", nft: str = "nft",
+                 conntrack_file: Path = CONNTRACK_FILE, run: Run = subprocess.run) -> None:
+        self._table = _TABLE.sub("_", table)
+        self._comment = comment.replace('"', "'")[:100]
+        self._nft = nft
+        self._conntrack_file = conntrack_file
+        self._run = run
+        self._warned = False
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    def available(self) -> str | None:
+        """Why this driver cannot work here (None: it can): no nft, or not allowed."""
+        if shutil.which(self._nft) is None:
+            return f"the {self._nft} command is not installed (Debian package nftables)"
+        try:
+            self._nft_run(["list", "tables"])
+        except DriverError as exc:
+            return exc.message
+        return None
+
+    def apply(self, state: LbState) -> None:
+        # "table; delete table; table {…}" in one transaction: created if missing, then
+        # replaced whole. An empty state deletes it (and is a no-op when it is missing).
+        head = f"table ip {self._table}\ndelete table ip {self._table}\n"
+        script = head if state.empty else head + render(self._table, state, self._comment)
+        self._nft_run(["-f", "-"], script)
+
+    def connections(self, addr: str, ports: Collection[int]) -> int:
+        lines = self._conntrack_lines(addr)
+        return count_connections(lines, addr, ports)
+
+    def _conntrack_lines(self, addr: str) -> Iterable[str]:
+        try:
+            with self._conntrack_file.open() as f:
+                return [line for line in f if addr in line]
+        except OSError:
+            pass
+        if shutil.which("conntrack"):
+            done = self._run(["conntrack", "-L", "-p", "tcp", "--reply-src", addr],
+                             capture_output=True, text=True, timeout=10, check=False)
+            if done.returncode == 0:
+                return done.stdout.splitlines()
+        if not self._warned:
+            self._warned = True
+            LOG.warning("cannot read the connection table (%s, or the conntrack command): "
+                        "drains will not wait for open connections", self._conntrack_file)
+        return []
+
+    def _nft_run(self, args: list[str], stdin: str | None = None) -> str:
+        try:
+            done = self._run([self._nft, *args], input=stdin, capture_output=True, text=True,
+                             timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DriverError(f"nft {' '.join(args)}: {exc}") from exc
+        if done.returncode != 0:
+            raise DriverError(f"nft {' '.join(args)} failed: "
+                              f"{(done.stderr or done.stdout).strip()[:500]}")
+        return done.stdout
+
+
+def count_connections(lines: Iterable[str], addr: str, ports: Collection[int]) -> int:
+    """Open TCP connections whose reply comes from `addr` on one of `ports`: the backend
+    side of a connection, whether it went through a VIP or straight to the address.
+    Lines as /proc/net/nf_conntrack or `conntrack -L` print them."""
+    wanted = {str(p) for p in ports}
+    n = 0
+    for line in lines:
+        words = line.split()
+        try:
+            at = words.index("tcp")
+            state = words[at + 3]
+        except (ValueError, IndexError):
+            continue
+        srcs = [w[4:] for w in words if w.startswith("src=")]
+        sports = [w[6:] for w in words if w.startswith("sport=")]
+        if len(srcs) >= 2 and len(sports) >= 2 and srcs[1] == addr and sports[1] in wanted \
+                and state in LIVE:
+            n += 1
+    return n
+
+
+def render(table: str, state: LbState, comment: str = "") -> str:
+    """The table's nft text for `state` (pure: tests read it)."""
+    fronts = [f for f in state.frontends if f.backends and (f.clients or f.publish)]
+    vip_rules: list[str] = []
+    published: list[str] = []
+    chains: list[str] = []
+    for i, f in enumerate(fronts):
+        proto = f.protocol.lower()
+        chain = f"fe{i}"
+        for seg in sorted(set(f.clients)):
+            if not _BRIDGE.match(seg.bridge):
+                continue
+            vip_rules.append(f'iifname "{seg.bridge}" ip saddr {seg.subnet} ip daddr {f.vip} '
+                             f'{proto} dport {f.port} goto {chain} comment "{_safe(f.label)}"')
+        if f.publish is not None:
+            published.append(f"{proto} dport {f.publish} goto {chain}")
+        picks = ", ".join(f"{j} : goto {chain}b{j}" for j in range(len(f.backends)))
+        chains.append(_chain(chain, [f"numgen inc mod {len(f.backends)} vmap {{ {picks} }}"]))
+        for j, addr in enumerate(f.backends):
+            chains.append(_chain(f"{chain}b{j}",
+                                 [f"meta l4proto {proto} dnat to {addr}:{f.target_port}"]))
+    rng = state.vip_range
+    out = [f"table ip {table} {{"]
+    if comment:
+        out.append(f'  comment "{_safe(comment)}"')
+    pre = []
+    if rng is not None and vip_rules:
+        pre.append(f"ip daddr {rng} jump vips")
+    if published:
+        pre.append("fib daddr type local jump published")
+    out.append(_chain("prerouting", pre, f"type nat hook prerouting priority {NAT_PRIORITY}; "
+                                         "policy accept;"))
+    if published:
+        out.append(_chain("output", ["fib daddr type local ip daddr != 127.0.0.0/8 jump published"],
+                          f"type nat hook output priority {NAT_PRIORITY}; policy accept;"))
+        out.append(_chain("published", published))
+    if rng is not None and vip_rules:
+        out.append(_chain("vips", vip_rules))
+    out.extend(chains)
+    out.append(_chain("postrouting", _masquerade(rng, fronts),
+                      f"type nat hook postrouting priority {SNAT_PRIORITY}; policy accept;"))
+    if rng is not None:
+        refuse = [f"ip daddr {rng} meta l4proto tcp reject with tcp reset",
+                  f"ip daddr {rng} reject"]
+        out.append(_chain("forward", refuse, f"type filter hook forward priority "
+                                             f"{FILTER_PRIORITY}; policy accept;"))
+        out.append(_chain("egress", refuse, f"type filter hook output priority "
+                                            f"{FILTER_PRIORITY}; policy accept;"))
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _masquerade(rng: IPv4Network | None, fronts: list[Frontend]) -> list[str]:
+    """Replies must come back through this host to be un-NATed: what a frontend DNATed
+    leaves with this host's address on the way out (the backend sees the bridge's)."""
+    rules = []
+    if rng is not None:
+        rules.append(f"ct status dnat ct original ip daddr {rng} masquerade")
+    for proto in ("tcp", "udp"):
+        ports = sorted({f.publish for f in fronts if f.publish and f.protocol.lower() == proto})
+        if ports:
+            rules.append(f"ct status dnat meta l4proto {proto} ct original proto-dst "
+                         f"{{ {', '.join(map(str, ports))} }} masquerade")
+    return rules
+
+
+def _chain(name: str, rules: list[str], head: str | None = None) -> str:
+    body = ([f"    {head}"] if head else []) + [f"    {r}" for r in rules]
+    return f"  chain {name} {{\n" + "\n".join(body) + ("\n" if body else "") + "  }"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r'[^A-Za-z0-9 _./:-]', "_", text)[:120]
+
+
+def segment_ok(seg: Segment) -> bool:
+    return bool(_BRIDGE.match(seg.bridge))
