@@ -21,6 +21,7 @@ from capsuled.cli.capsule import (
     containers,
     events,
     registries,
+    services,
     subscriptions,
     terminal,
 )
@@ -102,6 +103,7 @@ app.command("commit")(container_acts.commit)
 
 app.add_typer(registries.registry_app, name="registry")
 app.add_typer(subscriptions.subscription_app, name="subscription")
+app.add_typer(services.svc_app, name="svc")
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
 app.add_typer(host_app, name="host")
