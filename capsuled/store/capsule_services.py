@@ -97,9 +97,9 @@ def _free_vip(session: Session, vip_range: ipaddress.IPv4Network) -> str:
 
 def get(session: Session, ident: str, project_id: str | None) -> CapsuleService:
     """By uuid or name, within `project_id` (None: any project)."""
-    missing = NotFound(f"Capsule service {short(ident)} could not be found.")
     if not storable_ident(ident):
-        raise missing
+        raise NotFound(f"Capsule service {short(ident)} could not be found.")
+    missing = NotFound(f"Capsule service {ident} could not be found.")
     stmt = select(CapsuleService)
     if project_id is not None:
         stmt = stmt.where(CapsuleService.project_id == project_id)

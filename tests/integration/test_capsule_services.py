@@ -3,8 +3,8 @@ three busybox httpd capsules (each answers with its name) and a client capsule o
 project that calls the service by name.
 
 - 1,000 requests are spread over all three (each gets at least 20 %); the name resolves
-  in the client; the published port answers on the host's address; another project's
-  capsule is refused at the VIP at once.
+  in the client; a backend reaches itself through its service; the published port
+  answers on the host's address; another project's capsule is refused at the VIP at once.
 - A backend made unready by its readiness probe gets no new connection later than 1 s
   after the probe's verdict (the probe writes the kernel's uptime when it fails, the
   client stamps each request with it: one clock).
@@ -118,6 +118,14 @@ def test_requests_spread_over_every_backend_and_only_the_project_reaches_the_vip
     got = Counter(line for line in out.split() if line.startswith("web"))
     assert sum(got.values()) == 1000 and set(got) == set(setup.backends), got
     assert min(got.values()) >= 200, got  # round robin: about a third each
+
+    # A backend calling its own service reaches itself too (hairpin: masqueraded).
+    first = sorted(setup.backends)[0]
+    code, out = exec_in(docker_api, member(docker_api, setup.backends[first], "httpd")["Id"],
+                        "sh", "-c", "printf 'GET / HTTP/1.0\r\n\r\n' > /tmp/req; "
+                        "for i in 1 2 3 4 5 6; do nc web 80 < /tmp/req; done")
+    got = Counter(line for line in out.split() if line.startswith("web"))
+    assert sum(got.values()) == 6 and got[first] == 2, got
 
     publish = setup.service["ports"][0]["publish"]
     answers = {httpx.get(f"http://{host_address()}:{publish}/", timeout=5).text.strip()

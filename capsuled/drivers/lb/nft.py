@@ -17,8 +17,19 @@ deployment and host), replaced whole by each `apply` in one `nft -f` transaction
     vips        bridge + source subnet + VIP + port → frontend (only its project's clients)
     published   port → frontend
     feN         numgen inc mod n → feNbM: dnat to backend:targetPort
-    postrouting masquerade what was DNATed, so replies come back through this host
+    postrouting masquerade what must come back through this host to be un-NATed (below)
     forward / egress (filter)  anything else to the VIP range is refused (TCP reset)
+
+Masquerade. A reply must pass this host's connection tracking to get the VIP back as its
+source. Replies to a published port may come from a backend on another host and reach
+the client by that host's route, so published traffic is always masqueraded (the backend
+sees this host's bridge address). Replies to a VIP's client pass its project bridge here
+on their way to it, and with br_netfilter (net.bridge.bridge-nf-call-iptables = 1, which
+Docker turns on) bridged packets go through connection tracking: only a capsule that
+reached itself through the VIP (hairpin: its reply would never leave it) is masqueraded,
+and backends see their clients' own addresses. Without br_netfilter all VIP traffic is
+masqueraded. A connection through the NAT costs a routed hop the direct one does not
+(docs/benchmarks.md, case 8).
 
 `connections` reads the kernel's connection table (/proc/net/nf_conntrack, else the
 `conntrack` command) for TCP connections that are not finished yet.
@@ -39,6 +50,7 @@ from capsuled.errors import DriverError
 
 LOG = logging.getLogger(__name__)
 CONNTRACK_FILE = Path("/proc/net/nf_conntrack")
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 # Before Docker's NAT (priority dstnat, -100) and filter (0) chains, after raw/conntrack.
 NAT_PRIORITY = -110
 SNAT_PRIORITY = 90
@@ -61,8 +73,10 @@ def table_name(instance: str, host: str) -> str:
 
 class NftLoadBalancer:
     def __init__(self, table: str, comment: str = "", nft: str = "nft",
-                 conntrack_file: Path = CONNTRACK_FILE, run: Run = subprocess.run) -> None:
+                 conntrack_file: Path = CONNTRACK_FILE, run: Run = subprocess.run,
+                 bridge_nf: Path = BRIDGE_NF) -> None:
         self._table = _TABLE.sub("_", table)
+        self._bridge_nf = bridge_nf
         self._comment = comment.replace('"', "'")[:100]
         self._nft = nft
         self._conntrack_file = conntrack_file
@@ -87,8 +101,16 @@ class NftLoadBalancer:
         # "table; delete table; table {…}" in one transaction: created if missing, then
         # replaced whole. An empty state deletes it (and is a no-op when it is missing).
         head = f"table ip {self._table}\ndelete table ip {self._table}\n"
-        script = head if state.empty else head + render(self._table, state, self._comment)
+        script = head if state.empty else head + render(self._table, state, self._comment,
+                                                        self._replies_bridged())
         self._nft_run(["-f", "-"], script)
+
+    def _replies_bridged(self) -> bool:
+        """Whether bridged packets pass connection tracking (see Masquerade above)."""
+        try:
+            return self._bridge_nf.read_text().strip() == "1"
+        except OSError:
+            return False
 
     def connections(self, addr: str, ports: Collection[int]) -> int:
         lines = self._conntrack_lines(addr)
@@ -144,8 +166,9 @@ def count_connections(lines: Iterable[str], addr: str, ports: Collection[int]) -
     return n
 
 
-def render(table: str, state: LbState, comment: str = "") -> str:
-    """The table's nft text for `state` (pure: tests read it)."""
+def render(table: str, state: LbState, comment: str = "", replies_bridged: bool = False) -> str:
+    """The table's nft text for `state` (pure: tests read it). `replies_bridged`: VIP
+    replies are un-NATed on the client's bridge (see Masquerade in the module docstring)."""
     fronts = [f for f in state.frontends if f.backends and (f.clients or f.publish)]
     vip_rules: list[str] = []
     published: list[str] = []
@@ -183,7 +206,7 @@ def render(table: str, state: LbState, comment: str = "") -> str:
     if rng is not None and vip_rules:
         out.append(_chain("vips", vip_rules))
     out.extend(chains)
-    out.append(_chain("postrouting", _masquerade(rng, fronts),
+    out.append(_chain("postrouting", _masquerade(rng, fronts, replies_bridged),
                       f"type nat hook postrouting priority {SNAT_PRIORITY}; policy accept;"))
     if rng is not None:
         refuse = [f"ip daddr {rng} meta l4proto tcp reject with tcp reset",
@@ -196,12 +219,18 @@ def render(table: str, state: LbState, comment: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def _masquerade(rng: IPv4Network | None, fronts: list[Frontend]) -> list[str]:
-    """Replies must come back through this host to be un-NATed: what a frontend DNATed
-    leaves with this host's address on the way out (the backend sees the bridge's)."""
+def _masquerade(rng: IPv4Network | None, fronts: list[Frontend],
+                replies_bridged: bool) -> list[str]:
+    """What leaves with this host's address, so that its reply comes back through this
+    host's connection tracking (see Masquerade in the module docstring)."""
     rules = []
-    if rng is not None:
+    vip_backends = sorted({a for f in fronts if f.clients for a in f.backends})
+    if rng is not None and not replies_bridged:
         rules.append(f"ct status dnat ct original ip daddr {rng} masquerade")
+    elif rng is not None and vip_backends:
+        hairpins = ", ".join(f"{a} . {a}" for a in vip_backends)
+        rules.append(f"ct status dnat ct original ip daddr {rng} "
+                     f"ip saddr . ip daddr {{ {hairpins} }} masquerade")
     for proto in ("tcp", "udp"):
         ports = sorted({f.publish for f in fronts if f.publish and f.protocol.lower() == proto})
         if ports:

@@ -36,6 +36,12 @@ def test_a_frontend_becomes_a_guarded_round_robin_over_its_backends() -> None:
     assert "meta l4proto tcp dnat to 10.208.4.3:8080" in text
     assert "ip daddr 10.96.0.0/16 jump vips" in text
     assert "ct status dnat ct original ip daddr 10.96.0.0/16 masquerade" in text
+    # Where the bridge un-NATs replies, only a capsule that reached itself is masqueraded.
+    bridged = render("t", LbState(RANGE, (web(),)), replies_bridged=True)
+    assert ("ct status dnat ct original ip daddr 10.96.0.0/16 ip saddr . ip daddr "
+            "{ 10.208.4.2 . 10.208.4.2, 10.208.4.3 . 10.208.4.3, 10.208.4.4 . 10.208.4.4 } "
+            "masquerade") in bridged
+    assert "10.96.0.0/16 masquerade" not in bridged
     # Anything else to the range is refused, forwarded or from the host itself.
     assert text.count("ip daddr 10.96.0.0/16 meta l4proto tcp reject with tcp reset") == 2
     assert "published" not in text  # nothing published: the host's ports are untouched
@@ -75,10 +81,16 @@ class Recorder:
         return subprocess.CompletedProcess(args, self.code, "", self.stderr)
 
 
-def test_apply_replaces_the_table_in_one_transaction_and_empty_deletes_it() -> None:
+def test_apply_replaces_the_table_in_one_transaction_and_empty_deletes_it(tmp_path: Path) -> None:
     run = Recorder()
-    lb = NftLoadBalancer("capsuled_svc_x", comment='say "hi"', run=run)
+    sysctl = tmp_path / "bridge-nf-call-iptables"
+    sysctl.write_text("1\n")
+    lb = NftLoadBalancer("capsuled_svc_x", comment='say "hi"', run=run, bridge_nf=sysctl)
     lb.apply(LbState(RANGE, (web(),)))
+    assert "ip saddr . ip daddr" in (run.calls[-1][1] or "")
+    sysctl.write_text("0\n")
+    lb.apply(LbState(RANGE, (web(),)))
+    assert "10.96.0.0/16 masquerade" in (run.calls[-1][1] or "")
     args, script = run.calls[-1]
     assert args == ["nft", "-f", "-"] and script is not None
     assert script.startswith("table ip capsuled_svc_x\ndelete table ip capsuled_svc_x\n"

@@ -47,9 +47,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("protocol", "port", name="uq_service_host_ports_protocol_port"),
         **_MYSQL)
     op.create_index("ix_service_host_ports_service_id", "service_host_ports", ["service_id"])
-    with op.batch_alter_table("capsules") as batch:
-        batch.add_column(sa.Column("draining", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+    # A plain ADD COLUMN, never batch mode: on SQLite a batch copies the table and drops
+    # the old one, and with foreign keys on that drop cascades to every child row
+    # (containers, events, host ports, …).
+    op.add_column("capsules", sa.Column("draining", sa.Boolean(), nullable=False,
+                                        server_default=sa.false()))
 
 
 def downgrade() -> None:
