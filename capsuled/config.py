@@ -52,6 +52,19 @@ class AgentSettings(BaseModel):
         "with containers on this host); blocks that overlap the host's routes are skipped"))
     # /22: 1,022 addresses per project and host, 1,024 projects in the default pool.
     network_prefix: int = Field(22, ge=8, le=29, description="Size of each project network")
+    # Project networks across hosts (docs/networking.md): without an underlay address a
+    # host's project networks are its own; with one, the control plane allocates their
+    # addresses and the agent joins them to the other hosts' with VXLAN.
+    underlay_address: IPv4Address | None = Field(None, description=(
+        "This host's address that the other hosts send VXLAN traffic to (UDP 4789); set "
+        "on every host to make project networks span hosts. Unset: host-local networks"))
+    host_netns: Path | None = Field(None, description=(
+        "Network namespace (a path such as /run/netns/NAME) the Docker Engine's bridges "
+        "live in, when it is not the agent's own: VXLAN links, firewall rules and the DNS "
+        "responder are made there"))
+    overlay_mtu: int = Field(1450, ge=576, le=9000, description=(
+        "MTU of project networks that span hosts: the underlay's MTU less VXLAN's 50 "
+        "bytes (1450 on a 1500-byte network)"))
     # Multi-host only: where the API reaches this agent for logs, exec, attach, top, …
     # Loopback unless told otherwise: the endpoint runs commands in containers, so it is
     # exposed only on the address the operator names.
@@ -149,9 +162,38 @@ class ApiSettings(BaseModel):
                                  "reuses the store's counts (capsules and containers by status "
                                  "per project, the outbox and its readers): a storm of scrapes "
                                  "costs the database one set of queries per period")
+    rollout_check_interval: float = Field(0.5, gt=0, le=30, description="Seconds between "
+                                          "checks of capsule updates under way (deadline "
+                                          "passed: roll back; ready for minReadySeconds: done)")
     archive_max_bytes: int = Field(64 * 1_048_576, ge=1, description="Largest tar get_archive "
                                    "returns (413 beyond; it is read as a stream and refused "
                                    "once past this)")
+    keep_alive: int = Field(75, ge=1, le=3600, description="Seconds an idle client "
+                            "connection stays open for its next request: well above the 5 s "
+                            "the OpenStack CLIs' --wait polls sleep between requests on one "
+                            "connection (at 5 s the server closes it just as they reuse it), "
+                            "and above a load balancer's usual idle timeout (60 s)")
+
+
+class OverlaySettings(BaseModel):
+    """The control plane's address plan for project networks that span hosts (hosts with
+    agent.underlay_address): one subnet per project, one block of it per host."""
+
+    pool: IPv4Network = Field(IPv4Network("10.224.0.0/12"), description=(
+        "Addresses for project networks across hosts; reserve it on every host (no route "
+        "or other network may overlap it)"))
+    project_prefix: int = Field(20, ge=8, le=29, description=(
+        "Size of each project's subnet (the same on every host): /20 gives 256 projects "
+        "in the default pool"))
+    host_prefix: int = Field(24, ge=8, le=29, description=(
+        "Size of each host's block of a project subnet: with /20 subnets, /24 blocks let "
+        "a project span 16 hosts with 253 addresses on each"))
+
+    @model_validator(mode="after")
+    def _nested(self) -> Self:
+        if not self.pool.prefixlen <= self.project_prefix <= self.host_prefix:
+            raise ValueError("need pool prefix <= project_prefix <= host_prefix")
+        return self
 
 
 class LimitSettings(BaseModel):
@@ -180,6 +222,9 @@ class LimitSettings(BaseModel):
     event_max_age: float = Field(7 * 86400, gt=0, description="Seconds an event (or a finished "
                                  "container action) is kept")
     actions_per_container: int = Field(200, ge=1, description="Newest actions kept per container")
+    revisions_per_capsule: int = Field(10, ge=2, le=1000, description="Newest revisions kept "
+                                       "per capsule (what rollback can go back to; the current "
+                                       "one and an update's starting point are always kept)")
     outbox_records: int = Field(100_000, ge=100, description="Newest change records kept "
                                 "in the outbox (what watch streams resume from)")
     outbox_max_age: float = Field(7 * 86400, gt=0, description="Seconds a change record is "
@@ -236,8 +281,8 @@ class ServiceSettings(BaseModel):
                           "services exist in the API but no host forwards their traffic")
     vip_range: IPv4Network = Field(IPv4Network("10.96.0.0/16"), description=(
         "Addresses services' VIPs are taken from (one per service, unique in the "
-        "deployment); must overlap no project network (agent.network_pool) and no network "
-        "the capsules need to reach: traffic to it never leaves the host"))
+        "deployment); must overlap no project network (agent.network_pool, overlay.pool) "
+        "and no network the capsules need to reach: traffic to it never leaves the host"))
     publish_min: int = Field(30000, ge=1, le=65535, description="Lowest host port a service "
                              "may publish (on every host)")
     publish_max: int = Field(32767, ge=1, le=65535, description="Highest host port a service "
@@ -343,6 +388,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    overlay: OverlaySettings = Field(default_factory=OverlaySettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
@@ -357,9 +403,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _vips_are_not_project_addresses(self) -> Self:
-        if self.services.vip_range.overlaps(self.agent.network_pool):
-            raise ValueError(f"services.vip_range {self.services.vip_range} overlaps "
-                             f"agent.network_pool {self.agent.network_pool}")
+        for name, pool in (("agent.network_pool", self.agent.network_pool),
+                           ("overlay.pool", self.overlay.pool)):
+            if self.services.vip_range.overlaps(pool):
+                raise ValueError(f"services.vip_range {self.services.vip_range} overlaps "
+                                 f"{name} {pool}")
         return self
 
     def effective_database_url(self) -> str:

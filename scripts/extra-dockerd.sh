@@ -4,7 +4,8 @@
 # containerd namespaces and address pool. The network namespace matters: a dockerd that
 # shares the machine's links may delete docker0 (the main engine's bridge) when it
 # restarts on an existing data root, which breaks every later container on the main
-# engine. Only the socket (a path, reachable from any namespace) is shared.
+# engine. Only the socket (a path, reachable from any namespace) is shared, and an
+# underlay link to the machine's namespace (see below) for project networks across hosts.
 #   usage: extra-dockerd.sh NAME INDEX      prints the engine's socket URL
 #          extra-dockerd.sh --stop NAME
 set -euo pipefail
@@ -19,15 +20,28 @@ DIR=/var/lib/capsuled-hosts/$NAME
 RUN=/run/cap-$NAME
 SOCK=$RUN/docker.sock
 mkdir -p "$DIR" "$RUN"
+NS="cap-$NAME"
+[ -e "/run/netns/$NS" ] || ip netns add "$NS"
+in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
+in_ns ip link set lo up
+# The underlay between this host and the machine's own (host A): a veth pair, a /30 of
+# 172.31.250.0/24 per index (.1 the machine's side, .2 the namespace's), which project
+# networks that span hosts carry their VXLAN traffic over. Idempotent, engine or not.
+UL="capul$INDEX"
+UL_BASE=$(( (INDEX - 1) * 4 ))
+if ! ip link show "$UL" >/dev/null 2>&1; then
+  ip link add "$UL" type veth peer name "$UL-ns"
+  ip link set "$UL-ns" netns "$NS"
+  ip addr add "172.31.250.$((UL_BASE + 1))/30" dev "$UL"
+  in_ns ip addr add "172.31.250.$((UL_BASE + 2))/30" dev "$UL-ns"
+fi
+ip link set "$UL" up
+in_ns ip link set "$UL-ns" up
 if docker -H "unix://$SOCK" version >/dev/null 2>&1; then
   echo "unix://$SOCK"
   exit 0
 fi
 dockerd_bin=$(PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH" command -v dockerd)
-NS="cap-$NAME"
-[ -e "/run/netns/$NS" ] || ip netns add "$NS"
-in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
-in_ns ip link set lo up
 # Its own default bridge inside the namespace (never --bridge none: that deletes docker0).
 BRIDGE="capbr$INDEX"
 if ! in_ns ip link show "$BRIDGE" >/dev/null 2>&1; then

@@ -247,6 +247,7 @@ class BareExecutor:
                 auto_remove=spec.auto_remove, start=start and not spec.files,
                 network=net.name if net else None, aliases=(desired.name, uuid),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
+                dns=net.dns if net else (),
                 privileged=c.privileged, binds=binds, health=c.health,
                 ports=bindings(c.ports, self._publish_address)))
             if spec.files:

@@ -39,6 +39,8 @@ class _Progress:
     recreated: bool = False
     events: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     blocked: str | None = None
+    converged: bool = False  # the last plan had nothing left to do for this spec
+    waiting: str | None = None  # what an update waits for before its next step
 
     def event(self, type_: str, reason: str, message: str, container: str | None = None) -> None:
         self.events.append((type_, reason, message, container))
@@ -73,13 +75,14 @@ class CapsuleExecutor:
             known: list[Observed] | None = None
             for _ in range(_MAX_STEPS):
                 observed = known if known is not None else self._rt.observe_capsule(self._instance, uuid)
-                plan = compute_plan(desired, observed)
-                progress.blocked = plan.blocked
+                plan = compute_plan(desired, observed, self._readiness(observed))
+                progress.blocked, progress.waiting = plan.blocked, plan.waiting
+                progress.converged = plan.converged
                 if plan.empty or _waiting_on_init(plan):
                     if desired is not None and plan.sandbox is not None:
                         self._join_network(desired, plan.sandbox, progress)
-                    if plan.empty and desired is not None and self._services is not None:
-                        self._services.release(uuid)  # on its spec: it may serve again
+                    if plan.converged and desired is not None and self._services is not None:
+                        self._services.release(uuid)  # all on its spec: it may serve again
                     break
                 if plan.remove:
                     self._drain(uuid, desired, observed, set(plan.remove))
@@ -95,6 +98,13 @@ class CapsuleExecutor:
                 self._prober.track(uuid, [])
             return Outcome(None, settled=error is None)
         return Outcome(self._report(desired, observed, progress, error), settled=error is None)
+
+    def _readiness(self, observed: list[Observed]) -> dict[str, bool | None] | None:
+        """The prober's ready verdicts by container id (None without a prober: then
+        probes gate nothing)."""
+        if self._prober is None:
+            return None
+        return {o.id: self._prober.state(o.id)[0] for o in observed}
 
     def _safe_observe(self, uuid: str) -> list[Observed]:
         try:
@@ -149,7 +159,11 @@ class CapsuleExecutor:
         if plan.create_sandbox:
             # compute_plan removes everything of the capsule before a new sandbox, and asks
             # for nothing else in that step.
-            return [self._create_sandbox(desired, progress, plan.sandbox_recreated)]
+            return [self._create_sandbox(desired, progress, plan.sandbox_recreated,
+                                         plan.sandbox_replaced)]
+        if plan.replacing is not None:
+            progress.event("Normal", "Replaced", f"replaced container {plan.replacing}: its "
+                           "spec changed", plan.replacing)
         if plan.run_init is not None and plan.sandbox is not None:
             self._create_member(desired, plan.run_init, plan.sandbox)
             progress.event("Normal", "Started", f"started init container {plan.run_init.name}",
@@ -187,7 +201,7 @@ class CapsuleExecutor:
         self._rt.remove_container(last, self._stop_timeout)
 
     def _create_sandbox(self, desired: Assignment, progress: _Progress,
-                        recreated: str | None) -> Observed:
+                        recreated: str | None, replaced: str | None = None) -> Observed:
         spec = desired.spec
         for vol in spec.volumes:
             self._volumes.ensure_volume(VolumeRequest(
@@ -196,7 +210,8 @@ class CapsuleExecutor:
                         L.AUTO_REMOVE: "true" if vol.auto_remove or vol.type == "emptyDir" else "false"}))
         self._rt.ensure_image(self._infra, "IfNotPresent")
         published = capsule_published(spec)
-        labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX}
+        labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX,
+                  L.SANDBOX_EPOCH: str(spec.sandbox_epoch)}
         if published:
             labels[L.PORTS] = fingerprint(published)
         if desired.project_id is not None:
@@ -210,13 +225,17 @@ class CapsuleExecutor:
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
-                ports=bindings(published, self._publish_address), extra_hosts=hosts))
+                ports=bindings(published, self._publish_address),
+                dns=net.dns if net else (), extra_hosts=hosts))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:
             progress.recreated = True
             progress.event("Warning", "SandboxRecreated",
                            f"{recreated}; recreated the sandbox and its containers")
+        elif replaced:
+            progress.event("Normal", "SandboxReplaced",
+                           f"{replaced}: made the capsule again in place")
         else:
             progress.event("Normal", "SandboxCreated", "created the sandbox")
         return sandbox
@@ -277,6 +296,8 @@ class CapsuleExecutor:
                              sandbox_id=sandbox.id if sandbox else None,
                              sandbox_state=sandbox.state if sandbox else "missing",
                              sandbox_recreated=progress.recreated, error=error,
+                             converged=progress.converged and error is None,
+                             progress=progress.waiting,
                              containers=containers, events=progress.events,
                              addresses=addresses_of(self._instance, desired.project_id, sandbox),
                              draining=(self._services.is_draining(desired.uuid)

@@ -17,6 +17,7 @@ from capsuled.agent.execute import CapsuleExecutor
 from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
+from capsuled.agent.overlay import Overlay
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
 from capsuled.agent.services import ServiceAgent
@@ -47,6 +48,7 @@ class Agent:
                  on_ops_key: Callable[[str], None] | None = None,
                  image_ledger: ImageLedger | None = None,
                  probe_driver: ProbeDriver | None = None,
+                 overlay: Overlay | None = None,
                  services: ServiceAgent | None = None) -> None:
         self._channel = channel
         self._services = services  # capsule services on this host (None: not programmed)
@@ -67,8 +69,10 @@ class Agent:
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         # A project's network goes once it has had nothing on it for a whole relist period.
         self._networks = ProjectNetworks(
-            networks, instance, grace=settings.relist_interval,
+            networks, instance, grace=settings.relist_interval, overlay=overlay,
             on_ready=services.network_ready if services is not None else None)
+        # Project networks across hosts (None: this host's networks are its own).
+        self._overlay = overlay
         # One gate for both executors: which cached images each project may use.
         images = ImageGate(runtime, image_ledger)
         # HTTP/TCP/exec probes of capsule containers; a change in a container's condition
@@ -112,6 +116,8 @@ class Agent:
         # times the ratio to the scheduler (claims stay exact; limits are still per container).
         info = info.model_copy(update={"labels": dict(self._settings.labels),
                                        "cpus": info.cpus * self._settings.cpu_allocation_ratio})
+        if self._settings.underlay_address is not None:
+            info = info.model_copy(update={"underlay_address": self._settings.underlay_address})
         if self._ops_endpoint is not None:
             info = info.model_copy(update={"ops_url": self._ops_endpoint[0],
                                            "ops_nonce": self._ops_endpoint[1]})
@@ -183,6 +189,9 @@ class Agent:
 
     def _take_desired(self, got: Assignments) -> None:
         """Make `got` the desired set and wake the workers of what changed in it."""
+        if self._overlay is not None:
+            # Before any create of this set: a new network must be laid out as allocated.
+            self._overlay.update(got.overlays)
         fresh = {a.uuid: a for a in got.capsules}
         fresh_bare = {a.uuid: a for a in got.containers}
         with self._lock:
@@ -264,6 +273,8 @@ class Agent:
                       if a.project_id is not None and not a.deleting}
             in_use |= {s.labels[L.PROJECT] for s in summaries if L.PROJECT in s.labels}
             self._networks.collect(in_use)
+        if self._overlay is not None:
+            self._overlay.reconcile(repair=True)
 
     def _heartbeat_loop(self) -> None:
         # Failures do not slow the heartbeat down: it is this host's sign of life, and its

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from capsuled.agent.overlay import Overlay
 from capsuled.domain.addresses import Address, network_uuid, preferred
 from capsuled.drivers.network.base import NetworkDriver, ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import Observed, Runtime
@@ -39,8 +40,11 @@ T = TypeVar("T")
 class ProjectNetworks:
     def __init__(self, driver: NetworkDriver, instance: str, grace: float,
                  clock: Callable[[], float] = time.monotonic,
+                 overlay: Overlay | None = None,
                  on_ready: Callable[[str, ProjectNetwork], None] | None = None) -> None:
         self._driver = driver
+        # Projects whose network spans hosts: laid out by the control plane, joined by VXLAN.
+        self._overlay = overlay
         # Told of the network before each create joins it (services put its rules in).
         self._on_ready = on_ready
         self._instance = instance
@@ -71,7 +75,11 @@ class ProjectNetworks:
                 raise DriverError(exc.message) from exc
 
     def _ensure(self, project: str) -> ProjectNetwork:
-        net = self._driver.ensure_network(self._instance, project)
+        if self._overlay is None:
+            net = self._driver.ensure_network(self._instance, project)
+        else:
+            net = self._overlay.attach(self._driver.ensure_network(
+                self._instance, project, self._overlay.layout(project)))
         if self._on_ready is not None:
             self._on_ready(project, net)
         return net
@@ -134,6 +142,8 @@ class ProjectNetworks:
                 return []
             for net in removed:
                 self._idle_since.pop(net.project, None)
+        if removed and self._overlay is not None:
+            self._overlay.reconcile()  # their VXLAN devices and DNS responders go too
         return removed
 
 

@@ -7,6 +7,7 @@ left to do, so each plan only needs to be right about the very next step:
     sandbox missing / down   remove everything, then volumes + a new sandbox
     sandbox restarted        (members joined an older start) same as down
     host ports changed       (the sandbox publishes other ones) same as down
+    sandbox epoch differs    an update needs a new sandbox: the same, announced as such
     members not in the spec  remove them
     init containers          in order: start the next one, or wait for the running one;
                              one that exited non-zero blocks the capsule (Error)
@@ -15,10 +16,16 @@ left to do, so each plan only needs to be right about the very next step:
     app containers           create the missing ones together; restart stopped ones the
                              restart policy says should run; apply changed cpu/memory
                              in place
+    changed app containers   (their spec hash differs: an update) replaced one at a time:
+                             the next goes only once every container on the current spec
+                             runs and, where it has readiness or startup probes, is ready
+                             (`ready`: the prober's verdicts by container id), so at most
+                             one container of the capsule is ever down for an update
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from capsuled.domain import labels as L
@@ -37,6 +44,7 @@ class Plan:
     gone: bool = False
     create_sandbox: bool = False
     sandbox_recreated: str | None = None  # why, when an existing sandbox is replaced
+    sandbox_replaced: str | None = None  # why, when an update asked for a new sandbox
     sandbox: Observed | None = None
     run_init: ContainerSpec | None = None
     wait_init: Observed | None = None
@@ -46,6 +54,15 @@ class Plan:
     restart: list[tuple[str, str]] = field(default_factory=list)  # (id, name): liveness failed
     resize: list[tuple[str, int | None, int | None]] = field(default_factory=list)  # id, nano cpus, bytes
     blocked: str | None = None
+    # An update waits (for this reason) before replacing the next changed container; the
+    # prober's verdict, or a Docker event, syncs the capsule again.
+    waiting: str | None = None
+    replacing: str | None = None  # the changed container `remove` replaces (by name)
+
+    @property
+    def converged(self) -> bool:
+        """Nothing left to do for this spec: every container is on it."""
+        return self.empty and self.waiting is None and self.blocked is None
 
     @property
     def empty(self) -> bool:
@@ -54,8 +71,11 @@ class Plan:
                     or self.restart or self.resize)
 
 
-def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
-    """`desired` None means the capsule no longer exists: remove what is left of it."""
+def compute_plan(desired: Assignment | None, observed: list[Observed],
+                 ready: Mapping[str, bool | None] | None = None) -> Plan:
+    """`desired` None means the capsule no longer exists: remove what is left of it.
+    `ready` (None: no prober, probes gate nothing) says which containers passed their
+    readiness and startup probes."""
     sandboxes = [o for o in observed if o.labels.get(L.ROLE) == L.ROLE_SANDBOX]
     members = [o for o in observed if o.labels.get(L.ROLE) != L.ROLE_SANDBOX]
     if desired is None or desired.deleting:
@@ -79,6 +99,9 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
         # Docker cannot change a container's port bindings: a new sandbox publishes them.
         return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
                     create_sandbox=True, sandbox_recreated="its published host ports changed")
+    if sandbox.labels.get(L.SANDBOX_EPOCH, "0") != str(spec.sandbox_epoch):
+        return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
+                    create_sandbox=True, sandbox_replaced="the update needs a new sandbox")
     wanted = {c.uuid: c for c in spec.all_containers}
     unknown = [o.id for o in members if o.labels.get(L.CONTAINER) not in wanted]
     stale = [o for o in members if o.id not in unknown
@@ -87,11 +110,11 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
         return Plan(remove=[o.id for o in members] + [o.id for o in sandboxes],
                     create_sandbox=True,
                     sandbox_recreated="sandbox restarted: its containers lost their namespaces")
-    changed = [o.id for o in members if o.id not in unknown and o.labels.get(L.SPEC_HASH) !=
+    if extra or unknown:
+        return Plan(remove=extra + unknown)
+    changed = {o.id for o in members if o.labels.get(L.SPEC_HASH) !=
                spec_hash(wanted[o.labels[L.CONTAINER]], spec.restart_policy)
-               and wanted[o.labels[L.CONTAINER]].role == "app"]
-    if extra or unknown or changed:
-        return Plan(remove=extra + unknown + changed)
+               and wanted[o.labels[L.CONTAINER]].role == "app"}
 
     by_uuid = {o.labels.get(L.CONTAINER): o for o in members}
     for init in spec.init_containers:
@@ -115,6 +138,8 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
         o = by_uuid.get(app.uuid)
         if o is None:
             plan.create_apps.append(app)
+        elif o.id in changed:
+            continue  # it is about to be replaced
         elif o.state == "created" or (o.state == "exited" and _should_run(spec.restart_policy, o)):
             plan.start.append(o.id)
         elif unhealthy(app, o):
@@ -123,7 +148,29 @@ def compute_plan(desired: Assignment | None, observed: list[Observed]) -> Plan:
             plan.resize.append((o.id, *resources(app)))
     if not sandbox.pids_ok:
         plan.resize.append((sandbox.id, None, None))  # only its pids limit to apply
+    if changed and not plan.create_apps:
+        _replace_next(spec.containers, by_uuid, changed, ready, plan)
     return plan
+
+
+def _replace_next(apps: list[ContainerSpec], by_uuid: Mapping[str | None, Observed],
+                  changed: set[str], ready: Mapping[str, bool | None] | None, plan: Plan) -> None:
+    """Replace the first changed container, unless one on the current spec is still
+    coming up: then wait for it."""
+    for app in apps:
+        o = by_uuid.get(app.uuid)
+        if o is None or o.id in changed:
+            continue
+        if o.id in plan.start or o.state in ("created", "restarting"):
+            plan.waiting = f"waiting for container {app.name} to run"
+            return
+        if (ready is not None and o.state == "running" and (app.readiness or app.startup)
+                and ready.get(o.id) is not True):
+            plan.waiting = f"waiting for container {app.name} to be ready"
+            return
+    first = next(app for app in apps if app.uuid in by_uuid and by_uuid[app.uuid].id in changed)
+    plan.remove.append(by_uuid[first.uuid].id)
+    plan.replacing = first.name
 
 
 def unhealthy(c: ContainerSpec, o: Observed) -> bool:

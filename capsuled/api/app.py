@@ -23,6 +23,7 @@ from capsuled.api.services.images import ImageService
 from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.registries import RegistryService
 from capsuled.api.services.subscriptions import SubscriptionService
+from capsuled.api.services.rollouts import RolloutService
 from capsuled.api.services.tokens import TokenService
 from capsuled.api.streams import Streams
 from capsuled.config import Settings
@@ -34,6 +35,7 @@ class Services:
     """The use-case objects the routers call; the composition root builds them."""
 
     capsules: CapsuleService
+    rollouts: RolloutService
     containers: ContainerService
     hosts: HostService
     images: ImageService
@@ -56,6 +58,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.identity = identity
     app.state.policy = policy or Policy(settings.policy, settings.policy_file)
     app.state.capsules = services.capsules
+    app.state.rollouts = services.rollouts
     app.state.containers = services.containers
     app.state.hosts = services.hosts
     app.state.images = services.images

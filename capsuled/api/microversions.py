@@ -20,6 +20,9 @@ CAPSULE_NEW_BODY = (1, 32)
 HOSTS_API = (1, 4)
 REGISTRIES_API = (1, 30)
 CONTAINER_REGISTRY = (1, 31)
+# Capsule update and rollback (extensions; Zun has neither): only at the newest version,
+# which zunclient and the capsule CLI send, so that older clients never meet them.
+CAPSULE_UPDATE = (1, 40)
 
 # ASCII digits, a few of them: `\d` alone takes '²' and int() refuses 5,000 digits.
 _VALUE = re.compile(r"^\s*(\S+)\s+(latest|\d{1,6}\.\d{1,6})\s*\Z", re.I | re.ASCII)

@@ -87,9 +87,29 @@ TEMPLATE = obj(
              restartPolicy={"type": "string", "enum": ["Always", "OnFailure", "Never"]},
              nodeSelector=STRING_MAP,
              failurePolicy={"type": "string", "enum": ["RestartContainer", "RestartCapsule"],
-                            "description": "What a failed liveness/startup probe restarts (extension)"}),
+                            "description": "What a failed liveness/startup probe restarts (extension)"},
+             minReadySeconds={"type": "integer", "description": "An update is done once its "
+                              "new containers stayed ready this long (extension; 0-3600, default 0)"},
+             progressDeadlineSeconds={"type": "integer", "description": "An update not done "
+                                      "this long after it began rolls back (extension; "
+                                      "1-3600, default 120)"}),
 )
 CAPSULE_CREATE = obj(("template",), template={"anyOf": [TEMPLATE, STRING]})
+CHANGE_CAUSE: Schema = {"type": "string", "description": "Why (shown in the revisions); "
+                        "default: what changed"}
+CAPSULE_UPDATE = obj(
+    (), "Exactly one of template (a whole new template; the name stays) or containers "
+    "(images and environment variables of named containers; an env value null removes it)",
+    template={"anyOf": [TEMPLATE, STRING]},
+    containers={"type": "array", "items": obj(("name",), name=STRING, image=STRING, env={
+        "type": "object", "additionalProperties": {"anyOf": [STRING, {"type": "null"}]}})},
+    change_cause=CHANGE_CAUSE,
+    revision={"type": "integer", "description": "Refuse (409) unless the capsule is at this "
+              "revision: an update made on what one last saw"})
+CAPSULE_UPDATE_EXAMPLE = {"containers": [{"name": "main", "image": "busybox:1.36"}],
+                          "change_cause": "busybox 1.36"}
+CAPSULE_ROLLBACK = obj((), revision={"type": "integer", "description": "Default: the revision "
+                                     "before the current one"}, change_cause=CHANGE_CAUSE)
 CAPSULE_EXAMPLE = {"template": {"kind": "capsule", "metadata": {"name": "example"}, "spec": {
     "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]}}}
 

@@ -42,6 +42,8 @@ _CONTAINER_ACTIONS = ("create", "delete", "update", "start", "stop", "reboot", "
 DEFAULTS: dict[str, str] = {
     **_BASE,
     "capsule:create": MEMBER, "capsule:delete": MEMBER, "capsule:get": READER,
+    # Extensions: a new revision (update, rollback) of one's own project's capsule.
+    "capsule:update": MEMBER,
     "capsule:get_all": READER, "capsule:get:host": ADMIN,
     "capsule:delete_all_projects": ADMIN, "capsule:get_one_all_projects": ADMIN,
     "capsule:get_all_all_projects": ADMIN,

@@ -13,10 +13,12 @@ from capsuled.api.relay.worker import Change
 from capsuled.domain.addresses import parse_stored, zun_addresses
 from capsuled.domain import ports
 from capsuled.domain.conditions import capsule_conditions, container_health, container_ready
+from capsuled.domain.rollout import Rollout
+from capsuled.domain.template_out import render_template
 from capsuled.domain.spec import (ZUN_RESTART_NAMES, BareSpec, CapsuleSpec, ContainerSpec,
                                   HealthCheck)
 from capsuled.store.capsules import CapsuleRow, ContainerRow
-from capsuled.store.tables import Capsule, Container, ContainerAction, Event
+from capsuled.store.tables import Capsule, CapsuleRevision, Container, ContainerAction, Event
 
 
 def ts(value: datetime | None) -> str | None:
@@ -70,6 +72,9 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         "volumes": [{"name": v.name, "type": v.type, "size": v.size, "auto_remove": v.auto_remove,
                      "docker_volume": v.docker_volume, "size_enforced": False}
                     for v in row.volumes],
+        # The revision its spec is, and the update or rollback under way (None: none).
+        "revision": row.revision,
+        "rollout": rollout_view(row.rollout),
     }
     if is_admin:
         body["host"] = row.host
@@ -80,6 +85,26 @@ def capsule_view(row: Capsule | CapsuleRow, version: ApiVersion, is_admin: bool,
         body.update({"volumes_info": {}, "containers_uuids": [], "init_containers_uuids": [],
                      "capsule_version": ""})
     return body
+
+
+def rollout_view(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    r = Rollout.model_validate(raw)
+    return {"kind": r.kind, "from_revision": r.from_revision, "to_revision": r.to_revision,
+            "restores": r.restores, "automatic": r.automatic, "cause": r.cause,
+            "started_at": ts(r.started_at), "deadline": ts(r.deadline),
+            "min_ready_seconds": r.min_ready_seconds, "watched": list(r.watched),
+            "ready_since": ts(r.ready_since)}
+
+
+def revision_view(row: CapsuleRevision, current: int) -> dict[str, Any]:
+    """One revision: its spec written as a template (domain/template_out.py)."""
+    return {"revision": row.revision, "current": row.revision == current,
+            "created_at": ts(row.created_at), "user_id": row.user_id,
+            "change_cause": row.change_cause, "outcome": row.outcome,
+            "outcome_reason": row.outcome_reason,
+            "template": render_template(CapsuleSpec.model_validate(row.spec))}
 
 
 def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,

@@ -11,14 +11,12 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
 
 from capsuled.config import Settings
-from capsuled.domain.channel import AgentChannel
-from capsuled.domain.services import ServiceChannel
 from capsuled.errors import CapsuledError
 
 if TYPE_CHECKING:
@@ -26,11 +24,14 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
+    from capsuled.agent.overlay import Overlay
     from capsuled.agent.services import ServiceAgent
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.domain.services import AgentServiceChannel
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
@@ -97,14 +98,16 @@ class Api:
     control: ControlPlane
     monitor: HostMonitor
     webhooks: WebhookSupervisor
+    rollouts: RolloutSupervisor
     notifier: PgNotifier | None = None  # wake-ups across replicas (PostgreSQL only)
     notifications: Notifications | None = None  # [notifications] enabled: the AMQP relay
 
     def start(self) -> None:
-        """The API's background work: the host monitor, webhook delivery, the
-        cross-replica listener, the notification relay (every replica runs it; its lease
-        picks the one that sends)."""
+        """The API's background work: the host monitor, the rollout supervisor, webhook
+        delivery, the cross-replica listener, the notification relay (every replica runs
+        it; its lease picks the one that sends)."""
         self.monitor.start()
+        self.rollouts.start()
         self.webhooks.start()
         if self.notifier is not None:
             self.notifier.start()
@@ -113,6 +116,7 @@ class Api:
 
     def stop(self) -> None:
         self.monitor.stop()
+        self.rollouts.stop()
         self.webhooks.stop()
         if self.notifier is not None:
             self.notifier.stop()
@@ -133,17 +137,23 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.hosts import HostService
     from capsuled.api.services.images import ImageService
+    from capsuled.api.services.placement import Placement
     from capsuled.api.services.quotas import QuotaService
     from capsuled.api.relay.egress import HttpPoster, system_resolver, tls_context
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.registries import RegistryService
     from capsuled.api.services.subscriptions import SubscriptionService
+    from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.domain.services import AgentServiceChannel
+    from capsuled.api.services.rollouts import RolloutService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
     from capsuled.identity.local import LocalIdentity
     from capsuled.store.capsules import Retention, configure_retention
     from capsuled.store.outbox import OutboxRetention
     from capsuled.store.outbox import configure as configure_outbox
+    from capsuled.store.overlay import configure as configure_overlay
+    from capsuled.domain.overlay import OverlayPool
     from capsuled.store.notify import PgNotifier, supports_notify
 
     try:
@@ -164,13 +174,16 @@ def build_api(settings: Settings, store: Store,
         control.publish = notifier.publish
     local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
+    configure_overlay(OverlayPool(settings.overlay.pool, settings.overlay.project_prefix,
+                                  settings.overlay.host_prefix))
     configure_outbox(OutboxRetention(
         records=settings.limits.outbox_records,
         max_age=timedelta(seconds=settings.limits.outbox_max_age),
         reader_records=settings.limits.outbox_reader_records))
     configure_retention(Retention(
         events=settings.limits.events_per_capsule, actions=settings.limits.actions_per_container,
-        max_age=timedelta(seconds=settings.limits.event_max_age)))
+        max_age=timedelta(seconds=settings.limits.event_max_age),
+        revisions=settings.limits.revisions_per_capsule))
     down_after = timedelta(seconds=settings.api.host_down_after)
     quotas = QuotaService(store, settings.quota.model_dump())
     hooks = settings.webhooks
@@ -180,10 +193,14 @@ def build_api(settings: Settings, store: Store,
         raise fail(f"webhooks.ca_file: {exc}") from exc
     webhooks = WebhookSupervisor(store, box, hooks, HttpPoster(
         hooks.timeout, hooks.max_response_bytes, resolve=system_resolver, verify=verify))
+    capsules = CapsuleService(store, control, limits, host_down_after=down_after, policy=policy,
+                              quotas=quotas, weigher=settings.api.scheduler_weigher,
+                              metrics=metrics)
     services = Services(
-        capsules=CapsuleService(store, control, limits, host_down_after=down_after,
-                                policy=policy, quotas=quotas, weigher=settings.api.scheduler_weigher,
-                                metrics=metrics),
+        capsules=capsules,
+        rollouts=RolloutService(store, control, capsules,
+                                Placement(quotas, down_after, settings.api.scheduler_weigher,
+                                          metrics=metrics)),
         containers=ContainerService(store, control.notify, ops_for, limits, down_after,
                                     policy=policy, quotas=quotas,
                                     weigher=settings.api.scheduler_weigher, metrics=metrics),
@@ -200,8 +217,9 @@ def build_api(settings: Settings, store: Store,
                                           changed=webhooks.rescan),
         capsule_services=CapsuleServices(store, policy, settings.services, changed=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
-    return Api(app, control, HostMonitor(store, down_after), webhooks, notifier,
-               notifications(settings, store))
+    return Api(app, control, HostMonitor(store, down_after), webhooks,
+               RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
+               notifier, notifications(settings, store))
 
 
 def notifications(settings: Settings, store: Store) -> Notifications | None:
@@ -262,18 +280,13 @@ def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps
     return ops_for_hosts(ops_keys(settings, store).endpoint, ca_file=str(ca) if ca else None)
 
 
-class Channel(AgentChannel, ServiceChannel, Protocol):
-    """What an agent talks to: the control plane in process, or HttpChannel."""
-
-
-def build_agent(settings: Settings, channel: Channel, client: docker.APIClient,
+def build_agent(settings: Settings, channel: AgentServiceChannel, client: docker.APIClient,
                 instance: str, ops_endpoint: tuple[str, str] | None = None,
                 on_ops_key: Callable[[str], None] | None = None) -> Agent:
     """`ops_endpoint`: (URL, per-boot nonce) of this agent's ops endpoint; `on_ops_key`
     gets the key the API derived for it at each registration."""
     from capsuled.agent.image_ledger import ImageLedger
     from capsuled.agent.loop import Agent
-    from capsuled.agent.services import ServiceAgent
     from capsuled.paths import PRIVATE_IMAGES_FILE, private_dir
     from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
@@ -285,28 +298,42 @@ def build_agent(settings: Settings, channel: Channel, client: docker.APIClient,
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
+                 overlay=overlay(settings, instance),
                  services=service_agent(settings, channel, client, instance))
 
 
-def service_agent(settings: Settings, channel: ServiceChannel, client: docker.APIClient,
+def overlay(settings: Settings, instance: str) -> Overlay | None:
+    """Project networks across hosts, when this host has an underlay address."""
+    conf = settings.agent
+    if conf.underlay_address is None:
+        return None
+    from capsuled.agent.dns import DnsResponder, host_resolvers
+    from capsuled.agent.overlay import Overlay
+    from capsuled.drivers.network.vxlan import VxlanLinks
+
+    links = VxlanLinks(conf.host_netns)
+    LOG.info("project networks span hosts: VXLAN from %s%s", conf.underlay_address,
+             f" in {conf.host_netns}" if conf.host_netns else "")
+    return Overlay(links, DnsResponder(links.udp_socket), instance, str(conf.underlay_address),
+                   conf.overlay_mtu, host_resolvers())
+
+
+def service_agent(settings: Settings, channel: AgentServiceChannel, client: docker.APIClient,
                   instance: str) -> ServiceAgent | None:
-    """This host's side of capsule services: nftables rules over Docker's project
-    networks. None (and a warning) when it is turned off or cannot work here."""
+    """Capsule services on this host (nftables over Docker's project networks); None
+    (and a warning) when turned off or unable to work here."""
     from capsuled.agent.services import ServiceAgent
     from capsuled.drivers.lb.nft import NftLoadBalancer, table_name
     from capsuled.drivers.network.segments import DockerSegments
 
-    conf, host = settings.services, settings.agent.host_name
-    if not conf.enabled:
-        return None
-    lb = NftLoadBalancer(table_name(instance, host),
+    conf, host, segments = settings.services, settings.agent.host_name, DockerSegments(client)
+    lb = NftLoadBalancer(table_name(instance, host), netns=settings.agent.host_netns,
                          comment=f"capsuled services: deployment {instance}, host {host}")
-    why = lb.available()
+    why = "services.enabled is false" if not conf.enabled else lb.available()
     if why is not None:
         LOG.warning("capsule services are off on this host (no traffic reaches their "
                     "addresses here): %s", why)
         return None
-    segments = DockerSegments(client)
     return ServiceAgent(channel, lb, lambda: segments.segments(instance), host,
                         drain_timeout=conf.drain_timeout, drain_grace=conf.drain_grace,
                         resync=settings.agent.relist_interval)
@@ -317,15 +344,9 @@ def new_ops_key() -> str:
 
 
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
-          log_format: str = "text") -> None:
+          log_format: str, keep_alive: int) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
-    host, _, port = listen.rpartition(":")
-    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
-    # stop waits this long for them, then cancels them (clients resume with `since`).
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port),
-                                           log_level=log_level, access_log=False,
-                                           timeout_graceful_shutdown=5,
-                                           **uvicorn_logging(log_format)))
+    server = uvicorn.Server(api_server_config(app, listen, log_level, log_format, keep_alive))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
@@ -338,6 +359,18 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
         server.run()
     finally:
         on_exit()
+
+
+def api_server_config(app: Any, listen: str, log_level: str, log_format: str,
+                      keep_alive: int) -> uvicorn.Config:
+    host, _, port = listen.rpartition(":")
+    # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
+    # stop waits this long for them, then cancels them (clients resume with `since`).
+    # keep_alive (api.keep_alive) replaces uvicorn's 5 s, which equals the OpenStack CLIs'
+    # poll interval: they lost the race and read "Remote end closed connection".
+    return uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level=log_level,
+                          access_log=False, timeout_graceful_shutdown=5,
+                          timeout_keep_alive=keep_alive, **uvicorn_logging(log_format))
 
 
 def uvicorn_logging(log_format: str) -> dict[str, Any]:

@@ -108,7 +108,8 @@ def run_all_in_one(settings: Settings) -> None:
     def stop() -> None:
         api.stop()
         agent.stop()
-    compose.serve(api.app, settings.listen, settings.log_level, stop, settings.log_format)
+    compose.serve(api.app, settings.listen, settings.log_level, stop, settings.log_format,
+                  settings.api.keep_alive)
 
 
 @app.command("api")
@@ -125,7 +126,8 @@ def api_command(ctx: typer.Context) -> None:
     api.start()
     LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
              settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
-    compose.serve(api.app, settings.listen, settings.log_level, api.stop, settings.log_format)
+    compose.serve(api.app, settings.listen, settings.log_level, api.stop, settings.log_format,
+                  settings.api.keep_alive)
 
 
 @app.command("agent")

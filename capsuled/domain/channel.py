@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from ipaddress import IPv4Address, IPv4Network
 from typing import Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,11 +82,35 @@ class ContainerAssignment(_Wire):
     addresses: list[Address] = Field(default_factory=list)  # last known: asked for again
 
 
+class RemoteName(_Wire):
+    """A name of a capsule (its name or uuid) or bare container on another host, and its
+    address on the project network."""
+
+    name: str
+    addr: IPv4Address
+
+
+class OverlayNetwork(_Wire):
+    """A project network this host takes part in as one segment across hosts
+    (domain/overlay.py): what the control plane allocated for it here, the other hosts'
+    underlay addresses (VXLAN peers), and the names its DNS responder answers."""
+
+    project_id: str
+    vni: int = Field(ge=1, le=(1 << 24) - 1)
+    subnet: IPv4Network  # the project's, the same on every host
+    ip_range: IPv4Network  # this host's block of it
+    gateway: IPv4Address  # this host's bridge address
+    peers: list[IPv4Address] = Field(default_factory=list)
+    names: list[RemoteName] = Field(default_factory=list)
+
+
 class Assignments(_Wire):
     host: str
     revision: int
     capsules: list[Assignment]
     containers: list[ContainerAssignment] = Field(default_factory=list)
+    # Only for a host that registered an underlay address: its projects' overlay networks.
+    overlays: list[OverlayNetwork] = Field(default_factory=list)
 
 
 class HostInfo(_Wire):
@@ -105,6 +130,9 @@ class HostInfo(_Wire):
     ops_url: str | None = None
     ops_nonce: str | None = None
     ops_key: str | None = None  # agents before ops_nonce sent their key itself (legacy)
+    # Where the other hosts send this host's VXLAN traffic (agent.underlay_address); None:
+    # this host's project networks are its own (no overlay).
+    underlay_address: IPv4Address | None = None
 
 
 class Registration(_Wire):
@@ -164,6 +192,9 @@ class CapsuleReport(_Wire):
     sandbox_state: ContainerState = "missing"
     sandbox_recreated: bool = False
     progress: str | None = None
+    # The agent's plan for this generation is done: every container is on its spec (None:
+    # an agent from before updates, which does not say). An update waits for it.
+    converged: bool | None = None
     error: str | None = None
     containers: list[ContainerReport] = Field(default_factory=list)
     addresses: list[Address] = Field(default_factory=list)  # the sandbox's, shared by members

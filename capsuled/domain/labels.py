@@ -12,6 +12,7 @@ ROLE = "capsuled.role"                # sandbox | init | app | bare
 SPEC_HASH = "capsuled.spec-hash"      # recreate when the spec changes
 SANDBOX_START = "capsuled.sandbox-start"  # the sandbox start a member joined; stale when it differs
 PORTS = "capsuled.ports"              # on a sandbox: the host ports it publishes (domain.ports.fingerprint)
+SANDBOX_EPOCH = "capsuled.sandbox-epoch"  # on a sandbox: the spec's sandbox_epoch it was made for
 VOLUME = "capsuled.volume"            # template volume name
 AUTO_REMOVE = "capsuled.auto-remove"  # "true" on volumes removed with their capsule
 PROJECT = "capsuled.project"          # owning project: on project networks and on containers

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from capsuled.domain.channel import AgentChannel
 from capsuled.domain.conditions import container_ready
 from capsuled.domain.template import LABEL_KEY_RE, MAX_LABEL_CHARS, short
 from capsuled.errors import InvalidInput
@@ -323,3 +324,7 @@ class ServiceChannel(Protocol):
         """The view once its version differs from `after`, or as it is after `timeout`
         seconds, whichever comes first."""
         ...
+
+
+class AgentServiceChannel(AgentChannel, ServiceChannel, Protocol):
+    """What an agent talks to: the control plane in process, or HttpChannel."""

@@ -134,6 +134,16 @@ class CapsuleSpec(_Frozen):
     # Extension: what the prober restarts when a liveness or startup probe fails for good:
     # the container (as Kubernetes) or the whole capsule, sandbox and all.
     failure_policy: Literal["RestartContainer", "RestartCapsule"] = "RestartContainer"
+    # Extensions for updates (domain/rollout.py): a new revision is done once its new
+    # containers are ready and stayed so for `min_ready_seconds`; if that has not happened
+    # `progress_deadline_seconds` after the update began, the capsule rolls back.
+    min_ready_seconds: int = 0
+    progress_deadline_seconds: int = 120
+    # Bumped by an update that needs a new sandbox (domain/update.py): the sandbox carries
+    # it as a label, so the agent's ordinary loop remakes the sandbox and every container
+    # when it differs, with the same uuid and name (as BareSpec.rebuilds does for a bare
+    # container). Level-triggered: it survives agent restarts.
+    sandbox_epoch: int = 0
 
     @property
     def all_containers(self) -> list[ContainerSpec]:

@@ -28,6 +28,7 @@ class Status(str, Enum):
     PAUSED = "Paused"
     RESTARTING = "Restarting"
     REBUILDING = "Rebuilding"
+    UPDATING = "Updating"  # extension: going to a new revision (domain/rollout.py)
     DELETING = "Deleting"
     DELETED = "Deleted"
     ERROR = "Error"

@@ -34,7 +34,11 @@ PULL_POLICIES = {"always": "Always", "ifnotpresent": "IfNotPresent", "never": "N
 TOP_KEYS = {"kind", "capsuleVersion", "metadata", "restartPolicy", "availabilityZone", "spec"}
 METADATA_KEYS = {"name", "labels", "annotations"}
 SPEC_KEYS = {"containers", "initContainers", "restartPolicy", "volumes", "nodeSelector",
-             "failurePolicy"}  # extension: what a liveness/startup failure restarts
+             "failurePolicy",  # extension: what a liveness/startup failure restarts
+             # extensions: how an update is judged (domain/rollout.py)
+             "minReadySeconds", "progressDeadlineSeconds"}
+# (template key, least, most, default): seconds, bounded so that no update waits for long.
+ROLLOUT_NUMBERS = (("minReadySeconds", 0, 3600, 0), ("progressDeadlineSeconds", 1, 3600, 120))
 FAILURE_POLICIES = ("RestartContainer", "RestartCapsule")
 CONTAINER_KEYS = {"name", "image", "command", "args", "workDir", "env", "ports", "resources",
                   "volumeMounts", "imagePullPolicy", "tty", "stdin", "securityContext",
@@ -164,6 +168,13 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     failure_policy = spec.get("failurePolicy", "RestartContainer")
     if failure_policy not in FAILURE_POLICIES:
         p.add("spec.failurePolicy", "must be RestartContainer or RestartCapsule")
+    rollout: dict[str, int] = {}
+    for key, least, most, default in ROLLOUT_NUMBERS:
+        value = whole_number(spec.get(key, default))
+        if value is None or not least <= value <= most:
+            p.add(f"spec.{key}", f"must be a whole number of seconds from {least} to {most}")
+            value = default
+        rollout[key] = value
     # Names and mounts are taken from the raw lists, so a volume or container with its own
     # errors does not also cause a false "names no volume" / "not mounted" problem.
     raw_volumes = _raw_list(spec.get("volumes"))
@@ -184,7 +195,9 @@ def _check_top(t: dict[str, Any], p: _Problems, limits: Limits) -> CapsuleSpec |
     return CapsuleSpec(name=name, labels=labels, annotations=annotations, restart_policy=policy,
                        availability_zone=zone, init_containers=inits, containers=apps,
                        volumes=volumes, node_selector=node_selector,
-                       failure_policy=failure_policy)
+                       failure_policy=failure_policy,
+                       min_ready_seconds=rollout["minReadySeconds"],
+                       progress_deadline_seconds=rollout["progressDeadlineSeconds"])
 
 
 def _check_metadata(meta: Any, present: bool, p: _Problems

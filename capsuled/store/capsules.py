@@ -17,10 +17,11 @@ from capsuled.domain.addresses import parse_stored
 from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.domain.fold import CapsuleState, ChildState, EventRecord, fold_report
+from capsuled.domain.rollout import Rollout
 from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
-from capsuled.store import host_ports, outbox
+from capsuled.store import host_ports, outbox, overlay, revisions, rollouts
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, utcnow)
 
@@ -65,6 +66,8 @@ class CapsuleRow:
     sandbox_id: str | None
     created_at: datetime
     updated_at: datetime | None
+    revision: int
+    rollout: dict[str, Any] | None
     containers: list[ContainerRow] = field(default_factory=list)
     volumes: list[VolumeRow] = field(default_factory=list)
 
@@ -152,6 +155,7 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     host_ports.claim(session, row, spec)  # its fixed host ports, with its CPU and memory
     session.add(row)
     session.flush()
+    revisions.record(session, row, spec, user_id, "created", 1)
     # Members read events: which host it went to is for administrators (the capsule's
     # admin-only `host` field), not for the message.
     add_event(session, row, "Normal", "Accepted",
@@ -174,23 +178,33 @@ def changed(session: Session, capsule: Capsule, event_type: str, reason: str,
 
 
 def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
-                event: EventRecord | None = None) -> None:
-    """The one way a capsule's spec changes (a resize, an added container; update and
-    rollback next): the spec, its cpu and memory totals and its host-port claims are
-    written (the caller checked that new ports are free: Placement.ensure_ports), the generation
-    goes up so that the agent reconciles it, and its host's revision wakes that agent.
-    `event`, which describes the change, is recorded in the same transaction."""
+                event: EventRecord | None = None, *, user_id: str, cause: str,
+                rollout: bool = False) -> int:
+    """The one way a capsule's spec changes (a resize, an added container, an update or a
+    rollback): the spec becomes a new revision (its number is returned), its cpu and
+    memory totals and its host-port claims are written (the caller checked that new ports
+    are free: Placement.ensure_ports), the generation goes up so that the agent reconciles
+    it, and its host's revision wakes that agent. `event`, which describes the change, is
+    recorded in the same transaction. While an update is under way only the rollout
+    itself (`rollout`, store/rollouts.py) changes the spec: anything else is a 409, so
+    that the agent is never given a mix of two changes."""
+    if capsule.rollout is not None and not rollout:
+        raise Conflict(rollouts.busy_message(capsule))
+    number = capsule.revision + 1
     capsule.spec = spec.model_dump(mode="json")
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
     host_ports.claim(session, capsule, spec)
     capsule.generation += 1
+    capsule.revision = number
     capsule.updated_at = utcnow()
+    session.flush()
+    revisions.record(session, capsule, spec, user_id, cause, number)
     if event is not None:
-        session.flush()
         add_event(session, capsule, event.type, event.reason, event.message, event.container)
     changed(session, capsule, "capsule.update", event.reason if event else "SpecChanged",
             event.message if event else "the capsule's spec changed")
     bump_host_revision(session, capsule.host)
+    return number
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,7 @@ class Retention:
     events: int = 200
     actions: int = 200
     max_age: timedelta = timedelta(days=7)
+    revisions: int = 10
 
 
 # Set once at start-up from the settings (limits.events_per_capsule, …) by the
@@ -211,6 +226,7 @@ _retention = Retention()
 def configure_retention(retention: Retention) -> None:
     global _retention
     _retention = retention
+    revisions.configure(retention.revisions)
 
 
 def retention() -> Retention:
@@ -343,6 +359,7 @@ def mark_deleting(session: Session, capsule: Capsule) -> None:
         return
     capsule.deleting = True
     capsule.generation += 1
+    rollouts.abandon(session, capsule, "the capsule is being deleted")
     capsule.status = Status.DELETING.value
     capsule.status_reason = None
     capsule.updated_at = utcnow()
@@ -366,18 +383,23 @@ def assignments_for(session: Session, host: str) -> list[Assignment]:
 
 def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
     """Fold one observation into the rows. Reports for other hosts' or unknown capsules,
-    or for an older generation, are ignored: they can only be late."""
+    or for an older generation, are ignored: they can only be late. The capsule's row is
+    locked first (rollouts.lock_row), so an update committed while this folds cannot be
+    overwritten by what the agent saw of the old spec, and a rollout is judged once."""
+    rollouts.lock_row(session, Capsule.uuid == report.uuid, Capsule.host == host)
     capsule = session.scalars(_eager(select(Capsule)).where(
         Capsule.uuid == report.uuid, Capsule.host == host)).first()
     if capsule is None or report.generation < capsule.generation:
         return
     if report.gone:
         if capsule.deleting:
+            overlay.names_changed(session, capsule.project_id)
             forget_actions(session, [c.uuid for c in capsule.containers])
             changed(session, capsule, "capsule.delete.end", "Deleted", "capsule deleted", "Deleted")
             session.delete(capsule)
         return
-    fold = fold_report(_state_of(capsule), report)
+    rollout = rollouts.current(capsule)
+    fold = fold_report(_state_of(capsule, rollout), report)
     now = utcnow()
     by_uuid = {c.uuid: c for c in capsule.containers}
     for u in fold.containers:
@@ -395,10 +417,17 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         for row in capsule.containers:
             if row.addresses != seen:
                 row.addresses = seen
+                overlay.names_changed(session, capsule.project_id)
     if fold.sandbox_recreated:
         capsule.restart_count += 1
-    before = capsule.status
-    capsule.status, capsule.status_reason = fold.status.value, fold.reason
+    before, before_reason = capsule.status, capsule.status_reason
+    status, reason = fold.status.value, fold.reason
+    if rollout is not None:
+        # The capsule shows Updating until the rollout ends; what its containers say is
+        # kept in the rollout, which this observation may end (or roll back).
+        status, reason = rollouts.observe(session, capsule, rollout, fold.status, fold.reason,
+                                          report.converged, now)
+    capsule.status, capsule.status_reason = status, reason
     status_told = before == capsule.status
     for event in fold.events:
         add_event(session, capsule, event.type, event.reason, event.message, event.container)
@@ -406,13 +435,14 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
         # that ends a create, in Nova's shape; the others are updates.
         is_status = not status_told and event.container is None and event.reason == capsule.status
         status_told = status_told or is_status
-        changed(session, capsule, _status_event(before, fold.status) if is_status
+        changed(session, capsule, _status_event(before, Status(capsule.status)) if is_status
                 else "capsule.update", event.reason,
                 f"{event.container}: {event.message}" if event.container else event.message)
     if not status_told:
-        changed(session, capsule, _status_event(before, fold.status), capsule.status,
-                f"{before} -> {capsule.status}" + (f": {fold.reason}" if fold.reason else ""))
-    if fold.changed:
+        changed(session, capsule, _status_event(before, Status(capsule.status)), capsule.status,
+                f"{before} -> {capsule.status}" + (f": {capsule.status_reason}"
+                                                   if capsule.status_reason else ""))
+    if fold.changed or (before, before_reason) != (status, reason):
         capsule.updated_at = now
     capsule.sandbox_id = report.sandbox_id
     if report.draining is not None and capsule.draining != report.draining:
@@ -421,7 +451,7 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
 
 def _status_event(before: str, after: Status) -> str:
     """Nova's shape: leaving Creating ends the create (well or in error)."""
-    if before == Status.CREATING.value and after is not Status.CREATING:
+    if before == Status.CREATING.value and after not in (Status.CREATING, Status.UPDATING):
         return "capsule.create.error" if after is Status.ERROR else "capsule.create.end"
     return "capsule.update"
 
@@ -432,9 +462,13 @@ def conditions_of(c: ContainerReport) -> dict[str, Any]:
             "probes": {k: v.model_dump() for k, v in sorted(c.probes.items())}}
 
 
-def _state_of(capsule: Capsule) -> CapsuleState:
+def _state_of(capsule: Capsule, rollout: Rollout | None = None) -> CapsuleState:
+    """What folding compares a report with: during an update, what the containers said
+    last (the capsule itself shows Updating)."""
+    status, reason = ((rollout.observed, rollout.observed_reason) if rollout is not None
+                      else (capsule.status, capsule.status_reason))
     return CapsuleState(
-        status=capsule.status, status_reason=capsule.status_reason, deleting=capsule.deleting,
+        status=status, status_reason=reason, deleting=capsule.deleting,
         containers={c.uuid: ChildState(c.status, c.exit_code, c.restart_count)
                     for c in capsule.containers})
 

@@ -20,7 +20,7 @@ from capsuled.store.capsules import (UUID_RE, Page, bump_host_revision, change_s
                                      forget_actions, retention)
 from capsuled.domain.template import short
 from capsuled.store.capsules import conditions_of, storable_ident
-from capsuled.store import outbox
+from capsuled.store import outbox, overlay
 from capsuled.store.tables import Capsule, Container, ContainerAction, utcnow
 
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory",
@@ -65,7 +65,7 @@ def changed(session: Session, row: Container, event_type: str, reason: str, mess
                   status=status or row.status, labels=labels if isinstance(labels, dict) else {})
 
 
-def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Container:
+def add_member(session: Session, capsule: Capsule, spec: ContainerSpec, user_id: str) -> Container:
     """Add an app container to a running capsule (`run --capsule`): into its spec, which
     the agent reconciles, and as a row, which the API shows."""
     if capsule.deleting:
@@ -87,7 +87,8 @@ def add_member(session: Session, capsule: Capsule, spec: ContainerSpec) -> Conta
                     status=Status.CREATING.value, created_at=utcnow(), registry_id=spec.registry)
     capsule.containers.append(row)
     change_spec(session, capsule, cspec.model_copy(update={"containers": [*cspec.containers, spec]}),
-                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name))
+                EventRecord("Normal", "ContainerAdded", f"container {spec.name} added", spec.name),
+                user_id=user_id, cause=f"added container {spec.name}")
     return row
 
 
@@ -203,6 +204,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
         return
     if report.gone:
         if row.deleting or (row.spec or {}).get("auto_remove"):
+            overlay.names_changed(session, row.project_id)
             forget_actions(session, [row.uuid])
             changed(session, row, "container.delete.end", "Deleted", "container deleted", "Deleted")
             session.delete(row)
@@ -223,6 +225,7 @@ def apply_bare_report(session: Session, host: str, report: BareReport) -> None:
             seen = [a.model_dump() for a in c.addresses]
             if row.addresses != seen:
                 row.addresses = seen
+                overlay.names_changed(session, row.project_id)
         # Unlike an address, a host port Docker picked is the container's only while it
         # runs: shown as it is now.
         ports = [b.model_dump() for b in c.ports] or None

@@ -49,7 +49,9 @@ def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None =
     host.info = {"os": info.os, "kernel_version": info.kernel_version,
                  "architecture": info.architecture, "runtime": info.runtime,
                  "ops_url": info.ops_url, "ops_nonce": info.ops_nonce,
-                 "ops_key_sha256": ops_key_sha256}
+                 "ops_key_sha256": ops_key_sha256,
+                 "underlay_address": str(info.underlay_address) if info.underlay_address
+                 else None}
     if info.ops_key and not info.ops_nonce:
         host.info["ops_key"] = info.ops_key
     host.last_seen = utcnow()

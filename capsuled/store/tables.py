@@ -94,6 +94,12 @@ class Capsule(Base):
     sandbox_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The revision its spec is (capsule_revisions), and while an update or rollback is
+    # under way its state (domain.rollout.Rollout as JSON) and deadline (the rollout
+    # supervisor's indexed query); both NULL otherwise.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    rollout_deadline: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
 
     containers: Mapped[list[Container]] = relationship(
         back_populates="capsule", cascade="all, delete-orphan", passive_deletes=True,
@@ -104,6 +110,25 @@ class Capsule(Base):
         cascade="all, delete-orphan", passive_deletes=True)
     host_ports: Mapped[list[HostPort]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="HostPort.id")
+
+
+class CapsuleRevision(Base):
+    """One revision of a capsule's spec: the newest `limits.revisions_per_capsule` are kept
+    (and always the current one and the one an update under way came from)."""
+
+    __tablename__ = "capsule_revisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    capsule_id: Mapped[int] = mapped_column(ForeignKey("capsules.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    change_cause: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # How its rollout ended: Ready, Failed or Superseded (NULL: under way, or not gated).
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (UniqueConstraint("capsule_id", "revision", name="uq_capsule_revisions"),)
 
 
 class CapsuleLabel(Base):
@@ -450,6 +475,32 @@ class DeadLetter(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     __table_args__ = (UniqueConstraint("subscription_id", "seq", name="uq_dead_letters_sub_seq"),
                       Index("ix_dead_letters_state", "state"))
+
+class OverlayProject(Base):
+    """A project's network across hosts (domain/overlay.py): its segment id and subnet,
+    allocated once by the control plane for the whole deployment."""
+
+    __tablename__ = "overlay_projects"
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    subnet: Mapped[str] = mapped_column(String(18), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class OverlayBlock(Base):
+    """One host's block of a project's subnet: the only addresses that host hands out on
+    the project's network, and its bridge's own address."""
+
+    __tablename__ = "overlay_blocks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("overlay_projects.project_id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    block: Mapped[str] = mapped_column(String(18), unique=True)
+    gateway: Mapped[str] = mapped_column(String(15))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    __table_args__ = (UniqueConstraint("project_id", "host", name="uq_overlay_blocks_project_host"),)
+
 
 for _table in Base.metadata.tables.values():
     _table.dialect_kwargs.update(MYSQL_TABLE)

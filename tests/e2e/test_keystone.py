@@ -1,9 +1,12 @@
 """OpenStack identity end to end: a real Keystone (scripts/keystone.sh: keystone under uWSGI,
 SQLite, fernet tokens) with Capsuled in its catalog as `container`, a capsuled configured
-with CAPSULED_KEYSTONE__*, and the unmodified `zun` CLI logged in with a password."""
+with CAPSULED_KEYSTONE__*, and the unmodified `zun` and `openstack` (zunclient's OSC plugin)
+CLIs logged in with a password."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import subprocess
 import time
@@ -110,6 +113,41 @@ def zun(keystone: Keystone, ks_server: Server) -> Callable[..., subprocess.Compl
     return run
 
 
+@pytest.fixture(scope="module")
+def openstack(keystone: Keystone,
+              ks_server: Server) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The unmodified `openstack` command (python-openstackclient with zunclient's plugin) as
+    a Keystone user: only OS_* variables, the container API version left to negotiate."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "ZUN_"))}
+
+    def run(*args: str, user: str = "demo", check: bool = True,
+            typed: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`typed` goes to stdin, which stays open until the command ends: the plugin's
+        terminal client quits half a second after its stdin closes, output or not."""
+        cmd, env = [str(VENV_BIN / "openstack"), *args], {**base, **keystone.os_env(user),
+                                                          "COLUMNS": "250"}
+        if typed is None:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
+                                  stdin=subprocess.DEVNULL)
+        else:
+            with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env) as p:
+                assert p.stdin is not None
+                p.stdin.write(typed)
+                p.stdin.flush()
+                try:
+                    p.wait(timeout=60)  # a session's output is far below a pipe's buffer
+                finally:
+                    p.kill()
+                    out, err = p.communicate()
+            proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+        if check:
+            assert proc.returncode == 0, \
+                f"openstack {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+        return proc
+    return run
+
+
 def api(server: Server, token: str | None) -> httpx.Client:
     headers = {**LATEST, **({"X-Auth-Token": token} if token is not None else {})}
     return httpx.Client(base_url=server.url, timeout=30, headers=headers)
@@ -200,6 +238,16 @@ def test_zun_cli_capsule_lifecycle(zun: Callable[..., subprocess.CompletedProces
 
     described = zun("capsule-describe", name)
     for word in (uuid, "Running", keystone.project_ids["demo"], "main"):
+        assert word in described.stdout, word
+
+    # Updated (an extension the zun CLI knows nothing of), it is the same capsule to zun.
+    with api(ks_server, token) as c:
+        assert c.patch(f"/v1/capsules/{name}", json={
+            "containers": [{"name": "main", "env": {"V": "2"}}]}).status_code == 202
+        wait_for(lambda: (lambda b: b["revision"] == 2 and b["status"] == "Running")(
+            c.get(f"/v1/capsules/{name}").json()), timeout=60, what=f"{name} updated")
+    described = zun("capsule-describe", name)
+    for word in (uuid, "Running", "'V': '2'"):
         assert word in described.stdout, word
 
     # Another project does not see it.
@@ -321,3 +369,120 @@ def test_zun_cli_registries(zun: Callable[..., subprocess.CompletedProcess[str]]
     assert "has been accepted" in deleted.stdout
     assert "ksreg" not in zun("registry-list").stdout
     assert PASSWORD not in Path(ks_server.log or "").read_text()
+
+
+def _docker_state(docker_api: docker.APIClient, uuid: str) -> str:
+    [found] = containers_of(docker_api, uuid)
+    return str(found["State"])
+
+
+def test_openstack_appcontainer_lifecycle(openstack: Callable[..., subprocess.CompletedProcess[str]],
+                                          ks_server: Server, keystone: Keystone,
+                                          docker_api: docker.APIClient) -> None:
+    """`openstack appcontainer run --wait/list/show/logs/exec/stop/start/delete` as a
+    Keystone member, checked against what the user reads and what Docker did. (Keystone
+    projects' isolation is the zun CLI tests' and the HTTP tests' above: each `openstack`
+    is a login and a second of start-up, so this test makes only the calls it proves.)"""
+    name = "ks-osc-run"
+    demo = keystone.project_ids["demo"]
+    # `--wait` polls every 5 s on one kept-alive connection; so that the server never closes
+    # it just as the CLI reuses it, idle connections live longer: this one lasts the test.
+    idle = http.client.HTTPConnection("127.0.0.1", ks_server.port, timeout=10)
+    idle.request("GET", "/")
+    assert idle.getresponse().read()
+    idle_sock = idle.sock
+    # -f json before the image: everything after it is the container's command.
+    ran = json.loads(openstack(
+        "appcontainer", "run", "--wait", "--name", name, "-f", "json", "busybox", "sh", "-c",
+        "trap 'exit 0' TERM; echo hi from osc; while true; do sleep 1; done").stdout)
+    uuid, removed = ran["uuid"], False
+    try:
+        assert ran["name"] == name and ran["status"] == "Running" and ran["project_id"] == demo
+        [found] = containers_of(docker_api, uuid)
+        assert found["State"] == "running" and found["Labels"]["capsuled.project"] == demo
+
+        [row] = [r for r in json.loads(openstack("appcontainer", "list", "-f", "json").stdout)
+                 if r["name"] == name]
+        assert row["uuid"] == uuid and row["status"] == "Running" and row["image"] == "busybox"
+        shown = json.loads(openstack("appcontainer", "show", name, "-f", "json").stdout)
+        assert shown["uuid"] == uuid and shown["command"][0] == "sh"
+
+        logs = wait_for(lambda: "hi from osc" in (out := openstack(
+            "appcontainer", "logs", name).stdout) and out, timeout=20, interval=0.5,
+            what="the log line")
+        assert "hi from osc" in logs
+
+        # Non-interactive exec: the output printed, the command's exit code is the CLI's.
+        done = openstack("appcontainer", "exec", name, "sh", "-c", "hostname; exit 3",
+                         check=False)
+        assert done.returncode == 3 and done.stdout.strip() == name, done
+        # Interactive exec: the plugin asks for run=False + interactive and joins the
+        # websocket; the session ends when the shell exits.
+        session = openstack("appcontainer", "exec", "--interactive", name, "sh",
+                            typed="echo inside-$((6*7)); exit\n")
+        assert "inside-42" in session.stdout, session
+
+        assert f"Request to stop container {name} has been accepted." in openstack(
+            "appcontainer", "stop", name).stdout
+        wait_for(lambda: _docker_state(docker_api, uuid) == "exited", timeout=30,
+                 what="stopped in Docker")
+        assert f"Request to start container {name} has been accepted" in openstack(
+            "appcontainer", "start", name).stdout
+        wait_for(lambda: _docker_state(docker_api, uuid) == "running", timeout=30,
+                 what="running again in Docker")
+
+        deleted = openstack("appcontainer", "delete", "--stop", name).stdout
+        assert f"Request to delete container {name} has been accepted." in deleted
+        wait_for(lambda: not containers_of(docker_api, uuid), timeout=60,
+                 what="container removed")
+        removed = True
+    finally:
+        if not removed:
+            openstack("appcontainer", "delete", "--stop", uuid, check=False)
+    idle.request("GET", "/")  # http.client reconnects only if it saw the close: it did not
+    assert idle.getresponse().status == 200 and idle.sock is idle_sock
+    idle.close()
+
+
+def test_openstack_capsule_lifecycle(openstack: Callable[..., subprocess.CompletedProcess[str]],
+                                     ks_server: Server, keystone: Keystone,
+                                     docker_api: docker.APIClient, tmp_path: Path) -> None:
+    """The plugin's capsule commands: `openstack capsule create/list/show/delete`."""
+    name = "ks-osc-capsule"
+    demo = keystone.project_ids["demo"]
+    tmpl = {"kind": "capsule", "metadata": {"name": name, "labels": {"via": "osc"}},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                                     "command": ["sleep", "3600"],
+                                     "resources": {"requests": {"cpu": 0.25, "memory": 32}}}]}}
+    path = tmp_path / "capsule.yaml"
+    path.write_text(yaml.safe_dump(tmpl))
+
+    created = json.loads(openstack("capsule", "create", "--file", str(path), "-f", "json").stdout)
+    uuid, removed = created["uuid"], False
+    try:
+        assert created["name"] == name and created["status"] == "Creating"
+        assert created["labels"] == {"via": "osc"} and created["project_id"] == demo
+
+        with api(ks_server, keystone.token("demo")) as c:  # polls cheaper than the CLI
+            wait_for(lambda: c.get(f"/v1/capsules/{uuid}").json()["status"] == "Running",
+                     timeout=90, what=f"{name} Running")
+        shown = json.loads(openstack("capsule", "show", name, "-f", "json").stdout)
+        assert shown["uuid"] == uuid and shown["status"] == "Running" and shown["networks"]
+        assert [c["name"] for c in shown["containers"]] == ["main"]
+        found = containers_of(docker_api, uuid)
+        assert {c["Labels"]["capsuled.project"] for c in found} == {demo}
+        assert any(c["State"] == "running" and c["Labels"].get("capsuled.name") == "main"
+                   for c in found), found
+
+        [row] = [r for r in json.loads(openstack("capsule", "list", "-f", "json").stdout)
+                 if r["uuid"] == uuid]
+        assert row["name"] == name and row["status"] == "Running" and row["addresses"]
+
+        deleted = openstack("capsule", "delete", name).stdout
+        assert f"Request to delete capsule {name} has been accepted." in deleted
+        wait_for(lambda: not containers_of(docker_api, uuid), timeout=60,
+                 what="capsule containers removed")
+        removed = True
+    finally:
+        if not removed:
+            openstack("capsule", "delete", uuid, check=False)

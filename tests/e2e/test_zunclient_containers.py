@@ -273,7 +273,9 @@ def test_attach_and_interactive_exec_over_websocket(zun, made, unique) -> None: 
     with pytest.raises(websocket.WebSocketException):  # the URL was for one use
         websocket.create_connection(url, timeout=5).recv()
 
-    session = zun.containers.execute(c.uuid, command="sh", run=True, interactive=True)
+    # What `zun exec --interactive` and `openstack appcontainer exec --interactive` send:
+    # run=False (Zun: create the exec; the websocket starts it).
+    session = zun.containers.execute(c.uuid, command="sh", run=False, interactive=True)
     assert session["proxy_url"].startswith("ws://") and session["exec_id"]
     zun.containers.execute_resize(c.uuid, session["exec_id"], 100, 30)
     ws = websocket.create_connection(session["proxy_url"], subprotocols=["binary"], timeout=10)
@@ -290,6 +292,10 @@ def test_attach_and_interactive_exec_over_websocket(zun, made, unique) -> None: 
     with pytest.raises(zun_exc.BadRequest) as info:
         zun.containers.attach(plain.uuid)
     assert "interactive" in str(info.value)
+    # An exec that does not run and has no session to start it would never run: refused.
+    with pytest.raises(zun_exc.BadRequest) as info:
+        zun.containers.execute(plain.uuid, command="true", run=False)
+    assert str(info.value).startswith("run:") and "interactive" in str(info.value)
 
 
 def test_hosts_services_and_availability_zones(zun) -> None:  # type: ignore[no-untyped-def]

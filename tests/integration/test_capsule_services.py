@@ -8,9 +8,9 @@ project that calls the service by name.
 - A backend made unready by its readiness probe gets no new connection later than 1 s
   after the probe's verdict (the probe writes the kernel's uptime when it fails, the
   client stamps each request with it: one clock).
-- Deleting a backend while the client sends requests back to back loses none: the agent
-  drains it (out of the load balancer, then its open connections waited for) before its
-  containers stop.
+- Updating a backend (its container replaced for a new env) or deleting one while the
+  client sends requests back to back loses none: the agent drains it (out of every load
+  balancer, then its open connections waited for) before its containers stop.
 """
 
 from __future__ import annotations
@@ -190,6 +190,32 @@ def test_an_unready_backend_gets_no_new_connection_a_second_after_its_probe_said
     assert name not in serving(setup.api)
     exec_in(docker_api, target, "rm", "-f", "/tmp/unready", "/tmp/fails")
     wait_for(lambda: name in serving(setup.api), timeout=15, what="ready again")
+
+
+def test_updating_a_backend_under_load_loses_no_request(setup: Setup,
+                                                        docker_api: docker.APIClient) -> None:
+    """An update that replaces its container (a new env) drains it first, as a delete."""
+    name = sorted(setup.backends)[0]
+    uuid = setup.backends[name]
+    before = member(docker_api, uuid, "httpd")["Id"]
+    start_load(docker_api, setup.client_id)
+    try:
+        time.sleep(1.5)
+        r = setup.api.patch(f"/v1/capsules/{uuid}",
+                            json={"containers": [{"name": "httpd", "env": {"V": "2"}}]})
+        assert r.status_code == 202, r.text
+        wait_for(lambda: setup.api.get(f"/v1/capsules/{uuid}").json()["rollout"] is None,
+                 timeout=60, what="the update to end")
+        wait_for(lambda: name in serving(setup.api), timeout=15, what="serving again")
+        time.sleep(1.0)
+    finally:
+        log = stop_load(docker_api, setup.client_id)
+    body = setup.api.get(f"/v1/capsules/{uuid}").json()
+    assert body["status"] == "Running" and body["revision"] == 2, body
+    assert member(docker_api, uuid, "httpd")["Id"] != before  # it was replaced
+    answers = Counter(a for _, a in log)
+    assert [(t, a) for t, a in log if a not in setup.backends] == [], answers
+    assert answers[name] > 0 and len(answers) == 3, answers
 
 
 def test_deleting_a_backend_under_load_loses_no_request(setup: Setup,

@@ -13,6 +13,7 @@ one does not answer, its tests are skipped, except in CI (CI=true), where they f
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 import time
@@ -37,14 +38,17 @@ from capsuled.cli.server import app
 from capsuled.config import QuotaSettings
 from capsuled.domain.channel import HostInfo
 from capsuled.domain.template import Limits
-from capsuled.errors import NotFound, OverQuota
+from capsuled.domain.overlay import OverlayPool
+from capsuled.errors import Conflict, NotFound, OverQuota
 from capsuled.identity.base import Principal
 from capsuled.identity.local import LocalIdentity, bootstrap
 from capsuled.store import hosts as host_repo
+from capsuled.store import overlay
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store, make_engine, safe_url, upgrade
 from capsuled.store.meta import get_meta
-from capsuled.store.tables import Base, Capsule, ContainerAction, Meta, Token
+from capsuled.store.tables import (Base, Capsule, ContainerAction, Meta, OverlayBlock,
+                                   OverlayProject, Token)
 
 ADMIN_URLS = {
     "postgresql": os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
@@ -311,6 +315,42 @@ def test_concurrent_creates_never_claim_one_host_port_twice(db: Database) -> Non
     refused = [c for c in results if isinstance(c, Capsule) and c.host is None]
     assert len(refused) == 6 and all("TCP port 18080 free" in (c.status_reason or "")
                                      for c in refused)
+
+
+def test_overlay_blocks_stay_distinct_under_concurrent_creates_and_idle_ones_come_back(
+        db: Database) -> None:
+    store = db.ready()
+    for host, addr in (("h1", "192.0.2.1"), ("h2", "192.0.2.2")):
+        with store.transaction() as s:
+            host_repo.register_host(s, HostInfo(name=host, cpus=64, memory_mb=65536, disk_gb=100,
+                                                underlay_address=addr))  # type: ignore[arg-type]
+    # Room for 4 project subnets of 4 host blocks each.
+    overlay.configure(OverlayPool(ipaddress.IPv4Network("10.224.0.0/22"), 24, 26))
+    try:
+        capsules = capsule_service(store)
+        results = at_once(12, lambda i: capsules.create(member(f"ov{i % 4}"), template(f"o-{i}")))
+        assert not [r for r in results if isinstance(r, Exception)], results
+        with store.transaction() as s:
+            blocks = s.execute(select(OverlayBlock.project_id, OverlayBlock.host,
+                                      OverlayBlock.block)).all()
+            subnets = dict(s.execute(select(OverlayProject.project_id, OverlayProject.subnet)).all())
+        placed = {(c.project_id, c.host) for c in results if isinstance(c, Capsule)}
+        assert {(p, h) for p, h, _ in blocks} == placed  # one block where work was placed
+        assert len({b for _, _, b in blocks}) == len(blocks)
+        assert len(set(subnets.values())) == 4
+        for p, _, b in blocks:
+            assert ipaddress.IPv4Network(b).subnet_of(ipaddress.IPv4Network(subnets[p]))
+        with pytest.raises(Conflict, match="no subnet left in the overlay pool"):
+            capsules.create(member("ov4"), template("o-late"))
+        with store.transaction() as s:  # ov0 leaves: its blocks and subnet are idle
+            for c in s.scalars(select(Capsule).where(Capsule.project_id == "ov0")).all():
+                s.delete(c)
+        assert capsules.create(member("ov4"), template("o-late")).host in ("h1", "h2")
+        with store.transaction() as s:
+            assert s.get(OverlayProject, "ov0") is None
+            assert s.get(OverlayProject, "ov4") is not None
+    finally:
+        overlay.configure(overlay.DEFAULT_POOL)
 
 
 def test_replicas_on_postgresql_wake_each_other_at_once(db: Database) -> None:

@@ -81,6 +81,13 @@ Call = Callable[[httpx.Client, World], httpx.Response]
 MATRIX: list[tuple[str, Call, dict[str, int]]] = [
     ("show capsule", lambda c, w: c.get(f"/v1/capsules/{w.capsule}"), READ),
     ("capsule events", lambda c, w: c.get(f"/v1/capsules/{w.capsule}/events"), READ),
+    ("capsule revisions", lambda c, w: c.get(f"/v1/capsules/{w.capsule}/revisions"), READ),
+    # Policy first, then the capsule (another project's: 404), then the body (400).
+    ("update capsule", lambda c, w: c.patch(f"/v1/capsules/{w.capsule}", json={"containers": []}),
+     {"admin": 400, "member_a": 400, "reader_a": 403, "member_b": 404, "reader_b": 403}),
+    ("roll capsule back", lambda c, w: c.post(f"/v1/capsules/{w.capsule}/rollback",
+                                              json={"revision": 99}),
+     {"admin": 404, "member_a": 404, "reader_a": 403, "member_b": 404, "reader_b": 403}),
     ("list capsules", lambda c, w: c.get("/v1/capsules"), ANYONE),
     ("show container", lambda c, w: c.get(f"/v1/containers/{w.container}"), READ),
     ("show capsule member", lambda c, w: c.get("/v1/containers/app", params={"capsule": w.capsule}), READ),

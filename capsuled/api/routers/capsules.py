@@ -10,12 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from capsuled.api import openapi as doc
 from capsuled.api.deps import BaseUrlDep, BodyDep, PrincipalDep, VersionDep, allow, flag
+from capsuled.api.microversions import CAPSULE_UPDATE, ApiVersion, fmt
 from capsuled.api.services.capsules import CapsuleService
+from capsuled.api.services.rollouts import RolloutService
 from capsuled.api.state import app_state
-from capsuled.api.views import capsule_view, event_view
+from capsuled.api.views import capsule_view, event_view, revision_view, rollout_view
 from capsuled.domain.status import Status
 from capsuled.domain.template import short, whole_number
-from capsuled.errors import InvalidInput
+from capsuled.errors import InvalidInput, VersionNotAcceptable
 from capsuled.store.capsules import UUID_RE, Page
 
 router = APIRouter(prefix="/v1/capsules")
@@ -79,6 +81,53 @@ async def show(request: Request, ident: str, who: PrincipalDep, version: Version
     else:
         row = await svc.wait(who, ident, _statuses(wait_while), _wait_timeout(wait_timeout))
     return capsule_view(row, version, svc.shows_host(who), base)
+
+
+def _rollouts(request: Request) -> RolloutService:
+    return app_state(request, "rollouts", RolloutService)
+
+
+def _needs_update_version(version: ApiVersion, what: str) -> None:
+    if not version.at_least(CAPSULE_UPDATE):
+        raise VersionNotAcceptable(f"{what} needs API version {fmt(CAPSULE_UPDATE)} or later "
+                                   f"(OpenStack-API-Version: container {fmt(CAPSULE_UPDATE)}).")
+
+
+@router.patch("/{ident}", status_code=202, dependencies=[allow("capsule:update")],
+              openapi_extra=doc.body(doc.CAPSULE_UPDATE, doc.CAPSULE_UPDATE_EXAMPLE))
+def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep, version: VersionDep,
+           base: BaseUrlDep) -> dict[str, Any]:
+    """Update a capsule to a new revision (extension, microversion 1.40).
+
+    Unchanged containers keep running; changed ones are replaced one at a time in the same
+    sandbox; a change of volumes, ports or init containers remakes the capsule in place
+    (same name and uuid). Answered at once (202, status Updating); the update is done
+    once the new containers are ready, or rolls back by itself after
+    progressDeadlineSeconds. 409 while another update is under way."""
+    _needs_update_version(version, "Updating a capsule")
+    row = _rollouts(request).update(who, ident, body)
+    return capsule_view(row, version, _service(request).shows_host(who), base)
+
+
+@router.post("/{ident}/rollback", status_code=202, dependencies=[allow("capsule:update")],
+             openapi_extra=doc.body(doc.CAPSULE_ROLLBACK, required=False))
+def rollback(request: Request, ident: str, body: BodyDep, who: PrincipalDep,
+             version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
+    """Roll a capsule back to an earlier revision (extension, microversion 1.40): `revision`,
+    by default the one before the current; it becomes a new revision, rolled out like an
+    update, and supersedes an update under way."""
+    _needs_update_version(version, "Rolling a capsule back")
+    row = _rollouts(request).rollback(who, ident, body)
+    return capsule_view(row, version, _service(request).shows_host(who), base)
+
+
+@router.get("/{ident}/revisions", dependencies=[allow("capsule:get")])
+def revisions(request: Request, ident: str, who: PrincipalDep) -> dict[str, Any]:
+    """A capsule's revisions, oldest first (extension): number, template, who, when, why,
+    how its rollout ended; and the update under way."""
+    capsule, found = _rollouts(request).revisions(who, ident)
+    return {"revision": capsule.revision, "rollout": rollout_view(capsule.rollout),
+            "revisions": [revision_view(r, capsule.revision) for r in found]}
 
 
 @router.get("/{ident}/events", dependencies=[allow("capsule:get")])

@@ -223,10 +223,16 @@ async def execute(request: Request, ident: str, body: BodyDep, who: PrincipalDep
     The output is capped and the wait bounded (settings api.exec_max_output, exec_timeout);
     `output_truncated` and `timed_out` (extensions) say when either cut it short, and
     exit_code is then null if the command was still running."""
-    if body.get("run") is not None and not flag(given(body.get("run")), "run"):
-        raise InvalidInput("run: creating an exec without running it is not supported")
+    # Zun's run=false means "create the exec, start it later": the `zun` and `openstack`
+    # CLIs send it with interactive=true, whose session starts when the websocket joins.
+    # Without interactive nothing could ever start it, so that pair stays refused.
+    interactive = flag(given(body.get("interactive")), "interactive")
+    if given(body.get("run")) is not None and not flag(given(body.get("run")), "run") \
+            and not interactive:
+        raise InvalidInput("run: an exec that does not run is only possible with "
+                           "interactive=true (its session starts when the websocket joins)")
     service = _service(request)
-    if flag(given(body.get("interactive")), "interactive"):
+    if interactive:
         _streams(request).check(who.project_id)  # no URL for a session that would be refused
         exec_id, token, uuid = await anyio.to_thread.run_sync(
             service.exec_interactive, who, ident, body.get("command"), body.get("capsule"))

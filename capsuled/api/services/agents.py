@@ -39,6 +39,7 @@ from capsuled.store import capsule_services as service_repo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
+from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
 from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
@@ -209,6 +210,7 @@ class ControlPlane:
             key = self.ops_keys.derive(host.name, host.ops_nonce)
         with self._store.transaction() as s:
             host_repo.register_host(s, host, ops_key_digest(key) if key else None)
+            overlay_repo.allocate_present(s, host.name)
         return Registration(ops_key=key)
 
     def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
@@ -250,7 +252,8 @@ class ControlPlane:
                 capsules, containers = registry_repo.with_pulls(s, self._secrets, capsules,
                                                                 containers)
             return Assignments(host=host, revision=revision, capsules=capsules,
-                               containers=containers)
+                               containers=containers,
+                               overlays=overlay_repo.overlays_for(s, host))
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:
@@ -261,6 +264,13 @@ class ControlPlane:
                     capsule_repo.apply_report(s, host, r)
                 for b in containers or []:
                     container_repo.apply_bare_report(s, host, b)
+                renamed = overlay_repo.take_changed(s)
+            if renamed:
+                # The project's other hosts answer for these names: wake them (after the
+                # report's commit, in the lock order placement uses).
+                with self._store.transaction() as s:
+                    overlay_repo.bump_peers(s, renamed, host)
+                self.notify()
             failed = False
         finally:
             self._metrics.report_stored(host, time.perf_counter() - started, failed)

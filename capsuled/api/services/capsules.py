@@ -50,21 +50,8 @@ class CapsuleService:
         self._down_after = host_down_after
 
     def create(self, who: Principal, template: Any) -> Capsule:
-        # Parse once (text is decoded here, within budgets), then decide on what was parsed.
-        document = load_template_text(template) if isinstance(template, str) else template
-        least = self._limits.min_host_port
-        self._policy.check_host_access(who, template_asks(document, least))
-        spec = parse_template(document, self._limits)
-        self._policy.check_host_access(who, capsule_spec_asks(spec, least))
-        spec = capsule_with_default_limits(spec, self._limits)
-        with self._store.transaction() as s:
-            # Another project's committed image is not this project's to run (issue 11).
-            # A read of its own: the placement transaction below must start with its locks.
-            foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
-                       for c in spec.all_containers
-                       if committed_images.owner(s, normalise(c.image)) not in (None, who.project_id)]
-        if foreign:
-            raise InvalidInput(foreign)
+        spec = self.parse(who, template)
+        refuse_foreign_images(self._store, who.project_id, spec)
         try:
             row = self._create(who, spec)
         except OverQuota as exc:
@@ -74,6 +61,22 @@ class CapsuleService:
             raise
         self._control.notify()
         return self.get(who, row.uuid)
+
+    def parse(self, who: Principal, template: Any) -> CapsuleSpec:
+        """A template (object, or YAML/JSON text) → the spec a capsule would run, with
+        default resources filled in; host-level powers only for those allowed them."""
+        # Parse once (text is decoded here, within budgets), then decide on what was parsed.
+        document = load_template_text(template) if isinstance(template, str) else template
+        self._policy.check_host_access(who, template_asks(document))
+        spec = parse_template(document, self._limits)
+        self.check_host_access(who, spec)
+        return capsule_with_default_limits(spec, self._limits)
+
+    def check_host_access(self, who: Principal, spec: CapsuleSpec) -> None:
+        """403 unless `who` may run what `spec` asks of the host (privileged containers):
+        also for a spec that was not parsed just now (a rollback, an image change of a
+        privileged container), whoever first made it."""
+        self._policy.check_host_access(who, capsule_spec_asks(spec))
 
     def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
         with self._store.transaction() as s:
@@ -144,9 +147,24 @@ class CapsuleService:
     def shows_host(self, who: Principal) -> bool:
         return self._policy.allows("capsule:get:host", who)
 
+    def scope(self, who: Principal, wide_rule: str = "capsule:get_one_all_projects") -> str | None:
+        """The project a lookup of one capsule is limited to (None: any, for admins)."""
+        return self._scope(who, wide_rule)
+
     def _scope(self, who: Principal, wide_rule: str, asked: bool = True) -> str | None:
         """The project a query is limited to; None (every project) only when asked for and
         `wide_rule` allows it. Others silently keep their own project, as in Zun."""
         return None if asked and self._policy.allows(wide_rule, who) else who.project_id
 
 
+
+
+def refuse_foreign_images(store: Store, project_id: str, spec: CapsuleSpec) -> None:
+    """Another project's committed image is not this project's to run (issue 11)."""
+    with store.transaction() as s:
+        # A read of its own: a placement transaction after it must start with its locks.
+        foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
+                   for c in spec.all_containers
+                   if committed_images.owner(s, normalise(c.image)) not in (None, project_id)]
+    if foreign:
+        raise InvalidInput(foreign)

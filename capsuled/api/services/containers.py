@@ -183,7 +183,8 @@ class ContainerService:
                                  spec.container.memory or 0)
             name = spec.container.name or _default_name(s)
             member = registry_repo.resolve(s, project, spec.container)
-            row = repo.add_member(s, capsule, member.model_copy(update={"name": name}))
+            row = repo.add_member(s, capsule, member.model_copy(update={"name": name}),
+                                  who.user_id)
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id)
             uuid = row.uuid
         self._notify()
@@ -293,7 +294,7 @@ class ContainerService:
             if "name" in changes and changes["name"] != row.name:
                 self._rename(s, who, row, probe.container.name)
             if {"cpu", "memory"} & changes.keys():
-                self._resize(s, row, probe.container.cpu if "cpu" in changes else None,
+                self._resize(s, who, row, probe.container.cpu if "cpu" in changes else None,
                              probe.container.memory if "memory" in changes else None)
             uuid = row.uuid
         self._notify()
@@ -318,7 +319,8 @@ class ContainerService:
         row.name = name
         row.updated_at = utcnow()
 
-    def _resize(self, s: Any, row: Container, cpu: float | None, memory: int | None) -> None:
+    def _resize(self, s: Any, who: Principal, row: Container, cpu: float | None,
+                memory: int | None) -> None:
         old_cpu, old_memory = _claim(row)
         quota = Delta(cpu=max(0.0, (cpu if cpu is not None else old_cpu) - old_cpu),
                       memory=max(0, (memory if memory is not None else old_memory) - old_memory))
@@ -339,7 +341,8 @@ class ContainerService:
         self._placement.grow(s, row.project_id, quota, capsule.host, "capsule's",
                              new.total_cpu() - float(capsule.cpu),
                              new.total_memory() - int(capsule.memory))
-        capsule_repo.change_spec(s, capsule, new)
+        capsule_repo.change_spec(s, capsule, new, user_id=who.user_id,
+                                 cause=f"resized container {row.name}")
 
     # -- reads through the host ------------------------------------------------------------
     def logs(self, who: Principal, ident: str, req: LogRequest, capsule: str | None = None) -> bytes:

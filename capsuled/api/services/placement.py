@@ -26,6 +26,7 @@ from capsuled.domain.ports import HostPortKey, describe
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
+from capsuled.store import overlay
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
 
@@ -75,6 +76,9 @@ class Placement:
                     result = m.UNKNOWN_HOST
                     raise InvalidInput(f"host: no host named {only_host}")
             host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            # The project network's block on that host, when it spans hosts (the host
+            # rows are locked: see store/overlay.py); no room left refuses the create.
+            overlay.ensure_block(s, project_id, host)
             result = m.OK
             return Placed(host, Status.CREATING)
         except NoValidHost as exc:
@@ -100,12 +104,12 @@ class Placement:
         self.ensure_room(s, host, whose, cpu, memory)
 
     def ensure_room(self, s: Session, host: str | None, whose: str, cpu: float,
-                    memory: int) -> None:
+                    memory: int, disk: int = 0) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
         locks the host rows as the scheduler's claims do, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
         free capacity: a member must not learn about other tenants' load."""
-        if host is None or (cpu <= 0 and memory <= 0):
+        if host is None or (cpu <= 0 and memory <= 0 and disk <= 0):
             return
         started, result = time.perf_counter(), m.ERROR
         try:
@@ -121,6 +125,10 @@ class Placement:
                 result = m.NO_ROOM
                 raise Conflict(f"memory: the {whose} host has not enough free memory for "
                                f"{memory} more MiB.")
+            if disk > 0 and cap.disk_gb - cap.disk_used < disk:
+                result = m.NO_ROOM
+                raise Conflict(f"disk: the {whose} host has not enough free disk for {disk} "
+                               "more GiB.")
         finally:
             self._metrics.decided(m.GROW, result, time.perf_counter() - started)
 

@@ -24,6 +24,7 @@ from capsuled.cli.capsule import (
     services,
     subscriptions,
     terminal,
+    updates,
 )
 from capsuled.cli.capsule.admin import host_app, quota_app, service_app, token_app
 from capsuled.cli.capsule.client import resolve_token
@@ -69,6 +70,9 @@ app.command()(capsules.create)
 app.command("list")(capsules.list_)
 app.command()(capsules.describe)
 app.command()(capsules.delete)
+app.command(cls=updates.UpdateCommand)(updates.update)
+app.command()(updates.rollback)
+app.command()(updates.history)
 app.command()(events.events)
 app.command("logs")(containers.pod_logs)
 

@@ -74,9 +74,12 @@ def table_name(instance: str, host: str) -> str:
 class NftLoadBalancer:
     def __init__(self, table: str, comment: str = "", nft: str = "nft",
                  conntrack_file: Path = CONNTRACK_FILE, run: Run = subprocess.run,
-                 bridge_nf: Path = BRIDGE_NF) -> None:
+                 bridge_nf: Path = BRIDGE_NF, netns: Path | None = None) -> None:
         self._table = _TABLE.sub("_", table)
         self._bridge_nf = bridge_nf
+        # The Docker Engine's bridges live in another network namespace (agent.host_netns):
+        # every command, and every read of the kernel's tables, is made there.
+        self._enter = ["nsenter", f"--net={netns}"] if netns is not None else []
         self._comment = comment.replace('"', "'")[:100]
         self._nft = nft
         self._conntrack_file = conntrack_file
@@ -107,23 +110,40 @@ class NftLoadBalancer:
 
     def _replies_bridged(self) -> bool:
         """Whether bridged packets pass connection tracking (see Masquerade above)."""
+        text = self._read(self._bridge_nf)
+        return text is not None and text.strip() == "1"
+
+    def _read(self, path: Path) -> str | None:
+        """A kernel file as seen from the bridges' namespace (None: unreadable)."""
+        if not self._enter:
+            try:
+                return path.read_text()
+            except OSError:
+                return None
         try:
-            return self._bridge_nf.read_text().strip() == "1"
-        except OSError:
-            return False
+            done = self._run([*self._enter, "cat", str(path)], capture_output=True, text=True,
+                             timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
 
     def connections(self, addr: str, ports: Collection[int]) -> int:
         lines = self._conntrack_lines(addr)
         return count_connections(lines, addr, ports)
 
     def _conntrack_lines(self, addr: str) -> Iterable[str]:
-        try:
-            with self._conntrack_file.open() as f:
-                return [line for line in f if addr in line]
-        except OSError:
-            pass
+        if not self._enter:
+            try:
+                with self._conntrack_file.open() as f:
+                    return [line for line in f if addr in line]
+            except OSError:
+                pass
+        else:
+            text = self._read(self._conntrack_file)
+            if text is not None:
+                return [line for line in text.splitlines() if addr in line]
         if shutil.which("conntrack"):
-            done = self._run(["conntrack", "-L", "-p", "tcp", "--reply-src", addr],
+            done = self._run([*self._enter, "conntrack", "-L", "-p", "tcp", "--reply-src", addr],
                              capture_output=True, text=True, timeout=10, check=False)
             if done.returncode == 0:
                 return done.stdout.splitlines()
@@ -135,8 +155,8 @@ class NftLoadBalancer:
 
     def _nft_run(self, args: list[str], stdin: str | None = None) -> str:
         try:
-            done = self._run([self._nft, *args], input=stdin, capture_output=True, text=True,
-                             timeout=30, check=False)
+            done = self._run([*self._enter, self._nft, *args], input=stdin,
+                             capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError) as exc:
             raise DriverError(f"nft {' '.join(args)}: {exc}") from exc
         if done.returncode != 0:

@@ -24,6 +24,22 @@ class ProjectNetwork:
     id: str
     name: str
     project: str
+    bridge: str | None = None  # its Linux bridge, when we named it (a network across hosts)
+    # DNS servers its containers are given (a network across hosts: this host's responder
+    # for the project's names elsewhere first, agent/dns.py); empty: Docker's defaults.
+    dns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkLayout:
+    """A project network's addresses as the control plane allocated them (a network that
+    spans hosts, domain/overlay.py), and the bridge the agent then attaches VXLAN to."""
+
+    subnet: str  # the project's, the same on every host
+    ip_range: str  # this host's block: the only addresses Docker hands out here
+    gateway: str  # this host's bridge address
+    bridge: str  # the Linux bridge's name
+    mtu: int
 
 
 def network_name(instance: str, project: str) -> str:
@@ -32,7 +48,13 @@ def network_name(instance: str, project: str) -> str:
 
 
 class NetworkDriver(Protocol):
-    def ensure_network(self, instance: str, project: str) -> ProjectNetwork: ...
+    def ensure_network(self, instance: str, project: str,
+                       layout: NetworkLayout | None = None) -> ProjectNetwork:
+        """`layout`: the addresses to make the network with when it does not exist yet
+        (None: a free block of the host's own pool). An existing network is adopted as it
+        is: one made before its project spanned hosts keeps its addresses until it is
+        collected."""
+        ...
 
     def forget_network(self, instance: str, project: str) -> None: ...
 

@@ -11,7 +11,10 @@ Known networks are cached per process: after the first ensure of a project, an e
 no Docker call. The cache entry goes when the agent removes the network, or when a create
 found it missing (`forget_network`).
 
-Subnets come from capsuled's own pool (`agent.network_pool`, cut into `/network_prefix`
+A project network that spans hosts (agent/overlay.py) is made with the subnet, this host's
+block (ip_range) and gateway the control plane allocated, a bridge of a known name (VXLAN
+is attached to it) and the overlay's MTU. Any other network's subnet comes from
+capsuled's own pool (`agent.network_pool`, cut into `/network_prefix`
 blocks), not from Docker's default address pools: those hold about 30 networks, so a host
 would refuse the 31st project. A new network takes the first block that overlaps no
 Docker network and no route of this host.
@@ -32,11 +35,13 @@ import docker.types
 from capsuled.domain import labels as L
 from capsuled.domain.addresses import network_uuid
 from capsuled.drivers.docker_client import translate_docker_errors
-from capsuled.drivers.network.base import ProjectNetwork, network_name
+from capsuled.drivers.network.base import NetworkLayout, ProjectNetwork, network_name
 from capsuled.errors import DriverError, NotFound, RuntimeConflict, RuntimeRejected
 
 LOG = logging.getLogger(__name__)
 ICC = "com.docker.network.bridge.enable_icc"
+BRIDGE_NAME = "com.docker.network.bridge.name"
+MTU = "com.docker.network.driver.mtu"
 _TRIES = 8  # blocks tried when Docker says one overlaps something it knows and we did not
 
 
@@ -52,7 +57,8 @@ class BridgeNetworks:
         self._known: dict[tuple[str, str], ProjectNetwork] = {}
         self._creating: dict[tuple[str, str], threading.Lock] = {}
 
-    def ensure_network(self, instance: str, project: str) -> ProjectNetwork:
+    def ensure_network(self, instance: str, project: str,
+                       layout: NetworkLayout | None = None) -> ProjectNetwork:
         key = (instance, project)
         known = self._known.get(key)
         if known is not None:
@@ -62,7 +68,7 @@ class BridgeNetworks:
         with creating:  # one create per network in this process; others wait and reuse it
             known = self._known.get(key)
             if known is None:
-                known = self._create_or_adopt(instance, project)
+                known = self._create_or_adopt(instance, project, layout)
                 with self._lock:
                     self._known[key] = known
             return known
@@ -71,9 +77,15 @@ class BridgeNetworks:
         with self._lock:
             self._known.pop((instance, project), None)
 
-    def _create_or_adopt(self, instance: str, project: str) -> ProjectNetwork:
+    def _create_or_adopt(self, instance: str, project: str,
+                         layout: NetworkLayout | None) -> ProjectNetwork:
         name = network_name(instance, project)
         try:
+            if layout is not None:
+                made = self._create_laid_out(name, instance, project, layout)
+                LOG.info("created network %s (%s, this host's block %s) for project %s", name,
+                         layout.subnet, layout.ip_range, project)
+                return ProjectNetwork(id=made, name=name, project=project, bridge=layout.bridge)
             created = self._create(name, instance, project)
             LOG.info("created network %s (%s) for project %s", name, created[1], project)
             return ProjectNetwork(id=created[0], name=name, project=project)
@@ -89,7 +101,20 @@ class BridgeNetworks:
         if labels.get(L.INSTANCE) != instance or labels.get(L.PROJECT) != project:
             raise DriverError(f"network {name} exists and is not this deployment's network "
                               f"for project {project}")
-        return ProjectNetwork(id=str(row["Id"]), name=name, project=project)
+        return _network(row)
+
+    def _create_laid_out(self, name: str, instance: str, project: str,
+                         layout: NetworkLayout) -> str:
+        """Create the network with the addresses the control plane allocated: its id."""
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+            subnet=layout.subnet, iprange=layout.ip_range, gateway=layout.gateway)])
+        with translate_docker_errors(f"create network {name}"):
+            created = self._api.create_network(
+                name, driver="bridge", check_duplicate=True, ipam=ipam,
+                options={ICC: "true", BRIDGE_NAME: layout.bridge, MTU: str(layout.mtu)},
+                labels={L.INSTANCE: instance, L.PROJECT: project,
+                        L.NETWORK_ID: network_uuid(project)})
+        return str(created["Id"])
 
     def _create(self, name: str, instance: str, project: str) -> tuple[str, str]:
         """Create the network on a free block of the pool: (id, subnet)."""
@@ -160,8 +185,10 @@ class BridgeNetworks:
 
 
 def _network(row: dict[str, Any]) -> ProjectNetwork:
+    bridge = (row.get("Options") or {}).get(BRIDGE_NAME)
     return ProjectNetwork(id=str(row["Id"]), name=str(row["Name"]),
-                          project=str((row.get("Labels") or {})[L.PROJECT]))
+                          project=str((row.get("Labels") or {})[L.PROJECT]),
+                          bridge=str(bridge) if bridge else None)
 
 
 def _subnets(rows: list[dict[str, Any]]) -> Iterator[ipaddress.IPv4Network]:

@@ -87,6 +87,7 @@ class SandboxRequest:
     ipv4_address: str | None = None
     # Ports published on the host for the whole capsule (host_port 0: any free one).
     ports: tuple[PublishedPort, ...] = ()
+    dns: tuple[str, ...] = ()  # DNS servers (empty: Docker's defaults); members share them
     # (name, IPv4 address) lines of its /etc/hosts, which its members share: its
     # project's service names (agent/services.py), as they were when it was made.
     extra_hosts: tuple[tuple[str, str], ...] = ()
@@ -117,6 +118,7 @@ class ContainerRequest:
     network: str | None = None  # bare containers only, as for the sandbox: members share its
     aliases: tuple[str, ...] = ()
     ipv4_address: str | None = None  # bare containers only, as for the sandbox
+    dns: tuple[str, ...] = ()  # bare containers only, as for the sandbox
     privileged: bool = False  # admins only; the API's policy gate sees to that
     health: HealthCheck | None = None
     ports: tuple[PublishedPort, ...] = ()  # bare containers only: members use the sandbox's

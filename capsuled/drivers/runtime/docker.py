@@ -190,6 +190,7 @@ class DockerRuntime:
                                                    restart_policy={"Name": "no"}, init=False,
                                                    pids_limit=self._pids_limit,
                                                    port_bindings=_port_bindings(req.ports),
+                                                   dns=list(req.dns) or None,
                                                    extra_hosts=dict(req.extra_hosts) or None)
         with self._addresses.picking(req.network), \
                 translate_docker_errors(f"create sandbox {req.name}"):
@@ -249,6 +250,7 @@ class DockerRuntime:
             nano_cpus=req.nano_cpus, mem_limit=req.memory_bytes, restart_policy=restart,
             auto_remove=req.auto_remove, privileged=req.privileged, pids_limit=self._pids_limit,
             port_bindings=_port_bindings(ports),
+            dns=None if ns or not req.dns else list(req.dns),
             # The json-file driver re-encodes output as UTF-8 text; `local` keeps the bytes.
             log_config=LogConfig(type="local", config={}))
         owner = self._image_project(req.image)

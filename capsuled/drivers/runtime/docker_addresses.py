@@ -75,6 +75,8 @@ class AddressBook:
         subnet = _subnet(data)
         if subnet is None:
             return None
+        # A network across hosts hands out only this host's block of its subnet (ip_range).
+        pool = _ip_range(data, subnet) or subnet
         taken = set(exclude) | {str(next(subnet.hosts()))}  # the bridge's own (gateway) address
         for cfg in (data.get("IPAM") or {}).get("Config") or []:
             if cfg.get("Gateway"):
@@ -85,9 +87,10 @@ class AddressBook:
             ep = ((row.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
             taken.add(str(ep.get("IPAddress") or ""))
             taken.add(str((ep.get("IPAMConfig") or {}).get("IPv4Address") or ""))
-        if preferred and _inside(preferred, subnet) and preferred not in taken:
+        if preferred and _inside(preferred, subnet) and _inside(preferred, pool, edges=True) \
+                and preferred not in taken:
             return preferred
-        for host in subnet.hosts():
+        for host in pool.hosts():
             if str(host) not in taken:
                 return str(host)
         return None  # full: Docker says so when it tries
@@ -130,9 +133,22 @@ def _subnet(data: dict[str, Any]) -> ipaddress.IPv4Network | None:
     return None
 
 
-def _inside(ip: str, subnet: ipaddress.IPv4Network) -> bool:
+def _ip_range(data: dict[str, Any], subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Network | None:
+    for cfg in (data.get("IPAM") or {}).get("Config") or []:
+        try:
+            block = ipaddress.ip_network(str(cfg.get("IPRange") or ""), strict=False)
+        except ValueError:
+            continue
+        if isinstance(block, ipaddress.IPv4Network) and block.subnet_of(subnet):
+            return block
+    return None
+
+
+def _inside(ip: str, subnet: ipaddress.IPv4Network, edges: bool = False) -> bool:
+    """`ip` is a host address of `subnet` (with `edges`, its first and last count too)."""
     try:
         addr = ipaddress.IPv4Address(ip)
     except ValueError:
         return False
-    return addr in subnet and addr not in (subnet.network_address, subnet.broadcast_address)
+    return addr in subnet and (edges or addr not in (subnet.network_address,
+                                                     subnet.broadcast_address))

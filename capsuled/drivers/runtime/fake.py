@@ -47,6 +47,7 @@ class FakeContainer:
     sandbox_id: str | None = None
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     state: ContainerState = "created"
     exit_code: int | None = None
     restart_count: int = 0
@@ -237,6 +238,7 @@ class FakeRuntime:
             c.has_health_check = req.health is not None
             c.entrypoint, c.cmd = list(req.entrypoint), list(req.cmd)
             c.ports = () if req.sandbox_id else req.ports
+            c.env = dict(req.env)
             if req.start:
                 self._start(c)
         self._fault("create_container", after=True)

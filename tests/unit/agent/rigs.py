@@ -9,7 +9,7 @@ from collections.abc import Collection
 from capsuled.domain import labels as L
 from capsuled.domain.channel import (AgentStats, Assignment, Assignments, BareReport,
                                      CapsuleReport, ContainerAssignment, HostInfo, Registration)
-from capsuled.drivers.network.base import ProjectNetwork, network_name
+from capsuled.drivers.network.base import NetworkLayout, ProjectNetwork, network_name
 from capsuled.drivers.runtime.fake import FakeRuntime
 from capsuled.drivers.volume.base import VolumeRequest
 
@@ -44,10 +44,14 @@ class MemoryVolumes:
 class MemoryNetworks:
     def __init__(self) -> None:
         self.networks: dict[str, ProjectNetwork] = {}
+        self.layouts: dict[str, NetworkLayout | None] = {}  # the last asked for, per project
 
-    def ensure_network(self, instance: str, project: str) -> ProjectNetwork:
+    def ensure_network(self, instance: str, project: str,
+                       layout: NetworkLayout | None = None) -> ProjectNetwork:
+        self.layouts[project] = layout
         return self.networks.setdefault(project, ProjectNetwork(
-            f"net-{project}", network_name(instance, project), project))
+            f"net-{project}", network_name(instance, project), project,
+            bridge=layout.bridge if layout else None))
 
     def forget_network(self, instance: str, project: str) -> None:
         pass

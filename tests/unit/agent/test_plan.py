@@ -130,7 +130,7 @@ def test_plan_removes_member_when_unknown_even_if_sandbox_start_differs() -> Non
 ], ids=["image-changed", "restart-policy-changed", "garbage-hash"])
 def test_plan_removes_app_when_spec_hash_differs(observed_web: Observed) -> None:
     plan = compute_plan(desired(), [SB, observed_web, member(PROBE)])
-    assert plan == Plan(remove=["id-web"])
+    assert plan == Plan(remove=["id-web"], sandbox=SB, replacing="web")
 
 
 # --------------------------------------------------------------------------- init containers

@@ -22,7 +22,8 @@ class FakeNetworks:
         self.serial = 0
         self.fail_list = False
 
-    def ensure_network(self, instance: str, project: str) -> ProjectNetwork:
+    def ensure_network(self, instance: str, project: str,
+                       layout: object = None) -> ProjectNetwork:
         if project in self.cache:
             return self.cache[project]
         self.calls.append(f"ensure {project}")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
+with warnings.catch_warnings():  # osc_lib.version's own deprecation notice
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from osc_lib import utils as osc_utils
+
+from capsuled.cli import compose
 from capsuled.cli.server import hoist_global_options
+from capsuled.config import ApiSettings
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -45,3 +53,14 @@ def test_capsule_offers_shell_completion() -> None:
                            "bash"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "_CAPSULE_COMPLETE" in done.stdout and "complete" in done.stdout
+
+
+def test_idle_connections_outlive_the_openstack_clis_polls() -> None:
+    """`openstack … --wait` sleeps 5 s between requests on one kept-alive connection; a
+    server that closes idle connections at 5 s (uvicorn's default) races it and the CLI
+    fails with "Remote end closed connection without response"."""
+    poll = inspect.signature(osc_utils.wait_for_status).parameters["sleep_time"].default
+    keep_alive = ApiSettings().keep_alive
+    config = compose.api_server_config(object(), "127.0.0.1:9517", "info", "text", keep_alive)
+    assert config.timeout_keep_alive == keep_alive >= 10 * poll
+    assert (config.host, config.port) == ("127.0.0.1", 9517)

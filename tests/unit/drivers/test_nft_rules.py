@@ -138,3 +138,13 @@ def test_connections_reads_the_kernel_table_file(tmp_path: Path) -> None:
     f.write_text("\n".join(PROC) + "\n")
     lb = NftLoadBalancer("t", conntrack_file=f, run=Recorder())
     assert lb.connections("10.208.4.3", [8080]) == 2
+
+
+def test_in_another_namespace_every_command_and_read_is_made_there(tmp_path: Path) -> None:
+    run = Recorder()
+    lb = NftLoadBalancer("t", run=run, netns=Path("/run/netns/cap-b"))
+    lb.apply(LbState(RANGE, (web(),)))
+    lb.connections("10.208.4.3", [8080])
+    assert [c[0][:2] for c in run.calls] == [["nsenter", "--net=/run/netns/cap-b"]] * len(run.calls)
+    assert ["nsenter", "--net=/run/netns/cap-b", "nft", "-f", "-"] in [c[0] for c in run.calls]
+    assert any(c[0][2:] == ["cat", "/proc/net/nf_conntrack"] for c in run.calls)

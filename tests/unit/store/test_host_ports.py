@@ -150,7 +150,8 @@ def test_a_spec_change_moves_the_claims_after_the_placement_check(store: Store) 
             Port(container_port=8080, host_port=18082), Port(container_port=53, protocol="UDP",
                                                              host_port=18082)]})
         repo.change_spec(s, row, spec.model_copy(update={"containers": [moved]}),
-                         EventRecord("Normal", "Updated", "ports moved"))
+                         EventRecord("Normal", "Updated", "ports moved"), user_id="u1",
+                         cause="ports moved")
     assert claims(store) == [("h1", "TCP", 18081, "p2"), ("h1", "TCP", 18082, "p1"),
                              ("h1", "UDP", 18082, "p1")]
     assert caps.create(who("p3"), web("cc", 18080)).host == "h1"  # 18080 was released

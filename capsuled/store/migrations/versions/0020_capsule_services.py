@@ -2,7 +2,7 @@
 they publish on every host; capsules.draining
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0016
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0020"
-down_revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
