@@ -31,6 +31,12 @@ and backends see their clients' own addresses. Without br_netfilter all VIP traf
 masqueraded. A connection through the NAT costs a routed hop the direct one does not
 (docs/benchmarks.md, case 8).
 
+Hairpin. With br_netfilter a DNATed packet whose backend sits on the bridge it came in on
+is bridged to the backend's port; when that is the port it came from (a capsule reaching
+itself through its own service) the bridge drops it unless the port is in hairpin mode,
+as Kubernetes' bridge plugins set it. `apply` turns hairpin mode on for the ports of the
+bridges its frontends serve (`ip link set … type bridge_slave hairpin on`).
+
 `connections` reads the kernel's connection table (/proc/net/nf_conntrack, else the
 `conntrack` command) for TCP connections that are not finished yet.
 """
@@ -107,6 +113,32 @@ class NftLoadBalancer:
         script = head if state.empty else head + render(self._table, state, self._comment,
                                                         self._replies_bridged())
         self._nft_run(["-f", "-"], script)
+        self._hairpin({seg.bridge for f in state.frontends if f.backends for seg in f.clients
+                       if _BRIDGE.match(seg.bridge)})
+
+    def _hairpin(self, bridges: set[str]) -> None:
+        """Hairpin mode on every port of `bridges` (see Hairpin above). A failure is
+        logged: only a capsule's connections to itself depend on it."""
+        for bridge in sorted(bridges):
+            try:
+                listed = self._ip(["-d", "-o", "link", "show", "master", bridge])
+                for line in listed.splitlines():
+                    port = line.split(":", 2)[1].strip().split("@")[0] if ":" in line else ""
+                    if " hairpin off " in line and _BRIDGE.match(port):
+                        self._ip(["link", "set", "dev", port, "type", "bridge_slave",
+                                  "hairpin", "on"])
+            except DriverError as exc:
+                LOG.warning("hairpin mode on the ports of %s: %s", bridge, exc.message)
+
+    def _ip(self, args: list[str]) -> str:
+        try:
+            done = self._run([*self._enter, "ip", *args], capture_output=True, text=True,
+                             timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DriverError(f"ip {' '.join(args)}: {exc}") from exc
+        if done.returncode != 0:
+            raise DriverError(f"ip {' '.join(args)} failed: {done.stderr.strip()[:300]}")
+        return done.stdout
 
     def _replies_bridged(self) -> bool:
         """Whether bridged packets pass connection tracking (see Masquerade above)."""

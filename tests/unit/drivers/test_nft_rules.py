@@ -81,22 +81,44 @@ class Recorder:
         return subprocess.CompletedProcess(args, self.code, "", self.stderr)
 
 
+def nft(run: Recorder) -> tuple[list[str], str | None]:
+    return [c for c in run.calls if c[0][0] == "nft"][-1]
+
+
 def test_apply_replaces_the_table_in_one_transaction_and_empty_deletes_it(tmp_path: Path) -> None:
     run = Recorder()
     sysctl = tmp_path / "bridge-nf-call-iptables"
     sysctl.write_text("1\n")
     lb = NftLoadBalancer("capsuled_svc_x", comment='say "hi"', run=run, bridge_nf=sysctl)
     lb.apply(LbState(RANGE, (web(),)))
-    assert "ip saddr . ip daddr" in (run.calls[-1][1] or "")
+    assert "ip saddr . ip daddr" in (nft(run)[1] or "")
     sysctl.write_text("0\n")
     lb.apply(LbState(RANGE, (web(),)))
-    assert "10.96.0.0/16 masquerade" in (run.calls[-1][1] or "")
-    args, script = run.calls[-1]
+    assert "10.96.0.0/16 masquerade" in (nft(run)[1] or "")
+    args, script = nft(run)
     assert args == ["nft", "-f", "-"] and script is not None
     assert script.startswith("table ip capsuled_svc_x\ndelete table ip capsuled_svc_x\n"
                              "table ip capsuled_svc_x {\n  comment \"say _hi_\"")
     lb.apply(LbState())
-    assert run.calls[-1][1] == "table ip capsuled_svc_x\ndelete table ip capsuled_svc_x\n"
+    assert nft(run)[1] == "table ip capsuled_svc_x\ndelete table ip capsuled_svc_x\n"
+
+
+def test_apply_puts_the_served_bridges_ports_in_hairpin_mode() -> None:
+    class Ip(Recorder):
+        def __call__(self, args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+            self.calls.append((args, kw.get("input")))
+            out = ""
+            if args[:2] == ["ip", "-d"]:
+                out = ("7481: veth518e2ef@if7480: <UP> mtu 1500 master br-0123456789ab \\ "
+                       "bridge_slave state forwarding hairpin off guard off\n"
+                       "7483: veth99@if7482: <UP> mtu 1500 master br-0123456789ab \\ "
+                       "bridge_slave state forwarding hairpin on guard off\n")
+            return subprocess.CompletedProcess(args, 0, out, "")
+    run = Ip()
+    NftLoadBalancer("t", run=run).apply(LbState(RANGE, (web(),)))
+    assert [c[0] for c in run.calls[1:]] == [
+        ["ip", "-d", "-o", "link", "show", "master", "br-0123456789ab"],
+        ["ip", "link", "set", "dev", "veth518e2ef", "type", "bridge_slave", "hairpin", "on"]]
 
 
 def test_a_refused_apply_is_a_driver_error_with_nft_s_words() -> None:
@@ -145,6 +167,6 @@ def test_in_another_namespace_every_command_and_read_is_made_there(tmp_path: Pat
     lb = NftLoadBalancer("t", run=run, netns=Path("/run/netns/cap-b"))
     lb.apply(LbState(RANGE, (web(),)))
     lb.connections("10.208.4.3", [8080])
-    assert [c[0][:2] for c in run.calls] == [["nsenter", "--net=/run/netns/cap-b"]] * len(run.calls)
+    assert all(c[0][:2] == ["nsenter", "--net=/run/netns/cap-b"] for c in run.calls)
     assert ["nsenter", "--net=/run/netns/cap-b", "nft", "-f", "-"] in [c[0] for c in run.calls]
     assert any(c[0][2:] == ["cat", "/proc/net/nf_conntrack"] for c in run.calls)
