@@ -14,7 +14,7 @@ Cases (docs/benchmarks.md has the details, goals and the latest results):
   8 services     TCP connect via a service VIP vs the backend's own address; readiness
                  lost → backend out of the load balancer (p99)
 
-A full run takes ~12 minutes, --quick ~3 (fewer runs and capsules, said in the table).
+A full run takes ~14 minutes, --quick ~3.5 (fewer runs and capsules, said in the table).
 Needs a Docker Engine with the seeded images (`capsuled image seed`); podman is optional.
 Everything made is removed at the end, by label, also after a failure.
 """
@@ -197,6 +197,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f}{unit}"
     if unit == "% core":
         return f"{value:.2f}%"
+    if unit == "µs":
+        return f"{value:.0f} µs"
     if unit == "ms":
         return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
     return f"{value:.3f} {unit}"

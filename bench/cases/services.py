@@ -167,11 +167,11 @@ def _latency(pid: int, vip: str, backends: list[str], n: int) -> list[Row]:
         f"{s['direct']['median'] * 1e6:.0f} µs (ratio {ratio:.2f}); request p50 VIP "
         f"{s['vip_req']['median'] * 1e3:.2f} ms, direct {s['direct_req']['median'] * 1e3:.2f} ms")
     return [
-        Row("8 services", "TCP connect via the VIP, median", s["vip"]["median"] * 1000, "ms",
-            s["direct"]["median"] * 1000, "connect to a backend's own address", "ratio ≤ 1.1",
+        Row("8 services", "TCP connect via the VIP, median", s["vip"]["median"] * 1e6, "µs",
+            s["direct"]["median"] * 1e6, "connect to a backend's own address", "ratio ≤ 1.1",
             ratio <= 1.1, len(results["vip"]), {"vip": s["vip"], "direct": s["direct"]}),
-        Row("8 services", "TCP connect via the VIP, p99", s["vip"]["p99"] * 1000, "ms",
-            s["direct"]["p99"] * 1000, "connect to a backend's own address", "", None,
+        Row("8 services", "TCP connect via the VIP, p99", s["vip"]["p99"] * 1e6, "µs",
+            s["direct"]["p99"] * 1e6, "connect to a backend's own address", "", None,
             len(results["vip"])),
         Row("8 services", "HTTP request via the VIP (connect to answer), median",
             s["vip_req"]["median"] * 1000, "ms", s["direct_req"]["median"] * 1000,
