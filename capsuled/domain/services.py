@@ -8,9 +8,10 @@ serve, the VIP pick, and the view the agents program their host's load balancer 
     selector    capsule labels, all of which a capsule must carry (equality only)
     ports       each `port` on the VIP goes to `targetPort` on a backend (TCP or UDP);
                 `publish` also opens it on that port of every host, for clients outside
-A capsule serves while it is Running, not being deleted or drained (a replacement of its
-containers under way), has an address, and every app container is ready: the condition
-that its readiness probe (or, without one, Docker's health check) decides.
+A capsule serves while it is Running (or Updating), not being deleted or drained (a
+replacement of its containers under way), has an address, and every app container is
+ready: the condition that its readiness probe (or, without one, Docker's health check)
+decides.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ UUID_LIKE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 FIELDS = ("name", "selector", "ports")
 PORT_FIELDS = ("port", "targetPort", "protocol", "publish")
 MAX_SELECTOR = 16  # labels a selector may name
+# A capsule being updated keeps serving while its containers are ready: its agent drains
+# it before it replaces any of them (CapsuleReport.draining).
+SERVING_STATUSES = ("Running", "Updating")
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,8 @@ def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def serving(c: Candidate) -> bool:
     """Whether new connections may go to it (see the module docstring)."""
-    return (c.status == "Running" and not c.deleting and not c.draining and c.addr is not None
+    return (c.status in SERVING_STATUSES and not c.deleting and not c.draining
+            and c.addr is not None
             and bool(c.members) and all(container_ready(s, p) for s, p in c.members))
 
 

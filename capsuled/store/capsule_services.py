@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from capsuled.domain.addresses import network_uuid, parse_stored, preferred
 from capsuled.domain.ports import HostPortKey, describe
-from capsuled.domain.services import (Candidate, NewService, ServicePort, ServiceRecord,
-                                      ServicesView, build_view, vip_candidates)
+from capsuled.domain.services import (SERVING_STATUSES, Candidate, NewService, ServicePort,
+                                      ServiceRecord, ServicesView, build_view, vip_candidates)
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, NotFound, OverQuota
 from capsuled.store.capsules import UUID_RE, storable_ident
@@ -139,7 +139,7 @@ def candidates(session: Session, projects: Collection[str], serving_only: bool =
                   Capsule.status, Capsule.deleting, Capsule.draining).where(
         Capsule.project_id.in_(sorted(projects)))
     if serving_only:
-        stmt = stmt.where(Capsule.status == "Running", Capsule.deleting == false(),
+        stmt = stmt.where(Capsule.status.in_(SERVING_STATUSES), Capsule.deleting == false(),
                           Capsule.draining == false())
     for key, value in (selector or {}).items():
         stmt = stmt.where(exists().where(CapsuleLabel.capsule_id == Capsule.id,

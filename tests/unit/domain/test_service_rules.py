@@ -98,6 +98,8 @@ def test_only_a_running_ready_capsule_with_an_address_serves() -> None:
     assert serving(candidate("a"))
     assert not serving(candidate("a", members=(READY, UNREADY)))
     assert not serving(candidate("a", status="Creating"))
+    assert serving(candidate("a", status="Updating"))  # drained only while it is replaced
+    assert not serving(candidate("a", status="Unknown"))  # its host is down
     assert not serving(candidate("a", deleting=True))
     assert not serving(candidate("a", draining=True))
     assert not serving(candidate("a", addr=None))
