@@ -11,8 +11,10 @@ Cases (docs/benchmarks.md has the details, goals and the latest results):
   5 scheduler    placements per second over 1,000 simulated hosts
   6 at rest      capsuled's CPU with 200 running capsules over 60 s
   7 events       creates/s with the AMQP notifier on vs off; change → watcher latency
+  8 services     TCP connect via a service VIP vs the backend's own address; readiness
+                 lost → backend out of the load balancer (p99)
 
-A full run takes ~12 minutes, --quick ~3 (fewer runs and capsules, said in the table).
+A full run takes ~14 minutes, --quick ~3.5 (fewer runs and capsules, said in the table).
 Needs a Docker Engine with the seeded images (`capsuled image seed`); podman is optional.
 Everything made is removed at the end, by label, also after a failure.
 """
@@ -37,18 +39,19 @@ from bench.harness import (BENCH_LABEL, CaseResult, Row, Server, docker_api, loa
                            machine, remove_labelled, still_labelled)
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = (1, 2, 3, 4, 5, 6, 7)
+ALL = (1, 2, 3, 4, 5, 6, 7, 8)
 
 FULL = {"startup_runs": 15, "burst_n": 50, "burst_rounds": 3, "kill_capsules": 10,
         "kill_per_capsule": 10, "api_n": 10_000, "api_list_rounds": 2, "api_shows": 300,
         "api_create_seconds": 5.0, "api_clients": 4, "api_rounds": 3, "sched_hosts": 1000,
         "sched_placements": 5000, "sched_rounds": 5, "idle_n": 200, "idle_window": 60.0,
         "idle_baseline": 30.0, "idle_settle": 20.0, "events_rounds": 3, "events_watchers": 4,
-        "events_writes": 300, "events_rate": 50.0}
+        "events_writes": 300, "events_rate": 50.0, "svc_connects": 2000, "svc_flips": 20}
 QUICK = {**FULL, "startup_runs": 5, "burst_n": 20, "burst_rounds": 1, "kill_capsules": 3,
          "api_list_rounds": 1, "api_shows": 100, "api_create_seconds": 2.0, "api_rounds": 1,
          "sched_placements": 2000, "sched_rounds": 3, "idle_n": 30, "idle_window": 15.0,
-         "idle_baseline": 10.0, "idle_settle": 17.0, "events_rounds": 1, "events_writes": 100}
+         "idle_baseline": 10.0, "idle_settle": 17.0, "events_rounds": 1, "events_writes": 100,
+         "svc_connects": 500, "svc_flips": 6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         if 7 in cases:
             from bench.cases import events
             case("7 events", lambda: (events.run(p, api), []))
+        if 8 in cases:
+            from bench.cases import services
+            case("8 services", lambda: (services.run(api, p["svc_connects"], p["svc_flips"]),
+                                        [] if p["svc_flips"] == 20 else
+                                        [f"--quick: {p['svc_flips']} readiness flips, not 20"]))
     finally:
         removed: list[str] = []
         labels = [f"{BENCH_LABEL}={run_id}"]
@@ -189,6 +197,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f}{unit}"
     if unit == "% core":
         return f"{value:.2f}%"
+    if unit == "µs":
+        return f"{value:.0f} µs"
     if unit == "ms":
         return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
     return f"{value:.3f} {unit}"

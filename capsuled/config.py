@@ -282,6 +282,39 @@ class WebhookSettings(BaseModel):
         return self
 
 
+class ServiceSettings(BaseModel):
+    """Capsule services (/v1/capsule_services): virtual addresses the agents' load
+    balancers (nftables NAT) spread over ready capsules; see README "Services"."""
+
+    enabled: bool = Field(True, description="The agent programs this host's load balancer "
+                          "(nftables; needs the nft command and CAP_NET_ADMIN); off: "
+                          "services exist in the API but no host forwards their traffic")
+    vip_range: IPv4Network = Field(IPv4Network("10.96.0.0/16"), description=(
+        "Addresses services' VIPs are taken from (one per service, unique in the "
+        "deployment); must overlap no project network (agent.network_pool, overlay.pool) "
+        "and no network the capsules need to reach: traffic to it never leaves the host"))
+    publish_min: int = Field(30000, ge=1, le=65535, description="Lowest host port a service "
+                             "may publish (on every host)")
+    publish_max: int = Field(32767, ge=1, le=65535, description="Highest host port a service "
+                             "may publish; keep the range clear of ports the hosts' own "
+                             "programs listen on (a published port takes the port over) "
+                             "and of the kernel's ephemeral range (32768-60999)")
+    per_project: int = Field(20, ge=0, description="Services one project may have (403 beyond)")
+    max_ports: int = Field(16, ge=1, le=256, description="Ports one service may have")
+    drain_timeout: float = Field(30.0, ge=0, le=3600, description="Seconds the agent waits at "
+                                 "most, before it stops a serving capsule (delete, or its "
+                                 "containers replaced), for the connections it holds to end")
+    drain_grace: float = Field(1.0, ge=0, le=60, description="Seconds other hosts' agents "
+                               "are given to stop sending a draining capsule new connections "
+                               "once the API no longer lists it")
+
+    @model_validator(mode="after")
+    def _publish_range_is_ordered(self) -> Self:
+        if self.publish_max < self.publish_min:
+            raise ValueError("publish_max must be at least publish_min")
+        return self
+
+
 class QuotaSettings(BaseModel):
     """Default per-project limits (-1: unlimited); admins override them per project."""
 
@@ -368,6 +401,7 @@ class Settings(BaseSettings):
     overlay: OverlaySettings = Field(default_factory=OverlaySettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)
     keystone: KeystoneSettings | None = Field(
         None, description="Validate tokens with Keystone (CAPSULED_KEYSTONE__*); unset: standalone")
     notifications: NotificationSettings = Field(
@@ -376,6 +410,15 @@ class Settings(BaseSettings):
     policy: dict[str, str] = Field(default_factory=dict,
                                    description="Policy rule overrides: name -> check string")
     policy_file: Path | None = Field(None, description="YAML file of policy rule overrides")
+
+    @model_validator(mode="after")
+    def _vips_are_not_project_addresses(self) -> Self:
+        for name, pool in (("agent.network_pool", self.agent.network_pool),
+                           ("overlay.pool", self.overlay.pool)):
+            if self.services.vip_range.overlaps(pool):
+                raise ValueError(f"services.vip_range {self.services.vip_range} overlaps "
+                                 f"{name} {pool}")
+        return self
 
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'capsuled.db'}"

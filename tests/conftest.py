@@ -4,6 +4,7 @@ HTTP client for it, the Docker SDK, and clean-up by label that doubles as an orp
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -126,7 +127,23 @@ def remove_instance_objects(api: docker.APIClient, instance: str,
         left.append(n["Name"])
         api.remove_network(n["Id"])
     IptablesFirewall(Commands(netns)).remove_all(instance)
+    left += remove_service_rules(instance)
     return left
+
+
+def remove_service_rules(instance: str) -> list[str]:
+    """The nftables tables of the instance's agents (capsule services; an agent leaves
+    them in place when it stops, so that services work across its restarts)."""
+    if shutil.which("nft") is None:
+        return []
+    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    gone = []
+    for line in listed.stdout.splitlines():
+        name = line.split()[-1] if line.startswith("table ip ") else ""
+        if name.startswith(f"capsuled_svc_{instance}_"):
+            subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True)
+            gone.append(name)
+    return gone
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
 from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.agent.prober import Prober, Target
+from capsuled.agent.services import ServiceAgent
 from capsuled.domain import labels as L
 from capsuled.domain import naming
 from capsuled.domain.addresses import Address
@@ -51,11 +52,16 @@ class CapsuleExecutor:
                  instance: str, infra_image: str, stop_timeout: int,
                  parallel: ThreadPoolExecutor, images: pulls.ImageGate | None = None,
                  prober: Prober | None = None, publish_address: str = "0.0.0.0",
-                 guard: Callable[[str, list[Address]], None] | None = None) -> None:
+                 guard: Callable[[str, list[Address]], None] | None = None,
+                 services: ServiceAgent | None = None,
+                 announce: Callable[[CapsuleReport], None] | None = None) -> None:
         self._rt = runtime
         # Puts a capsule's security groups on its sandbox's address (agent/firewall.py);
         # raises DriverError when it cannot, and then no member starts.
         self._guard = guard
+        # Capsule services: drains before serving containers stop, /etc/hosts names.
+        self._services = services
+        self._announce = announce  # sends a report now (a drain tells the API)
         self._publish_address = publish_address  # where the sandboxes' host ports bind
         self._images = images if images is not None else pulls.ImageGate(runtime)
         self._prober = prober
@@ -80,7 +86,11 @@ class CapsuleExecutor:
                 if plan.empty or _waiting_on_init(plan):
                     if desired is not None and plan.sandbox is not None:
                         self._join_network(desired, plan.sandbox, progress)
+                    if plan.converged and desired is not None and self._services is not None:
+                        self._services.release(uuid)  # all on its spec: it may serve again
                     break
+                if plan.remove:
+                    self._drain(uuid, desired, observed, set(plan.remove))
                 known = self._apply(uuid, desired, plan, progress)
                 if plan.gone:
                     return Outcome(self._gone(desired), settled=True)
@@ -107,7 +117,32 @@ class CapsuleExecutor:
         except DriverError:
             return []
 
+    def _drain(self, uuid: str, desired: Assignment | None, observed: list[Observed],
+               removing: set[str]) -> None:
+        """Before a capsule that may be serving loses its sandbox or a running app
+        container of its spec (it is deleted, or they are replaced for a new spec: an
+        update), drain it (agent/services.py). The API knows of a delete already; a
+        replacement is announced with a report. Removing containers the spec no longer
+        has (or anything of an orphan) drains nothing."""
+        if self._services is None or desired is None or not any(
+                o.state == "running" for o in observed if o.labels.get(L.ROLE) == L.ROLE_SANDBOX):
+            return  # an orphan, or nothing can be serving without a running sandbox
+        apps = {c.uuid for c in desired.spec.containers}
+        if not any(o.id in removing and o.state == "running" and (
+                o.labels.get(L.ROLE) == L.ROLE_SANDBOX or o.labels.get(L.CONTAINER) in apps)
+                for o in observed):
+            return
+        announce = None
+        if not desired.deleting and self._announce is not None:
+            send = self._announce
+
+            def announce() -> None:
+                send(self._report(desired, observed, _Progress(), None))
+        self._services.drain(uuid, announce)
+
     def _gone(self, desired: Assignment | None) -> CapsuleReport | None:
+        if desired is not None and self._services is not None:
+            self._services.release(desired.uuid)
         if desired is not None and self._prober is not None:
             self._prober.track(desired.uuid, [])
         if desired is None:
@@ -193,13 +228,15 @@ class CapsuleExecutor:
             labels[L.PROJECT] = desired.project_id
 
         def create(net: ProjectNetwork | None) -> Observed:
+            # Its project's services by name; those made later are reached by VIP.
+            hosts = self._services.hosts_for(desired.project_id) if self._services else ()
             return self._rt.create_sandbox(SandboxRequest(
                 name=naming.sandbox_name(desired.uuid, spec.name), image=self._infra,
                 hostname=spec.name or desired.uuid[:12], labels=labels,
                 network=net.name if net else None, aliases=_aliases(desired),
                 ipv4_address=previous_address(desired.project_id, desired.addresses),
                 ports=bindings(published, self._publish_address),
-                dns=net.dns if net else ()))
+                dns=net.dns if net else (), extra_hosts=hosts))
 
         sandbox = self._networks.with_network(desired.project_id, create)
         if recreated:
@@ -276,7 +313,9 @@ class CapsuleExecutor:
                              converged=progress.converged and error is None,
                              progress=progress.waiting,
                              containers=containers, events=progress.events,
-                             addresses=addresses_of(self._instance, desired.project_id, sandbox))
+                             addresses=addresses_of(self._instance, desired.project_id, sandbox),
+                             draining=(self._services.is_draining(desired.uuid)
+                                       if self._services is not None else None))
 
 
     def _track_probes(self, desired: Assignment, by_uuid: dict[str | None, Observed],

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
                                      HostInfo, Registration)
+from capsuled.domain.services import ServicesView
 from capsuled.errors import Forbidden, NotAuthenticated, Unavailable
 
 M = TypeVar("M", bound=BaseModel)
@@ -61,6 +62,14 @@ class HttpChannel:
                           params={"after": after_revision, "timeout": timeout},
                           timeout=timeout + _WATCH_SLACK)
         return _parse(Assignments, body, f"GET /v1/agents/{host}/assignments")
+
+    def services(self, host: str, after: str | None, timeout: float) -> ServicesView:
+        params: dict[str, str | float] = {"timeout": timeout}
+        if after is not None:
+            params["after"] = after
+        body = self._call("GET", f"/v1/agents/{host}/services", params=params,
+                          timeout=timeout + _WATCH_SLACK)
+        return _parse(ServicesView, body, f"GET /v1/agents/{host}/services")
 
     def report(self, host: str, reports: list[CapsuleReport],
                containers: list[BareReport] | None = None) -> None:

@@ -22,6 +22,7 @@ from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.overlay import Overlay
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
+from capsuled.agent.services import ServiceAgent
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
 from capsuled.domain import labels as L
@@ -52,8 +53,10 @@ class Agent:
                  image_ledger: ImageLedger | None = None,
                  probe_driver: ProbeDriver | None = None,
                  overlay: Overlay | None = None,
-                 firewall: FirewallDriver | None = None) -> None:
+                 firewall: FirewallDriver | None = None,
+                 services: ServiceAgent | None = None) -> None:
         self._channel = channel
+        self._services = services  # capsule services on this host (None: not programmed)
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
         # key it derived for that nonce, which the ops server must accept (on_ops_key).
         self._ops_endpoint = ops_endpoint
@@ -70,8 +73,9 @@ class Agent:
         self._stop = threading.Event()
         self._parallel = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
         # A project's network goes once it has had nothing on it for a whole relist period.
-        self._networks = ProjectNetworks(networks, instance, grace=settings.relist_interval,
-                                         overlay=overlay)
+        self._networks = ProjectNetworks(
+            networks, instance, grace=settings.relist_interval, overlay=overlay,
+            on_ready=services.network_ready if services is not None else None)
         # Project networks across hosts (None: this host's networks are its own).
         self._overlay = overlay
         # One gate for both executors: which cached images each project may use.
@@ -88,7 +92,9 @@ class Agent:
                                          settings.stop_timeout, self._parallel, images,
                                          self._prober, publish_address=publish,
                                          guard=None if self._firewall is None
-                                         else self._firewall.observe)
+                                         else self._firewall.observe,
+                                         services=services,
+                                         announce=lambda r: self._channel.report(self._host, [r]))
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images, publish_address=publish)
@@ -108,6 +114,8 @@ class Agent:
             self._threads.append(t)
         if self._prober is not None:
             self._prober.start()
+        if self._services is not None:
+            self._services.start()
 
     def register(self) -> None:
         """Tell the control plane about this host, retrying while it cannot be reached (an
@@ -138,6 +146,8 @@ class Agent:
     def stop(self) -> None:
         """Stop reconciling; containers are left running for the next start to adopt."""
         self._stop.set()
+        if self._services is not None:
+            self._services.stop()
         if self._prober is not None:
             self._prober.stop()
         self.workers.stop()
@@ -166,6 +176,8 @@ class Agent:
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
             self._guard(uuid, outcome.report.gone, outcome.report.addresses)
+            if self._services is not None:
+                self._services.observed(outcome.report)  # this host's rules first
             self._channel.report(self._host, [outcome.report])
         elif outcome.settled:
             self._guard(uuid, True, [])  # an orphan, removed

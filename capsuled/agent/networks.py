@@ -40,10 +40,13 @@ T = TypeVar("T")
 class ProjectNetworks:
     def __init__(self, driver: NetworkDriver, instance: str, grace: float,
                  clock: Callable[[], float] = time.monotonic,
-                 overlay: Overlay | None = None) -> None:
+                 overlay: Overlay | None = None,
+                 on_ready: Callable[[str, ProjectNetwork], None] | None = None) -> None:
         self._driver = driver
         # Projects whose network spans hosts: laid out by the control plane, joined by VXLAN.
         self._overlay = overlay
+        # Told of the network before each create joins it (services put its rules in).
+        self._on_ready = on_ready
         self._instance = instance
         self._grace = grace
         self._clock = clock
@@ -73,9 +76,13 @@ class ProjectNetworks:
 
     def _ensure(self, project: str) -> ProjectNetwork:
         if self._overlay is None:
-            return self._driver.ensure_network(self._instance, project)
-        net = self._driver.ensure_network(self._instance, project, self._overlay.layout(project))
-        return self._overlay.attach(net)
+            net = self._driver.ensure_network(self._instance, project)
+        else:
+            net = self._overlay.attach(self._driver.ensure_network(
+                self._instance, project, self._overlay.layout(project)))
+        if self._on_ready is not None:
+            self._on_ready(project, net)
+        return net
 
     def move_in(self, rt: Runtime, container: Observed, project: str,
                 aliases: tuple[str, ...]) -> bool:

@@ -10,10 +10,12 @@ from capsuled.api import errors, openapi
 from capsuled.api.metrics import ApiMetrics
 from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
-from capsuled.api.routers import (agents, capsules, containers, events, hosts, images, metrics,
-                                  quotas, registries, root, security_groups, subscriptions,
+from capsuled.api.routers import (agents, capsule_services, capsules, containers, events, hosts,
+                                  images, metrics, quotas, registries, root, security_groups,
+                                  subscriptions,
                                   tokens)
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.capsule_services import CapsuleServices
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.events import EventService, OutboxHub
@@ -47,6 +49,7 @@ class Services:
     outbox_hub: OutboxHub
     subscriptions: SubscriptionService
     security_groups: SecurityGroupService
+    capsule_services: CapsuleServices
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
@@ -70,6 +73,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.state.outbox_hub = services.outbox_hub
     app.state.subscriptions = services.subscriptions
     app.state.security_groups = services.security_groups
+    app.state.capsule_services = services.capsule_services
     app.state.metrics = api_metrics = api_metrics or ApiMetrics()
     # Follow-log streams, terminals and waits: counted, and off the shared thread pool.
     app.state.streams = Streams.from_settings(settings.api)
@@ -79,7 +83,7 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
                        max_agent_body_bytes=settings.api.max_agent_body_bytes,
                        metrics=api_metrics)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events, subscriptions, security_groups, metrics):
+                   events, subscriptions, security_groups, capsule_services, metrics):
         app.include_router(module.router)
     app.include_router(security_groups.container_actions)
     return app

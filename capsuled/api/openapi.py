@@ -186,6 +186,19 @@ SECURITY_GROUP_UPDATE = obj(description=STRING, rules={
     "type": "array", "items": SECURITY_GROUP_RULE, "description": "Replaces every rule"})
 SECURITY_GROUP_EXAMPLE = {"name": "web", "description": "HTTP from the project", "rules": [
     {"protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_group": "default"}]}
+CAPSULE_SERVICE = obj(
+    ("name", "selector", "ports"),
+    name={"type": "string", "description": "RFC 1123 label; what the project's capsules "
+                                           "resolve to the VIP"},
+    selector={"type": "object", "additionalProperties": STRING,
+              "description": "Labels a capsule must all carry to be a backend"},
+    ports={"type": "array", "items": obj(
+        ("port",), port=INTEGER, targetPort=INTEGER,
+        protocol={"type": "string", "enum": ["TCP", "UDP"]},
+        publish={"type": "integer", "description": "Also open on this port of every host "
+                                                   "(services.publish_min..publish_max)"})})
+CAPSULE_SERVICE_EXAMPLE = {"name": "web", "selector": {"app": "web"},
+                           "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
 SERVICE_UPDATE = obj(("host", "binary"), host=STRING, binary=STRING, disabled_reason=STRING,
                      forced_down=BOOLEAN_OR_TEXT)
 AGENT_REGISTER = {"type": "object", "description": "The agent's HostInfo (capsuled.domain.channel)"}

@@ -84,6 +84,10 @@ DEFAULTS: dict[str, str] = {
     "subscription:get_all_all_projects": ADMIN, "subscription:create:private_address": ADMIN,
     "subscription:dead_letters": READER, "subscription:redeliver": MEMBER,
     "subscription:discard": MEMBER,
+    # Capsule services (/v1/capsule_services, an extension): a project's own.
+    "capsule_service:create": MEMBER, "capsule_service:delete": MEMBER,
+    "capsule_service:get_one": READER, "capsule_service:get_all": READER,
+    "capsule_service:get_all_all_projects": ADMIN,
     "token:create": ADMIN, "token:get_all": ADMIN, "token:revoke": ADMIN,
     # GET /metrics: counts per project and per host, for operators only. A token with the
     # `metrics` role (which only an admin issues, and which nothing else allows) lets a

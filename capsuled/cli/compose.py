@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 import uvicorn
 
+from capsuled.cli import host_networking as host_net
 from capsuled.config import Settings
 from capsuled.errors import CapsuledError
 
@@ -24,14 +25,13 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from capsuled.agent.loop import Agent
-    from capsuled.agent.overlay import Overlay
     from capsuled.api.relay.amqp import Notifications
     from capsuled.api.services.agents import ControlPlane, OpsKeys
     from capsuled.api.relay.supervisor import WebhookSupervisor
     from capsuled.api.services.host_monitor import HostMonitor
     from capsuled.api.services.rollout_supervisor import RolloutSupervisor
     from capsuled.domain.channel import AgentChannel
-    from capsuled.drivers.firewall.base import FirewallDriver
+    from capsuled.domain.services import AgentServiceChannel
     from capsuled.hostops.protocol import ContainerOps
     from capsuled.identity.base import IdentityProvider
     from capsuled.identity.local import LocalIdentity
@@ -130,6 +130,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.metrics import ApiMetrics
     from capsuled.api.policy import Policy
     from capsuled.api.services.agents import ControlPlane
+    from capsuled.api.services.capsule_services import CapsuleServices
     from capsuled.api.services.capsules import CapsuleService
     from capsuled.api.services.containers import ContainerService
     from capsuled.api.services.events import EventService, OutboxHub
@@ -144,6 +145,7 @@ def build_api(settings: Settings, store: Store,
     from capsuled.api.services.security_groups import SecurityGroupService
     from capsuled.api.services.subscriptions import SubscriptionService
     from capsuled.api.services.rollout_supervisor import RolloutSupervisor
+    from capsuled.domain.services import AgentServiceChannel
     from capsuled.api.services.rollouts import RolloutService
     from capsuled.api.services.tokens import TokenService
     from capsuled.domain.template import Limits
@@ -162,7 +164,7 @@ def build_api(settings: Settings, store: Store,
     box = secret_box(settings)
     metrics = ApiMetrics(store, settings.api.metrics_cache)
     control = ControlPlane(store, ops_keys=ops_keys(settings, store), secrets=box,
-                           metrics=metrics)
+                           metrics=metrics, vip_range=settings.services.vip_range)
     hub = OutboxHub()
     store.outbox_listeners.append(hub.committed)  # wakes this replica's watch streams
     notifier = None
@@ -216,7 +218,8 @@ def build_api(settings: Settings, store: Store,
                                           changed=webhooks.rescan),
         security_groups=SecurityGroupService(
             store, quotas, limits, settings.limits.security_groups_per_project, policy,
-            notify=control.notify))
+            notify=control.notify),
+        capsule_services=CapsuleServices(store, policy, settings.services, changed=control.notify))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks,
                RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),
@@ -281,7 +284,7 @@ def remote_ops(store: Store, settings: Settings) -> Callable[[str], ContainerOps
     return ops_for_hosts(ops_keys(settings, store).endpoint, ca_file=str(ca) if ca else None)
 
 
-def build_agent(settings: Settings, channel: AgentChannel, client: docker.APIClient,
+def build_agent(settings: Settings, channel: AgentServiceChannel, client: docker.APIClient,
                 instance: str, ops_endpoint: tuple[str, str] | None = None,
                 on_ops_key: Callable[[str], None] | None = None) -> Agent:
     """`ops_endpoint`: (URL, per-boot nonce) of this agent's ops endpoint; `on_ops_key`
@@ -299,41 +302,9 @@ def build_agent(settings: Settings, channel: AgentChannel, client: docker.APICli
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
-                 overlay=overlay(settings, instance), firewall=firewall(settings))
-
-
-def overlay(settings: Settings, instance: str) -> Overlay | None:
-    """Project networks across hosts, when this host has an underlay address."""
-    conf = settings.agent
-    if conf.underlay_address is None:
-        return None
-    from capsuled.agent.dns import DnsResponder, host_resolvers
-    from capsuled.agent.overlay import Overlay
-    from capsuled.drivers.network.vxlan import VxlanLinks
-
-    links = VxlanLinks(conf.host_netns)
-    LOG.info("project networks span hosts: VXLAN from %s%s", conf.underlay_address,
-             f" in {conf.host_netns}" if conf.host_netns else "")
-    return Overlay(links, DnsResponder(links.udp_socket), instance, str(conf.underlay_address),
-                   conf.overlay_mtu, host_resolvers())
-
-
-def firewall(settings: Settings) -> FirewallDriver | None:
-    """The kernel's security-group rules (agent.security_groups), or None."""
-    from capsuled.drivers.firewall.iptables import (Commands, IptablesFirewall,
-                                                    bridged_traffic_filtered)
-
-    if not settings.agent.security_groups:
-        LOG.warning("agent.security_groups is off: security groups are not enforced on this "
-                    "host")
-        return None
-    netns = settings.agent.host_netns
-    if netns is None and not bridged_traffic_filtered():
-        LOG.warning("net.bridge.bridge-nf-call-iptables is not 1 (modprobe br_netfilter; "
-                    "sysctl -w net.bridge.bridge-nf-call-iptables=1): security groups filter "
-                    "traffic from other networks only, not between containers of one host's "
-                    "project network")
-    return IptablesFirewall(Commands(str(netns) if netns else None))
+                 overlay=host_net.overlay(settings, instance),
+                 firewall=host_net.firewall(settings),
+                 services=host_net.service_agent(settings, channel, client, instance))
 
 
 def new_ops_key() -> str:

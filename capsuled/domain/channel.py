@@ -204,6 +204,9 @@ class CapsuleReport(_Wire):
     addresses: list[Address] = Field(default_factory=list)  # the sandbox's, shared by members
     events: list[tuple[str, str, str, str | None]] = Field(default_factory=list)
     """(type, reason, message, container name) the agent wants recorded."""
+    # The agent is draining it before replacing its containers: services send it no new
+    # connections until a report says False again (None: an agent that does not say).
+    draining: bool | None = None
 
 
 class BareReport(_Wire):

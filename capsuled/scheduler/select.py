@@ -75,9 +75,9 @@ def _rejects(host: HostCapacity, req: Request, now: datetime, down_after: timede
         holder = host.ports.get(wanted)
         if holder is not None:
             # The requester learns only that it is its own capsule or someone else's.
-            whose = (f"your capsule {holder.capsule}" if holder.project_id == req.project_id
+            whose = (f"your {holder.kind} {holder.capsule}" if holder.project_id == req.project_id
                      else "another project")
-            return (f"{describe(wanted)} used by capsule {holder.capsule} of project "
+            return (f"{describe(wanted)} used by {holder.kind} {holder.capsule} of project "
                     f"{holder.project_id}", f"no host has {describe(wanted)} free{_BY}{whose}")
     return None
 

@@ -459,6 +459,8 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
     if fold.changed or (before, before_reason) != (status, reason):
         capsule.updated_at = now
     capsule.sandbox_id = report.sandbox_id
+    if report.draining is not None and capsule.draining != report.draining:
+        capsule.draining = report.draining  # services skip it meanwhile (domain/services.py)
 
 
 def _status_event(before: str, after: Status) -> str:

@@ -6,6 +6,9 @@ under the same host row locks as its CPU and memory (placement reads `held` thro
 foreign key cascades: a delete the agent confirmed, a force delete, an unplaced capsule).
 The unique key (host, protocol, port) is the backstop: a claim the locks somehow let
 through fails its transaction instead of double-booking a port.
+
+A service's published ports (store/capsule_services.py) are held on every host at once:
+`service_ports` lists them for the scheduler, which sees them taken everywhere.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ from sqlalchemy.orm import Session
 
 from capsuled.domain.ports import HostPortKey, capsule_host_ports
 from capsuled.domain.spec import CapsuleSpec
-from capsuled.store.tables import Capsule, HostPort
+from capsuled.store.tables import Capsule, CapsuleService, HostPort, ServicePublish
 
 
 @dataclass(frozen=True)
 class PortHolder:
-    """Who holds a host port: the scheduler says "your capsule web" to its own project
-    and "another project" to everyone else."""
+    """Who holds a host port: the scheduler says "your capsule web" (or "your service
+    web") to its own project and "another project" to everyone else."""
 
     project_id: str
     capsule: str  # its name, or its uuid when it has none
     uuid: str = ""  # the capsule's
+    kind: str = "capsule"  # or "service": a service publishes it on every host
 
 
 def held(session: Session) -> dict[str, dict[HostPortKey, PortHolder]]:
@@ -55,3 +59,14 @@ def claim(session: Session, capsule: Capsule, spec: CapsuleSpec) -> None:
     for proto, port in sorted(want - kept):
         capsule.host_ports.append(HostPort(host=capsule.host, protocol=proto, port=port,
                                            project_id=capsule.project_id))
+
+
+def service_ports(session: Session) -> dict[HostPortKey, PortHolder]:
+    """Every host port a service publishes, with its holder: held on every host."""
+    out: dict[HostPortKey, PortHolder] = {}
+    for proto, port, project, name, uuid in session.execute(
+            select(ServicePublish.protocol, ServicePublish.port, ServicePublish.project_id,
+                   CapsuleService.name, CapsuleService.uuid)
+            .join(CapsuleService, CapsuleService.id == ServicePublish.service_id)):
+        out[(proto, port)] = PortHolder(project, name, uuid, kind="service")
+    return out

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
 from capsuled.domain.ports import HostPortKey
-from capsuled.store.host_ports import PortHolder, held
+from capsuled.store.host_ports import PortHolder, held, service_ports
 from capsuled.store.tables import Capsule, Container, Host, Volume, utcnow
 
 
@@ -31,7 +31,8 @@ class HostCapacity:
     containers: int = 0
     disk_gb: int = 0
     disk_used: int = 0  # GiB claimed by capsule volumes
-    # Fixed host ports claimed there (store/host_ports.py), with their holders.
+    # Fixed host ports claimed there (store/host_ports.py), and those services publish on
+    # every host (store/host_ports.service_ports), with their holders.
     ports: Mapping[HostPortKey, PortHolder] = field(default_factory=dict)
 
 
@@ -121,6 +122,7 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
     used = usage(session)
     disk = disk_usage(session)
     ports = held(session)
+    everywhere = service_ports(session)  # services publish on every host
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
                          forced_down=bool(h.forced_down),
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
@@ -129,7 +131,7 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
                          memory_used=used.get(h.name, (0.0, 0, 0))[1],
                          containers=used.get(h.name, (0.0, 0, 0))[2],
                          disk_gb=h.disk_gb or 0, disk_used=disk.get(h.name, 0),
-                         ports=ports.get(h.name, {}))
+                         ports={**everywhere, **ports.get(h.name, {})})
             for h in hosts]
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Text, UniqueConstraint)
+                        Text, UniqueConstraint, false)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -87,6 +87,9 @@ class Capsule(Base):
     host: Mapped[str | None] = mapped_column(String(255), index=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Its agent is draining it (services send it no new connections) before it replaces
+    # its containers; as the agent last reported (CapsuleReport.draining).
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     sandbox_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -153,6 +156,42 @@ class HostPort(Base):
     project_id: Mapped[str] = mapped_column(String(255))
     __table_args__ = (UniqueConstraint("host", "protocol", "port",
                                        name="uq_host_ports_host_protocol_port"),)
+
+
+class CapsuleService(Base):
+    """A project's service (/v1/capsule_services): its VIP (unique in the deployment, from
+    services.vip_range), label selector and ports (domain/services.py). Which capsules
+    serve it is derived when asked, never stored."""
+
+    __tablename__ = "capsule_services"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ports: Mapped[list[Any]] = mapped_column(JSON)  # domain.services.ServicePort dicts
+    vip: Mapped[str] = mapped_column(String(15), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    published: Mapped[list[ServicePublish]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="ServicePublish.id")
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_capsule_services_project_name"),)
+
+
+class ServicePublish(Base):
+    """A host port a service publishes on every host, claimed with the service and
+    released with it. Capsules' hostPorts (host_ports) and these exclude each other
+    (store/capsule_services.py, hosts.capacities); the unique key is the backstop."""
+
+    __tablename__ = "service_host_ports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("capsule_services.id", ondelete="CASCADE"),
+                                            index=True)
+    protocol: Mapped[str] = mapped_column(String(3))  # TCP | UDP
+    port: Mapped[int] = mapped_column(Integer)
+    project_id: Mapped[str] = mapped_column(String(255))
+    __table_args__ = (UniqueConstraint("protocol", "port", name="uq_service_host_ports_protocol_port"),)
 
 
 class Container(Base):

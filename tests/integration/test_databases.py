@@ -342,6 +342,36 @@ def test_concurrent_creates_never_claim_one_host_port_twice(db: Database) -> Non
                                      for c in refused)
 
 
+def test_a_port_a_service_publishes_and_capsules_ask_for_at_once_goes_once(db: Database) -> None:
+    """Services publish on every host and capsules claim per host; both under the host row
+    locks, so one of them gets TCP 30500, whichever it is, and the rest are refused."""
+    from capsuled.api.services.capsule_services import CapsuleServices, ServiceView
+    from capsuled.config import ServiceSettings
+    from capsuled.errors import Conflict
+
+    store = db.ready()
+    add_host(store, "h1")
+    services = CapsuleServices(store, Policy(), ServiceSettings())
+    capsules = capsule_service(store)
+    tmpl = template("web")
+    tmpl["spec"]["containers"][0]["ports"] = [{"containerPort": 80, "hostPort": 30500}]
+    body = {"name": "web", "selector": {"app": "web"}, "ports": [{"port": 80, "publish": 30500}]}
+    results = at_once(8, lambda i: services.create(member(f"p{i}"), body) if i % 2
+                      else capsules.create(member(f"p{i}"), tmpl))
+    assert all(isinstance(r, (ServiceView, Capsule, Conflict)) for r in results), results
+    won = [r for r in results if isinstance(r, ServiceView)]
+    placed = [r for r in results if isinstance(r, Capsule) and r.host is not None]
+    assert len(won) + len(placed) == 1, results
+    # Services that lost get a 409 naming the field; capsules that lost, the reason.
+    assert all("ports[0].publish: TCP port 30500 is in use" in r.message
+               for r in results if isinstance(r, Conflict))
+    # Their addresses are distinct, whatever the engine.
+    made = at_once(6, lambda i: services.create(member("vips"), {**body, "name": f"s{i}",
+                                                                  "ports": [{"port": 80}]}))
+    vips = [r.vip for r in made if isinstance(r, ServiceView)]
+    assert len(vips) == 6 and len(set(vips)) == 6, made
+
+
 def test_overlay_blocks_stay_distinct_under_concurrent_creates_and_idle_ones_come_back(
         db: Database) -> None:
     store = db.ready()

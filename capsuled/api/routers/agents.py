@@ -105,6 +105,17 @@ async def assignments(request: Request, host: str, who: PrincipalDep, after: int
     return got.model_dump(mode="json")
 
 
+@router.get("/services")
+async def services(request: Request, host: str, who: PrincipalDep, after: str | None = None,
+                   timeout: float = 30.0) -> dict[str, Any]:
+    """The host's service view (its projects' services and their serving backends), once
+    its version differs from `after` (long poll)."""
+    _own(who, host)
+    wait = max(0.0, min(timeout, MAX_WATCH_SECONDS))
+    got = await _control(request).services_async(host, after, wait)
+    return got.model_dump(mode="json")
+
+
 @router.post("/reports", status_code=204, openapi_extra=doc.body(doc.AGENT_REPORTS))
 async def reports(request: Request, host: str, who: PrincipalDep) -> Response:
     _own(who, host)

@@ -26,13 +26,16 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 
 import anyio.to_thread
 
 from capsuled.api.metrics import ApiMetrics
 from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
                                      HostInfo, Registration, ops_key_digest)
+from capsuled.domain.services import ServicesView
 from capsuled.errors import Conflict, Unavailable
+from capsuled.store import capsule_services as service_repo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
@@ -49,6 +52,9 @@ LOG = logging.getLogger(__name__)
 # (one indexed single-row read per watching agent), so an assignment reaches its agent
 # well within a second whichever replica accepted it.
 _POLL_SECONDS = 0.25
+# A host's service view is a few queries, not one row: without a wake-up from this
+# replica (or, on PostgreSQL, another's notice) it is read again this often.
+_SERVICES_POLL_SECONDS = 0.5
 
 
 class Signal:
@@ -168,8 +174,10 @@ class OpsKeys:
 class ControlPlane:
     def __init__(self, store: Store, publish: Callable[[str], None] | None = None,
                  ops_keys: OpsKeys | None = None, secrets: SecretBox | None = None,
-                 metrics: ApiMetrics | None = None) -> None:
+                 metrics: ApiMetrics | None = None,
+                 vip_range: IPv4Network | None = IPv4Network("10.96.0.0/16")) -> None:
         self._store = store
+        self._vip_range = vip_range  # services.vip_range: the agents guard it
         self._metrics = metrics or ApiMetrics()
         # Opens registry credentials for the pulls an assignment carries (None: no
         # registries can exist, as in tests that build a bare control plane).
@@ -177,18 +185,21 @@ class ControlPlane:
         self.ops_keys = ops_keys or OpsKeys(store)
         self.assigned = Signal()  # some desired set changed
         self.reported = Signal()  # some agent report landed
+        self.services_changed = Signal()  # either: some service view may have changed
         # Tells the other API replicas (store/notify.py); without it they re-read.
         self.publish = publish
 
     def notify(self) -> None:
-        """Wake watchers after a commit that changed some desired set."""
+        """Wake watchers after a commit that changed some desired set (or a service)."""
         self.assigned.fire()
+        self.services_changed.fire()
         if self.publish is not None:
             self.publish(ASSIGNED)
 
     def on_notice(self, topic: str) -> None:
         """Another replica (or this one) published `topic`."""
         {ASSIGNED: self.assigned, REPORTED: self.reported}.get(topic, self.assigned).fire()
+        self.services_changed.fire()
 
     def instance_id(self) -> str:
         with self._store.transaction() as s:
@@ -266,5 +277,34 @@ class ControlPlane:
         finally:
             self._metrics.report_stored(host, time.perf_counter() - started, failed)
         self.reported.fire()
+        self.services_changed.fire()  # readiness decides which capsules serve
         if self.publish is not None:
             self.publish(REPORTED)
+
+    # -- services (domain/services.py) -------------------------------------------------
+    def services(self, host: str, after: str | None, timeout: float) -> ServicesView:
+        """The host's service view once its version differs from `after`, or as it is
+        after `timeout` seconds (in a thread: the all-in-one agent)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.services_changed.seq
+            view = self._services_view(host)
+            left = deadline - time.monotonic()
+            if view.version != after or left <= 0:
+                return view
+            self.services_changed.wait_blocking(seen, min(_SERVICES_POLL_SECONDS, left))
+
+    async def services_async(self, host: str, after: str | None, timeout: float) -> ServicesView:
+        """`services` for the HTTP channel: a waiting agent holds no thread."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.services_changed.seq
+            view = await anyio.to_thread.run_sync(self._services_view, host)
+            left = deadline - time.monotonic()
+            if view.version != after or left <= 0:
+                return view
+            await self.services_changed.wait(seen, min(_SERVICES_POLL_SECONDS, left))
+
+    def _services_view(self, host: str) -> ServicesView:
+        with self._store.transaction() as s:
+            return service_repo.agent_view(s, host, self._vip_range)

@@ -146,7 +146,7 @@ class Placement:
             holder = held.get(key)
             if holder is None or holder.uuid == capsule_uuid:
                 continue
-            whose = (f"your capsule {holder.capsule}" if holder.project_id == project_id
+            whose = (f"your {holder.kind} {holder.capsule}" if holder.project_id == project_id
                      else "another project")
             raise Conflict(f"hostPort: {describe(key)} is in use on the capsule's host "
                            f"(by {whose}).")

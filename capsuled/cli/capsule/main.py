@@ -22,6 +22,7 @@ from capsuled.cli.capsule import (
     events,
     registries,
     security_groups,
+    services,
     subscriptions,
     terminal,
     updates,
@@ -108,6 +109,7 @@ app.command("commit")(container_acts.commit)
 app.add_typer(registries.registry_app, name="registry")
 app.add_typer(subscriptions.subscription_app, name="subscription")
 app.add_typer(security_groups.security_group_app, name="security-group")
+app.add_typer(services.svc_app, name="svc")
 app.add_typer(token_app, name="token")
 app.add_typer(quota_app, name="quota")
 app.add_typer(host_app, name="host")

@@ -88,6 +88,9 @@ class SandboxRequest:
     # Ports published on the host for the whole capsule (host_port 0: any free one).
     ports: tuple[PublishedPort, ...] = ()
     dns: tuple[str, ...] = ()  # DNS servers (empty: Docker's defaults); members share them
+    # (name, IPv4 address) lines of its /etc/hosts, which its members share: its
+    # project's service names (agent/services.py), as they were when it was made.
+    extra_hosts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

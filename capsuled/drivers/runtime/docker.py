@@ -190,7 +190,8 @@ class DockerRuntime:
                                                    restart_policy={"Name": "no"}, init=False,
                                                    pids_limit=self._pids_limit,
                                                    port_bindings=_port_bindings(req.ports),
-                                                   dns=list(req.dns) or None)
+                                                   dns=list(req.dns) or None,
+                                                   extra_hosts=dict(req.extra_hosts) or None)
         with self._addresses.picking(req.network), \
                 translate_docker_errors(f"create sandbox {req.name}"):
             ip = self._addresses.pick(req.network, req.ipv4_address)

@@ -66,6 +66,7 @@ class FakeContainer:
     archives: list[tuple[str, bytes]] = field(default_factory=list)  # (path, tar) put in
     ports: tuple[PublishedPort, ...] = ()  # what it publishes (host_port 0: any)
     bound: tuple[PublishedPort, ...] = ()  # the host ports it holds while it runs
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # a sandbox's /etc/hosts additions
 
 
 @dataclass
@@ -211,6 +212,7 @@ class FakeRuntime:
             c = self._create(req.name, req.image, req.labels, None, req.network, req.aliases,
                              req.ipv4_address)
             c.ports = req.ports
+            c.extra_hosts = req.extra_hosts
             try:
                 self._run(c)
             except DriverError:
