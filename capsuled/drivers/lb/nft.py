@@ -34,8 +34,9 @@ masqueraded. A connection through the NAT costs a routed hop the direct one does
 Hairpin. With br_netfilter a DNATed packet whose backend sits on the bridge it came in on
 is bridged to the backend's port; when that is the port it came from (a capsule reaching
 itself through its own service) the bridge drops it unless the port is in hairpin mode,
-as Kubernetes' bridge plugins set it. `apply` turns hairpin mode on for the ports of the
-bridges its frontends serve (`ip link set … type bridge_slave hairpin on`).
+as Kubernetes' bridge plugins set it. `apply` turns hairpin mode on for the containers'
+(veth) ports of the bridges its frontends serve (`ip link set … type bridge_slave hairpin
+on`); never on a VXLAN port, which would reflect frames to the other hosts.
 
 `connections` reads the kernel's connection table (/proc/net/nf_conntrack, else the
 `conntrack` command) for TCP connections that are not finished yet.
@@ -66,6 +67,7 @@ LIVE = frozenset({"SYN_SENT", "SYN_SENT2", "SYN_RECV", "ESTABLISHED", "FIN_WAIT"
                   "CLOSE_WAIT", "LAST_ACK"})
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")  # a Linux interface name, safe to quote
 _TABLE = re.compile(r"[^A-Za-z0-9_]")
+_VETH = re.compile(r"\sveth\s")  # `ip -d link`'s kind of a container's port
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -124,7 +126,11 @@ class NftLoadBalancer:
                 listed = self._ip(["-d", "-o", "link", "show", "master", bridge])
                 for line in listed.splitlines():
                     port = line.split(":", 2)[1].strip().split("@")[0] if ":" in line else ""
-                    if " hairpin off " in line and _BRIDGE.match(port):
+                    # Containers' veth ports only: a VXLAN port in hairpin mode would
+                    # send frames back to the hosts they came from (a project network
+                    # across hosts), and their bridges would learn MACs on the wrong port.
+                    if (" hairpin off " in line and _VETH.search(line)
+                            and _BRIDGE.match(port)):
                         self._ip(["link", "set", "dev", port, "type", "bridge_slave",
                                   "hairpin", "on"])
             except DriverError as exc:
@@ -199,11 +205,14 @@ class NftLoadBalancer:
 
 def count_connections(lines: Iterable[str], addr: str, ports: Collection[int]) -> int:
     """Open TCP connections whose reply comes from `addr` on one of `ports`: the backend
-    side of a connection, whether it went through a VIP or straight to the address.
-    Lines as /proc/net/nf_conntrack or `conntrack -L` print them."""
+    side of a connection, whether it went through a VIP or straight to the address. One
+    the backend never answered ([UNREPLIED]: it was unreachable, or is gone) carries no
+    request it accepted. Lines as /proc/net/nf_conntrack or `conntrack -L` print them."""
     wanted = {str(p) for p in ports}
     n = 0
     for line in lines:
+        if "[UNREPLIED]" in line:
+            continue
         words = line.split()
         try:
             at = words.index("tcp")

@@ -110,9 +110,11 @@ def test_apply_puts_the_served_bridges_ports_in_hairpin_mode() -> None:
             out = ""
             if args[:2] == ["ip", "-d"]:
                 out = ("7481: veth518e2ef@if7480: <UP> mtu 1500 master br-0123456789ab \\ "
-                       "bridge_slave state forwarding hairpin off guard off\n"
+                       "    veth \\    bridge_slave state forwarding hairpin off guard off\n"
                        "7483: veth99@if7482: <UP> mtu 1500 master br-0123456789ab \\ "
-                       "bridge_slave state forwarding hairpin on guard off\n")
+                       "    veth \\    bridge_slave state forwarding hairpin on guard off\n"
+                       "7490: vx-p1: <UP> mtu 1450 master br-0123456789ab \\ "
+                       "    vxlan id 42 \\    bridge_slave state forwarding hairpin off\n")
             return subprocess.CompletedProcess(args, 0, out, "")
     run = Ip()
     NftLoadBalancer("t", run=run).apply(LbState(RANGE, (web(),)))
@@ -142,6 +144,9 @@ PROC = [
     "src=10.208.4.3 dst=10.208.4.5 sport=22 dport=1 [ASSURED] mark=0 zone=0 use=2",
     "ipv4     2 udp      17 20 src=10.208.4.5 dst=10.96.0.7 sport=5 dport=53 src=10.208.4.3 "
     "dst=10.208.4.1 sport=8080 dport=5 mark=0 zone=0 use=2",
+    # a connection the backend never answered holds no request of it
+    "ipv4     2 tcp      6 100 SYN_SENT src=10.208.4.5 dst=10.96.0.7 sport=3 dport=80 "
+    "[UNREPLIED] src=10.208.4.3 dst=10.208.4.5 sport=8080 dport=3 mark=0 zone=0 use=2",
     # `conntrack -L` prints the same without the family columns
     "tcp      6 60 SYN_RECV src=10.208.4.6 dst=10.208.4.3 sport=9 dport=8080 src=10.208.4.3 "
     "dst=10.208.4.6 sport=8080 dport=9 mark=0 use=1",
