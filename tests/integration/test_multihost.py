@@ -97,6 +97,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     db_url = make_url(ADMIN_URLS[kind]).set(database=name).render_as_string(hide_password=False)
     hostb_docker = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "hostb", "1"],
                                   check=True, capture_output=True, text=True).stdout.strip()
+    sweep_stale_chains()
     subprocess.run(_capsuled("image", "seed"), check=True, capture_output=True,
                    env={**os.environ, "CAPSULED_DOCKER__HOST": hostb_docker})
     # Project networks span the two hosts over the rig's underlay veth (extra-dockerd.sh).
@@ -157,6 +158,28 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def _in_netns(netns: str | None, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(["nsenter", f"--net={netns}"] if netns else []), *argv],
                           capture_output=True, text=True, check=False)
+
+
+def sweep_stale_chains() -> None:
+    """Chains that killed runs of other deployments left behind. Host B's namespace is the
+    rig's own (its engine runs without iptables), so every capsuled chain there is stale;
+    on the machine's own namespace only the VXLAN input filters go (a dead deployment's
+    filter would drop this one's VXLAN from host B: one overlay deployment per namespace,
+    docs/networking.md)."""
+    for netns, keep_only_input in ((HOSTB_NETNS, False), (None, True)):
+        rules = _in_netns(netns, "iptables-save", "-t", "filter").stdout.splitlines()
+        ours = sorted({w for line in rules for w in line.split()
+                       if w.startswith(("CAPSULED-", "CSG-"))
+                       and (not keep_only_input or w.endswith("-IN"))})
+        for line in rules:
+            words = line.split()
+            if line.startswith("-A ") and "-j" in words and words[words.index("-j") + 1] in ours \
+                    and words[1] in ("INPUT", "FORWARD", "DOCKER-USER"):
+                _in_netns(netns, "iptables", "-w", "-D", *words[1:])
+        for chain in ours:
+            _in_netns(netns, "iptables", "-w", "-F", chain)
+        for chain in ours:
+            _in_netns(netns, "iptables", "-w", "-X", chain)
 
 
 def remove_overlay_objects(instance: str) -> None:
