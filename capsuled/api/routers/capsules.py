@@ -117,6 +117,8 @@ def update(request: Request, response: Response, ident: str, body: BodyDep, who:
     `dry_run=true`: every check runs and nothing is kept; the answer (200) is the current
     and the new spec, written as templates, and what the update would replace."""
     _needs_update_version(version, "Updating a capsule")
+    if dry_run is not None:  # a query parameter, which the body dependency merges in
+        body = {k: v for k, v in body.items() if k != "dry_run"}
     if flag(dry_run, "dry_run"):
         response.status_code = 200
         return dry_run_view(_rollouts(request).rehearse_update(who, ident, body))
