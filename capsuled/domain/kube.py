@@ -80,6 +80,10 @@ INERT = {("spec", "dnsPolicy"): "ClusterFirst", ("spec", "shareProcessNamespace"
          ("spec", "enableServiceLinks"): False, ("container", "stdinOnce"): False,
          ("port", "hostIP"): "0.0.0.0"}  # hostIP: a published port is on every address
 MAX_QUANTITY_CHARS = 32
+# Characters that `$(VAR)` references may add to one Pod, all its strings together: each
+# reference is a few bytes standing for a whole value (and values refer to values), so
+# without a budget a 256 KiB manifest could expand to gigabytes, as YAML aliases could.
+MAX_EXPANSION = 256 * 1024
 ENV_NAME_MAX = 255
 
 _CPU_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(m?)\Z")
@@ -125,6 +129,11 @@ class Translation:
     template: dict[str, Any]
     problems: _Problems = field(default_factory=_Problems)
     renames: dict[str, str] = field(default_factory=dict)
+    expansion: list[int] = field(default_factory=lambda: [MAX_EXPANSION])  # characters left
+
+
+class ExpansionTooLarge(ValueError):
+    """`$(VAR)` references would add more than the Pod's expansion budget."""
 
 
 def parse_pod(pod: Any, limits: Limits | None = None) -> CapsuleSpec:
@@ -145,7 +154,10 @@ def parse_pod(pod: Any, limits: Limits | None = None) -> CapsuleSpec:
     try:
         spec = parse_template(t.template, limits)
     except InvalidInput as exc:
-        problems += [_renamed(item, t.renames) for item in exc.problems]
+        for item in exc.problems:  # clipped again: a Pod's path may be a little longer
+            path, _, message = _renamed(item, t.renames).partition(": ")
+            t.problems.add(path, message)
+        problems = list(t.problems.items)
         spec = None
     if problems or spec is None:
         raise InvalidInput(problems, summary=_summary(problems))
@@ -266,12 +278,15 @@ def _container(c: dict[str, Any], path: str, init: bool, t: Translation,
     if "workingDir" in c:
         out["workDir"] = c["workingDir"]
         t.renames[f"{path}.workDir"] = f"{path}.workingDir"
-    env = _env(c.get("env"), f"{path}.env", p)
+    env = _env(c.get("env"), f"{path}.env", t)
     if env:
         out["env"] = env
     for key in ("command", "args"):
         if _strings(out.get(key)):
-            out[key] = [expand(x, env) for x in out[key]]
+            try:
+                out[key] = [expand(x, env, t.expansion) for x in out[key]]
+            except ExpansionTooLarge:
+                p.add(f"{path}.{key}", _TOO_LARGE)
     if "ports" in c:
         out["ports"] = _ports(c["ports"], f"{path}.ports", p)
     if "volumeMounts" in c:
@@ -292,9 +307,13 @@ def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
-def _env(value: Any, path: str, p: _Problems) -> dict[str, str]:
+_TOO_LARGE = f"its $(VAR) references expand to more than {MAX_EXPANSION} characters in all"
+
+
+def _env(value: Any, path: str, t: Translation) -> dict[str, str]:
     """Kubernetes' env list → the template's map, each value's `$(VAR)` references to
     earlier variables expanded (as Kubernetes does)."""
+    p = t.problems
     if value is None:
         return {}
     if not isinstance(value, list):
@@ -316,13 +335,19 @@ def _env(value: Any, path: str, p: _Problems) -> dict[str, str]:
         elif not isinstance(text, str):
             p.add(f"{where}.value", "must be a string (quote numbers: \"80\")")
         elif "valueFrom" not in item or item["valueFrom"] in (None, {}, []):
-            out[name] = expand(text, out)
+            try:
+                out[name] = expand(text, out, t.expansion)
+            except ExpansionTooLarge:
+                p.add(f"{where}.value", _TOO_LARGE)
     return out
 
 
-def expand(text: str, env: dict[str, str]) -> str:
+def expand(text: str, env: dict[str, str], budget: list[int] | None = None) -> str:
     """Kubernetes' `$(VAR)` expansion: a defined VAR is replaced by its value, an
-    undefined one is left as written, and `$$` is one `$` (so `$$(VAR)` stays literal)."""
+    undefined one is left as written, and `$$` is one `$` (so `$$(VAR)` stays literal).
+    `budget` ([characters left]) is charged for every value put in; ExpansionTooLarge
+    when it runs out. One pass: each `$(` is scanned up to its `)` once."""
+    budget = budget if budget is not None else [MAX_EXPANSION]
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -339,6 +364,9 @@ def expand(text: str, env: dict[str, str]) -> str:
             end = text.find(")", i + 2)
             name = text[i + 2:end] if end != -1 else None
             if name and name in env:
+                budget[0] -= len(env[name])
+                if budget[0] < 0:
+                    raise ExpansionTooLarge(name)
                 out.append(env[name])
                 i = end + 1
             elif end != -1:

@@ -243,3 +243,13 @@ def test_text_nul_and_depth_are_refused_like_a_templates() -> None:
         deep = [deep]
     with pytest.raises(InvalidInput, match="nested deeper"):
         parse_pod(pod(box(args=deep)))
+
+
+def test_references_cannot_expand_a_small_manifest_into_a_huge_one() -> None:
+    """Values refer to values: ten doublings of 64 KiB would be 64 MiB of environment."""
+    env = [{"name": "V0", "value": "x" * 65536}]
+    env += [{"name": f"V{i}", "value": f"$(V{i - 1})$(V{i - 1})"} for i in range(1, 11)]
+    found = problems(pod(box(env=env, args=["$(V0)"] * 1000)))
+    assert found[0].startswith("spec.containers[0].env[2].value: its $(VAR) references expand "
+                               "to more than 262144 characters in all")
+    assert "spec.containers[0].args: its $(VAR) references expand to more than 262144 characters in all" in found
