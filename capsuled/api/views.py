@@ -12,6 +12,7 @@ from capsuled.api.microversions import CAPSULE_NEW_BODY, ApiVersion
 from capsuled.api.relay.worker import Change
 from capsuled.domain.addresses import parse_stored, zun_addresses
 from capsuled.domain import ports
+from capsuled.api.services.dry_run import Rehearsal
 from capsuled.domain.conditions import capsule_conditions, container_health, container_ready
 from capsuled.domain.rollout import Rollout
 from capsuled.domain.template_out import render_template
@@ -106,6 +107,20 @@ def revision_view(row: CapsuleRevision, current: int) -> dict[str, Any]:
             "change_cause": row.change_cause, "outcome": row.outcome,
             "outcome_reason": row.outcome_reason,
             "template": render_template(CapsuleSpec.model_validate(row.spec))}
+
+
+def dry_run_view(r: Rehearsal) -> dict[str, Any]:
+    """What a create or update would do (`?dry_run=true`): both specs written as templates
+    (domain/template_out.py), so that `capsule diff` compares what the server would run."""
+    c = r.change
+    return {"dry_run": True, "uuid": r.uuid, "name": r.name, "revision": r.revision,
+            "changed": r.changed,
+            "current": render_template(r.current) if r.current is not None else None,
+            "new": render_template(r.new),
+            "new_sandbox": c.new_sandbox if c is not None else None,
+            "replaced": list(c.replaced) if c is not None else [],
+            "added": list(c.added) if c is not None else [],
+            "status": r.status, "status_reason": r.status_reason}
 
 
 def container_view(row: Container | ContainerRow, spec: ContainerSpec | None,

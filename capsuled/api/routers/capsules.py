@@ -14,7 +14,8 @@ from capsuled.api.microversions import CAPSULE_UPDATE, ApiVersion, fmt
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.rollouts import RolloutService
 from capsuled.api.state import app_state
-from capsuled.api.views import capsule_view, event_view, revision_view, rollout_view
+from capsuled.api.views import (capsule_view, dry_run_view, event_view, revision_view,
+                                rollout_view)
 from capsuled.domain.status import Status
 from capsuled.domain.template import short, whole_number
 from capsuled.errors import InvalidInput, VersionNotAcceptable
@@ -30,13 +31,21 @@ def _service(request: Request) -> CapsuleService:
 @router.post("", status_code=202, dependencies=[allow("capsule:create")],
              openapi_extra=doc.body(doc.CAPSULE_CREATE, doc.CAPSULE_EXAMPLE))
 def create(request: Request, response: Response, body: BodyDep, who: PrincipalDep,
-           version: VersionDep, base: BaseUrlDep) -> dict[str, Any]:
-    """Create a capsule from a template."""
+           version: VersionDep, base: BaseUrlDep, dry_run: str | None = None) -> dict[str, Any]:
+    """Create a capsule from a template or a Kubernetes Pod manifest.
+
+    Extension (microversion 1.40), `dry_run=true`: every check runs (validation, host
+    access, quota, placement) and nothing is kept; the answer (200) is the capsule as it
+    would be stored, written as a template."""
     extra = sorted(set(body) - {"template"} - set(request.query_params))
     if extra:
         raise InvalidInput([f"{k}: unknown field (the body is {{\"template\": {{...}}}})" for k in extra])
     if "template" not in body:
         raise InvalidInput("template: is required (the body is {\"template\": {...}})")
+    if flag(dry_run, "dry_run"):
+        _needs_update_version(version, "A dry run")
+        response.status_code = 200
+        return dry_run_view(_service(request).rehearse_create(who, body["template"]))
     row = _service(request).create(who, body["template"])
     response.headers["Location"] = f"{base}/v1/capsules/{row.uuid}"
     return capsule_view(row, version, _service(request).shows_host(who), base)
@@ -95,16 +104,24 @@ def _needs_update_version(version: ApiVersion, what: str) -> None:
 
 @router.patch("/{ident}", status_code=202, dependencies=[allow("capsule:update")],
               openapi_extra=doc.body(doc.CAPSULE_UPDATE, doc.CAPSULE_UPDATE_EXAMPLE))
-def update(request: Request, ident: str, body: BodyDep, who: PrincipalDep, version: VersionDep,
-           base: BaseUrlDep) -> dict[str, Any]:
+def update(request: Request, response: Response, ident: str, body: BodyDep, who: PrincipalDep,
+           version: VersionDep, base: BaseUrlDep, dry_run: str | None = None) -> dict[str, Any]:
     """Update a capsule to a new revision (extension, microversion 1.40).
 
     Unchanged containers keep running; changed ones are replaced one at a time in the same
     sandbox; a change of volumes, ports or init containers remakes the capsule in place
     (same name and uuid). Answered at once (202, status Updating); the update is done
     once the new containers are ready, or rolls back by itself after
-    progressDeadlineSeconds. 409 while another update is under way."""
+    progressDeadlineSeconds. 409 while another update is under way.
+
+    `dry_run=true`: every check runs and nothing is kept; the answer (200) is the current
+    and the new spec, written as templates, and what the update would replace."""
     _needs_update_version(version, "Updating a capsule")
+    if dry_run is not None:  # a query parameter, which the body dependency merges in
+        body = {k: v for k, v in body.items() if k != "dry_run"}
+    if flag(dry_run, "dry_run"):
+        response.status_code = 200
+        return dry_run_view(_rollouts(request).rehearse_update(who, ident, body))
     row = _rollouts(request).update(who, ident, body)
     return capsule_view(row, version, _service(request).shows_host(who), base)
 

@@ -13,6 +13,7 @@ import anyio.to_thread
 from capsuled.api.policy import Policy
 from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.dry_run import Rehearsal, Rehearsed
 from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.config import QuotaSettings
@@ -22,7 +23,8 @@ from capsuled.domain.ports import capsule_host_ports
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.errors import InvalidInput, OverQuota
 from capsuled.domain.resources import capsule_with_default_limits
-from capsuled.domain.template import Limits, load_template_text, parse_template
+from capsuled.domain.kube import parse_manifest, unwrap
+from capsuled.domain.template import Limits, load_template_text
 from capsuled.identity.base import Principal
 from capsuled.scheduler.select import Request, Weigher
 from capsuled.store import capsules as repo
@@ -63,13 +65,25 @@ class CapsuleService:
         self._control.notify()
         return self.get(who, row.uuid)
 
+    def rehearse_create(self, who: Principal, template: Any) -> Rehearsal:
+        """What `create` would do (dry_run.py): every check, nothing kept."""
+        spec = self.parse(who, template)
+        refuse_foreign_images(self._store, who.project_id, spec)
+        try:
+            self._create(who, spec, rehearse=True)
+        except Rehearsed as done:
+            return done.rehearsal
+        raise AssertionError("a rehearsal always rolls back")  # pragma: no cover
+
     def parse(self, who: Principal, template: Any) -> CapsuleSpec:
-        """A template (object, or YAML/JSON text) → the spec a capsule would run, with
-        default resources filled in; host-level powers only for those allowed them."""
+        """A template or a Kubernetes Pod manifest (object, or YAML/JSON text) → the spec
+        a capsule would run, with default resources filled in; host-level powers only for
+        those allowed them."""
         # Parse once (text is decoded here, within budgets), then decide on what was parsed.
-        document = load_template_text(template) if isinstance(template, str) else template
+        document = unwrap(load_template_text(template) if isinstance(template, str) else template)
+        # A Pod's host-level fields have the template's paths (hostNetwork, privileged, ...).
         self._policy.check_host_access(who, template_asks(document))
-        spec = parse_template(document, self._limits)
+        spec = parse_manifest(document, self._limits)
         self.check_host_access(who, spec)
         return capsule_with_default_limits(spec, self._limits)
 
@@ -79,7 +93,7 @@ class CapsuleService:
         privileged container), whoever first made it."""
         self._policy.check_host_access(who, capsule_spec_asks(spec))
 
-    def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
+    def _create(self, who: Principal, spec: CapsuleSpec, rehearse: bool = False) -> Capsule:
         with self._store.transaction() as s:
             spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             # Under the project's lock (placement takes it again): a group cannot be
@@ -98,8 +112,12 @@ class CapsuleService:
                 f"capsule {spec.name}")
             # No host: Zun answers 202 and records the failure on the capsule; zunclient
             # expects it.
-            return repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
-                                       placed.status, placed.reason)
+            row = repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
+                                      placed.status, placed.reason)
+            if rehearse:  # rolls the transaction back: nothing above is kept
+                raise Rehearsed(Rehearsal(name=spec.name, new=CapsuleSpec.model_validate(row.spec),
+                                          status=row.status, status_reason=row.status_reason))
+            return row
 
     def get(self, who: Principal, ident: str) -> Capsule:
         """One capsule; those allowed `capsule:get_one_all_projects` reach any project's."""

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsules import CapsuleService, refuse_foreign_images
+from capsuled.api.services.dry_run import Rehearsal, Rehearsed
 from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import Delta
 from capsuled.domain.spec import CapsuleSpec
@@ -48,9 +49,19 @@ class RolloutService:
         self._capsules = capsules
         self._placement = placement
 
-    def update(self, who: Principal, ident: str, body: dict[str, Any]) -> Capsule:
+    def rehearse_update(self, who: Principal, ident: str, body: dict[str, Any]) -> Rehearsal:
+        """What `update` would do (dry_run.py): every check, nothing kept."""
+        try:
+            self.update(who, ident, body, rehearse=True)
+        except Rehearsed as done:
+            return done.rehearsal
+        raise AssertionError("a rehearsal always rolls back")  # pragma: no cover
+
+    def update(self, who: Principal, ident: str, body: dict[str, Any],
+               rehearse: bool = False) -> Capsule:
         """A new revision from `body` (see the module docstring); the capsule unchanged
-        (no revision) when nothing in its spec would change."""
+        (no revision) when nothing in its spec would change. With `rehearse`, raises
+        Rehearsed once every check has passed, before anything is written."""
         _known(body, UPDATE_KEYS, "the body is {\"template\": {...}} or {\"containers\": [...]}")
         if ("template" in body) == ("containers" in body):
             raise InvalidInput("template: give either template (a whole template) or "
@@ -67,7 +78,8 @@ class RolloutService:
                 if expected is not None and expected != capsule.revision:
                     raise Conflict(f"revision: capsule {_name(capsule)} is at revision "
                                    f"{capsule.revision}, not {expected}; look at it again")
-                if capsule.rollout is not None:
+                # A dry run compares with the revision being rolled out: nothing waits.
+                if capsule.rollout is not None and not rehearse:
                     raise Conflict(rollouts.busy_message(capsule))
                 current = CapsuleSpec.model_validate(capsule.spec)
                 if spec is None:
@@ -84,13 +96,20 @@ class RolloutService:
                 if problems:
                     raise InvalidInput(problems)
                 uuid = capsule.uuid
-                same = plan_change(current, new).new == current  # then no revision
+                change = plan_change(current, new)
+                same = change.new == current  # then no revision
                 if not same:
                     self._grow(s, capsule, new)
+                if rehearse:  # rolls the transaction back
+                    raise Rehearsed(Rehearsal(name=capsule.name, new=change.new, current=current,
+                                              change=change, uuid=uuid,
+                                              revision=capsule.revision))
+                if not same:
                     rollouts.begin(s, capsule, new, kind="update", user_id=who.user_id,
                                    cause=cause or _default_cause(body))
         except (OverQuota, Conflict) as exc:
-            self._refused(who, ident, exc)
+            if not rehearse:  # a dry run records nothing, refusals neither
+                self._refused(who, ident, exc)
             raise
         if not same:
             self._control.notify()

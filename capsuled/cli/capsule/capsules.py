@@ -141,7 +141,7 @@ def create(
                 if output is Format.table:
                     typer.echo(f"capsule/{render.display_name(body)} created ({body['uuid']})")
             if wait and latest:
-                problem = _wait_running(rt, client, latest, timeout)
+                problem = wait_running(rt, client, latest, timeout)
     if output is Format.json:
         echo_json(list(latest.values()))
     if problem is not None:
@@ -150,7 +150,7 @@ def create(
         raise typer.Exit(1)
 
 
-def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str, Any]],
+def wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str, Any]],
                   timeout: float) -> CliError | None:
     """Poll until every capsule in `latest` (refreshed in place) runs; the failure, if any."""
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from capsuled.cli.capsule import (
+    apply,
     archives,
     container_acts,
     capsules,
@@ -56,6 +57,7 @@ def connect(
     Example:
 
       capsule create -f examples/web.yaml --wait
+      capsule apply -f pod.yaml --wait
       capsule list -l app=web
       capsule describe web-demo
       capsule delete web-demo --wait
@@ -74,6 +76,8 @@ app.command()(capsules.delete)
 app.command(cls=updates.UpdateCommand)(updates.update)
 app.command()(updates.rollback)
 app.command()(updates.history)
+app.command("apply")(apply.apply)
+app.command("diff")(apply.diff)
 app.command()(events.events)
 app.command("logs")(containers.pod_logs)
 

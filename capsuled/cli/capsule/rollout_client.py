@@ -25,6 +25,24 @@ class RolloutClient(CapsuleClient):
             body["change_cause"] = cause
         return self._json("POST", self._path(ident) + "/rollback", json=body)
 
+    def find(self, ident: str) -> dict[str, Any] | None:
+        """The capsule, or None when there is none of that name or uuid."""
+        try:
+            return self.get(ident)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def rehearse_create(self, template: Mapping[str, Any]) -> dict[str, Any]:
+        """A dry run of create: every check, nothing kept; the capsule as a template."""
+        return self._json("POST", "/v1/capsules", params={"dry_run": "true"},
+                          json={"template": template})
+
+    def rehearse_update(self, ident: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A dry run of update: {changed, current, new (templates), replaced, ...}."""
+        return self._json("PATCH", self._path(ident), params={"dry_run": "true"}, json=dict(body))
+
     def revisions(self, ident: str) -> dict[str, Any]:
         """{"revision": current, "rollout": the update under way or None, "revisions": [...]}"""
         return self._json("GET", self._path(ident) + "/revisions")

@@ -1,5 +1,7 @@
-"""Template files for `capsule create`: read (files, directories, stdin) and decoded with
-the server's budgets, every one up front."""
+"""Template files for `capsule create`, `update`, `apply` and `diff`: read (files,
+directories, stdin) and decoded with the server's budgets, every one up front. A file
+holds capsule templates or Kubernetes Pod manifests (the server tells them apart), one
+or several (`---`), and a Kubernetes `kind: List` stands for its items."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from capsuled.cli.capsule.client import CliError
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 16 * 1024 * 1024  # one file of templates; each template has its own budget
+MAX_DIR_FILES = 256  # files read from one directory
+MAX_TEMPLATES = 1000  # objects in one command's files, Lists' items included
 STDIN = "-"
 
 
@@ -32,6 +36,9 @@ def load_templates(sources: Sequence[str]) -> list[Template]:
     for source in sources:
         for path in _template_files(source):
             templates += _parse_file(path)
+            if len(templates) > MAX_TEMPLATES:
+                raise CliError(f"{path}: more than {MAX_TEMPLATES} templates in all; "
+                               "give fewer files")
     return templates
 
 
@@ -45,6 +52,9 @@ def _template_files(source: str) -> list[str]:
                    if p.suffix.lower() in TEMPLATE_SUFFIXES and p.is_file())
     if not files:
         raise CliError(f"{source}: no *.yaml, *.yml or *.json file in this directory")
+    if len(files) > MAX_DIR_FILES:
+        raise CliError(f"{source}: {len(files)} template files; at most {MAX_DIR_FILES} "
+                       "are read from one directory")
     return files
 
 
@@ -73,11 +83,22 @@ def _parse_file(path: str) -> list[Template]:
     templates = []
     for number, doc in enumerate(docs, 1):
         source = name if len(docs) == 1 else f"{name}, document {number}"
-        if not isinstance(doc, dict):
-            raise CliError(f"{source}: a template is a mapping, not {type(doc).__name__}")
-        # YAML has dates and non-string keys that JSON has not: make them plain strings now.
-        templates.append(Template(source, json.loads(json.dumps(doc, default=str))))
+        for where, item in _items(doc, source):
+            if not isinstance(item, dict):
+                raise CliError(f"{where}: a template is a mapping, not {type(item).__name__}")
+            # YAML has dates and non-string keys that JSON has not: make them plain strings now.
+            templates.append(Template(where, json.loads(json.dumps(item, default=str))))
     return templates
+
+
+def _items(doc: Any, source: str) -> list[tuple[str, Any]]:
+    """A Kubernetes `kind: List` → its items (each sent on its own); anything else → itself."""
+    if not (isinstance(doc, dict) and doc.get("kind") == "List"):
+        return [(source, doc)]
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise CliError(f"{source}: a List needs items: a list of Pods or templates")
+    return [(f"{source}, item {i}", item) for i, item in enumerate(items)]
 
 
 def _parse_text(text: str, name: str) -> list[Any]:
