@@ -71,6 +71,11 @@ def host_revision(session: Session, name: str) -> int:
     return session.scalar(select(Host.revision).where(Host.name == name)) or 0
 
 
+def revisions(session: Session) -> dict[str, int]:
+    """Every host's desired-set revision, by name (what the API's watch board compares)."""
+    return {name: rev or 0 for name, rev in session.execute(select(Host.name, Host.revision))}
+
+
 def list_hosts(session: Session) -> list[Host]:
     return list(session.scalars(select(Host).order_by(Host.id)).all())
 
