@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -472,7 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r["broken"] for r in results) else 0
 
 
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # the steps' `finally` clean up
+
+
 if __name__ == "__main__":
     if __package__ in (None, ""):
         sys.path.insert(0, str(ROOT))
+    signal.signal(signal.SIGTERM, _interrupted)
     sys.exit(main())

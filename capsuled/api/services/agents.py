@@ -30,6 +30,7 @@ from ipaddress import IPv4Network
 import anyio.to_thread
 
 from capsuled.api.metrics import ApiMetrics
+from capsuled.api.services.heartbeats import Heartbeats
 from capsuled.api.services.signals import Signal
 from capsuled.api.services.watch_board import WatchBoard
 from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
@@ -136,6 +137,7 @@ class ControlPlane:
         # registries can exist, as in tests that build a bare control plane).
         self._secrets = secrets
         self.ops_keys = ops_keys or OpsKeys(store)
+        self.heartbeats = Heartbeats(store)
         self.assigned = Signal()  # some desired set changed: the board reads revisions
         self.reported = Signal()  # some agent report landed
         # Which agents to wake: only those whose desired set (or service view) changed.
@@ -195,8 +197,9 @@ class ControlPlane:
         return Registration(ops_key=key)
 
     def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
-        with self._store.transaction() as s:
-            host_repo.heartbeat(s, host)
+        """Noted now, stored with the other hosts' within half a second (heartbeats.py);
+        never waits for the store, so it may run in the event loop."""
+        self.heartbeats.beat(host)
         if stats is not None:
             self._metrics.agent_stats(host, stats)
 

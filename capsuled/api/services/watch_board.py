@@ -64,6 +64,12 @@ class WatchBoard:
         """`with board.waiting():` around a wait keeps the reader thread reading."""
         return _Waiting(self)
 
+    @property
+    def waiters(self) -> int:
+        """Long polls waiting now."""
+        with self._lock:
+            return self._waiting
+
     def stop(self) -> None:
         self._stop.set()
         self._kick.fire()
