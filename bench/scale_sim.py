@@ -99,6 +99,7 @@ class Params:
     rest_window: float
     baseline_window: float
     settle: float
+    create_seconds: float  # 0: until every capsule is created
 
 
 @dataclass
@@ -334,7 +335,8 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
     cpu0, db0, t0 = dep.cpu(), dep.db_cpu(), time.monotonic()
     clients = [spawn("clients", {"urls": dep.urls, "token": project_tokens[k], "index": k,
                                  "count": min(per_client, p.capsules - k * per_client),
-                                 "concurrency": p.client_threads, "prefix": f"c{k}"},
+                                 "concurrency": p.client_threads, "prefix": f"c{k}",
+                                 "seconds": p.create_seconds},
                      tmp, f"clients{k}") for k in range(p.client_procs)]
     for proc, _ in clients:
         proc.wait()
@@ -413,7 +415,8 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
         "load": os.getloadavg()[0],
     }
     result["broken"] = bool(missed or result["assign_ms"]["p99"] > GOAL_P99 * 1000
-                            or len(running) < len(sent) or statuses.get("Running", 0) < len(sent))
+                            or len(running) < len(sent) or statuses.get("Running", 0) < len(sent)
+                            or len(sent) < p.capsules)
     return result
 
 
@@ -450,7 +453,8 @@ def params_for(n: int, args: argparse.Namespace) -> Params:
                   client_procs=args.client_procs, client_threads=args.client_threads,
                   heartbeat_interval=args.heartbeat_interval, down_after=args.down_after,
                   real_per_proc=args.real, rest_window=args.rest_window,
-                  baseline_window=args.baseline_window, settle=args.settle)
+                  baseline_window=args.baseline_window, settle=args.settle,
+                  create_seconds=args.create_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rest-window", type=float, default=30.0)
     ap.add_argument("--baseline-window", type=float, default=10.0)
     ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--create-seconds", type=float, default=0.0,
+                    help="stop creating after this long (0: create them all; --quick: 30)")
     ap.add_argument("--keep-going", action="store_true", help="run every step even after a break")
     ap.add_argument("--database-url", default=os.environ.get(
         "CAPSULED_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
@@ -479,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.agents, args.capsules, args.heartbeat_interval, args.down_after = "50", 500, 2.0, 10.0
         args.rest_window, args.baseline_window, args.settle = 5.0, 3.0, 2.0
+        args.create_seconds = args.create_seconds or 30.0
     results = []
     for n in (int(x) for x in args.agents.split(",") if x.strip()):
         r = run_step(params_for(n, args), args.database_url)

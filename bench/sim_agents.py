@@ -354,6 +354,8 @@ def run_clients(cfg: dict[str, Any], out: Path) -> None:
     errors: list[str] = []
     lock = threading.Lock()
     names = iter(range(int(cfg["count"])))
+    # A bounded run (--quick on a loaded machine) stops creating at its deadline.
+    deadline = time.monotonic() + float(cfg.get("seconds") or float("inf"))
 
     def work(url: str) -> None:
         with httpx.Client(base_url=url, timeout=120, headers={
@@ -361,7 +363,7 @@ def run_clients(cfg: dict[str, Any], out: Path) -> None:
             while True:
                 with lock:
                     i = next(names, None)
-                if i is None:
+                if i is None or time.monotonic() > deadline:
                     return
                 tmpl = {"kind": "capsule", "metadata": {"name": f"{cfg['prefix']}-{i}"},
                         "spec": {"nodeSelector": {"sim": "1"}, "containers": [{
