@@ -219,7 +219,8 @@ def build_api(settings: Settings, store: Store,
         security_groups=SecurityGroupService(
             store, quotas, limits, settings.limits.security_groups_per_project, policy,
             notify=control.notify),
-        capsule_services=CapsuleServices(store, policy, settings.services, changed=control.notify))
+        capsule_services=CapsuleServices(store, policy, settings.services,
+                                         changed=control.services_changed))
     app = create_app(settings, identity(settings, local), services, policy, metrics)
     return Api(app, control, HostMonitor(store, down_after), webhooks,
                RolloutSupervisor(store, settings.api.rollout_check_interval, control.notify),

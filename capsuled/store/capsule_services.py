@@ -41,6 +41,21 @@ def count(session: Session, project_id: str) -> int:
         CapsuleService.project_id == project_id)) or 0
 
 
+def any_exist(session: Session) -> bool:
+    """Whether any service exists (else every host's view is its projects' list alone)."""
+    return session.scalar(select(exists().where(CapsuleService.id.is_not(None)))) or False
+
+
+def any_for_capsules(session: Session, uuids: Collection[str]) -> bool:
+    """Whether any of these capsules is in a project that has a service: only then can
+    a change of theirs change who serves (a view's backends)."""
+    if not uuids:
+        return False
+    projects = select(Capsule.project_id).where(Capsule.uuid.in_(sorted(set(uuids))))
+    return session.scalar(select(exists().where(
+        CapsuleService.project_id.in_(projects)))) or False
+
+
 def create(session: Session, new: NewService, project_id: str, user_id: str,
            vip_range: ipaddress.IPv4Network, limit: int) -> CapsuleService:
     """Under the project's lock (its lock row committed before: quotas.ensure_lock_row)

@@ -6,8 +6,9 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import false, func, select, update
+from sqlalchemy import Table, bindparam, false, func, select, update
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
@@ -60,15 +61,27 @@ def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None =
     return host
 
 
-def heartbeat(session: Session, name: str) -> None:
-    host = session.scalars(select(Host).where(Host.name == name)).first()
-    if host is not None:
-        host.last_seen = utcnow()
-        host.report_count = (host.report_count or 0) + 1
+def heartbeats(session: Session, seen: Mapping[str, tuple[datetime, int]]) -> None:
+    """Many hosts' heartbeats at once: host → (its last beat, how many). The rows are
+    locked in id order first, as `lock_hosts` locks them for a claim, so a batch and a
+    create wait for each other but never deadlock; unknown hosts are skipped."""
+    names = sorted(seen)
+    session.execute(select(Host.id).where(Host.name.in_(names)).order_by(Host.id)
+                    .with_for_update())
+    table = cast(Table, Host.__table__)  # Core: an executemany keyed by name, not by id
+    session.execute(update(table).where(table.c.name == bindparam("host")).values(
+        last_seen=bindparam("at"), report_count=func.coalesce(table.c.report_count, 0)
+        + bindparam("beats")), [{"host": n, "at": seen[n][0], "beats": seen[n][1]}
+                                for n in names])
 
 
 def host_revision(session: Session, name: str) -> int:
     return session.scalar(select(Host.revision).where(Host.name == name)) or 0
+
+
+def revisions(session: Session) -> dict[str, int]:
+    """Every host's desired-set revision, by name (what the API's watch board compares)."""
+    return {name: rev or 0 for name, rev in session.execute(select(Host.name, Host.revision))}
 
 
 def list_hosts(session: Session) -> list[Host]:

@@ -74,7 +74,7 @@ async def heartbeat(request: Request, host: str, who: PrincipalDep) -> Response:
     """The host is alive; the body (optional) carries its agent's loop counters."""
     _own(who, host)
     stats = _stats(host, await request.body())
-    await anyio.to_thread.run_sync(_control(request).heartbeat, host, stats)
+    _control(request).heartbeat(host, stats)  # never waits for the store
     return Response(status_code=204)
 
 

@@ -17,7 +17,6 @@ no longer out of a database copy (set the setting for that).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -31,6 +30,9 @@ from ipaddress import IPv4Network
 import anyio.to_thread
 
 from capsuled.api.metrics import ApiMetrics
+from capsuled.api.services.heartbeats import Heartbeats
+from capsuled.api.services.signals import Signal
+from capsuled.api.services.watch_board import WatchBoard
 from capsuled.domain.channel import (AgentStats, Assignments, BareReport, CapsuleReport,
                                      HostInfo, Registration, ops_key_digest)
 from capsuled.domain.services import ServicesView
@@ -48,68 +50,20 @@ from capsuled.store.meta import claim_meta, get_meta
 
 LOG = logging.getLogger(__name__)
 
-# Another API replica may change a host's desired set; re-read the revision this often
-# (one indexed single-row read per watching agent), so an assignment reaches its agent
-# well within a second whichever replica accepted it.
+# How often the watch board (api/services/watch_board.py) re-reads every host's revision
+# while agents wait, for what another replica commits on an engine without notices: an
+# assignment reaches its agent well within a second whichever replica accepted it. One
+# query per replica, however many agents wait.
 _POLL_SECONDS = 0.25
-# A host's service view is a few queries, not one row: without a wake-up from this
-# replica (or, on PostgreSQL, another's notice) it is read again this often.
+# A waiting agent re-reads its own desired set this often whatever the board says: the
+# safety net under a lost wake-up (level-triggered: it costs latency, not correctness).
+_WATCH_RECHECK_SECONDS = 5.0
+# Without notices from the other replicas (MariaDB) a service view, which also depends
+# on reports any replica stores, is read again this often while services exist.
 _SERVICES_POLL_SECONDS = 0.5
 
 
-class Signal:
-    """Wakes waiters, threads or coroutines in an event loop, when something happened in
-    this process (a desired set changed, a report landed).
-
-    `seq` counts the firings: a waiter reads it before it reads the store and passes it
-    to `wait`, so a firing in between is not missed. Changes committed by another API
-    replica are not seen here; waiters re-read the store every few hundred milliseconds
-    for those."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-
-    def fire(self) -> None:
-        with self._lock:
-            self.seq += 1
-            waiters, self._waiters = self._waiters, set()
-            self._cond.notify_all()
-        for loop, fut in waiters:
-            loop.call_soon_threadsafe(_resolve, fut)
-
-    def wait_blocking(self, seen: int, timeout: float) -> None:
-        """In a thread: return after a firing newer than `seen`, or after `timeout`."""
-        with self._lock:
-            if self.seq == seen:
-                self._cond.wait(timeout)
-
-    async def wait(self, seen: int, timeout: float) -> None:
-        """In an event loop: return after a firing newer than `seen`, or after `timeout`."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        entry = (loop, fut)
-        with self._lock:
-            if self.seq != seen:
-                return
-            self._waiters.add(entry)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._waiters.discard(entry)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-ASSIGNED, REPORTED = "assigned", "reported"
+ASSIGNED, REPORTED, SERVICES = "assigned", "reported", "services"
 _OPS_SECRET_META = "ops_secret"
 
 
@@ -183,23 +137,51 @@ class ControlPlane:
         # registries can exist, as in tests that build a bare control plane).
         self._secrets = secrets
         self.ops_keys = ops_keys or OpsKeys(store)
-        self.assigned = Signal()  # some desired set changed
+        self.heartbeats = Heartbeats(store)
+        self.assigned = Signal()  # some desired set changed: the board reads revisions
         self.reported = Signal()  # some agent report landed
-        self.services_changed = Signal()  # either: some service view may have changed
+        # Which agents to wake: only those whose desired set (or service view) changed.
+        self.board = WatchBoard(self._revisions, self.assigned, _POLL_SECONDS)
+        # Whether any capsule service exists, as the board's last read saw it: without
+        # one, every service view is a function of its host's desired set alone.
+        self._services_exist = True
+        # SQLite serves one process: every change is this process's, so signals say it all.
+        self._alone = store.engine.dialect.name == "sqlite"
         # Tells the other API replicas (store/notify.py); without it they re-read.
         self.publish = publish
 
     def notify(self) -> None:
         """Wake watchers after a commit that changed some desired set (or a service)."""
         self.assigned.fire()
-        self.services_changed.fire()
+        if self._services_exist:
+            self.board.services_all()  # a delete or an update may change who serves
         if self.publish is not None:
             self.publish(ASSIGNED)
 
+    def services_changed(self) -> None:
+        """Wake every service view's watcher: a service changed, or who serves one."""
+        self._services_exist = True
+        self.assigned.fire()  # the board re-reads revisions (and whether services exist)
+        self.board.services_all()
+        if self.publish is not None:
+            self.publish(SERVICES)
+
     def on_notice(self, topic: str) -> None:
         """Another replica (or this one) published `topic`."""
-        {ASSIGNED: self.assigned, REPORTED: self.reported}.get(topic, self.assigned).fire()
-        self.services_changed.fire()
+        if topic == REPORTED:
+            self.reported.fire()
+        elif topic == SERVICES:
+            self._services_exist = True
+            self.board.services_all()
+        else:
+            self.assigned.fire()
+            if self._services_exist:
+                self.board.services_all()
+
+    def _revisions(self) -> dict[str, int]:
+        with self._store.transaction() as s:
+            self._services_exist = service_repo.any_exist(s)
+            return host_repo.revisions(s)
 
     def instance_id(self) -> str:
         with self._store.transaction() as s:
@@ -215,8 +197,9 @@ class ControlPlane:
         return Registration(ops_key=key)
 
     def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
-        with self._store.transaction() as s:
-            host_repo.heartbeat(s, host)
+        """Noted now, stored with the other hosts' within half a second (heartbeats.py);
+        never waits for the store, so it may run in the event loop."""
+        self.heartbeats.beat(host)
         if stats is not None:
             self._metrics.agent_stats(host, stats)
 
@@ -224,23 +207,29 @@ class ControlPlane:
         """The host's desired set once its revision passes `after_revision`, or as it is
         after `timeout` seconds (in a thread: the all-in-one agent)."""
         deadline = time.monotonic() + timeout
-        while True:
-            seen = self.assigned.seq
-            got = self._assignments(host, after_revision, time.monotonic() >= deadline)
-            if got is not None:
-                return got
-            self.assigned.wait_blocking(seen, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        signal = self.board.assigned(host)
+        with self.board.waiting():
+            while True:
+                seen = signal.seq
+                got = self._assignments(host, after_revision, time.monotonic() >= deadline)
+                if got is not None:
+                    return got
+                signal.wait_blocking(seen, min(_WATCH_RECHECK_SECONDS,
+                                               max(0.0, deadline - time.monotonic())))
 
     async def watch_async(self, host: str, after_revision: int, timeout: float) -> Assignments:
         """`watch` for the HTTP channel: a waiting agent holds no thread."""
         deadline = time.monotonic() + timeout
-        while True:
-            seen = self.assigned.seq
-            got = await anyio.to_thread.run_sync(self._assignments, host, after_revision,
-                                                 time.monotonic() >= deadline)
-            if got is not None:
-                return got
-            await self.assigned.wait(seen, min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        signal = self.board.assigned(host)
+        with self.board.waiting():
+            while True:
+                seen = signal.seq
+                got = await anyio.to_thread.run_sync(self._assignments, host, after_revision,
+                                                     time.monotonic() >= deadline)
+                if got is not None:
+                    return got
+                await signal.wait(seen, min(_WATCH_RECHECK_SECONDS,
+                                            max(0.0, deadline - time.monotonic())))
 
     def _assignments(self, host: str, after_revision: int, final: bool) -> Assignments | None:
         with self._store.transaction() as s:
@@ -267,6 +256,9 @@ class ControlPlane:
                 for b in containers or []:
                     container_repo.apply_bare_report(s, host, b)
                 renamed = overlay_repo.take_changed(s)
+                # Reports of capsules no service selects change no service view.
+                serving = self._services_exist and service_repo.any_for_capsules(
+                    s, [r.uuid for r in reports])
             if renamed:
                 # The project's other hosts answer for these names: wake them (after the
                 # report's commit, in the lock order placement uses).
@@ -277,7 +269,8 @@ class ControlPlane:
         finally:
             self._metrics.report_stored(host, time.perf_counter() - started, failed)
         self.reported.fire()
-        self.services_changed.fire()  # readiness decides which capsules serve
+        if serving:
+            self.services_changed()  # readiness decides which capsules serve
         if self.publish is not None:
             self.publish(REPORTED)
 
@@ -286,24 +279,35 @@ class ControlPlane:
         """The host's service view once its version differs from `after`, or as it is
         after `timeout` seconds (in a thread: the all-in-one agent)."""
         deadline = time.monotonic() + timeout
-        while True:
-            seen = self.services_changed.seq
-            view = self._services_view(host)
-            left = deadline - time.monotonic()
-            if view.version != after or left <= 0:
-                return view
-            self.services_changed.wait_blocking(seen, min(_SERVICES_POLL_SECONDS, left))
+        signal = self.board.services_for(host)
+        with self.board.waiting():
+            while True:
+                seen = signal.seq
+                view = self._services_view(host)
+                left = deadline - time.monotonic()
+                if view.version != after or left <= 0:
+                    return view
+                signal.wait_blocking(seen, min(self._services_recheck(), left))
 
     async def services_async(self, host: str, after: str | None, timeout: float) -> ServicesView:
         """`services` for the HTTP channel: a waiting agent holds no thread."""
         deadline = time.monotonic() + timeout
-        while True:
-            seen = self.services_changed.seq
-            view = await anyio.to_thread.run_sync(self._services_view, host)
-            left = deadline - time.monotonic()
-            if view.version != after or left <= 0:
-                return view
-            await self.services_changed.wait(seen, min(_SERVICES_POLL_SECONDS, left))
+        signal = self.board.services_for(host)
+        with self.board.waiting():
+            while True:
+                seen = signal.seq
+                view = await anyio.to_thread.run_sync(self._services_view, host)
+                left = deadline - time.monotonic()
+                if view.version != after or left <= 0:
+                    return view
+                await signal.wait(seen, min(self._services_recheck(), left))
+
+    def _services_recheck(self) -> float:
+        # Alone, or told of every other replica's commits (PostgreSQL), the signals say
+        # it all; otherwise a report stored by another replica is only found by reading.
+        if self.publish is None and self._services_exist and not self._alone:
+            return _SERVICES_POLL_SECONDS
+        return _WATCH_RECHECK_SECONDS
 
     def _services_view(self, host: str) -> ServicesView:
         with self._store.transaction() as s:

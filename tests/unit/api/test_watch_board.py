@@ -1,0 +1,141 @@
+"""The agents' long polls on one API replica are woken per host: a change to one host's
+desired set costs one revision read and that host's re-read, not one read per waiting
+agent; a report of a capsule no service selects wakes no service view; and a waiting
+agent whose wake-up is lost still gets its change (the board's poll)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from capsuled.api.services.agents import ControlPlane
+from capsuled.api.services.signals import Signal
+from capsuled.api.services.watch_board import WatchBoard
+from capsuled.domain.channel import Assignments, CapsuleReport, HostInfo
+from capsuled.store.capsules import bump_host_revision
+from capsuled.store.engine import Store, make_engine, upgrade
+from tests.conftest import wait_for
+
+HOSTS = [f"h{i:02d}" for i in range(30)]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[Store]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+@pytest.fixture()
+def control(store: Store) -> Iterator[ControlPlane]:
+    control = ControlPlane(store)
+    for h in HOSTS:
+        control.register(HostInfo(name=h, cpus=8, memory_mb=8192, disk_gb=50))
+    yield control
+    control.board.stop()
+
+
+class Statements:
+    """Counts the SQL statements the engine runs."""
+
+    def __init__(self, store: Store) -> None:
+        self.n = 0
+        event.listen(store.engine, "before_cursor_execute", self._count)
+        self._engine = store.engine
+
+    def _count(self, *_: Any) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._count)
+
+
+def _watchers(control: ControlPlane, timeout: float) -> dict[str, list[Assignments]]:
+    got: dict[str, list[Assignments]] = {h: [] for h in HOSTS}
+    revision = {h: control.watch(h, -1, 0).revision for h in HOSTS}
+    for h in HOSTS:
+        threading.Thread(target=lambda h=h: got[h].append(control.watch(h, revision[h], timeout)),
+                         daemon=True).start()
+    wait_for(lambda: control.board.waiters == len(HOSTS), timeout=10)
+    return got
+
+
+def test_a_change_to_one_host_wakes_that_hosts_watch_alone(control: ControlPlane,
+                                                          store: Store) -> None:
+    got = _watchers(control, timeout=20)
+    time.sleep(0.3)  # the board's first read: every waiter was just woken once, re-reads
+    counted = Statements(store)
+    try:
+        with store.transaction() as s:
+            bump_host_revision(s, "h07")
+        control.notify()
+        wait_for(lambda: bool(got["h07"]), timeout=5)
+        time.sleep(0.3)  # a poll period: any other wake-up would show by now
+    finally:
+        counted.close()
+    assert got["h07"][0].revision > 0
+    assert [h for h, answers in got.items() if answers] == ["h07"]
+    # The bump, the board's reads (revisions and whether services exist) and h07's
+    # desired set: a dozen statements. Waking every waiter to re-read costs ≥ 30.
+    assert counted.n < 20, counted.n
+
+
+def test_a_lost_wakeup_is_found_by_the_boards_poll(control: ControlPlane,
+                                                  store: Store) -> None:
+    got = _watchers(control, timeout=20)
+    with store.transaction() as s:
+        bump_host_revision(s, "h03")  # as another replica would: no notify() here
+    wait_for(lambda: bool(got["h03"]), timeout=2)  # the board polls every 0.25 s
+    assert [h for h, answers in got.items() if answers] == ["h03"]
+
+
+def test_a_report_without_services_wakes_no_service_view(control: ControlPlane) -> None:
+    views = 0
+    real = control._services_view
+
+    def counted(host: str) -> Any:
+        nonlocal views
+        views += 1
+        return real(host)
+
+    control._services_view = counted  # type: ignore[method-assign]
+    after = {h: control.services(h, None, 0).version for h in HOSTS}
+    answers: list[str] = []
+    for h in HOSTS:
+        threading.Thread(target=lambda h=h: answers.append(
+            control.services(h, after[h], 20).host), daemon=True).start()
+    wait_for(lambda: control.board.waiters == len(HOSTS), timeout=10)
+    time.sleep(0.3)  # the board's first read woke each once
+    views = 0
+    control.report("h05", [CapsuleReport(uuid="no-such-capsule", generation=1)])
+    time.sleep(0.5)
+    assert views == 0 and answers == []
+
+
+def test_the_board_fires_only_moved_hosts_and_reads_only_while_waited_on() -> None:
+    revisions = {"a": 1, "b": 1}
+    kick = Signal()
+    board = WatchBoard(lambda: dict(revisions), kick, poll=0.05)
+    a, b = board.assigned("a"), board.assigned("b")
+    try:
+        time.sleep(0.2)
+        assert board.reads == 0  # nobody waits: nothing is read
+        with board.waiting():
+            wait_for(lambda: board.reads >= 1, timeout=2)
+            seen_a, seen_b = a.seq, b.seq
+            revisions["a"] = 2
+            kick.fire()
+            wait_for(lambda: a.seq > seen_a, timeout=2)
+            assert b.seq == seen_b
+        reads = board.reads
+        time.sleep(0.3)
+        assert board.reads <= reads + 1  # the round under way at most
+    finally:
+        board.stop()
