@@ -4,7 +4,8 @@ same machine, printed as a table and written as JSON.
     .venv/bin/python -m bench.run [--quick] [--cases 1,2,3,4,5,6] [--json PATH]
 
 Cases (docs/benchmarks.md has the details, goals and the latest results):
-  1 start-up     sandbox + 2 busybox, POST → Running vs raw docker SDK (and podman)
+  1 start-up     sandbox + 2 busybox, POST → Running (cold, and with a warm sandbox
+                 pool) vs raw docker SDK (and podman)
   2 burst        50 capsules at once → all Running, and clean-up, vs raw SDK
   3 status       docker kill → the API shows it exited (median, p99)
   4 API          list/show on 10,000 capsules, creates accepted per second
