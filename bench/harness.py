@@ -177,7 +177,9 @@ class Server:
                 return httpx.get(self.url + "/", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_for(up, timeout=60, interval=0.1, what="capsuled to answer")
+        # Generous: on a shared 2-core machine under load, imports and migrations alone can
+        # take most of a minute.
+        wait_for(up, timeout=180, interval=0.1, what="capsuled to answer")
         return self
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -4,7 +4,8 @@ same machine, printed as a table and written as JSON.
     .venv/bin/python -m bench.run [--quick] [--cases 1,2,3,4,5,6] [--json PATH]
 
 Cases (docs/benchmarks.md has the details, goals and the latest results):
-  1 start-up     sandbox + 2 busybox, POST → Running vs raw docker SDK (and podman)
+  1 start-up     sandbox + 2 busybox, POST → Running (cold, and with a warm sandbox
+                 pool) vs raw docker SDK (and podman)
   2 burst        50 capsules at once → all Running, and clean-up, vs raw SDK
   3 status       docker kill → the API shows it exited (median, p99)
   4 API          list/show on 10,000 capsules, creates accepted per second
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[CaseResult] = []
     main_server: Server | None = None
+    warm_server: Server | None = None
     raw = podman = None
 
     def case(name: str, fn: Callable[[], tuple[list[Row], list[str]]]) -> None:
@@ -109,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         if 1 in cases:
             from bench.cases import startup
             assert main_server is not None and raw is not None
-            case("1 start-up", lambda: (startup.run(client, raw, podman, p["startup_runs"]),
+            # The warm-pool arm: a second capsuled whose agent keeps idle sandboxes.
+            warm_server = Server("warm", env={
+                "CAPSULED_AGENT__SANDBOX_POOL_SIZE": str(startup.POOL_SIZE)}).start()
+            warm_client = warm_server.client()
+            warm_server.unlimited_quota(warm_client)
+            warm = startup.Warm(warm_client, warm_server.instance, api)
+            case("1 start-up", lambda: (startup.run(client, raw, podman, p["startup_runs"], warm),
                                         [] if podman else ["podman is not installed: no podman row"]))
         if 2 in cases:
             from bench.cases import burst
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if main_server is not None:
             labels.append(f"capsuled.instance={main_server.instance}")
             removed += main_server.destroy(api)  # its project network at least
+        if warm_server is not None:
+            labels.append(f"capsuled.instance={warm_server.instance}")
+            removed += warm_server.destroy(api)  # its idle pooled sandboxes too
         removed += remove_labelled(api, labels[0])  # the baselines' network
         leaked = [n for label in labels for n in still_labelled(api, label)]
         report["cleanup"] = {"removed_at_end": removed, "still_there_after": leaked}

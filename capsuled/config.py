@@ -44,6 +44,14 @@ class AgentSettings(BaseModel):
         "cpu_allocation_ratio): 1 claims real cores; 4 lets a 2-core host hold 80 containers "
         "of the default 0.1 CPU. Memory is never overcommitted"))
     labels: dict[str, str] = Field(default_factory=dict, description="Host labels for scheduling")
+    sandbox_pool_size: int = Field(0, ge=0, le=256, description=(
+        "Idle sandboxes kept ready on this host, all projects together, shared among the "
+        "projects with a capsule here now or within sandbox_pool_idle_seconds; a new capsule "
+        "without hostPorts then only makes its members. Its hostname is then the sandbox's "
+        "container id, not its name, and its interface eth1 (docs/architecture.md). 0: no pool"))
+    sandbox_pool_idle_seconds: float = Field(600.0, gt=0, le=86400, description=(
+        "Seconds an idle pooled sandbox is kept (then replaced: it carries the /etc/hosts of "
+        "when it was made), and a project keeps its share after its last capsule here went"))
     security_groups: bool = Field(True, description=(
         "Enforce security groups in this host's kernel (iptables, filter table: a chain per "
         "capsule or bare container, jumped to from DOCKER-USER); off: every container is "

@@ -17,6 +17,8 @@ DEFAULT_URL = f"http://{DEFAULT_LISTEN}"
 ADMIN_TOKEN_FILE = "admin-token"
 # The agent's record of which cached images are private to which projects (agent/image_ledger.py).
 PRIVATE_IMAGES_FILE = "private-images.json"
+# The agent's record of which pooled sandbox each capsule claimed (agent/pool_claims.py).
+SANDBOX_CLAIMS_FILE = "sandbox-claims.json"
 
 
 def default_state_dir() -> Path:

@@ -4,6 +4,7 @@ CapsuleReport."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
 from capsuled.agent.plan import Plan, compute_plan, resources
+from capsuled.agent.pool_claims import Claim
 from capsuled.agent.prober import Prober, Target
+from capsuled.agent.sandbox_pool import SandboxPool
 from capsuled.agent.services import ServiceAgent
 from capsuled.domain import labels as L
 from capsuled.domain import naming
@@ -23,7 +26,7 @@ from capsuled.domain.spec import ZUN_RESTART_NAMES, ContainerSpec, spec_hash
 from capsuled.drivers.network.base import ProjectNetwork, network_name
 from capsuled.drivers.runtime.base import ContainerRequest, Observed, Runtime, SandboxRequest
 from capsuled.drivers.volume.base import VolumeDriver, VolumeRequest
-from capsuled.errors import DriverError
+from capsuled.errors import CapsuledError, DriverError
 
 LOG = logging.getLogger(__name__)
 _MAX_STEPS = 12
@@ -54,8 +57,10 @@ class CapsuleExecutor:
                  prober: Prober | None = None, publish_address: str = "0.0.0.0",
                  guard: Callable[[str, list[Address]], None] | None = None,
                  services: ServiceAgent | None = None,
-                 announce: Callable[[CapsuleReport], None] | None = None) -> None:
+                 announce: Callable[[CapsuleReport], None] | None = None,
+                 pool: SandboxPool | None = None) -> None:
         self._rt = runtime
+        self._pool = pool  # the warm sandbox pool (None: every sandbox is made on demand)
         # Puts a capsule's security groups on its sandbox's address (agent/firewall.py);
         # raises DriverError when it cannot, and then no member starts.
         self._guard = guard
@@ -79,7 +84,7 @@ class CapsuleExecutor:
         try:
             known: list[Observed] | None = None
             for _ in range(_MAX_STEPS):
-                observed = known if known is not None else self._rt.observe_capsule(self._instance, uuid)
+                observed = known if known is not None else self._observe(uuid, desired)
                 plan = compute_plan(desired, observed, self._readiness(observed))
                 progress.blocked, progress.waiting = plan.blocked, plan.waiting
                 progress.converged = plan.converged
@@ -113,9 +118,27 @@ class CapsuleExecutor:
 
     def _safe_observe(self, uuid: str) -> list[Observed]:
         try:
-            return self._rt.observe_capsule(self._instance, uuid)
+            return self._observe(uuid, None)
         except DriverError:
             return []
+
+    def _observe(self, uuid: str, desired: Assignment | None) -> list[Observed]:
+        """Everything of the capsule in Docker: what carries its label, and the pooled
+        sandbox it claimed (which cannot), shown as its sandbox. A claim an agent did not
+        finish (killed between the record and the join) is finished here, before any
+        member can be made in it."""
+        observed = self._rt.observe_capsule(self._instance, uuid)
+        claim = self._pool.claim_of(uuid) if self._pool is not None else None
+        if claim is None or self._pool is None:
+            return observed
+        sandbox = self._rt.observe_container(claim.sandbox)
+        if sandbox is None:
+            self._pool.release(uuid)  # removed before a crash (or by hand): nothing to own
+            return observed
+        if (desired is not None and not desired.deleting and desired.project_id is not None
+                and sandbox.state == "running"):
+            sandbox = self._finish_claim(desired, sandbox)
+        return [*observed, _as_sandbox(sandbox, uuid, claim)]
 
     def _drain(self, uuid: str, desired: Assignment | None, observed: list[Observed],
                removing: set[str]) -> None:
@@ -157,6 +180,9 @@ class CapsuleExecutor:
         if plan.remove:
             # Members first (in parallel), the sandbox last: it holds their namespaces.
             self._remove_all(plan.remove)
+            claim = self._pool.claim_of(uuid) if self._pool is not None else None
+            if claim is not None and self._pool is not None and claim.sandbox in plan.remove:
+                self._pool.release(uuid)  # only once it is gone: see pool_claims.py
         if plan.remove_volumes:
             self._volumes.remove_owned(self._instance, uuid)
         if desired is None:
@@ -218,6 +244,10 @@ class CapsuleExecutor:
                 name=naming.volume_name(desired.uuid, vol.name), size_gib=vol.size,
                 labels={L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.VOLUME: vol.name,
                         L.AUTO_REMOVE: "true" if vol.auto_remove or vol.type == "emptyDir" else "false"}))
+        claimed = self._claim(desired)
+        if claimed is not None:
+            progress.event("Normal", "SandboxClaimed", "took a ready sandbox from the warm pool")
+            return claimed
         self._rt.ensure_image(self._infra, "IfNotPresent")
         published = capsule_published(spec)
         labels = {L.INSTANCE: self._instance, L.CAPSULE: desired.uuid, L.ROLE: L.ROLE_SANDBOX,
@@ -249,6 +279,57 @@ class CapsuleExecutor:
         else:
             progress.event("Normal", "SandboxCreated", "created the sandbox")
         return sandbox
+
+    def _claim(self, desired: Assignment) -> Observed | None:
+        """A pooled sandbox for the capsule, joined to its network under its names; None
+        when the pool has none for it, or the capsule cannot use one (it publishes host
+        ports, which only a create can bind; or it had a sandbox before, whose address it
+        asks for again)."""
+        project = desired.project_id
+        if (self._pool is None or not self._pool.enabled or project is None
+                or capsule_published(desired.spec)
+                or previous_address(project, desired.addresses) is not None):
+            return None
+        hosts = self._services.hosts_for(project) if self._services is not None else ()
+        epoch = desired.spec.sandbox_epoch
+        sid = self._pool.take(desired.uuid, project, epoch, hosts)
+        if sid is None:
+            return None
+        try:
+            sandbox = self._rt.observe_container(sid)
+            if sandbox is None or sandbox.state != "running":
+                raise DriverError(f"pooled sandbox {sid[:12]} is no longer running")
+            sandbox = self._finish_claim(desired, sandbox)
+        except CapsuledError as exc:
+            # Unusable (stopped, its network gone for good): it goes, and the capsule
+            # gets a sandbox made the usual way.
+            LOG.warning("capsule %s: pooled sandbox %s unusable: %s", desired.uuid, sid[:12],
+                        exc.message)
+            self._rt.remove_container(sid, 0)
+            self._pool.release(desired.uuid)
+            return None
+        return _as_sandbox(sandbox, desired.uuid, Claim(sandbox=sid, epoch=epoch))
+
+    def _finish_claim(self, desired: Assignment, sandbox: Observed) -> Observed:
+        """Join a claimed sandbox to its project's network with the capsule's names, and
+        give it the capsule's sandbox name; each only if not done yet (idempotent, so a
+        restarted agent finishes a claim the same way). The rename runs alongside."""
+        assert desired.project_id is not None
+        name = naming.sandbox_name(desired.uuid, desired.spec.name)
+        net = network_name(self._instance, desired.project_id)
+        rename = (self._parallel.submit(self._rt.rename, sandbox.id, name)
+                  if sandbox.name != name else None)
+        if net not in sandbox.networks:
+            self._networks.with_network(desired.project_id, lambda n: self._rt.connect_network(
+                sandbox.id, n.name if n is not None else net, _aliases(desired)))
+        if rename is not None:
+            rename.result()
+        elif net in sandbox.networks:
+            return sandbox
+        got = self._rt.observe_container(sandbox.id)
+        if got is None:
+            raise DriverError(f"pooled sandbox {sandbox.id[:12]} vanished while it was claimed")
+        return got
 
     def _guard_sandbox(self, desired: Assignment, sandbox: Observed) -> None:
         if self._guard is not None and desired.project_id is not None:
@@ -332,6 +413,15 @@ class CapsuleExecutor:
                                       sandbox_id=sandbox.id, started_at=o.started_at or "", spec=c,
                                       restart_capsule=desired.spec.failure_policy == "RestartCapsule"))
         self._prober.track(desired.uuid, targets)
+
+
+def _as_sandbox(o: Observed, capsule: str, claim: Claim) -> Observed:
+    """A claimed pooled sandbox as the plan expects a capsule's sandbox to look: the labels
+    Docker cannot add to it, from the claim."""
+    labels = {**o.labels, L.CAPSULE: capsule, L.ROLE: L.ROLE_SANDBOX,
+              L.SANDBOX_EPOCH: str(claim.epoch)}
+    labels.pop(L.PORTS, None)
+    return dataclasses.replace(o, labels=labels)
 
 
 def _aliases(desired: Assignment) -> tuple[str, ...]:

@@ -20,8 +20,10 @@ from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.overlay import Overlay
+from capsuled.agent.pool_claims import ClaimBook
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
+from capsuled.agent.sandbox_pool import SandboxPool
 from capsuled.agent.services import ServiceAgent
 from capsuled.agent.workers import CapsuleWorkers
 from capsuled.config import AgentSettings
@@ -54,7 +56,8 @@ class Agent:
                  probe_driver: ProbeDriver | None = None,
                  overlay: Overlay | None = None,
                  firewall: FirewallDriver | None = None,
-                 services: ServiceAgent | None = None) -> None:
+                 services: ServiceAgent | None = None,
+                 claims: ClaimBook | None = None) -> None:
         self._channel = channel
         self._services = services  # capsule services on this host (None: not programmed)
         # (url, per-boot nonce) of our ops server; the API answers a registration with the
@@ -88,18 +91,25 @@ class Agent:
         publish = str(settings.publish_address)
         # Security groups in the kernel (None: not enforced on this host).
         self._firewall = None if firewall is None else Firewall(firewall, instance)
+        # What the loops did, sent with each heartbeat (the API's /metrics, per host).
+        self.meters = AgentMeters()
+        # Idle sandboxes made ahead (size 0: none; the claims of an earlier run still hold).
+        self.pool = SandboxPool(runtime, self._networks, claims or ClaimBook(), instance,
+                                infra_image, settings.sandbox_pool_size,
+                                settings.sandbox_pool_idle_seconds,
+                                hosts_for=services.hosts_for if services is not None
+                                else lambda project: (), meter=self.meters.pool)
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel, images,
                                          self._prober, publish_address=publish,
                                          guard=None if self._firewall is None
                                          else self._firewall.observe,
                                          services=services,
-                                         announce=lambda r: self._channel.report(self._host, [r]))
+                                         announce=lambda r: self._channel.report(self._host, [r]),
+                                         pool=self.pool)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
                                   images=images, publish_address=publish)
-        # What the loops did, sent with each heartbeat (the API's /metrics, per host).
-        self.meters = AgentMeters()
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max, meter=self.meters.sync)
         self._threads: list[threading.Thread] = []
@@ -116,6 +126,7 @@ class Agent:
             self._prober.start()
         if self._services is not None:
             self._services.start()
+        self.pool.start()
 
     def register(self) -> None:
         """Tell the control plane about this host, retrying while it cannot be reached (an
@@ -146,6 +157,7 @@ class Agent:
     def stop(self) -> None:
         """Stop reconciling; containers are left running for the next start to adopt."""
         self._stop.set()
+        self.pool.stop()
         if self._services is not None:
             self._services.stop()
         if self._prober is not None:
@@ -232,6 +244,8 @@ class Agent:
             wanted.update({a.uuid: Wanted(a.firewall, firewall_addresses(a.addresses))
                            for a in got.containers})
             self._firewall.desire(wanted)
+        self.pool.active({a.project_id for a in got.capsules
+                          if a.project_id is not None and not a.deleting})
         self._first_watch.set()
         for uuid, gen in [*((u, a.generation) for u, a in fresh.items()),
                           *((u, a.generation) for u, a in fresh_bare.items())]:
@@ -247,7 +261,10 @@ class Agent:
             try:
                 for ev in self._runtime.events(self._instance):
                     delay = 0.5
-                    self.workers.enqueue(ev.capsule)
+                    # A pooled sandbox's event: its capsule, if one claimed it.
+                    capsule = ev.capsule or self.pool.owner(ev.container_id)
+                    if capsule:
+                        self.workers.enqueue(capsule)
                     if self._stop.is_set():
                         return
             except Exception as exc:  # noqa: BLE001 - logged; reconnects after a pause
@@ -289,9 +306,14 @@ class Agent:
             desired: dict[str, Assignment | ContainerAssignment] = {**self._desired,
                                                                     **self._desired_bare}
         grouped: dict[str, list[Summary]] = defaultdict(list)
+        owners = {c.sandbox: uuid for uuid, c in self.pool.claims.all().items()}
         for s in summaries:
-            if s.labels.get(L.CAPSULE):
-                grouped[s.labels[L.CAPSULE]].append(s)
+            # A claimed pooled sandbox counts as its capsule's: an orphan then is one too.
+            uuid = s.labels.get(L.CAPSULE) or owners.get(s.id)
+            if uuid:
+                grouped[uuid].append(s)
+        for uuid in owners.values():
+            grouped.setdefault(uuid, [])  # its sandbox gone: the sync drops the claim
         for uuid in grouped.keys() | desired.keys():
             # Docker's status line ends in "(unhealthy)" when a health check fails.
             fp = tuple(sorted((s.id, s.state, _exit_code(s.status), "(unhealthy)" in s.status)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from capsuled.domain.channel import AgentStats, LoopStats
+from capsuled.domain.channel import AgentStats, LoopStats, PoolStats
 
 # Seconds: a sync that finds nothing to do takes milliseconds, one that pulls an image or
 # waits for a container to stop takes up to minutes.
@@ -61,13 +61,34 @@ class LoopMeter:
                              buckets=cumulative)
 
 
+class PoolMeter:
+    """The warm sandbox pool's counters; `size` and `idle` are set by the pool."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = {"claims": 0, "misses": 0, "made": 0, "removed": 0, "errors": 0}
+        self.size = 0
+        self.idle = 0
+
+    def count(self, **by: int) -> None:
+        with self._lock:
+            for key, n in by.items():
+                self._counts[key] += n
+
+    def snapshot(self) -> PoolStats:
+        with self._lock:
+            return PoolStats(size=self.size, idle=self.idle, **self._counts)
+
+
 class AgentMeters:
     def __init__(self) -> None:
         self.sync = LoopMeter(SYNC_BOUNDS)
         self.relist = LoopMeter(SYNC_BOUNDS)
         self.watch = LoopMeter()  # long polls: their duration is a wait, not work
         self.heartbeat = LoopMeter()
+        self.pool = PoolMeter()
 
     def snapshot(self) -> AgentStats:
         return AgentStats(sync=self.sync.snapshot(), relist=self.relist.snapshot(),
-                          watch=self.watch.snapshot(), heartbeat=self.heartbeat.snapshot())
+                          watch=self.watch.snapshot(), heartbeat=self.heartbeat.snapshot(),
+                          pool=self.pool.snapshot())

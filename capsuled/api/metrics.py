@@ -170,8 +170,19 @@ class _AgentBoard:
         age = GaugeMetricFamily("capsuled_agent_stats_age_seconds", "Seconds since this API "
                                 "replica got the agent's stats (its last heartbeat here)",
                                 labels=["host"])
+        pool = CounterMetricFamily("capsuled_agent_sandbox_pool", "The warm sandbox pool's "
+                                   "events on a host (claims: capsules that got a pooled "
+                                   "sandbox; misses: ones that could have and found none; "
+                                   "made; removed: idle ones; errors)", labels=["host", "event"])
+        pool_idle = GaugeMetricFamily("capsuled_agent_sandbox_pool_idle", "Idle pooled "
+                                      "sandboxes on a host, and its bound (size; 0: no pool)",
+                                      labels=["host", "kind"])
         for host, (at, stats) in board:
             age.add_metric([host], max(0.0, now - at))
+            for event in ("claims", "misses", "made", "removed", "errors"):
+                pool.add_metric([host, event], getattr(stats.pool, event))
+            pool_idle.add_metric([host, "idle"], stats.pool.idle)
+            pool_idle.add_metric([host, "size"], stats.pool.size)
             unsettled.add_metric([host], stats.sync.unsettled)
             for loop, s in (("sync", stats.sync), ("relist", stats.relist),
                             ("watch", stats.watch), ("heartbeat", stats.heartbeat)):
@@ -179,7 +190,7 @@ class _AgentBoard:
                 errors.add_metric([host, loop], s.errors)
                 if s.bounds:
                     durations.add_metric([host, loop], _buckets(s), sum_value=s.seconds)
-        yield from (rounds, errors, unsettled, durations, age)
+        yield from (rounds, errors, unsettled, durations, age, pool, pool_idle)
 
 
 def _buckets(s: LoopStats) -> list[tuple[str, float]]:

@@ -292,7 +292,8 @@ def build_agent(settings: Settings, channel: AgentServiceChannel, client: docker
     gets the key the API derived for it at each registration."""
     from capsuled.agent.image_ledger import ImageLedger
     from capsuled.agent.loop import Agent
-    from capsuled.paths import PRIVATE_IMAGES_FILE, private_dir
+    from capsuled.agent.pool_claims import ClaimBook
+    from capsuled.paths import PRIVATE_IMAGES_FILE, SANDBOX_CLAIMS_FILE, private_dir
     from capsuled.drivers.network.docker import BridgeNetworks
     from capsuled.drivers.runtime.docker import DockerRuntime
     from capsuled.drivers.volume.docker import LocalVolumes
@@ -303,6 +304,7 @@ def build_agent(settings: Settings, channel: AgentServiceChannel, client: docker
                  settings.docker.infra_image, networks=networks, ops_endpoint=ops_endpoint,
                  on_ops_key=on_ops_key, probe_driver=runtime,
                  image_ledger=ImageLedger(private_dir(settings.state_dir) / PRIVATE_IMAGES_FILE),
+                 claims=ClaimBook(private_dir(settings.state_dir) / SANDBOX_CLAIMS_FILE),
                  overlay=host_net.overlay(settings, instance),
                  firewall=host_net.firewall(settings),
                  services=host_net.service_agent(settings, channel, client, instance))

@@ -250,6 +250,19 @@ class LoopStats(_Wire):
         return self
 
 
+class PoolStats(_Wire):
+    """The warm sandbox pool (agent/sandbox_pool.py): counters since the agent started,
+    and the idle sandboxes now."""
+
+    size: int = Field(0, ge=0)  # the bound on idle sandboxes (0: no pool)
+    idle: int = Field(0, ge=0)  # idle sandboxes now
+    claims: int = Field(0, ge=0)  # capsules that got a pooled sandbox
+    misses: int = Field(0, ge=0)  # capsules that could have used one and found none
+    made: int = Field(0, ge=0)
+    removed: int = Field(0, ge=0)  # idle ones removed: expired, unserved project, surplus
+    errors: int = Field(0, ge=0)  # failed makes, removes and claim records
+
+
 class AgentStats(_Wire):
     """The agent's loops, sent with each heartbeat."""
 
@@ -257,6 +270,7 @@ class AgentStats(_Wire):
     relist: LoopStats = Field(default_factory=LoopStats)  # a relist of everything in Docker
     watch: LoopStats = Field(default_factory=LoopStats)  # long polls for the desired set
     heartbeat: LoopStats = Field(default_factory=LoopStats)  # heartbeats (errors: failed ones)
+    pool: PoolStats = Field(default_factory=PoolStats)
 
 
 class AgentChannel(Protocol):

@@ -17,6 +17,11 @@ VOLUME = "capsuled.volume"            # template volume name
 AUTO_REMOVE = "capsuled.auto-remove"  # "true" on volumes removed with their capsule
 PROJECT = "capsuled.project"          # owning project: on project networks and on containers
 NETWORK_ID = "capsuled.network-id"    # a project network's uuid (domain.addresses.network_uuid)
+POOL_HOSTS = "capsuled.pool-hosts"    # on a pooled sandbox: the /etc/hosts lines it was made with
+                                      # (agent/sandbox_pool.hosts_fingerprint)
 
 ROLE_SANDBOX = "sandbox"
 ROLE_BARE = "bare"
+# An idle sandbox of the warm pool (agent/sandbox_pool.py). It keeps this role once a
+# capsule claims it (Docker cannot relabel): the agent's claim record names the capsule.
+ROLE_POOL = "pool"

@@ -386,3 +386,38 @@ def test_docker_a_stopped_container_whose_address_was_taken_starts_with_a_fresh_
         assert o.state == "running"
     finally:
         rigs.close()
+
+
+def test_a_pooled_sandbox_leaves_its_network_and_joins_it_again_named_and_renamed(
+        rig: Rig) -> None:
+    """What the warm pool relies on: a sandbox made on a network, taken off it (no
+    address), later joined again with aliases and an address of the network's subnet, and
+    renamed; found by id, labels as made; summaries say when it was made and, for a
+    member, whose namespaces it joined."""
+    net = rig.network()
+    made = rig.runtime.create_sandbox(SandboxRequest(
+        name=rig.name("pooled"), image=INFRA, hostname="", network=net,
+        labels={L.INSTANCE: rig.instance, L.ROLE: L.ROLE_POOL}))
+    rig.runtime.disconnect_network(made.id, net)
+    idle = rig.runtime.observe_container(made.id)
+    assert idle is not None and idle.state == "running" and idle.networks == ()
+    assert idle.addresses == () and idle.name == rig.name("pooled")
+    rig.runtime.connect_network(made.id, net, ("claimed", "c-uuid"))
+    rig.runtime.rename(made.id, rig.name("claimed_sandbox"))
+    rig.runtime.rename(made.id, rig.name("claimed_sandbox"))  # idempotent
+    joined = rig.runtime.observe_container(made.id)
+    assert joined is not None and joined.networks == (net,)
+    assert joined.name == rig.name("claimed_sandbox") and joined.labels[L.ROLE] == L.ROLE_POOL
+    ((network, iface),) = joined.addresses
+    assert network == net and iface.split("/")[1] == "24"
+    mid = member(rig, "cap1", made.id)
+    summaries = {s.id: s for s in rig.runtime.list_summaries(rig.instance)}
+    assert summaries[mid].network_mode == f"container:{made.id}"
+    assert summaries[made.id].network_mode != f"container:{made.id}"
+    assert summaries[made.id].created > 0
+    other = member(rig, "cap2", None)
+    with pytest.raises(RuntimeConflict):
+        rig.runtime.rename(other, rig.name("claimed_sandbox"))
+    rig.runtime.remove_container(mid, 0)
+    rig.runtime.remove_container(made.id, 0)
+    assert rig.runtime.observe_container(made.id) is None

@@ -45,6 +45,7 @@ class Observed:
     pids_ok: bool = True
     # Its published ports with the host ports they got (none while it is not running).
     ports: tuple[PublishedPort, ...] = ()
+    name: str = ""  # its name in the runtime (for people; Capsuled finds it by label)
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,15 @@ class Summary:
     labels: dict[str, str]
     state: str
     status: str
+    created: float = 0.0  # when it was created (Unix seconds)
+    network_mode: str = ""  # "container:<id>" for a capsule member: whose namespaces it joined
 
 
 @dataclass(frozen=True)
 class SandboxRequest:
     name: str
     image: str
-    hostname: str
+    hostname: str  # "": the runtime's default (Docker: the container's short id)
     labels: dict[str, str]
     network: str | None = None  # the project network to join (None: Docker's default bridge)
     aliases: tuple[str, ...] = ()  # DNS names on that network
@@ -136,7 +139,7 @@ def port_taken(what: str, port: PublishedPort | None, detail: str = "") -> Drive
 
 @dataclass(frozen=True)
 class RuntimeEvent:
-    capsule: str
+    capsule: str  # "": a pooled sandbox's (whichever capsule claimed it, the agent knows)
     container_id: str
     action: str
 
@@ -153,6 +156,10 @@ class Runtime(Protocol):
         ...
 
     def observe_capsule(self, instance: str, capsule: str) -> list[Observed]: ...
+
+    def observe_container(self, container_id: str) -> Observed | None:
+        """One container by id (None: there is no such container)."""
+        ...
 
     def ensure_image(self, image: str, policy: PullPolicy, auth: RegistryAuth | None = None) -> None:
         """Make `image` present by `policy`; a pull presents `auth` to the registry."""
@@ -196,7 +203,12 @@ class Runtime(Protocol):
     def remove_container(self, container_id: str, stop_timeout: int) -> None: ...
 
     def connect_network(self, container_id: str, network: str, aliases: tuple[str, ...]) -> None:
-        """Join a network (idempotent); for containers made before project networks."""
+        """Join a network (idempotent) with a reserved address, as a create would: a
+        container made before project networks, or a pooled sandbox claimed by a capsule."""
+        ...
+
+    def rename(self, container_id: str, name: str) -> None:
+        """Give a container another name (idempotent: already so named is fine)."""
         ...
 
     def disconnect_network(self, container_id: str, network: str) -> None:

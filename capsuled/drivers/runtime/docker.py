@@ -99,7 +99,9 @@ class DockerRuntime:
         with translate_docker_errors("list containers"):
             rows = self._api.containers(all=True, filters={"label": [f"{L.INSTANCE}={instance}"]})
         return [Summary(id=r["Id"], labels=r.get("Labels") or {}, state=r.get("State", ""),
-                        status=r.get("Status", "")) for r in rows]
+                        status=r.get("Status", ""), created=float(r.get("Created") or 0),
+                        network_mode=str((r.get("HostConfig") or {}).get("NetworkMode") or ""))
+                for r in rows]
 
     def observe_capsule(self, instance: str, capsule: str) -> list[Observed]:
         with translate_docker_errors(f"list containers of capsule {capsule}"):
@@ -112,6 +114,9 @@ class DockerRuntime:
                 out.append(obs)
         return out
 
+    def observe_container(self, container_id: str) -> Observed | None:
+        return self._inspect(container_id)
+
     def _inspect(self, container_id: str) -> Observed | None:
         try:
             with translate_docker_errors(f"inspect {container_id[:12]}"):
@@ -123,7 +128,7 @@ class DockerRuntime:
         exited = state in ("exited", "dead") or (state == "restarting")
         return Observed(
             id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {},
-            state=_STATES.get(state, "dead"),
+            name=str(data.get("Name") or "").lstrip("/"), state=_STATES.get(state, "dead"),
             exit_code=st.get("ExitCode") if exited or state == "exited" else None,
             restart_count=int(data.get("RestartCount") or 0),
             started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
@@ -196,7 +201,8 @@ class DockerRuntime:
                 translate_docker_errors(f"create sandbox {req.name}"):
             ip = self._addresses.pick(req.network, req.ipv4_address)
             cid = self._api.create_container(image=req.image, name=req.name, labels=req.labels,
-                                             hostname=_hostname(req.hostname),
+                                             hostname=_hostname(req.hostname) if req.hostname
+                                             else None,
                                              host_config=host_config, detach=True,
                                              ports=_exposed(req.ports),
                                              networking_config=self._endpoint(
@@ -557,13 +563,29 @@ class DockerRuntime:
 
     def connect_network(self, container_id: str, network: str, aliases: tuple[str, ...]) -> None:
         try:
-            with translate_docker_errors(f"connect {container_id[:12]} to network {network}"):
-                self._api.connect_container_to_network(container_id, network,
-                                                       aliases=list(aliases) or None)
+            # An address picked and reserved as for a create (docker_addresses): Docker's
+            # own choice could take a stopped container's reserved one.
+            with self._addresses.picking(network), \
+                    translate_docker_errors(f"connect {container_id[:12]} to network {network}"):
+                self._api.connect_container_to_network(
+                    container_id, network, aliases=list(aliases) or None,
+                    ipv4_address=self._addresses.pick(network, None))
         except DriverError as exc:
             if "already exists" in exc.message or "already attached" in exc.message:
                 return
             raise
+
+    def rename(self, container_id: str, name: str) -> None:
+        try:
+            with translate_docker_errors(f"rename {container_id[:12]} to {name}"):
+                self._api.rename(container_id, name)
+        except DriverError:
+            # Docker refuses a name that is taken (409) or the container's own (400): by
+            # this very container, it is done.
+            with translate_docker_errors(f"inspect {container_id[:12]}"):
+                current = str(self._api.inspect_container(container_id).get("Name") or "")
+            if current.lstrip("/") != name:
+                raise
 
     def disconnect_network(self, container_id: str, network: str) -> None:
         try:
@@ -584,8 +606,9 @@ class DockerRuntime:
                 if action not in _EVENTS:
                     continue
                 attrs = (ev.get("Actor") or {}).get("Attributes") or {}
-                capsule = attrs.get(L.CAPSULE)
-                if capsule:
+                # A pooled sandbox's events name no capsule: the agent knows which claimed it.
+                capsule = attrs.get(L.CAPSULE) or ("" if attrs.get(L.ROLE) == L.ROLE_POOL else None)
+                if capsule is not None:
                     yield RuntimeEvent(capsule=capsule, container_id=ev.get("id", ""), action=action)
 
 

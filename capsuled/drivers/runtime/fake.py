@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -67,6 +68,8 @@ class FakeContainer:
     ports: tuple[PublishedPort, ...] = ()  # what it publishes (host_port 0: any)
     bound: tuple[PublishedPort, ...] = ()  # the host ports it holds while it runs
     extra_hosts: tuple[tuple[str, str], ...] = ()  # a sandbox's /etc/hosts additions
+    hostname: str = ""  # a sandbox's ("": the runtime's default)
+    created: float = 0.0  # Unix seconds
 
 
 @dataclass
@@ -156,7 +159,9 @@ class FakeRuntime:
     def list_summaries(self, instance: str) -> list[Summary]:
         self._fault("list_summaries")
         with self._lock:
-            return [Summary(id=c.id, labels=dict(c.labels), state=c.state, status=_status(c))
+            return [Summary(id=c.id, labels=dict(c.labels), state=c.state, status=_status(c),
+                            created=c.created,
+                            network_mode=f"container:{c.sandbox_id}" if c.sandbox_id else "")
                     for c in self.containers.values() if c.labels.get(L.INSTANCE) == instance]
 
     def observe_capsule(self, instance: str, capsule: str) -> list[Observed]:
@@ -164,6 +169,12 @@ class FakeRuntime:
         with self._lock:
             return [_observed(c) for c in self.containers.values()
                     if c.labels.get(L.INSTANCE) == instance and c.labels.get(L.CAPSULE) == capsule]
+
+    def observe_container(self, container_id: str) -> Observed | None:
+        self._fault("observe_container")
+        with self._lock:
+            c = self.containers.get(container_id)
+            return None if c is None else _observed(c)
 
     def ensure_image(self, image: str, policy: str, auth: RegistryAuth | None = None) -> None:
         self._fault("ensure_image")
@@ -213,6 +224,7 @@ class FakeRuntime:
                              req.ipv4_address)
             c.ports = req.ports
             c.extra_hosts = req.extra_hosts
+            c.hostname = req.hostname
             try:
                 self._run(c)
             except DriverError:
@@ -332,6 +344,15 @@ class FakeRuntime:
                 c.networks[network] = aliases
                 c.ips[network] = self._pick(network, None)
 
+    def rename(self, container_id: str, name: str) -> None:
+        self._fault("rename")
+        with self._lock:
+            c = self._get(container_id)
+            if any(o.name == name and o.id != c.id for o in self.containers.values()):
+                raise RuntimeConflict(f"rename {container_id[:12]} to {name}: Conflict. The "
+                                      f'container name "/{name}" is already in use')
+            c.name = name
+
     def disconnect_network(self, container_id: str, network: str) -> None:
         self._fault("disconnect_network")
         with self._lock:
@@ -410,7 +431,8 @@ class FakeRuntime:
         if network is not None:
             self._check_network(network)
         cid = f"{next(self._ids):064x}"
-        c = FakeContainer(id=cid, name=name, image=image, labels=dict(labels), sandbox_id=sandbox_id)
+        c = FakeContainer(id=cid, name=name, image=image, labels=dict(labels), sandbox_id=sandbox_id,
+                          created=time.time())
         if sandbox_id is None:  # members have no networks of their own: they share the sandbox's
             c.networks[network or "bridge"] = aliases
             c.ips[network or "bridge"] = self._pick(network or "bridge", ipv4_address)
@@ -485,8 +507,9 @@ class FakeRuntime:
         self._emit(c, "destroy")
 
     def _emit(self, c: FakeContainer, action: str) -> None:
-        capsule = c.labels.get(L.CAPSULE)
-        if capsule:
+        # A pooled sandbox's events name no capsule: the agent knows which claimed it.
+        capsule = c.labels.get(L.CAPSULE) or ("" if c.labels.get(L.ROLE) == L.ROLE_POOL else None)
+        if capsule is not None:
             self._log.append((dict(c.labels), RuntimeEvent(capsule=capsule, container_id=c.id,
                                                             action=action)))
             self._changed.notify_all()
@@ -521,4 +544,4 @@ def _observed(c: FakeContainer) -> Observed:
                     nano_cpus=c.nano_cpus, memory_bytes=c.memory_bytes,
                     networks=tuple(sorted(c.networks)), health=c.health,
                     addresses=tuple(sorted(c.ips.items())) if c.state in _RUNNING else (),
-                    ports=c.bound if c.state in _RUNNING else ())
+                    ports=c.bound if c.state in _RUNNING else (), name=c.name)

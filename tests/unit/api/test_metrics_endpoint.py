@@ -243,7 +243,8 @@ def test_agents_heartbeat_stats_and_reports_per_host(api: Api) -> None:
     stats = {"sync": {"count": 5, "errors": 1, "unsettled": 2, "seconds": 1.5,
                       "bounds": [0.1, 1.0], "buckets": [3, 4]},
              "relist": {"count": 2, "seconds": 0.2, "bounds": [0.1, 1.0], "buckets": [1, 2]},
-             "watch": {"count": 7, "errors": 2}, "heartbeat": {"count": 3}}
+             "watch": {"count": 7, "errors": 2}, "heartbeat": {"count": 3},
+             "pool": {"size": 4, "idle": 3, "claims": 9, "misses": 1, "made": 12}}
     r = api.http.post("/v1/agents/h1/heartbeat", json={"stats": stats}, headers=agent)
     assert r.status_code == 204, r.text
     r = api.http.post("/v1/agents/h1/reports", json={"capsules": [], "containers": []},
@@ -264,6 +265,10 @@ def test_agents_heartbeat_stats_and_reports_per_host(api: Api) -> None:
     assert value(samples, "capsuled_agent_loop_duration_seconds_sum", host="h1",
                  loop="sync") == 1.5
     assert value(samples, "capsuled_agent_report_duration_seconds_count", host="h1") == 1
+    assert value(samples, "capsuled_agent_sandbox_pool_total", host="h1", event="claims") == 9
+    assert value(samples, "capsuled_agent_sandbox_pool_total", host="h1", event="made") == 12
+    assert value(samples, "capsuled_agent_sandbox_pool_idle", host="h1", kind="idle") == 3
+    assert value(samples, "capsuled_agent_sandbox_pool_idle", host="h1", kind="size") == 4
     assert not any(dict(k).get("host") == "h2" for v in samples.values() for k in v)
 
 
