@@ -194,7 +194,7 @@ def change_spec(session: Session, capsule: Capsule, spec: CapsuleSpec,
     number = capsule.revision + 1
     capsule.spec = spec.model_dump(mode="json")
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
-    host_ports.claim(session, capsule, spec)
+    host_ports.claim(session, capsule, spec, keep=rollout)
     capsule.generation += 1
     capsule.revision = number
     capsule.updated_at = utcnow()

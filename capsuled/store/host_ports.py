@@ -44,14 +44,16 @@ def held(session: Session) -> dict[str, dict[HostPortKey, PortHolder]]:
     return out
 
 
-def claim(session: Session, capsule: Capsule, spec: CapsuleSpec) -> None:
+def claim(session: Session, capsule: Capsule, spec: CapsuleSpec, keep: bool = False) -> None:
     """Make the capsule's claims those of `spec` on its host (none when unplaced): at
     create, and again whenever its spec changes (capsules.change_spec). The caller has
-    checked, under the host locks, that the new ports are free there."""
+    checked, under the host locks, that the new ports are free there. `keep` (a rollout
+    begins) adds without releasing: the old revision's ports stay the capsule's until the
+    rollout ends (rollouts._end), so no other capsule can take one that a rollback needs."""
     want = set(capsule_host_ports(spec)) if capsule.host else set()
     have = {(r.protocol, r.port): r for r in capsule.host_ports}
     for key, row in have.items():
-        if key not in want or row.host != capsule.host:
+        if row.host != capsule.host or (key not in want and not keep):
             capsule.host_ports.remove(row)
     kept = {(r.protocol, r.port) for r in capsule.host_ports}
     if capsule.host is None:

@@ -33,6 +33,7 @@ from capsuled.domain.status import Status
 from capsuled.domain.update import Change, plan_change
 from capsuled.errors import NotFound
 from capsuled.store import capsules as repo
+from capsuled.store import host_ports
 from capsuled.store import revisions
 from capsuled.store.tables import Capsule, CapsuleLabel, Container, Volume, utcnow
 
@@ -183,10 +184,11 @@ def _sync_rows(session: Session, capsule: Capsule, spec: CapsuleSpec) -> None:
         capsule.annotations = dict(spec.annotations)
 
 
-def _shrink(capsule: Capsule) -> None:
-    """The claim back to the spec's own, once no rollback can need more."""
+def _shrink(session: Session, capsule: Capsule) -> None:
+    """The claim back to the spec's own, once no rollback can need more (host ports too)."""
     spec = CapsuleSpec.model_validate(capsule.spec)
     capsule.cpu, capsule.memory = spec.total_cpu(), spec.total_memory()
+    host_ports.claim(session, capsule, spec)
     sizes = {v.name: v.size for v in spec.volumes}
     for row in list(capsule.volumes):
         if row.name not in sizes:
@@ -249,13 +251,13 @@ def _store(capsule: Capsule, r: Rollout) -> None:
         capsule.rollout = r.to_json()
 
 
-def _end(capsule: Capsule) -> None:
+def _end(session: Session, capsule: Capsule) -> None:
     capsule.rollout, capsule.rollout_deadline = None, None
-    _shrink(capsule)
+    _shrink(session, capsule)
 
 
 def _finish(session: Session, capsule: Capsule, r: Rollout) -> tuple[str, str | None]:
-    _end(capsule)
+    _end(session, capsule)
     revisions.set_outcome(session, capsule, r.to_revision, "Ready")
     if r.kind == "rollback":
         message = f"rolled back to revision {r.restores} (as revision {r.to_revision})" + (
@@ -275,7 +277,7 @@ def _fail(session: Session, capsule: Capsule, r: Rollout, why: str,
           now: datetime) -> tuple[str, str | None]:
     revisions.set_outcome(session, capsule, r.to_revision, "Failed", why)
     if r.kind == "rollback":
-        _end(capsule)
+        _end(session, capsule)
         _record(session, capsule, EventRecord(
             "Warning", "RollbackFailed", f"rolling back to revision {r.restores} (as revision "
             f"{r.to_revision}) failed: {why}; the capsule keeps what it has"))
@@ -285,7 +287,7 @@ def _fail(session: Session, capsule: Capsule, r: Rollout, why: str,
     try:
         back = revisions.get(session, capsule, r.from_revision)
     except NotFound:  # pinned while the rollout lasts; an operator may have removed it
-        _end(capsule)
+        _end(session, capsule)
         return r.observed, f"revision {r.to_revision} failed: {why}"
     capsule.rollout = r.to_json()  # `begin` reads what the containers said last
     begin(session, capsule, CapsuleSpec.model_validate(back.spec), kind="rollback",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from capsuled.errors import Conflict, InvalidInput, NotFound, OverQuota
+from capsuled.store import host_ports
 from capsuled.store.tables import utcnow
 from tests.unit.api.update_rig import ALICE, Rig, template
 
@@ -345,5 +346,36 @@ def test_an_update_to_a_host_port_another_capsule_holds_is_a_409(tmp_path: Path)
         # Its own port stays its own: an update that keeps it is no conflict.
         rig.update(holder, template=template("holder", apps=[{**ported[0], "env": {"A": "1"}}]))
         assert rig.get(holder).revision == 2
+    finally:
+        rig.close()
+
+
+def test_an_update_keeps_its_old_host_ports_until_it_ends_so_a_rollback_gets_them_back(
+        tmp_path: Path) -> None:
+    """An update that moves a capsule from host port 18091 to 18092 holds both while it
+    rolls out: another capsule cannot take 18091 meanwhile (a 409 naming the holder), so
+    the automatic rollback always gets its port back; once the rollout ends, the capsule
+    holds only its spec's own port."""
+    rig = Rig(tmp_path)
+    try:
+        def ported(port: int, image: str = "busybox") -> list[dict[str, object]]:
+            return [{"name": "front", "image": image, "command": ["httpd", "-f"],
+                     "ports": [{"containerPort": 80, "hostPort": port}]}]
+
+        uuid = rig.create(template(apps=ported(18091), progressDeadlineSeconds=30))
+        rig.update(uuid, template=template(apps=ported(18092, "broken"),
+                                           progressDeadlineSeconds=30))
+        thief = rig.capsules.create(ALICE, template("thief", apps=ported(18091)))
+        assert thief.status == "Error" and "18091" in (thief.status_reason or "")
+        rig.sync()
+        rig.tick(later=31)  # the broken revision fails: back to revision 1 and port 18091
+        rig.sync()
+        row = rig.get(uuid)
+        assert (row.status, row.rollout, row.revision) == ("Running", None, 3)
+        with rig.store.transaction() as s:
+            held = {port for (_, port) in host_ports.held(s).get("h1", {})}
+        assert held == {18091}
+        # Ended: 18092 is free again for anyone.
+        assert rig.capsules.create(ALICE, template("other", apps=ported(18092))).host == "h1"
     finally:
         rig.close()
