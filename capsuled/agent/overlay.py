@@ -50,7 +50,8 @@ class Links(Protocol):
 
     def remove(self, name: str) -> None: ...
 
-    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str]) -> None: ...
+    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str],
+                 vnis: Collection[int]) -> None: ...
 
 
 class Overlay:
@@ -66,7 +67,7 @@ class Overlay:
         self._resolvers = resolvers
         self._desired: dict[str, OverlayNetwork] = {}
         self._applied: dict[str, VxlanPort] = {}
-        self._firewall: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._firewall: tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]] | None = None
         self._lock = threading.Lock()  # one reconcile at a time
 
     def layout(self, project: str) -> NetworkLayout | None:
@@ -119,7 +120,8 @@ class Overlay:
             self._ensure_firewall(
                 sorted(p.bridge for p, _ in wanted.values()),
                 sorted({str(p) for o in desired.values() for p in o.peers},
-                       key=ipaddress.IPv4Address))
+                       key=ipaddress.IPv4Address),
+                sorted({o.vni for o in desired.values()}))
             for alias, (port, _) in wanted.items():
                 if self._applied.get(alias) == port and ours.get(alias) == port.name:
                     continue
@@ -143,12 +145,12 @@ class Overlay:
                     self._applied.pop(alias, None)
             self._serve_names({o.project_id: o for _, o in wanted.values()})
 
-    def _ensure_firewall(self, bridges: list[str], peers: list[str]) -> None:
-        want = (tuple(bridges), tuple(peers))
+    def _ensure_firewall(self, bridges: list[str], peers: list[str], vnis: list[int]) -> None:
+        want = (tuple(bridges), tuple(peers), tuple(vnis))
         if want == self._firewall:
             return
         try:
-            self._links.firewall(self._instance, bridges, peers)
+            self._links.firewall(self._instance, bridges, peers, vnis)
             self._firewall = want
         except CapsuledError as exc:
             self._firewall = None

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import httpx
 import pytest
-from capsuled.drivers.network.vxlan import Chains
+from capsuled.drivers.network.vxlan import Chains, vni_match, vxlan_name
 from conftest import (LATEST, ROOT, VENV_BIN, exec_in, free_port, remove_instance_objects, sleeper,
                       template, wait_for)
 from sqlalchemy import create_engine, text
@@ -162,15 +162,18 @@ def _in_netns(netns: str | None, *argv: str) -> subprocess.CompletedProcess[str]
 
 def sweep_stale_chains() -> None:
     """Chains that killed runs of other deployments left behind. Host B's namespace is the
-    rig's own (its engine runs without iptables), so every capsuled chain there is stale;
-    on the machine's own namespace only the VXLAN input filters go (a dead deployment's
-    filter would drop this one's VXLAN from host B: one overlay deployment per namespace,
-    docs/networking.md)."""
-    for netns, keep_only_input in ((HOSTB_NETNS, False), (None, True)):
+    rig's own (its engine runs without iptables), so every capsuled chain there is stale.
+    On the machine's own namespace only input filters of an older kind go: ones that drop
+    VXLAN for every VNI (not only their own deployment's), which would drop this run's
+    VXLAN from host B; the filters of today leave other deployments' VNIs alone."""
+    for netns, legacy_only in ((HOSTB_NETNS, False), (None, True)):
         rules = _in_netns(netns, "iptables-save", "-t", "filter").stdout.splitlines()
+        blind = {line.split()[1] for line in rules
+                 if line.startswith("-A CAPSULED-") and line.split()[1].endswith("-IN")
+                 and line.endswith("--dport 4789 -j DROP") and " -s " not in line}
         ours = sorted({w for line in rules for w in line.split()
                        if w.startswith(("CAPSULED-", "CSG-"))
-                       and (not keep_only_input or w.endswith("-IN"))})
+                       and (not legacy_only or w in blind)})
         for line in rules:
             words = line.split()
             if line.startswith("-A ") and "-j" in words and words[words.index("-j") + 1] in ours \
@@ -546,10 +549,17 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(
         wait_for(lambda: _get(cluster, qa, "qb") == (0, "qb\n"), timeout=20,
                  what="qa reaches qb by name")
         # Nothing forwarded may reach a VTEP (a container sending VXLAN frames into another
-        # project's segment): host B's rules drop it, and VXLAN from a non-peer is dropped.
+        # project's segment): host B's rules drop it, and VXLAN for the project's VNIs from
+        # a non-peer is dropped (test_overlay_deployments.py sends such packets).
         rules = _in_netns(HOSTB_NETNS, "iptables", "-w", "-S").stdout
         assert f"-A {chains.forward} -p udp -m udp --dport 4789 -j DROP" in rules
         assert f"-A {chains.input} -s 172.31.250.1/32 -p udp -m udp --dport 4789 -j RETURN" in rules
+        for project in ("span-p", "span-q"):
+            shown = _in_netns(HOSTB_NETNS, "ip", "-d", "link", "show",
+                              vxlan_name(cluster.instance, project)).stdout
+            vni = int(shown.split(" vxlan id ")[1].split()[0])
+            assert (f"-A {chains.input} -p udp -m udp --dport 4789 {vni_match(vni)} -j DROP"
+                    in rules), (project, vni)
     finally:
         for api, project in ((p, "span-p"), (q, "span-q")):
             _delete_all(api, made[project])
