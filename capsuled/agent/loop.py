@@ -78,6 +78,8 @@ class Agent:
             on_ready=services.network_ready if services is not None else None)
         # Project networks across hosts (None: this host's networks are its own).
         self._overlay = overlay
+        if overlay is not None and services is not None:
+            services.names_to(overlay.service_names)  # resolvable in capsules made before
         # One gate for both executors: which cached images each project may use.
         images = ImageGate(runtime, image_ledger)
         # HTTP/TCP/exec probes of capsule containers; a change in a container's condition

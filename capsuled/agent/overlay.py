@@ -17,6 +17,8 @@ peers' underlay addresses, the project's names on other hosts). From them:
                         firewall chains, and a DNS responder socket per such network.
                         Run on each update, by every relist, and never raises (a failure
                         is logged and the next relist tries again)
+    service_names(…)    the project's capsule services (name -> VIP), from the service
+                        agent's view: answered by the responder too (agent/dns.py)
 
 A Docker network made before its project spanned hosts (its bridge has Docker's own
 name) is left as it is, host-local, until it is collected; the next one is laid out.
@@ -28,7 +30,7 @@ import dataclasses
 import ipaddress
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from capsuled.agent.dns import DnsResponder
@@ -144,6 +146,11 @@ class Overlay:
                         LOG.warning("overlay: %s", exc.message)
                     self._applied.pop(alias, None)
             self._serve_names({o.project_id: o for _, o in wanted.values()})
+
+    def service_names(self, by_project: Mapping[str, Mapping[str, str]]) -> None:
+        """Each project's service names and VIPs, answered by its responder from now on."""
+        if self._dns is not None:
+            self._dns.serve_services(by_project)
 
     def _ensure_firewall(self, bridges: list[str], peers: list[str], vnis: list[int]) -> None:
         want = (tuple(bridges), tuple(peers), tuple(vnis))

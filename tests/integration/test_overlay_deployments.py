@@ -8,8 +8,9 @@ out one project network per deployment; the bridges are made here as Docker woul
 A reaches B over VNI 1 and C over VNI 2 at once, though each peer is a stranger to the
 other deployment's chain; and a VXLAN packet for VNI 1 from C (no peer of deployment 1)
 is dropped by deployment 1's rule (its counter, and the VXLAN device received nothing),
-while the same packet for VNI 2 is delivered (the device's counter moves: the evidence is
-not blind).
+while the same packet for VNI 2 is delivered (its bridge learns the sender: the evidence
+is not blind). Then `capsuled sweep` removes deployment 1's leftovers from A and nothing of
+deployment 2's.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import pytest
 
 from capsuled.agent.overlay import Overlay
 from capsuled.domain.channel import OverlayNetwork
+from capsuled.drivers.lb.nft import table_name
 from capsuled.drivers.network.vxlan import (Chains, VxlanLinks, bridge_name, vni_match,
                                             vxlan_name)
-from conftest import wait_for
+from conftest import VENV_BIN, wait_for
 
 PROJECT = "p"
 # Underlay /30s (inside this test's namespaces only) and each deployment's project subnet.
@@ -199,3 +201,37 @@ def test_two_deployments_in_one_namespace_pass_each_others_vxlan(rig: Rig) -> No
     for overlay in rig.overlays:
         overlay.reconcile(repair=True)
     assert _drops(rig.a, one, rig.vnis[0]) == dropped + 1
+
+
+def test_capsuled_sweep_removes_one_dead_deployment_and_leaves_the_other(rig: Rig) -> None:
+    one, two = rig.instances
+    tag = Chains.of(one).input.split("-")[1]
+    # What its agents would also have left: a services table and security-group chains.
+    for t in (one, two):
+        rig.a.run("nft", "add", "table", "ip", table_name(t, "host-a"))
+    rig.a.run("iptables", "-w", "-N", f"CAPSULED-{tag}-SG")
+    rig.a.run("iptables", "-w", "-A", "FORWARD", "-j", f"CAPSULED-{tag}-SG")
+
+    done = subprocess.run([str(VENV_BIN / "capsuled"), "sweep", one, "--netns", str(rig.a.path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == sorted([
+        f"removed VXLAN device {vxlan_name(one, PROJECT)} (capsuled:{one}:{PROJECT})",
+        *(f"removed iptables chain {c}" for c in (Chains.of(one).input, Chains.of(one).forward,
+                                                   Chains.of(one).isolate)),
+        f"removed security-group chains of tag {tag}",
+        f"removed nftables table {table_name(one, 'host-a')}"])
+    rules = rig.a.run("iptables", "-w", "-S").stdout
+    assert tag not in rules and Chains.of(two).input in rules
+    tables = rig.a.run("nft", "list", "tables").stdout
+    assert table_name(one, "host-a") not in tables and table_name(two, "host-a") in tables
+    links = rig.a.run("ip", "-o", "link").stdout
+    assert vxlan_name(one, PROJECT) not in links and vxlan_name(two, PROJECT) in links
+    assert _echo(rig.a, f"{SUBNETS[1]}.1", rig.c, f"{SUBNETS[1]}.2")  # two still works
+    # Nothing left: said so; and an instance id that is not one is refused, naming it.
+    again = subprocess.run([str(VENV_BIN / "capsuled"), "sweep", one, "--netns", str(rig.a.path)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == f"nothing of deployment {one} here\n"
+    bad = subprocess.run([str(VENV_BIN / "capsuled"), "sweep", "a b;c"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "INSTANCE" in bad.stderr

@@ -204,6 +204,29 @@ class VxlanLinks:
                 parent, chain = jump.split()[1], jump.split()[-1]
                 self._iptables(["iptables", "-w", "-I", parent, "1", "-j", chain], None)
 
+    def sweep(self, instance: str) -> list[str]:
+        """Remove what deployment `instance` left in this namespace: its VXLAN devices (by
+        their alias) and its chains with their jumps. For a deployment whose agents are
+        gone (a live agent puts them back at its next relist). What it removed, by name."""
+        _, ours = self.links()
+        gone = []
+        for alias, name in sorted(ours.items()):
+            if alias.startswith(alias_of(instance, "")):
+                self.remove(name)
+                gone.append(f"VXLAN device {name} ({alias})")
+        chains = Chains.of(instance)
+        have = self._iptables_lines(["iptables", "-w", "-S"])
+        found = [c for c in (chains.input, chains.forward, chains.isolate) if f"-N {c}" in have]
+        if found:
+            lines = ["*filter", *(f":{c} - [0:0]" for c in found)]  # declared: emptied
+            for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward)):
+                lines += [f"-D {parent} -j {chain}"] * have.count(f"-A {parent} -j {chain}")
+            lines += [f"-X {c}" for c in found]
+            self._iptables(["iptables-restore", "-w", "--noflush"],
+                           ("\n".join([*lines, "COMMIT"]) + "\n").encode())
+            gone += [f"iptables chain {c}" for c in found]
+        return gone
+
     def _iptables_lines(self, argv: list[str]) -> list[str]:
         if self._netns is not None:
             argv = ["nsenter", f"--net={self._netns}", *argv]
