@@ -1,6 +1,8 @@
 """What a silent host means for what runs on it: its capsules and bare containers turn
 Unknown (once, with a reason and an event) until its agent reports again, which re-derives
-their real status from what it observes."""
+their real status from what it observes. A host that was only late (its heartbeats
+resume) is told so in the heartbeat's answer (`marked_unknown`), and its agent reports
+everything again."""
 
 from __future__ import annotations
 
@@ -20,6 +22,18 @@ def silent_hosts(session: Session, now: datetime, down_after: timedelta) -> list
     return list(session.scalars(select(Host).where(or_(
         Host.forced_down.is_(True), Host.last_seen.is_(None),
         Host.last_seen < now - down_after))).all())
+
+
+def marked_unknown(session: Session, host: str) -> bool:
+    """Whether anything placed on `host` is Unknown: its agent, heartbeating again, must
+    report everything afresh (what it observes did not change, so it would not)."""
+    capsule = session.scalar(select(Capsule.id).where(
+        Capsule.host == host, Capsule.status == UNKNOWN, Capsule.deleting.is_(False)).limit(1))
+    if capsule is not None:
+        return True
+    return session.scalar(select(Container.id).where(
+        Container.role == "bare", Container.host == host, Container.status == UNKNOWN,
+        Container.deleting.is_(False)).limit(1)) is not None
 
 
 def mark_unknown(session: Session, now: datetime, down_after: timedelta) -> int:

@@ -39,6 +39,7 @@ from capsuled.store import capsule_services as service_repo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
+from capsuled.store import liveness as liveness_repo
 from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
 from capsuled.store import security_groups as sg_repo
@@ -214,11 +215,15 @@ class ControlPlane:
             overlay_repo.allocate_present(s, host.name)
         return Registration(ops_key=key)
 
-    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> bool:
+        """True: something of the host is Unknown (it was silent for a while): its agent
+        should report everything again."""
         with self._store.transaction() as s:
             host_repo.heartbeat(s, host)
+            resync = liveness_repo.marked_unknown(s, host)
         if stats is not None:
             self._metrics.agent_stats(host, stats)
+        return resync
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         """The host's desired set once its revision passes `after_revision`, or as it is
