@@ -80,7 +80,7 @@ class Server:
                 return httpx.get(self.url + "/", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_for(up, timeout=30, what="capsuled to answer")
+        wait_for(up, timeout=120, what="capsuled to answer")  # migrations on a loaded machine
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
