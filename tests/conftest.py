@@ -80,7 +80,7 @@ class Server:
                 return httpx.get(self.url + "/", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_for(up, timeout=120, what="capsuled to answer")
+        wait_for(up, timeout=120, what="capsuled to answer")  # migrations on a loaded machine
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -127,21 +127,23 @@ def remove_instance_objects(api: docker.APIClient, instance: str,
         left.append(n["Name"])
         api.remove_network(n["Id"])
     IptablesFirewall(Commands(netns)).remove_all(instance)
-    left += remove_service_rules(instance)
+    left += remove_service_rules(instance, netns)
     return left
 
 
-def remove_service_rules(instance: str) -> list[str]:
+def remove_service_rules(instance: str, netns: str | None = None) -> list[str]:
     """The nftables tables of the instance's agents (capsule services; an agent leaves
-    them in place when it stops, so that services work across its restarts)."""
+    them in place when it stops, so that services work across its restarts), in `netns`
+    (a path; None: this namespace)."""
     if shutil.which("nft") is None:
         return []
-    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    enter = ["nsenter", f"--net={netns}"] if netns else []
+    listed = subprocess.run([*enter, "nft", "list", "tables"], capture_output=True, text=True)
     gone = []
     for line in listed.stdout.splitlines():
         name = line.split()[-1] if line.startswith("table ip ") else ""
         if name.startswith(f"capsuled_svc_{instance}_"):
-            subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True)
+            subprocess.run([*enter, "nft", "delete", "table", "ip", name], capture_output=True)
             gone.append(name)
     return gone
 

@@ -1,4 +1,5 @@
-"""The names of a project's capsules on other hosts, answered on this host.
+"""The names of a project's capsules on other hosts, and of its capsule services,
+answered on this host.
 
 Docker's embedded DNS (127.0.0.11 in every container) answers the names of containers on
 the same host and network and forwards any other name to the container's DNS servers. A
@@ -6,7 +7,10 @@ container on a project network that spans hosts gets this host's gateway address
 network as its first DNS server (agent/overlay.py), and here one UDP socket per such
 network, bound to that address, answers A queries for the names (capsule name and uuid,
 bare container name and uuid) of the project's capsules and containers on other hosts,
-from the directory the control plane sends with the assignments.
+from the directory the control plane sends with the assignments, and the names of the
+project's capsule services (their VIPs) from the service agent's view (agent/services.py):
+so a service made after a capsule resolves in it too, not only in sandboxes made after
+the service (whose /etc/hosts carries it). A service's name wins over a capsule's.
 
 A socket belongs to one project, and it answers only queries from that project's subnet:
 a container of another project can send to this address (it is the host's own), but it
@@ -96,6 +100,8 @@ class DnsResponder:
         self._port = port
         self._lock = threading.Lock()
         self._bound: dict[str, _Bound] = {}
+        self._names: dict[str, dict[str, str]] = {}  # key -> the directory's names
+        self._services: dict[str, dict[str, str]] = {}  # key -> service names -> VIPs
         self._selector = selectors.DefaultSelector()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,12 +109,13 @@ class DnsResponder:
     def serve(self, key: str, address: str, clients: ipaddress.IPv4Network,
               names: Mapping[str, str]) -> None:
         """Answer `names` on `address` to `clients` (idempotent; the names replace the
-        previous ones). Raises OSError when the address cannot be bound (yet)."""
-        zone_names = {n.lower(): a for n, a in names.items()}
+        previous ones; the service names of `key` come on top). Raises OSError when the
+        address cannot be bound (yet)."""
         with self._lock:
+            self._names[key] = _lower(names)
             bound = self._bound.get(key)
             if bound is not None and bound.address == address:
-                bound.zone = Zone(clients, zone_names)
+                bound.zone = self._zone(key, clients)
                 return
         sock = self._make_socket()
         try:
@@ -121,14 +128,26 @@ class DnsResponder:
             old = self._bound.pop(key, None)
             if old is not None:
                 self._drop(old)
-            self._bound[key] = _Bound(sock, address, Zone(clients, zone_names))
+            self._bound[key] = _Bound(sock, address, self._zone(key, clients))
             self._selector.register(sock, selectors.EVENT_READ, key)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="overlay-dns", daemon=True)
                 self._thread.start()
 
+    def serve_services(self, by_key: Mapping[str, Mapping[str, str]]) -> None:
+        """The service names (name -> VIP) of every key from now on, replacing the previous
+        ones; a key not served yet gets them when it is."""
+        with self._lock:
+            self._services = {k: _lower(v) for k, v in by_key.items() if v}
+            for key, bound in self._bound.items():
+                bound.zone = self._zone(key, bound.zone.clients)
+
+    def _zone(self, key: str, clients: ipaddress.IPv4Network) -> Zone:
+        return Zone(clients, {**self._names.get(key, {}), **self._services.get(key, {})})
+
     def stop(self, key: str) -> None:
         with self._lock:
+            self._names.pop(key, None)
             bound = self._bound.pop(key, None)
             if bound is not None:
                 self._drop(bound)
@@ -186,6 +205,10 @@ class DnsResponder:
                 bound.sock.sendto(reply, (source, port))
             except OSError:
                 pass
+
+
+def _lower(names: Mapping[str, str]) -> dict[str, str]:
+    return {n.lower(): a for n, a in names.items()}
 
 
 def host_resolvers(path: Path = Path("/etc/resolv.conf"), limit: int = 2) -> tuple[str, ...]:

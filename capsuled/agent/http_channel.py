@@ -52,10 +52,12 @@ class HttpChannel:
         # An API from before derived ops keys answers 204, without a body.
         return None if body is None else _parse(Registration, body, f"PUT /v1/agents/{host.name}")
 
-    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
-        # An API from before agent stats ignores the body.
-        self._call("POST", f"/v1/agents/{host}/heartbeat",
-                   json=None if stats is None else {"stats": stats.model_dump(mode="json")})
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> bool:
+        # An API from before agent stats ignores the body; one from before resyncs
+        # answers 204 (no body: False).
+        body = self._call("POST", f"/v1/agents/{host}/heartbeat",
+                          json=None if stats is None else {"stats": stats.model_dump(mode="json")})
+        return isinstance(body, dict) and body.get("resync") is True
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         body = self._call("GET", f"/v1/agents/{host}/assignments",

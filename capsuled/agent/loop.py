@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,8 @@ class Agent:
             on_ready=services.network_ready if services is not None else None)
         # Project networks across hosts (None: this host's networks are its own).
         self._overlay = overlay
+        if overlay is not None and services is not None:
+            services.names_to(overlay.service_names)  # resolvable in capsules made before
         # One gate for both executors: which cached images each project may use.
         images = ImageGate(runtime, image_ledger)
         # HTTP/TCP/exec probes of capsule containers; a change in a container's condition
@@ -339,6 +342,7 @@ class Agent:
         # Failures do not slow the heartbeat down: it is this host's sign of life, and its
         # period already bounds how often a sick API is asked.
         lost = False
+        resync_after = 0.0
         while not self._stop.wait(self._settings.heartbeat_interval):
             try:
                 if lost:
@@ -350,7 +354,16 @@ class Agent:
                     self.relist()
                 else:
                     with self.meters.heartbeat.round():
-                        self._channel.heartbeat(self._host, self.meters.snapshot())
+                        resync = self._channel.heartbeat(self._host, self.meters.snapshot())
+                    if resync and time.monotonic() >= resync_after:
+                        # Late, not lost: the control plane marked this host's work Unknown
+                        # meanwhile, and nothing this agent observes changed to say otherwise.
+                        # At most once a relist period (something may stay Unknown).
+                        LOG.info("the control plane marked this host down meanwhile: "
+                                 "reporting everything again")
+                        resync_after = time.monotonic() + self._settings.relist_interval
+                        self._fingerprints.clear()
+                        self.relist()
                 lost = False
             except Exception as exc:  # noqa: BLE001 - logged; the next beat tries again
                 _log_failure("heartbeat", exc)

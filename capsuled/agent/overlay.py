@@ -17,6 +17,8 @@ peers' underlay addresses, the project's names on other hosts). From them:
                         firewall chains, and a DNS responder socket per such network.
                         Run on each update, by every relist, and never raises (a failure
                         is logged and the next relist tries again)
+    service_names(…)    the project's capsule services (name -> VIP), from the service
+                        agent's view: answered by the responder too (agent/dns.py)
 
 A Docker network made before its project spanned hosts (its bridge has Docker's own
 name) is left as it is, host-local, until it is collected; the next one is laid out.
@@ -28,7 +30,7 @@ import dataclasses
 import ipaddress
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Protocol
 
 from capsuled.agent.dns import DnsResponder
@@ -50,7 +52,8 @@ class Links(Protocol):
 
     def remove(self, name: str) -> None: ...
 
-    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str]) -> None: ...
+    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str],
+                 vnis: Collection[int]) -> None: ...
 
 
 class Overlay:
@@ -66,7 +69,7 @@ class Overlay:
         self._resolvers = resolvers
         self._desired: dict[str, OverlayNetwork] = {}
         self._applied: dict[str, VxlanPort] = {}
-        self._firewall: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._firewall: tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]] | None = None
         self._lock = threading.Lock()  # one reconcile at a time
 
     def layout(self, project: str) -> NetworkLayout | None:
@@ -119,7 +122,8 @@ class Overlay:
             self._ensure_firewall(
                 sorted(p.bridge for p, _ in wanted.values()),
                 sorted({str(p) for o in desired.values() for p in o.peers},
-                       key=ipaddress.IPv4Address))
+                       key=ipaddress.IPv4Address),
+                sorted({o.vni for o in desired.values()}))
             for alias, (port, _) in wanted.items():
                 if self._applied.get(alias) == port and ours.get(alias) == port.name:
                     continue
@@ -143,12 +147,17 @@ class Overlay:
                     self._applied.pop(alias, None)
             self._serve_names({o.project_id: o for _, o in wanted.values()})
 
-    def _ensure_firewall(self, bridges: list[str], peers: list[str]) -> None:
-        want = (tuple(bridges), tuple(peers))
+    def service_names(self, by_project: Mapping[str, Mapping[str, str]]) -> None:
+        """Each project's service names and VIPs, answered by its responder from now on."""
+        if self._dns is not None:
+            self._dns.serve_services(by_project)
+
+    def _ensure_firewall(self, bridges: list[str], peers: list[str], vnis: list[int]) -> None:
+        want = (tuple(bridges), tuple(peers), tuple(vnis))
         if want == self._firewall:
             return
         try:
-            self._links.firewall(self._instance, bridges, peers)
+            self._links.firewall(self._instance, bridges, peers, vnis)
             self._firewall = want
         except CapsuledError as exc:
             self._firewall = None

@@ -9,6 +9,8 @@
     network_ready  a project network was just ensured: its capsules' rules go in before
                    the first container on it starts (called by ProjectNetworks)
     hosts_for      a new sandbox's /etc/hosts entries: its project's service names
+    names_to       where the names go as they change (the overlay's DNS responders:
+                   a service made after a capsule resolves in it too)
     observed       a capsule's report, just before it is sent: a local capsule that
                    stopped serving (readiness lost, crashed) leaves the load balancer at
                    once, without waiting for the API's round trip; other hosts learn it
@@ -97,6 +99,8 @@ class ServiceAgent:
         # after the API already dropped the capsule (a delete does that at once).
         self._departed: dict[str, tuple[str, frozenset[int], float]] = {}
         self._apply_lock = threading.Lock()
+        self._names_sink: Callable[[dict[str, dict[str, str]]], None] | None = None
+        self._names: dict[str, dict[str, str]] | None = None  # the last sent to the sink
         self._applied: LbState | None = None
         self._kick = threading.Event()
         self._stop = threading.Event()
@@ -151,6 +155,27 @@ class ServiceAgent:
             self._view, self._backends = view, new
             self._cond.notify_all()
         self._reconcile_or_retry()
+        self._send_names(view)
+
+    def names_to(self, sink: Callable[[dict[str, dict[str, str]]], None]) -> None:
+        """Give `sink` every project's service names (name → VIP) now and on each change."""
+        with self._cond:
+            self._names_sink, self._names, view = sink, None, self._view
+        if view is not None:
+            self._send_names(view)
+
+    def _send_names(self, view: ServicesView) -> None:
+        names = {p: dict(view.hosts_for(p)) for p in view.projects}
+        with self._cond:
+            sink = self._names_sink
+            if sink is None or names == self._names:
+                return
+            self._names = names
+        try:
+            sink(names)
+        except Exception as exc:  # noqa: BLE001 - names are a convenience; rules went in
+            self._names = None  # sent again with the next view
+            _log_failure("serving service names", exc)
 
     # -- applying --------------------------------------------------------------------------
     def reconcile(self, force: bool = False) -> None:

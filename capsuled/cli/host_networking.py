@@ -6,6 +6,8 @@ agent with them)."""
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsuled.config import Settings
@@ -74,3 +76,25 @@ def service_agent(settings: Settings, channel: AgentServiceChannel, client: dock
     return ServiceAgent(channel, lb, lambda: segments.segments(instance), host,
                         drain_timeout=conf.drain_timeout, drain_grace=conf.drain_grace,
                         resync=settings.agent.relist_interval)
+
+
+def sweep(instance: str, netns: Path | None) -> list[str]:
+    """Remove what deployment `instance` left in this host's network namespace (or
+    `netns`): VXLAN devices, the overlay's and the security groups' iptables chains, the
+    services' nftables tables. What was removed, by name (`capsuled sweep`)."""
+    from capsuled.drivers.firewall.iptables import Commands, IptablesFirewall, Names
+    from capsuled.drivers.lb.nft import remove_tables
+    from capsuled.drivers.network.vxlan import VxlanLinks
+
+    links = VxlanLinks(netns)
+    try:
+        gone = links.sweep(instance)
+    finally:
+        links.close()
+    firewall = IptablesFirewall(Commands(str(netns) if netns else None))
+    if Names.of(instance).tag in firewall.deployments():
+        firewall.remove_all(instance)
+        gone.append(f"security-group chains of tag {Names.of(instance).tag}")
+    if shutil.which("nft") is not None:
+        gone += [f"nftables table {t}" for t in remove_tables(instance, netns)]
+    return gone

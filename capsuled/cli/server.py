@@ -5,11 +5,13 @@
     capsuled agent --api URL --token T [--host NAME]  the agent of one compute host
     capsuled image seed                               build the offline images
     capsuled db upgrade [--database-url URL]          create or migrate the schema
+    capsuled sweep INSTANCE [--netns PATH]            remove a dead deployment's host networking
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from enum import Enum
 from pathlib import Path
@@ -268,11 +270,45 @@ def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Opt
         typer.echo(f"{where}: already at revision {done.after}, nothing to do")
 
 
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+
+
+@app.command("sweep")
+def sweep_command(
+    instance: Annotated[str, typer.Argument(help=(
+        "The dead deployment's instance id (12 hex digits: `capsuled:INSTANCE:…` in its "
+        "VXLAN devices' aliases, `ip -d link`; the API's GET /v1/agents/HOST)."))],
+    netns: Annotated[Path | None, typer.Option(help=(
+        "The network namespace the Docker Engine's bridges live in (agent.host_netns), "
+        "e.g. /run/netns/NAME. Default: this one."))] = None,
+) -> None:
+    """Remove what a deployment whose agents are gone left in this host's kernel: its VXLAN
+    devices, its iptables chains (overlay, security groups) and its services' nftables
+    tables. Its Docker containers and networks are not touched. A live agent of that
+    deployment would put everything back at its next relist: sweep dead ones only."""
+    if not INSTANCE_RE.match(instance):
+        raise typer.BadParameter("must be 1 to 64 letters, digits, '_', '.' or '-'",
+                                 param_hint="INSTANCE")
+    if netns is not None and not netns.exists():
+        raise typer.BadParameter(f"{netns}: no such network namespace", param_hint="--netns")
+    from capsuled.cli.host_networking import sweep
+
+    try:
+        gone = sweep(instance, netns)
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    for what in gone:
+        typer.echo(f"removed {what}")
+    if not gone:
+        typer.echo(f"nothing of deployment {instance} here")
+
+
 # The server-wide options (main_command's) may also follow the subcommand, as people type
 # them: `capsuled api --database-url URL --listen H:P`. They are moved before it; click
 # has no options shared between a group and its commands.
 GLOBAL_OPTIONS = ("--state-dir", "--listen", "--log-level", "--log-format", "--database-url")
-SUBCOMMANDS = ("api", "agent", "image", "db")
+SUBCOMMANDS = ("api", "agent", "image", "db", "sweep")
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

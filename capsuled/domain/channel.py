@@ -278,8 +278,10 @@ class AgentChannel(Protocol):
 
     def register(self, host: HostInfo) -> Registration | None: ...
 
-    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
-        """The host is alive; `stats` are its loops' counters (None: not measured)."""
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> bool:
+        """The host is alive; `stats` are its loops' counters (None: not measured). True:
+        the control plane marked some of the host's work Unknown while it heard nothing
+        (a late heartbeat), and wants every capsule and container reported again."""
         ...
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:

@@ -1,9 +1,12 @@
 """What a silent host means for what runs on it: its capsules and bare containers turn
 Unknown (once, with a reason and an event) until its agent reports again, which re-derives
-their real status from what it observes."""
+their real status from what it observes. A host that was only late (its heartbeats
+resume) is told so in the heartbeat's answer (`marked_unknown`), and its agent reports
+everything again."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -20,6 +23,20 @@ def silent_hosts(session: Session, now: datetime, down_after: timedelta) -> list
     return list(session.scalars(select(Host).where(or_(
         Host.forced_down.is_(True), Host.last_seen.is_(None),
         Host.last_seen < now - down_after))).all())
+
+
+def marked_unknown(session: Session, hosts: Collection[str]) -> set[str]:
+    """Those of `hosts` with anything placed on them Unknown: their agents, heartbeating
+    again, must report everything afresh (what they observe did not change, so they would
+    not). Two indexed reads whatever the number of hosts (one batch of heartbeats)."""
+    if not hosts:
+        return set()
+    out = set(session.scalars(select(Capsule.host).distinct().where(
+        Capsule.host.in_(hosts), Capsule.status == UNKNOWN, Capsule.deleting.is_(False))))
+    out |= set(session.scalars(select(Container.host).distinct().where(
+        Container.role == "bare", Container.host.in_(hosts), Container.status == UNKNOWN,
+        Container.deleting.is_(False))))
+    return {h for h in out if h is not None}
 
 
 def mark_unknown(session: Session, now: datetime, down_after: timedelta) -> int:

@@ -27,17 +27,9 @@ import docker
 import httpx
 import pytest
 from conftest import Server, exec_in, member, template, wait_for
+from service_load import SPREAD, backend, start_load, stop_load
 
 pytestmark = pytest.mark.docker
-
-HTTPD = "mkdir -p /w && echo {name} > /w/index.html && exec httpd -f -p 8080 -h /w"
-# Ready unless /tmp/unready exists; a failing probe records the kernel's uptime first.
-READY = ("if [ -e /tmp/unready ]; then read u r < /proc/uptime; echo $u >> /tmp/fails; "
-         "exit 1; fi")
-REQUEST = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 web 80 | tail -1"
-# Requests back to back until /tmp/stop exists: "<uptime at its start> <answer>" each.
-LOAD = (f"rm -f /tmp/stop /tmp/load; while [ ! -e /tmp/stop ]; do read u r < /proc/uptime; "
-        f"b=$({REQUEST}); echo \"$u $b\" >> /tmp/load; done")
 
 
 @dataclass
@@ -46,13 +38,6 @@ class Setup:
     service: dict[str, Any]
     backends: dict[str, str]  # name → capsule uuid
     client_id: str  # the client capsule's container
-
-
-def backend(name: str, app: str) -> dict[str, Any]:
-    return template(name, [{
-        "name": "httpd", "image": "busybox", "command": ["sh", "-c", HTTPD.format(name=name)],
-        "readinessProbe": {"exec": {"command": ["sh", "-c", READY]}, "periodSeconds": 1,
-                           "failureThreshold": 1, "successThreshold": 1}}], labels={"app": app})
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +94,7 @@ def test_requests_spread_over_every_backend_and_only_the_project_reaches_the_vip
         setup: Setup, docker_api: docker.APIClient, server: Server, unique: Any) -> None:
     code, hosts = exec_in(docker_api, setup.client_id, "cat", "/etc/hosts")
     assert f"{setup.service['vip']}\tweb" in hosts
-    # Four loops of 250 at once: a thousand connections, each a new choice of backend (one
-    # process per request: the whole answer is kept, its last line is the backend's name).
-    loop = "i=0; while [ $i -lt 250 ]; do nc web 80 < /tmp/req; i=$((i+1)); done > /tmp/spread.$j"
-    code, out = exec_in(docker_api, setup.client_id, "sh", "-c",
-                        "printf 'GET / HTTP/1.0\r\n\r\n' > /tmp/req; "
-                        f"for j in 1 2 3 4; do ({loop}) & done; wait; cat /tmp/spread.*")
+    code, out = exec_in(docker_api, setup.client_id, "sh", "-c", SPREAD)
     got = Counter(line for line in out.split() if line.startswith("web"))
     assert sum(got.values()) == 1000 and set(got) == set(setup.backends), got
     assert min(got.values()) >= 200, got  # round robin: about a third each
@@ -151,22 +131,6 @@ def test_requests_spread_over_every_backend_and_only_the_project_reaches_the_vip
         finally:
             other.delete(f"/v1/capsules/{uuid}")
             wait_for(lambda: other.get(f"/v1/capsules/{uuid}").status_code == 404, timeout=60)
-
-
-def start_load(docker_api: docker.APIClient, container: str) -> None:
-    ex = docker_api.exec_create(container, ["sh", "-c", LOAD])
-    docker_api.exec_start(ex["Id"], detach=True)
-
-
-def stop_load(docker_api: docker.APIClient, container: str) -> list[tuple[float, str]]:
-    exec_in(docker_api, container, "touch", "/tmp/stop")
-    time.sleep(1.0)  # the request under way ends
-    lines = exec_in(docker_api, container, "cat", "/tmp/load")[1].splitlines()
-    out = []
-    for line in lines:
-        stamp, _, answer = line.partition(" ")
-        out.append((float(stamp), answer.strip()))
-    return out
 
 
 def test_an_unready_backend_gets_no_new_connection_a_second_after_its_probe_said_so(

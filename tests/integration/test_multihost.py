@@ -6,232 +6,24 @@ socket and address pool, from scripts/extra-dockerd.sh), talking to the API over
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import secrets
 import signal
-import subprocess
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import docker
 import httpx
 import pytest
-from capsuled.drivers.network.vxlan import Chains
-from conftest import (LATEST, ROOT, VENV_BIN, exec_in, free_port, remove_instance_objects, sleeper,
-                      template, wait_for)
-from sqlalchemy import create_engine, text
+from capsuled.drivers.network.vxlan import Chains, vni_match, vxlan_name
+from conftest import exec_in, free_port, sleeper, template, wait_for
+from multihost_rig import DOWN_AFTER, HOSTB_NETNS, Cluster, cluster  # noqa: F401 (the fixture)
+from multihost_rig import create as _create
+from multihost_rig import delete_all as _delete_all
+from multihost_rig import in_netns as _in_netns
+from multihost_rig import wait_status as _wait
 from websockets.sync.client import connect as ws_connect
-from sqlalchemy.engine import make_url
 
 pytestmark = [pytest.mark.docker]
-
-ADMIN_URLS = {
-    "postgresql": os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
-                                 "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    "mariadb": os.environ.get("CAPSULED_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
-MAIN_DOCKER = "unix:///var/run/docker.sock"
-DOWN_AFTER = 3.0
-HOSTB_NETNS = "/run/netns/cap-hostb"
-UNDERLAY = {
-    "host-a": {"CAPSULED_AGENT__UNDERLAY_ADDRESS": "172.31.250.1"},
-    "host-b": {"CAPSULED_AGENT__UNDERLAY_ADDRESS": "172.31.250.2",
-               "CAPSULED_AGENT__HOST_NETNS": HOSTB_NETNS},
-}
-
-
-@dataclass
-class Proc:
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env})
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-@dataclass
-class Cluster:
-    urls: list[str]
-    token: str
-    agents: dict[str, Proc]
-    dockers: dict[str, docker.APIClient]
-    instance: str = ""
-    agent_tokens: dict[str, str] = field(default_factory=dict)
-
-    def client(self, replica: int = 0, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.urls[replica], timeout=30,
-                            headers={"X-Auth-Token": token or self.token, **LATEST})
-
-
-def _capsuled(*args: str) -> list[str]:
-    return [str(VENV_BIN / "capsuled"), *args]
-
-
-@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    kind: str = request.param
-    tmp = tmp_path_factory.mktemp(f"multihost-{kind}")
-    admin = create_engine(ADMIN_URLS[kind], isolation_level="AUTOCOMMIT")
-    name = f"capsuled_mh_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    db_url = make_url(ADMIN_URLS[kind]).set(database=name).render_as_string(hide_password=False)
-    hostb_docker = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "hostb", "1"],
-                                  check=True, capture_output=True, text=True).stdout.strip()
-    sweep_stale_chains()
-    subprocess.run(_capsuled("image", "seed"), check=True, capture_output=True,
-                   env={**os.environ, "CAPSULED_DOCKER__HOST": hostb_docker})
-    # Project networks span the two hosts over the rig's underlay veth (extra-dockerd.sh).
-    # A /16 of the overlay pool of this run's own: the main engine is shared.
-    env = {"CAPSULED_API__HOST_DOWN_AFTER": str(DOWN_AFTER), "CAPSULED_LOG_LEVEL": "info",
-           "CAPSULED_OVERLAY__POOL": f"10.{224 + secrets.randbelow(16)}.0.0/16"}
-    apis, urls = [], []
-    for i in range(2):
-        port = free_port()
-        p = Proc(_capsuled("--state-dir", str(tmp / f"api{i}"), "--listen", f"127.0.0.1:{port}",
-                           "--database-url", db_url, "api"), env, tmp / f"api{i}.log")
-        p.start()
-        apis.append(p)
-        urls.append(f"http://127.0.0.1:{port}")
-    for u in urls:
-        wait_for(lambda u=u: _up(u), timeout=60, what=f"API replica {u}")
-    token = wait_for(lambda: _read(tmp / "api0" / "admin-token") or _read(tmp / "api1" / "admin-token"),
-                     what="the bootstrap admin token")
-    c = Cluster(urls, token, {}, {"host-a": docker.APIClient(MAIN_DOCKER, version="auto"),
-                                 "host-b": docker.APIClient(hostb_docker, version="auto")})
-    with c.client() as api:
-        assert api.put("/v1/quotas/admin", json={"capsules": -1, "containers": -1, "cpu": -1,
-                                                 "memory": -1}).status_code == 200
-        for i, (host, sock) in enumerate((("host-a", MAIN_DOCKER), ("host-b", hostb_docker))):
-            r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
-                                             "roles": ["agent"], "host": host})
-            assert r.status_code == 201, r.text
-            c.agent_tokens[host] = r.json()["token"]
-            ops = free_port()
-            agent = Proc(_capsuled("agent", "--api", urls[i], "--host", host,
-                                   "--docker-host", sock, "--ops-listen", f"127.0.0.1:{ops}",
-                                   "--ops-url", f"http://127.0.0.1:{ops}", "--label", f"name={host}"),
-                         {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
-                          "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
-                          "CAPSULED_AGENT__RELIST_INTERVAL": "3", **UNDERLAY[host]},
-                         tmp / f"agent-{host}.log")
-            agent.start()
-            c.agents[host] = agent
-        wait_for(lambda: {s["host"] for s in api.get("/v1/services").json()["services"]
-                          if s["state"] == "up"} == {"host-a", "host-b"}, timeout=60,
-                 what="both agents registered and up")
-    with c.client() as api:
-        c.instance = api.get("/v1/agents/host-a", headers={
-            "X-Auth-Token": c.agent_tokens["host-a"]}).json()["instance_id"]
-    try:
-        yield c
-    finally:
-        for p in [*c.agents.values(), *apis]:
-            p.stop()
-        for host, client in c.dockers.items():
-            remove_instance_objects(client, c.instance, HOSTB_NETNS if host == "host-b" else None)
-        remove_overlay_objects(c.instance)
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")))
-        admin.dispose()
-
-
-def _in_netns(netns: str | None, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(["nsenter", f"--net={netns}"] if netns else []), *argv],
-                          capture_output=True, text=True, check=False)
-
-
-def sweep_stale_chains() -> None:
-    """Chains that killed runs of other deployments left behind. Host B's namespace is the
-    rig's own (its engine runs without iptables), so every capsuled chain there is stale;
-    on the machine's own namespace only the VXLAN input filters go (a dead deployment's
-    filter would drop this one's VXLAN from host B: one overlay deployment per namespace,
-    docs/networking.md)."""
-    for netns, keep_only_input in ((HOSTB_NETNS, False), (None, True)):
-        rules = _in_netns(netns, "iptables-save", "-t", "filter").stdout.splitlines()
-        ours = sorted({w for line in rules for w in line.split()
-                       if w.startswith(("CAPSULED-", "CSG-"))
-                       and (not keep_only_input or w.endswith("-IN"))})
-        for line in rules:
-            words = line.split()
-            if line.startswith("-A ") and "-j" in words and words[words.index("-j") + 1] in ours \
-                    and words[1] in ("INPUT", "FORWARD", "DOCKER-USER"):
-                _in_netns(netns, "iptables", "-w", "-D", *words[1:])
-        for chain in ours:
-            _in_netns(netns, "iptables", "-w", "-F", chain)
-        for chain in ours:
-            _in_netns(netns, "iptables", "-w", "-X", chain)
-
-
-def remove_overlay_objects(instance: str) -> None:
-    """What the agents left in both hosts' namespaces for this deployment: its VXLAN
-    devices (found by their alias) and its firewall chains."""
-    chains = Chains.of(instance)
-    for netns in (None, HOSTB_NETNS):
-        shown = _in_netns(netns, "ip", "-o", "-d", "link", "show", "type", "vxlan").stdout
-        for line in shown.splitlines():
-            if f"alias capsuled:{instance}:" in line:
-                _in_netns(netns, "ip", "link", "del", line.split(":")[1].strip().split("@")[0])
-        for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward)):
-            _in_netns(netns, "iptables", "-w", "-D", parent, "-j", chain)
-        for chain in (chains.input, chains.forward, chains.isolate):
-            _in_netns(netns, "iptables", "-w", "-F", chain)
-        for chain in (chains.input, chains.forward, chains.isolate):
-            _in_netns(netns, "iptables", "-w", "-X", chain)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _read(path: Path) -> str | None:
-    return path.read_text().strip() if path.exists() else None
-
-
-def _create(api: httpx.Client, name: str, **spec: Any) -> dict[str, Any]:
-    r = api.post("/v1/capsules", json={"template": template(name, [sleeper("app")], **spec)})
-    assert r.status_code == 202, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
-def _wait(api: httpx.Client, uuid_: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
-    got: dict[str, Any] = {}
-
-    def check() -> bool:
-        got.update(api.get(f"/v1/capsules/{uuid_}").json())
-        return got.get("status") in statuses
-    wait_for(check, timeout=timeout, what=f"{uuid_} {statuses} (now {got.get('status')})")
-    return got
-
-
-def _delete_all(api: httpx.Client, uuids: list[str]) -> None:
-    for u in uuids:
-        api.delete(f"/v1/capsules/{u}")
-    for u in uuids:
-        wait_for(lambda u=u: api.get(f"/v1/capsules/{u}").status_code == 404, timeout=60,
-                 what=f"{u} deleted")
 
 
 def _docker_capsules(client: docker.APIClient, instance: str) -> set[str]:
@@ -546,10 +338,17 @@ def test_a_project_network_spans_hosts_and_other_projects_stay_out(
         wait_for(lambda: _get(cluster, qa, "qb") == (0, "qb\n"), timeout=20,
                  what="qa reaches qb by name")
         # Nothing forwarded may reach a VTEP (a container sending VXLAN frames into another
-        # project's segment): host B's rules drop it, and VXLAN from a non-peer is dropped.
+        # project's segment): host B's rules drop it, and VXLAN for the project's VNIs from
+        # a non-peer is dropped (test_overlay_deployments.py sends such packets).
         rules = _in_netns(HOSTB_NETNS, "iptables", "-w", "-S").stdout
         assert f"-A {chains.forward} -p udp -m udp --dport 4789 -j DROP" in rules
         assert f"-A {chains.input} -s 172.31.250.1/32 -p udp -m udp --dport 4789 -j RETURN" in rules
+        for project in ("span-p", "span-q"):
+            shown = _in_netns(HOSTB_NETNS, "ip", "-d", "link", "show",
+                              vxlan_name(cluster.instance, project)).stdout
+            vni = int(shown.split(" vxlan id ")[1].split()[0])
+            assert (f"-A {chains.input} -p udp -m udp --dport 4789 {vni_match(vni)} -j DROP"
+                    in rules), (project, vni)
     finally:
         for api, project in ((p, "span-p"), (q, "span-q")):
             _delete_all(api, made[project])

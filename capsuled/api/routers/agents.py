@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from capsuled.api import openapi as doc
 from capsuled.api.deps import PrincipalDep, allow, read_body, read_json
@@ -69,12 +70,17 @@ async def register(request: Request, host: str, who: PrincipalDep) -> dict[str, 
 
 
 @router.post("/heartbeat", status_code=204,
-             openapi_extra=doc.body(doc.AGENT_HEARTBEAT, required=False))
+             openapi_extra=doc.body(doc.AGENT_HEARTBEAT, required=False),
+             responses={200: {"description": "Something of the host is Unknown (it was silent "
+                                             "for a while): report everything again",
+                              "content": {"application/json": {"schema": doc.obj(
+                                  resync={"type": "boolean"})}}}})
 async def heartbeat(request: Request, host: str, who: PrincipalDep) -> Response:
     """The host is alive; the body (optional) carries its agent's loop counters."""
     _own(who, host)
     stats = _stats(host, await request.body())
-    _control(request).heartbeat(host, stats)  # never waits for the store
+    if _control(request).heartbeat(host, stats):  # never waits for the store
+        return JSONResponse({"resync": True})
     return Response(status_code=204)
 
 

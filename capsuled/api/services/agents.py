@@ -41,6 +41,7 @@ from capsuled.store import capsule_services as service_repo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
+from capsuled.store import liveness as liveness_repo
 from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
 from capsuled.store import security_groups as sg_repo
@@ -196,12 +197,15 @@ class ControlPlane:
             overlay_repo.allocate_present(s, host.name)
         return Registration(ops_key=key)
 
-    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> bool:
         """Noted now, stored with the other hosts' within half a second (heartbeats.py);
-        never waits for the store, so it may run in the event loop."""
-        self.heartbeats.beat(host)
+        never waits for the store, so it may run in the event loop. True: something of the
+        host is Unknown (it was silent for a while): its agent should report everything
+        again."""
+        resync = self.heartbeats.beat(host)
         if stats is not None:
             self._metrics.agent_stats(host, stats)
+        return resync
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         """The host's desired set once its revision passes `after_revision`, or as it is

@@ -12,6 +12,9 @@ every `period`, in one transaction (rows locked in id order, as creates lock the
 the two never deadlock). A host's `last_seen` lags by at most `period` plus one
 create. If the last write failed, heartbeats fail too (Unavailable), so an agent still
 learns that the control plane lost its store, as it did when each beat wrote itself.
+The same transaction reads which of those hosts have anything Unknown (they were silent
+for a while): the next beat of such a host answers True, once, and its agent reports
+everything again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import datetime
 
 from capsuled.errors import CapsuledError, Unavailable
 from capsuled.store import hosts as host_repo
+from capsuled.store import liveness as liveness_repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import utcnow
 
@@ -35,10 +39,12 @@ class Heartbeats:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[datetime, int]] = {}  # host → (last beat, beats)
         self._failed: str | None = None  # why the last write failed, until one succeeds
+        self._resync: set[str] = set()  # hosts whose next beat asks for a full report
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def beat(self, host: str) -> None:
+    def beat(self, host: str) -> bool:
+        """Note the beat; True when the host's agent should report everything again."""
         with self._lock:
             if self._failed is not None:
                 raise Unavailable(f"heartbeats cannot be stored: {self._failed}")
@@ -47,6 +53,10 @@ class Heartbeats:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
                 self._thread.start()
+            if host in self._resync:
+                self._resync.discard(host)
+                return True
+            return False
 
     def flush(self) -> int:
         """Write what was noted; how many hosts. On failure it is kept for the next try."""
@@ -57,6 +67,7 @@ class Heartbeats:
         try:
             with self._store.transaction() as s:
                 host_repo.heartbeats(s, batch)
+                resync = liveness_repo.marked_unknown(s, list(batch))
         except Exception as exc:
             with self._lock:
                 for host, (at, n) in batch.items():
@@ -66,6 +77,7 @@ class Heartbeats:
             raise
         with self._lock:
             self._failed = None
+            self._resync = (self._resync - batch.keys()) | resync  # what this batch read
         return len(batch)
 
     def stop(self) -> None:

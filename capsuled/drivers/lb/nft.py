@@ -79,6 +79,32 @@ def table_name(instance: str, host: str) -> str:
     return _TABLE.sub("_", f"capsuled_svc_{instance}_{hashlib.sha256(host.encode()).hexdigest()[:8]}")
 
 
+def remove_tables(instance: str, netns: Path | None = None, nft: str = "nft",
+                  run: Run = subprocess.run) -> list[str]:
+    """Delete the tables of every agent of deployment `instance` in this namespace (or
+    `netns`): what a dead deployment left. The names of the tables deleted."""
+    prefix = _TABLE.sub("_", f"capsuled_svc_{instance}_")
+    enter = ["nsenter", f"--net={netns}"] if netns is not None else []
+
+    def nft_run(*args: str) -> str:
+        try:
+            done = run([*enter, nft, *args], capture_output=True, text=True, timeout=30,
+                       check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DriverError(f"nft {' '.join(args)}: {exc}") from exc
+        if done.returncode != 0:
+            raise DriverError(f"nft {' '.join(args)} failed: {done.stderr.strip()[:300]}")
+        return done.stdout
+
+    gone = []
+    for line in nft_run("list", "tables", "ip").splitlines():
+        name = line.split()[-1] if line.startswith("table ip ") else ""
+        if name.startswith(prefix) and re.fullmatch(r"[0-9a-f]{8}", name[len(prefix):]):
+            nft_run("delete", "table", "ip", name)
+            gone.append(name)
+    return gone
+
+
 class NftLoadBalancer:
     def __init__(self, table: str, comment: str = "", nft: str = "nft",
                  conntrack_file: Path = CONNTRACK_FILE, run: Run = subprocess.run,

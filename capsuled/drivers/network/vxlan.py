@@ -8,9 +8,11 @@ What it leaves on the host (agent/overlay.py decides what should exist):
   all-zeros FDB entry per peer host: broadcast, unknown unicast and multicast are
   replicated to every peer (head-end replication, no multicast underlay needed);
 - three iptables chains of the deployment (`Chains`, `firewall_rules`), the first two
-  jumped to first from INPUT and FORWARD: VXLAN (UDP 4789) is accepted from peer hosts
-  only, since a VXLAN packet is a frame put straight onto a project's segment (nobody
-  else, a container of this host included, may send one); no forwarded packet may be
+  jumped to first from INPUT and FORWARD: VXLAN (UDP 4789) for one of the deployment's
+  VNIs is accepted from peer hosts only, since a VXLAN packet is a frame put straight onto
+  a project's segment (nobody else, a container of this host included, may send one);
+  VXLAN for any other VNI is left alone (another deployment's, which guards its own; one
+  nobody has is dropped by the kernel); no forwarded packet may be
   VXLAN (a container must not reach a peer's VTEP: masqueraded, it would come from this
   host's address); and project bridges never route into one another (Docker isolates its
   bridges only when it manages iptables, and a host may run it without).
@@ -184,11 +186,12 @@ class VxlanLinks:
             raise DriverError(f"{what}: {exc}") from exc
 
     # -- firewall ----------------------------------------------------------------------
-    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str]) -> None:
-        """Rewrite the deployment's chains for these bridges and peers, and make sure they
-        are jumped to."""
+    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str],
+                 vnis: Collection[int]) -> None:
+        """Rewrite the deployment's chains for these bridges, peers and VNIs, and make
+        sure they are jumped to."""
         chains = Chains.of(instance)
-        rules = firewall_rules(chains, bridges, peers)
+        rules = firewall_rules(chains, bridges, peers, vnis)
         wanted = [line for line in rules.splitlines() if line.startswith("-A ")]
         jumps = [f"-A {parent} -j {chain}"
                  for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward))]
@@ -200,6 +203,29 @@ class VxlanLinks:
             if jump not in have:
                 parent, chain = jump.split()[1], jump.split()[-1]
                 self._iptables(["iptables", "-w", "-I", parent, "1", "-j", chain], None)
+
+    def sweep(self, instance: str) -> list[str]:
+        """Remove what deployment `instance` left in this namespace: its VXLAN devices (by
+        their alias) and its chains with their jumps. For a deployment whose agents are
+        gone (a live agent puts them back at its next relist). What it removed, by name."""
+        _, ours = self.links()
+        gone = []
+        for alias, name in sorted(ours.items()):
+            if alias.startswith(alias_of(instance, "")):
+                self.remove(name)
+                gone.append(f"VXLAN device {name} ({alias})")
+        chains = Chains.of(instance)
+        have = self._iptables_lines(["iptables", "-w", "-S"])
+        found = [c for c in (chains.input, chains.forward, chains.isolate) if f"-N {c}" in have]
+        if found:
+            lines = ["*filter", *(f":{c} - [0:0]" for c in found)]  # declared: emptied
+            for parent, chain in (("INPUT", chains.input), ("FORWARD", chains.forward)):
+                lines += [f"-D {parent} -j {chain}"] * have.count(f"-A {parent} -j {chain}")
+            lines += [f"-X {c}" for c in found]
+            self._iptables(["iptables-restore", "-w", "--noflush"],
+                           ("\n".join([*lines, "COMMIT"]) + "\n").encode())
+            gone += [f"iptables chain {c}" for c in found]
+        return gone
 
     def _iptables_lines(self, argv: list[str]) -> list[str]:
         if self._netns is not None:
@@ -241,10 +267,13 @@ class Chains:
         return cls(f"CAPSULED-{tag}-IN", f"CAPSULED-{tag}-FWD", f"CAPSULED-{tag}-ISO")
 
 
-def firewall_rules(chains: Chains, bridges: Collection[str], peers: Collection[str]) -> str:
+def firewall_rules(chains: Chains, bridges: Collection[str], peers: Collection[str],
+                   vnis: Collection[int]) -> str:
     """iptables-restore input for the chains (declaring a chain empties it first):
 
-    IN   VXLAN is accepted from the peer hosts only;
+    IN   VXLAN for one of our VNIs is accepted from the peer hosts only (`vni_match`);
+         VXLAN for another VNI is not ours to judge: another deployment may share this
+         namespace, and its packets must pass our chain (its own guards them);
     FWD  no forwarded packet is VXLAN, and a packet from one of our bridges that leaves by
          another interface goes through ISO;
     ISO  which drops it if that interface is a project bridge (ours or another
@@ -253,16 +282,27 @@ def firewall_rules(chains: Chains, bridges: Collection[str], peers: Collection[s
          FORWARD too under br_netfilter) and to the outside is left alone."""
     lines = ["*filter", f":{chains.input} - [0:0]", f":{chains.forward} - [0:0]",
              f":{chains.isolate} - [0:0]"]
+    vxlan = f"-p udp -m udp --dport {VXLAN_PORT}"
     for peer in sorted(peers, key=ipaddress.IPv4Address):
-        lines.append(f"-A {chains.input} -s {ipaddress.IPv4Address(peer)}/32 -p udp -m udp "
-                     f"--dport {VXLAN_PORT} -j RETURN")
-    lines.append(f"-A {chains.input} -p udp -m udp --dport {VXLAN_PORT} -j DROP")
-    lines.append(f"-A {chains.forward} -p udp -m udp --dport {VXLAN_PORT} -j DROP")
+        lines.append(f"-A {chains.input} -s {ipaddress.IPv4Address(peer)}/32 {vxlan} -j RETURN")
+    for vni in sorted(set(vnis)):
+        lines.append(f"-A {chains.input} {vxlan} {vni_match(vni)} -j DROP")
+    lines.append(f"-A {chains.forward} {vxlan} -j DROP")
     for bridge in sorted(bridges):
         lines.append(f"-A {chains.forward} -i {bridge} ! -o {bridge} -j {chains.isolate}")
     lines.append(f"-A {chains.isolate} -o {BRIDGE_PREFIX}+ -j DROP")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def vni_match(vni: int) -> str:
+    """An iptables u32 match on a VXLAN packet's VNI: the IP header's length (`0>>22&0x3C`)
+    jumps to the UDP header (`@`), whose bytes 12..15 are the VXLAN header's VNI (24 bits)
+    and a reserved byte (`>>8`). Written as `iptables -S` prints it back, so that the
+    chains compare equal and are not rewritten (which would reset their counters)."""
+    if not 0 < vni < 1 << 24:
+        raise ValueError(f"VNI {vni} is not a 24-bit VXLAN network identifier")
+    return f'-m u32 --u32 "0x0>>0x16&0x3c@0xc>>0x8={vni:#x}"'
 
 
 def _by_chain(lines: Iterable[str], chains: Chains) -> dict[str, list[str]]:

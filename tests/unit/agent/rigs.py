@@ -93,9 +93,10 @@ class MemoryChannel:
         self.registered.append(host)
         return None
 
-    def heartbeat(self, host: str, stats: AgentStats | None = None) -> None:
+    def heartbeat(self, host: str, stats: AgentStats | None = None) -> bool:
         if stats is not None:
             self.stats.append(stats)
+        return False
 
     def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
         with self._changed:

@@ -213,3 +213,24 @@ def test_the_api_reads_reports_of_a_newer_agent_but_not_wrong_types() -> None:
     BareReport.model_validate({"uuid": "u", "generation": 2, "future": True})
     with pytest.raises(ValidationError):
         CapsuleReport.model_validate({"uuid": "c", "generation": "one"})
+
+
+def test_a_heartbeat_that_asks_for_a_resync_relists_everything_at_most_once_a_period() -> None:
+    from capsuled.domain.channel import Assignments
+
+    runtime = mock.Mock()
+    runtime.list_summaries.return_value = []
+    channel = mock.Mock()
+    channel.heartbeat.return_value = False
+    agent = make_agent(channel, runtime, heartbeat_interval=0.01, relist_interval=3600)
+    agent._desired = {c.uuid: c for c in Assignments.model_validate(GOOD).capsules}
+    agent.relist()
+    assert agent.workers.enqueued == ["cap1"]  # type: ignore[attr-defined]
+    with run_loop(agent, agent._heartbeat_loop):
+        wait_for(lambda: channel.heartbeat.call_count >= 3, timeout=10)
+        assert agent.workers.enqueued == ["cap1"]  # type: ignore[attr-defined]
+        channel.heartbeat.return_value = True  # marked Unknown meanwhile: report it again
+        wait_for(lambda: len(agent.workers.enqueued) == 2, timeout=10)  # type: ignore[attr-defined]
+        calls = channel.heartbeat.call_count
+        wait_for(lambda: channel.heartbeat.call_count >= calls + 5, timeout=10)
+    assert agent.workers.enqueued == ["cap1", "cap1"]  # type: ignore[attr-defined]

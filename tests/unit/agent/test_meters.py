@@ -81,3 +81,11 @@ def test_the_http_channel_sends_the_stats_with_the_heartbeat() -> None:
     sent = AgentStats.model_validate(json.loads(first.content)["stats"])
     assert sent.sync.count == 1 and sent.sync.buckets[-1] == 1
     assert second.content == b""
+
+
+def test_the_http_channel_reads_a_resync_from_the_heartbeat_s_answer() -> None:
+    answers = iter([httpx.Response(204), httpx.Response(200, json={"resync": True}),
+                    httpx.Response(200, json={"resync": "yes"})])
+    channel = HttpChannel("http://api", "t",
+                          transport=httpx.MockTransport(lambda request: next(answers)))
+    assert [channel.heartbeat("h1") for _ in range(3)] == [False, True, False]

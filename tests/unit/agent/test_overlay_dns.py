@@ -86,6 +86,33 @@ def test_the_responder_serves_each_network_on_its_own_address(responder: DnsResp
         dns.query.udp(dns.message.make_query("web-q", "A"), q_addr[0], port=q_addr[1], timeout=0.5)
 
 
+def test_service_names_come_on_top_of_the_directory_for_their_project_only(
+        responder: DnsResponder) -> None:
+    loopback = ipaddress.IPv4Network("127.0.0.0/8")
+    # Names of a project not served yet wait for it; an empty map serves nothing.
+    responder.serve_services({"p": {"Web": "10.96.0.7", "web-b": "10.96.0.8"}, "q": {}})
+    responder.serve("p", "127.0.0.1", loopback, {"web-b": "10.224.1.7", "db": "10.224.1.9"})
+    responder.serve("q", "127.0.0.2", loopback, {})
+    p_addr, q_addr = responder.address_of("p"), responder.address_of("q")
+    assert p_addr is not None and q_addr is not None
+
+    def ask(addr: tuple[str, int], name: str) -> str | None:
+        got = dns.query.udp(dns.message.make_query(name, "A"), addr[0], port=addr[1], timeout=2)
+        return got.answer[0][0].to_text() if got.answer else None
+
+    assert ask(p_addr, "web") == "10.96.0.7"  # the service, a name no capsule has
+    assert ask(p_addr, "web-b") == "10.96.0.8"  # a service's name wins over a capsule's
+    assert ask(p_addr, "db") == "10.224.1.9"
+    assert ask(q_addr, "web") is None  # another project's socket never says it
+    # A new directory keeps the services; new services keep the directory; a deleted
+    # service's name goes.
+    responder.serve("p", "127.0.0.1", loopback, {"db": "10.224.1.10"})
+    assert ask(p_addr, "web") == "10.96.0.7" and ask(p_addr, "db") == "10.224.1.10"
+    responder.serve_services({"p": {"api": "10.96.0.9"}})
+    assert ask(p_addr, "web") is None and ask(p_addr, "api") == "10.96.0.9"
+    assert ask(p_addr, "db") == "10.224.1.10"
+
+
 def test_the_host_resolvers_leave_loopback_out(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("search example\nnameserver 127.0.0.53\nnameserver 192.0.2.53\n"

@@ -18,7 +18,8 @@ from capsuled.domain.channel import OverlayNetwork
 from capsuled.drivers.network import vxlan
 from capsuled.drivers.network.base import ProjectNetwork
 from capsuled.drivers.network.vxlan import (Chains, VxlanLinks, VxlanPort, alias_of,
-                                            bridge_name, firewall_rules, vxlan_name)
+                                            bridge_name, firewall_rules, vni_match,
+                                            vxlan_name)
 from capsuled.errors import DriverError
 from rigs import MemoryNetworks
 
@@ -28,7 +29,7 @@ class FakeLinks:
         self.bridges: set[str] = set()
         self.ports: dict[str, VxlanPort] = {}  # by name
         self.others: dict[str, str] = {}  # other deployments' devices: alias -> name
-        self.rules: list[tuple[str, list[str], list[str]]] = []
+        self.rules: list[tuple[str, list[str], list[str], list[int]]] = []
         self.calls: list[str] = []
         self.fail = False
         self.nets = MemoryNetworks()  # Docker makes a network's bridge with it
@@ -49,9 +50,10 @@ class FakeLinks:
         self.ports.pop(name, None)
         self.others = {a: n for a, n in self.others.items() if n != name}
 
-    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str]) -> None:
+    def firewall(self, instance: str, bridges: Collection[str], peers: Collection[str],
+                 vnis: Collection[int]) -> None:
         self.calls.append("firewall")
-        self.rules.append((instance, list(bridges), list(peers)))
+        self.rules.append((instance, list(bridges), list(peers), list(vnis)))
 
 
 def _net(project: str, peers: list[str], vni: int = 42) -> OverlayNetwork:
@@ -83,7 +85,7 @@ def test_a_network_is_laid_out_joined_at_once_and_given_the_responder() -> None:
     assert got is not None and got.dns == ("10.224.1.1", "192.0.2.53")
     assert networks.with_network("p", lambda net: net) == got
     assert links.calls == ["firewall", f"ensure {vxlan_name('inst', 'p')} 192.0.2.2"]
-    assert links.rules[-1] == ("inst", [bridge_name("inst", "p")], ["192.0.2.2"])
+    assert links.rules[-1] == ("inst", [bridge_name("inst", "p")], ["192.0.2.2"], [42])
     port = links.ports[vxlan_name("inst", "p")]
     assert (port.vni, port.local, port.mtu, port.alias) == (42, "192.0.2.1", 1450,
                                                             alias_of("inst", "p"))
@@ -102,7 +104,7 @@ def test_peers_follow_the_control_plane_and_a_project_that_leaves_is_cut_off() -
     assert f"remove {vxlan_name('inst', 'q')}" in links.calls
     assert links.ports[vxlan_name("inst", "p")].peers == ("192.0.2.3",)
     assert "cpxsomeoneelse" in links.others.values()  # never another deployment's
-    assert links.rules[-1] == ("inst", [bridge_name("inst", "p")], ["192.0.2.3"])
+    assert links.rules[-1] == ("inst", [bridge_name("inst", "p")], ["192.0.2.3"], [42])
 
 
 def test_a_network_made_before_its_project_spanned_hosts_stays_local() -> None:
@@ -126,22 +128,34 @@ def test_failures_are_retried_by_the_relist() -> None:
     assert vxlan_name("inst", "p") in links.ports
 
 
-def test_the_firewall_guards_vteps_and_isolates_bridges() -> None:
+def test_the_firewall_guards_vteps_of_its_own_vnis_and_isolates_bridges() -> None:
     chains = Chains.of("inst")
     assert all(len(c) <= 28 for c in (chains.input, chains.forward, chains.isolate))
-    rules = firewall_rules(chains, ["cpbaaa", "cpbbbb"], ["192.0.2.3", "192.0.2.2"]).splitlines()
+    rules = firewall_rules(chains, ["cpbaaa", "cpbbbb"], ["192.0.2.3", "192.0.2.2"],
+                           [0xABCDEF, 42, 42]).splitlines()
     assert rules[:4] == ["*filter", f":{chains.input} - [0:0]", f":{chains.forward} - [0:0]",
                          f":{chains.isolate} - [0:0]"]
+    # Only our VNIs are dropped from non-peers: another deployment's VXLAN passes this
+    # chain (its own guards it), whoever sends it.
     assert rules[4:] == [
         f"-A {chains.input} -s 192.0.2.2/32 -p udp -m udp --dport 4789 -j RETURN",
         f"-A {chains.input} -s 192.0.2.3/32 -p udp -m udp --dport 4789 -j RETURN",
-        f"-A {chains.input} -p udp -m udp --dport 4789 -j DROP",
+        f'-A {chains.input} -p udp -m udp --dport 4789 -m u32 --u32 '
+        f'"0x0>>0x16&0x3c@0xc>>0x8=0x2a" -j DROP',
+        f'-A {chains.input} -p udp -m udp --dport 4789 -m u32 --u32 '
+        f'"0x0>>0x16&0x3c@0xc>>0x8=0xabcdef" -j DROP',
         f"-A {chains.forward} -p udp -m udp --dport 4789 -j DROP",
         f"-A {chains.forward} -i cpbaaa ! -o cpbaaa -j {chains.isolate}",
         f"-A {chains.forward} -i cpbbbb ! -o cpbbbb -j {chains.isolate}",
         f"-A {chains.isolate} -o cpb+ -j DROP",
         "COMMIT"]
-    assert ipaddress.IPv4Address("192.0.2.2")  # peers are addresses, never free text
+    # No VNI of ours yet: no VXLAN is dropped (nothing of ours to guard).
+    bare = firewall_rules(chains, [], ["192.0.2.2"], []).splitlines()
+    assert [r for r in bare if r.startswith(f"-A {chains.input}") and "DROP" in r] == []
+    with pytest.raises(ValueError, match="24-bit"):
+        vni_match(1 << 24)
+    with pytest.raises(ValueError):
+        vni_match(0)
 
 
 class _Run:
@@ -159,19 +173,19 @@ class _Run:
 
 def test_the_chains_are_rewritten_only_when_they_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     chains = Chains.of("inst")
-    wanted = [line for line in firewall_rules(chains, ["cpbaaa"], ["192.0.2.2"]).splitlines()
+    wanted = [line for line in firewall_rules(chains, ["cpbaaa"], ["192.0.2.2"], [42]).splitlines()
               if line.startswith("-A ")]
     # As iptables -S lists them: chains in its own order, the jumps elsewhere.
     listed = ["-P INPUT ACCEPT", f"-A INPUT -j {chains.input}", f"-A FORWARD -j {chains.forward}",
               *sorted(wanted, key=lambda line: line.split()[1])]
     run = _Run(listed)
     monkeypatch.setattr(vxlan.subprocess, "run", run)
-    VxlanLinks(Path("/run/netns/x")).firewall("inst", ["cpbaaa"], ["192.0.2.2"])
+    VxlanLinks(Path("/run/netns/x")).firewall("inst", ["cpbaaa"], ["192.0.2.2"], [42])
     assert run.argv == [["nsenter", "--net=/run/netns/x", "iptables", "-w", "-S"]]
     # A peer more: rewritten; jumps gone (someone flushed INPUT): put back first.
     run = _Run(["-P INPUT ACCEPT", *wanted])
     monkeypatch.setattr(vxlan.subprocess, "run", run)
-    VxlanLinks().firewall("inst", ["cpbaaa"], ["192.0.2.2", "192.0.2.3"])
+    VxlanLinks().firewall("inst", ["cpbaaa"], ["192.0.2.2", "192.0.2.3"], [42])
     assert [a[:2] for a in run.argv] == [["iptables", "-w"], ["iptables-restore", "-w"],
                                          ["iptables", "-w"], ["iptables", "-w"]]
     assert run.argv[2] == ["iptables", "-w", "-I", "INPUT", "1", "-j", chains.input]

@@ -188,6 +188,23 @@ def test_new_sandboxes_get_the_names_once_the_view_covers_their_project(rig: Rig
     assert rig.agent.hosts_for(None) == ()
 
 
+def test_service_names_go_to_the_names_sink_as_they_change(rig: Rig) -> None:
+    sent: list[dict[str, dict[str, str]]] = []
+    rig.agent.take(view("a", projects=("p1", "p2")))
+    rig.agent.names_to(sent.append)  # given at once what the view says
+    assert sent == [{"p1": {"web": "10.96.0.7"}, "p2": {}}]
+    rig.agent.take(view("a", "b", projects=("p1", "p2")))  # other backends: same names
+    assert len(sent) == 1
+    rig.agent.take(view(projects=("p2",)))
+    assert sent[-1] == {"p2": {}}  # p1 left this host: its names go
+    # A sink that fails is logged, never raised into the watch.
+    def fail(names: dict[str, dict[str, str]]) -> None:
+        raise OSError("no")
+    rig.agent.names_to(fail)
+    rig.agent.names_to(sent.append)
+    assert sent[-1] == {"p2": {}} and len(sent) == 3
+
+
 def test_a_new_network_gets_its_rules_before_the_container_starts(rig: Rig) -> None:
     rig.agent.take(view("a"))
     applied = len(rig.lb.applied)

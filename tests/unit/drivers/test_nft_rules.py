@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from capsuled.drivers.lb.base import Frontend, LbState, Segment
-from capsuled.drivers.lb.nft import NftLoadBalancer, count_connections, render, table_name
+from capsuled.drivers.lb.nft import (NftLoadBalancer, count_connections, remove_tables, render,
+                                     table_name)
 from capsuled.errors import DriverError
 
 RANGE = N("10.96.0.0/16")
@@ -175,3 +176,18 @@ def test_in_another_namespace_every_command_and_read_is_made_there(tmp_path: Pat
     assert all(c[0][:2] == ["nsenter", "--net=/run/netns/cap-b"] for c in run.calls)
     assert ["nsenter", "--net=/run/netns/cap-b", "nft", "-f", "-"] in [c[0] for c in run.calls]
     assert any(c[0][2:] == ["cat", "/proc/net/nf_conntrack"] for c in run.calls)
+
+
+def test_a_sweep_deletes_the_deployment_s_tables_only_and_in_its_namespace() -> None:
+    calls: list[list[str]] = []
+    listed = "\n".join(["table ip nat", f"table ip {table_name('abc', 'h1')}",
+                        f"table ip {table_name('abc', 'h2')}", f"table ip {table_name('abc_d', 'h1')}",
+                        f"table ip {table_name('abcd', 'h1')}", "table ip capsuled_svc_abc_x"])
+
+    def run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, listed if "list" in argv else "", "")
+    gone = remove_tables("abc", Path("/run/netns/b"), run=run)
+    assert gone == [table_name("abc", "h1"), table_name("abc", "h2")]
+    assert calls[0] == ["nsenter", "--net=/run/netns/b", "nft", "list", "tables", "ip"]
+    assert [c[-1] for c in calls[1:]] == gone and all(c[3] == "delete" for c in calls[1:])
