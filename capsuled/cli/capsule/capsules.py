@@ -3,7 +3,6 @@ for capsules to run or to be gone."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
@@ -12,15 +11,12 @@ import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError
-from capsuled.cli.capsule.event_stream import EventClient, Query, event_line
+from capsuled.cli.capsule.event_stream import EventClient, Query, echo_event
+from capsuled.cli.capsule.output import Format, FormatOpt, column, echo_data, emit_list
 from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
     Runtime,
     TimeoutOpt,
     UsageProblem,
-    echo_json,
-    emit_list,
     report,
     reporting,
     runtime_of,
@@ -56,6 +52,19 @@ AllProjectsOpt = Annotated[bool, typer.Option(
 def _labels(values: Sequence[str] | None) -> dict[str, str]:
     return {key: value for key, _, value in (v.partition("=") for v in values or [])}
 
+
+COLUMNS = [
+    column("UUID", "uuid"), column("NAME", "name"),
+    column("STATUS", lambda c: render.status_text(c.get("status"))),
+    column("CONTAINERS", render.ready), column("READY", "ready"),
+    column("RESTARTS", render.restarts), column("LABELS", "labels"),
+    column("AGE", lambda c: render.age(c.get("created_at"))),
+    column("HOST", "host", wide=True),  # admins only: others see `-`
+    column("ADDRESSES", lambda c: render.addresses(c.get("addresses")), wide=True),
+    column("IMAGES", render.images, wide=True),
+    column("CPU", "cpu", wide=True), column("MEMORY", "memory", wide=True),
+    column("CREATED", lambda c: render.clock(c.get("created_at")), wide=True),
+]
 
 # A hold asks the server to answer once a target leaves a status, for at most this many
 # seconds per request, so that the progress display stays fresh.
@@ -125,7 +134,7 @@ def create(
     """
     rt = runtime_of(ctx)
     failed = False
-    latest: dict[str, dict[str, Any]] = {}  # uuid -> newest body, for --format json
+    latest: dict[str, dict[str, Any]] = {}  # uuid -> newest body, for -o json/yaml
     problem: CliError | None = None
     with reporting(rt):
         templates = load_templates(filename)
@@ -138,12 +147,12 @@ def create(
                     failed = True
                     continue
                 latest[body["uuid"]] = body
-                if output is Format.table:
+                if not output.machine:
                     typer.echo(f"capsule/{render.display_name(body)} created ({body['uuid']})")
             if wait and latest:
                 problem = _wait_running(rt, client, latest, timeout)
-    if output is Format.json:
-        echo_json(list(latest.values()))
+    if output.machine:
+        echo_data(output, list(latest.values()))
     if problem is not None:
         report(rt, problem)
     if failed or problem is not None:
@@ -194,7 +203,7 @@ def list_(
 
     CONTAINERS counts running/total app containers; RESTARTS adds sandbox re-creations to
     the containers' restarts. With --watch the command keeps running and prints a line
-    (with -o json: a JSON object) for every change to a listed or new capsule.
+    (with -o json: a JSON object; -o yaml: a YAML document) for every change to a listed or new capsule.
 
     Example:
 
@@ -209,7 +218,7 @@ def list_(
         # twice, in the list and as a change), never lost.
         since = changes.head() if watch else 0
         capsules = client.list(query.labels, all_projects)
-        emit_list(output, capsules, "capsules", render.capsule_table)
+        emit_list(output, capsules, "capsules", COLUMNS)
         if watch:
             _watch_capsules(changes, query, since, output, rt.sleep)
 
@@ -220,7 +229,7 @@ def _watch_capsules(changes: EventClient, query: Query, since: int, output: Form
         for record in changes.watch(query, since, sleep=sleep):
             if record.get("kind") != "capsule":
                 continue
-            typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+            echo_event(output, record)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
@@ -233,7 +242,7 @@ def describe(
     """Show capsules in detail: settings, containers, volumes and recent events.
 
     A capsule that cannot be shown is reported and the others are still shown (exit 1).
-    With --format json the output is the list of capsule bodies, without events.
+    With -o json (or yaml) the output is the list of capsule bodies, without events.
 
     Example:
 
@@ -243,7 +252,7 @@ def describe(
     with reporting(rt), rt.client() as client:
         def fetch(ident: str) -> tuple[dict[str, Any], Any]:
             capsule = client.get(ident)
-            if output is not Format.table:
+            if output.machine:
                 return capsule, None
             return capsule, render.describe(capsule, client.events(capsule["uuid"]))
         show_each(rt, output, idents, fetch)
@@ -291,7 +300,7 @@ def delete(
                 failed = True
                 continue
             deleted[ident] = name
-            if output is Format.table:
+            if not output.machine:
                 typer.echo(f"capsule/{name} deleted")
         if wait and deleted:
             probe, hold = _gone_probes(client)
@@ -299,8 +308,8 @@ def delete(
             if late:
                 report(rt, _late("gone", timeout, late))
                 failed = True
-    if output is Format.json:
-        echo_json(list(deleted.values()))
+    if output.machine:
+        echo_data(output, list(deleted.values()))
     if failed:
         raise typer.Exit(1)
 

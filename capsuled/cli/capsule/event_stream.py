@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import typer
 
 from capsuled.cli.capsule.client import ApiError, CliError, ConnectionFailed, _Api, error_from
+from capsuled.cli.capsule.output import Format, echo_record
 
 RECONNECTS = 5  # in a row, without a record between them, before giving up
 
@@ -91,6 +93,14 @@ class EventClient(_Api):
                                    f"({type(exc).__name__})") from None
         # The server ended the stream (it is stopping): resume elsewhere or again.
         raise ConnectionFailed(f"capsuled at {self.url} ended the event stream")
+
+
+def echo_event(output: Format, record: Mapping[str, Any]) -> None:
+    """One record of a watch: a line for people, a JSON line or YAML document for programs."""
+    if output.machine:
+        echo_record(output, record)
+    else:
+        typer.echo(event_line(record))
 
 
 def event_line(r: Mapping[str, Any]) -> str:

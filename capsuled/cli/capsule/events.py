@@ -3,13 +3,13 @@ capsuled extension), and following them as they happen."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from capsuled.cli.capsule.event_stream import EventClient, Query, event_line
-from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, reporting, runtime_of
+from capsuled.cli.capsule.event_stream import EventClient, Query, echo_event
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import reporting, runtime_of
 
 
 def events(
@@ -48,17 +48,17 @@ def events(
     query = Query(capsule=ident, labels=labels, all_projects=all_projects)
     with reporting(rt), EventClient(rt.url, rt.token, transport=rt.transport) as client:
         records, resume = client.since(query, since or 0)
-        if output is Format.json and not follow:
-            echo_json(records)
+        if output.machine and not follow:
+            echo_data(output, records)
             return
         for record in records:
-            typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+            echo_event(output, record)
         if not follow:
             if not records:
                 typer.echo("No events found.", err=True)
             return
         try:
             for record in client.watch(query, resume, sleep=rt.sleep):
-                typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+                echo_event(output, record)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None

@@ -32,12 +32,12 @@ from capsuled.cli.capsule.client import resolve_token
 from capsuled.cli.capsule.container_common import PASS_THROUGH
 from capsuled.cli.capsule.containers import container_app
 from capsuled.cli.capsule.settings import DEFAULT_URL
-from capsuled.cli.capsule.shared import Runtime
+from capsuled.cli.capsule.shared import APP_SETTINGS, Runtime
+from capsuled.cli.helptext import App
 
 __all__ = ["Runtime", "app", "main"]
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+app = App(**APP_SETTINGS)
 
 
 @app.callback()

@@ -1,6 +1,6 @@
-"""What every `capsule` command shares: the runtime (how to reach the server), the output
-format and timeout options, JSON output, and how errors are reported (one `error:` line,
-exit status 1; usage errors exit 2)."""
+"""What every `capsule` command shares: the runtime (how to reach the server), command
+groups, the timeout option, showing several objects, and how errors are reported (one
+`error:` line, exit status 1; usage errors exit 2). Output formats are in output.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Annotated, Any
 
 import httpx
@@ -16,12 +15,19 @@ import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, is_default_local
+from capsuled.cli.capsule.output import Format, echo_data
 from capsuled.cli.capsule.settings import DEFAULT_URL, local_token_path
+from capsuled.cli.helptext import App
+
+# How every `capsule` command group behaves: bare it shows its help; -h is --help.
+APP_SETTINGS: dict[str, Any] = {
+    "no_args_is_help": True, "rich_markup_mode": "rich",
+    "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
+def sub_app(help: str) -> App:
+    """A `capsule` command group (shell completion is offered by the root app only)."""
+    return App(help=help, add_completion=False, **APP_SETTINGS)
 
 
 @dataclass
@@ -49,8 +55,6 @@ class UsageProblem(typer.BadParameter):
         return self.message
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", "-o", case_sensitive=False,
-                                           help="table for people, json for programs.")]
 TimeoutOpt = Annotated[float, typer.Option(min=0, help="With --wait: give up after SECONDS.",
                                            metavar="SECONDS")]
 
@@ -88,27 +92,11 @@ def reporting(rt: Runtime) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def echo_json(value: Any) -> None:
-    typer.echo(render.dump_json(value))
-
-
-def emit_list(output: Format, rows: list[dict[str, Any]], what: str,
-              table: Callable[[list[dict[str, Any]]], Any]) -> None:
-    """A list command's answer: JSON for scripts, else a table, or "No <what> found." on
-    stderr when there is nothing (so a pipe reading stdout gets nothing either)."""
-    if output is Format.json:
-        echo_json(rows)
-    elif not rows:
-        typer.echo(f"No {what} found.", err=True)
-    else:
-        render.emit(render.make_console(), table(rows))
-
-
 def show_each(rt: Runtime, output: Format, idents: list[str],
               fetch: Callable[[str], tuple[dict[str, Any], Any]]) -> None:
     """Show each ident in turn: `fetch` gives its body and what a table draws. One that
     cannot be shown is reported and the others are still shown (exit 1); JSON output is
-    the list of bodies."""
+    the list of bodies (so is YAML)."""
     console = render.make_console()
     found: list[dict[str, Any]] = []
     failed = False
@@ -119,13 +107,13 @@ def show_each(rt: Runtime, output: Format, idents: list[str],
             report(rt, exc)
             failed = True
             continue
-        if output is Format.table:
+        if not output.machine:
             if found:
                 console.print()
             render.emit(console, drawing)
         found.append(body)
-    if output is Format.json:
-        echo_json(found)
+    if output.machine:
+        echo_data(output, found)
     if failed:
         raise typer.Exit(1)
 

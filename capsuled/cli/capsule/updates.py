@@ -10,15 +10,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.table import Table
-from typer.core import TyperCommand
 
 from capsuled.cli.capsule import fleet, render
 from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.rollout_client import (Ended, RolloutClient, await_rollout, is_busy,
                                                  wait_until_idle)
-from capsuled.cli.capsule.shared import (Format, FormatOpt, Runtime, UsageProblem, echo_json,
-                                         reporting, runtime_of)
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import Runtime, UsageProblem, reporting, runtime_of
 from capsuled.cli.capsule.templates import load_templates
+from capsuled.cli.helptext import ReflowCommand
 from capsuled.cli.capsule.waiting import WaitDisplay
 
 WaitOpt = Annotated[bool, typer.Option(
@@ -31,7 +31,7 @@ CauseOpt = Annotated[str | None, typer.Option("--cause", metavar="TEXT",
 _PAIR = "\x1f"  # joins --env's two words (see UpdateCommand)
 
 
-class UpdateCommand(TyperCommand):
+class UpdateCommand(ReflowCommand):
     """`--env CONTAINER KEY=VALUE` takes two words, which Typer cannot repeat: they are
     joined into one before the options are parsed."""
 
@@ -176,12 +176,12 @@ def _single(rt: Runtime, client: RolloutClient, ident: str, body: dict[str, Any]
     _started(capsule, output)
     if wait and capsule.get("rollout") is not None:
         _finish(rt, client, capsule, timeout, output)
-    elif output is Format.json:
-        echo_json(capsule)
+    elif output.machine:
+        echo_data(output, capsule)
 
 
 def _started(capsule: Mapping[str, Any], output: Format) -> None:
-    if output is not Format.table:
+    if output.machine:
         return
     name, revision = render.display_name(capsule), capsule.get("revision")
     rollout = capsule.get("rollout")
@@ -200,11 +200,11 @@ def _finish(rt: Runtime, client: RolloutClient, capsule: Mapping[str, Any], time
         ended: Ended = await_rollout(client, capsule, int(capsule["revision"]), timeout,
                                      rt.sleep, rt.poll_interval,
                                      lambda name, doing: display.update([(name, doing)]))
-    if output is Format.json:
-        echo_json(ended.capsule)
+    if output.machine:
+        echo_data(output, ended.capsule)
     if not ended.ok:
         raise CliError(f"capsule/{ended.name}: {ended.message}")
-    if output is Format.table:
+    if not output.machine:
         typer.echo(f"capsule/{ended.name} {ended.message}")
 
 
@@ -270,8 +270,8 @@ def rollback(
         _started(capsule, output)
         if wait:
             _finish(rt, client, capsule, timeout, output)
-        elif output is Format.json:
-            echo_json(capsule)
+        elif output.machine:
+            echo_data(output, capsule)
 
 
 def history(
@@ -297,13 +297,13 @@ def history(
             if one is None:
                 raise CliError(f"capsule {ident} has no revision {revision} (or it is no "
                                "longer kept)")
-            if output is Format.json:
-                echo_json(one)
+            if output.machine:
+                echo_data(output, one)
             else:
                 typer.echo(yaml.safe_dump(one.get("template"), sort_keys=False), nl=False)
             return
-        if output is Format.json:
-            echo_json(found)
+        if output.machine:
+            echo_data(output, found)
             return
         render.emit(render.make_console(), history_table(revisions))
         rollout = found.get("rollout")
