@@ -4,11 +4,13 @@ members too."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
-from capsuled.cli.capsule.client import AdminClient
+from capsuled.cli.capsule.client import _Api, only
 from capsuled.cli.capsule.output import (Format, FormatOpt, column, echo_data, emit_fields,
                                          emit_list)
 from capsuled.cli.capsule.shared import each_or_exit, reporting, runtime_of, sub_app
@@ -34,6 +36,47 @@ service_app = sub_app("""The agent service on each host (admin).
     A disabled or forced-down host gets no new capsules or containers; what runs there
     keeps running.
     """)
+
+
+AGENT_BINARY = "capsuled-agent"
+
+
+class AdminClient(_Api):
+    """Administration: tokens (extension), quotas, hosts and their agent services."""
+
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/tokens", json=dict(body))
+
+    def tokens(self, project: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/tokens", params=only(project_id=project))
+                    .get("tokens") or [])
+
+    def revoke_token(self, uuid: str) -> None:
+        self._request("DELETE", f"/v1/tokens/{quote(uuid, safe='')}")
+
+    def quota(self, project: str, usages: bool = True) -> dict[str, Any]:
+        return self._json("GET", f"/v1/quotas/{quote(project, safe='')}",
+                          params={"usages": "true"} if usages else None)
+
+    def update_quota(self, project: str, limits: Mapping[str, float]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/quotas/{quote(project, safe='')}", json=dict(limits))
+
+    def reset_quota(self, project: str) -> None:
+        self._request("DELETE", f"/v1/quotas/{quote(project, safe='')}")
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return self._pages("/v1/hosts", "hosts", {})
+
+    def host(self, ident: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/hosts/{quote(ident, safe='')}")
+
+    def services(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/services").get("services") or [])
+
+    def service_action(self, action: str, host: str, **extra: str | None) -> dict[str, Any]:
+        """enable, disable (disabled_reason) or force_down (forced_down) a host's agent."""
+        body = {"host": host, "binary": AGENT_BINARY, **{k: v for k, v in extra.items() if v is not None}}
+        return self._json("PUT", f"/v1/services/{action}", json=body)
 
 
 def _client(ctx: typer.Context) -> tuple[Any, AdminClient]:

@@ -4,53 +4,39 @@ for capsules to run or to be gone."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError
-from capsuled.cli.capsule.event_stream import EventClient, Query, echo_event
+from capsuled.cli.capsule.event_stream import EventClient, Query, Waker, echo_event
 from capsuled.cli.capsule.output import Format, FormatOpt, column, echo_data, emit_list
 from capsuled.cli.capsule.shared import (
     Runtime,
     TimeoutOpt,
     UsageProblem,
+    check_labels,
+    labels_of,
     report,
     reporting,
     runtime_of,
     show_each,
 )
 from capsuled.cli.capsule.templates import load_templates
-from capsuled.cli.capsule.waiting import WaitDisplay
+from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 
 
 class CapsuleFailed(CliError):
     """A capsule, not the server, went wrong while we waited for it."""
 
 
-def _check_labels(values: list[str] | None) -> list[str]:
-    # Checked here rather than by the server so that a typo is a usage error (exit 2),
-    # and because a comma would silently split one pair into two in the `labels` parameter.
-    for value in values or []:
-        key, sep, _ = value.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{value!r} is not key=value (a non-empty key, then =)")
-        if "," in value:
-            raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label")
-    return values or []
-
-
 LabelOpt = Annotated[list[str] | None, typer.Option(
-    "--label", "-l", metavar="KEY=VALUE", callback=_check_labels,
+    "--label", "-l", metavar="KEY=VALUE", callback=check_labels,
     help="Only capsules with this label; repeat to require several.")]
 AllProjectsOpt = Annotated[bool, typer.Option(
     "--all-projects", help="Include other projects' capsules (admins only).")]
-
-
-def _labels(values: Sequence[str] | None) -> dict[str, str]:
-    return {key: value for key, _, value in (v.partition("=") for v in values or [])}
 
 
 COLUMNS = [
@@ -70,23 +56,24 @@ COLUMNS = [
 # seconds per request, so that the progress display stays fresh.
 _HOLD_SECONDS = 10.0
 
-Probe = Callable[[str], tuple[bool, str]]
-Hold = Callable[[str, str, float], tuple[bool, str]]
+Probe = Callable[[str], tuple[bool, Progress]]
+Hold = Callable[[str, str, float], tuple[bool, Progress]]
 
 
 def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, timeout: float,
-          hold: Hold | None = None) -> list[tuple[str, str]]:
+          hold: Hold | None = None, waker: Waker | None = None) -> list[Progress]:
     """Probe every target until all are done or `timeout` passes.
 
     `targets` maps what to probe (a uuid or name) to how to call it; `probe` returns
-    (done, current status) and may raise CliError to give up at once. Returns the
-    targets not done in time, as (display name, last status). Between rounds, `hold`
-    (when given) is a probe that the server answers only once the first pending target
-    has left its last status, so a change is seen at once rather than at the next poll.
+    (done, its progress) and may raise CliError to give up at once. Returns the
+    progress of the targets not done in time. Between rounds the loop waits for the
+    `waker` (the watch stream saw a change), or else `hold` (a probe that the server
+    answers only once the first pending target has left its last status), or else
+    sleeps: either way a change is seen at once rather than at the next poll.
     """
     pending = dict(targets)
-    states = {ident: "?" for ident in targets}
-    fresh: dict[str, tuple[bool, str]] = {}  # answered by the hold: not probed again
+    states = {ident: Progress(name, "?") for ident, name in targets.items()}
+    fresh: dict[str, tuple[bool, Progress]] = {}  # answered by the hold: not probed again
     deadline = time.monotonic() + timeout
     with WaitDisplay(render.make_console(stderr=True), goal) as display:
         while True:
@@ -94,22 +81,27 @@ def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, time
                 done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
                 if done:
                     del pending[ident]
-            display.update([(targets[i], states[i]) for i in targets])
-            if not pending or time.monotonic() >= deadline:
-                return [(name, states[ident]) for ident, name in pending.items()]
+            display.update([states[i] for i in targets])
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return [states[ident] for ident in pending]
+            if waker is not None and waker.alive:
+                waker.wait(min(_HOLD_SECONDS, left))
+                continue
             first = next(iter(pending))
             if hold is None:
                 rt.sleep(rt.poll_interval)
                 continue
-            seconds = max(0.0, min(_HOLD_SECONDS, deadline - time.monotonic()))
+            seconds = max(0.0, min(_HOLD_SECONDS, left))
             started = time.monotonic()
-            fresh[first] = hold(first, states[first], seconds)
-            if fresh[first][1] == states[first] and time.monotonic() - started < seconds / 2:
+            fresh[first] = hold(first, states[first].status, seconds)
+            if fresh[first][1].status == states[first].status \
+                    and time.monotonic() - started < seconds / 2:
                 rt.sleep(rt.poll_interval)  # answered at once: a server without the extension
 
 
-def _late(goal: str, timeout: float, late: list[tuple[str, str]]) -> CliError:
-    which = ", ".join(f"{name} ({status})" for name, status in late)
+def _late(goal: str, timeout: float, late: list[Progress]) -> CliError:
+    which = ", ".join(f"{p.name} ({p.status})" for p in late)
     return CliError(f"timed out after {timeout:g}s; not {goal} yet: {which}")
 
 
@@ -163,7 +155,7 @@ def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str
                   timeout: float) -> CliError | None:
     """Poll until every capsule in `latest` (refreshed in place) runs; the failure, if any."""
 
-    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, Progress]:
         name = render.display_name(latest[uuid])
         try:
             body = fetch()
@@ -175,19 +167,22 @@ def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str
         status = str(body.get("status"))
         if status == "Error":
             raise CapsuleFailed(f"capsule {name} failed: {body.get('status_reason') or 'no reason given'}")
-        return status == "Running", status
+        return status == "Running", Progress(name, status, render.member_states(body))
 
-    def probe(uuid: str) -> tuple[bool, str]:
+    def probe(uuid: str) -> tuple[bool, Progress]:
         return check(uuid, lambda: client.get(uuid))
 
-    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, str]:
+    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, Progress]:
         return check(uuid, lambda: client.get_when_not(uuid, status, seconds))
 
     targets = {uuid: render.display_name(body) for uuid, body in latest.items()}
+    waker = Waker(EventClient(rt.url, rt.token, transport=rt.transport), targets)
     try:
-        late = _poll(rt, "Running", targets, probe, timeout, hold)
+        late = _poll(rt, "Running", targets, probe, timeout, hold, waker)
     except CapsuleFailed as exc:
         return exc
+    finally:
+        waker.close()
     return _late("Running", timeout, late) if late else None
 
 
@@ -211,7 +206,7 @@ def list_(
       capsule list --watch
     """
     rt = runtime_of(ctx)
-    query = Query(labels=_labels(label), all_projects=all_projects)
+    query = Query(labels=labels_of(label), all_projects=all_projects)
     with reporting(rt), rt.client() as client, \
             EventClient(rt.url, rt.token, transport=rt.transport) as changes:
         # The newest seq before the list: a change made meanwhile is shown (perhaps
@@ -303,7 +298,7 @@ def delete(
             if not output.machine:
                 typer.echo(f"capsule/{name} deleted")
         if wait and deleted:
-            probe, hold = _gone_probes(client)
+            probe, hold = _gone_probes(client, deleted)
             late = _poll(rt, "gone", deleted, probe, timeout, hold)
             if late:
                 report(rt, _late("gone", timeout, late))
@@ -320,24 +315,24 @@ def _delete_targets(client: CapsuleClient, idents: list[str] | None, label: list
     if idents:
         return {ident: ident for ident in dict.fromkeys(idents)}
     # By uuid: a name may be shared across projects (with --all-projects) or be reused.
-    found = client.list(_labels(label), all_projects)
+    found = client.list(labels_of(label), all_projects)
     return {c["uuid"]: render.display_name(c) for c in found} or None
 
 
-def _gone_probes(client: CapsuleClient) -> tuple[Probe, Hold]:
-    def check(fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+def _gone_probes(client: CapsuleClient, names: Mapping[str, str]) -> tuple[Probe, Hold]:
+    def check(ident: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, Progress]:
         try:
             body = fetch()
         except ApiError as exc:
             if exc.status == 404:
-                return True, "gone"
+                return True, Progress(names[ident], "gone")
             raise
-        return False, str(body.get("status"))
+        return False, Progress(names[ident], str(body.get("status")))
 
-    def probe(ident: str) -> tuple[bool, str]:
-        return check(lambda: client.get(ident))
+    def probe(ident: str) -> tuple[bool, Progress]:
+        return check(ident, lambda: client.get(ident))
 
-    def hold(ident: str, status: str, seconds: float) -> tuple[bool, str]:
-        return check(lambda: client.get_when_not(ident, status, seconds))
+    def hold(ident: str, status: str, seconds: float) -> tuple[bool, Progress]:
+        return check(ident, lambda: client.get_when_not(ident, status, seconds))
 
     return probe, hold

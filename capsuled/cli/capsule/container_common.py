@@ -34,7 +34,8 @@ def key_values(values: list[str] | None, what: str) -> dict[str, str]:
     for value in values or []:
         key, sep, rest = value.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"{value!r} is not {what} (a non-empty key, then =)")
+            raise typer.BadParameter(f"{value!r} is not {what} (a non-empty key, then =), "
+                                     "e.g. app=web")
         out[key] = rest
     return out
 

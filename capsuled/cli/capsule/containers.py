@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError, CliError
+from capsuled.cli.capsule import render, suggest
+from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, ContainerClient
 from capsuled.cli.capsule.container_common import (
     INTERRUPTED,
     CapsuleOpt,
@@ -242,7 +242,8 @@ def pod_logs(
                     except ApiError as missing:
                         if missing.status != 404:
                             raise
-                        raise CliError(f"no capsule or bare container is named {name}") from None
+                        raise CliError(f"no capsule or bare container is named {name}",
+                                       hints=_logs_hints(client, bare, name)) from None
         if capsule is not None:
             if len(members) != 1:
                 raise UsageProblem(f"capsule {name} has containers {', '.join(map(str, members))}:"
@@ -251,6 +252,22 @@ def pod_logs(
     assert ident is not None
     logs(ctx, ident, follow=follow, timestamps=timestamps, tail=tail, since=since, stdout=True,
          stderr=True, capsule=capsule, output=Format.table)
+
+def _logs_hints(capsules: CapsuleClient, bare: ContainerClient, name: str) -> list[str]:
+    """For `capsule logs NAME` where NAME is neither: the capsules that have a container of
+    that name (then -c), or names like it."""
+    try:
+        found, lone = capsules.first_page(), bare.first_page()
+    except CliError:
+        return []
+    mine = suggest.owners(name, found)
+    if mine:
+        return [f"{name} is a container of capsule {', '.join(mine)}: "
+                f"capsule logs {mine[0]} -c {name}"]
+    names = [str(c.get("name")) for c in [*found, *lone] if c.get("name")]
+    return suggest.did_you_mean(name, names) + ["`capsule list` shows capsules, "
+                                                "`capsule container list` bare containers"]
+
 
 def top(
     ctx: typer.Context,

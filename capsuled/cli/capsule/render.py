@@ -128,6 +128,34 @@ def restart_policy(capsule: Mapping[str, Any]) -> str:
     return str(policy or NONE)
 
 
+# A member's status as its progress line says it: what is happening to it now.
+_DOING = {"Creating": "creating", "Created": "starting", "Running": "running",
+          "Restarting": "restarting", "Paused": "paused", "Deleting": "deleting"}
+
+
+def member_state(c: Mapping[str, Any], init: bool = False) -> str:
+    """One container of a capsule, for a progress line: creating, starting, running,
+    ready, completed, exited (code N), failed: why; and its restarts."""
+    status = str(c.get("status") or "Unknown")
+    state = _DOING.get(status, status.lower())
+    if status == "Running" and c.get("ready") is True:
+        state = "running, ready"
+    elif status == "Stopped":
+        code = c.get("exit_code")
+        state = "completed" if init and code == 0 else f"exited (code {code})"
+    elif status == "Error":
+        state = f"failed: {c.get('status_reason') or 'no reason given'}"
+    restarts = int(c.get("restart_count") or 0)
+    return state + (f", {restarts} restart{'s' if restarts > 1 else ''}" if restarts else "")
+
+
+def member_states(capsule: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, state) of each of a capsule's containers, init containers first."""
+    inits = [(f"{c.get('name')} (init)", member_state(c, True))
+             for c in capsule.get("init_containers") or []]
+    return (*inits, *((str(c.get("name")), member_state(c)) for c in capsule.get("containers") or []))
+
+
 def status_text(status: str | None) -> Text:
     value = status or "Unknown"
     return Text(value, style=STATUS_STYLES.get(value, "yellow"))

@@ -83,7 +83,8 @@ def _selector(labels: list[str]) -> dict[str, str]:
     for item in labels:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="'--selector'")
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. -l app=web",
+                                     param_hint="'--selector'")
         out[key] = value
     return out
 

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, is_default_local
+from capsuled.cli.capsule import render, suggest
+from capsuled.cli.capsule.client import (ApiError, CapsuleClient, CliError, ContainerClient,
+                                         is_default_local)
 from capsuled.cli.capsule.output import Format, echo_data
 from capsuled.cli.capsule.settings import DEFAULT_URL, local_token_path
 from capsuled.cli.helptext import App
@@ -55,6 +56,28 @@ class UsageProblem(typer.BadParameter):
         return self.message
 
 
+LABEL_EXAMPLE = "e.g. -l app=web -l tier=front"
+
+
+def check_labels(values: list[str] | None) -> list[str]:
+    """A -l KEY=VALUE option's callback: a typo is a usage error (exit 2) with an example;
+    a comma would silently split one pair into two in the API's `labels` parameter."""
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{value!r} is not KEY=VALUE (a non-empty key, then =); "
+                                     f"{LABEL_EXAMPLE}")
+        if "," in value:
+            raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label, "
+                                     f"{LABEL_EXAMPLE}")
+    return values or []
+
+
+def labels_of(values: list[str] | None) -> dict[str, str]:
+    """Checked -l values as a mapping."""
+    return {key: value for key, _, value in (v.partition("=") for v in values or [])}
+
+
 TimeoutOpt = Annotated[float, typer.Option(min=0, help="With --wait: give up after SECONDS.",
                                            metavar="SECONDS")]
 
@@ -75,6 +98,10 @@ def _no_token_message(url: str) -> str:
 def report(rt: Runtime, exc: CliError, context: str | None = None) -> None:
     if isinstance(exc, ApiError) and exc.status == 401 and not rt.token:
         exc = CliError(_no_token_message(rt.url))
+    elif isinstance(exc, ApiError):
+        with rt.client() as capsules, \
+                ContainerClient(rt.url, rt.token, transport=rt.transport) as containers:
+            exc.hints += suggest.hints(capsules, containers, exc)
     lines = exc.lines()
     if context:
         lines[0] += f" ({context})"

@@ -16,10 +16,11 @@ from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.rollout_client import (Ended, RolloutClient, await_rollout, is_busy,
                                                  wait_until_idle)
 from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
-from capsuled.cli.capsule.shared import Runtime, UsageProblem, reporting, runtime_of
+from capsuled.cli.capsule.shared import (Runtime, UsageProblem, check_labels, labels_of,
+                                         reporting, runtime_of)
 from capsuled.cli.capsule.templates import load_templates
 from capsuled.cli.helptext import ReflowCommand
-from capsuled.cli.capsule.waiting import WaitDisplay
+from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 
 WaitOpt = Annotated[bool, typer.Option(
     "--wait", help="Wait until the new revision is ready (or rolled back); on a 409 because "
@@ -110,8 +111,8 @@ def update(
         "--env", metavar="CONTAINER KEY=VALUE", help="Set (KEY=VALUE) or remove (KEY-) a "
         "container's environment variable. Repeatable.")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", metavar="KEY=VALUE", help="Every capsule with these labels, batch by "
-        "batch (a fleet update; implies --wait).")] = None,
+        "--label", "-l", metavar="KEY=VALUE", callback=check_labels, help="Every capsule with "
+        "these labels, batch by batch (a fleet update; implies --wait).")] = None,
     max_unavailable: Annotated[int, typer.Option(
         min=1, help="With -l: capsules updated at once (a batch).")] = 1,
     max_surge: Annotated[int, typer.Option(
@@ -199,7 +200,8 @@ def _finish(rt: Runtime, client: RolloutClient, capsule: Mapping[str, Any], time
     with WaitDisplay(render.make_console(stderr=True), "ready") as display:
         ended: Ended = await_rollout(client, capsule, int(capsule["revision"]), timeout,
                                      rt.sleep, rt.poll_interval,
-                                     lambda name, doing: display.update([(name, doing)]))
+                                     lambda name, doing, body: display.update(
+                                         [Progress(name, doing, render.member_states(body))]))
     if output.machine:
         echo_data(output, ended.capsule)
     if not ended.ok:
@@ -208,14 +210,14 @@ def _finish(rt: Runtime, client: RolloutClient, capsule: Mapping[str, Any], time
         typer.echo(f"capsule/{ended.name} {ended.message}")
 
 
-def _progress_line(name: str, doing: str) -> None:
+def _progress_line(name: str, doing: str, body: Mapping[str, Any]) -> None:
     typer.echo(f"capsule/{name}: {doing}", err=True)
 
 
 def _fleet(rt: Runtime, client: RolloutClient, label: list[str], template: dict[str, Any] | None,
            changes: list[dict[str, Any]], max_unavailable: int, max_surge: int, timeout: float,
            cause: str | None) -> None:
-    labels = {k: v for k, _, v in (item.partition("=") for item in label)}
+    labels = labels_of(label)
     targets = sorted(client.list(labels), key=lambda c: (render.display_name(c), str(c["uuid"])))
     if not targets:
         raise CliError("no capsule matches " + ", ".join(label))

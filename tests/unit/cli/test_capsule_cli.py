@@ -66,7 +66,9 @@ class FakeCapsuled:
                 "exit_code": exit_code}
 
     def sent(self, method: str) -> list[httpx.Request]:
-        return [r for r in self.requests if r.method == method]
+        """Requests for capsules (a wait also asks /v1/events, which this fake has not)."""
+        return [r for r in self.requests if r.method == method
+                and r.url.path.startswith("/v1/capsules")]
 
     # -- the API
     def __call__(self, request: httpx.Request) -> httpx.Response:
