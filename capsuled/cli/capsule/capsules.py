@@ -31,6 +31,10 @@ from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 class CapsuleFailed(CliError):
     """A capsule, not the server, went wrong while we waited for it."""
 
+    def __init__(self, title: str, progress: Progress | None = None) -> None:
+        super().__init__(title)
+        self.progress = progress  # how it stood: shown before the error
+
 
 LabelOpt = Annotated[list[str] | None, typer.Option(
     "--label", "-l", metavar="KEY=VALUE", callback=check_labels,
@@ -78,7 +82,13 @@ def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, time
     with WaitDisplay(render.make_console(stderr=True), goal) as display:
         while True:
             for ident in list(pending):
-                done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
+                try:
+                    done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
+                except CapsuleFailed as exc:
+                    if exc.progress is not None:
+                        states[ident] = exc.progress
+                        display.update([states[i] for i in targets])
+                    raise
                 if done:
                     del pending[ident]
             display.update([states[i] for i in targets])
@@ -165,9 +175,11 @@ def _wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str
             raise
         latest[uuid] = body
         status = str(body.get("status"))
+        progress = Progress(name, status, render.member_states(body))
         if status == "Error":
-            raise CapsuleFailed(f"capsule {name} failed: {body.get('status_reason') or 'no reason given'}")
-        return status == "Running", Progress(name, status, render.member_states(body))
+            raise CapsuleFailed(f"capsule {name} failed: "
+                                f"{body.get('status_reason') or 'no reason given'}", progress)
+        return status == "Running", progress
 
     def probe(uuid: str) -> tuple[bool, Progress]:
         return check(uuid, lambda: client.get(uuid))
