@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,9 @@ import docker
 import pytest
 import yaml
 from conftest import Server, member, sleeper, template
+from test_cli import cleanup  # noqa: F401 - the fixture, by name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
-
-
-@pytest.fixture()
-def cleanup(server: Server) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    with server.client() as api:
-        for n in names:
-            api.delete(f"/v1/capsules/{n}")
 
 
 def create(server: Server, tmp_path: Path, tmpl: dict[str, Any], *args: str) -> Any:
