@@ -65,7 +65,7 @@ def check_labels(values: list[str] | None) -> list[str]:
     for value in values or []:
         key, sep, _ = value.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"{value!r} is not KEY=VALUE (a non-empty key, then =); "
+            raise typer.BadParameter(f"{value!r} is not key=value (a non-empty key, then =); "
                                      f"{LABEL_EXAMPLE}")
         if "," in value:
             raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label, "
