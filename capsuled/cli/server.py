@@ -20,11 +20,27 @@ from typing import Annotated
 import typer
 
 from capsuled.cli import compose
+from capsuled.cli.helptext import App
 from capsuled.config import AgentSettings, Settings
 from capsuled.errors import CapsuledError
 
-app = typer.Typer(help=__doc__, no_args_is_help=False, add_completion=False)
-image_app = typer.Typer(help="Offline images.")
+HELP = """Run capsuled: the Zun-compatible API server and the agent of each compute host.
+
+Without a command, one process runs both the API and the agent of this host, on SQLite in
+the state directory, and writes an admin token there for the local `capsule` CLI.
+
+Example:
+
+  capsuled                                         all in one: API and agent, SQLite
+  capsuled --database-url URL api                  a stateless API server (multi-host)
+  capsuled agent --api URL --token TOKEN           the agent of one compute host
+  capsuled image seed                              build the offline images
+  capsuled db upgrade --database-url URL           create or migrate the schema
+"""
+
+# Help is reflowed (helptext.App) so that docstrings can be wrapped in the source.
+app = App(help=HELP, no_args_is_help=False, add_completion=False)
+image_app = App(help="Offline images.")
 app.add_typer(image_app, name="image")
 LOG = logging.getLogger("capsuled")
 
@@ -234,7 +250,7 @@ def _labels(values: list[str]) -> dict[str, str]:
     return out
 
 
-db_app = typer.Typer(help="The database.")
+db_app = App(help="The database.")
 app.add_typer(db_app, name="db")
 
 

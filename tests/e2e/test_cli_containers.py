@@ -184,9 +184,13 @@ def test_run_in_a_capsule_joins_its_sandbox_and_its_lifecycle_is_refused(
 
 
 def test_errors_are_one_line(server: Server) -> None:
+    # One error line; then, for a name the server did not find, what to type instead.
     missing = cli(server, "container", "show", "no-such-container-anywhere")
     assert missing.returncode == 1
-    assert missing.stderr == b"error: Container no-such-container-anywhere could not be found.\n"
+    first, *hints = missing.stderr.decode().splitlines()
+    assert first == "error: Container no-such-container-anywhere could not be found."
+    assert hints and all(line.startswith("  hint: ") for line in hints)
+    assert "capsule container list" in hints[-1]
 
     bad = cli(server, "run", "--memory", "1", "busybox")
     assert bad.returncode == 1
@@ -234,7 +238,9 @@ def test_capsule_logs_picks_the_only_container_or_asks_which(server: Server,
             assert ok(cli(server, "logs", "--tail", "1", bare["name"])) in (b"to stderr\n", b"\x01\xff\xfebin\n")
             missing = cli(server, "logs", f"{name}-nope")
             assert missing.returncode == 1
-            assert missing.stderr == f"error: no capsule or bare container is named {name}-nope\n".encode()
+            first, *hints = missing.stderr.decode().splitlines()
+            assert first == f"error: no capsule or bare container is named {name}-nope"
+            assert hints[0].startswith("  hint: did you mean ") and name in hints[0], hints
         finally:
             for gone in (name, two):
                 api.delete(f"/v1/capsules/{gone}")

@@ -289,7 +289,7 @@ def test_the_cli_manages_subscriptions(hooks: Server, admin: httpx.Client,
     shown = hooks.cli("subscription", "show", "cli-hook")
     assert shown.returncode == 0 and "active" in shown.stdout and secret not in shown.stdout
     letters = hooks.cli("subscription", "dead-letters", "cli-hook")
-    assert letters.returncode == 0 and "No dead letters." in letters.stderr
+    assert letters.returncode == 0 and "No dead letters found." in letters.stderr
     bad = hooks.cli("subscription", "create", "--url", "ftp://nope/")
     assert bad.returncode == 1 and "url:" in bad.stderr
     gone = hooks.cli("subscription", "delete", "cli-hook")

@@ -4,20 +4,18 @@ members too."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
-from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import AdminClient
-from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
-                                         reporting, runtime_of)
+from capsuled.cli.capsule.client import _Api, only
+from capsuled.cli.capsule.output import (Format, FormatOpt, column, echo_data, emit_fields,
+                                         emit_list)
+from capsuled.cli.capsule.shared import each_or_exit, reporting, runtime_of, sub_app
 
-_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "rich_markup_mode": "rich",
-             "context_settings": {"help_option_names": ["-h", "--help"]}}
-
-token_app = typer.Typer(help="""Issue, list and revoke the server's own tokens (admin).
+token_app = sub_app("""Issue, list and revoke the server's own tokens (admin).
 
     A token stands for a user in a project with roles: admin (everything, every project),
     member (creates and acts within its project), reader (reads within its project),
@@ -26,18 +24,59 @@ token_app = typer.Typer(help="""Issue, list and revoke the server's own tokens (
     Example:
 
       capsule token create --project team-a --user alice --role member --expires 30d
-    """, **_SETTINGS)
-quota_app = typer.Typer(help="""Show and change a project's quotas.
+    """)
+quota_app = sub_app("""Show and change a project's quotas.
 
     Resources: capsules, containers, cpu, memory (MiB), disk (GiB); -1 is unlimited.
     A capsule counts with its containers' CPU and memory and its volumes' sizes.
-    """, **_SETTINGS)
-host_app = typer.Typer(help="The compute hosts and what is placed on them (admin).", **_SETTINGS)
-service_app = typer.Typer(help="""The agent service on each host (admin).
+    """)
+host_app = sub_app("The compute hosts and what is placed on them (admin).")
+service_app = sub_app("""The agent service on each host (admin).
 
     A disabled or forced-down host gets no new capsules or containers; what runs there
     keeps running.
-    """, **_SETTINGS)
+    """)
+
+
+AGENT_BINARY = "capsuled-agent"
+
+
+class AdminClient(_Api):
+    """Administration: tokens (extension), quotas, hosts and their agent services."""
+
+    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/tokens", json=dict(body))
+
+    def tokens(self, project: str | None = None) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/tokens", params=only(project_id=project))
+                    .get("tokens") or [])
+
+    def revoke_token(self, uuid: str) -> None:
+        self._request("DELETE", f"/v1/tokens/{quote(uuid, safe='')}")
+
+    def quota(self, project: str, usages: bool = True) -> dict[str, Any]:
+        return self._json("GET", f"/v1/quotas/{quote(project, safe='')}",
+                          params={"usages": "true"} if usages else None)
+
+    def update_quota(self, project: str, limits: Mapping[str, float]) -> dict[str, Any]:
+        return self._json("PUT", f"/v1/quotas/{quote(project, safe='')}", json=dict(limits))
+
+    def reset_quota(self, project: str) -> None:
+        self._request("DELETE", f"/v1/quotas/{quote(project, safe='')}")
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return self._pages("/v1/hosts", "hosts", {})
+
+    def host(self, ident: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/hosts/{quote(ident, safe='')}")
+
+    def services(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/services").get("services") or [])
+
+    def service_action(self, action: str, host: str, **extra: str | None) -> dict[str, Any]:
+        """enable, disable (disabled_reason) or force_down (forced_down) a host's agent."""
+        body = {"host": host, "binary": AGENT_BINARY, **{k: v for k, v in extra.items() if v is not None}}
+        return self._json("PUT", f"/v1/services/{action}", json=body)
 
 
 def _client(ctx: typer.Context) -> tuple[Any, AdminClient]:
@@ -45,27 +84,26 @@ def _client(ctx: typer.Context) -> tuple[Any, AdminClient]:
     return rt, AdminClient(rt.url, rt.token, transport=rt.transport)
 
 
-def _table(rows: Sequence[Mapping[str, Any]], columns: list[tuple[str, str]]) -> None:
-    table = render._table(*(title for title, _ in columns))
-    for row in rows:
-        table.add_row(*(render.text(_cell(row.get(key))) for _, key in columns))
-    render.emit(render.make_console(), table)
-
-
-def _fields(row: Mapping[str, Any]) -> None:
-    table = render._table("FIELD", "VALUE")
-    for key, value in row.items():
-        if key != "links":
-            table.add_row(key, render.text(_cell(value)))
-    render.emit(render.make_console(), table)
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, dict):
-        return render.pairs(value) or None
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or None
-    return value
+TOKEN_COLUMNS = [column("UUID", "uuid"), column("PROJECT", "project_id"),
+                 column("USER", "user_id"), column("ROLES", "roles"), column("HOST", "host"),
+                 column("EXPIRES", "expires_at"), column("REVOKED", "revoked"),
+                 column("DESCRIPTION", "description"), column("CREATED", "created_at", wide=True)]
+QUOTA_COLUMNS = [column("RESOURCE", "resource"), column("LIMIT", "limit"),
+                 column("IN USE", "in_use")]
+HOST_COLUMNS = [column("HOSTNAME", "hostname"), column("STATE", "state"),
+                column("ENABLED", "enabled"), column("ZONE", "availability_zone"),
+                column("CPUS", "cpus"), column("CPU USED", "cpu_used"),
+                column("MEM MiB", "mem_total"), column("MEM USED", "mem_used"),
+                column("CONTAINERS", "total_containers"), column("LABELS", "labels"),
+                column("UUID", "uuid", wide=True), column("DISK GiB", "disk_total", wide=True),
+                column("DISK USED", "disk_used", wide=True), column("OS", "os", wide=True),
+                column("KERNEL", "kernel_version", wide=True),
+                column("RUNTIMES", "runtimes", wide=True)]
+SERVICE_COLUMNS = [column("HOST", "host"), column("BINARY", "binary"), column("STATE", "state"),
+                   column("DISABLED", "disabled"), column("REASON", "disabled_reason"),
+                   column("FORCED DOWN", "forced_down"), column("LAST SEEN", "last_seen_up"),
+                   column("ZONE", "availability_zone"), column("ID", "id", wide=True),
+                   column("REPORTS", "report_count", wide=True)]
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -101,8 +139,8 @@ def token_create(
         body["host"] = host
     with reporting(rt), client:
         made = client.create_token(body)
-    if output is Format.json:
-        echo_json(made)
+    if output.machine:
+        echo_data(output, made)
         return
     typer.echo(made["token"])
     typer.echo(f"(uuid {made['uuid']}; {made['user_id']} in {made['project_id']} as "
@@ -120,13 +158,7 @@ def token_list(
     rt, client = _client(ctx)
     with reporting(rt), client:
         found = client.tokens(project)
-    if output is Format.json:
-        echo_json(found)
-    else:
-        _table(found, [("UUID", "uuid"), ("PROJECT", "project_id"), ("USER", "user_id"),
-                       ("ROLES", "roles"), ("HOST", "host"), ("EXPIRES", "expires_at"),
-                       ("REVOKED", "revoked"),
-                       ("DESCRIPTION", "description")])
+    emit_list(output, found, "tokens", TOKEN_COLUMNS)
 
 
 @token_app.command("revoke")
@@ -149,12 +181,12 @@ def quota_show(ctx: typer.Context, project: ProjectArg, output: FormatOpt = Form
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.quota(project, usages=True)
-    if output is Format.json:
-        echo_json(got)
+    if output.machine:
+        echo_data(output, got)
         return
     rows = [{"resource": r, "limit": "unlimited" if v["limit"] == -1 else v["limit"],
              "in_use": v["in_use"]} for r, v in got.items()]
-    _table(rows, [("RESOURCE", "resource"), ("LIMIT", "limit"), ("IN USE", "in_use")])
+    emit_list(output, rows, "quotas", QUOTA_COLUMNS)
 
 
 @quota_app.command("update")
@@ -176,11 +208,11 @@ def quota_update(
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.update_quota(project, limits)
-    if output is Format.json:
-        echo_json(got)
+    if output.machine:
+        echo_data(output, got)
     else:
-        _table([{"resource": r, "limit": v} for r, v in got.items()],
-               [("RESOURCE", "resource"), ("LIMIT", "limit")])
+        emit_list(output, [{"resource": r, "limit": v} for r, v in got.items()], "quotas",
+                  QUOTA_COLUMNS[:2])
 
 
 @quota_app.command("reset")
@@ -200,13 +232,7 @@ def host_list(ctx: typer.Context, output: FormatOpt = Format.table) -> None:
     rt, client = _client(ctx)
     with reporting(rt), client:
         found = client.hosts()
-    if output is Format.json:
-        echo_json(found)
-    else:
-        _table(found, [("HOSTNAME", "hostname"), ("STATE", "state"), ("ENABLED", "enabled"),
-                       ("ZONE", "availability_zone"), ("CPUS", "cpus"), ("CPU USED", "cpu_used"),
-                       ("MEM MiB", "mem_total"), ("MEM USED", "mem_used"),
-                       ("CONTAINERS", "total_containers"), ("LABELS", "labels")])
+    emit_list(output, found, "hosts", HOST_COLUMNS)
 
 
 @host_app.command("show")
@@ -216,10 +242,7 @@ def host_show(ctx: typer.Context, ident: Annotated[str, typer.Argument(
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.host(ident)
-    if output is Format.json:
-        echo_json(got)
-    else:
-        _fields(got)
+    emit_fields(output, got)
 
 
 @service_app.command("list")
@@ -228,13 +251,7 @@ def service_list(ctx: typer.Context, output: FormatOpt = Format.table) -> None:
     rt, client = _client(ctx)
     with reporting(rt), client:
         found = client.services()
-    if output is Format.json:
-        echo_json(found)
-    else:
-        _table(found, [("HOST", "host"), ("BINARY", "binary"), ("STATE", "state"),
-                       ("DISABLED", "disabled"), ("REASON", "disabled_reason"),
-                       ("FORCED DOWN", "forced_down"), ("LAST SEEN", "last_seen_up"),
-                       ("ZONE", "availability_zone")])
+    emit_list(output, found, "services", SERVICE_COLUMNS)
 
 
 HostArg = Annotated[str, typer.Argument(metavar="HOST", help="The host's name.")]
@@ -245,10 +262,7 @@ def _service_change(ctx: typer.Context, action: str, host: str, output: Format,
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.service_action(action, host, **extra)
-    if output is Format.json:
-        echo_json(got["service"])
-    else:
-        _fields(got["service"])
+    emit_fields(output, got["service"])
 
 
 @service_app.command("disable")

@@ -29,8 +29,9 @@ from capsuled.cli.capsule.capsules import LabelOpt, wait_running
 from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.rollout_client import (RolloutClient, await_rollout, is_busy,
                                                  wait_until_idle)
-from capsuled.cli.capsule.shared import (Format, FormatOpt, Runtime, TimeoutOpt, UsageProblem,
-                                         echo_json, report, reporting, runtime_of)
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import (Runtime, TimeoutOpt, UsageProblem, report, reporting,
+                                         runtime_of)
 from capsuled.cli.capsule.templates import Template, load_templates
 
 FilesOpt = Annotated[list[str], typer.Option(
@@ -132,8 +133,8 @@ def apply(
                 _say(output, results[-1])
             if wait:
                 failed = _wait(rt, client, results, timeout, output) or failed
-    if output is Format.json:
-        echo_json(results)
+    if output.machine:
+        echo_data(output, results)
     if failed:
         raise typer.Exit(1)
 
@@ -156,7 +157,7 @@ def _apply_one(rt: Runtime, client: RolloutClient, obj: Named, wait: bool,
 
 
 def _say(output: Format, result: Mapping[str, Any]) -> None:
-    if output is Format.table:
+    if not output.machine:
         typer.echo(f"capsule/{result['name']} {result['action']}")
 
 
@@ -179,7 +180,7 @@ def _wait(rt: Runtime, client: RolloutClient, results: list[dict[str, Any]], tim
         if not ended.ok:
             report(rt, CliError(f"capsule/{ended.name}: {ended.message}"))
             failed = True
-        elif output is Format.table:
+        elif not output.machine:
             typer.echo(f"capsule/{ended.name} {ended.message}")
     return failed
 

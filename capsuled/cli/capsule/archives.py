@@ -21,7 +21,8 @@ from capsuled.cli.capsule.container_common import (
     binary_stdout,
     container_client,
 )
-from capsuled.cli.capsule.shared import Format, UsageProblem, echo_json, reporting, runtime_of
+from capsuled.cli.capsule.output import Format, echo_data
+from capsuled.cli.capsule.shared import UsageProblem, reporting, runtime_of
 
 STDIO = "-"
 GO_MODE_DIR = 1 << 31  # Docker's path stat has Go's os.FileMode bits
@@ -54,7 +55,7 @@ def cp(
     destination: Annotated[str, typer.Argument(metavar="DEST", show_default=False)],
     capsule: CapsuleOpt = None,
     output: Annotated[Format, typer.Option(
-        "--format", "-o", case_sensitive=False,
+        "--output", "-o", "--format", case_sensitive=False,
         help="table: a line on stderr; json: {source, destination, bytes} on stdout.")] = Format.table,
 ) -> None:
     """Copy files and directories between a container and this machine.
@@ -88,8 +89,8 @@ def cp(
             size = _copy_in(client, src_path, dst_ctr, dst_path, capsule)
     if dst_path == STDIO:
         return  # stdout holds the tar
-    if output is Format.json:
-        echo_json({"source": source, "destination": destination, "bytes": size})
+    if output.machine:
+        echo_data(output, {"source": source, "destination": destination, "bytes": size})
     else:
         typer.echo(f"copied {_size(size)} to {destination}", err=True)
 

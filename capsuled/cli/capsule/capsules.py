@@ -3,104 +3,115 @@ for capsules to run or to be gone."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError
-from capsuled.cli.capsule.event_stream import EventClient, Query, event_line
+from capsuled.cli.capsule.event_stream import EventClient, Query, Waker, echo_event
+from capsuled.cli.capsule.output import Format, FormatOpt, column, echo_data, emit_list
 from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
     Runtime,
     TimeoutOpt,
     UsageProblem,
-    echo_json,
-    emit_list,
+    check_labels,
+    labels_of,
     report,
     reporting,
     runtime_of,
     show_each,
 )
 from capsuled.cli.capsule.templates import load_templates
-from capsuled.cli.capsule.waiting import WaitDisplay
+from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 
 
 class CapsuleFailed(CliError):
     """A capsule, not the server, went wrong while we waited for it."""
 
-
-def _check_labels(values: list[str] | None) -> list[str]:
-    # Checked here rather than by the server so that a typo is a usage error (exit 2),
-    # and because a comma would silently split one pair into two in the `labels` parameter.
-    for value in values or []:
-        key, sep, _ = value.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{value!r} is not key=value (a non-empty key, then =)")
-        if "," in value:
-            raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label")
-    return values or []
+    def __init__(self, title: str, progress: Progress | None = None) -> None:
+        super().__init__(title)
+        self.progress = progress  # how it stood: shown before the error
 
 
 LabelOpt = Annotated[list[str] | None, typer.Option(
-    "--label", "-l", metavar="KEY=VALUE", callback=_check_labels,
+    "--label", "-l", metavar="KEY=VALUE", callback=check_labels,
     help="Only capsules with this label; repeat to require several.")]
 AllProjectsOpt = Annotated[bool, typer.Option(
     "--all-projects", help="Include other projects' capsules (admins only).")]
 
 
-def _labels(values: Sequence[str] | None) -> dict[str, str]:
-    return {key: value for key, _, value in (v.partition("=") for v in values or [])}
-
+COLUMNS = [
+    column("UUID", "uuid"), column("NAME", "name"),
+    column("STATUS", lambda c: render.status_text(c.get("status"))),
+    column("CONTAINERS", render.ready), column("READY", "ready"),
+    column("RESTARTS", render.restarts), column("LABELS", "labels"),
+    column("AGE", lambda c: render.age(c.get("created_at"))),
+    column("HOST", "host", wide=True),  # admins only: others see `-`
+    column("ADDRESSES", lambda c: render.addresses(c.get("addresses")), wide=True),
+    column("IMAGES", render.images, wide=True),
+    column("CPU", "cpu", wide=True), column("MEMORY", "memory", wide=True),
+    column("CREATED", lambda c: render.clock(c.get("created_at")), wide=True),
+]
 
 # A hold asks the server to answer once a target leaves a status, for at most this many
 # seconds per request, so that the progress display stays fresh.
 _HOLD_SECONDS = 10.0
 
-Probe = Callable[[str], tuple[bool, str]]
-Hold = Callable[[str, str, float], tuple[bool, str]]
+Probe = Callable[[str], tuple[bool, Progress]]
+Hold = Callable[[str, str, float], tuple[bool, Progress]]
 
 
 def _poll(rt: Runtime, goal: str, targets: Mapping[str, str], probe: Probe, timeout: float,
-          hold: Hold | None = None) -> list[tuple[str, str]]:
+          hold: Hold | None = None, waker: Waker | None = None) -> list[Progress]:
     """Probe every target until all are done or `timeout` passes.
 
     `targets` maps what to probe (a uuid or name) to how to call it; `probe` returns
-    (done, current status) and may raise CliError to give up at once. Returns the
-    targets not done in time, as (display name, last status). Between rounds, `hold`
-    (when given) is a probe that the server answers only once the first pending target
-    has left its last status, so a change is seen at once rather than at the next poll.
+    (done, its progress) and may raise CliError to give up at once. Returns the
+    progress of the targets not done in time. Between rounds the loop waits for the
+    `waker` (the watch stream saw a change), or else `hold` (a probe that the server
+    answers only once the first pending target has left its last status), or else
+    sleeps: either way a change is seen at once rather than at the next poll.
     """
     pending = dict(targets)
-    states = {ident: "?" for ident in targets}
-    fresh: dict[str, tuple[bool, str]] = {}  # answered by the hold: not probed again
+    states = {ident: Progress(name, "?") for ident, name in targets.items()}
+    fresh: dict[str, tuple[bool, Progress]] = {}  # answered by the hold: not probed again
     deadline = time.monotonic() + timeout
     with WaitDisplay(render.make_console(stderr=True), goal) as display:
         while True:
             for ident in list(pending):
-                done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
+                try:
+                    done, states[ident] = fresh.pop(ident) if ident in fresh else probe(ident)
+                except CapsuleFailed as exc:
+                    if exc.progress is not None:
+                        states[ident] = exc.progress
+                        display.update([states[i] for i in targets])
+                    raise
                 if done:
                     del pending[ident]
-            display.update([(targets[i], states[i]) for i in targets])
-            if not pending or time.monotonic() >= deadline:
-                return [(name, states[ident]) for ident, name in pending.items()]
+            display.update([states[i] for i in targets])
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return [states[ident] for ident in pending]
+            if waker is not None and waker.alive:
+                waker.wait(min(_HOLD_SECONDS, left))
+                continue
             first = next(iter(pending))
             if hold is None:
                 rt.sleep(rt.poll_interval)
                 continue
-            seconds = max(0.0, min(_HOLD_SECONDS, deadline - time.monotonic()))
+            seconds = max(0.0, min(_HOLD_SECONDS, left))
             started = time.monotonic()
-            fresh[first] = hold(first, states[first], seconds)
-            if fresh[first][1] == states[first] and time.monotonic() - started < seconds / 2:
+            fresh[first] = hold(first, states[first].status, seconds)
+            if fresh[first][1].status == states[first].status \
+                    and time.monotonic() - started < seconds / 2:
                 rt.sleep(rt.poll_interval)  # answered at once: a server without the extension
 
 
-def _late(goal: str, timeout: float, late: list[tuple[str, str]]) -> CliError:
-    which = ", ".join(f"{name} ({status})" for name, status in late)
+def _late(goal: str, timeout: float, late: list[Progress]) -> CliError:
+    which = ", ".join(f"{p.name} ({p.status})" for p in late)
     return CliError(f"timed out after {timeout:g}s; not {goal} yet: {which}")
 
 
@@ -125,7 +136,7 @@ def create(
     """
     rt = runtime_of(ctx)
     failed = False
-    latest: dict[str, dict[str, Any]] = {}  # uuid -> newest body, for --format json
+    latest: dict[str, dict[str, Any]] = {}  # uuid -> newest body, for -o json/yaml
     problem: CliError | None = None
     with reporting(rt):
         templates = load_templates(filename)
@@ -138,12 +149,12 @@ def create(
                     failed = True
                     continue
                 latest[body["uuid"]] = body
-                if output is Format.table:
+                if not output.machine:
                     typer.echo(f"capsule/{render.display_name(body)} created ({body['uuid']})")
             if wait and latest:
                 problem = wait_running(rt, client, latest, timeout)
-    if output is Format.json:
-        echo_json(list(latest.values()))
+    if output.machine:
+        echo_data(output, list(latest.values()))
     if problem is not None:
         report(rt, problem)
     if failed or problem is not None:
@@ -154,7 +165,7 @@ def wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str,
                   timeout: float) -> CliError | None:
     """Poll until every capsule in `latest` (refreshed in place) runs; the failure, if any."""
 
-    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+    def check(uuid: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, Progress]:
         name = render.display_name(latest[uuid])
         try:
             body = fetch()
@@ -164,21 +175,26 @@ def wait_running(rt: Runtime, client: CapsuleClient, latest: dict[str, dict[str,
             raise
         latest[uuid] = body
         status = str(body.get("status"))
+        progress = Progress(name, status, render.member_states(body))
         if status == "Error":
-            raise CapsuleFailed(f"capsule {name} failed: {body.get('status_reason') or 'no reason given'}")
-        return status == "Running", status
+            raise CapsuleFailed(f"capsule {name} failed: "
+                                f"{body.get('status_reason') or 'no reason given'}", progress)
+        return status == "Running", progress
 
-    def probe(uuid: str) -> tuple[bool, str]:
+    def probe(uuid: str) -> tuple[bool, Progress]:
         return check(uuid, lambda: client.get(uuid))
 
-    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, str]:
+    def hold(uuid: str, status: str, seconds: float) -> tuple[bool, Progress]:
         return check(uuid, lambda: client.get_when_not(uuid, status, seconds))
 
     targets = {uuid: render.display_name(body) for uuid, body in latest.items()}
+    waker = Waker(EventClient(rt.url, rt.token, transport=rt.transport), targets)
     try:
-        late = _poll(rt, "Running", targets, probe, timeout, hold)
+        late = _poll(rt, "Running", targets, probe, timeout, hold, waker)
     except CapsuleFailed as exc:
         return exc
+    finally:
+        waker.close()
     return _late("Running", timeout, late) if late else None
 
 
@@ -194,7 +210,7 @@ def list_(
 
     CONTAINERS counts running/total app containers; RESTARTS adds sandbox re-creations to
     the containers' restarts. With --watch the command keeps running and prints a line
-    (with -o json: a JSON object) for every change to a listed or new capsule.
+    (with -o json: a JSON object; -o yaml: a YAML document) for every change to a listed or new capsule.
 
     Example:
 
@@ -202,14 +218,14 @@ def list_(
       capsule list --watch
     """
     rt = runtime_of(ctx)
-    query = Query(labels=_labels(label), all_projects=all_projects)
+    query = Query(labels=labels_of(label), all_projects=all_projects)
     with reporting(rt), rt.client() as client, \
             EventClient(rt.url, rt.token, transport=rt.transport) as changes:
         # The newest seq before the list: a change made meanwhile is shown (perhaps
         # twice, in the list and as a change), never lost.
         since = changes.head() if watch else 0
         capsules = client.list(query.labels, all_projects)
-        emit_list(output, capsules, "capsules", render.capsule_table)
+        emit_list(output, capsules, "capsules", COLUMNS)
         if watch:
             _watch_capsules(changes, query, since, output, rt.sleep)
 
@@ -220,7 +236,7 @@ def _watch_capsules(changes: EventClient, query: Query, since: int, output: Form
         for record in changes.watch(query, since, sleep=sleep):
             if record.get("kind") != "capsule":
                 continue
-            typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+            echo_event(output, record)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
@@ -233,7 +249,7 @@ def describe(
     """Show capsules in detail: settings, containers, volumes and recent events.
 
     A capsule that cannot be shown is reported and the others are still shown (exit 1).
-    With --format json the output is the list of capsule bodies, without events.
+    With -o json (or yaml) the output is the list of capsule bodies, without events.
 
     Example:
 
@@ -243,7 +259,7 @@ def describe(
     with reporting(rt), rt.client() as client:
         def fetch(ident: str) -> tuple[dict[str, Any], Any]:
             capsule = client.get(ident)
-            if output is not Format.table:
+            if output.machine:
                 return capsule, None
             return capsule, render.describe(capsule, client.events(capsule["uuid"]))
         show_each(rt, output, idents, fetch)
@@ -291,16 +307,16 @@ def delete(
                 failed = True
                 continue
             deleted[ident] = name
-            if output is Format.table:
+            if not output.machine:
                 typer.echo(f"capsule/{name} deleted")
         if wait and deleted:
-            probe, hold = _gone_probes(client)
+            probe, hold = _gone_probes(client, deleted)
             late = _poll(rt, "gone", deleted, probe, timeout, hold)
             if late:
                 report(rt, _late("gone", timeout, late))
                 failed = True
-    if output is Format.json:
-        echo_json(list(deleted.values()))
+    if output.machine:
+        echo_data(output, list(deleted.values()))
     if failed:
         raise typer.Exit(1)
 
@@ -311,24 +327,24 @@ def _delete_targets(client: CapsuleClient, idents: list[str] | None, label: list
     if idents:
         return {ident: ident for ident in dict.fromkeys(idents)}
     # By uuid: a name may be shared across projects (with --all-projects) or be reused.
-    found = client.list(_labels(label), all_projects)
+    found = client.list(labels_of(label), all_projects)
     return {c["uuid"]: render.display_name(c) for c in found} or None
 
 
-def _gone_probes(client: CapsuleClient) -> tuple[Probe, Hold]:
-    def check(fetch: Callable[[], dict[str, Any]]) -> tuple[bool, str]:
+def _gone_probes(client: CapsuleClient, names: Mapping[str, str]) -> tuple[Probe, Hold]:
+    def check(ident: str, fetch: Callable[[], dict[str, Any]]) -> tuple[bool, Progress]:
         try:
             body = fetch()
         except ApiError as exc:
             if exc.status == 404:
-                return True, "gone"
+                return True, Progress(names[ident], "gone")
             raise
-        return False, str(body.get("status"))
+        return False, Progress(names[ident], str(body.get("status")))
 
-    def probe(ident: str) -> tuple[bool, str]:
-        return check(lambda: client.get(ident))
+    def probe(ident: str) -> tuple[bool, Progress]:
+        return check(ident, lambda: client.get(ident))
 
-    def hold(ident: str, status: str, seconds: float) -> tuple[bool, str]:
-        return check(lambda: client.get_when_not(ident, status, seconds))
+    def hold(ident: str, status: str, seconds: float) -> tuple[bool, Progress]:
+        return check(ident, lambda: client.get_when_not(ident, status, seconds))
 
     return probe, hold

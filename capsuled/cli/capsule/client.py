@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -24,27 +24,29 @@ API_VERSION = "container 1.40"
 TIMEOUT = 30.0
 PAGE_SIZE = 1000
 OCTET = "application/octet-stream"
-AGENT_BINARY = "capsuled-agent"
 
 # Named here: inside the client classes `list` is the method of that name.
 Bodies = list[dict[str, Any]]
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+UNKNOWN_ROUTE = "The resource could not be found."  # capsuled's 404 for a path it has not
 
 
 class CliError(Exception):
     """A failure the CLI reports as `error: <title>` with optional indented detail lines."""
 
-    def __init__(self, title: str, detail: str | None = None) -> None:
+    def __init__(self, title: str, detail: str | None = None,
+                 hints: list[str] | None = None) -> None:
         super().__init__(title)
         self.title = title
         self.detail = detail
+        self.hints = list(hints or [])  # what to type instead, a line each
 
     def lines(self) -> list[str]:
         out = [f"error: {self.title}"]
         # A one-line detail is, in practice, a rewording of the title: not worth the noise.
         if self.detail and self.detail.strip() != self.title and "\n" in self.detail.strip():
             out += [f"  {line}" for line in self.detail.strip().splitlines()]
-        return out
+        return out + [f"  hint: {hint}" for hint in self.hints]
 
 
 class ConnectionFailed(CliError):
@@ -59,6 +61,9 @@ class ApiError(CliError):
         super().__init__(title, detail)
         self.status = status
         self.code = code
+        # A capsule or container the server did not find, as (kind, what was asked for):
+        # shared.report looks for names like it.
+        self.missing: tuple[str, str] | None = None
 
 
 def is_default_local(url: str) -> bool:
@@ -98,6 +103,8 @@ def _is_local(url: str) -> bool:
 class _Api:
     """The plumbing both clients share: headers, errors, JSON bodies, paging."""
 
+    KIND: str | None = None  # what /v1/<KIND>s/<ident> names, for a 404's `missing`
+
     def __init__(self, url: str, token: str | None, *,
                  transport: httpx.BaseTransport | None = None, timeout: float = TIMEOUT) -> None:
         self.url = url.rstrip("/")
@@ -135,6 +142,11 @@ class _Api:
                 raise CliError(f"the server sent the same page link twice: {next_url}")
         return found
 
+    def first_page(self) -> list[dict[str, Any]]:
+        """At most PAGE_SIZE of what /v1/<KIND>s lists: enough to suggest a name, bounded."""
+        return list(self._json("GET", f"/v1/{self.KIND}s", params={"limit": PAGE_SIZE})
+                    .get(f"{self.KIND}s") or [])
+
     def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, url, **kwargs)
         try:
@@ -154,12 +166,29 @@ class _Api:
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot reach capsuled at {self.url} ({_reason(exc)})") from None
         if response.status_code >= 400:
-            raise error_from(response)
+            raise self._explained(url, error_from(response))
         return response
+
+    def _explained(self, url: str, exc: ApiError) -> ApiError:
+        """`exc` with what the CLI can tell beyond the server's words."""
+        path = urlsplit(url).path
+        prefix = f"/v1/{self.KIND}s/"
+        if exc.status == 404 and exc.title == UNKNOWN_ROUTE:
+            exc.hints.append(f"the server at {self.url} has no {path}: a capsuled extension that "
+                             "it lacks (an older capsuled, or a Zun server); upgrade the server")
+        elif exc.status == 404 and self.KIND and path.startswith(prefix) \
+                and exc.title.lower().startswith(f"{self.KIND} "):
+            exc.missing = (self.KIND, unquote(path[len(prefix):].split("/")[0]))
+        elif exc.status == 406 and "supported range" in exc.title:
+            exc.hints.append(f"this client speaks {API_VERSION}: use a capsuled server of its "
+                             "release or later, or a client as old as the server")
+        return exc
 
 
 class CapsuleClient(_Api):
     """`/v1/capsules` over httpx; raises `ApiError` / `ConnectionFailed`, returns parsed JSON."""
+
+    KIND = "capsule"
 
     def create(self, template: Mapping[str, Any]) -> dict[str, Any]:
         return self._json("POST", "/v1/capsules", json={"template": template})
@@ -203,6 +232,8 @@ class ContainerClient(_Api):
     of that capsule by name; a uuid finds any container without it.
     """
 
+    KIND = "container"
+
     def create(self, body: Mapping[str, Any], run: bool = True) -> dict[str, Any]:
         params = {"run": "true"} if run else None
         return self._json("POST", "/v1/containers", params=params, json=dict(body))
@@ -217,7 +248,7 @@ class ContainerClient(_Api):
         return self._pages("/v1/containers", "containers", params)
 
     def get(self, ident: str, capsule: str | None = None) -> dict[str, Any]:
-        return self._json("GET", self._path(ident), params=_only(capsule=capsule))
+        return self._json("GET", self._path(ident), params=only(capsule=capsule))
 
     def delete(self, ident: str, force: bool = False, stop: bool = False) -> None:
         params = {k: "true" for k, on in (("force", force), ("stop", stop)) if on}
@@ -225,10 +256,10 @@ class ContainerClient(_Api):
 
     def action(self, ident: str, action: str, **params: str | int | None) -> None:
         """start, stop, reboot, pause, unpause or kill (with `timeout` / `signal`)."""
-        self._request("POST", self._path(ident, action), params=_only(**params))
+        self._request("POST", self._path(ident, action), params=only(**params))
 
     def rebuild(self, ident: str, image: str | None) -> None:
-        self._request("POST", self._path(ident, "rebuild"), params=_only(image=image), json={})
+        self._request("POST", self._path(ident, "rebuild"), params=only(image=image), json={})
 
     def commit(self, ident: str, repository: str) -> dict[str, Any]:
         """`repository` may carry its tag (repo:tag): the server splits it."""
@@ -238,24 +269,24 @@ class ContainerClient(_Api):
         return self._json("POST", self._path(ident, "rename"), params={"name": name})
 
     def update(self, ident: str, changes: Mapping[str, Any], capsule: str | None = None) -> dict[str, Any]:
-        return self._json("PATCH", self._path(ident), params=_only(capsule=capsule), json=dict(changes))
+        return self._json("PATCH", self._path(ident), params=only(capsule=capsule), json=dict(changes))
 
     def logs(self, ident: str, capsule: str | None = None, **params: str | int | None) -> bytes:
         """The exact bytes (stdout/stderr/timestamps/tail/since as the API takes them)."""
         return self._request("GET", self._path(ident, "logs"), headers={"Accept": OCTET},
-                             params=_only(capsule=capsule, **params)).content
+                             params=only(capsule=capsule, **params)).content
 
     def follow_logs(self, ident: str, capsule: str | None = None,
                     **params: str | int | None) -> Iterator[bytes]:
         """The logs as they are written, until the container stops or the caller stops reading."""
-        query = _only(capsule=capsule, follow="true", **params)
+        query = only(capsule=capsule, follow="true", **params)
         try:
             with self._http.stream("GET", self._path(ident, "logs"), params=query,
                                    headers={"Accept": OCTET},
                                    timeout=httpx.Timeout(self.timeout, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise error_from(response)
+                    raise self._explained(self._path(ident, "logs"), error_from(response))
                 yield from response.iter_bytes()
         except httpx.TimeoutException:
             raise ConnectionFailed(f"capsuled at {self.url} did not answer in time") from None
@@ -290,16 +321,16 @@ class ContainerClient(_Api):
                       json={"exec_id": exec_id, "w": width, "h": height})
 
     def top(self, ident: str, ps_args: str | None = None, capsule: str | None = None) -> dict[str, Any]:
-        return self._json("GET", self._path(ident, "top"), params=_only(ps_args=ps_args, capsule=capsule))
+        return self._json("GET", self._path(ident, "top"), params=only(ps_args=ps_args, capsule=capsule))
 
     def stats(self, ident: str, capsule: str | None = None) -> dict[str, Any]:
-        return self._json("GET", self._path(ident, "stats"), params=_only(capsule=capsule))
+        return self._json("GET", self._path(ident, "stats"), params=only(capsule=capsule))
 
     def get_archive(self, ident: str, path: str,
                     capsule: str | None = None) -> tuple[bytes, dict[str, Any]]:
         """A tar of `path` (its last component at the top) and the path's stat."""
         body = self._json("GET", self._path(ident, "get_archive"),
-                          params=_only(path=path, capsule=capsule))
+                          params=only(path=path, capsule=capsule))
         try:
             data = base64.b64decode(str(body["data"]), validate=True)
         except (KeyError, binascii.Error, ValueError):
@@ -323,45 +354,7 @@ class ContainerClient(_Api):
         return f"{path}/{sub}" if sub else path
 
 
-class AdminClient(_Api):
-    """Administration: tokens (extension), quotas, hosts and their agent services."""
-
-    def create_token(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/tokens", json=dict(body))
-
-    def tokens(self, project: str | None = None) -> list[dict[str, Any]]:
-        return list(self._json("GET", "/v1/tokens", params=_only(project_id=project))
-                    .get("tokens") or [])
-
-    def revoke_token(self, uuid: str) -> None:
-        self._request("DELETE", f"/v1/tokens/{quote(uuid, safe='')}")
-
-    def quota(self, project: str, usages: bool = True) -> dict[str, Any]:
-        return self._json("GET", f"/v1/quotas/{quote(project, safe='')}",
-                          params={"usages": "true"} if usages else None)
-
-    def update_quota(self, project: str, limits: Mapping[str, float]) -> dict[str, Any]:
-        return self._json("PUT", f"/v1/quotas/{quote(project, safe='')}", json=dict(limits))
-
-    def reset_quota(self, project: str) -> None:
-        self._request("DELETE", f"/v1/quotas/{quote(project, safe='')}")
-
-    def hosts(self) -> list[dict[str, Any]]:
-        return self._pages("/v1/hosts", "hosts", {})
-
-    def host(self, ident: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/hosts/{quote(ident, safe='')}")
-
-    def services(self) -> list[dict[str, Any]]:
-        return list(self._json("GET", "/v1/services").get("services") or [])
-
-    def service_action(self, action: str, host: str, **extra: str | None) -> dict[str, Any]:
-        """enable, disable (disabled_reason) or force_down (forced_down) a host's agent."""
-        body = {"host": host, "binary": AGENT_BINARY, **{k: v for k, v in extra.items() if v is not None}}
-        return self._json("PUT", f"/v1/services/{action}", json=body)
-
-
-def _only(**params: str | int | None) -> dict[str, str | int] | None:
+def only(**params: str | int | None) -> dict[str, str | int] | None:
     """Query parameters without the unset ones (None when nothing is left)."""
     out = {k: v for k, v in params.items() if v is not None}
     return out or None

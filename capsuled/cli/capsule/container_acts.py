@@ -9,16 +9,8 @@ import typer
 
 from capsuled.cli.capsule.client import CliError, ContainerClient
 from capsuled.cli.capsule.container_common import IdentArg, container_client
-from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
-    Runtime,
-    TimeoutOpt,
-    echo_json,
-    report,
-    reporting,
-    runtime_of,
-)
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import Runtime, TimeoutOpt, report, reporting, runtime_of
 
 
 def rebuild(
@@ -46,16 +38,16 @@ def rebuild(
     body: dict[str, Any] = {}
     with reporting(rt), container_client(rt) as client:
         client.rebuild(ident, image)
-        if output is Format.table:
+        if not output.machine:
             typer.echo(f"container/{ident} rebuilding" + (f" from {image}" if image else ""))
         if wait:
             body, problem = _wait_rebuilt(rt, client, ident, timeout)
-            if problem is None and output is Format.table:
+            if problem is None and not output.machine:
                 typer.echo(f"container/{ident} rebuilt ({body.get('status')})")
-        elif output is Format.json:
+        elif output.machine:
             body = client.get(ident)
-    if output is Format.json:
-        echo_json(body)
+    if output.machine:
+        echo_data(output, body)
     if problem is not None:
         report(rt, problem)
         raise typer.Exit(1)
@@ -98,8 +90,8 @@ def commit(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         body = client.commit(ident, repository)
-    if output is Format.json:
-        echo_json(body)
+    if output.machine:
+        echo_data(output, body)
     else:
         typer.echo(f"container/{ident} committed as {body.get('repository')}:{body.get('tag')} "
                    f"(image {body.get('uuid')})")

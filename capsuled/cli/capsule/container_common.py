@@ -15,7 +15,8 @@ from typing import IO, Annotated, Any
 import typer
 
 from capsuled.cli.capsule.client import ApiError, ContainerClient
-from capsuled.cli.capsule.shared import Format, Runtime, echo_json, report, reporting
+from capsuled.cli.capsule.output import Format, echo_data
+from capsuled.cli.capsule.shared import Runtime, report, reporting
 
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 RESTART_NAMES = ("no", "always", "on-failure", "unless-stopped")
@@ -33,7 +34,8 @@ def key_values(values: list[str] | None, what: str) -> dict[str, str]:
     for value in values or []:
         key, sep, rest = value.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"{value!r} is not {what} (a non-empty key, then =)")
+            raise typer.BadParameter(f"{value!r} is not {what} (a non-empty key, then =), "
+                                     "e.g. app=web")
         out[key] = rest
     return out
 
@@ -198,9 +200,9 @@ def for_each(rt: Runtime, idents: list[str], output: Format, done: str,
                 failed = True
                 continue
             ok.append(ident)
-            if output is Format.table:
+            if not output.machine:
                 typer.echo(f"container/{ident} {done}")
-    if output is Format.json:
-        echo_json(ok)
+    if output.machine:
+        echo_data(output, ok)
     if failed:
         raise typer.Exit(1)

@@ -17,14 +17,8 @@ from capsuled.cli.capsule.container_common import (
     parse_memory,
     positive,
 )
-from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
-    UsageProblem,
-    echo_json,
-    reporting,
-    runtime_of,
-)
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import UsageProblem, reporting, runtime_of
 
 
 def delete(
@@ -143,8 +137,8 @@ def rename(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         body = client.rename(ident, new_name)
-    if output is Format.json:
-        echo_json(body)
+    if output.machine:
+        echo_data(output, body)
     else:
         typer.echo(f"container/{ident} renamed to {body.get('name') or new_name}")
 
@@ -186,8 +180,8 @@ def update(
         # lets it be named, so look the uuid up first.
         target = str(client.get(ident, capsule)["uuid"]) if capsule else ident
         body = client.update(target, changes, capsule)
-    if output is Format.json:
-        echo_json(body)
+    if output.machine:
+        echo_data(output, body)
     else:
         what = ", ".join(f"{k} {v}" + (" MiB" if k == "memory" else "") for k, v in changes.items())
         typer.echo(f"container/{ident} updated ({what})")

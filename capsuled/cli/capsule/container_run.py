@@ -21,13 +21,11 @@ from capsuled.cli.capsule.container_common import (
     positive,
     trailing_words,
 )
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
 from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
     Runtime,
     TimeoutOpt,
     UsageProblem,
-    echo_json,
     report,
     reporting,
     runtime_of,
@@ -134,13 +132,13 @@ def run(
     with reporting(rt), container_client(rt) as client:
         created = client.create(body)
         name_ = render.display_name(created)
-        if output is Format.table:
+        if not output.machine:
             where = f" in capsule {capsule}" if capsule else ""
             typer.echo(f"container/{name_} created{where} ({created.get('uuid')})")
         if wait:
             created, problem = _wait_started(rt, client, created, timeout)
-    if output is Format.json:
-        echo_json(created)
+    if output.machine:
+        echo_data(output, created)
     if problem is not None:
         report(rt, problem)
         raise typer.Exit(1)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError, CliError
+from capsuled.cli.capsule import render, suggest
+from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, ContainerClient
 from capsuled.cli.capsule.container_common import (
     INTERRUPTED,
     CapsuleOpt,
@@ -31,21 +32,17 @@ from capsuled.cli.capsule.container_common import (
     since_epoch,
     trailing_words,
 )
+from capsuled.cli.capsule.output import Format, FormatOpt, column, echo_data, emit_list
 from capsuled.cli.capsule.shared import (
-    Format,
-    FormatOpt,
     UsageProblem,
-    echo_json,
-    emit_list,
     reporting,
     runtime_of,
     show_each,
+    sub_app,
 )
 
-container_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="""Manage single containers: bare ones, and (read-only, mostly) a capsule's.
+container_app = sub_app(
+    """Manage single containers: bare ones, and (read-only, mostly) a capsule's.
 
     Bare containers are made with `capsule run`. A capsule's containers are listed with
     --capsule NAME; by uuid every command finds them, by name only with --capsule. Their
@@ -57,6 +54,35 @@ container_app = typer.Typer(
       capsule container logs -f web
       capsule container exec -it web sh
     """)
+
+COLUMNS = [
+    column("UUID", "uuid"), column("NAME", "name"), column("IMAGE", "image"),
+    column("COMMAND", lambda c: render.command_line(c.get("command"))),
+    column("STATUS", render.container_status),
+    column("RESTARTS", lambda c: c.get("restart_count", 0)),
+    column("AGE", lambda c: render.age(c.get("created_at"))),
+    column("CAPSULE", "capsule_id", wide=True),
+    column("HOST", "host", wide=True),  # admins only: others see `-`
+    column("ADDRESSES", lambda c: render.addresses(c.get("addresses")), wide=True),
+    column("PORTS", render.published, wide=True), column("LABELS", "labels", wide=True),
+    column("CREATED", lambda c: render.clock(c.get("created_at")), wide=True),
+]
+
+
+def _result(action: dict[str, Any]) -> Text:
+    if not action.get("finish_time"):
+        return Text(render.NONE)
+    failed = bool(action.get("message"))
+    return Text("Error" if failed else "Success", style="red" if failed else "")
+
+
+ACTION_COLUMNS = [
+    column("ACTION", "action"), column("REQUEST ID", "request_id"),
+    column("STARTED", lambda a: render.clock(a.get("start_time"))),
+    column("FINISHED", lambda a: render.clock(a.get("finish_time"))),
+    column("RESULT", _result), column("MESSAGE", "message"),
+    column("USER", "user_id", wide=True), column("PROJECT", "project_id", wide=True),
+]
 
 
 def list_(
@@ -82,7 +108,7 @@ def list_(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         found = client.list(capsule, all_projects)
-    emit_list(output, found, "containers", render.container_table)
+    emit_list(output, found, "containers", COLUMNS)
 
 
 def show(
@@ -128,8 +154,8 @@ def logs(
     stderr: Annotated[bool, typer.Option("--stderr/--no-stderr", help="Include stderr.")] = True,
     capsule: CapsuleOpt = None,
     output: Annotated[Format, typer.Option(
-        "--format", "-o", case_sensitive=False,
-        help="table: the bytes as written (default); json: one JSON string (not with -f).")] = Format.table,
+        "--output", "-o", "--format", case_sensitive=False,
+        help="table: the bytes as written (default); json or yaml: one string (not with -f).")] = Format.table,
 ) -> None:
     """Print a container's output (stdout and stderr), byte for byte.
 
@@ -141,7 +167,7 @@ def logs(
       capsule container logs --tail 20 web
       capsule container logs -f --since 10m web
     """
-    if follow and output is Format.json:
+    if follow and output.machine:
         raise UsageProblem("--follow streams raw output; it cannot be combined with --format json",
                            ctx=ctx)
     if not stdout and not stderr:
@@ -155,8 +181,8 @@ def logs(
     with reporting(rt), container_client(rt) as client:
         if not follow:
             data = client.logs(ident, capsule, **params)
-            if output is Format.json:
-                echo_json(data.decode("utf-8", "replace"))
+            if output.machine:
+                echo_data(output, data.decode("utf-8", "replace"))
             else:
                 out.write(data)
                 out.flush()
@@ -216,7 +242,8 @@ def pod_logs(
                     except ApiError as missing:
                         if missing.status != 404:
                             raise
-                        raise CliError(f"no capsule or bare container is named {name}") from None
+                        raise CliError(f"no capsule or bare container is named {name}",
+                                       hints=_logs_hints(client, bare, name)) from None
         if capsule is not None:
             if len(members) != 1:
                 raise UsageProblem(f"capsule {name} has containers {', '.join(map(str, members))}:"
@@ -225,6 +252,22 @@ def pod_logs(
     assert ident is not None
     logs(ctx, ident, follow=follow, timestamps=timestamps, tail=tail, since=since, stdout=True,
          stderr=True, capsule=capsule, output=Format.table)
+
+def _logs_hints(capsules: CapsuleClient, bare: ContainerClient, name: str) -> list[str]:
+    """For `capsule logs NAME` where NAME is neither: the capsules that have a container of
+    that name (then -c), or names like it."""
+    try:
+        found, lone = capsules.first_page(), bare.first_page()
+    except CliError:
+        return []
+    mine = suggest.owners(name, found)
+    if mine:
+        return [f"{name} is a container of capsule {', '.join(mine)}: "
+                f"capsule logs {mine[0]} -c {name}"]
+    names = [str(c.get("name")) for c in [*found, *lone] if c.get("name")]
+    return suggest.did_you_mean(name, names) + ["`capsule list` shows capsules, "
+                                                "`capsule container list` bare containers"]
+
 
 def top(
     ctx: typer.Context,
@@ -245,8 +288,8 @@ def top(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         found = client.top(ident, " ".join(trailing_words(ps_args)) or None, capsule)
-    if output is Format.json:
-        echo_json(found)
+    if output.machine:
+        echo_data(output, found)
     else:
         render.emit(render.make_console(), render.top_table(found))
 
@@ -266,8 +309,8 @@ def stats(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         found = client.stats(ident, capsule)
-    if output is Format.json:
-        echo_json(found)
+    if output.machine:
+        echo_data(output, found)
     else:
         render.emit(render.make_console(), render.stats_table(found))
 
@@ -289,7 +332,4 @@ def actions(
     rt = runtime_of(ctx)
     with reporting(rt), container_client(rt) as client:
         found = client.actions(ident)
-    if output is Format.json:
-        echo_json(found)
-    else:
-        render.emit(render.make_console(), render.actions_table(found))
+    emit_list(output, found, "actions", ACTION_COLUMNS)

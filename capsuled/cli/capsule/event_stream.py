@@ -4,14 +4,17 @@ stream, resumed after the last record seen whenever the connection drops."""
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import typer
 
 from capsuled.cli.capsule.client import ApiError, CliError, ConnectionFailed, _Api, error_from
+from capsuled.cli.capsule.output import Format, echo_record
 
 RECONNECTS = 5  # in a row, without a record between them, before giving up
 
@@ -91,6 +94,55 @@ class EventClient(_Api):
                                    f"({type(exc).__name__})") from None
         # The server ended the stream (it is stopping): resume elsewhere or again.
         raise ConnectionFailed(f"capsuled at {self.url} ended the event stream")
+
+
+class Waker:
+    """Wakes a waiting loop as soon as the watch stream records a change to one of `uuids`
+    (a capsule's record also stands for its containers' changes), so that a wait shows
+    each step as it happens rather than at the next poll. A thread reads the stream; the
+    caller still reads the objects themselves (GET) when woken, and after `wait` times
+    out. `alive` turns False when the server has no stream or it broke for good: then
+    the caller falls back to polling."""
+
+    def __init__(self, client: EventClient, uuids: Collection[str]) -> None:
+        self._client = client
+        self._uuids = frozenset(uuids)
+        self._changed = threading.Event()
+        self.alive = True
+        try:
+            # Taken before the caller's first read: nothing after it is missed.
+            self._since = client.head()
+        except CliError:
+            self.alive = False
+            return
+        threading.Thread(target=self._read, name="capsule-waker", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for record in self._client.watch(Query(), self._since):
+                if record.get("uuid") in self._uuids:
+                    self._changed.set()
+        except Exception:  # noqa: BLE001 - any end of the stream only means: poll instead
+            pass
+        finally:
+            self.alive = False
+            self._changed.set()  # a waiter wakes, and polls from then on
+
+    def wait(self, seconds: float) -> None:
+        """Until something changed or `seconds` passed."""
+        self._changed.wait(seconds)
+        self._changed.clear()
+
+    def close(self) -> None:
+        self._client.close()  # ends the thread's read
+
+
+def echo_event(output: Format, record: Mapping[str, Any]) -> None:
+    """One record of a watch: a line for people, a JSON line or YAML document for programs."""
+    if output.machine:
+        echo_record(output, record)
+    else:
+        typer.echo(event_line(record))
 
 
 def event_line(r: Mapping[str, Any]) -> str:

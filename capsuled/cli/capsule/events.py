@@ -3,13 +3,13 @@ capsuled extension), and following them as they happen."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from capsuled.cli.capsule.event_stream import EventClient, Query, event_line
-from capsuled.cli.capsule.shared import Format, FormatOpt, echo_json, reporting, runtime_of
+from capsuled.cli.capsule.event_stream import EventClient, Query, echo_event
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import check_labels, labels_of, reporting, runtime_of
 
 
 def events(
@@ -22,7 +22,8 @@ def events(
         min=0, metavar="SEQ", help="Only records after this sequence number (with -f: resume "
         "a watch from the last one you saw).")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", metavar="KEY=VALUE", help="Only objects with this label (repeatable).")] = None,
+        "--label", "-l", metavar="KEY=VALUE", callback=check_labels,
+        help="Only objects with this label (repeatable).")] = None,
     all_projects: Annotated[bool, typer.Option("--all-projects",
                                                help="Every project's records (admins).")] = False,
     output: FormatOpt = Format.table,
@@ -39,26 +40,20 @@ def events(
       capsule events -f -o json
     """
     rt = runtime_of(ctx)
-    labels = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--label")
-        labels[key] = value
-    query = Query(capsule=ident, labels=labels, all_projects=all_projects)
+    query = Query(capsule=ident, labels=labels_of(label), all_projects=all_projects)
     with reporting(rt), EventClient(rt.url, rt.token, transport=rt.transport) as client:
         records, resume = client.since(query, since or 0)
-        if output is Format.json and not follow:
-            echo_json(records)
+        if output.machine and not follow:
+            echo_data(output, records)
             return
         for record in records:
-            typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+            echo_event(output, record)
         if not follow:
             if not records:
                 typer.echo("No events found.", err=True)
             return
         try:
             for record in client.watch(query, resume, sleep=rt.sleep):
-                typer.echo(json.dumps(record) if output is Format.json else event_line(record))
+                echo_event(output, record)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None

@@ -25,7 +25,7 @@ from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.rollout_client import Ended, RolloutClient, await_rollout
 from capsuled.cli.capsule.shared import Runtime
-from capsuled.cli.capsule.waiting import WaitDisplay
+from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 
 BodyFor = Callable[[Mapping[str, Any]], dict[str, Any]]  # capsule → its PATCH body
 
@@ -106,17 +106,19 @@ def _batch(rt: Runtime, client: RolloutClient, fleet: Fleet, batch: list[dict[st
 def _await(rt: Runtime, client: RolloutClient, pending: list[tuple[dict[str, Any], int]],
            timeout: float) -> list[Ended]:
     """Wait for each capsule's rollout (they run at once on the server), showing progress."""
-    states = {render.display_name(c): "updating" for c, _ in pending}
+    states = {render.display_name(c): Progress(render.display_name(c), "updating")
+              for c, _ in pending}
     out = []
     with WaitDisplay(render.make_console(stderr=True), "ready") as display:
-        def progress(name: str, doing: str) -> None:
-            states[name] = doing
-            display.update(list(states.items()))
+        def progress(name: str, doing: str, body: Mapping[str, Any]) -> None:
+            states[name] = Progress(name, doing, render.member_states(body))
+            display.update(list(states.values()))
         for capsule, revision in pending:
             e = await_rollout(client, capsule, revision, timeout, rt.sleep, rt.poll_interval,
                               progress)
-            states[e.name] = "ready" if e.ok else "failed"
-            display.update(list(states.items()))
+            states[e.name] = Progress(e.name, "ready" if e.ok else "failed",
+                                      render.member_states(e.capsule))
+            display.update(list(states.values()))
             out.append(e)
     return out
 

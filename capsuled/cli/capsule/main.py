@@ -8,9 +8,10 @@ This module only assembles the Typer app: each topic's commands live in their ow
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import UsageError
 
 from capsuled.cli.capsule import (
     apply,
@@ -33,12 +34,40 @@ from capsuled.cli.capsule.client import resolve_token
 from capsuled.cli.capsule.container_common import PASS_THROUGH
 from capsuled.cli.capsule.containers import container_app
 from capsuled.cli.capsule.settings import DEFAULT_URL
-from capsuled.cli.capsule.shared import Runtime
+from capsuled.cli.capsule.shared import APP_SETTINGS, Runtime
+from capsuled.cli.helptext import App, ReflowGroup
 
 __all__ = ["Runtime", "app", "main"]
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+# Words people bring from docker and kubectl, and what they are called here.
+_KNOWN_AS = {"ps": "list", "get": "describe", "show": "describe", "inspect": "describe",
+             "status": "describe", "rm": "delete", "remove": "delete", "apply": "update",
+             "rollout": "update", "log": "logs", "watch": "list --watch"}
+
+
+class RootGroup(ReflowGroup):
+    """The root `capsule` group: an unknown command also says where it is, when it is a
+    command of a group (`exec` → `capsule container exec`) or a docker/kubectl word."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as exc:
+            where = _known_as(self, args[0]) if args else None
+            if where:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean 'capsule {where}'?"
+            raise
+
+
+def _known_as(root: ReflowGroup, word: str) -> str | None:
+    for name, group in sorted(root.commands.items()):
+        sub = getattr(group, "commands", {}).get(word)
+        if sub is not None and not sub.hidden:
+            return f"{name} {word}"
+    return _KNOWN_AS.get(word)
+
+
+app = App(cls=RootGroup, **APP_SETTINGS)
 
 
 @app.callback()

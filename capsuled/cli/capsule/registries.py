@@ -11,12 +11,11 @@ from urllib.parse import quote
 
 import typer
 
-from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import _Api
-from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
-                                         reporting, runtime_of)
+from capsuled.cli.capsule.output import Format, FormatOpt, column, emit_fields, emit_list
+from capsuled.cli.capsule.shared import each_or_exit, reporting, runtime_of, sub_app
 
-registry_app = typer.Typer(help="""Your project's private registries.
+registry_app = sub_app("""Your project's private registries.
 
     A container (`capsule run --registry NAME`) or a template container (`registry: NAME`)
     pulls its image through one with the registry's credentials; the server stores them
@@ -26,11 +25,11 @@ registry_app = typer.Typer(help="""Your project's private registries.
 
       capsule registry create --name mine --domain registry.example.com:5000 --username bob --password-stdin
       capsule run --registry mine team/app:1.0
-    """, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]})
+    """)
 
-COLUMNS = [("UUID", "uuid"), ("NAME", "name"), ("DOMAIN", "domain"), ("USERNAME", "username"),
-           ("PASSWORD", "password")]
+COLUMNS = [column("UUID", "uuid"), column("NAME", "name"), column("DOMAIN", "domain"),
+           column("USERNAME", "username"), column("PASSWORD", "password"),
+           column("PROJECT", "project_id", wide=True), column("USER", "user_id", wide=True)]
 IdentArg = Annotated[str, typer.Argument(metavar="NAME|UUID", help="The registry.")]
 
 
@@ -68,17 +67,6 @@ def _fields(name: str | None, domain: str | None, username: str | None, password
                               ("password", password)) if v is not None}
 
 
-def _show(row: dict[str, Any], output: Format) -> None:
-    if output is Format.json:
-        echo_json(row)
-        return
-    table = render._table("FIELD", "VALUE")
-    for key, value in row.items():
-        if key != "links":
-            table.add_row(key, render.text(value))
-    render.emit(render.make_console(), table)
-
-
 NameOpt = Annotated[str | None, typer.Option("--name", help="A name, unique in the project.")]
 UserOpt = Annotated[str | None, typer.Option("--username", help="The registry user.")]
 PassOpt = Annotated[str | None, typer.Option("--password", help="The password (visible in "
@@ -95,7 +83,7 @@ def create(ctx: typer.Context,
     rt, client = _client(ctx)
     with reporting(rt), client:
         made = client.create(_fields(name, domain, username, password, password_stdin))
-    _show(made, output)
+    emit_fields(output, made)
 
 
 @registry_app.command("list")
@@ -106,13 +94,7 @@ def list_(ctx: typer.Context, all_projects: Annotated[bool, typer.Option(
     rt, client = _client(ctx)
     with reporting(rt), client:
         rows = client.list(all_projects)
-    if output is Format.json:
-        echo_json(rows)
-        return
-    table = render._table(*(title for title, _ in COLUMNS))
-    for row in rows:
-        table.add_row(*(render.text(row.get(key)) for _, key in COLUMNS))
-    render.emit(render.make_console(), table)
+    emit_list(output, rows, "registries", COLUMNS)
 
 
 @registry_app.command("show")
@@ -121,7 +103,7 @@ def show(ctx: typer.Context, ident: IdentArg, output: FormatOpt = Format.table) 
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.get(ident)
-    _show(got, output)
+    emit_fields(output, got)
 
 
 @registry_app.command("update")
@@ -136,7 +118,7 @@ def update(ctx: typer.Context, ident: IdentArg, name: NameOpt = None,
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.update(ident, fields)
-    _show(got, output)
+    emit_fields(output, got)
 
 
 @registry_app.command("delete")

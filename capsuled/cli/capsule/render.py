@@ -46,6 +46,11 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+def json_line(value: Any) -> str:
+    """One JSON value on one line (a stream's record)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 # --- small formatters -------------------------------------------------------------------
 
 def parse_time(value: str | None) -> datetime | None:
@@ -97,6 +102,13 @@ def display_name(capsule: Mapping[str, Any]) -> str:
     return str(capsule.get("name") or capsule.get("uuid") or "?")
 
 
+def images(capsule: Mapping[str, Any]) -> list[str]:
+    """The distinct images of a capsule's containers, init containers first."""
+    found = [c.get("image") for c in [*(capsule.get("init_containers") or []),
+                                      *(capsule.get("containers") or [])]]
+    return list(dict.fromkeys(str(i) for i in found if i))
+
+
 def ready(capsule: Mapping[str, Any]) -> str:
     apps = capsule.get("containers") or []
     running = sum(1 for c in apps if c.get("status") == "Running")
@@ -116,6 +128,34 @@ def restart_policy(capsule: Mapping[str, Any]) -> str:
     return str(policy or NONE)
 
 
+# A member's status as its progress line says it: what is happening to it now.
+_DOING = {"Creating": "creating", "Created": "starting", "Running": "running",
+          "Restarting": "restarting", "Paused": "paused", "Deleting": "deleting"}
+
+
+def member_state(c: Mapping[str, Any], init: bool = False) -> str:
+    """One container of a capsule, for a progress line: creating, starting, running,
+    ready, completed, exited (code N), failed: why; and its restarts."""
+    status = str(c.get("status") or "Unknown")
+    state = _DOING.get(status, status.lower())
+    if status == "Running" and c.get("ready") is True:
+        state = "running, ready"
+    elif status == "Stopped":
+        code = c.get("exit_code")
+        state = "completed" if init and code == 0 else f"exited (code {code})"
+    elif status == "Error":
+        state = f"failed: {c.get('status_reason') or 'no reason given'}"
+    restarts = int(c.get("restart_count") or 0)
+    return state + (f", {restarts} restart{'s' if restarts > 1 else ''}" if restarts else "")
+
+
+def member_states(capsule: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, state) of each of a capsule's containers, init containers first."""
+    inits = [(f"{c.get('name')} (init)", member_state(c, True))
+             for c in capsule.get("init_containers") or []]
+    return (*inits, *((str(c.get("name")), member_state(c)) for c in capsule.get("containers") or []))
+
+
 def status_text(status: str | None) -> Text:
     value = status or "Unknown"
     return Text(value, style=STATUS_STYLES.get(value, "yellow"))
@@ -125,21 +165,10 @@ def text(value: Any) -> Text:
     return Text(NONE if value is None or value == "" else str(value))
 
 
-def _table(*columns: str) -> Table:
+def plain_table(*columns: str) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for name in columns:
         table.add_column(name, overflow="fold")
-    return table
-
-
-# --- list -----------------------------------------------------------------------------------
-
-def capsule_table(capsules: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = _table("UUID", "NAME", "STATUS", "CONTAINERS", "READY", "RESTARTS", "LABELS", "AGE")
-    for c in capsules:
-        table.add_row(text(c.get("uuid")), text(c.get("name")), status_text(c.get("status")),
-                      Text(ready(c)), text(c.get("ready")), Text(str(restarts(c))), Text(pairs(c.get("labels"))),
-                      Text(age(c.get("created_at"), now)))
     return table
 
 
@@ -190,7 +219,7 @@ def _number(value: Any) -> str | None:
 
 
 def containers_table(capsule: Mapping[str, Any]) -> Table:
-    table = _table("NAME", "IMAGE", "STATUS", "READY", "EXIT", "RESTARTS", "PORTS", "PROBES",
+    table = plain_table("NAME", "IMAGE", "STATUS", "READY", "EXIT", "RESTARTS", "PORTS", "PROBES",
                    "REASON")
     members = [(c, True) for c in capsule.get("init_containers") or []]
     members += [(c, False) for c in capsule.get("containers") or []]
@@ -225,7 +254,7 @@ def probes(value: Any) -> str | None:
 
 
 def volumes_table(capsule: Mapping[str, Any]) -> Table:
-    table = _table("NAME", "TYPE", "SIZE", "AUTO-REMOVE", "DOCKER VOLUME")
+    table = plain_table("NAME", "TYPE", "SIZE", "AUTO-REMOVE", "DOCKER VOLUME")
     for v in capsule.get("volumes") or []:
         size = v.get("size")
         table.add_row(text(v.get("name")), text(v.get("type")),
@@ -235,7 +264,7 @@ def volumes_table(capsule: Mapping[str, Any]) -> Table:
 
 
 def events_table(events: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = _table("AGE", "TYPE", "REASON", "CONTAINER", "MESSAGE")
+    table = plain_table("AGE", "TYPE", "REASON", "CONTAINER", "MESSAGE")
     for e in events:
         kind = str(e.get("type") or NONE)
         message = str(e.get("message") or "")
@@ -283,15 +312,6 @@ def container_restart(c: Mapping[str, Any]) -> str:
         return str(policy or NONE)
     name, count = str(policy.get("Name") or NONE), str(policy.get("MaximumRetryCount") or "0")
     return f"{name}:{count}" if name == "on-failure" and count != "0" else name
-
-
-def container_table(containers: Iterable[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = _table("UUID", "NAME", "IMAGE", "COMMAND", "STATUS", "RESTARTS", "AGE")
-    for c in containers:
-        table.add_row(text(c.get("uuid")), text(c.get("name")), text(c.get("image")),
-                      Text(command_line(c.get("command"))), container_status(c),
-                      text(c.get("restart_count", 0)), Text(age(c.get("created_at"), now)))
-    return table
 
 
 def show_container(c: Mapping[str, Any], now: datetime | None = None) -> Table:
@@ -348,17 +368,6 @@ def stats_table(stats: Mapping[str, Any]) -> Table:
     return table
 
 
-def actions_table(actions: Iterable[Mapping[str, Any]]) -> Table:
-    table = _table("ACTION", "REQUEST ID", "STARTED", "FINISHED", "RESULT", "MESSAGE")
-    for a in actions:
-        finished = a.get("finish_time")
-        result = NONE if not finished else ("Error" if a.get("message") else "Success")
-        table.add_row(text(a.get("action")), text(a.get("request_id")), text(_clock(a.get("start_time"))),
-                      text(_clock(finished)),
-                      Text(result, style="red" if result == "Error" else ""), text(a.get("message")))
-    return table
-
-
 def _server_table(columns: Iterable[Any]) -> Table:
     # Column names that come from the server are Text too: never markup.
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
@@ -367,6 +376,6 @@ def _server_table(columns: Iterable[Any]) -> Table:
     return table
 
 
-def _clock(value: Any) -> str | None:
+def clock(value: Any) -> str | None:
     """`2026-11-24 08:00:00.123456` → `2026-11-24 08:00:00` (UTC, to the second)."""
     return str(value)[:19] if value else None

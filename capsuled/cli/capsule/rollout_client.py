@@ -64,12 +64,13 @@ class Ended:
     capsule: dict[str, Any]
 
 
-Progress = Callable[[str, str], None]  # (capsule name, what it is doing now)
+# (capsule name, what it is doing now, the capsule's body: its containers' states)
+OnProgress = Callable[[str, str, Mapping[str, Any]], None]
 
 
 def await_rollout(client: RolloutClient, capsule: Mapping[str, Any], revision: int,
                   timeout: float, sleep: Callable[[float], None], interval: float,
-                  progress: Progress | None = None) -> Ended:
+                  progress: OnProgress | None = None) -> Ended:
     """Poll the capsule until no rollout is under way, then read how its revision
     `revision` ended (Ready, Failed and rolled back, Superseded). A timeout is a failure
     (the server goes on: the update is not undone by giving up waiting)."""
@@ -87,7 +88,7 @@ def await_rollout(client: RolloutClient, capsule: Mapping[str, Any], revision: i
         if rollout is None and body.get("status") != "Updating":
             return _outcome(client, name, revision, body)
         if progress is not None:
-            progress(name, _doing(body))
+            progress(name, _doing(body), body)
         if time.monotonic() >= deadline:
             return Ended(name, revision, False, f"timed out after {timeout:g}s; still "
                          f"{_doing(body)} (the update goes on)", body)
@@ -96,7 +97,7 @@ def await_rollout(client: RolloutClient, capsule: Mapping[str, Any], revision: i
 
 def wait_until_idle(client: RolloutClient, ident: str, timeout: float,
                     sleep: Callable[[float], None], interval: float,
-                    progress: Progress | None = None) -> dict[str, Any]:
+                    progress: OnProgress | None = None) -> dict[str, Any]:
     """The capsule once no update or rollback is under way (for --wait on a 409)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -105,7 +106,7 @@ def wait_until_idle(client: RolloutClient, ident: str, timeout: float,
             return body
         if progress is not None:
             progress(str(body.get("name") or ident), "waiting for the update under way: "
-                     + _doing(body))
+                     + _doing(body), body)
         if time.monotonic() >= deadline:
             raise CliError(f"timed out after {timeout:g}s waiting for the update under way "
                            f"to end ({_doing(body)})")

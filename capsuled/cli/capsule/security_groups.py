@@ -6,17 +6,17 @@ checks everything; this module only spells the rules as JSON."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import Bodies, _Api
-from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
-                                         reporting, runtime_of)
+from capsuled.cli.capsule.output import Format, FormatOpt, column, emit_fields, emit_list
+from capsuled.cli.capsule.shared import each_or_exit, reporting, runtime_of, sub_app
 
-security_group_app = typer.Typer(help="""Your project's security groups.
+security_group_app = sub_app("""Your project's security groups.
 
     A capsule (template spec.securityGroups) or container (run --security-group) is in
     one or more groups, `default` unless it says otherwise; what reaches it is what a
@@ -27,10 +27,8 @@ security_group_app = typer.Typer(help="""Your project's security groups.
 
       capsule security-group create web --rule tcp:8080@default --rule icmp
       capsule security-group set web --rule tcp:8080-8090@10.0.0.0/8
-    """, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]})
+    """)
 
-COLUMNS = [("UUID", "uuid"), ("NAME", "name"), ("RULES", "rules"), ("DESCRIPTION", "description")]
 _RULE = re.compile(r"^(?P<proto>[a-zA-Z]+)(?::(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?)?"
                    r"(?:@(?P<source>\S+))?\Z")
 IdentArg = Annotated[str, typer.Argument(metavar="NAME|UUID", help="The security group.")]
@@ -94,19 +92,14 @@ def _client(ctx: typer.Context) -> tuple[Any, SecurityGroupClient]:
     return rt, SecurityGroupClient(rt.url, rt.token, transport=rt.transport)
 
 
-def _cell(key: str, value: Any) -> Any:
-    return ", ".join(describe_rule(r) for r in value) if key == "rules" else value
+def rules_text(group: Mapping[str, Any]) -> str:
+    return ", ".join(describe_rule(r) for r in group.get("rules") or [])
 
 
-def _show(row: dict[str, Any], output: Format) -> None:
-    if output is Format.json:
-        echo_json(row)
-        return
-    table = render._table("FIELD", "VALUE")
-    for key, value in row.items():
-        if key != "links":
-            table.add_row(key, render.text(_cell(key, value)))
-    render.emit(render.make_console(), table)
+COLUMNS = [column("UUID", "uuid"), column("NAME", "name"), column("RULES", rules_text),
+           column("DESCRIPTION", "description"), column("PROJECT", "project_id", wide=True),
+           column("CREATED", "created_at", wide=True)]
+CELLS = {"rules": rules_text}
 
 
 @security_group_app.command("create")
@@ -121,7 +114,7 @@ def create(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Unique 
     rt, client = _client(ctx)
     with reporting(rt), client:
         made = client.create(fields)
-    _show(made, output)
+    emit_fields(output, made, CELLS)
 
 
 @security_group_app.command("list")
@@ -132,13 +125,7 @@ def list_(ctx: typer.Context, all_projects: Annotated[bool, typer.Option(
     rt, client = _client(ctx)
     with reporting(rt), client:
         rows = client.list(all_projects)
-    if output is Format.json:
-        echo_json(rows)
-        return
-    table = render._table(*(title for title, _ in COLUMNS))
-    for row in rows:
-        table.add_row(*(render.text(_cell(key, row.get(key))) for _, key in COLUMNS))
-    render.emit(render.make_console(), table)
+    emit_list(output, rows, "security groups", COLUMNS)
 
 
 @security_group_app.command("show")
@@ -147,7 +134,7 @@ def show(ctx: typer.Context, ident: IdentArg, output: FormatOpt = Format.table) 
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.get(ident)
-    _show(got, output)
+    emit_fields(output, got, CELLS)
 
 
 @security_group_app.command("set")
@@ -169,7 +156,7 @@ def set_(ctx: typer.Context, ident: IdentArg, rule: RuleOpt = None,
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.update(ident, fields)
-    _show(got, output)
+    emit_fields(output, got, CELLS)
 
 
 @security_group_app.command("delete")

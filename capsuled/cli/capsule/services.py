@@ -12,10 +12,11 @@ import typer
 
 from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import Bodies, _Api
-from capsuled.cli.capsule.shared import (Format, FormatOpt, Runtime, each_or_exit, echo_json,
-                                         emit_list, reporting, runtime_of)
+from capsuled.cli.capsule.output import (Format, FormatOpt, column, echo_data, emit_list,
+                                         fields_table, table_of)
+from capsuled.cli.capsule.shared import Runtime, each_or_exit, reporting, runtime_of, sub_app
 
-svc_app = typer.Typer(help="""Your project's capsule services: a stable virtual address
+svc_app = sub_app("""Your project's capsule services: a stable virtual address
     (VIP) and name inside the project's network that spreads connections over its ready
     capsules whose labels match the selector, on every host. A capsule that is not ready
     (its readiness probe), or is being deleted, gets no new connections.
@@ -25,8 +26,7 @@ svc_app = typer.Typer(help="""Your project's capsule services: a stable virtual 
       capsule svc create web -l app=web -p 80:8080
       capsule svc create dns -l app=dns -p 53/udp --publish 53=30053
       capsule svc show web
-    """, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]})
+    """)
 
 IdentArg = Annotated[str, typer.Argument(metavar="NAME|UUID", help="The service.")]
 _PORT = re.compile(r"^(\d+)(?::(\d+))?(?:/(tcp|udp))?\Z", re.I)
@@ -83,7 +83,8 @@ def _selector(labels: list[str]) -> dict[str, str]:
     for item in labels:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="'--selector'")
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. -l app=web",
+                                     param_hint="'--selector'")
         out[key] = value
     return out
 
@@ -103,30 +104,27 @@ def backends_text(svc: dict[str, Any]) -> str:
     return f"{sum(1 for b in backends if b.get('serving'))}/{len(backends)}"
 
 
-def _table(rows: list[dict[str, Any]]) -> Any:
-    table = render._table("NAME", "VIP", "PORTS", "SELECTOR", "SERVING", "AGE")
-    for s in rows:
-        table.add_row(render.text(s["name"]), render.text(s["vip"]), render.text(ports_text(s)),
-                      render.text(render.pairs(s.get("selector"))), backends_text(s),
-                      render.age(s.get("created_at")))
-    return table
+COLUMNS = [column("NAME", "name"), column("VIP", "vip"), column("PORTS", ports_text),
+           column("SELECTOR", "selector"), column("SERVING", backends_text),
+           column("AGE", lambda s: render.age(s.get("created_at"))),
+           column("UUID", "uuid", wide=True), column("DNS NAME", "dns_name", wide=True),
+           column("PROJECT", "project_id", wide=True)]
+FIELDS = [column("name", "name"), column("uuid", "uuid"), column("vip", "vip"),
+          column("dns name", "dns_name"), column("ports", ports_text),
+          column("selector", "selector"), column("project", "project_id"),
+          column("created", "created_at")]
+BACKENDS = [column("BACKEND", "name"), column("UUID", "uuid"), column("ADDRESS", "addr"),
+            column("SERVING", lambda b: "yes" if b.get("serving") else "no")]
 
 
-def _show(svc: dict[str, Any]) -> None:
+def _show(svc: dict[str, Any], output: Format) -> None:
+    if output.machine:
+        echo_data(output, svc)
+        return
     console = render.make_console()
-    fields = render._table("FIELD", "VALUE")
-    for key, value in (("name", svc["name"]), ("uuid", svc["uuid"]), ("vip", svc["vip"]),
-                       ("dns name", svc.get("dns_name")), ("ports", ports_text(svc)),
-                       ("selector", render.pairs(svc.get("selector"))),
-                       ("project", svc.get("project_id")), ("created", svc.get("created_at"))):
-        fields.add_row(key, render.text(value))
-    render.emit(console, fields)
-    backends = render._table("BACKEND", "UUID", "ADDRESS", "SERVING")
-    for b in svc.get("backends") or []:
-        backends.add_row(render.text(b.get("name")), render.text(b["uuid"]),
-                         render.text(b.get("addr")), "yes" if b.get("serving") else "no")
+    render.emit(console, fields_table(svc, FIELDS))
     console.print()
-    render.emit(console, backends)
+    render.emit(console, table_of(svc.get("backends") or [], BACKENDS, output is Format.wide))
 
 
 @svc_app.command("create")
@@ -148,10 +146,7 @@ def create(ctx: typer.Context, name: Annotated[str, typer.Argument(
     rt, client = _client(ctx)
     with reporting(rt), client:
         made = client.create(fields)
-    if output is Format.json:
-        echo_json(made)
-    else:
-        _show(made)
+    _show(made, output)
 
 
 @svc_app.command("list")
@@ -162,7 +157,7 @@ def list_(ctx: typer.Context, all_projects: Annotated[bool, typer.Option(
     rt, client = _client(ctx)
     with reporting(rt), client:
         rows = client.list(all_projects)
-    emit_list(output, rows, "services", _table)
+    emit_list(output, rows, "services", COLUMNS)
 
 
 @svc_app.command("show")
@@ -171,10 +166,7 @@ def show(ctx: typer.Context, ident: IdentArg, output: FormatOpt = Format.table) 
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.get(ident)
-    if output is Format.json:
-        echo_json(got)
-    else:
-        _show(got)
+    _show(got, output)
 
 
 @svc_app.command("delete")

@@ -1,6 +1,6 @@
-"""What every `capsule` command shares: the runtime (how to reach the server), the output
-format and timeout options, JSON output, and how errors are reported (one `error:` line,
-exit status 1; usage errors exit 2)."""
+"""What every `capsule` command shares: the runtime (how to reach the server), command
+groups, the timeout option, showing several objects, and how errors are reported (one
+`error:` line, exit status 1; usage errors exit 2). Output formats are in output.py."""
 
 from __future__ import annotations
 
@@ -8,20 +8,27 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Annotated, Any
 
 import httpx
 import typer
 
-from capsuled.cli.capsule import render
-from capsuled.cli.capsule.client import ApiError, CapsuleClient, CliError, is_default_local
+from capsuled.cli.capsule import render, suggest
+from capsuled.cli.capsule.client import (ApiError, CapsuleClient, CliError, ContainerClient,
+                                         is_default_local)
+from capsuled.cli.capsule.output import Format, echo_data
 from capsuled.cli.capsule.settings import DEFAULT_URL, local_token_path
+from capsuled.cli.helptext import App
+
+# How every `capsule` command group behaves: bare it shows its help; -h is --help.
+APP_SETTINGS: dict[str, Any] = {
+    "no_args_is_help": True, "rich_markup_mode": "rich",
+    "context_settings": {"help_option_names": ["-h", "--help"]}}
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
+def sub_app(help: str) -> App:
+    """A `capsule` command group (shell completion is offered by the root app only)."""
+    return App(help=help, add_completion=False, **APP_SETTINGS)
 
 
 @dataclass
@@ -49,8 +56,28 @@ class UsageProblem(typer.BadParameter):
         return self.message
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", "-o", case_sensitive=False,
-                                           help="table for people, json for programs.")]
+LABEL_EXAMPLE = "e.g. -l app=web -l tier=front"
+
+
+def check_labels(values: list[str] | None) -> list[str]:
+    """A -l KEY=VALUE option's callback: a typo is a usage error (exit 2) with an example;
+    a comma would silently split one pair into two in the API's `labels` parameter."""
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{value!r} is not key=value (a non-empty key, then =); "
+                                     f"{LABEL_EXAMPLE}")
+        if "," in value:
+            raise typer.BadParameter(f"{value!r} contains a comma; give one -l per label, "
+                                     f"{LABEL_EXAMPLE}")
+    return values or []
+
+
+def labels_of(values: list[str] | None) -> dict[str, str]:
+    """Checked -l values as a mapping."""
+    return {key: value for key, _, value in (v.partition("=") for v in values or [])}
+
+
 TimeoutOpt = Annotated[float, typer.Option(min=0, help="With --wait: give up after SECONDS.",
                                            metavar="SECONDS")]
 
@@ -71,6 +98,10 @@ def _no_token_message(url: str) -> str:
 def report(rt: Runtime, exc: CliError, context: str | None = None) -> None:
     if isinstance(exc, ApiError) and exc.status == 401 and not rt.token:
         exc = CliError(_no_token_message(rt.url))
+    elif isinstance(exc, ApiError):
+        with rt.client() as capsules, \
+                ContainerClient(rt.url, rt.token, transport=rt.transport) as containers:
+            exc.hints += suggest.hints(capsules, containers, exc)
     lines = exc.lines()
     if context:
         lines[0] += f" ({context})"
@@ -88,27 +119,11 @@ def reporting(rt: Runtime) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def echo_json(value: Any) -> None:
-    typer.echo(render.dump_json(value))
-
-
-def emit_list(output: Format, rows: list[dict[str, Any]], what: str,
-              table: Callable[[list[dict[str, Any]]], Any]) -> None:
-    """A list command's answer: JSON for scripts, else a table, or "No <what> found." on
-    stderr when there is nothing (so a pipe reading stdout gets nothing either)."""
-    if output is Format.json:
-        echo_json(rows)
-    elif not rows:
-        typer.echo(f"No {what} found.", err=True)
-    else:
-        render.emit(render.make_console(), table(rows))
-
-
 def show_each(rt: Runtime, output: Format, idents: list[str],
               fetch: Callable[[str], tuple[dict[str, Any], Any]]) -> None:
     """Show each ident in turn: `fetch` gives its body and what a table draws. One that
     cannot be shown is reported and the others are still shown (exit 1); JSON output is
-    the list of bodies."""
+    the list of bodies (so is YAML)."""
     console = render.make_console()
     found: list[dict[str, Any]] = []
     failed = False
@@ -119,13 +134,13 @@ def show_each(rt: Runtime, output: Format, idents: list[str],
             report(rt, exc)
             failed = True
             continue
-        if output is Format.table:
+        if not output.machine:
             if found:
                 console.print()
             render.emit(console, drawing)
         found.append(body)
-    if output is Format.json:
-        echo_json(found)
+    if output.machine:
+        echo_data(output, found)
     if failed:
         raise typer.Exit(1)
 

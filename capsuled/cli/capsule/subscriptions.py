@@ -12,12 +12,11 @@ from urllib.parse import quote
 
 import typer
 
-from capsuled.cli.capsule import render
 from capsuled.cli.capsule.client import Bodies, _Api
-from capsuled.cli.capsule.shared import (Format, FormatOpt, each_or_exit, echo_json,
-                                         reporting, runtime_of)
+from capsuled.cli.capsule.output import Format, FormatOpt, column, emit_fields, emit_list
+from capsuled.cli.capsule.shared import each_or_exit, reporting, runtime_of, sub_app
 
-subscription_app = typer.Typer(help="""Your project's webhooks.
+subscription_app = sub_app("""Your project's webhooks.
 
     Each change record of the project's capsules and containers (as `capsule events`
     shows them) is POSTed to the URL as JSON, one per request, signed with HMAC-SHA256:
@@ -28,14 +27,17 @@ subscription_app = typer.Typer(help="""Your project's webhooks.
 
       capsule subscription create --url https://hooks.example.com/capsuled --event 'capsule.*'
       capsule subscription dead-letters HOOK --redeliver
-    """, no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]})
+    """)
 
-COLUMNS = [("UUID", "uuid"), ("NAME", "name"), ("URL", "url"), ("EVENTS", "events"),
-           ("STATE", "state"), ("DELIVERED", "delivered"), ("DEAD LETTERS", "dead_letters"),
-           ("LAST ERROR", "last_error")]
-LETTER_COLUMNS = [("SEQ", "seq"), ("EVENT", "event_type"), ("ATTEMPTS", "attempts"),
-                  ("STATE", "state"), ("CREATED", "created_at"), ("LAST ERROR", "last_error")]
+COLUMNS = [column("UUID", "uuid"), column("NAME", "name"), column("URL", "url"),
+           column("EVENTS", "events"), column("STATE", "state"), column("DELIVERED", "delivered"),
+           column("DEAD LETTERS", "dead_letters"), column("LAST ERROR", "last_error"),
+           column("LAST DELIVERED", "last_delivered_at", wide=True),
+           column("FAILING SINCE", "failing_since", wide=True),
+           column("PROJECT", "project_id", wide=True), column("CREATED", "created_at", wide=True)]
+LETTER_COLUMNS = [column("SEQ", "seq"), column("EVENT", "event_type"),
+                  column("ATTEMPTS", "attempts"), column("STATE", "state"),
+                  column("CREATED", "created_at"), column("LAST ERROR", "last_error")]
 IdentArg = Annotated[str, typer.Argument(metavar="NAME|UUID", help="The subscription.")]
 
 
@@ -84,32 +86,6 @@ def _client(ctx: typer.Context) -> tuple[Any, SubscriptionClient]:
     return rt, SubscriptionClient(rt.url, rt.token, transport=rt.transport)
 
 
-def _show(row: dict[str, Any], output: Format) -> None:
-    if output is Format.json:
-        echo_json(row)
-        return
-    table = render._table("FIELD", "VALUE")
-    for key, value in row.items():
-        if key != "links":
-            table.add_row(key, render.text(", ".join(value) if key == "events" else value))
-    render.emit(render.make_console(), table)
-
-
-def _rows(rows: list[dict[str, Any]], columns: list[tuple[str, str]], output: Format,
-          none: str) -> None:
-    if output is Format.json:
-        echo_json(rows)
-        return
-    if not rows:
-        typer.echo(none, err=True)
-        return
-    table = render._table(*(title for title, _ in columns))
-    for row in rows:
-        table.add_row(*(render.text(", ".join(row[key]) if key == "events" else row.get(key))
-                        for _, key in columns))
-    render.emit(render.make_console(), table)
-
-
 @subscription_app.command("create")
 def create(ctx: typer.Context,
            url: Annotated[str, typer.Option("--url", help="http(s) URL to POST events to.")],
@@ -131,8 +107,8 @@ def create(ctx: typer.Context,
     rt, client = _client(ctx)
     with reporting(rt), client:
         made = client.create(fields)
-    _show(made, output)
-    if output is Format.table and "secret" in made:
+    emit_fields(output, made)
+    if not output.machine and "secret" in made:
         typer.echo("Keep the secret: it is not shown again.", err=True)
 
 
@@ -144,7 +120,7 @@ def list_(ctx: typer.Context, all_projects: Annotated[bool, typer.Option(
     rt, client = _client(ctx)
     with reporting(rt), client:
         rows = client.list(all_projects)
-    _rows(rows, COLUMNS, output, "No subscriptions found.")
+    emit_list(output, rows, "subscriptions", COLUMNS)
 
 
 @subscription_app.command("show")
@@ -153,7 +129,7 @@ def show(ctx: typer.Context, ident: IdentArg, output: FormatOpt = Format.table) 
     rt, client = _client(ctx)
     with reporting(rt), client:
         got = client.get(ident)
-    _show(got, output)
+    emit_fields(output, got)
 
 
 @subscription_app.command("delete")
@@ -188,4 +164,4 @@ def dead_letters(ctx: typer.Context, ident: IdentArg,
         rows = client.dead_letters(ident)
     if seq is not None:
         rows = [r for r in rows if r["seq"] == seq]
-    _rows(rows, LETTER_COLUMNS, output, "No dead letters.")
+    emit_list(output, rows, "dead letters", LETTER_COLUMNS)

@@ -28,7 +28,8 @@ from capsuled.cli.capsule.container_common import (
     exit_status,
     trailing_words,
 )
-from capsuled.cli.capsule.shared import Format, UsageProblem, echo_json, reporting, runtime_of
+from capsuled.cli.capsule.output import Format, echo_data
+from capsuled.cli.capsule.shared import UsageProblem, reporting, runtime_of
 
 CHUNK = 65536
 EOT = b"\x04"  # ^D: end of input for the program behind the remote TTY
@@ -48,7 +49,7 @@ def exec_(
         "--tty", "-t", help="A terminal session; with -i, the local terminal goes raw.")] = False,
     capsule: CapsuleOpt = None,
     output: Annotated[Format, typer.Option(
-        "--format", "-o", case_sensitive=False,
+        "--output", "-o", "--format", case_sensitive=False,
         help="table: the command's output as is; json: the server's answer (not with -i/-t).")]
         = Format.table,
 ) -> None:
@@ -75,7 +76,7 @@ def exec_(
     if not argv:
         raise UsageProblem("missing COMMAND after CONTAINER", ctx=ctx)
     session = interactive or tty
-    if session and output is Format.json:
+    if session and output.machine:
         raise UsageProblem("-i/-t open a terminal session; they cannot be combined with "
                            "--format json", ctx=ctx)
     rt = runtime_of(ctx)
@@ -94,8 +95,8 @@ def exec_(
                     client.execute_resize(uuid, str(exec_id), width, height)
             _terminal_session(url, send_input=interactive, raw=interactive and tty, resize=resize)
             return
-    if output is Format.json:
-        echo_json(result)
+    if output.machine:
+        echo_data(output, result)
     else:
         out = binary_stdout()
         out.write(_exec_output(result))

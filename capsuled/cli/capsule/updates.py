@@ -10,16 +10,17 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.table import Table
-from typer.core import TyperCommand
 
 from capsuled.cli.capsule import fleet, render
 from capsuled.cli.capsule.client import ApiError, CliError
 from capsuled.cli.capsule.rollout_client import (Ended, RolloutClient, await_rollout, is_busy,
                                                  wait_until_idle)
-from capsuled.cli.capsule.shared import (Format, FormatOpt, Runtime, UsageProblem, echo_json,
+from capsuled.cli.capsule.output import Format, FormatOpt, echo_data
+from capsuled.cli.capsule.shared import (Runtime, UsageProblem, check_labels, labels_of,
                                          reporting, runtime_of)
 from capsuled.cli.capsule.templates import load_templates
-from capsuled.cli.capsule.waiting import WaitDisplay
+from capsuled.cli.helptext import ReflowCommand
+from capsuled.cli.capsule.waiting import Progress, WaitDisplay
 
 WaitOpt = Annotated[bool, typer.Option(
     "--wait", help="Wait until the new revision is ready (or rolled back); on a 409 because "
@@ -31,7 +32,7 @@ CauseOpt = Annotated[str | None, typer.Option("--cause", metavar="TEXT",
 _PAIR = "\x1f"  # joins --env's two words (see UpdateCommand)
 
 
-class UpdateCommand(TyperCommand):
+class UpdateCommand(ReflowCommand):
     """`--env CONTAINER KEY=VALUE` takes two words, which Typer cannot repeat: they are
     joined into one before the options are parsed."""
 
@@ -110,8 +111,8 @@ def update(
         "--env", metavar="CONTAINER KEY=VALUE", help="Set (KEY=VALUE) or remove (KEY-) a "
         "container's environment variable. Repeatable.")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", metavar="KEY=VALUE", help="Every capsule with these labels, batch by "
-        "batch (a fleet update; implies --wait).")] = None,
+        "--label", "-l", metavar="KEY=VALUE", callback=check_labels, help="Every capsule with "
+        "these labels, batch by batch (a fleet update; implies --wait).")] = None,
     max_unavailable: Annotated[int, typer.Option(
         min=1, help="With -l: capsules updated at once (a batch).")] = 1,
     max_surge: Annotated[int, typer.Option(
@@ -176,12 +177,12 @@ def _single(rt: Runtime, client: RolloutClient, ident: str, body: dict[str, Any]
     _started(capsule, output)
     if wait and capsule.get("rollout") is not None:
         _finish(rt, client, capsule, timeout, output)
-    elif output is Format.json:
-        echo_json(capsule)
+    elif output.machine:
+        echo_data(output, capsule)
 
 
 def _started(capsule: Mapping[str, Any], output: Format) -> None:
-    if output is not Format.table:
+    if output.machine:
         return
     name, revision = render.display_name(capsule), capsule.get("revision")
     rollout = capsule.get("rollout")
@@ -199,23 +200,24 @@ def _finish(rt: Runtime, client: RolloutClient, capsule: Mapping[str, Any], time
     with WaitDisplay(render.make_console(stderr=True), "ready") as display:
         ended: Ended = await_rollout(client, capsule, int(capsule["revision"]), timeout,
                                      rt.sleep, rt.poll_interval,
-                                     lambda name, doing: display.update([(name, doing)]))
-    if output is Format.json:
-        echo_json(ended.capsule)
+                                     lambda name, doing, body: display.update(
+                                         [Progress(name, doing, render.member_states(body))]))
+    if output.machine:
+        echo_data(output, ended.capsule)
     if not ended.ok:
         raise CliError(f"capsule/{ended.name}: {ended.message}")
-    if output is Format.table:
+    if not output.machine:
         typer.echo(f"capsule/{ended.name} {ended.message}")
 
 
-def _progress_line(name: str, doing: str) -> None:
+def _progress_line(name: str, doing: str, body: Mapping[str, Any]) -> None:
     typer.echo(f"capsule/{name}: {doing}", err=True)
 
 
 def _fleet(rt: Runtime, client: RolloutClient, label: list[str], template: dict[str, Any] | None,
            changes: list[dict[str, Any]], max_unavailable: int, max_surge: int, timeout: float,
            cause: str | None) -> None:
-    labels = {k: v for k, _, v in (item.partition("=") for item in label)}
+    labels = labels_of(label)
     targets = sorted(client.list(labels), key=lambda c: (render.display_name(c), str(c["uuid"])))
     if not targets:
         raise CliError("no capsule matches " + ", ".join(label))
@@ -270,8 +272,8 @@ def rollback(
         _started(capsule, output)
         if wait:
             _finish(rt, client, capsule, timeout, output)
-        elif output is Format.json:
-            echo_json(capsule)
+        elif output.machine:
+            echo_data(output, capsule)
 
 
 def history(
@@ -297,13 +299,13 @@ def history(
             if one is None:
                 raise CliError(f"capsule {ident} has no revision {revision} (or it is no "
                                "longer kept)")
-            if output is Format.json:
-                echo_json(one)
+            if output.machine:
+                echo_data(output, one)
             else:
                 typer.echo(yaml.safe_dump(one.get("template"), sort_keys=False), nl=False)
             return
-        if output is Format.json:
-            echo_json(found)
+        if output.machine:
+            echo_data(output, found)
             return
         render.emit(render.make_console(), history_table(revisions))
         rollout = found.get("rollout")

@@ -66,7 +66,9 @@ class FakeCapsuled:
                 "exit_code": exit_code}
 
     def sent(self, method: str) -> list[httpx.Request]:
-        return [r for r in self.requests if r.method == method]
+        """Requests for capsules (a wait also asks /v1/events, which this fake has not)."""
+        return [r for r in self.requests if r.method == method
+                and r.url.path.startswith("/v1/capsules")]
 
     # -- the API
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -406,7 +408,8 @@ def test_describe_continues_past_a_missing_capsule(cli: Any, fake: FakeCapsuled)
     web = fake.add("web", labels={"app": "web"}, host="node-1")
     result = cli("describe", "ghost", "web")
     assert result.exit_code == 1
-    assert result.stderr == "error: Capsule ghost could not be found\n"
+    assert result.stderr == ("error: Capsule ghost could not be found\n"
+                             "  hint: `capsule list` shows the capsules you can see\n")
     out = result.stdout
     for expected in (web["uuid"], "Running", "app=web", "384 MiB", "always", "node-1",
                      "prepare (init)", "emptyDir", "vol-1", "BackOff",
@@ -428,7 +431,10 @@ def test_ambiguous_name(cli: Any, fake: FakeCapsuled) -> None:
     fake.add("twin"), fake.add("twin")
     result = cli("describe", "twin")
     assert result.exit_code == 1
-    assert result.stderr == "error: Multiple capsules exist with name twin\n"
+    assert result.stderr.splitlines() == [
+        "error: Multiple capsules exist with name twin",
+        "  hint: name it by uuid: `capsule list -o wide` and `capsule container list --capsule "
+        "NAME` show them"]
 
 
 # --- delete -----------------------------------------------------------------------------------
@@ -467,7 +473,8 @@ def test_delete_reports_missing_and_exits_1(cli: Any, fake: FakeCapsuled) -> Non
     result = cli("delete", "ghost", "web")
     assert result.exit_code == 1
     assert result.stdout == "capsule/web deleted\n"
-    assert result.stderr == "error: Capsule ghost could not be found (capsule/ghost)\n"
+    assert result.stderr == ("error: Capsule ghost could not be found (capsule/ghost)\n"
+                             "  hint: `capsule list` shows the capsules you can see\n")
 
 
 @pytest.mark.parametrize("args", [["web", "-l", "app=web"], ["web", "--all"],

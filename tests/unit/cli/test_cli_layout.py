@@ -83,7 +83,7 @@ def test_the_cli_loads_nothing_of_the_server() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('capsuled'))))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
                                        capture_output=True, text=True).stdout)
-    allowed = {"capsuled", "capsuled.documents", "capsuled.cli", PACKAGE}
+    allowed = {"capsuled", "capsuled.documents", "capsuled.cli", "capsuled.cli.helptext", PACKAGE}
     assert [m for m in loaded if m not in allowed and not m.startswith(PACKAGE + ".")] == []
 
 
