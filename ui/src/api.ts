@@ -11,8 +11,9 @@ export class ApiError extends Error {
   }
 }
 
-/** Where to go when the server no longer knows the token (set by the router). */
-export let onUnauthenticated: () => void = () => undefined;
+let onUnauthenticated: () => void = () => undefined;
+
+/** What to do when the server no longer knows the token (main.ts: go and log in). */
 export function whenUnauthenticated(f: () => void): void {
   onUnauthenticated = f;
 }

@@ -35,7 +35,12 @@ export function render(): void {
   for (const [pattern, build] of routes) {
     const m = pattern.exec(local);
     if (m) {
-      const params = m.slice(1).map((p) => decodeURIComponent(p));
+      let params: string[];
+      try {
+        params = m.slice(1).map((p) => decodeURIComponent(p));
+      } catch {
+        break; // a malformed %-escape: no page of ours
+      }
       mount(build(params, current.signal));
       return;
     }

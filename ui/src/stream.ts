@@ -52,10 +52,13 @@ export async function watch(
   onChange: (c: Change | null) => void, onState: (s: LiveState) => void = () => undefined,
 ): Promise<void> {
   const params = new URLSearchParams(filter);
-  let since = await head(params, signal);
-  onChange(null);
+  let since: number | null = null;
   while (!signal.aborted) {
     try {
+      if (since === null) {
+        since = await head(params, signal);
+        onChange(null);
+      }
       const resp = await call("GET", `/v1/events?${params}&watch=true&since=${since}`,
         { accept: "application/x-ndjson", signal });
       onState("live");
@@ -67,11 +70,8 @@ export async function watch(
       }
     } catch (err) {
       if (signal.aborted) return;
-      if (err instanceof ApiError && err.status === 401) return;
-      if (err instanceof ApiError && err.status === 410) {
-        since = await head(params, signal);
-        onChange(null);
-      }
+      if (err instanceof ApiError && err.status === 401) return; // off to log in again
+      if (err instanceof ApiError && err.status === 410) since = null; // pruned: from the head
     }
     if (signal.aborted) return;
     onState("reconnecting");

@@ -25,7 +25,7 @@ _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=ut
 # Same-origin only. connect-src 'self' covers the terminal's ws:/wss: to this origin
 # (CSP Level 3); no inline script at all, inline style only with the response's nonce.
 _PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; "
-             "connect-src 'self'; img-src 'self'; font-src 'self'; manifest-src 'self'; "
+             "connect-src 'self'; img-src 'self'; font-src 'self'; "
              "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _FILE_CSP = "default-src 'none'; frame-ancestors 'none'"
 _COMMON = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",

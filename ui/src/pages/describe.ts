@@ -82,8 +82,7 @@ export function describePage(ident: string, signal: AbortSignal): Page {
 
   const reload = debounce(() => void load(), RELOAD_MS);
   void load();
-  watch({ capsule: ident }, signal, () => reload(), live.set)
-    .catch((err: unknown) => { if (!signal.aborted) error.set(err); });
+  void watch({ capsule: ident }, signal, () => reload(), live.set);
 
   const node = el("section", { class: "page" },
     el("header", { class: "bar" },

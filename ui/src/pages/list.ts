@@ -38,9 +38,9 @@ export function listPage(signal: AbortSignal): Page {
 
   const reload = debounce(() => void load(), RELOAD_MS);
   void load();
-  watch({}, signal, (change) => {
+  void watch({}, signal, (change) => {
     if (change === null || change.kind === "capsule") reload();
-  }, live.set).catch((err: unknown) => { if (!signal.aborted) error.set(err); });
+  }, live.set);
 
   const node = el("section", { class: "page" },
     el("header", { class: "bar" },

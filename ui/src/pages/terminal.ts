@@ -84,6 +84,7 @@ export function terminalPage(capsule: string, container: string, signal: AbortSi
     window.addEventListener("resize", refit);
     sig.addEventListener("abort", () => {
       window.removeEventListener("resize", refit);
+      ws.onclose = null; // the terminal goes with it: nothing more to write
       ws.close();
       term.dispose();
     }, { once: true });
