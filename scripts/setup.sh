@@ -11,7 +11,9 @@ need_pkgs=()
 # docker-registry and apache2-utils (htpasswd): the private registry the registry tests run.
 # nftables: the agent programs capsule services' VIPs with `nft` (kernel NAT; IPVS is not
 # in every kernel, this project's CI kernel has none).
-for p in docker.io busybox-static catatonit iptables iproute2 docker-registry apache2-utils nftables; do
+# chromium: the web dashboard's end-to-end test drives Debian's build through Playwright
+# (tests/e2e/test_ui.py; no `playwright install`, which downloads a browser of its own).
+for p in docker.io busybox-static catatonit iptables iproute2 docker-registry apache2-utils nftables chromium; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -12,8 +12,7 @@ from capsuled.api.middleware import ApiMiddleware
 from capsuled.api.policy import Policy
 from capsuled.api.routers import (agents, capsule_services, capsules, containers, events, hosts,
                                   images, metrics, quotas, registries, root, security_groups,
-                                  subscriptions,
-                                  tokens)
+                                  subscriptions, tokens, ui, whoami)
 from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.capsule_services import CapsuleServices
 from capsuled.api.services.capsules import CapsuleService
@@ -53,9 +52,11 @@ class Services:
 
 
 def create_app(settings: Settings, identity: IdentityProvider, services: Services,
-               policy: Policy | None = None, api_metrics: ApiMetrics | None = None) -> FastAPI:
+               policy: Policy | None = None, api_metrics: ApiMetrics | None = None,
+               dashboard: ui.Dashboard | None = None) -> FastAPI:
     """`api_metrics`: what /metrics serves and the services record into (the composition
-    root builds one over the store; default: request metrics only)."""
+    root builds one over the store; default: request metrics only). `dashboard`: the web
+    dashboard's files served at /ui (default: the built ones in capsuled/ui_static)."""
     app = FastAPI(title="Capsuled", version="1", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.identity = identity
@@ -83,7 +84,8 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
                        max_agent_body_bytes=settings.api.max_agent_body_bytes,
                        metrics=api_metrics)
     for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
-                   events, subscriptions, security_groups, capsule_services, metrics):
+                   events, subscriptions, security_groups, capsule_services, metrics, whoami):
         app.include_router(module.router)
     app.include_router(security_groups.container_actions)
+    app.include_router(ui.router(dashboard or ui.Dashboard.load()))
     return app

@@ -129,7 +129,7 @@ def _bounded(receive: Receive, limit: int) -> Receive:
 def _normalise(path: str) -> str:
     if len(path) > 1:
         path = path.rstrip("/") or "/"
-    if path in _UNVERSIONED or path == "/v1" or path.startswith("/v1/"):
+    if path in _UNVERSIONED or path == "/v1" or path.startswith(("/v1/", "/ui/")) or path == "/ui":
         return path
     return "/v1" + path  # Zun treats /capsules as /v1/capsules
 
