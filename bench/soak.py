@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=Path("bench/results/soak.json"))
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="capsuled-soak-"))
-    rig = start_rig(tmp, log=log)
+    rig = start_rig(tmp, engine=("soak", 4), log=log)
     try:
         report = soak(rig, args.minutes * 60, args.tenants)
     finally:

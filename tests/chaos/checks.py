@@ -179,6 +179,12 @@ def unfulfilled(churn: Churn, seen: Seen) -> tuple[list[str], Counter[str]]:
                 and live[r.uuid]["revision"] < r.revision:
             out.append(f"update {r.name} to revision {r.revision} accepted, "
                        f"at {live[r.uuid]['revision']}")
+    # Capsules nobody asked for: a name no create sent, or one name made twice (a create
+    # whose answer was lost is allowed to have happened, once).
+    names = Counter((c["project_id"], c["name"]) for c in seen.capsules)
+    out += [f"capsule {p}/{n} ×{k}" for (p, n), k in names.items() if k > 1]
+    out += [f"capsule {c['name']} that no create sent" for c in seen.capsules
+            if c["name"] not in churn.known]
     return out, ends
 
 

@@ -59,7 +59,7 @@ class Churn:
 
     # -- the driver -----------------------------------------------------------------------
     def run(self, threads: int, duration: float) -> None:
-        """Until `duration` passes or every create has been sent and most are deleted."""
+        """For `duration` seconds."""
         deadline = time.monotonic() + duration
         workers = [threading.Thread(target=self._worker, args=(i, deadline), daemon=True)
                    for i in range(threads)]
@@ -76,13 +76,19 @@ class Churn:
         clients = [httpx.Client(base_url=u, timeout=20, headers=LATEST) for u in self.urls]
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                op = rnd.choices(["create", "update", "delete", "kill"], [4, 2, 2, 1])[0]
+                op = rnd.choices(["create", "update", "delete", "kill"], [4, 3, 1, 2])[0]
                 with self._lock:
-                    if op == "create" and self._made >= self.capsules:
-                        op = "delete"
+                    accepted = sum(1 for k in self.known.values() if k.uuid)
                     live = [k for k in self.known.values() if k.uuid and not k.deleted]
+                    # A third of the capsules is deleted: the rest are left for recovery
+                    # to check (members, volumes, usage), and then deleted by the runner.
+                    if op == "delete" and len(live) <= accepted * 2 // 3:
+                        op = "update"
+                    if op == "create" and (accepted >= self.capsules
+                                           or self._made >= 3 * self.capsules):
+                        op = "update"
                     if op == "create":
-                        self._made += 1
+                        self._made += 1  # attempts: creates refused (503) are tried anew
                         n = self._made
                 if op == "create":
                     self._create(rnd, clients, n)
@@ -94,8 +100,6 @@ class Churn:
                         self._delete(rnd, clients, target)
                     else:
                         self._kill(rnd, target)
-                elif self._made >= self.capsules:
-                    return  # nothing left to do
                 time.sleep(rnd.uniform(0.0, 0.2))
         finally:
             for c in clients:

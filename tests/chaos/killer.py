@@ -53,8 +53,12 @@ class Killer:
         plan = [k for k in KINDS for _ in range(self.per_kind)]
         rnd.shuffle(plan)
         gap = self.spread / max(1, len(plan))
-        for kind in plan:
-            if self._stop.wait(rnd.uniform(0.3, 1.0) * gap):
+        start = time.monotonic()
+        for i, kind in enumerate(plan):
+            # Somewhere in its own slot of the spread: kills never bunch up at the start
+            # because the restarts before them were slow.
+            at = start + (i + rnd.uniform(0.2, 1.0)) * gap
+            if self._stop.wait(max(0.0, at - time.monotonic())):
                 return
             self._kill_and_restart(kind, rnd.uniform(0.5, 3.0))
 

@@ -25,10 +25,6 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 LATEST = {"OpenStack-API-Version": "container latest"}
-ENGINE = "chaos"
-ENGINE_INDEX = "3"
-NETNS = f"/run/netns/cap-{ENGINE}"
-UNDERLAY = "172.31.250.10"  # extra-dockerd.sh's namespace side of index 3's /30
 HOST = "chaos-host"
 
 
@@ -161,15 +157,20 @@ class Postgres:
 
 
 class Engine:
-    """This run's own dockerd (scripts/extra-dockerd.sh), in its own network namespace."""
+    """This run's own dockerd (scripts/extra-dockerd.sh NAME INDEX), in its own network
+    namespace: chaos uses ("chaos", 3), the soak ("soak", 4), so both can run at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, index: int) -> None:
+        self.name, self.index = name, index
         self.url = ""
-        self.pidfile = Path(f"/run/cap-{ENGINE}/docker.pid")
+        self.pidfile = Path(f"/run/cap-{name}/docker.pid")
+        self.netns = f"/run/netns/cap-{name}"
+        # The namespace's side of the index's /30 on the underlay (extra-dockerd.sh).
+        self.underlay = f"172.31.250.{(index - 1) * 4 + 2}"
 
     def start(self) -> str:
-        self.url = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), ENGINE,
-                                   ENGINE_INDEX], check=True, capture_output=True,
+        self.url = subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), self.name,
+                                   str(self.index)], check=True, capture_output=True,
                                   text=True).stdout.strip()
         return self.url
 
@@ -186,10 +187,10 @@ class Engine:
         pid = self.pid()
         if pid is not None:
             _sigkill(pid)
-            wait_for(lambda: not _alive(pid), 30, "the chaos dockerd to die")
+            wait_for(lambda: not _alive(pid), 30, f"dockerd {self.name} to die")
 
     def stop(self) -> None:
-        subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "--stop", ENGINE],
+        subprocess.run(["bash", str(ROOT / "scripts/extra-dockerd.sh"), "--stop", self.name],
                        check=False, capture_output=True)
 
 
@@ -226,11 +227,12 @@ def _capsuled(*args: str) -> list[str]:
     return [str(BIN / "capsuled"), *args]
 
 
-def start_rig(tmp: Path, *, agent_env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> Rig:
+def start_rig(tmp: Path, *, engine: tuple[str, int] = ("chaos", 3),
+              agent_env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> Rig:
     """Everything up, the admin's quota unlimited and the agent registered."""
     tmp.mkdir(parents=True, exist_ok=True)
-    rig = Rig(tmp, Postgres(), Engine())
-    log("starting PostgreSQL and the chaos dockerd")
+    rig = Rig(tmp, Postgres(), Engine(*engine))
+    log(f"starting PostgreSQL and dockerd {rig.engine.name}")
     rig.pg.init()
     engine_url = rig.engine.start()
     remove_everything(rig.engine.client())  # what an earlier, killed run left in it
@@ -265,7 +267,8 @@ def start_rig(tmp: Path, *, agent_env: dict[str, str] | None = None, log: Callab
         "--ops-listen", f"127.0.0.1:{ops}", "--ops-url", f"http://127.0.0.1:{ops}"),
         {**env, "CAPSULED_AGENT_TOKEN": agent_token, "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "1",
          "CAPSULED_AGENT__RELIST_INTERVAL": "3", "CAPSULED_AGENT__CPU_ALLOCATION_RATIO": "64",
-         "CAPSULED_AGENT__UNDERLAY_ADDRESS": UNDERLAY, "CAPSULED_AGENT__HOST_NETNS": NETNS,
+         "CAPSULED_AGENT__UNDERLAY_ADDRESS": rig.engine.underlay,
+         "CAPSULED_AGENT__HOST_NETNS": rig.engine.netns,
          "CAPSULED_AGENT__BACKOFF_MAX": "5", **(agent_env or {})},
         tmp / "agent.log")
     log("starting the agent")
