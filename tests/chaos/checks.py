@@ -111,7 +111,7 @@ def wait_converged(rig: Rig, timeout: float) -> tuple[Seen, float, bool]:
             if converged(seen):
                 return seen, time.monotonic() - t0, True
         except (httpx.HTTPError, docker.errors.DockerException, RuntimeError):
-            seen = None  # type: ignore[assignment]
+            pass  # a replica or the engine not answering yet: look again
         if time.monotonic() - t0 > timeout:
             return look(rig, engine), time.monotonic() - t0, False
         time.sleep(1.0)
@@ -199,8 +199,10 @@ def server_errors(churn: Churn) -> list[str]:
 class Report:
     requests: int = 0
     ends: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)  # a few details per end
     kills: dict[str, int] = field(default_factory=dict)
     kill_errors: list[str] = field(default_factory=list)
+    accepted_after: int = 0  # 2xx answers once every process was up again
     converged: bool = False
     recovery_seconds: float = 0.0
     capsules_left: int = 0
@@ -225,6 +227,7 @@ class Report:
     def summary(self) -> str:
         lines = [f"requests: {self.requests} ({', '.join(f'{k}: {v}' for k, v in sorted(self.ends.items()))})",
                  f"kills: {', '.join(f'{k}×{v}' for k, v in sorted(self.kills.items()))}",
+                 f"accepted after every process was up again: {self.accepted_after}",
                  f"converged: {self.converged} in {self.recovery_seconds:.1f} s; "
                  f"capsules left: {self.capsules_left} {dict(sorted(self.statuses.items()))}"]
         for k in self.PROBLEMS:

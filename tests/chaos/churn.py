@@ -32,6 +32,13 @@ class Record:
     detail: str = ""
 
 
+def _record(op: str, name: str, r: httpx.Response | str, t: float, uuid: str = "") -> Record:
+    if isinstance(r, str):
+        return Record(op, name, None, t, uuid, detail=r[:300])
+    return Record(op, name, r.status_code, t, uuid,
+                  detail="" if r.status_code < 300 else r.text[:300])
+
+
 @dataclass
 class Known:
     """A capsule the churn made (or may have made: a create without an answer)."""
@@ -56,26 +63,26 @@ class Churn:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _made: int = 0
+    _workers: list[threading.Thread] = field(default_factory=list)
 
     # -- the driver -----------------------------------------------------------------------
-    def run(self, threads: int, duration: float) -> None:
-        """For `duration` seconds."""
-        deadline = time.monotonic() + duration
-        workers = [threading.Thread(target=self._worker, args=(i, deadline), daemon=True)
-                   for i in range(threads)]
-        for w in workers:
+    def start(self, threads: int) -> None:
+        """Client threads until stop()."""
+        self._workers = [threading.Thread(target=self._worker, args=(i,), daemon=True)
+                         for i in range(threads)]
+        for w in self._workers:
             w.start()
-        for w in workers:
-            w.join()
 
     def stop(self) -> None:
         self._stop.set()
+        for w in self._workers:
+            w.join()
 
-    def _worker(self, index: int, deadline: float) -> None:
+    def _worker(self, index: int) -> None:
         rnd = random.Random(self.seed * 1000 + index)
-        clients = [httpx.Client(base_url=u, timeout=20, headers=LATEST) for u in self.urls]
+        clients = [httpx.Client(base_url=u, timeout=60, headers=LATEST) for u in self.urls]
         try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
+            while not self._stop.is_set():
                 op = rnd.choices(["create", "update", "delete", "kill"], [4, 3, 1, 2])[0]
                 with self._lock:
                     accepted = sum(1 for k in self.known.values() if k.uuid)
@@ -106,20 +113,22 @@ class Churn:
                 c.close()
 
     def _send(self, rnd: random.Random, clients: list[httpx.Client], token: str, method: str,
-              path: str, **kw: Any) -> httpx.Response | None:
+              path: str, **kw: Any) -> httpx.Response | str:
         """One request to a replica; a replica that refuses the connection (it is down)
-        never saw it, so the other one is tried. None: sent and no answer."""
+        never saw it, so the other one is tried. A string: no answer, and why."""
         order = rnd.sample(range(len(clients)), len(clients))
+        why = ""
         for _ in range(3):
             for i in order:
                 try:
                     return clients[i].request(method, path, headers={"X-Auth-Token": token}, **kw)
-                except httpx.ConnectError:
+                except httpx.ConnectError as exc:
+                    why = f"{type(exc).__name__}: {exc}"
                     continue
-                except httpx.HTTPError:
-                    return None
+                except httpx.HTTPError as exc:
+                    return f"{type(exc).__name__}: {exc}"
             time.sleep(1.0)  # both down (or the database is): a moment
-        return None
+        return why
 
     def _record(self, rec: Record) -> None:
         with self._lock:
@@ -147,14 +156,12 @@ class Churn:
             self.known[name] = known
         t = time.monotonic()
         r = self._send(rnd, clients, known.token, "POST", "/v1/capsules", json={"template": tmpl})
-        rec = Record("create", name, None if r is None else r.status_code, t)
-        if r is not None and r.status_code == 202:
+        rec = _record("create", name, r, t)
+        if isinstance(r, httpx.Response) and r.status_code == 202:
             body = r.json()
             rec.uuid, rec.revision = body["uuid"], body.get("revision")
             with self._lock:
                 known.uuid = body["uuid"]
-        elif r is not None:
-            rec.detail = r.text[:300]
         self._record(rec)
 
     def _update(self, rnd: random.Random, clients: list[httpx.Client], k: Known) -> None:
@@ -166,22 +173,18 @@ class Churn:
         t = time.monotonic()
         r = self._send(rnd, clients, k.token, "PATCH", f"/v1/capsules/{k.uuid}",
                        json={"containers": [change], "change_cause": "chaos"})
-        rec = Record("update", k.name, None if r is None else r.status_code, t, k.uuid)
-        if r is not None and r.status_code == 202:
+        rec = _record("update", k.name, r, t, k.uuid)
+        if isinstance(r, httpx.Response) and r.status_code == 202:
             rec.revision = r.json().get("revision")
-        elif r is not None:
-            rec.detail = r.text[:300]
         self._record(rec)
 
     def _delete(self, rnd: random.Random, clients: list[httpx.Client], k: Known) -> None:
         t = time.monotonic()
         r = self._send(rnd, clients, k.token, "DELETE", f"/v1/capsules/{k.uuid}")
-        rec = Record("delete", k.name, None if r is None else r.status_code, t, k.uuid)
-        if r is not None and r.status_code in (204, 404):
+        rec = _record("delete", k.name, r, t, k.uuid)
+        if isinstance(r, httpx.Response) and r.status_code in (204, 404):
             with self._lock:
                 k.deleted = True
-        elif r is not None:
-            rec.detail = r.text[:300]
         self._record(rec)
 
     def _kill(self, rnd: random.Random, k: Known) -> None:

@@ -38,8 +38,10 @@ class Killer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """No new kill; whatever is down is started again before this returns."""
+    def join(self, timeout: float) -> None:
+        """Until every planned kill has been made (or `timeout`: then no new one)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

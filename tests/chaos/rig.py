@@ -6,6 +6,7 @@ machine's shared engine or databases (other engineers' tests use them)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -246,7 +247,7 @@ def start_rig(tmp: Path, *, engine: tuple[str, int] = ("chaos", 3),
         rig.apis.append(Proc(f"api{i}", _capsuled("--state-dir", str(tmp / f"api{i}"), "--listen",
                                                   f"127.0.0.1:{port}", "--database-url", rig.pg.url,
                                                   "api"), env, tmp / f"api{i}.log",
-                             ready=lambda url=url: _up(url)))
+                             ready=functools.partial(_up, url)))
     log("starting two API replicas")
     rig.apis[0].start()  # the first one alone: it runs the migrations and the bootstrap
     rig.apis[0].wait_ready(180)

@@ -23,7 +23,8 @@ def log(msg: str) -> None:
 @dataclass(frozen=True)
 class Config:
     capsules: int = 200  # creates in all
-    duration: float = 300.0  # seconds of churn at most
+    duration: float = 300.0  # seconds over which the kills are spread
+    tail: float = 30.0  # seconds of churn once every process is up again
     kills_per_kind: int = 3
     threads: int = 6
     tenants: int = 3
@@ -33,7 +34,8 @@ class Config:
 
 # The CI form. On a quiet machine it takes ~3 minutes; on a loaded one the replicas alone
 # take a minute each to start, which the killer does not wait for.
-SHORT = Config(capsules=40, duration=100.0, kills_per_kind=2, threads=4, recovery_timeout=180.0)
+SHORT = Config(capsules=40, duration=70.0, tail=30.0, kills_per_kind=2, threads=4,
+               recovery_timeout=180.0)
 
 
 def _tenants(rig: Rig, n: int) -> dict[str, str]:
@@ -65,23 +67,29 @@ def run(config: Config, tmp: Path | None = None) -> checks.Report:
 def _run(rig: Rig, config: Config) -> checks.Report:
     tenants = _tenants(rig, config.tenants)
     churn = Churn(rig.urls, tenants, rig.engine.client, rig.instance, config.capsules, config.seed)
-    # Kills over the first 70 % of the churn: the rest shows that work resumes.
-    killer = Killer(rig, config.kills_per_kind, spread=config.duration * 0.7, seed=config.seed, log=log)
-    log(f"churn: {config.capsules} capsules, {config.threads} threads, up to {config.duration:g} s; "
+    killer = Killer(rig, config.kills_per_kind, spread=config.duration, seed=config.seed, log=log)
+    log(f"churn: {config.capsules} capsules, {config.threads} threads; over {config.duration:g} s "
         f"{config.kills_per_kind} kills of each of {', '.join(KINDS)}")
+    churn.start(config.threads)
     killer.start()
-    churn.run(config.threads, config.duration)
-    log(f"churn done ({len(churn.records)} requests); waiting for the last kills")
-    killer.stop()
-    # Every kill planned within the churn happens, even when the churn ended early.
+    killer.join(timeout=config.duration * 3)
+    # Every kill planned happens, even those the timeout cut off.
     for kind in KINDS:
         missing = config.kills_per_kind - sum(k.kind == kind for k in killer.kills)
         for _ in range(missing):
-            killer._kill_and_restart(kind, 1.0)  # noqa: SLF001 - the same kill, at the end
+            killer._kill_and_restart(kind, 1.0)  # noqa: SLF001 - the same kill, late
     killer.wait_all_up()
+    all_up = time.monotonic()
+    log(f"every process is up again; the churn goes on for {config.tail:g} s")
+    time.sleep(config.tail)
+    churn.stop()
+    log(f"churn done ({len(churn.records)} requests)")
     report = checks.Report(requests=len(churn.records),
                            kills=dict(Counter(k.kind for k in killer.kills)),
                            kill_errors=[f"{k.kind}: {k.error}" for k in killer.kills if k.error])
+    # Work resumes once everything is up again: requests accepted after that moment.
+    report.accepted_after = sum(1 for r in churn.records if r.t > all_up and r.status is not None
+                                and 200 <= r.status < 300 and r.op != "kill")
     log("recovery: waiting for convergence")
     seen, took, ok = checks.wait_converged(rig, config.recovery_timeout)
     report.converged, report.recovery_seconds = ok, took
@@ -95,10 +103,16 @@ def _run(rig: Rig, config: Config) -> checks.Report:
     report.host_mismatches = checks.host_mismatches(rig, seen)
     report.unfulfilled, ends = checks.unfulfilled(churn, seen)
     report.ends = dict(ends)
+    for r in churn.records:
+        if r.detail:
+            got = report.samples.setdefault(f"{r.op} {r.status or 'no answer'}", [])
+            if len(got) < 3:
+                got.append(r.detail[:200])
     report.server_errors = checks.server_errors(churn)
     log("deleting everything")
     report.left_after_delete_all = _delete_all(rig, seen)
     log("report:\n" + report.summary())
+    log(f"samples: {report.samples}")
     return report
 
 

@@ -21,4 +21,5 @@ def test_churn_under_kills_recovers_with_nothing_lost_or_left(tmp_path: Path) ->
     # The churn did something: creates accepted, and some of each kind of change.
     accepted = {k.split()[0] for k, n in report.ends.items() if k.split()[1] in ("202", "204")}
     assert {"create", "update", "delete"} <= accepted, report.ends
-    assert report.capsules_left >= 10, report.summary()  # recovery had capsules to check
+    assert report.accepted_after > 0, report.summary()  # and it goes on once all is up
+    assert report.capsules_left > 0, report.summary()  # recovery had capsules to check
