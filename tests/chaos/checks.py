@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import httpx
 
-from .churn import Churn
+from .churn import NOT_SENT, Churn, Record
 from .rig import HOST, Rig
 
 TRANSITIONAL = {"Creating", "Deleting", "Updating", "Restarting", "Rebuilding", "Unknown"}
@@ -168,7 +168,7 @@ def unfulfilled(churn: Churn, seen: Seen) -> tuple[list[str], Counter[str]]:
     out: list[str] = []
     ends: Counter[str] = Counter()
     for r in churn.records:
-        ends[f"{r.op} {r.status if r.status is not None else 'no answer'}"] += 1
+        ends[f"{r.op} {end(r)}"] += 1
         if r.status is None or r.status >= 300:
             continue
         if r.op == "create" and r.uuid not in live and r.uuid not in deleted:
@@ -186,6 +186,14 @@ def unfulfilled(churn: Churn, seen: Seen) -> tuple[list[str], Counter[str]]:
     out += [f"capsule {c['name']} that no create sent" for c in seen.capsules
             if c["name"] not in churn.known]
     return out, ends
+
+
+def end(r: Record) -> str:
+    """How a request ended: its status, "not sent" (every replica refused the
+    connection) or "no answer" (sent; the replica died or the call timed out)."""
+    if r.status is not None:
+        return str(r.status)
+    return "not sent" if r.detail.startswith(NOT_SENT) else "no answer"
 
 
 def server_errors(churn: Churn) -> list[str]:

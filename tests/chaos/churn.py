@@ -32,6 +32,9 @@ class Record:
     detail: str = ""
 
 
+NOT_SENT = "not sent: "  # every replica refused the connection: nothing was accepted
+
+
 def _record(op: str, name: str, r: httpx.Response | str, t: float, uuid: str = "") -> Record:
     if isinstance(r, str):
         return Record(op, name, None, t, uuid, detail=r[:300])
@@ -128,7 +131,7 @@ class Churn:
                 except httpx.HTTPError as exc:
                     return f"{type(exc).__name__}: {exc}"
             time.sleep(1.0)  # both down (or the database is): a moment
-        return why
+        return NOT_SENT + why
 
     def _record(self, rec: Record) -> None:
         with self._lock:

@@ -105,7 +105,7 @@ def _run(rig: Rig, config: Config) -> checks.Report:
     report.ends = dict(ends)
     for r in churn.records:
         if r.detail:
-            got = report.samples.setdefault(f"{r.op} {r.status or 'no answer'}", [])
+            got = report.samples.setdefault(f"{r.op} {checks.end(r)}", [])
             if len(got) < 3:
                 got.append(r.detail[:200])
     report.server_errors = checks.server_errors(churn)
