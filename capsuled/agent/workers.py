@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from capsuled.agent.meters import LoopMeter
+from capsuled.errors import Unavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ class CapsuleWorkers:
         failed = False
         try:
             settled = self._sync(uuid)
+        except Unavailable as exc:
+            # The API or the Docker Engine is down (a restart, a database outage): retried
+            # with back-off like any failure, but one line, not a traceback per capsule per
+            # retry, which buried the real errors in the logs of the chaos runs.
+            LOG.warning("sync deferred capsule=%s: %s", uuid, exc)
+            settled, failed = False, True
         except Exception:
             LOG.exception("sync failed capsule=%s", uuid)
             settled, failed = False, True

@@ -8,6 +8,7 @@ SQLite the first write takes the database's single write lock.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from capsuled.errors import InvalidInput, Unavailable
 from capsuled.paths import private_file
 from capsuled.store import outbox, security_groups
+
+LOG = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
@@ -151,6 +154,16 @@ def unavailable(url: URL, exc: DBAPIError) -> Unavailable:
     return Unavailable(f"database {safe_url(url)} unavailable: {exc.orig}")
 
 
+def _rollback(session: Session) -> None:
+    """Roll back, unless the database has dropped the connection: then the server ended
+    the transaction with it, and the caller's own error (a 409, a 503) is the answer, not
+    the rollback's (which was a 500 when the database died under a refused update)."""
+    try:
+        session.rollback()
+    except OperationalError as exc:
+        LOG.warning("rollback on a lost database connection: %s", exc.orig)
+
+
 class Store:
     """A session factory; `transaction()` commits on success and rolls back on error."""
 
@@ -174,14 +187,14 @@ class Store:
             yield session
             session.commit()
         except OperationalError as exc:  # also deadlocks and lock wait timeouts: retry
-            session.rollback()
+            _rollback(session)
             raise unavailable(self.engine.url, exc) from exc
         except PoolTimeout as exc:
-            session.rollback()
+            _rollback(session)
             raise Unavailable(f"database {safe_url(self.engine.url)} busy: no free "
                               "connection in the pool") from exc
         except BaseException:
-            session.rollback()
+            _rollback(session)
             raise
         finally:
             session.close()
