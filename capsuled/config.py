@@ -421,8 +421,9 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(None, description="The configuration file read (TOML); "
                                      "default /etc/capsuled/capsuled.conf when it exists")
     state_dir: Path = Field(default_factory=default_state_dir, description="State directory",
-                            json_schema_extra={COMPUTED: "/var/lib/capsuled as "
-                                               "root, else a per-user data directory"})
+                            json_schema_extra={COMPUTED: "$STATE_DIRECTORY (systemd), "
+                                               "else /var/lib/capsuled as root, else a "
+                                               "per-user data directory"})
     listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT the API listens on")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in state_dir")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
