@@ -489,7 +489,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
-        path, _ = config_path(given.get("config_file"))  # type: ignore[arg-type]
+        path = config_path(given.get("config_file"))  # type: ignore[arg-type]
         values = read_config(path, Settings) if path is not None else {}
         raise explain(exc, Settings, given, path, values) from None
     except SettingsError as exc:  # an environment variable that is not JSON where needed

@@ -42,15 +42,15 @@ COMPUTED = "sample_default"
 WIDTH = 88
 
 
-def config_path(explicit: Path | str | None) -> tuple[Path | None, bool]:
-    """The file to read and whether it was asked for by name (then it must exist):
-    the option, else $CAPSULED_CONFIG_FILE, else the default path when it exists."""
+def config_path(explicit: Path | str | None) -> Path | None:
+    """The file to read: the option, else $CAPSULED_CONFIG_FILE (either must exist), else
+    the default path when it exists, else none."""
     if explicit is not None and str(explicit) != "":
-        return Path(explicit), True
+        return Path(explicit)
     named = os.environ.get(CONFIG_FILE_ENV)
     if named:
-        return Path(named), True
-    return (DEFAULT_CONFIG_FILE, False) if DEFAULT_CONFIG_FILE.exists() else (None, False)
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None
 
 
 def read_config(path: Path, settings_cls: type[BaseModel]) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class ConfigFileSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], explicit: Path | str | None) -> None:
         super().__init__(settings_cls)
-        path, _named = config_path(explicit)
+        path = config_path(explicit)
         self.path = path
         self.values = read_config(path, settings_cls) if path is not None else {}
 

@@ -82,7 +82,7 @@ def render(checks: list[Check]) -> str:
 def config(settings: Settings) -> Check:
     from capsuled.config_file import config_path
 
-    path, _ = config_path(settings.config_file)
+    path = config_path(settings.config_file)
     if path is None:
         return Check("config", "ok", "no configuration file (/etc/capsuled/capsuled.conf is "
                      "absent): defaults and CAPSULED_* variables")
