@@ -1,17 +1,18 @@
 """Upgrading keeps every capsule: a server of an earlier version (this repository at the
 commit that merged published ports, schema 0017, four migrations back) creates capsules
-and a bare container through its API; it stops; this version starts on the same state
-directory. It migrates the database as it starts, lists everything with the same uuids,
+and a bare container through its API, on SQLite, PostgreSQL and MariaDB; it stops; this
+version starts on the same database and state directory. It migrates the database as it starts, lists everything with the same uuids,
 adopts the running containers without recreating one, and manages them (update,
 delete) as if it had made them."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
-import sqlite3
 import subprocess
 import tarfile
+import uuid
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import docker
 import pytest
+from sqlalchemy import create_engine, make_url, text
 from conftest import (ROOT, Capsules, Server, free_port, member, remove_instance_objects,
                       sleeper, template, wait_for)
 
@@ -28,6 +30,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 # overlay networks (0018), revisions (0016), security groups (0019) and services (0020).
 PREVIOUS = "1dd8ae6"
 PREVIOUS_SCHEMA = "0017"
+ADMIN_URLS = {
+    "postgresql": os.environ.get("CAPSULED_TEST_POSTGRESQL_URL",
+                                 "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    "mariadb": os.environ.get("CAPSULED_TEST_MARIADB_URL",
+                              "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
 
 
 def previous_release(into: Path) -> Path:
@@ -41,29 +49,66 @@ def previous_release(into: Path) -> Path:
     return into
 
 
-def schema_revision(state: Path) -> str:
-    with sqlite3.connect(state / "capsuled.db") as db:
-        return str(db.execute("select version_num from alembic_version").fetchone()[0])
+def read_one(url: str, sql: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def schema_revision(url: str) -> str:
+    return read_one(url, "SELECT version_num FROM alembic_version")
+
+
+def instance_of(url: str) -> str:
+    return read_one(url, "SELECT value FROM meta WHERE meta.key = 'instance_id'")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each engine the server runs on (multi-host: PostgreSQL or
+    MariaDB, where production upgrades happen)."""
+    kind: str = request.param
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'capsuled.db'}"
+        return
+    admin_url = ADMIN_URLS[kind]
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 5})
+    name = f"capsuled_upgrade_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:  # unreachable: fails, as every database test here does
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name}"
+                              + (" WITH (FORCE)" if kind == "postgresql" else "")))
+        admin.dispose()
 
 
 @pytest.fixture()
-def servers(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[list[Server]]:
-    made: list[Server] = []
+def servers(docker_api: docker.APIClient,
+            database_url: str) -> Iterator[list[tuple[Server, str]]]:
+    """Servers on `database_url`, killed and their Docker objects removed at the end
+    (before the database is dropped: the deployment's id is read from it)."""
+    made: list[tuple[Server, str]] = []
     yield made
-    instances = set()
-    for srv in made:
-        instances.add(srv.instance)
+    for srv, _ in made:
         if srv.proc is not None:
             srv.stop(signal.SIGKILL)
-    for instance in instances:
+    for instance in {instance_of(url) for _, url in made}:
         remove_instance_objects(docker_api, instance)
 
 
-def start(state: Path, made: list[Server], **env: str) -> Server:
+def start(state: Path, url: str, made: list[tuple[Server, str]], **env: str) -> Server:
     port = free_port()
     srv = Server(url=f"http://127.0.0.1:{port}", state_dir=state, port=port,
-                 env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env}, start_timeout=120)
-    made.append(srv)
+                 env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env}, start_timeout=120,
+                 args=["--database-url", url])
+    made.append((srv, url))
     srv.start()
     return srv
 
@@ -78,13 +123,14 @@ def snapshot(docker_api: docker.APIClient, instance: str) -> dict[str, tuple[str
 
 
 def test_an_upgrade_migrates_and_keeps_every_capsule_running(
-        tmp_path: Path, docker_api: docker.APIClient, servers: list[Server]) -> None:
+        tmp_path: Path, docker_api: docker.APIClient, servers: list[tuple[Server, str]],
+        database_url: str) -> None:
     old_code = previous_release(tmp_path / "previous")
     state = tmp_path / "state"
     state.mkdir()
 
-    old = start(state, servers, PYTHONPATH=str(old_code))
-    assert schema_revision(state) == PREVIOUS_SCHEMA
+    old = start(state, database_url, servers, PYTHONPATH=str(old_code))
+    assert schema_revision(database_url) == PREVIOUS_SCHEMA
     made: list[dict[str, Any]] = []
     with old.client() as api:
         capsules = Capsules(api)
@@ -99,15 +145,15 @@ def test_an_upgrade_migrates_and_keeps_every_capsule_running(
         bare = r.json()["uuid"]
         wait_for(lambda: api.get(f"/v1/containers/{bare}").json()["status"] == "Running",
                  what="the bare container to run")
-    instance = old.instance
+    instance = instance_of(database_url)
     before = snapshot(docker_api, instance)
     assert len(before) == 6 and all(running for _, running in before.values())
     assert old.stop() == 0
     assert snapshot(docker_api, instance) == before  # stopping the server stops no container
 
-    new = start(state, servers)  # this checkout's code
-    assert new.instance == instance
-    assert schema_revision(state) == "0020"
+    new = start(state, database_url, servers)  # this checkout's code
+    assert instance_of(database_url) == instance
+    assert schema_revision(database_url) == "0020"
     log = new.log.read_text() if new.log else ""
     assert re.search(r"Running upgrade 0017 -> 0018.*0018 -> 0016.*0016 -> 0019.*0019 -> 0020",
                      log, re.S), log[-3000:]
