@@ -1,7 +1,11 @@
 """Settings: built once in the composition root (cli/server.py) and passed down.
 
-Every field can be set as an environment variable with the CAPSULED_ prefix and `__`
-between group and field, e.g. CAPSULED_AGENT__RELIST_INTERVAL=5.
+Every field can be set in the configuration file (TOML, default
+/etc/capsuled/capsuled.conf: top-level keys, then a section per group such as [agent]) and
+as an environment variable with the CAPSULED_ prefix and `__` between group and field,
+e.g. CAPSULED_AGENT__RELIST_INTERVAL=5. Precedence: options > environment > file >
+defaults (config_file.py). Every field has a description: the sample file
+(etc/capsuled.conf.sample, `capsuled config sample`) is generated from them.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (BaseSettings, InitSettingsSource, PydanticBaseSettingsSource,
+                               SettingsConfigDict, SettingsError)
 
+from capsuled.config_file import COMPUTED, ConfigFileSource, config_path, explain, read_config
+from capsuled.errors import InvalidConfig
 from capsuled.logs import LogFormat
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
 
@@ -22,13 +29,26 @@ DEFAULT_OPS_PORT = 9518
 
 
 class DockerSettings(BaseModel):
+    """The Docker Engine the agent drives (all-in-one and `capsuled agent`)."""
+
     host: str = Field("unix:///var/run/docker.sock", description="Docker Engine socket the agent drives")
     infra_image: str = Field("capsuled/infra:latest", description="Sandbox image (catatonit -P)")
     timeout: float = Field(60.0, description="Seconds before a Docker API call is abandoned")
 
 
 class AgentSettings(BaseModel):
-    host_name: str = Field(default_factory=socket.gethostname, description="This host's name")
+    """This host's agent: how it reconciles, what it offers the scheduler, its networks and
+    its ops endpoint (all-in-one and `capsuled agent`)."""
+
+    host_name: str = Field(default_factory=socket.gethostname, description="This host's name",
+                           json_schema_extra={COMPUTED: "this machine's host name"})
+    # Multi-host: what `capsuled agent` connects with when --api/--token are not given,
+    # so that a unit file needs no secret on its command line.
+    api_url: str | None = Field(None, description="`capsuled agent`: an API server's URL "
+                                "(e.g. http://api:9517), when --api is not given")
+    token_file: Path | None = Field(None, description="`capsuled agent`: file holding this "
+                                    "host's agent token (keep it 0600), when neither --token "
+                                    "nor CAPSULED_AGENT_TOKEN is given")
     availability_zone: str = Field("nova", description="Availability zone this host is in")
     relist_interval: float = Field(15.0, description="Seconds between full relists (repairs missed events)")
     workers: int = Field(16, description="Capsules reconciled in parallel")
@@ -124,6 +144,9 @@ class AgentSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
+    """The API server (all-in-one and every `capsuled api` replica): limits on what one
+    request may take, secrets, and how hosts are judged."""
+
     max_limit: int = Field(1000, description="Largest page a list returns")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted "
                                 "(413 before it is read in full)")
@@ -209,11 +232,13 @@ class OverlaySettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    min_cpu: float = 0.1
-    max_cpu: float = 16.0
-    min_memory: int = 4
-    max_memory: int = 8192
-    max_containers: int = 24
+    """What one tenant's request may ask for, and how much history is kept."""
+
+    min_cpu: float = Field(0.1, description="Fewest CPUs a container may ask for")
+    max_cpu: float = Field(16.0, description="Most CPUs a container may ask for")
+    min_memory: int = Field(4, description="Least memory (MiB) a container may ask for")
+    max_memory: int = Field(8192, description="Most memory (MiB) a container may ask for")
+    max_containers: int = Field(24, description="Containers (init and app) one capsule may hold")
     # Zun's minimum: a host of 2 CPUs holds 20 containers that ask for nothing; raise it
     # on bigger hosts. It is a hard cap (NanoCpus), not a share.
     default_cpu: float = Field(0.1, gt=0, description="CPUs given to a container that asks "
@@ -326,24 +351,28 @@ class ServiceSettings(BaseModel):
 class QuotaSettings(BaseModel):
     """Default per-project limits (-1: unlimited); admins override them per project."""
 
-    capsules: float = 20
-    containers: float = 40
-    cpu: float = 20
-    memory: float = 51200  # MiB
-    disk: float = 100  # GiB
+    capsules: float = Field(20, description="Capsules per project")
+    containers: float = Field(40, description="Containers per project (bare ones and "
+                              "capsules' members)")
+    cpu: float = Field(20, description="CPUs per project")
+    memory: float = Field(51200, description="Memory per project, in MiB")
+    disk: float = Field(100, description="Disk per project, in GiB")
 
 
 class KeystoneSettings(BaseModel):
     """OpenStack identity: tokens are validated by this Keystone as this service user."""
 
-    auth_url: str = Field(description="Keystone v3 URL, e.g. http://keystone:5000/v3")
+    auth_url: str = Field(description="Keystone v3 URL, e.g. http://keystone:5000/v3",
+                          examples=["http://keystone:5000/v3"])
     username: str = Field("capsuled", description="Service user (needs the service or admin role)")
-    password: SecretStr = Field(description="Service user's password")
+    password: SecretStr = Field(description="Service user's password", examples=["CHANGE-ME"])
     project_name: str = Field("service", description="Service user's project")
-    user_domain_name: str = "Default"
-    project_domain_name: str = "Default"
+    user_domain_name: str = Field("Default", description="Domain of the service user")
+    project_domain_name: str = Field("Default", description="Domain of the service user's "
+                                     "project")
     interface: str = Field("public", description="Catalog interface of the identity endpoint")
-    region_name: str | None = None
+    region_name: str | None = Field(None, description="Region of the identity endpoint "
+                                    "in the catalog (unset: any)")
     timeout: float = Field(10.0, gt=0, description="Seconds before a Keystone call is abandoned")
     # Short: a token revoked in Keystone keeps working here until its cache entry ends.
     cache_ttl: float = Field(30.0, ge=0, description="Seconds a validated token is trusted; "
@@ -378,7 +407,9 @@ class NotificationSettings(BaseModel):
         "AMQP exchange the notifications are published to (oslo.messaging's "
         "control_exchange; Nova's is nova)"))
     publisher_id: str = Field(default_factory=lambda: f"capsuled.{socket.gethostname()}",
-                              description="publisher_id of every notification")
+                              description="publisher_id of every notification",
+                              json_schema_extra={COMPUTED:
+                                                 "capsuled.<this machine's host name>"})
     # Both bound how long the relay's thread can be held by a broker that is down or slow:
     # a failed publish is retried later from the same change, never waited for.
     retry: int = Field(0, ge=0, le=10, description="Connection retries within one publish "
@@ -395,13 +426,22 @@ class NotificationSettings(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPSULED_", env_nested_delimiter="__")
 
-    state_dir: Path = Field(default_factory=default_state_dir, description="State directory")
+    config_file: Path | None = Field(None, description="The configuration file read (TOML); "
+                                     "default /etc/capsuled/capsuled.conf when it exists")
+    state_dir: Path = Field(default_factory=default_state_dir, description="State directory",
+                            json_schema_extra={COMPUTED: "$STATE_DIRECTORY (systemd), "
+                                               "else /var/lib/capsuled as root, else a "
+                                               "per-user data directory"})
     listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT the API listens on")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in state_dir")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Least severe log records written")
     log_format: LogFormat = Field("text", description="text: one plain line per record; json: "
                                   "one JSON object per line (time, level, logger, message, and "
                                   "request_id for what a request logged)")
+    log_file: Path | None = Field(None, description="File the logs are appended to (reopened "
+                                  "when logrotate moves it away); unset: stderr, which systemd "
+                                  "sends to the journal")
     docker: DockerSettings = Field(default_factory=DockerSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -419,6 +459,11 @@ class Settings(BaseSettings):
                                    description="Policy rule overrides: name -> check string")
     policy_file: Path | None = Field(None, description="YAML file of policy rule overrides")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _vips_are_not_project_addresses(self) -> Self:
         for name, pool in (("agent.network_pool", self.agent.network_pool),
@@ -428,5 +473,32 @@ class Settings(BaseSettings):
                                  f"{name} {pool}")
         return self
 
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file named by --config-file (an init value) or $CAPSULED_CONFIG_FILE, below
+        # the environment; pydantic-settings deep-merges the sources, so a section's keys
+        # may come from both.
+        given = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        explicit = given.get("config_file")
+        return init_settings, env_settings, ConfigFileSource(settings_cls, explicit)
+
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'capsuled.db'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings from the command line's `overrides`, the environment, the configuration
+    file and the defaults; InvalidConfig names every bad key and where it came from."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        path = config_path(given.get("config_file"))  # type: ignore[arg-type]
+        values = read_config(path, Settings) if path is not None else {}
+        raise explain(exc, Settings, given, path, values) from None
+    except SettingsError as exc:  # an environment variable that is not JSON where needed
+        raise InvalidConfig(str(exc)) from None

@@ -3,6 +3,7 @@ status codes, drivers translate their SDK's exceptions into them.
 
     CapsuledError
      ├── InvalidInput            a request or template is wrong (carries every problem)
+     │   └── InvalidConfig       the settings are (a file's key, a variable, an option)
      ├── NotAuthenticated        no token, or an unknown/expired one
      ├── Forbidden               policy says no
  │   └── OverQuota           the project's quota would be exceeded
@@ -39,6 +40,12 @@ class InvalidInput(CapsuledError):
             summary = "; ".join(self.problems) if len(self.problems) <= 3 else (
                 f"{len(self.problems)} problems: " + "; ".join(self.problems))
         super().__init__(summary)
+
+
+class InvalidConfig(InvalidInput):
+    """The configuration is wrong: each problem names the option, the environment variable
+    or the file, section and key it came from. `capsuled` exits with EX_CONFIG (78) on it,
+    which the systemd units do not restart after."""
 
 
 class NotAuthenticated(CapsuledError):

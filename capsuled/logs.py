@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 LogFormat = Literal["text", "json"]
@@ -54,9 +56,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def setup(level: str, fmt: LogFormat = "text") -> None:
-    """The root logger writes to stderr in `fmt` at `level` (replacing earlier handlers)."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup(level: str, fmt: LogFormat = "text", file: Path | None = None) -> None:
+    """The root logger writes to stderr, or appends to `file`, in `fmt` at `level`
+    (replacing earlier handlers). A file is reopened when it is moved or removed (logrotate
+    without copytruncate): no line is lost or written to the rotated file."""
+    handler: logging.Handler
+    if file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

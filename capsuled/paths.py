@@ -22,7 +22,12 @@ SANDBOX_CLAIMS_FILE = "sandbox-claims.json"
 
 
 def default_state_dir() -> Path:
-    """`/var/lib/capsuled` for root, a per-user data directory otherwise."""
+    """The directory systemd made for the unit (StateDirectory=: $STATE_DIRECTORY, the
+    first when it names several), else `/var/lib/capsuled` for root, else a per-user data
+    directory. The API unit runs as the `capsuled` user: it finds /var/lib/capsuled so."""
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
     if os.geteuid() == 0:
         return Path("/var/lib/capsuled")
     return Path(platformdirs.user_data_dir("capsuled"))

@@ -55,6 +55,7 @@ class Server:
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # more `capsuled` options, e.g. --log-format
+    start_timeout: float = 120.0  # seconds to answer (a migration from far back takes longer)
 
     @property
     def token(self) -> str:
@@ -80,7 +81,7 @@ class Server:
                 return httpx.get(self.url + "/", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
-        wait_for(up, timeout=120, what="capsuled to answer")  # migrations on a loaded machine
+        wait_for(up, timeout=self.start_timeout, what="capsuled to answer")
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -169,10 +170,11 @@ def docker_api() -> docker.APIClient:
 
 
 def start_server(tmp: Path, docker_api: docker.APIClient, args: tuple[str, ...] = (),
-                 **env: str) -> Server:
+                 start_timeout: float = 120.0, **env: str) -> Server:
     port = free_port()
     server = Server(url=f"http://127.0.0.1:{port}", state_dir=tmp, port=port,
-                    env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env}, args=list(args))
+                    env={"CAPSULED_AGENT__RELIST_INTERVAL": "2", **env}, args=list(args),
+                    start_timeout=start_timeout)
     server.start()
     return server
 
@@ -196,10 +198,10 @@ def own_server(tmp_path: Path, docker_api: docker.APIClient) -> Iterator[Callabl
     objects are removed at the end whatever happened."""
     started: list[tuple[Server, str]] = []
 
-    def make(**env: str) -> Server:
+    def make(start_timeout: float = 120.0, **env: str) -> Server:
         state = tmp_path / f"srv{len(started)}"
         state.mkdir()
-        srv = start_server(state, docker_api, **env)
+        srv = start_server(state, docker_api, start_timeout=start_timeout, **env)
         started.append((srv, srv.instance))
         return srv
 

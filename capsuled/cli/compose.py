@@ -11,13 +11,14 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
 
 from capsuled.cli import host_networking as host_net
-from capsuled.config import Settings
+from capsuled.config import AgentSettings, Settings
 from capsuled.errors import CapsuledError
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ def fail(message: str) -> typer.Exit:
 def setup_logging(settings: Settings) -> None:
     from capsuled import logs
 
-    logs.setup(settings.log_level, settings.log_format)
+    try:
+        logs.setup(settings.log_level, settings.log_format, settings.log_file)
+    except OSError as exc:
+        raise fail(f"log_file {settings.log_file}: {exc.strerror}") from exc
 
 
 @dataclass
@@ -310,14 +314,29 @@ def build_agent(settings: Settings, channel: AgentServiceChannel, client: docker
                  services=host_net.service_agent(settings, channel, client, instance))
 
 
+def agent_token(conf: AgentSettings) -> str:
+    """The agent's token from agent.token_file (when --token and CAPSULED_AGENT_TOKEN are
+    not given): the unit files keep it out of command lines and environments."""
+    if conf.token_file is None:
+        raise fail("no agent token: give --token, set CAPSULED_AGENT_TOKEN or agent.token_file")
+    try:
+        token = conf.token_file.read_text().strip()
+    except OSError as exc:
+        raise fail(f"agent.token_file {conf.token_file}: {exc.strerror}") from exc
+    if not token:
+        raise fail(f"agent.token_file {conf.token_file} is empty")
+    return token
+
+
 def new_ops_key() -> str:
     return secrets.token_urlsafe(32)
 
 
 def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
-          log_format: str, keep_alive: int) -> None:
+          log_format: str, keep_alive: int, log_file: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then run `on_exit` and return (exit status 0)."""
-    server = uvicorn.Server(api_server_config(app, listen, log_level, log_format, keep_alive))
+    server = uvicorn.Server(api_server_config(app, listen, log_level, log_format, keep_alive,
+                                              log_file))
     # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and re-raises
     # the signal. Finding ours, the re-raise unwinds to the `finally` below and the process
     # exits 0 after `on_exit`, instead of being killed by the default action.
@@ -333,7 +352,7 @@ def serve(app: Any, listen: str, log_level: str, on_exit: Callable[[], None],
 
 
 def api_server_config(app: Any, listen: str, log_level: str, log_format: str,
-                      keep_alive: int) -> uvicorn.Config:
+                      keep_alive: int, log_file: Path | None = None) -> uvicorn.Config:
     host, _, port = listen.rpartition(":")
     # Watch streams (and follow-logs, terminals) do not end by themselves: a graceful
     # stop waits this long for them, then cancels them (clients resume with `since`).
@@ -341,13 +360,14 @@ def api_server_config(app: Any, listen: str, log_level: str, log_format: str,
     # poll interval: they lost the race and read "Remote end closed connection".
     return uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level=log_level,
                           access_log=False, timeout_graceful_shutdown=5,
-                          timeout_keep_alive=keep_alive, **uvicorn_logging(log_format))
+                          timeout_keep_alive=keep_alive,
+                          **uvicorn_logging(log_format, log_file))
 
 
-def uvicorn_logging(log_format: str) -> dict[str, Any]:
-    """uvicorn.Config's logging arguments: with JSON logs, uvicorn configures no handlers
-    of its own and its records reach the root logger's JSON lines; otherwise its own."""
-    return {"log_config": None} if log_format == "json" else {}
+def uvicorn_logging(log_format: str, log_file: Path | None = None) -> dict[str, Any]:
+    """uvicorn.Config's logging arguments: with JSON logs or a log file, uvicorn configures
+    no handlers of its own and its records reach the root logger's; otherwise its own."""
+    return {"log_config": None} if log_format == "json" or log_file is not None else {}
 
 
 def wait_for_signal(on_exit: Callable[[], None]) -> None:

@@ -6,6 +6,11 @@
     capsuled image seed                               build the offline images
     capsuled db upgrade [--database-url URL]          create or migrate the schema
     capsuled sweep INSTANCE [--netns PATH]            remove a dead deployment's host networking
+    capsuled doctor [--json] [--mode MODE]            check Docker, the database, Keystone, agents
+    capsuled config sample                            the documented configuration file
+
+Settings come from the options, CAPSULED_* variables and the configuration file
+(--config-file, default /etc/capsuled/capsuled.conf), in that order.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Annotated
 
 import typer
 
+from capsuled import __version__
 from capsuled.cli import compose
 from capsuled.cli.helptext import App
-from capsuled.config import AgentSettings, Settings
-from capsuled.errors import CapsuledError
+from capsuled.config import AgentSettings, Settings, load_settings
+from capsuled.errors import CapsuledError, InvalidConfig
 
 HELP = """Run capsuled: the Zun-compatible API server and the agent of each compute host.
 
@@ -43,6 +49,9 @@ app = App(help=HELP, no_args_is_help=False, add_completion=False)
 image_app = App(help="Offline images.")
 app.add_typer(image_app, name="image")
 LOG = logging.getLogger("capsuled")
+EX_CONFIG = 78  # sysexits.h: the units' RestartPreventExitStatus, no restart loop on a typo
+# They report a configuration that does not load themselves (doctor: as a failed check).
+LOADS_ITS_OWN_SETTINGS = ("config", "doctor")
 
 
 class LogFormatChoice(str, Enum):  # typer offers an Enum's values as the choices
@@ -50,20 +59,26 @@ class LogFormatChoice(str, Enum):  # typer offers an Enum's values as the choice
     json = "json"
 
 
-def _settings(state_dir: Path | None, listen: str | None, log_level: str | None,
-              database_url: str | None = None, log_format: str | None = None) -> Settings:
-    overrides: dict[str, object] = {}
-    if log_format is not None:
-        overrides["log_format"] = log_format
-    if database_url is not None:
-        overrides["database_url"] = database_url
-    if state_dir is not None:
-        overrides["state_dir"] = state_dir
-    if listen is not None:
-        overrides["listen"] = listen
-    if log_level is not None:
-        overrides["log_level"] = log_level
-    return Settings(**overrides)  # type: ignore[arg-type]
+def settings_of(ctx: typer.Context) -> Settings:
+    """The settings of this run (options > environment > file > defaults), or exit 78
+    naming every problem."""
+    if isinstance(ctx.obj, Settings):
+        return ctx.obj
+    root = ctx.find_root()
+    try:
+        settings = load_settings(**root.meta.get("overrides", {}))
+    except InvalidConfig as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EX_CONFIG) from exc
+    ctx.obj = root.obj = settings
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"capsuled {__version__}")
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
@@ -80,10 +95,19 @@ def main_command(
         help="SQLAlchemy URL: postgresql+psycopg://USER:PASSWORD@HOST/DB, "
              "mysql+pymysql://USER:PASSWORD@HOST/DB (MariaDB). Default: SQLite in the state "
              "directory.")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        help="Configuration file (TOML; `capsuled config sample` documents it). Default: "
+             "$CAPSULED_CONFIG_FILE, else /etc/capsuled/capsuled.conf when it exists.")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Run the all-in-one server: the Zun-compatible API and the agent for this host."""
-    ctx.obj = _settings(state_dir, listen, log_level, database_url,
-                        None if log_format is None else log_format.value)
+    ctx.meta["overrides"] = {
+        "state_dir": state_dir, "listen": listen, "log_level": log_level,
+        "database_url": database_url, "config_file": config_file,
+        "log_format": None if log_format is None else log_format.value}
+    if ctx.invoked_subcommand not in LOADS_ITS_OWN_SETTINGS:
+        settings_of(ctx)
     if ctx.invoked_subcommand is None:
         run_all_in_one(ctx.obj)
 
@@ -127,7 +151,7 @@ def run_all_in_one(settings: Settings) -> None:
         api.stop()
         agent.stop()
     compose.serve(api.app, settings.listen, settings.log_level, stop, settings.log_format,
-                  settings.api.keep_alive)
+                  settings.api.keep_alive, settings.log_file)
 
 
 @app.command("api")
@@ -145,15 +169,17 @@ def api_command(ctx: typer.Context) -> None:
     LOG.info("capsuled api listening on http://%s (admin token, if this one made it: %s)",
              settings.listen, settings.state_dir / ADMIN_TOKEN_FILE)
     compose.serve(api.app, settings.listen, settings.log_level, api.stop, settings.log_format,
-                  settings.api.keep_alive)
+                  settings.api.keep_alive, settings.log_file)
 
 
 @app.command("agent")
 def agent_command(
     ctx: typer.Context,
-    api_url: Annotated[str, typer.Option("--api", help="An API server's URL, e.g. http://api:9517.")],
-    token: Annotated[str, typer.Option(envvar="CAPSULED_AGENT_TOKEN", help=(
-        "This host's agent token (capsule token create --role agent --host NAME)."))],
+    api_url: Annotated[str | None, typer.Option("--api", help=(
+        "An API server's URL, e.g. http://api:9517 (default: agent.api_url)."))] = None,
+    token: Annotated[str | None, typer.Option(envvar="CAPSULED_AGENT_TOKEN", help=(
+        "This host's agent token (capsule token create --role agent --host NAME); "
+        "default: the content of agent.token_file."))] = None,
     host: Annotated[str | None, typer.Option(help="This host's name (default: hostname).")] = None,
     docker_host: Annotated[str | None, typer.Option(help="Docker Engine URL, e.g. unix:///run/docker.sock.")] = None,
     availability_zone: Annotated[str | None, typer.Option(help="Availability zone (default nova).")] = None,
@@ -177,6 +203,10 @@ def agent_command(
     from capsuled.errors import Unavailable
 
     settings: Settings = ctx.obj
+    api_url = api_url or settings.agent.api_url
+    if not api_url:
+        raise typer.BadParameter("no API URL: give --api or set agent.api_url", param_hint="--api")
+    token = token or compose.agent_token(settings.agent)
     try:
         agent_settings = AgentSettings.model_validate({**settings.agent.model_dump(), **{
             k: v for k, v in {"host_name": host, "availability_zone": availability_zone,
@@ -218,7 +248,8 @@ def agent_command(
         ops_server, ops_thread = serve_ops(create_ops_app(runtime, key, owns), bind_host, port,
                                            ssl_certfile=str(cert) if cert else None,
                                            ssl_keyfile=str(tls_key) if tls_key else None,
-                                           log_to_root=settings.log_format == "json")
+                                           log_to_root=settings.log_format == "json"
+                                           or settings.log_file is not None)
     except OSError as exc:
         raise compose.fail(str(exc)) from exc
     url = agent_settings.ops_endpoint_url()
@@ -320,11 +351,62 @@ def sweep_command(
         typer.echo(f"nothing of deployment {instance} here")
 
 
+class DoctorMode(str, Enum):
+    all_in_one = "all-in-one"
+    api = "api"
+    agent = "agent"
+
+
+@app.command("doctor")
+def doctor_command(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: ok and the checks.")] = False,
+    mode: Annotated[DoctorMode | None, typer.Option(help=(
+        "What runs on this machine: all-in-one (Docker, database, Keystone, agents), api "
+        "(no Docker) or agent (Docker and the API). Default: agent when agent.api_url is "
+        "set, else all-in-one."))] = None,
+) -> None:
+    """Check Docker, the database and its schema, Keystone, the agents and the free disk,
+    and say what is wrong in words. Exit status 1 when a check fails."""
+    import json
+
+    from capsuled.cli import doctor
+
+    root = ctx.find_root()
+    try:
+        settings = load_settings(**root.meta.get("overrides", {}))
+    except InvalidConfig as exc:
+        checks = [doctor.Check("config", "fail", p) for p in exc.problems]
+    else:
+        checks = doctor.run(settings, mode.value if mode else doctor.guess_mode(settings))
+    if as_json:
+        typer.echo(json.dumps({"ok": not doctor.failed(checks),
+                               "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        typer.echo(doctor.render(checks))
+    if doctor.failed(checks):
+        raise typer.Exit(1)
+
+
+config_app = typer.Typer(help="The configuration file.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("sample")
+def config_sample() -> None:
+    """Print the documented configuration file: every option, commented out, with its
+    default, its description and its environment variable."""
+    from capsuled.config_file import render_sample
+
+    typer.echo(render_sample(Settings), nl=False)
+
+
 # The server-wide options (main_command's) may also follow the subcommand, as people type
 # them: `capsuled api --database-url URL --listen H:P`. They are moved before it; click
 # has no options shared between a group and its commands.
-GLOBAL_OPTIONS = ("--state-dir", "--listen", "--log-level", "--log-format", "--database-url")
-SUBCOMMANDS = ("api", "agent", "image", "db", "sweep")
+GLOBAL_OPTIONS = ("--state-dir", "--listen", "--log-level", "--log-format", "--database-url",
+                  "--config-file")
+SUBCOMMANDS = ("api", "agent", "image", "db", "sweep", "doctor", "config")
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

@@ -88,14 +88,35 @@ class _Entry:
     deadline: float              # on the cache's clock; never past the token's expiry
 
 
-def keystone_validator(settings: KeystoneSettings) -> TokenValidator:
-    """Validate tokens as the service user, through keystoneauth1 and keystoneclient."""
+def _service_session(settings: KeystoneSettings) -> ks_session.Session:
     auth = v3.Password(auth_url=settings.auth_url, username=settings.username,
                        password=settings.password.get_secret_value(),
                        project_name=settings.project_name,
                        user_domain_name=settings.user_domain_name,
                        project_domain_name=settings.project_domain_name)
-    sess = ks_session.Session(auth=auth, timeout=settings.timeout)
+    return ks_session.Session(auth=auth, timeout=settings.timeout)
+
+
+def check_service_user(settings: KeystoneSettings) -> str:
+    """Log in as the service user once (`capsuled doctor`): what Keystone answered, in
+    words; Unavailable (cannot reach it) or Forbidden (it refuses the user) otherwise."""
+    sess = _service_session(settings)
+    try:
+        sess.get_token()
+        project = sess.get_project_id()
+    except (ks_exc.Unauthorized, ks_exc.Forbidden) as exc:
+        raise Forbidden(f"Keystone at {settings.auth_url} refused the service user "
+                        f"{settings.username} (project {settings.project_name}): {exc}") from exc
+    except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.DiscoveryFailure,
+            ks_exc.ClientException) as exc:
+        raise Unavailable(f"Keystone at {settings.auth_url} did not answer: {exc}") from exc
+    return (f"Keystone at {settings.auth_url} gave the service user {settings.username} a "
+            f"token for project {settings.project_name} ({project})")
+
+
+def keystone_validator(settings: KeystoneSettings) -> TokenValidator:
+    """Validate tokens as the service user, through keystoneauth1 and keystoneclient."""
+    sess = _service_session(settings)
     client = ks_client.Client(session=sess, interface=settings.interface,
                               region_name=settings.region_name)
 

@@ -132,6 +132,38 @@ def upgrade(engine: Engine) -> Upgraded:
     return Upgraded(safe_url(engine.url), before, after)
 
 
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands against this version's migrations."""
+
+    current: str | None   # None: no schema yet (an empty database)
+    head: str
+    behind: int           # migrations this version would run (0: up to date)
+    known: bool           # False: a revision this version has never heard of (a newer one)
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Read the database's revision (connecting, never changing anything)."""
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    assert head is not None  # the package ships its migrations
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
+    chain = [r.revision for r in script.walk_revisions("base", "heads")]  # newest first
+    if current is None:
+        return SchemaStatus(None, head, len(chain), True)
+    if current not in chain:
+        return SchemaStatus(current, head, 0, False)
+    return SchemaStatus(current, head, chain.index(current), True)
+
+
 @contextmanager
 def _migration_lock(conn: Connection) -> Iterator[None]:
     name = conn.dialect.name

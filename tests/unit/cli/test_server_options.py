@@ -25,6 +25,7 @@ from capsuled.config import ApiSettings
     (["agent", "--api", "http://a", "--log-format", "json", "--token", "t"],
      ["--log-format", "json", "agent", "--api", "http://a", "--token", "t"]),
     (["db", "upgrade", "--database-url", "sqlite:///x"], ["--database-url", "sqlite:///x", "db", "upgrade"]),
+    (["doctor", "--json", "--config-file", "/c.toml"], ["--config-file", "/c.toml", "doctor", "--json"]),
     (["api", "--", "--listen"], ["api", "--", "--listen"]),  # after --, an argument
     (["--listen", "h:1"], ["--listen", "h:1"]),  # all-in-one: nothing to move
     (["api", "--help"], ["api", "--help"]),
