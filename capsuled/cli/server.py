@@ -388,7 +388,7 @@ def doctor_command(
         raise typer.Exit(1)
 
 
-config_app = typer.Typer(help="The configuration file.")
+config_app = App(help="The configuration file.")
 app.add_typer(config_app, name="config")
 
 
