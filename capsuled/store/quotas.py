@@ -1,24 +1,28 @@
-"""Quota limits (per project, per class) and usage, which is always derived from the rows
-that hold resources, so it cannot drift after a crash or a lost update."""
+"""Quota limits (per project, per class) and usage: the project's running totals
+(store/usage.py), kept in the transaction of every change that holds resources and
+checked against a recount of the rows by the tests (and `capsuled db recount`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from capsuled.store.tables import Capsule, Container, ProjectLock, Quota, QuotaClass, Volume
+from capsuled.store import usage as totals
+from capsuled.store.tables import ProjectLock, Quota, QuotaClass
 
 RESOURCES = ("capsules", "containers", "cpu", "memory", "disk")
 DEFAULT_CLASS = "default"
 
 
 def ensure_lock_row(session: Session, project_id: str) -> None:
-    """Create the project's lock row; commit this on its own, before `lock_project`."""
+    """Create the project's lock row (and its usage row); commit this on its own, before
+    `lock_project`."""
     if session.get(ProjectLock, project_id) is None:
         session.add(ProjectLock(project_id=project_id, version=0))
+        totals.ensure_rows(session, project_id=project_id)
         try:
             session.flush()
         except IntegrityError:
@@ -33,22 +37,9 @@ def lock_project(session: Session, project_id: str) -> None:
 
 
 def usage(session: Session, project_id: str) -> dict[str, float]:
-    capsules, cpu, memory = session.execute(
-        select(func.count(Capsule.id), func.coalesce(func.sum(Capsule.cpu), 0.0),
-               func.coalesce(func.sum(Capsule.memory), 0))
-        .where(Capsule.project_id == project_id)).one()
-    containers = session.scalar(select(func.count(Container.id))
-                                .where(Container.project_id == project_id)) or 0
-    bare_cpu, bare_memory = session.execute(
-        select(func.coalesce(func.sum(Container.cpu), 0.0), func.coalesce(func.sum(Container.memory), 0))
-        .where(Container.project_id == project_id, Container.role == "bare")).one()
-    disk = session.scalar(select(func.coalesce(func.sum(Volume.size), 0))
-                          .where(Volume.project_id == project_id)) or 0
-    disk += session.scalar(select(func.coalesce(func.sum(Container.disk), 0))
-                           .where(Container.project_id == project_id, Container.role == "bare")) or 0
-    return {"capsules": float(capsules), "containers": float(containers),
-            "cpu": float(cpu) + float(bare_cpu), "memory": float(memory) + float(bare_memory),
-            "disk": float(disk)}
+    """What the project holds now (its running totals)."""
+    used = totals.project(session, project_id)
+    return {r: float(getattr(used, r)) for r in RESOURCES}
 
 
 def class_limits(session: Session, name: str, defaults: Mapping[str, float]) -> dict[str, float]:

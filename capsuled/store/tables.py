@@ -359,6 +359,33 @@ class ProjectLock(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ProjectUsage(Base):
+    """What a project's capsules and bare containers claim, as a running total that the
+    quota check reads instead of summing the rows (store/usage.py keeps it, in the
+    transaction of every change of a claim; `usage.recount` is the truth it must equal)."""
+
+    __tablename__ = "project_usage"
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    capsules: Mapped[int] = mapped_column(Integer, default=0)
+    containers: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)  # MiB
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)  # GiB
+
+
+class HostUsage(Base):
+    """What is claimed on a host (capsules and bare containers placed there), as a running
+    total the scheduler reads (store/usage.py, like ProjectUsage)."""
+
+    __tablename__ = "host_usage"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    capsules: Mapped[int] = mapped_column(Integer, default=0)
+    containers: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class TerminalSession(Base):
     """A one-time websocket token (by digest) and the terminal it opens: a container's
     own (attach) or an exec session's. In the database, not in a replica's memory, so the
