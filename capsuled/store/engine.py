@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.errors import InvalidInput, Unavailable
 from capsuled.paths import private_file
-from capsuled.store import outbox, security_groups, usage
+from capsuled.store import outbox, quotas, security_groups, usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6361_7073  # "caps": the advisory lock that serialises concurrent upgrades
@@ -163,6 +163,7 @@ class Store:
         # Claims' running totals first: their rows are written just before the outbox's
         # counter, which must be the last lock a transaction takes.
         usage.install(self._sessions)
+        quotas.install(self._sessions)
         outbox.install(self._sessions, self._outbox_committed)
         security_groups.install(self._sessions)  # agents woken after a membership change
 

@@ -14,7 +14,7 @@ from capsuled.domain.channel import HostInfo
 from capsuled.domain.ports import HostPortKey
 from capsuled.store import usage as totals
 from capsuled.store.host_ports import PortHolder, held, service_ports
-from capsuled.store.tables import Capsule, Container, Host, utcnow
+from capsuled.store.tables import Capsule, Container, Host, table, utcnow
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,15 @@ def lock_hosts(session: Session) -> None:
     database write lock, which its pysqlite driver would otherwise take only at the first
     real write, after the reads."""
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Host).where(false()).values(revision=Host.revision),
-                        execution_options={"synchronize_session": False})
+        session.execute(_TOUCH_NONE)
     else:
-        session.execute(select(Host.id).order_by(Host.id).with_for_update())
+        session.execute(_LOCK_ALL)
+
+
+# Built once, Core: every placement runs one of them.
+_H = table(Host).c
+_TOUCH_NONE = update(table(Host)).where(false()).values(revision=_H.revision)
+_LOCK_ALL = select(_H.id).order_by(_H.id).with_for_update()
 
 
 def placed_count(session: Session, name: str) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Text, UniqueConstraint, false)
+                        Table, Text, UniqueConstraint, false)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -17,6 +17,11 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 # MariaDB tables hold any Unicode and compare strings byte for byte, as SQLite and
 # PostgreSQL do: names "web" and "Web" are two names, not a unique-key clash.
 MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Table, typed as one (Core statements built once over it)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:
