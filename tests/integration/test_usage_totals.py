@@ -17,12 +17,14 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import select, update
+from typer.testing import CliRunner
 from test_databases import (Database, add_host, at_once, capsule_service,  # noqa: F401 - db fixture
                             container_service, db, member)
 
 from capsuled.api.services.placement import Placement
 from capsuled.api.services.quotas import QuotaService
 from capsuled.api.services.rollouts import RolloutService
+from capsuled.cli.server import app
 from capsuled.config import QuotaSettings
 from capsuled.domain.channel import BareReport, CapsuleReport, ContainerReport
 from capsuled.domain.spec import CapsuleSpec
@@ -34,7 +36,7 @@ from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
 from capsuled.store import rollouts, usage
 from capsuled.store.engine import Store
-from capsuled.store.tables import Capsule, Container, ProjectUsage, utcnow
+from capsuled.store.tables import Capsule, Container, HostUsage, ProjectUsage, utcnow
 
 PROJECTS = ("p1", "p2", "p3")
 # p2 is tight, so that creates and updates are refused now and then.
@@ -278,3 +280,19 @@ def test_a_drift_is_found_and_repaired(db: Database) -> None:
         assert usage.check(s) == []
     world.capsules.create(member("p1"), _template(world.rng, "after"))
     world.assert_exact("create after the repair")
+
+
+def test_capsuled_db_recount_finds_and_repairs_a_drift(db: Database) -> None:
+    world = World(db, seed=5)
+    world.capsules.create(member("p1"), _template(world.rng, "one"))
+    with world.store.transaction() as s:
+        s.execute(update(HostUsage).values(memory=HostUsage.memory + 1000))
+    runner = CliRunner()
+    args = ["db", "recount", "--database-url", db.url]
+    found = runner.invoke(app, args)
+    assert found.exit_code == 1, found.output
+    assert "host h" in found.output and "recount" in found.output
+    fixed = runner.invoke(app, [*args, "--repair"])
+    assert fixed.exit_code == 0 and "(repaired)" in fixed.output, fixed.output
+    again = runner.invoke(app, args)
+    assert (again.exit_code, again.output.strip()) == (0, "the running totals equal the recount")
