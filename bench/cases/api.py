@@ -133,10 +133,21 @@ def heartbeat_sim_host(server: Server) -> None:
     from capsuled.store import hosts as host_repo
     from capsuled.store.engine import Store, make_engine
 
+    from capsuled.errors import Unavailable
+
     engine = make_engine(f"sqlite:///{server.db}")
     try:
-        with Store(engine).transaction() as s:
-            host_repo.heartbeat(s, SIM_HOST)
+        for attempt in range(10):
+            try:
+                with Store(engine).transaction() as s:
+                    host_repo.heartbeat(s, SIM_HOST)
+                return
+            except Unavailable:
+                # SQLite answers "locked" at once, without waiting, when a read turned write
+                # finds that another connection wrote meanwhile: read again.
+                if attempt == 9:
+                    raise
+                time.sleep(0.05)
     finally:
         engine.dispose()
 
