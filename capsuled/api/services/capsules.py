@@ -82,7 +82,7 @@ class CapsuleService:
         self._policy.check_host_access(who, capsule_spec_asks(spec))
 
     def _create(self, who: Principal, spec: CapsuleSpec) -> Capsule:
-        with self._store.transaction() as s:
+        with self._placement.turn(), self._store.transaction() as s:
             spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             # Under the project's lock (placement takes it again): a group cannot be
             # deleted while this create runs.
