@@ -128,7 +128,11 @@ def still_labelled(api: docker.APIClient, label: str) -> list[str]:
 class Server:
     """`capsuled` all-in-one on a free port with its own state directory."""
 
-    def __init__(self, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        # `args`: more of the command line, e.g. ("--database-url", URL, "api") for an API
+        # replica on another database (its `db` and `instance` then mean nothing).
+        self.args = args
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"capsuled-bench-{name}-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -166,7 +170,7 @@ class Server:
         out = open(self.state_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(BIN / "capsuled"), "--state-dir", str(self.state_dir), "--listen",
-             f"127.0.0.1:{self.port}", "--log-level", "warning"],
+             f"127.0.0.1:{self.port}", "--log-level", "warning", *self.args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
 
         def up() -> bool:
@@ -207,6 +211,12 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def destroy_state(self) -> None:
+        """Stop the server and remove its state directory (a replica that made nothing in
+        Docker: its database is elsewhere)."""
+        self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def destroy(self, api: docker.APIClient) -> list[str]:
         """Stop the server and remove everything its instance made; what was left."""

@@ -8,12 +8,13 @@ Cases (docs/benchmarks.md has the details, goals and the latest results):
                  pool) vs raw docker SDK (and podman)
   2 burst        50 capsules at once → all Running, and clean-up, vs raw SDK
   3 status       docker kill → the API shows it exited (median, p99)
-  4 API          list/show on 10,000 capsules, creates accepted per second
+  4 API          list/show on 10,000 capsules, capsule and bare creates/s vs GET /s
   5 scheduler    placements per second over 1,000 simulated hosts
   6 at rest      capsuled's CPU with 200 running capsules over 60 s
   7 events       creates/s with the AMQP notifier on vs off; change → watcher latency
   8 services     TCP connect via a service VIP vs the backend's own address; readiness
                  lost → backend out of the load balancer (p99)
+  9 replicas     creates/s across two API replicas on PostgreSQL (16 clients) vs GET /
 
 A full run takes ~14 minutes, --quick ~3.5 (fewer runs and capsules, said in the table).
 Needs a Docker Engine with the seeded images (`capsuled image seed`); podman is optional.
@@ -40,19 +41,20 @@ from bench.harness import (BENCH_LABEL, CaseResult, Row, Server, docker_api, loa
                            machine, remove_labelled, still_labelled)
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = (1, 2, 3, 4, 5, 6, 7, 8)
+ALL = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 FULL = {"startup_runs": 15, "burst_n": 50, "burst_rounds": 3, "kill_capsules": 10,
         "kill_per_capsule": 10, "api_n": 10_000, "api_list_rounds": 2, "api_shows": 300,
         "api_create_seconds": 5.0, "api_clients": 4, "api_rounds": 3, "sched_hosts": 1000,
         "sched_placements": 5000, "sched_rounds": 5, "idle_n": 200, "idle_window": 60.0,
         "idle_baseline": 30.0, "idle_settle": 20.0, "events_rounds": 3, "events_watchers": 4,
-        "events_writes": 300, "events_rate": 50.0, "svc_connects": 2000, "svc_flips": 20}
+        "events_writes": 300, "events_rate": 50.0, "svc_connects": 2000, "svc_flips": 20,
+        "rep_n": 1000, "rep_clients": 16, "rep_seconds": 5.0, "rep_rounds": 3}
 QUICK = {**FULL, "startup_runs": 5, "burst_n": 20, "burst_rounds": 1, "kill_capsules": 3,
          "api_list_rounds": 1, "api_shows": 100, "api_create_seconds": 2.0, "api_rounds": 1,
          "sched_placements": 2000, "sched_rounds": 3, "idle_n": 30, "idle_window": 15.0,
          "idle_baseline": 10.0, "idle_settle": 17.0, "events_rounds": 1, "events_writes": 100,
-         "svc_connects": 500, "svc_flips": 6}
+         "svc_connects": 500, "svc_flips": 6, "rep_seconds": 2.0, "rep_rounds": 1}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             case("8 services", lambda: (services.run(api, p["svc_connects"], p["svc_flips"]),
                                         [] if p["svc_flips"] == 20 else
                                         [f"--quick: {p['svc_flips']} readiness flips, not 20"]))
+        if 9 in cases:
+            from bench.cases import replicas
+            case("9 replicas", lambda: (replicas.run(p["rep_n"], p["rep_clients"],
+                                                     p["rep_seconds"], p["rep_rounds"]), []))
     finally:
         removed: list[str] = []
         labels = [f"{BENCH_LABEL}={run_id}"]

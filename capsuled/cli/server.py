@@ -6,6 +6,7 @@
     capsuled image seed                               build the offline images
     capsuled db upgrade [--database-url URL]          create or migrate the schema
     capsuled sweep INSTANCE [--netns PATH]            remove a dead deployment's host networking
+    capsuled db recount [--repair]                    check (repair) the running usage totals
     capsuled doctor [--json] [--mode MODE]            check Docker, the database, Keystone, agents
     capsuled config sample                            the documented configuration file
 
@@ -315,6 +316,38 @@ def db_upgrade(ctx: typer.Context, database_url: Annotated[str | None, typer.Opt
         typer.echo(f"{where}: migrated from revision {done.before} to {done.after}")
     else:
         typer.echo(f"{where}: already at revision {done.after}, nothing to do")
+
+
+@db_app.command("recount")
+def db_recount(ctx: typer.Context, repair: Annotated[bool, typer.Option(
+        help="Set the totals that differ to the recount.")] = False,
+        database_url: Annotated[str | None, typer.Option(
+            help="SQLAlchemy URL; default: the server's (as for db upgrade).")] = None) -> None:
+    """Recount what projects and hosts have claimed and compare it with the running totals
+    that quotas and the scheduler read; exit 1 if they differ (and --repair was not given)."""
+    from capsuled.errors import CapsuledError
+    from capsuled.store import usage
+    from capsuled.store.engine import Store, make_engine, upgrade
+
+    settings: Settings = ctx.obj
+    try:
+        engine = make_engine(database_url or settings.effective_database_url())
+        try:
+            upgrade(engine)
+            with Store(engine).transaction() as s:
+                drifts = usage.repair(s) if repair else usage.check(s)
+        finally:
+            engine.dispose()
+    except CapsuledError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    for d in drifts:
+        typer.echo(f"{d.kind} {d.key}: total {d.stored} but recount {d.counted}"
+                   + (" (repaired)" if repair else ""))
+    if not drifts:
+        typer.echo("the running totals equal the recount")
+    elif not repair:
+        raise typer.Exit(1)
 
 
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")

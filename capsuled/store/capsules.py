@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, delete, exists, func, select, update
+from sqlalchemy import Select, Text, bindparam, cast, delete, exists, func, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.addresses import parse_stored
@@ -23,7 +23,7 @@ from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store import host_ports, outbox, overlay, revisions, rollouts, security_groups
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
-                                   Volume, utcnow)
+                                   Volume, table, utcnow)
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 SORT_KEYS = {"id", "uuid", "name", "status", "created_at", "updated_at", "cpu", "memory", "host"}
@@ -128,7 +128,13 @@ def _eager(stmt: Select[Capsule]) -> Select[Capsule]:
 def bump_host_revision(session: Session, host: str | None) -> None:
     """Every change to a host's desired set bumps its revision, which wakes its agent."""
     if host:
-        session.execute(update(Host).where(Host.name == host).values(revision=Host.revision + 1))
+        session.execute(_BUMP, {"host": host})
+
+
+# Built once, Core: every change of a desired set runs it (Host objects a session holds
+# keep their old revision; hosts.host_revision reads the column).
+_BUMP = update(table(Host)).where(table(Host).c.name == bindparam("host")).values(
+    revision=table(Host).c.revision + 1)
 
 
 def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id: str,
@@ -158,8 +164,11 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     revisions.record(session, row, spec, user_id, "created", 1)
     # Members read events: which host it went to is for administrators (the capsule's
     # admin-only `host` field), not for the message.
-    add_event(session, row, "Normal", "Accepted",
-              "capsule accepted and scheduled" if host else "capsule accepted")
+    # Its first event: nothing to count it on or to prune yet (add_event's two queries).
+    session.add(Event(capsule_id=row.id, type="Normal", reason="Accepted",
+                      message="capsule accepted and scheduled" if host else "capsule accepted",
+                      container=None, created_at=utcnow(), project_id=project_id,
+                      user_id=user_id))
     changed(session, row, "capsule.create.start", "Accepted", "capsule accepted")
     if host:
         changed(session, row, "capsule.update", "Scheduled", "capsule placed on a host")

@@ -6,6 +6,8 @@ claim it made."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,6 +19,15 @@ from capsuled.store.tables import CommittedImage, utcnow
 def owner(session: Session, ref: str) -> str | None:
     """The project that committed `ref` (normalised), if any."""
     return session.scalar(select(CommittedImage.project_id).where(CommittedImage.ref == ref))
+
+
+def owners(session: Session, refs: Collection[str]) -> dict[str, str]:
+    """The projects that committed any of `refs` (normalised), by ref: one query."""
+    if not refs:
+        return {}
+    return {ref: project for ref, project in session.execute(
+        select(CommittedImage.ref, CommittedImage.project_id)
+        .where(CommittedImage.ref.in_(sorted(set(refs)))))}
 
 
 def claim(session: Session, ref: str, project_id: str, container_uuid: str) -> bool:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.errors import InvalidInput, Unavailable
 from capsuled.paths import private_file
-from capsuled.store import outbox, security_groups
+from capsuled.store import outbox, quotas, security_groups, usage
 
 LOG = logging.getLogger(__name__)
 
@@ -205,6 +205,10 @@ class Store:
         # Called (from the committing thread) with the newest outbox seq after a commit
         # that wrote outbox records: the API's watchers subscribe here.
         self.outbox_listeners: list[Callable[[int], None]] = []
+        # Claims' running totals first: their rows are written just before the outbox's
+        # counter, which must be the last lock a transaction takes.
+        usage.install(self._sessions)
+        quotas.install(self._sessions)
         outbox.install(self._sessions, self._outbox_committed)
         security_groups.install(self._sessions)  # agents woken after a membership change
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
 from capsuled.domain.ports import HostPortKey
+from capsuled.store import usage as totals
 from capsuled.store.host_ports import PortHolder, held, service_ports
-from capsuled.store.tables import Capsule, Container, Host, Volume, utcnow
+from capsuled.store.tables import Capsule, Container, Host, table, utcnow
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None =
         host.info["ops_key"] = info.ops_key
     host.last_seen = utcnow()
     host.report_count = (host.report_count or 0) + 1
+    totals.ensure_rows(session, host=info.name)
     session.flush()
     return host
 
@@ -97,29 +99,9 @@ def find_host(session: Session, ident: str) -> Host | None:
 
 def usage(session: Session) -> dict[str, tuple[float, int, int]]:
     """Per host: claimed CPU, claimed MiB and container count, from capsules and bare
-    containers that are placed there (a deleting one still holds its claim until gone)."""
-    out: dict[str, tuple[float, int, int]] = {}
-
-    def add(host: str | None, cpu: float | None, memory: int | None, count: int) -> None:
-        if host is None:  # the queries leave unplaced rows out; this tells the type checker
-            return
-        c, m, n = out.get(host, (0.0, 0, 0))
-        out[host] = (c + float(cpu or 0.0), m + int(memory or 0), n + count)
-
-    for host, cpu, memory, n in session.execute(
-            select(Capsule.host, func.sum(Capsule.cpu), func.sum(Capsule.memory), func.count())
-            .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all():
-        add(host, cpu, memory, 0)
-    for host, n in session.execute(
-            select(Capsule.host, func.count(Container.id)).join(Container, Container.capsule_id == Capsule.id)
-            .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all():
-        add(host, 0.0, 0, n)
-    for host, cpu, memory, n in session.execute(
-            select(Container.host, func.sum(Container.cpu), func.sum(Container.memory), func.count())
-            .where(Container.role == "bare", Container.host.is_not(None))
-            .group_by(Container.host)).all():
-        add(host, cpu, memory, n)
-    return out
+    containers that are placed there (a deleting one still holds its claim until gone):
+    the running totals of store/usage.py."""
+    return {name: (u.cpu, u.memory, u.containers) for name, u in totals.hosts(session).items()}
 
 
 def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
@@ -132,35 +114,19 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
         lock_hosts(session)
     hosts = list(session.scalars(select(Host).order_by(Host.id)
                                  .execution_options(populate_existing=True)).all())
-    used = usage(session)
-    disk = disk_usage(session)
+    used = totals.hosts(session)
     ports = held(session)
     everywhere = service_ports(session)  # services publish on every host
     return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
                          forced_down=bool(h.forced_down),
                          availability_zone=h.availability_zone, labels=dict(h.labels or {}),
                          cpus=h.cpus, memory_mb=h.memory_mb,
-                         cpu_used=used.get(h.name, (0.0, 0, 0))[0],
-                         memory_used=used.get(h.name, (0.0, 0, 0))[1],
-                         containers=used.get(h.name, (0.0, 0, 0))[2],
-                         disk_gb=h.disk_gb or 0, disk_used=disk.get(h.name, 0),
+                         cpu_used=used.get(h.name, totals.ZERO).cpu,
+                         memory_used=used.get(h.name, totals.ZERO).memory,
+                         containers=used.get(h.name, totals.ZERO).containers,
+                         disk_gb=h.disk_gb or 0, disk_used=used.get(h.name, totals.ZERO).disk,
                          ports={**everywhere, **ports.get(h.name, {})})
             for h in hosts]
-
-
-def disk_usage(session: Session) -> dict[str, int]:
-    """Per host: GiB claimed by the volumes of the capsules and bare containers there."""
-    # The queries leave unplaced rows out; `host is not None` tells the type checker so.
-    out = {host: int(size or 0) for host, size in session.execute(
-        select(Capsule.host, func.sum(Volume.size)).join(Volume, Volume.capsule_id == Capsule.id)
-        .where(Capsule.host.is_not(None)).group_by(Capsule.host)).all() if host is not None}
-    for host, size in session.execute(
-            select(Container.host, func.sum(Container.disk))
-            .where(Container.role == "bare", Container.host.is_not(None), Container.disk > 0)
-            .group_by(Container.host)).all():
-        if host is not None:
-            out[host] = out.get(host, 0) + int(size or 0)
-    return out
 
 
 def lock_hosts(session: Session) -> None:
@@ -169,10 +135,15 @@ def lock_hosts(session: Session) -> None:
     database write lock, which its pysqlite driver would otherwise take only at the first
     real write, after the reads."""
     if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Host).where(false()).values(revision=Host.revision),
-                        execution_options={"synchronize_session": False})
+        session.execute(_TOUCH_NONE)
     else:
-        session.execute(select(Host.id).order_by(Host.id).with_for_update())
+        session.execute(_LOCK_ALL)
+
+
+# Built once, Core: every placement runs one of them.
+_H = table(Host).c
+_TOUCH_NONE = update(table(Host)).where(false()).values(revision=_H.revision)
+_LOCK_ALL = select(_H.id).order_by(_H.id).with_for_update()
 
 
 def placed_count(session: Session, name: str) -> int:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from capsuled.store.tables import OutboxCounter, OutboxReader, OutboxRecord, utcnow
+from capsuled.store.tables import OutboxCounter, OutboxReader, OutboxRecord, table, utcnow
 
 LOG = logging.getLogger(__name__)
 _PENDING = "capsuled.outbox.pending"
@@ -96,7 +96,7 @@ def _write_pending(session: Session) -> None:
     first = newest - len(pending) + 1
     for offset, row in enumerate(pending):
         row["seq"] = first + offset
-    session.execute(insert(OutboxRecord), pending)
+    session.execute(_INSERT, pending)
     if (first - 1) // PRUNE_EVERY != newest // PRUNE_EVERY:  # crossed a multiple
         _prune(session, newest, pending[-1]["created_at"])
     session.info[_WRITTEN] = newest
@@ -104,12 +104,29 @@ def _write_pending(session: Session) -> None:
 
 def _take_numbers(session: Session, count: int) -> int:
     """Reserve `count` numbers (the row stays locked until commit) and return the last."""
-    bump = update(OutboxCounter).where(OutboxCounter.id == COUNTER_ID).values(
-        seq=OutboxCounter.seq + count)
-    if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]
-        # A schema made without the migration (which inserts the row): make it once.
-        session.execute(insert(OutboxCounter).values(id=COUNTER_ID, seq=0, pruned_through=0))
-        session.execute(bump)
+    params = {"count": count, "counter": COUNTER_ID}
+    if session.get_bind().dialect.update_returning:  # SQLite ≥ 3.35, PostgreSQL: one round trip
+        got = session.execute(_BUMP_RETURNING, params).scalar()
+        if got is not None:
+            return int(got)
+    elif session.execute(_BUMP, params).rowcount > 0:  # type: ignore[attr-defined]
+        return _read_seq(session)
+    # A schema made without the migration (which inserts the row): make it once.
+    session.execute(insert(OutboxCounter).values(id=COUNTER_ID, seq=0, pruned_through=0))
+    session.execute(_BUMP, params)
+    return _read_seq(session)
+
+
+# Built once, Core (the counter is never loaded as an object): every change runs these,
+# and building a statement costs more CPU than running it.
+_C = table(OutboxCounter).c
+_BUMP = update(table(OutboxCounter)).where(_C.id == bindparam("counter")).values(
+    seq=_C.seq + bindparam("count"))
+_BUMP_RETURNING = _BUMP.returning(_C.seq)
+_INSERT = insert(table(OutboxRecord))
+
+
+def _read_seq(session: Session) -> int:
     newest = session.scalar(select(OutboxCounter.seq).where(OutboxCounter.id == COUNTER_ID))
     assert newest is not None
     return int(newest)

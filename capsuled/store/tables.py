@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Text, UniqueConstraint, false)
+                        Table, Text, UniqueConstraint, false)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -17,6 +17,11 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 # MariaDB tables hold any Unicode and compare strings byte for byte, as SQLite and
 # PostgreSQL do: names "web" and "Web" are two names, not a unique-key clash.
 MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Table, typed as one (Core statements built once over it)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:
@@ -357,6 +362,33 @@ class ProjectLock(Base):
     __tablename__ = "project_locks"
     project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ProjectUsage(Base):
+    """What a project's capsules and bare containers claim, as a running total that the
+    quota check reads instead of summing the rows (store/usage.py keeps it, in the
+    transaction of every change of a claim; `usage.recount` is the truth it must equal)."""
+
+    __tablename__ = "project_usage"
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    capsules: Mapped[int] = mapped_column(Integer, default=0)
+    containers: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)  # MiB
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)  # GiB
+
+
+class HostUsage(Base):
+    """What is claimed on a host (capsules and bare containers placed there), as a running
+    total the scheduler reads (store/usage.py, like ProjectUsage)."""
+
+    __tablename__ = "host_usage"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    capsules: Mapped[int] = mapped_column(Integer, default=0)
+    containers: Mapped[int] = mapped_column(Integer, default=0)
+    cpu: Mapped[float] = mapped_column(Double, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TerminalSession(Base):

@@ -63,7 +63,9 @@ class CapsuleService:
                                message=exc.message, labels=spec.labels)
             raise
         self._control.notify()
-        return self.get(who, row.uuid)
+        # As written: its containers and volumes are loaded, and nothing but the agent (whose
+        # report is newer than this answer anyway) has changed it since (a read less).
+        return row
 
     def rehearse_create(self, who: Principal, template: Any) -> Rehearsal:
         """What `create` would do (dry_run.py): every check, nothing kept."""
@@ -94,7 +96,7 @@ class CapsuleService:
         self._policy.check_host_access(who, capsule_spec_asks(spec))
 
     def _create(self, who: Principal, spec: CapsuleSpec, rehearse: bool = False) -> Capsule:
-        with self._store.transaction() as s:
+        with self._placement.turn(), self._store.transaction() as s:
             spec = registry_repo.resolve_capsule(s, who.project_id, spec)
             # Under the project's lock (placement takes it again): a group cannot be
             # deleted while this create runs.
@@ -186,8 +188,10 @@ def refuse_foreign_images(store: Store, project_id: str, spec: CapsuleSpec) -> N
     """Another project's committed image is not this project's to run (issue 11)."""
     with store.transaction() as s:
         # A read of its own: a placement transaction after it must start with its locks.
+        refs = {c.name: normalise(c.image) for c in spec.all_containers}
+        owner = committed_images.owners(s, refs.values())
         foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
                    for c in spec.all_containers
-                   if committed_images.owner(s, normalise(c.image)) not in (None, project_id)]
+                   if owner.get(refs[c.name], project_id) != project_id]
     if foreign:
         raise InvalidInput(foreign)

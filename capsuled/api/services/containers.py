@@ -145,7 +145,7 @@ class ContainerService:
         return self.get(who, uuid)
 
     def _create_bare(self, who: Principal, spec: BareSpec, run: bool, request_id: str) -> str:
-        with self._store.transaction() as s:
+        with self._placement.turn(), self._store.transaction() as s:
             spec = spec.model_copy(update={
                 "container": registry_repo.resolve(s, who.project_id, spec.container)})
             self._placement.admit(s, who.project_id, Delta(
