@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -51,3 +52,24 @@ def private_file(path: Path) -> None:
             os.chmod(path, 0o600)
     except FileNotFoundError:
         pass
+
+
+def replace_file(path: Path, body: bytes) -> None:
+    """Replace `path` with `body` atomically and durably (0600: the agent's records of
+    which project owns what): a temporary file beside it, fsynced, then renamed over it.
+    A crash leaves the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

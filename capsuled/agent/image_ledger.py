@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from capsuled.paths import replace_file
 
 LOG = logging.getLogger(__name__)
 
@@ -137,21 +137,7 @@ class ImageLedger:
         body = json.dumps({"version": VERSION, "distrust": self._distrust,
                            "private": self._private, "public": list(self._public)},
                           separators=(",", ":")).encode()
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".private-images.", dir=self._path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        replace_file(self._path, body)
 
 
 def _parse(doc: Any) -> tuple[dict[str, list[str]], dict[str, None], bool]:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from capsuled.paths import replace_file
 
 LOG = logging.getLogger(__name__)
 
@@ -101,19 +101,7 @@ class ClaimBook:
             return
         body = json.dumps({"version": VERSION, "claims": {
             u: {"sandbox": c.sandbox, "epoch": c.epoch} for u, c in sorted(self._claims.items())}})
-        fd, tmp = tempfile.mkstemp(prefix=".sandbox-claims.", dir=self._path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        replace_file(self._path, body.encode())
 
 
 def _load(path: Path) -> dict[str, Claim]:
