@@ -17,9 +17,20 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from capsuled.store.engine import MIGRATIONS, make_engine
 from conftest import VENV_BIN, Server, free_port, wait_for
+
+
+def _chain() -> list[str]:
+    """This checkout's migrations, oldest first (the head last): no test edit per migration."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return [r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions("base", "heads")][::-1]
+
+
+HEAD = _chain()[-1]
 
 pytestmark = pytest.mark.docker
 START = 120.0  # seconds a server may take to answer on a busy machine
@@ -56,7 +67,7 @@ def test_a_healthy_all_in_one_is_all_ok(own_server: Callable[..., Server]) -> No
         "config": "ok", "docker": "ok", "infra image": "ok", "iptables": "ok", "nftables": "ok",
         "docker root": "ok", "database": "ok", "agents": "ok", "keystone": "skip",
         "state directory": "ok"}
-    assert "schema at 0020 (current)" in checks["database"]["message"]
+    assert f"schema at {HEAD} (current)" in checks["database"]["message"]
     assert checks["agents"]["message"].startswith(f"1 up, last heartbeats: {host} (")
     assert "storage driver" in checks["docker"]["message"]
 
@@ -100,11 +111,12 @@ def test_a_schema_behind_warns_and_one_ahead_fails(tmp_path: Path) -> None:
     migrate_to(url, "0017")
     code, checks = doctor("--database-url", url, "doctor", "--mode", "api")
     assert checks["database"]["status"] == "warn", checks
-    assert ("at schema revision 0017, 4 migration(s) behind this version (0020): run "
+    behind = len(_chain()) - 1 - _chain().index("0017")
+    assert (f"at schema revision 0017, {behind} migration(s) behind this version ({HEAD}): run "
             "`capsuled db upgrade`") in checks["database"]["message"]
     done = subprocess.run([str(VENV_BIN / "capsuled"), "--database-url", url, "db", "upgrade"],
                           capture_output=True, text=True, timeout=120)
-    assert "migrated from revision 0017 to 0020" in done.stdout, done.stderr
+    assert f"migrated from revision 0017 to {HEAD}" in done.stdout, done.stderr
     _, checks = doctor("--database-url", url, "doctor", "--mode", "api")
     assert checks["database"]["status"] == "ok"
     engine = make_engine(url)
@@ -113,7 +125,7 @@ def test_a_schema_behind_warns_and_one_ahead_fails(tmp_path: Path) -> None:
     engine.dispose()
     code, checks = doctor("--database-url", url, "doctor", "--mode", "api")
     assert code == 1 and checks["database"]["status"] == "fail"
-    assert "0099, which this version (newest 0020) does not know" in checks["database"]["message"]
+    assert f"0099, which this version (newest {HEAD}) does not know" in checks["database"]["message"]
 
 
 def test_a_missing_sqlite_database_is_not_created_by_the_doctor(tmp_path: Path) -> None:
