@@ -186,6 +186,21 @@ def _load_yaml_documents(text: str, source: str, single: bool) -> list[Any]:
         loader.dispose()
 
 
+def check_yaml_syntax(text: str, source: str) -> None:
+    """Parse a YAML stream's events once (no composing, no recursion) so a syntax error
+    surfaces as PyYAML's own MarkedYAMLError with its line and column. The scan runs under
+    the same flow-depth budget as loading: PyYAML's plain scanner is quadratic in open
+    flow collections, so an unbounded pass would itself be the hang."""
+    loader = _BoundedLoader(text)
+    try:
+        while loader.check_event():
+            loader.get_event()  # type: ignore[no-untyped-call]
+    except _BudgetExceeded as exc:
+        raise DocumentError(f"{source}: {exc.message}") from None
+    finally:
+        loader.dispose()
+
+
 def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
     return f"{source}: not valid YAML or JSON ({exc})".replace("\n", " ")
 

@@ -202,5 +202,9 @@ def test_deleting_a_backend_under_load_loses_no_request(setup: Setup,
     assert failed == [], (failed[:5], answers)
     assert any(a == name for t, a in log if t < deleted)  # it served until the delete
     assert not any(a == name for t, a in log if t > gone)
-    assert any(t > gone for t, _ in log) and len(log) > 100, answers
+    # Under load through the whole delete, at whatever rate this machine manages (a count
+    # such as "over 100" failed on a busy CI host: 94 answers, every one of them right).
+    assert sum(1 for t, _ in log if t < deleted) >= 10, answers
+    assert any(deleted <= t <= gone for t, _ in log), answers
+    assert any(t > gone for t, _ in log), answers
     assert not docker_api.containers(all=True, filters={"label": [f"capsuled.capsule={uuid}"]})

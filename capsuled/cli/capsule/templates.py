@@ -108,8 +108,7 @@ def _parse_text(text: str, name: str) -> list[Any]:
         if not documents.json_depth_ok(text):
             raise documents.DocumentError(f"{name}: nested deeper than {documents.MAX_DEPTH} levels")
         return [json.loads(text)]
-    for _ in yaml.parse(text):  # syntax first (not recursive), for a file-line-column message
-        pass
+    documents.check_yaml_syntax(text, name)  # syntax first, for a file-line-column message
     return documents.load_yaml_all(text, name, max_bytes=MAX_FILE_BYTES)
 
 
