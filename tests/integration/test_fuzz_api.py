@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
 # Per operation, role, mode and aim; CI's default keeps the suite near two minutes, a
 # deeper run locally: FUZZ_EXAMPLES=100 pytest tests/integration/test_fuzz_api.py
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))
 ENV = {
     # Few and small: whatever the fuzzer creates fits on any CI machine.
     "CAPSULED_QUOTA__CAPSULES": "3", "CAPSULED_QUOTA__CONTAINERS": "8",

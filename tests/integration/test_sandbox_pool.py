@@ -189,7 +189,7 @@ def test_idle_sandboxes_expire_and_go_with_their_project(
         own_server: Callable[..., Server], docker_api: docker.APIClient,
         unique: Callable[[str], str]) -> None:
     srv = own_server(CAPSULED_AGENT__SANDBOX_POOL_SIZE="1",
-                     CAPSULED_AGENT__SANDBOX_POOL_IDLE_SECONDS="8")
+                     CAPSULED_AGENT__SANDBOX_POOL_IDLE_SECONDS="4")
     with srv.client() as api:
         uuid = post(api, template(unique("ttl"), [sleeper("a")]))
         running(api, uuid)
