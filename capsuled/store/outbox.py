@@ -27,8 +27,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from capsuled.store import savepoints
 from capsuled.store.tables import OutboxCounter, OutboxReader, OutboxRecord, table, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -63,11 +64,12 @@ def record(session: Session, *, project_id: str, kind: str, uuid: str, name: str
            event_type: str, reason: str, message: str = "", status: str | None = None,
            labels: dict[str, Any] | None = None) -> None:
     """Queue one change record; it is written if, and when, `session` commits."""
-    pending: list[dict[str, Any]] = session.info.setdefault(_PENDING, [])
-    pending.append({"project_id": project_id, "kind": kind, "object_uuid": uuid,
+    pending: list[tuple[SessionTransaction | None, dict[str, Any]]] = \
+        session.info.setdefault(_PENDING, [])
+    pending.append((savepoints.current(session), {"project_id": project_id, "kind": kind, "object_uuid": uuid,
                     "object_name": name, "labels": dict(labels or {}),
                     "event_type": event_type, "reason": reason[:64], "message": message,
-                    "status": status, "created_at": utcnow()})
+                    "status": status, "created_at": utcnow()}))
 
 
 def refused(session: Session, *, project_id: str, kind: str, name: str | None,
@@ -84,12 +86,12 @@ def install(factory: sessionmaker[Session], on_commit: Callable[[int], None]) ->
     `on_commit(newest seq)` (which wakes this replica's watchers)."""
     event.listen(factory, "before_commit", _write_pending)
     event.listen(factory, "after_commit", lambda s: _announce(s, on_commit))
-    event.listen(factory, "after_rollback", _forget)
-    event.listen(factory, "after_soft_rollback", lambda s, _prev: _forget(s))
+    # Not after_rollback: it fires for a savepoint's rollback too, without saying which.
+    event.listen(factory, "after_soft_rollback", _rolled_back)
 
 
 def _write_pending(session: Session) -> None:
-    pending: list[dict[str, Any]] = session.info.pop(_PENDING, [])
+    pending = [row for _txn, row in session.info.pop(_PENDING, [])]
     if not pending:
         return
     newest = _take_numbers(session, len(pending))
@@ -163,6 +165,16 @@ def _announce(session: Session, on_commit: Callable[[int], None]) -> None:
 def _forget(session: Session) -> None:
     session.info.pop(_PENDING, None)
     session.info.pop(_WRITTEN, None)
+
+
+def _rolled_back(session: Session, previous: SessionTransaction) -> None:
+    """A savepoint's rollback drops the records it (and savepoints within it) queued; any
+    other rollback drops them all."""
+    if not previous.nested:
+        _forget(session)
+        return
+    session.info[_PENDING] = [(txn, row) for txn, row in session.info.get(_PENDING, [])
+                              if not savepoints.within(txn, previous)]
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import bindparam, event, func, insert, inspect, select, update
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from capsuled.store import savepoints
 from capsuled.store.tables import Capsule, Container, HostUsage, ProjectUsage, Volume, table
 
 _QUEUE = "capsuled.usage.queue"
@@ -262,7 +263,7 @@ def install(factory: sessionmaker[Session]) -> None:
 
 def _track(session: Session, _context: Any, _instances: Any) -> None:
     with session.no_autoflush:
-        queued = _Queued(session.get_nested_transaction() or session.get_transaction())
+        queued = _Queued(savepoints.current(session))
         for capsule in _changed_capsules(session):
             _queue_change(session, queued, capsule, _stored_capsule, _capsule_claim)
         for bare in _changed_bare(session):
@@ -423,15 +424,7 @@ def _rolled_back(session: Session, previous: SessionTransaction) -> None:
         _forget(session)
         return
     session.info[_QUEUE] = [q for q in session.info.get(_QUEUE, [])
-                            if not _within(q.transaction, previous)]
-
-
-def _within(txn: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
-    while txn is not None:
-        if txn is ancestor:
-            return True
-        txn = txn.parent
-    return False
+                            if not savepoints.within(q.transaction, previous)]
 
 
 def ensure_rows(session: Session, project_id: str | None = None,

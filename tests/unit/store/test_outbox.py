@@ -93,3 +93,21 @@ def test_records_past_the_count_are_pruned_and_the_cursor_says_how_far(store: St
     assert cur.newest == 300
     assert cur.pruned_through == 256 - 100
     assert records[0].seq == cur.pruned_through + 1 and records[-1].seq == 300
+
+
+def test_a_savepoint_rolled_back_drops_only_its_own_records(store: Store) -> None:
+    # SQLAlchemy reports a savepoint's rollback like any other: the outbox once dropped
+    # every pending record of the transaction then, losing the outer change's records.
+    with store.transaction() as s:
+        row = repo.create_capsule(s, parse_template(_template("outer")), "p1", "u1", host="h1")
+        with pytest.raises(RuntimeError):
+            with s.begin_nested():
+                outbox.record(s, project_id="p1", kind="capsule", uuid="inner-uuid",
+                              name="inner", event_type="capsule.update", reason="Inner")
+                raise RuntimeError("the savepoint fails")
+        with s.begin_nested():  # a savepoint that commits keeps its record
+            outbox.record(s, project_id="p1", kind="capsule", uuid=row.uuid, name="outer",
+                          event_type="capsule.update", reason="Kept")
+    records = _records(store)
+    assert [(r.seq, r.object_name, r.reason) for r in records] == [
+        (1, "outer", "Accepted"), (2, "outer", "Scheduled"), (3, "outer", "Kept")]
