@@ -220,8 +220,9 @@ class Watchman(threading.Thread):
             try:
                 with self.dep.db.connect() as c:
                     rows = c.execute(text(
-                        "SELECT name, EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc') - last_seen)"
-                        " FROM hosts WHERE labels::text LIKE '%sim%'")).all()
+                        "SELECT h.name, EXTRACT(EPOCH FROM (now() AT TIME ZONE 'utc') - b.last_seen)"
+                        " FROM hosts h LEFT JOIN host_beats b ON b.host = h.name"
+                        " WHERE h.labels::text LIKE '%sim%'")).all()
             except Exception as exc:  # noqa: BLE001 - a missed sample, not a result
                 log(f"watchman: {exc}")
                 continue

@@ -173,6 +173,11 @@ class ApiSettings(BaseModel):
     token_cache_ttl: float = Field(
         2.0, ge=0, description="Seconds a replica remembers a valid local token; a revoke "
         "made through another replica takes effect within this (0: no cache)")
+    agent_token_cache_ttl: float = Field(
+        30.0, ge=0, description="Seconds a replica remembers a valid agent token (one bound "
+        "to a host), keyed by the token's digest: agents authenticate every heartbeat and "
+        "long poll. A revoked agent token is refused at once by the replica that revoked "
+        "it and by the others within this (0: no cache, every request reads the database)")
     # Long-lived work (follow-log streams, terminals, waits) runs on thread pools of its
     # own, so that one tenant's streams never starve the requests of the others.
     streams_per_project: int = Field(10, ge=1, description="Follow-log streams and terminal "

@@ -139,7 +139,7 @@ def heartbeat_sim_host(server: Server) -> None:
     db = sqlite3.connect(server.db, timeout=60)
     try:
         with db:
-            db.execute("update hosts set last_seen = ? where name = ?", (str(utcnow()), SIM_HOST))
+            db.execute("update host_beats set last_seen = ? where host = ?", (str(utcnow()), SIM_HOST))
     finally:
         db.close()
 

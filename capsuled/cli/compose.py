@@ -177,7 +177,8 @@ def build_api(settings: Settings, store: Store,
         # wakes this replica's watch streams at once rather than at their next poll.
         notifier = PgNotifier(store.engine, hub.also_wakes(control.on_notice))
         control.publish = notifier.publish
-    local = LocalIdentity(store, ttl=settings.api.token_cache_ttl)
+    local = LocalIdentity(store, ttl=settings.api.token_cache_ttl,
+                          agent_ttl=settings.api.agent_token_cache_ttl)
     limits = Limits(**settings.limits.model_dump(include={f.name for f in fields(Limits)}))
     configure_overlay(OverlayPool(settings.overlay.pool, settings.overlay.project_prefix,
                                   settings.overlay.host_prefix))

@@ -1,9 +1,13 @@
 """Standalone identity: tokens this server issued, looked up by digest.
 
 A valid token is remembered for `ttl` seconds (never past its expiry), which saves a
-database read on every request. A revoke through this replica forgets it at once; one
-through another replica takes effect here within `ttl`. Unknown tokens are not
-remembered, so guessing cannot fill the cache.
+database read on every request. An agent token (one bound to a host) is remembered for
+`agent_ttl` instead: agents authenticate every heartbeat and every long poll, a thousand
+agents several times a second, and a short `ttl` would make nearly each of those a
+database read. A revoke through this replica forgets the token at once; one through
+another replica takes effect here within the token's TTL. Unknown tokens are not
+remembered, so guessing cannot fill the cache; it holds at most `size` tokens (the least
+recently used go first: cachetools' TTLCache).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 
 from cachetools import TTLCache
@@ -28,12 +33,18 @@ ADMIN_USER = "admin"
 
 
 class LocalIdentity:
-    def __init__(self, store: Store, ttl: float = 0.0, size: int = 10_000) -> None:
+    def __init__(self, store: Store, ttl: float = 0.0, size: int = 10_000,
+                 agent_ttl: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._ttl = ttl
-        # digest → (principal, deadline on the monotonic clock)
+        self._agent_ttl = ttl if agent_ttl is None else agent_ttl
+        self._clock = clock  # injectable: tests step through a TTL without sleeping it
+        # digest → (principal, deadline on `clock`); the cache's own TTL is the longer
+        # one, each entry's deadline the one of its kind.
+        longest = max(ttl, self._agent_ttl)
         self._cache: TTLCache[str, tuple[Principal, float]] | None = (
-            TTLCache(maxsize=size, ttl=ttl) if ttl > 0 else None)
+            TTLCache(maxsize=size, ttl=longest, timer=clock) if longest > 0 else None)
         self._lock = threading.Lock()
 
     def authenticate(self, token: str) -> Principal | None:
@@ -41,7 +52,7 @@ class LocalIdentity:
         if self._cache is not None:
             with self._lock:
                 hit = self._cache.get(key)
-            if hit is not None and hit[1] > time.monotonic():
+            if hit is not None and hit[1] > self._clock():
                 return hit[0]
         with self._store.transaction() as s:
             row = find_token(s, token)
@@ -50,10 +61,12 @@ class LocalIdentity:
             principal = Principal(project_id=row.project_id, user_id=row.user_id,
                                   roles=frozenset(row.roles), host=row.host)
             expires_at = row.expires_at
-        if self._cache is not None:
-            deadline = time.monotonic() + self._ttl
+        ttl = self._agent_ttl if principal.host is not None else self._ttl
+        if self._cache is not None and ttl > 0:
+            now = self._clock()
+            deadline = now + ttl
             if expires_at is not None:
-                deadline = min(deadline, time.monotonic() + (expires_at - utcnow()).total_seconds())
+                deadline = min(deadline, now + (expires_at - utcnow()).total_seconds())
             with self._lock:
                 self._cache[key] = (principal, deadline)
         return principal

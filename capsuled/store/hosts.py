@@ -6,16 +6,15 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
-
-from sqlalchemy import Table, bindparam, false, func, select, update
+from sqlalchemy import Executable, delete, false, func, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from capsuled.domain.channel import HostInfo
 from capsuled.domain.ports import HostPortKey
 from capsuled.store import usage as totals
 from capsuled.store.host_ports import PortHolder, held, service_ports
-from capsuled.store.tables import Capsule, Container, Host, table, utcnow
+from capsuled.store.tables import Capsule, Container, Host, HostBeat, table, utcnow
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,8 @@ def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None =
     the key again, api/services/agents.py), unless an agent of before derived keys sent
     its key itself."""
     host = session.scalars(select(Host).where(Host.name == info.name)).first()
-    if host is None:
+    if host is None:  # new: a deleted host's beats (if a batch raced its delete) go
+        forget_beats(session, info.name)
         host = Host(uuid=str(uuidlib.uuid4()), name=info.name, revision=0, created_at=utcnow())
         session.add(host)
     host.cpus, host.memory_mb, host.disk_gb = info.cpus, info.memory_mb, info.disk_gb
@@ -56,25 +56,57 @@ def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None =
                  else None}
     if info.ops_key and not info.ops_nonce:
         host.info["ops_key"] = info.ops_key
-    host.last_seen = utcnow()
-    host.report_count = (host.report_count or 0) + 1
     totals.ensure_rows(session, host=info.name)
     session.flush()
+    record_beats(session, {info.name: (utcnow(), 1)})  # registering counts as a beat
+    session.expire(host, ["last_seen", "report_count"])
     return host
 
 
 def heartbeats(session: Session, seen: Mapping[str, tuple[datetime, int]]) -> None:
-    """Many hosts' heartbeats at once: host → (its last beat, how many). The rows are
-    locked in id order first, as `lock_hosts` locks them for a claim, so a batch and a
-    create wait for each other but never deadlock; unknown hosts are skipped."""
+    """Many hosts' heartbeats at once: host → (its last beat, how many). Written to
+    host_beats only, never to the host rows, so a batch never waits for a create's
+    claim (`lock_hosts`); unknown hosts are skipped (a plain read, which locks nothing)."""
+    known = set(session.scalars(select(_H.name).where(_H.name.in_(sorted(seen)))))
+    record_beats(session, {n: seen[n] for n in known})
+
+
+# Rows per upsert statement: 3 parameters a row stays under SQLite's oldest limit of
+# 999; a batch is one statement unless a thousand hosts beat within one period.
+_ROWS_PER_UPSERT = 300
+
+
+def record_beats(session: Session, seen: Mapping[str, tuple[datetime, int]]) -> None:
+    """Upsert host → (last seen, beats to add) into host_beats: one multi-row statement
+    in the dialect's upsert, rows in name order so that two replicas' batches lock them
+    in the same order and never deadlock."""
     names = sorted(seen)
-    session.execute(select(Host.id).where(Host.name.in_(names)).order_by(Host.id)
-                    .with_for_update())
-    table = cast(Table, Host.__table__)  # Core: an executemany keyed by name, not by id
-    session.execute(update(table).where(table.c.name == bindparam("host")).values(
-        last_seen=bindparam("at"), report_count=func.coalesce(table.c.report_count, 0)
-        + bindparam("beats")), [{"host": n, "at": seen[n][0], "beats": seen[n][1]}
-                                for n in names])
+    for i in range(0, len(names), _ROWS_PER_UPSERT):
+        rows = [{"host": n, "last_seen": seen[n][0], "beats": seen[n][1]}
+                for n in names[i:i + _ROWS_PER_UPSERT]]
+        session.execute(_upsert(session.get_bind().dialect.name, rows))
+
+
+def _upsert(dialect: str, rows: list[dict[str, object]]) -> Executable:
+    beats = table(HostBeat)
+    if dialect == "postgresql":
+        pg = postgresql.insert(beats).values(rows)
+        return pg.on_conflict_do_update(index_elements=[beats.c.host], set_={
+            "last_seen": pg.excluded.last_seen, "beats": beats.c.beats + pg.excluded.beats})
+    if dialect in ("mysql", "mariadb"):
+        my = mysql.insert(beats).values(rows)
+        return my.on_duplicate_key_update(last_seen=my.inserted.last_seen,
+                                          beats=beats.c.beats + my.inserted.beats)
+    if dialect == "sqlite":
+        lite = sqlite.insert(beats).values(rows)
+        return lite.on_conflict_do_update(index_elements=[beats.c.host], set_={
+            "last_seen": lite.excluded.last_seen, "beats": beats.c.beats + lite.excluded.beats})
+    raise ValueError(f"no upsert for the {dialect} dialect")
+
+
+def forget_beats(session: Session, name: str) -> None:
+    """A deleted host's beats go with it."""
+    session.execute(delete(HostBeat).where(HostBeat.host == name))
 
 
 def host_revision(session: Session, name: str) -> int:

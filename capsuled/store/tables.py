@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Table, Text, UniqueConstraint, false)
+                        Table, Text, UniqueConstraint, false, func, select)
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 # MariaDB's FLOAT is single precision and its DATETIME drops the fraction of a second:
 # there, these are DOUBLE and DATETIME(6), as the other engines' FLOAT and DATETIME are.
@@ -54,6 +54,19 @@ class Token(Base):
     host: Mapped[str | None] = mapped_column(String(255))  # agent tokens: their one host
 
 
+class HostBeat(Base):
+    """A host's heartbeats: when it was last seen, and how many beats (registrations
+    included) it sent. Apart from `hosts` because every create locks every host row
+    (store/hosts.lock_hosts): written here, a batch of heartbeats never waits for one.
+    No foreign key either: checking one would take a share lock on the host row, which
+    waits for the same locks."""
+
+    __tablename__ = "host_beats"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_seen: Mapped[datetime] = mapped_column(Timestamp)
+    beats: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
 class Host(Base):
     __tablename__ = "hosts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -68,11 +81,17 @@ class Host(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
     forced_down: Mapped[bool] = mapped_column(Boolean, default=False)
-    report_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_seen: Mapped[datetime | None] = mapped_column(Timestamp)
     revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
+    # Read-only, from host_beats (one primary-key lookup a row): usable in queries
+    # (`Host.last_seen < cutoff`) as on loaded rows. None: never beaten.
+    last_seen: Mapped[datetime | None] = column_property(
+        select(HostBeat.last_seen).where(HostBeat.host == name)
+        .correlate_except(HostBeat).scalar_subquery())
+    report_count: Mapped[int] = column_property(
+        select(func.coalesce(func.max(HostBeat.beats), 0)).where(HostBeat.host == name)
+        .correlate_except(HostBeat).scalar_subquery())
 
 
 class Capsule(Base):

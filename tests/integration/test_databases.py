@@ -494,8 +494,8 @@ def test_events_are_counted_pruned_and_paged_and_force_delete_frees_a_gone_host(
     # The host goes silent: both go at once with force, and the host holds nothing any more.
     with store.transaction() as s:
         host = host_repo.find_host(s, "h1")
-        assert host is not None
-        host.last_seen = host.last_seen - timedelta(hours=1)
+        assert host is not None and host.last_seen is not None
+        host_repo.heartbeats(s, {"h1": (host.last_seen - timedelta(hours=1), 0)})
     capsules.delete(alice, made.uuid, force=True)
     containers.delete(alice, box.uuid, force=True, stop=False, request_id="req-9")
     with pytest.raises(NotFound):

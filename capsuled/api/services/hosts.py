@@ -99,6 +99,7 @@ class HostService:
             if placed:
                 raise Conflict(f"Host {row.name} still has {placed} capsule(s) or container(s) "
                                f"placed on it; delete them first.")
+            host_repo.forget_beats(s, row.name)
             s.delete(row)
 
     def availability_zones(self) -> builtins.list[str]:

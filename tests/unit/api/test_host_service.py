@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from capsuled.api.policy import Policy
 from capsuled.api.services.hosts import HostService
@@ -15,7 +16,7 @@ from capsuled.identity.base import Principal
 from capsuled.scheduler.select import NoValidHost, Request, select_host
 from capsuled.store import hosts as host_repo
 from capsuled.store.engine import Store, make_engine, upgrade
-from capsuled.store.tables import Host, utcnow
+from capsuled.store.tables import HostBeat, utcnow
 
 ADMIN = Principal("p", "u", frozenset({"admin"}))
 USER = Principal("p", "u", frozenset({"member"}))
@@ -58,12 +59,13 @@ def test_a_silent_host_is_down_and_can_then_be_deleted(store: Store) -> None:
     with pytest.raises(Conflict, match="is up"):
         svc.delete("h1", "capsuled-agent")
     with store.transaction() as s:
-        row = s.query(Host).one()
-        row.last_seen = utcnow() - timedelta(minutes=5)
+        host_repo.heartbeats(s, {"h1": (utcnow() - timedelta(minutes=5), 0)})
     assert not svc.get("h1").up
     svc.delete("h1", "zun-compute")
     with pytest.raises(NotFound):
         svc.get("h1")
+    with store.transaction() as s:  # its beats went with it
+        assert s.scalars(select(HostBeat)).all() == []
 
 
 def test_bad_service_requests_name_the_field(store: Store) -> None:

@@ -96,3 +96,77 @@ def test_ttl_zero_reads_every_time(store: Store) -> None:
     for _ in range(3):
         assert ident.authenticate(plain) is not None
     assert len(reads) == 3
+
+
+class _Clock:
+    """A monotonic clock the test steps by hand (the cache's TTLs, without sleeping them)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _issue_agent(store: Store) -> tuple[str, str]:
+    with store.transaction() as s:
+        plain, row = issue(s, "service", "agent-h1", ["agent"], host="h1")
+        return plain, row.uuid
+
+
+def test_an_agent_token_revoked_elsewhere_is_served_from_cache_until_its_ttl(store: Store) -> None:
+    plain, uuid = _issue_agent(store)
+    clock = _Clock()
+    here = LocalIdentity(store, ttl=2, agent_ttl=30, clock=clock)
+    elsewhere = TokenService(store)  # another replica: this one is not told of the revoke
+    reads = _reads(store)
+    first = here.authenticate(plain)
+    assert first is not None and first.host == "h1"
+    elsewhere.revoke(uuid)
+    clock.now += 29  # past the ordinary tokens' TTL, within the agent tokens'
+    assert here.authenticate(plain) == first
+    assert _lookups(reads) == 1  # from the cache: the revoke is not seen yet
+    clock.now += 1.5
+    assert here.authenticate(plain) is None  # past the agent TTL: read again, refused
+    assert _lookups(reads) == 2
+
+
+def test_ordinary_tokens_keep_the_short_ttl_beside_the_agent_one(store: Store) -> None:
+    plain, uuid = _issue(store)
+    clock = _Clock()
+    here = LocalIdentity(store, ttl=2, agent_ttl=30, clock=clock)
+    assert here.authenticate(plain) is not None
+    TokenService(store).revoke(uuid)
+    clock.now += 1
+    assert here.authenticate(plain) is not None
+    clock.now += 1.5
+    assert here.authenticate(plain) is None
+
+
+def test_agent_ttl_zero_reads_every_time(store: Store) -> None:
+    plain, uuid = _issue_agent(store)
+    here = LocalIdentity(store, ttl=60, agent_ttl=0, clock=_Clock())
+    reads = _reads(store)
+    for _ in range(3):
+        assert here.authenticate(plain) is not None
+    TokenService(store).revoke(uuid)
+    assert here.authenticate(plain) is None
+    assert _lookups(reads) == 4
+
+
+def test_the_cache_is_bounded(store: Store) -> None:
+    agents = [_issue_agent(store)[0] for _ in range(5)]
+    here = LocalIdentity(store, ttl=0, agent_ttl=30, size=3, clock=_Clock())
+    reads = _reads(store)
+    for plain in agents:
+        assert here.authenticate(plain) is not None
+    for plain in agents[-3:]:  # the three most recent are still remembered
+        assert here.authenticate(plain) is not None
+    assert _lookups(reads) == 5
+    assert here.authenticate(agents[0]) is not None  # the oldest was dropped: read again
+    assert _lookups(reads) == 6
+
+
+def _lookups(reads: list[str]) -> int:
+    """Authentications that reached the database (not the revoke's own read)."""
+    return len([r for r in reads if "token_hash =" in r])
