@@ -10,7 +10,10 @@ thread counts too). Each mode is a fresh deployment:
 
 - before: `api.agent_token_cache_ttl` = 0, every agent request reads its token from the
   database;
-- after: the default 30 s: an agent token is read once per TTL per replica.
+  and every idle long poll that times out answers the whole desired set;
+- after: the default 30 s: an agent token is read once per TTL per replica; the polls
+  allow "unchanged" (`full=false`, as agent/loop.py asks), and their rechecks read the
+  watch board's revisions instead of the store.
 
 Heartbeats are stored in host_beats in both modes (their lock freedom is proven by
 tests/integration/test_host_beats.py; the simulation, bench/scale_sim.py, shows it under
@@ -42,9 +45,11 @@ def _cpu_per(dep: Deployment, n: int, fn: Any) -> float:
     return (dep.cpu()[0] - c0) / n * 1000
 
 
-async def _idle_polls(url: str, tokens: dict[str, str], timeout: float, window: float) -> int:
+async def _idle_polls(url: str, tokens: dict[str, str], timeout: float, window: float,
+                      full: bool) -> int:
     """Every host holds the assignments long poll for `window` seconds; how many polls
-    were answered (nothing is assigned: each ends at its timeout)."""
+    were answered (nothing is assigned: each ends at its timeout). Not `full`: as the
+    agent polls now, "unchanged" allowed after its first whole set."""
     answered = 0
     deadline = time.monotonic() + window
 
@@ -52,9 +57,11 @@ async def _idle_polls(url: str, tokens: dict[str, str], timeout: float, window: 
         nonlocal answered
         revision = -1
         while time.monotonic() < deadline:
+            params: dict[str, Any] = {"after": revision, "timeout": timeout}
+            if not full and revision >= 0:
+                params["full"] = "false"
             r = await http.get(f"/v1/agents/{host}/assignments",
-                               headers={"X-Auth-Token": token},
-                               params={"after": revision, "timeout": timeout},
+                               headers={"X-Auth-Token": token}, params=params,
                                timeout=timeout + 30)
             r.raise_for_status()
             revision = r.json()["revision"]
@@ -66,7 +73,8 @@ async def _idle_polls(url: str, tokens: dict[str, str], timeout: float, window: 
     return answered
 
 
-def measure(mode: str, ttl: float, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def measure(mode: str, ttl: float, full: bool, args: argparse.Namespace,
+            tmp: Path) -> dict[str, Any]:
     os.environ["CAPSULED_API__AGENT_TOKEN_CACHE_TTL"] = str(ttl)
     dep = Deployment(args.database_url, 60.0, tmp / mode)
     (tmp / mode).mkdir()
@@ -91,10 +99,11 @@ def measure(mode: str, ttl: float, args: argparse.Namespace, tmp: Path) -> dict[
             heartbeat = _cpu_per(dep, args.beats, beat)
         time.sleep(1.0)
         c0 = dep.cpu()[0]
-        polls = asyncio.run(_idle_polls(url, tokens, args.watch_timeout, args.idle_window))
+        polls = asyncio.run(_idle_polls(url, tokens, args.watch_timeout, args.idle_window,
+                                        full))
         idle_cpu = dep.cpu()[0] - c0
         per_agent_min = idle_cpu * 1000 / args.hosts / (args.idle_window / 60)
-        out = {"mode": mode, "agent_token_cache_ttl": ttl, "get_root_ms": round(floor, 3),
+        out = {"mode": mode, "agent_token_cache_ttl": ttl, "full_polls": full, "get_root_ms": round(floor, 3),
                "heartbeat_ms": round(heartbeat, 3),
                "heartbeat_ratio": round(heartbeat / floor, 2),
                "idle_poll_ms_per_agent_min": round(per_agent_min, 2),
@@ -122,7 +131,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agent-costs-") as d:
-        rows = [measure("before", 0.0, args, Path(d)), measure("after", 30.0, args, Path(d))]
+        rows = [measure("before", 0.0, True, args, Path(d)),
+                measure("after", 30.0, False, args, Path(d))]
     before, after = rows
     print(f"{'':28}{'before':>10}{'after':>10}{'after/before':>14}")
     for key, what in (("get_root_ms", "GET / (ms CPU)"), ("heartbeat_ms", "heartbeat (ms CPU)"),

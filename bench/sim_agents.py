@@ -44,10 +44,10 @@ import httpx
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from capsuled.agent.loop import FULL_SET_EVERY, WATCH_TIMEOUT  # noqa: E402
 from capsuled.domain.channel import (AgentStats, CapsuleReport, ContainerReport,  # noqa: E402
                                      HostInfo)
 
-WATCH_TIMEOUT = 30.0
 HEADERS = {"Accept": "application/json"}
 
 
@@ -158,11 +158,15 @@ class LightAgent:
 
     async def watch(self) -> None:
         revision = -1
+        full_at = float("-inf")
         while not self.stop.is_set():
+            # As agent/loop.py: "unchanged" for an idle poll, the whole set now and then.
+            params: dict[str, Any] = {"after": revision, "timeout": WATCH_TIMEOUT}
+            if revision >= 0 and time.monotonic() - full_at < FULL_SET_EVERY:
+                params["full"] = "false"
             try:
                 r = await self.http.get(self.path + "/assignments", headers=self.auth,
-                                        params={"after": revision, "timeout": WATCH_TIMEOUT},
-                                        timeout=WATCH_TIMEOUT + 10)
+                                        params=params, timeout=WATCH_TIMEOUT + 10)
                 if r.status_code != 200:
                     raise httpx.HTTPError(f"HTTP {r.status_code}: {r.text[:200]}")
                 body = r.json()
@@ -171,8 +175,10 @@ class LightAgent:
                 self.tally.error(f"watch {self.host}: {exc!r}")
                 await _sleep_or_stop(self.stop, 0.5)
                 continue
+            if body.get("unchanged"):
+                continue
             now = time.monotonic()
-            revision = body["revision"]
+            revision, full_at = body["revision"], now
             for a in body["capsules"]:
                 self.tally.held.setdefault(a["uuid"], now)
                 if self.done.get(a["uuid"]) != a["generation"]:
@@ -270,8 +276,9 @@ def start_real_agent(url: str, host: str, token: str, cfg: dict[str, Any],
     class Recording(HttpChannel):
         last_ok = time.monotonic()
 
-        def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
-            got = super().watch(host, after_revision, timeout)
+        def watch(self, host: str, after_revision: int, timeout: float,
+                  full: bool = True) -> Assignments:
+            got = super().watch(host, after_revision, timeout, full)
             now = time.monotonic()
             for a in got.capsules:
                 tally.held.setdefault(a.uuid, now)

@@ -59,9 +59,13 @@ class HttpChannel:
                           json=None if stats is None else {"stats": stats.model_dump(mode="json")})
         return isinstance(body, dict) and body.get("resync") is True
 
-    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
-        body = self._call("GET", f"/v1/agents/{host}/assignments",
-                          params={"after": after_revision, "timeout": timeout},
+    def watch(self, host: str, after_revision: int, timeout: float,
+              full: bool = True) -> Assignments:
+        # An API from before `full` ignores it and sends the whole set: always correct.
+        params: dict[str, int | float | str] = {"after": after_revision, "timeout": timeout}
+        if not full:
+            params["full"] = "false"
+        body = self._call("GET", f"/v1/agents/{host}/assignments", params=params,
                           timeout=timeout + _WATCH_SLACK)
         return _parse(Assignments, body, f"GET /v1/agents/{host}/assignments")
 

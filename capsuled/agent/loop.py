@@ -41,6 +41,10 @@ from capsuled.errors import CapsuledError, Unavailable
 LOG = logging.getLogger(__name__)
 _EXIT = re.compile(r"\((-?\d+)\)")
 WATCH_TIMEOUT = 30.0
+# An idle watch times out with "unchanged" instead of the whole desired set (one number
+# read), except that the agent takes the whole set at least this often: under the
+# revision numbers, the level-triggered check that nothing was changed without a bump.
+FULL_SET_EVERY = 120.0
 # Pauses of the watch loop after failures in a row: doubling from the first up to the
 # longest, which is long enough not to hammer a sick API and short enough that its
 # recovery is noticed within a minute (the relist loop starts from its own period).
@@ -214,15 +218,23 @@ class Agent:
     # -- wake-ups ------------------------------------------------------------------------
     def _watch_loop(self) -> None:
         revision = -1
+        full_at = float("-inf")  # monotonic time of the last whole set taken
         backoff = Backoff(LOOP_BACKOFF_INITIAL, LOOP_BACKOFF_MAX)
         while not self._stop.is_set():
             # Nothing may end this loop but stop(): an agent that no longer watches keeps
             # heartbeating, so the control plane would never notice it went deaf.
             try:
+                full = revision < 0 or time.monotonic() - full_at >= FULL_SET_EVERY
                 with self.meters.watch.round():
-                    got = self._channel.watch(self._host, revision, WATCH_TIMEOUT)
+                    got = self._channel.watch(self._host, revision, WATCH_TIMEOUT, full=full)
+                if got.unchanged:  # never taken as a set: its lists are empty
+                    if got.revision != revision:  # not from a correct API: ask for all
+                        full_at = float("-inf")
+                    backoff.reset()
+                    continue
                 self._take_desired(got)
                 revision = got.revision
+                full_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - logged; the loop backs off and goes on
                 _log_failure("watch", exc)
                 self._stop.wait(backoff.next())

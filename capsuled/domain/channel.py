@@ -112,6 +112,9 @@ class Assignments(_Wire):
     host: str
     revision: int
     capsules: list[Assignment]
+    # True only for an agent that allowed it (`full=False`): the revision has not moved
+    # since `after_revision`, and the lists are left empty; keep the set you have.
+    unchanged: bool = False
     containers: list[ContainerAssignment] = Field(default_factory=list)
     # Only for a host that registered an underlay address: its projects' overlay networks.
     overlays: list[OverlayNetwork] = Field(default_factory=list)
@@ -284,9 +287,12 @@ class AgentChannel(Protocol):
         (a late heartbeat), and wants every capsule and container reported again."""
         ...
 
-    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+    def watch(self, host: str, after_revision: int, timeout: float,
+              full: bool = True) -> Assignments:
         """The host's full desired set, returned once its revision passes `after_revision`
-        or after `timeout` seconds, whichever comes first."""
+        or after `timeout` seconds, whichever comes first. With `full=False` a timed-out
+        watch whose revision is still `after_revision` answers `unchanged` instead of
+        the whole set (an idle agent's poll then reads one number)."""
         ...
 
     def report(self, host: str, reports: list[CapsuleReport],

@@ -131,3 +131,25 @@ def test_long_polls_hold_no_thread(server: Server, api: httpx.Client, capsules: 
         t.join()
     assert answers == [200] * 80
     assert during - before < 20, (before, during)  # a thread each would be +80
+
+
+def test_an_agents_idle_poll_may_answer_unchanged(api: httpx.Client, server: Server,
+                                                  unique) -> None:
+    """`full=false`: a poll that times out on the revision it was given answers
+    `unchanged` and empty lists; without it (agents from before) the whole set."""
+    host = unique("idle-host")
+    r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
+                                     "roles": ["agent"], "host": host})
+    assert r.status_code == 201, r.text
+    with server.client(r.json()["token"]) as agent:
+        path = f"/v1/agents/{host}/assignments"
+        first = agent.get(path, params={"after": -1, "timeout": 0, "full": "false"})
+        assert first.status_code == 200 and first.json()["unchanged"] is False, first.text
+        rev = first.json()["revision"]
+        idle = agent.get(path, params={"after": rev, "timeout": 0.5, "full": "false"}).json()
+        assert idle["unchanged"] is True and idle["revision"] == rev
+        assert idle["capsules"] == [] and idle["containers"] == []
+        whole = agent.get(path, params={"after": rev, "timeout": 0.5}).json()
+        assert whole["unchanged"] is False and whole["revision"] == rev
+        bad = agent.get(path, params={"after": rev, "timeout": 0, "full": "maybe"})
+        assert bad.status_code == 400 and "full" in bad.text, bad.text

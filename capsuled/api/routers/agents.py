@@ -103,11 +103,13 @@ def _stats(host: str, raw: bytes) -> AgentStats | None:
 
 @router.get("/assignments")
 async def assignments(request: Request, host: str, who: PrincipalDep, after: int = -1,
-                      timeout: float = 30.0) -> dict[str, Any]:
-    """The host's full desired set, once its revision passes `after` (long poll)."""
+                      timeout: float = 30.0, full: bool = True) -> dict[str, Any]:
+    """The host's full desired set, once its revision passes `after` (long poll). With
+    `full=false`, a poll that times out with the revision still at `after` answers
+    `"unchanged": true` and empty lists (agents from before it never send it)."""
     _own(who, host)
     wait = max(0.0, min(timeout, MAX_WATCH_SECONDS))
-    got = await _control(request).watch_async(host, after, wait)
+    got = await _control(request).watch_async(host, after, wait, full)
     return got.model_dump(mode="json")
 
 

@@ -207,39 +207,60 @@ class ControlPlane:
             self._metrics.agent_stats(host, stats)
         return resync
 
-    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+    def watch(self, host: str, after_revision: int, timeout: float,
+              full: bool = True) -> Assignments:
         """The host's desired set once its revision passes `after_revision`, or as it is
-        after `timeout` seconds (in a thread: the all-in-one agent)."""
+        after `timeout` seconds (in a thread: the all-in-one agent); with `full=False`,
+        `unchanged` then instead of the set, when its revision is still `after_revision`."""
         deadline = time.monotonic() + timeout
         signal = self.board.assigned(host)
         with self.board.waiting():
             while True:
                 seen = signal.seq
-                got = self._assignments(host, after_revision, time.monotonic() >= deadline)
+                final = time.monotonic() >= deadline
+                if not (final or self._moved(host, after_revision)):
+                    got = None
+                else:
+                    got = self._assignments(host, after_revision, final, full)
                 if got is not None:
                     return got
                 signal.wait_blocking(seen, min(_WATCH_RECHECK_SECONDS,
                                                max(0.0, deadline - time.monotonic())))
 
-    async def watch_async(self, host: str, after_revision: int, timeout: float) -> Assignments:
+    async def watch_async(self, host: str, after_revision: int, timeout: float,
+                          full: bool = True) -> Assignments:
         """`watch` for the HTTP channel: a waiting agent holds no thread."""
         deadline = time.monotonic() + timeout
         signal = self.board.assigned(host)
         with self.board.waiting():
             while True:
                 seen = signal.seq
-                got = await anyio.to_thread.run_sync(self._assignments, host, after_revision,
-                                                     time.monotonic() >= deadline)
+                final = time.monotonic() >= deadline
+                if not (final or self._moved(host, after_revision)):
+                    got = None
+                else:
+                    got = await anyio.to_thread.run_sync(self._assignments, host,
+                                                         after_revision, final, full)
                 if got is not None:
                     return got
                 await signal.wait(seen, min(_WATCH_RECHECK_SECONDS,
                                             max(0.0, deadline - time.monotonic())))
 
-    def _assignments(self, host: str, after_revision: int, final: bool) -> Assignments | None:
+    def _moved(self, host: str, after_revision: int) -> bool:
+        """Whether the host's set may have moved past `after_revision`: the watch board's
+        recent reading when it has one (no query: a recheck of an idle agent's long poll
+        is then free), else True (read the store)."""
+        known = self.board.revision(host)
+        return known is None or known != after_revision
+
+    def _assignments(self, host: str, after_revision: int, final: bool,
+                     full: bool = True) -> Assignments | None:
         with self._store.transaction() as s:
             revision = host_repo.host_revision(s, host)
             if revision <= after_revision and not final:
                 return None
+            if revision == after_revision and not full:
+                return Assignments(host=host, revision=revision, capsules=[], unchanged=True)
             capsules = capsule_repo.assignments_for(s, host)
             containers = container_repo.bare_assignments_for(s, host)
             if self._secrets is not None:

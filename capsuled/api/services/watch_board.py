@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from capsuled.api.services.signals import Signal
@@ -38,6 +39,7 @@ class WatchBoard:
         self._idle = threading.Condition(self._lock)
         self._waiting = 0
         self._known: dict[str, int] = {}
+        self._read_at = float("-inf")  # monotonic time of the last successful read
         self._assigned: dict[str, Signal] = {}
         self._services: dict[str, Signal] = {}
         self._thread: threading.Thread | None = None
@@ -48,6 +50,14 @@ class WatchBoard:
     def assigned(self, host: str) -> Signal:
         """Fired when `host`'s desired set changed."""
         return self._signal(self._assigned, host)
+
+    def revision(self, host: str) -> int | None:
+        """`host`'s revision as the last read saw it, if that read is recent (at most a
+        few poll periods old); None when unknown, so the caller reads the store."""
+        with self._lock:
+            if time.monotonic() - self._read_at > self._poll * 4 + 1.0:
+                return None
+            return self._known.get(host)
 
     def services_for(self, host: str) -> Signal:
         """Fired when `host`'s service view may have changed."""
@@ -117,6 +127,7 @@ class WatchBoard:
             # this revision was committed (a spurious wake-up only costs a re-read).
             moved = [h for h, r in revisions.items() if self._known.get(h) != r]
             self._known = revisions
+            self._read_at = time.monotonic()
             fire = [t[h] for h in moved for t in (self._assigned, self._services) if h in t]
         for s in fire:
             s.fire()

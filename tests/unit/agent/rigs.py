@@ -98,7 +98,8 @@ class MemoryChannel:
             self.stats.append(stats)
         return False
 
-    def watch(self, host: str, after_revision: int, timeout: float) -> Assignments:
+    def watch(self, host: str, after_revision: int, timeout: float,
+              full: bool = True) -> Assignments:
         with self._changed:
             self._changed.wait_for(lambda: self._revision > after_revision, timeout)
             return Assignments(host=self._host, revision=self._revision,

@@ -119,7 +119,7 @@ def test_watch_loop_survives_a_channel_that_raises_anything() -> None:
         lambda r: httpx.Response(200, json=GOOD)))
 
     class Flaky:
-        def watch(self, host: str, after: int, timeout: float) -> Any:
+        def watch(self, host: str, after: int, timeout: float, full: bool = True) -> Any:
             calls.append(after)
             if len(calls) == 1:
                 raise KeyError("surprise")
@@ -234,3 +234,51 @@ def test_a_heartbeat_that_asks_for_a_resync_relists_everything_at_most_once_a_pe
         calls = channel.heartbeat.call_count
         wait_for(lambda: channel.heartbeat.call_count >= calls + 5, timeout=10)
     assert agent.workers.enqueued == ["cap1", "cap1"]  # type: ignore[attr-defined]
+
+
+def test_watch_loop_keeps_its_set_on_unchanged_and_takes_the_whole_set_now_and_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "FULL_SET_EVERY", 0.3)
+    asked: list[tuple[int, bool]] = []
+    answers: list[Any] = []
+    seen = threading.Event()
+    channel = HttpChannel("http://api", "t", transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, json=answers[-1])))
+
+    class Scripted:
+        def watch(self, host: str, after: int, timeout: float, full: bool = True) -> Any:
+            asked.append((after, full))
+            answers.append(GOOD if full else {**GOOD, "capsules": [], "unchanged": True})
+            if len(asked) >= 12:
+                seen.set()
+            threading.Event().wait(0.05)  # an idle long poll, shortened
+            return channel.watch(host, after, timeout, full)
+
+    agent = make_agent(Scripted())
+    with run_loop(agent, agent._watch_loop):
+        assert seen.wait(10)
+        assert "cap1" in agent._desired  # an empty "unchanged" answer removed nothing
+    assert asked[0] == (-1, True)  # the first poll takes everything
+    assert any(not full for _, full in asked) and asked.count((7, True)) >= 1  # and now and then
+    assert agent.workers.enqueued == ["cap1"]  # type: ignore[attr-defined]
+
+
+def test_watch_loop_asks_for_everything_after_an_unchanged_of_another_revision() -> None:
+    asked: list[tuple[int, bool]] = []
+
+    class Wrong:
+        def watch(self, host: str, after: int, timeout: float, full: bool = True) -> Any:
+            asked.append((after, full))
+            threading.Event().wait(0.02)
+            if len(asked) == 2:  # a faulty API: "unchanged", but another revision
+                return HttpChannel("http://api", "t", transport=httpx.MockTransport(
+                    lambda r: httpx.Response(200, json={**GOOD, "revision": 9, "capsules": [],
+                                                        "unchanged": True}))).watch(host, after, 1)
+            return HttpChannel("http://api", "t", transport=httpx.MockTransport(
+                lambda r: httpx.Response(200, json=GOOD))).watch(host, after, 1)
+
+    agent = make_agent(Wrong())
+    with run_loop(agent, agent._watch_loop):
+        wait_for(lambda: len(asked) >= 3, timeout=10)
+        assert "cap1" in agent._desired
+    assert asked[2] == (7, True)

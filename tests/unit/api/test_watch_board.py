@@ -139,3 +139,50 @@ def test_the_board_fires_only_moved_hosts_and_reads_only_while_waited_on() -> No
         assert board.reads <= reads + 1  # the round under way at most
     finally:
         board.stop()
+
+
+def _capsule_reads(store: Store) -> tuple[list[str], Any]:
+    """The statements that read a desired set (assignments_for selects from capsules)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM capsules" in statement:
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    return seen, lambda: event.remove(store.engine, "before_cursor_execute", note)
+
+
+def test_an_idle_watch_that_allows_it_answers_unchanged_and_reads_no_set(
+        control: ControlPlane, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rechecks every 0.1 s instead of 5: an idle poll would re-read its set many times.
+    monkeypatch.setattr("capsuled.api.services.agents._WATCH_RECHECK_SECONDS", 0.1)
+    with store.transaction() as s:
+        bump_host_revision(s, "h01")
+    whole = control.watch("h01", -1, 0)
+    assert whole.revision > 0 and not whole.unchanged
+    reads, stop = _capsule_reads(store)
+    try:
+        idle = control.watch("h01", whole.revision, 1.0, full=False)
+    finally:
+        stop()
+    assert idle.unchanged and idle.revision == whole.revision
+    assert idle.capsules == [] and idle.containers == []
+    assert reads == []  # neither the rechecks nor the answer read the desired set
+    # Without full=False (every agent from before it) the timed-out poll is the whole set.
+    again = control.watch("h01", whole.revision, 0.3)
+    assert not again.unchanged and again.revision == whole.revision
+
+
+def test_a_watch_that_allows_unchanged_still_gets_a_moved_set(control: ControlPlane,
+                                                             store: Store) -> None:
+    start = control.watch("h02", -1, 0).revision
+    got: list[Assignments] = []
+    threading.Thread(target=lambda: got.append(control.watch("h02", start, 20, full=False)),
+                     daemon=True).start()
+    wait_for(lambda: control.board.waiters >= 1, timeout=5)
+    with store.transaction() as s:
+        bump_host_revision(s, "h02")  # as another replica would: no notify()
+    wait_for(lambda: bool(got), timeout=3)
+    assert got[0].revision > start and not got[0].unchanged
+
