@@ -13,12 +13,13 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import (BaseSettings, InitSettingsSource, PydanticBaseSettingsSource,
-                               SettingsConfigDict, SettingsError)
+from pydantic_settings import (BaseSettings, InitSettingsSource, NoDecode,
+                               PydanticBaseSettingsSource, SettingsConfigDict, SettingsError)
 
 from capsuled.config_file import COMPUTED, ConfigFileSource, config_path, explain, read_config
 from capsuled.errors import InvalidConfig
@@ -26,6 +27,33 @@ from capsuled.logs import LogFormat
 from capsuled.paths import DEFAULT_LISTEN, default_state_dir
 
 DEFAULT_OPS_PORT = 9518
+
+
+def api_urls(values: str | Sequence[str]) -> list[str]:
+    """The API replicas' URLs from one comma-separated string or several (repeated --api,
+    a list in the file), in order, without duplicates or trailing slashes. ValueError
+    names the first that is not an http(s) URL with a host: found at start-up, not when
+    the agent first fails over to it."""
+    parts = [values] if isinstance(values, str) else list(values)
+    urls: list[str] = []
+    for part in parts:
+        for raw in part.split(","):
+            url = raw.strip().rstrip("/")
+            if not url:
+                continue
+            try:
+                split = urlsplit(url)
+                _ = split.port  # raises on a port that is not a number
+            except ValueError as exc:
+                raise ValueError(f"{raw.strip()!r} is not a URL: {exc}") from None
+            if split.scheme not in ("http", "https") or not split.hostname:
+                raise ValueError(f"{raw.strip()!r} is not an http(s) URL with a host "
+                                 "(e.g. http://api:9517)")
+            if url not in urls:
+                urls.append(url)
+    if not urls:
+        raise ValueError("no API URL given")
+    return urls
 
 
 class DockerSettings(BaseModel):
@@ -44,8 +72,11 @@ class AgentSettings(BaseModel):
                            json_schema_extra={COMPUTED: "this machine's host name"})
     # Multi-host: what `capsuled agent` connects with when --api/--token are not given,
     # so that a unit file needs no secret on its command line.
-    api_url: str | None = Field(None, description="`capsuled agent`: an API server's URL "
-                                "(e.g. http://api:9517), when --api is not given")
+    # NoDecode: the environment's value is the comma-separated list itself, not JSON.
+    api_url: Annotated[list[str] | None, NoDecode] = Field(None, description=(
+        "`capsuled agent`: the API replicas' URLs (e.g. http://api1:9517), as a list or "
+        "one string with commas between them, when --api is not given; the agent fails "
+        "over between them"))
     token_file: Path | None = Field(None, description="`capsuled agent`: file holding this "
                                     "host's agent token (keep it 0600), when neither --token "
                                     "nor CAPSULED_AGENT_TOKEN is given")
@@ -108,6 +139,16 @@ class AgentSettings(BaseModel):
     ops_cert_file: Path | None = Field(None, description="PEM certificate (chain) the ops "
                                        "endpoint serves TLS with (with ops_key_file)")
     ops_key_file: Path | None = Field(None, description="PEM private key of ops_cert_file")
+
+    @field_validator("api_url", mode="before")
+    @classmethod
+    def _split_api_urls(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str) or (isinstance(value, Sequence)
+                                      and all(isinstance(v, str) for v in value)):
+            return api_urls(value)
+        return value  # not strings: pydantic names what is wrong
 
     def ops_bind(self) -> tuple[str, int]:
         """(host, port) the ops endpoint listens on (see ops_listen)."""

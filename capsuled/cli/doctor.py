@@ -278,11 +278,12 @@ def keystone(settings: Settings) -> Check:
 
 
 def api(settings: Settings, token: str | None) -> Check:
-    """An agent: its API answers and accepts this host's token."""
+    """An agent: its API replicas answer and accept this host's token. One that does not
+    is a warning while another does (the agent fails over to it), a failure when none does."""
     from capsuled.agent.http_channel import HttpChannel
 
-    url = settings.agent.api_url
-    if not url:
+    urls = settings.agent.api_url
+    if not urls:
         return Check("api", "fail", "no API URL: set agent.api_url")
     if token is None:
         token = _token_from_file(settings)
@@ -290,16 +291,24 @@ def api(settings: Settings, token: str | None) -> Check:
             return Check("api", "fail", "no agent token: set agent.token_file (or "
                          "CAPSULED_AGENT_TOKEN)")
     host = settings.agent.host_name
-    channel = HttpChannel(url, token, timeout=DOCKER_TIMEOUT)
-    try:
-        instance = channel.instance_id(host)
-    except CapsuledError as exc:
-        return Check("api", "fail", f"{exc.message}. An admin issues the token with `capsule "
-                     f"token create --role agent --host {host}`")
-    finally:
-        channel.close()
-    return Check("api", "ok", f"{url} accepts the agent token of host {host} (deployment "
-                 f"{instance})")
+    good, bad = [], []
+    for url in urls:
+        channel = HttpChannel(url, token, timeout=DOCKER_TIMEOUT)
+        try:
+            instance = channel.instance_id(host)
+            good.append(url)
+        except CapsuledError as exc:
+            bad.append(exc.message)
+        finally:
+            channel.close()
+    if not good:
+        return Check("api", "fail", f"{'; '.join(bad)}. An admin issues the token with "
+                     f"`capsule token create --role agent --host {host}`")
+    accepted = (f"{', '.join(good)} accept{'s' if len(good) == 1 else ''} the agent token of "
+                f"host {host} (deployment {instance})")
+    if bad:
+        return Check("api", "warn", f"{accepted}; but {'; '.join(bad)}")
+    return Check("api", "ok", accepted)
 
 
 def _token_from_file(settings: Settings) -> str | None:

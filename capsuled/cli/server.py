@@ -2,7 +2,7 @@
 
     capsuled [--state-dir DIR] [--listen HOST:PORT]   all-in-one: API + agent, SQLite
     capsuled --database-url URL api                   a stateless API server (multi-host)
-    capsuled agent --api URL --token T [--host NAME]  the agent of one compute host
+    capsuled agent --api URL[,URL…] --token T         the agent of one compute host
     capsuled image seed                               build the offline images
     capsuled db upgrade [--database-url URL]          create or migrate the schema
     capsuled sweep INSTANCE [--netns PATH]            remove a dead deployment's host networking
@@ -27,7 +27,7 @@ import typer
 from capsuled import __version__
 from capsuled.cli import compose, maintenance
 from capsuled.cli.helptext import App
-from capsuled.config import AgentSettings, Settings, load_settings
+from capsuled.config import AgentSettings, Settings, api_urls, load_settings
 from capsuled.errors import CapsuledError, InvalidConfig
 
 HELP = """Run capsuled: the Zun-compatible API server and the agent of each compute host.
@@ -175,8 +175,9 @@ def api_command(ctx: typer.Context) -> None:
 @app.command("agent")
 def agent_command(
     ctx: typer.Context,
-    api_url: Annotated[str | None, typer.Option("--api", help=(
-        "An API server's URL, e.g. http://api:9517 (default: agent.api_url)."))] = None,
+    api_url: Annotated[list[str] | None, typer.Option("--api", help=(
+        "An API replica's URL, e.g. http://api1:9517; repeat, or separate with commas, "
+        "to fail over between replicas (default: agent.api_url)."))] = None,
     token: Annotated[str | None, typer.Option(envvar="CAPSULED_AGENT_TOKEN", help=(
         "This host's agent token (capsule token create --role agent --host NAME); "
         "default: the content of agent.token_file."))] = None,
@@ -203,9 +204,12 @@ def agent_command(
     from capsuled.errors import Unavailable
 
     settings: Settings = ctx.obj
-    api_url = api_url or settings.agent.api_url
-    if not api_url:
+    if not api_url and not settings.agent.api_url:
         raise typer.BadParameter("no API URL: give --api or set agent.api_url", param_hint="--api")
+    try:  # the file's agent.api_url was checked as the settings were read
+        urls = api_urls(api_url) if api_url else list(settings.agent.api_url or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--api") from None
     token = token or compose.agent_token(settings.agent)
     try:
         agent_settings = AgentSettings.model_validate({**settings.agent.model_dump(), **{
@@ -222,7 +226,7 @@ def agent_command(
         settings.docker.host = docker_host
     compose.setup_logging(settings)
     client = compose.docker_client(settings)
-    channel = HttpChannel(api_url, token)
+    channel = HttpChannel(urls, token)
     name = agent_settings.host_name
     while True:
         try:
@@ -262,7 +266,8 @@ def agent_command(
         agent.start()
     except CapsuledError as exc:
         raise compose.fail(exc.message) from exc
-    LOG.info("capsuled agent for host %s: API %s, ops endpoint %s", name, api_url, url)
+    LOG.info("capsuled agent for host %s: API %s (now %s), ops endpoint %s", name,
+             ", ".join(urls), channel.current, url)
 
     def stop() -> None:
         agent.stop()

@@ -127,7 +127,21 @@ def _start(c: Cluster, apis: list[Proc], tmp: Path, db_url: str, env: dict[str, 
            hostb_docker: str) -> None:
     """Two API replicas, then an agent on each host (host-a's talks to replica 0, host-b's
     to replica 1); returns once both agents are up."""
-    for i in range(2):
+    start_replicas(c, apis, tmp, db_url, env)
+    with c.client() as api:
+        for i, (host, sock) in enumerate((("host-a", MAIN_DOCKER), ("host-b", hostb_docker))):
+            start_agent(c, api, host, sock, [c.urls[i]], tmp, {**env, **UNDERLAY[host]})
+        c.instance = api.get("/v1/agents/host-a", headers={
+            "X-Auth-Token": c.agent_tokens["host-a"]}).json()["instance_id"]
+        wait_for(lambda: {s["host"] for s in api.get("/v1/services").json()["services"]
+                          if s["state"] == "up"} == {"host-a", "host-b"}, timeout=180,
+                 what="both agents registered and up")
+
+
+def start_replicas(c: Cluster, apis: list[Proc], tmp: Path, db_url: str, env: dict[str, str],
+                   count: int = 2) -> None:
+    """`count` API replicas on the database, up, with the admin's quota unlimited."""
+    for i in range(count):
         port = free_port()
         p = Proc(_capsuled("--state-dir", str(tmp / f"api{i}"), "--listen", f"127.0.0.1:{port}",
                            "--database-url", db_url, "api"), env, tmp / f"api{i}.log")
@@ -136,31 +150,33 @@ def _start(c: Cluster, apis: list[Proc], tmp: Path, db_url: str, env: dict[str, 
         c.urls.append(f"http://127.0.0.1:{port}")
     for u in c.urls:
         wait_for(lambda u=u: _up(u), timeout=180, what=f"API replica {u}")  # a loaded machine
-    c.token = wait_for(lambda: _read(tmp / "api0" / "admin-token")
-                       or _read(tmp / "api1" / "admin-token"), what="the bootstrap admin token")
+    c.token = wait_for(lambda: next(filter(None, (_read(tmp / f"api{i}" / "admin-token")
+                                                  for i in range(count))), None),
+                       what="the bootstrap admin token")
     with c.client() as api:
         assert api.put("/v1/quotas/admin", json={"capsules": -1, "containers": -1, "cpu": -1,
                                                  "memory": -1}).status_code == 200
-        for i, (host, sock) in enumerate((("host-a", MAIN_DOCKER), ("host-b", hostb_docker))):
-            r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
-                                             "roles": ["agent"], "host": host})
-            assert r.status_code == 201, r.text
-            c.agent_tokens[host] = r.json()["token"]
-            ops = free_port()
-            agent = Proc(_capsuled("agent", "--api", c.urls[i], "--host", host,
-                                   "--docker-host", sock, "--ops-listen", f"127.0.0.1:{ops}",
-                                   "--ops-url", f"http://127.0.0.1:{ops}", "--label", f"name={host}"),
-                         {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
-                          "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
-                          "CAPSULED_AGENT__RELIST_INTERVAL": "3", **UNDERLAY[host]},
-                         tmp / f"agent-{host}.log")
-            agent.start()
-            c.agents[host] = agent
-        c.instance = api.get("/v1/agents/host-a", headers={
-            "X-Auth-Token": c.agent_tokens["host-a"]}).json()["instance_id"]
-        wait_for(lambda: {s["host"] for s in api.get("/v1/services").json()["services"]
-                          if s["state"] == "up"} == {"host-a", "host-b"}, timeout=180,
-                 what="both agents registered and up")
+
+
+def start_agent(c: Cluster, api: httpx.Client, host: str, docker_host: str, urls: list[str],
+                tmp: Path, env: dict[str, str]) -> Proc:
+    """The agent of `host` on `docker_host`, given `urls` (one --api each), started with a
+    token of its own; not waited for."""
+    r = api.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
+                                     "roles": ["agent"], "host": host})
+    assert r.status_code == 201, r.text
+    c.agent_tokens[host] = r.json()["token"]
+    ops = free_port()
+    agent = Proc(_capsuled("agent", *(a for u in urls for a in ("--api", u)), "--host", host,
+                           "--docker-host", docker_host, "--ops-listen", f"127.0.0.1:{ops}",
+                           "--ops-url", f"http://127.0.0.1:{ops}", "--label", f"name={host}"),
+                 {**env, "CAPSULED_AGENT_TOKEN": c.agent_tokens[host],
+                  "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "0.5",
+                  "CAPSULED_AGENT__RELIST_INTERVAL": "3"},
+                 tmp / f"agent-{host}.log")
+    agent.start()
+    c.agents[host] = agent
+    return agent
 
 
 def in_netns(netns: str | None, *argv: str) -> subprocess.CompletedProcess[str]:

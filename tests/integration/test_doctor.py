@@ -163,6 +163,30 @@ def test_an_agent_checks_its_api_and_token(own_server: Callable[..., Server],
     assert code == 0
 
 
+def test_an_agent_with_a_replica_down_warns(own_server: Callable[..., Server],
+                                            tmp_path: Path) -> None:
+    """The agent fails over to the replica that answers: a warning, not a failure."""
+    server = own_server(start_timeout=START)
+    host = f"doctor-{uuid.uuid4().hex[:6]}"
+    with server.client() as c:
+        r = c.post("/v1/tokens", json={"project_id": "service", "user_id": host,
+                                       "roles": ["agent"], "host": host})
+    assert r.status_code == 201, r.text
+    (tmp_path / "agent-token").write_text(r.json()["token"])
+    gone = f"http://127.0.0.1:{free_port()}"
+    conf = tmp_path / "capsuled.conf"
+    conf.write_text(f'[agent]\nhost_name = "{host}"\napi_url = ["{gone}", "{server.url}"]\n'
+                    f'token_file = "{tmp_path / "agent-token"}"\n')
+    code, checks = doctor("--config-file", str(conf), "doctor")
+    assert checks["api"]["status"] == "warn", checks["api"]
+    assert checks["api"]["message"].startswith(f"{server.url} accepts the agent token")
+    assert f"API at {gone} unreachable" in checks["api"]["message"]
+    conf.write_text(f'[agent]\nhost_name = "{host}"\napi_url = "{gone}"\n'
+                    f'token_file = "{tmp_path / "agent-token"}"\n')
+    code, checks = doctor("--config-file", str(conf), "doctor")
+    assert code == 1 and checks["api"]["status"] == "fail", checks["api"]
+
+
 def test_an_unreachable_keystone_fails_in_words(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'capsuled.db'}"
     migrate_to(url, "head")
