@@ -264,7 +264,7 @@ def start_rig(tmp: Path, *, engine: tuple[str, int] = ("chaos", 3),
         agent_token = r.json()["token"]
     ops = free_port()
     rig.agent = Proc("agent", _capsuled(
-        "agent", "--api", rig.urls[0], "--host", HOST, "--docker-host", engine_url,
+        "agent", "--api", ",".join(rig.urls), "--host", HOST, "--docker-host", engine_url,
         "--ops-listen", f"127.0.0.1:{ops}", "--ops-url", f"http://127.0.0.1:{ops}"),
         {**env, "CAPSULED_AGENT_TOKEN": agent_token, "CAPSULED_AGENT__HEARTBEAT_INTERVAL": "1",
          "CAPSULED_AGENT__RELIST_INTERVAL": "3", "CAPSULED_AGENT__CPU_ALLOCATION_RATIO": "64",
