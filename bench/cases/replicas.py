@@ -58,11 +58,12 @@ def _seed(url: str, n: int) -> None:
 def _heartbeat(url: str) -> None:
     from capsuled.store import hosts as host_repo
     from capsuled.store.engine import Store, make_engine
+    from capsuled.store.tables import utcnow
 
     engine = make_engine(url)
     try:
         with Store(engine).transaction() as s:
-            host_repo.heartbeat(s, SIM_HOST)
+            host_repo.heartbeats(s, {SIM_HOST: (utcnow(), 1)})
     finally:
         engine.dispose()
 
