@@ -1,5 +1,5 @@
-"""Where a tenant may make the server send requests (webhooks): the URL's shape, and the
-addresses only administrators may reach.
+"""Where a tenant may make the server send requests (webhooks, image search): the URL's
+shape, and the addresses only administrators may reach.
 
 A webhook makes an API replica open connections that a tenant chose, from inside the
 deployment's network. Unchecked, a member could reach the cloud's metadata service
