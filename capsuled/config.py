@@ -207,6 +207,14 @@ class ApiSettings(BaseModel):
                                               "first start")
     registry_search_timeout: float = Field(5.0, gt=0, le=60, description="Seconds an image "
                                            "search waits for one registry's catalog")
+    registry_search_private_networks: bool = Field(
+        False, description="Let members' image searches reach registries (and their token "
+        "services) at private-network addresses (RFC 1918, IPv6 ULA), for tenants whose "
+        "registries live on the site's private network. This lets any member make the API "
+        "replicas open connections to those networks (their databases and services "
+        "included); loopback, link-local (cloud metadata), multicast, reserved and "
+        "unspecified addresses stay refused. Registries made by an admin, and admins' "
+        "searches, reach any address whatever this says")
     host_down_after: float = Field(60.0, gt=0, description="Seconds without a heartbeat before "
                                    "a host is down: not scheduled to, its capsules Unknown")
     scheduler_weigher: Literal["spread", "pack"] = Field(

@@ -64,6 +64,10 @@ DEFAULTS: dict[str, str] = {
     "image:search": READER,
     "registry:create": MEMBER, "registry:update": MEMBER, "registry:delete": MEMBER,
     "registry:get_one": READER, "registry:get_all": READER, "registry:get_all_all_projects": ADMIN,
+    # Image search reaching a registry (or its token realm) at a loopback, private,
+    # link-local, multicast or reserved address: a registry made, or a search made, by
+    # an admin (api.registry_search_private_networks opens RFC 1918/ULA to members).
+    "registry:search:private_address": ADMIN,
     # Security groups (/v1/security_groups, an extension): a project's own; every
     # project's (all_projects=true, or another's by uuid) is an admin's.
     "security_group:create": MEMBER, "security_group:update": MEMBER,

@@ -1,5 +1,5 @@
-"""Where a tenant may make the server send requests (webhooks): the URL's shape, and the
-addresses only administrators may reach.
+"""Where a tenant may make the server send requests (webhooks, image search): the URL's
+shape, and the addresses only administrators may reach.
 
 A webhook makes an API replica open connections that a tenant chose, from inside the
 deployment's network. Unchecked, a member could reach the cloud's metadata service
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +26,10 @@ IPAddress = IPv4Address | IPv6Address
 MAX_URL = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
 RESTRICTED_KINDS = "loopback, private, link-local, multicast, reserved or unspecified"
+# Networks a site numbers its own hosts in (RFC 1918, IPv6 unique local): what an operator
+# may let members' registry searches reach (api.registry_search_private_networks).
+PRIVATE_NETWORKS = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12",
+                                                 "192.168.0.0/16", "fc00::/7"))
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NUMERIC = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 
@@ -128,6 +132,17 @@ def restriction(address: IPAddress) -> str | None:
     # Shared (100.64/10), benchmarking, documentation, Teredo, …: not reachable on the
     # internet, so reachable only inside some network a member must not choose.
     return None if address.is_global else "reserved"
+
+
+def private_network(address: IPAddress) -> bool:
+    """Whether `address` is in a site's own private network (RFC 1918 or IPv6 unique
+    local, also carried inside IPv6) rather than loopback, link-local (the cloud's metadata
+    service), multicast, reserved or unspecified, which no such setting ever opens."""
+    if isinstance(address, IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return private_network(embedded)
+    return any(address in net for net in PRIVATE_NETWORKS)
 
 
 def restricted_problem(host: str, address: IPAddress, kind: str, field: str = "url") -> str:

@@ -38,6 +38,9 @@ class Credentials:
     domain: str
     username: str | None
     password: str | None = None
+    # Made (or its domain last set) by someone who may reach loopback/private addresses
+    # (an admin): image search may then reach it wherever it is (api/services/image_search).
+    allow_private: bool = False
 
     def __repr__(self) -> str:  # never a password in a log line or a traceback
         return f"Credentials(uuid={self.uuid!r}, domain={self.domain!r})"

@@ -26,11 +26,13 @@ FILTERS = ("name", "domain", "project_id", "user_id")
 
 
 def create(session: Session, box: SecretBox, project_id: str, user_id: str, name: str | None,
-           domain: str, username: str | None, password: str | None) -> Registry:
+           domain: str, username: str | None, password: str | None,
+           allow_private: bool = False) -> Registry:
     _name_is_free(session, project_id, name, None)
     row = Registry(uuid=str(uuidlib.uuid4()), name=name, domain=domain,
                    username_enc=box.seal(username), password_enc=box.seal(password),
-                   project_id=project_id, user_id=user_id, created_at=utcnow())
+                   project_id=project_id, user_id=user_id, allow_private=allow_private,
+                   created_at=utcnow())
     session.add(row)
     session.flush()
     return row
@@ -81,12 +83,16 @@ def list_(session: Session, project_id: str | None, page: Page,
     return list(session.scalars(stmt.order_by(*order).limit(page.limit)).all())
 
 
-def update(session: Session, box: SecretBox, row: Registry, changes: dict[str, str]) -> None:
+def update(session: Session, box: SecretBox, row: Registry, changes: dict[str, str],
+           allow_private: bool = False) -> None:
+    """`allow_private`: whether who changes the domain may reach any address (the flag
+    follows the domain: a member who repoints an admin's registry does not inherit it)."""
     if "name" in changes:
         _name_is_free(session, row.project_id, changes["name"], row.id)
         row.name = changes["name"]
     if "domain" in changes:
         row.domain = changes["domain"]
+        row.allow_private = allow_private
     if "username" in changes:
         row.username_enc = box.seal(changes["username"])
     if "password" in changes:
@@ -113,7 +119,8 @@ def credentials(session: Session, box: SecretBox, project_id: str) -> dict[str, 
     """The project's registries, decrypted, by uuid: for that project's pulls only."""
     rows = session.scalars(select(Registry).where(Registry.project_id == project_id)).all()
     return {r.uuid: Credentials(uuid=r.uuid, domain=r.domain, username=box.open(r.username_enc),
-                                password=box.open(r.password_enc)) for r in rows}
+                                password=box.open(r.password_enc),
+                                allow_private=bool(r.allow_private)) for r in rows}
 
 
 def with_pulls(session: Session, box: SecretBox, capsules: Sequence[Assignment],

@@ -280,6 +280,9 @@ class Registry(Base):
     password_enc: Mapped[str | None] = mapped_column(Text)
     project_id: Mapped[str] = mapped_column(String(255), index=True)
     user_id: Mapped[str] = mapped_column(String(255))
+    # Domain set by someone allowed to reach loopback/private addresses (an admin): image
+    # search may reach it there, checked against what the name resolves to at each search.
+    allow_private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp, onupdate=utcnow)
     __table_args__ = (UniqueConstraint("project_id", "name", name="uq_registries_project_name"),)

@@ -4,6 +4,7 @@ pulling through a registry, the host-cache attack, and image search."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -32,12 +33,24 @@ class Tenant:
     def __init__(self, server: Server, project: str) -> None:
         self.project = project
         self.api = server.client(server.issue_token(project, f"{project}-user", "member"))
+        self._server = server
+        self._admin: httpx.Client | None = None
         self.containers: list[str] = []
         self.capsules: list[str] = []
         self.registries: list[str] = []
 
-    def registry(self, expect: int = 201, **fields: Any) -> dict[str, Any]:
-        r = self.api.post("/v1/registries", json={"registry": fields})
+    @property
+    def admin(self) -> httpx.Client:
+        """An admin of this project (whose registries image search may reach on loopback)."""
+        if self._admin is None:
+            self._admin = self._server.client(self._server.issue_token(
+                self.project, f"{self.project}-admin", "admin"))
+        return self._admin
+
+    def registry(self, expect: int = 201, by_admin: bool = False,
+                 **fields: Any) -> dict[str, Any]:
+        r = (self.admin if by_admin else self.api).post("/v1/registries",
+                                                        json={"registry": fields})
         assert r.status_code == expect, r.text
         body: dict[str, Any] = r.json()
         if r.status_code == 201:
@@ -80,6 +93,8 @@ class Tenant:
         for u in self.registries:
             self.api.delete(f"/v1/registries/{u}")
         self.api.close()
+        if self._admin is not None:
+            self._admin.close()
 
 
 @pytest.fixture()
@@ -276,8 +291,11 @@ def test_capsule_template_container_with_registry(server: Server, tenants, docke
 
 def test_image_search_in_the_projects_registry(server: Server, tenants,  # type: ignore[no-untyped-def]
                                                registry: PrivateRegistry, unique) -> None:
+    # The test registry listens on loopback, which only a registry an admin made may be
+    # searched at (test_member_search_never_reaches_loopback below); a member searches it.
     a = tenants()
-    a.registry(name=unique("reg"), domain=registry.domain, username=USER, password=PASSWORD)
+    a.registry(name=unique("reg"), domain=registry.domain, username=USER, password=PASSWORD,
+               by_admin=True)
     found = a.api.get("/v1/images/busybox/search")
     assert found.status_code == 200, found.text
     assert [i["name"] for i in found.json()] == [registry.image]
@@ -298,13 +316,44 @@ def test_image_search_in_the_projects_registry(server: Server, tenants,  # type:
     assert elsewhere.status_code == 400 and "none of this project's registries" in elsewhere.text
     # An unreachable registry: a clear 400 naming it, quickly.
     dead = f"127.0.0.1:{free_port()}"
-    b.registry(name=unique("dead"), domain=dead)
+    b.registry(name=unique("dead"), domain=dead, by_admin=True)
     r = b.api.get(f"/v1/images/{dead}/busybox/search", timeout=20)
     assert r.status_code == 400 and dead in r.text and "cannot be reached" in r.text, r.text
     wrong = tenants()
-    wrong.registry(name=unique("w"), domain=registry.domain, username=USER, password="nope-1")
+    wrong.registry(name=unique("w"), domain=registry.domain, username=USER, password="nope-1",
+                   by_admin=True)
     refused = wrong.api.get(f"/v1/images/{registry.domain}/busybox/search")
     assert refused.status_code == 400 and "username and password" in refused.text
+
+
+def test_member_search_never_reaches_loopback(server: Server, tenants,  # type: ignore[no-untyped-def]
+                                              registry: PrivateRegistry, unique) -> None:
+    """A member's registry at the API's own port, or at a socket of ours on loopback: the
+    search answers that the address is not allowed, and nothing connected there."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    trap = f"127.0.0.1:{listener.getsockname()[1]}"
+    own = f"127.0.0.1:{server.port}"
+    a = tenants()
+    assert server.log is not None
+    log_before = server.log.read_text(errors="replace").count("/v2/_catalog")
+    try:
+        for domain in (trap, own, registry.domain):
+            a.registry(name=unique("ssrf"), domain=domain, username=USER, password=PASSWORD)
+            r = a.api.get(f"/v1/images/{domain}/busybox/search", timeout=20)
+            assert r.status_code == 400, r.text
+            assert domain in r.text and "is not allowed" in r.text, r.text
+        with pytest.raises(TimeoutError):
+            listener.accept()[0].close()  # nothing connected to our socket
+    finally:
+        listener.close()
+    # Nor to the API itself, nor to the registry: the server logs each request it makes
+    # (httpx), and logged none, though the same search of a registry an admin made does.
+    assert server.log.read_text(errors="replace").count("/v2/_catalog") == log_before
+    a.registry(name=unique("ok"), domain=registry.domain, username=USER, password=PASSWORD,
+               by_admin=True)
+    assert a.api.get(f"/v1/images/{registry.domain}/busybox/search").status_code == 200
+    assert server.log.read_text(errors="replace").count("/v2/_catalog") > log_before
 
 
 def test_registry_delete_after_its_container_goes(server: Server, tenants,  # type: ignore[no-untyped-def]

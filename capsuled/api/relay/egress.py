@@ -1,16 +1,20 @@
-"""POSTing to a URL a tenant chose, safely: resolve, check, connect to what was checked.
+"""Requests to a URL a tenant chose, safely: resolve, check, connect to what was checked.
+Webhook deliveries (HttpPoster) and image search's registry requests (HttpGetter) go
+through here, and nowhere else.
 
 - The host is resolved here and every address it resolves to is judged
-  (domain/egress.py); for a subscription not made by an admin one restricted address
-  refuses the delivery, and no connection is opened.
+  (domain/egress.py); for a subscription or registry not made by an admin one restricted
+  address refuses the request, and no connection is opened. An operator may let members
+  reach private networks (RFC 1918, ULA): never loopback, link-local, multicast, reserved
+  or unspecified addresses.
 - The connection goes to the checked address itself (the URL's host replaced by it), with
   the name in the Host header and, for https, as the TLS server name (SNI) the
   certificate is verified against. No second resolution happens, so a name that answers
   a public address to the check and 127.0.0.1 to the connection (DNS rebinding) gains
   nothing.
-- No redirects (a 3xx is a failed delivery), no proxies from the environment, no
+- No redirects (a 3xx is an answer, never followed), no proxies from the environment, no
   keep-alive (each delivery is a fresh connection to a freshly checked address).
-- One delivery takes at most `timeout` seconds in all: connect and each read are bounded
+- One request takes at most `timeout` seconds in all: connect and each read are bounded
   by httpx, and a watchdog shuts the socket down at the deadline (a receiver that drips
   its answer a byte at a time gains nothing). At most `max_response` bytes are read.
 """
@@ -29,10 +33,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from capsuled.domain.egress import IPAddress, Target, restricted_problem, restriction
+from capsuled.domain.egress import (IPAddress, Target, private_network, restricted_problem,
+                                    restriction)
 
 Resolver = Callable[[str, int], list[IPAddress]]
 USER_AGENT = "capsuled-webhook/1"
+SEARCH_USER_AGENT = "capsuled-image-search/1"
 _SNIPPET = 200
 
 
@@ -42,6 +48,30 @@ class Refused(Exception):
 
 class Unresolvable(Refused):
     """The URL's host name does not resolve (now)."""
+
+
+class Restricted(Refused):
+    """The URL's host is (or resolves to) an address the requester may not reach."""
+
+    def __init__(self, host: str, address: IPAddress, kind: str) -> None:
+        super().__init__(restricted_problem(host, address, kind))
+        self.host = host
+        self.address = address
+        self.kind = kind
+
+
+class Unanswered(Exception):
+    """No answer came; the message says why (no body of anyone's in it)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a checked target answered: at most `max_response` bytes of its body."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    complete: bool  # False: the body was cut at the limit or broke off
 
 
 @dataclass(frozen=True)
@@ -78,16 +108,18 @@ def system_resolver(host: str, port: int) -> list[IPAddress]:
     return out
 
 
-def addresses(target: Target, allow_private: bool, resolve: Resolver) -> list[IPAddress]:
+def addresses(target: Target, allow_private: bool, resolve: Resolver, *,
+              private_networks: bool = False) -> list[IPAddress]:
     """Where `target` may be reached: its literal address or every address its name
-    resolves to; Refused if any is restricted and `allow_private` is not given."""
+    resolves to; Restricted if any is restricted and `allow_private` is not given
+    (`private_networks`: except RFC 1918 and ULA ones)."""
     literal = target.ip
     found = [literal] if literal is not None else resolve(target.host, target.port)
     if not allow_private:
         for addr in found:
             kind = restriction(addr)
-            if kind is not None:
-                raise Refused(restricted_problem(target.host, addr, kind))
+            if kind is not None and not (private_networks and private_network(addr)):
+                raise Restricted(target.host, addr, kind)
     return found
 
 
@@ -96,14 +128,16 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-class HttpPoster:
-    """The real Poster. `transport` replaces the network in tests (httpx.MockTransport)."""
+class _Pinned:
+    """One request at a time to a checked address of a target: the part webhooks and
+    image search share. `transport` replaces the network in tests (httpx.MockTransport)."""
 
-    def __init__(self, timeout: float, max_response: int, *, resolve: Resolver = system_resolver,
-                 verify: ssl.SSLContext | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, timeout: float, max_response: int, user_agent: str, *,
+                 resolve: Resolver, verify: ssl.SSLContext | None,
+                 transport: httpx.BaseTransport | None) -> None:
         self._timeout = timeout
         self._max_response = max_response
+        self._user_agent = user_agent
         self._resolve = resolve
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False,
@@ -113,58 +147,100 @@ class HttpPoster:
     def close(self) -> None:
         self._client.close()
 
-    def post(self, target: Target, allow_private: bool, headers: dict[str, str],
-             body: bytes) -> Reply:
-        try:
-            found = addresses(target, allow_private, self._resolve)
-        except Refused as exc:
-            return Reply(None, str(exc))
+    def _request(self, method: str, target: Target, allow_private: bool,
+                 headers: dict[str, str], body: bytes | None,
+                 private_networks: bool = False) -> Answer:
+        """The first answer of up to three of `target`'s addresses (the next one only if
+        this one could not be connected to); Refused before any connection, Unanswered."""
+        found = addresses(target, allow_private, self._resolve,
+                          private_networks=private_networks)
         errors: list[str] = []
         deadline = time.monotonic() + self._timeout
-        for addr in found[:3]:  # the next address only if this one could not be reached
+        for addr in found[:3]:
             if time.monotonic() >= deadline:
                 break
-            reply = self._post_to(target, addr, headers, body, deadline)
-            if reply.status is not None or not reply.error or not reply.error.startswith("connect"):
-                return reply
-            errors.append(f"{addr}: {reply.error}")
-        return Reply(None, "; ".join(errors) or f"timed out after {self._timeout:g}s")
+            try:
+                return self._request_to(method, target, addr, headers, body, deadline)
+            except _ConnectFailed as exc:
+                errors.append(f"{addr}: connect: {exc}")
+        raise Unanswered("; ".join(errors) or f"timed out after {self._timeout:g}s")
 
-    def _post_to(self, target: Target, addr: IPAddress, headers: dict[str, str], body: bytes,
-                 deadline: float) -> Reply:
+    def _request_to(self, method: str, target: Target, addr: IPAddress,
+                    headers: dict[str, str], body: bytes | None, deadline: float) -> Answer:
         watchdog = _Watchdog(deadline)
         extensions: dict[str, Any] = {"trace": watchdog.trace}
         if target.scheme == "https" and target.ip is None:
             extensions["sni_hostname"] = target.host
         # identity: the answer is read raw (a compressed one could expand past any bound).
-        sent = {**headers, "Host": target.host_header(), "User-Agent": USER_AGENT,
-                "Connection": "close", "Content-Type": "application/json",
-                "Accept-Encoding": "identity"}
+        sent = {**headers, "Host": target.host_header(), "User-Agent": self._user_agent,
+                "Connection": "close", "Accept-Encoding": "identity"}
         status: int | None = None
-        kept = b""
+        got = httpx.Headers()
+        kept = bytearray()
+        complete = False
         try:
             timeout = httpx.Timeout(max(0.1, deadline - time.monotonic()))
-            with self._client.stream("POST", target.url_at(addr), headers=sent, content=body,
+            with self._client.stream(method, target.url_at(addr), headers=sent, content=body,
                                      timeout=timeout, extensions=extensions) as response:
-                status = response.status_code
+                status, got = response.status_code, response.headers
                 for chunk in response.iter_raw():
-                    kept += chunk[:max(0, _SNIPPET - len(kept))]
+                    kept += chunk[:max(0, self._max_response - len(kept))]
                     if response.num_bytes_downloaded >= self._max_response:
                         break  # the rest is not read: closing drops the connection
+                else:
+                    complete = True
         except httpx.ConnectError as exc:
-            return Reply(None, f"connect: {_reason(exc)}")
+            raise _ConnectFailed(_reason(exc)) from None
         except httpx.HTTPError as exc:
             if status is None:  # no answer at all (an unread rest of one does not matter)
-                return Reply(None, f"timed out after {self._timeout:g}s" if watchdog.fired
-                             else _reason(exc))
+                raise Unanswered(f"timed out after {self._timeout:g}s" if watchdog.fired
+                                 else _reason(exc)) from None
         finally:
             watchdog.cancel()
-        assert status is not None
-        if 200 <= status < 300:
-            return Reply(status)
-        text = kept.decode("utf-8", "replace")
+        return Answer(status, got, bytes(kept), complete)
+
+
+class _ConnectFailed(Exception):
+    """This address could not be connected to (the next one may be tried)."""
+
+
+class HttpPoster(_Pinned):
+    """The real Poster."""
+
+    def __init__(self, timeout: float, max_response: int, *, resolve: Resolver = system_resolver,
+                 verify: ssl.SSLContext | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(timeout, max_response, USER_AGENT, resolve=resolve, verify=verify,
+                         transport=transport)
+
+    def post(self, target: Target, allow_private: bool, headers: dict[str, str],
+             body: bytes) -> Reply:
+        try:
+            got = self._request("POST", target, allow_private,
+                                {**headers, "Content-Type": "application/json"}, body)
+        except (Refused, Unanswered) as exc:
+            return Reply(None, str(exc))
+        if 200 <= got.status < 300:
+            return Reply(got.status)
+        text = got.body[:_SNIPPET].decode("utf-8", "replace")
         snippet = "".join(ch if ch.isprintable() else " " for ch in text).strip()
-        return Reply(status, f"HTTP {status}" + (f": {snippet}" if snippet else ""))
+        return Reply(got.status, f"HTTP {got.status}" + (f": {snippet}" if snippet else ""))
+
+
+class HttpGetter(_Pinned):
+    """GETs of a checked target (image search's registry catalogs and token realms), each
+    bounded by `timeout` seconds and `max_response` bytes, never following a redirect."""
+
+    def __init__(self, timeout: float, max_response: int, *, resolve: Resolver = system_resolver,
+                 verify: ssl.SSLContext | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(timeout, max_response, SEARCH_USER_AGENT, resolve=resolve,
+                         verify=verify, transport=transport)
+
+    def get(self, target: Target, allow_private: bool, headers: dict[str, str], *,
+            private_networks: bool = False) -> Answer:
+        """The answer; Refused (no connection was opened), Unanswered."""
+        return self._request("GET", target, allow_private, headers, None, private_networks)
 
 
 class _Watchdog:

@@ -52,7 +52,7 @@ def pull(request: Request, body: BodyDep, base: BaseUrlDep) -> dict[str, Any]:
 def search(request: Request, image: str, who: PrincipalDep, image_driver: str | None = None,
            exact_match: str | None = None) -> list[dict[str, Any]]:
     """Zun's image search, in the project's private registries (registry catalogs)."""
-    return _service(request).search(who.project_id, image, given(image_driver),
+    return _service(request).search(who, image, given(image_driver),
                                     flag(exact_match, "exact_match"))
 
 

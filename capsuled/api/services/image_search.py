@@ -1,22 +1,33 @@
 """Image search in private registries (Zun's GET /v1/images/{image}/search).
 
 Registry API v2 has no search, so the catalog (`/v2/_catalog`) is read with the
-project's credentials and filtered here. Every call is bounded: a timeout per registry,
+project's credentials and filtered here. Every call is bounded: a timeout per request,
 a cap on the bytes read, and a cap on the repositories kept, so a slow or hostile
 registry costs one request a few seconds at most. Nothing a registry answers is echoed
 in an error beyond its status code: a tenant must not turn the API into a proxy.
+
+A registry's domain and its token realm are a tenant's choice, so both are requested
+through api/relay/egress.py, as webhooks are: every address is checked, the connection
+goes to a checked one, and a member's search reaches no loopback, private, link-local
+(cloud metadata), multicast or reserved address unless the registry was made or is
+searched by an admin (`registry:search:private_address`); the operator may open private
+networks (RFC 1918, ULA) to members (api.registry_search_private_networks).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
-import httpx
-
+from capsuled.api.relay.egress import (Answer, HttpGetter, Refused, Restricted, Unanswered,
+                                       Unresolvable)
+from capsuled.domain.egress import RESTRICTED_KINDS, Target, parse_url
 from capsuled.domain.registry import Credentials
+from capsuled.errors import InvalidInput
 
 MAX_CATALOG_BYTES = 1024 * 1024
 MAX_REPOSITORIES = 1000  # one catalog page; the reference registry refuses more
@@ -38,68 +49,114 @@ class Found:
     registry: str
 
 
-def search_catalog(reg: Credentials, term: str, exact: bool, timeout: float) -> list[Found]:
+@dataclass(frozen=True)
+class Reach:
+    """Which addresses this search may reach: any (`allow_private`: an admin made the
+    registry or searches), or global ones and, with `private_networks`, RFC 1918/ULA."""
+
+    allow_private: bool
+    private_networks: bool = False
+
+
+def search_catalog(getter: HttpGetter, reg: Credentials, term: str, exact: bool,
+                   reach: Reach) -> list[Found]:
     """Repositories of `reg` whose name contains `term` (or equals it, `exact`)."""
-    repos = _catalog(reg, timeout)
+    repos = _catalog(getter, reg, reach)
     wanted = term.lower()
     hits = [r for r in repos if (r.lower() == wanted if exact else wanted in r.lower())]
     return [Found(name=f"{reg.domain}/{r}", registry=reg.domain) for r in sorted(hits)]
 
 
-def _catalog(reg: Credentials, timeout: float) -> list[str]:
+def _catalog(getter: HttpGetter, reg: Credentials, reach: Reach) -> list[str]:
     errors: list[str] = []
     for scheme in ("https", "http"):
-        url = f"{scheme}://{reg.domain}/v2/_catalog?n={MAX_REPOSITORIES}"
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-                return _read_catalog(client, url, reg)
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            errors.append(f"{scheme}: {type(exc).__name__}")
+            target = parse_url(f"{scheme}://{reg.domain}/v2/_catalog?n={MAX_REPOSITORIES}")
+        except InvalidInput:
+            raise Unreachable(reg.domain, "is not a host name or address") from None
+        try:
+            return _read_catalog(getter, target, reg, reach)
+        except Restricted:
+            raise Unreachable(reg.domain, _not_allowed("its address")) from None
+        except Unresolvable:
+            raise Unreachable(reg.domain, "cannot be reached (its name does not resolve)") from None
+        except (Unanswered, _Broken):
+            errors.append(f"{scheme}: no answer")
     raise Unreachable(reg.domain, "cannot be reached (" + ", ".join(errors) + ")")
 
 
-def _read_catalog(client: httpx.Client, url: str, reg: Credentials) -> list[str]:
-    auth = httpx.BasicAuth(reg.username, reg.password or "") if reg.username else None
-    status, body, challenge = _get(client, url, auth, None)
-    if status == 401 and challenge.lower().startswith("bearer"):
-        token = _bearer_token(client, challenge, auth)
-        status, body, _ = _get(client, url, None, token)
-    if status in (401, 403):
-        raise Unreachable(reg.domain, f"refused the catalog ({status}): check the registry's "
-                                      "username and password")
-    if status != 200:
-        raise Unreachable(reg.domain, f"answered {status} to /v2/_catalog")
+class _Broken(Exception):
+    """An answer cut off or larger than the limit."""
+
+
+def _not_allowed(what: str) -> str:
+    # Neither the address nor its kind: a member learns nothing of the internal network.
+    return (f"cannot be searched: {what} is not allowed (only administrators may search "
+            f"registries at {RESTRICTED_KINDS} addresses)")
+
+
+def _read_catalog(getter: HttpGetter, target: Target, reg: Credentials,
+                  reach: Reach) -> list[str]:
+    basic = _basic(reg)
+    got = _get(getter, target, reach, basic)
+    challenge = got.headers.get("www-authenticate", "")
+    if got.status == 401 and challenge.lower().startswith("bearer"):
+        token = _bearer_token(getter, challenge, basic, reach, reg.domain)
+        got = _get(getter, target, reach, f"Bearer {token}" if token else None)
+    if got.status in (401, 403):
+        raise Unreachable(reg.domain, f"refused the catalog ({got.status}): check the "
+                                      "registry's username and password")
+    if got.status != 200:
+        raise Unreachable(reg.domain, f"answered {got.status} to /v2/_catalog")
     try:
-        repos = json.loads(body).get("repositories") or []
+        repos = json.loads(got.body).get("repositories") or []
     except (ValueError, AttributeError):
         raise Unreachable(reg.domain, "answered something other than a catalog") from None
     return [r for r in _strings(repos)][:MAX_REPOSITORIES]
 
 
-def _get(client: httpx.Client, url: str, auth: httpx.Auth | None,
-         token: str | None) -> tuple[int, bytes, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with client.stream("GET", url, auth=auth, headers=headers) as resp:
-        body = bytearray()
-        for chunk in resp.iter_bytes():
-            body += chunk
-            if len(body) > MAX_CATALOG_BYTES:
-                raise httpx.TransportError("catalog larger than the limit")
-        return resp.status_code, bytes(body), resp.headers.get("www-authenticate", "")
+def _basic(reg: Credentials) -> str | None:
+    if not reg.username:
+        return None
+    pair = f"{reg.username}:{reg.password or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
-def _bearer_token(client: httpx.Client, challenge: str, auth: httpx.Auth | None) -> str | None:
-    """Token auth (Docker's distribution spec): ask the realm for a registry:catalog token."""
+def _get(getter: HttpGetter, target: Target, reach: Reach,
+         authorization: str | None) -> Answer:
+    headers = {"Authorization": authorization} if authorization else {}
+    got = getter.get(target, reach.allow_private, headers,
+                     private_networks=reach.private_networks)
+    if not got.complete:
+        raise _Broken()
+    return got
+
+
+def _bearer_token(getter: HttpGetter, challenge: str, basic: str | None, reach: Reach,
+                  domain: str) -> str | None:
+    """Token auth (Docker's distribution spec): ask the realm for a registry:catalog token.
+    The realm is checked as the registry is: a public registry may not send the search
+    to a loopback or metadata address."""
     params = dict(_CHALLENGE.findall(challenge))
     realm = params.pop("realm", None)
     if not realm or not realm.startswith(("https://", "http://")):
         return None
     params.setdefault("scope", "registry:catalog:*")
-    status, body, _ = _get(client, str(httpx.URL(realm, params=params)), auth, None)
-    if status != 200:
+    sep = "&" if "?" in realm else "?"
+    try:
+        target = parse_url(realm + sep + urlencode(params), "realm")
+    except InvalidInput:
         return None
     try:
-        data = json.loads(body)
+        got = _get(getter, target, reach, basic)
+    except Restricted:
+        raise Unreachable(domain, _not_allowed("its token service's address")) from None
+    except (Refused, Unanswered, _Broken):
+        return None
+    if got.status != 200:
+        return None
+    try:
+        data = json.loads(got.body)
     except ValueError:
         return None
     token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None

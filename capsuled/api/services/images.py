@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from capsuled.api.services.image_search import Unreachable, search_catalog
+from capsuled.api.policy import Policy
+from capsuled.api.relay.egress import HttpGetter
+from capsuled.api.services.image_search import (MAX_CATALOG_BYTES, Reach, Unreachable,
+                                                search_catalog)
+from capsuled.api.services.registries import PRIVATE_RULE
 from capsuled.domain.registry import DOCKER_HUB, canonical_domain, split_host
 from capsuled.domain.template import IMAGE_RE, short
 from capsuled.errors import CapsuledError, InvalidInput, NotFound, Unavailable
 from capsuled.hostops.protocol import ContainerOps, ImageInfo
+from capsuled.identity.base import Principal
 from capsuled.store import registries as registry_repo
 from capsuled.store.crypto import SecretBox
 from capsuled.store.engine import Store
@@ -43,9 +48,14 @@ def image_uuid(host: str, repo: str, tag: str) -> str:
 class ImageService:
     def __init__(self, store: Store, ops_for: Callable[[str], ContainerOps],
                  host_down_after: timedelta, secrets: SecretBox | None = None,
-                 search_timeout: float = 5.0) -> None:
+                 search_timeout: float = 5.0, *, policy: Policy | None = None,
+                 private_networks: bool = False, getter: HttpGetter | None = None) -> None:
+        """`getter` replaces the registry requests in tests; `private_networks`: members'
+        searches may reach RFC 1918/ULA addresses (api.registry_search_private_networks)."""
         self._secrets = secrets
-        self._search_timeout = search_timeout
+        self._policy = policy or Policy()
+        self._private_networks = private_networks
+        self._getter = getter or HttpGetter(search_timeout, MAX_CATALOG_BYTES)
         self._store = store
         self._ops_for = ops_for
         self._down_after = host_down_after
@@ -87,12 +97,15 @@ class ImageService:
         image = self.get(ident)
         self._ops_for(image.host).remove_image(f"{image.info.repo}:{image.info.tag}")
 
-    def search(self, project_id: str, term: str, image_driver: str | None,
+    def search(self, who: Principal, term: str, image_driver: str | None,
                exact_match: bool) -> builtins.list[dict[str, Any]]:
         """Zun's image search: the catalogs of the project's own registries (those whose
         domain the term names, or all of them when it names none) and, for a term that
         names no host or Docker Hub, Docker Hub through a host's engine. A 400 naming
-        each source when none could be searched."""
+        each source when none could be searched. A registry a member may not reach (a
+        loopback, link-local, … address) is one that could not be searched."""
+        project_id = who.project_id
+        admin = self._policy.allows(PRIVATE_RULE, who)
         if image_driver not in (None, "docker"):
             raise InvalidInput(f"image_driver: only docker images can be searched here, not "
                                f"{short(image_driver)}")
@@ -112,7 +125,9 @@ class ImageService:
         for reg in targets:
             try:
                 found += [_found(f.name, f.registry) for f in
-                          search_catalog(reg, name, exact_match, self._search_timeout)]
+                          search_catalog(self._getter, reg, name, exact_match,
+                                         Reach(admin or reg.allow_private,
+                                               self._private_networks))]
             except Unreachable as exc:
                 failed.append(str(exc))
         searched = len(targets)

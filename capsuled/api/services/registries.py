@@ -21,6 +21,8 @@ from capsuled.store.engine import Store
 from capsuled.store.tables import Registry
 
 FIELDS = ("name", "domain", "username", "password")
+# Whose registries image search may reach at loopback/private/link-local/… addresses.
+PRIVATE_RULE = "registry:search:private_address"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class RegistryService:
         fields = _parse(body, creating=True)
         with self._store.transaction() as s:
             row = repo.create(s, self._box, who.project_id, who.user_id, fields.get("name"),
-                              fields["domain"], fields.get("username"), fields.get("password"))
+                              fields["domain"], fields.get("username"), fields.get("password"),
+                              allow_private=self._policy.allows(PRIVATE_RULE, who))
             return self._view(row)
 
     def get(self, who: Principal, ident: str) -> RegistryView:
@@ -75,7 +78,8 @@ class RegistryService:
         fields = _parse(body, creating=False)
         with self._store.transaction() as s:
             row = repo.get(s, ident, self._wide(who))
-            repo.update(s, self._box, row, fields)
+            repo.update(s, self._box, row, fields,
+                        allow_private=self._policy.allows(PRIVATE_RULE, who))
             return self._view(row)
 
     def delete(self, who: Principal, ident: str) -> None:
