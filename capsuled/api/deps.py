@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
 
 from capsuled import documents
@@ -15,11 +16,21 @@ TRUE = {"true", "1", "yes", "on", "y", "t"}
 FALSE = {"false", "0", "no", "off", "n", "f"}
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
+    """The caller. A token this replica checked recently is answered in the event loop;
+    only a check that reads the store or asks Keystone goes to a worker thread. Every
+    request depends on this: as a plain function it took a thread of the shared pool
+    each time, so heartbeats and long polls queued behind whatever held the pool (a
+    burst of reports waiting on row locks), and agents were seen down although alive."""
     token = request.headers.get("x-auth-token")
     if not token:
         raise NotAuthenticated("Authentication required: send a token in the X-Auth-Token header.")
-    return authenticate(request, token)
+    identity: IdentityProvider = request.app.state.identity
+    remembered = getattr(identity, "remembered", None)
+    who = remembered(token) if remembered is not None else None
+    if who is not None:
+        return who  # type: ignore[no-any-return]
+    return await anyio.to_thread.run_sync(authenticate, request, token)
 
 
 def authenticate(request: Request, token: str) -> Principal:

@@ -22,3 +22,8 @@ class IdentityProvider(Protocol):
     def authenticate(self, token: str) -> Principal | None:
         """The principal a token stands for, or None if it is unknown, revoked or expired."""
         ...
+
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a token checked recently, from memory only (never blocks: the
+        API asks it in the event loop); None when `authenticate` must decide."""
+        ...

@@ -20,3 +20,8 @@ class LocalThenKeystone:
         if token.startswith(TOKEN_PREFIX):
             return self._local.authenticate(token)
         return self._keystone.authenticate(token)
+
+    def remembered(self, token: str) -> Principal | None:
+        if token.startswith(TOKEN_PREFIX):
+            return self._local.remembered(token)
+        return self._keystone.remembered(token)

@@ -163,6 +163,12 @@ class KeystoneIdentity:
             raise Forbidden(entry.forbidden)
         return entry.principal
 
+    def remembered(self, token: str) -> Principal | None:
+        if not _TOKEN_SHAPE.fullmatch(token):
+            return None
+        entry = self._cached(hashlib.sha256(token.encode()).hexdigest())
+        return None if entry is None or entry.forbidden is not None else entry.principal
+
     def _cached(self, key: str) -> _Entry | None:
         if self._ttl <= 0:
             return None

@@ -47,13 +47,18 @@ class LocalIdentity:
             TTLCache(maxsize=size, ttl=longest, timer=clock) if longest > 0 else None)
         self._lock = threading.Lock()
 
+    def remembered(self, token: str) -> Principal | None:
+        if self._cache is None:
+            return None
+        with self._lock:
+            hit = self._cache.get(digest(token))
+        return hit[0] if hit is not None and hit[1] > self._clock() else None
+
     def authenticate(self, token: str) -> Principal | None:
+        known = self.remembered(token)
+        if known is not None:
+            return known
         key = digest(token)
-        if self._cache is not None:
-            with self._lock:
-                hit = self._cache.get(key)
-            if hit is not None and hit[1] > self._clock():
-                return hit[0]
         with self._store.transaction() as s:
             row = find_token(s, token)
             if row is None:

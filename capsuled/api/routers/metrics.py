@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Request, Response
 
 from capsuled.api.deps import authenticate, principal
@@ -21,11 +22,11 @@ from capsuled.identity.base import Principal
 router = APIRouter()
 
 
-def scraper(request: Request) -> Principal:
+async def scraper(request: Request) -> Principal:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if not request.headers.get("x-auth-token") and scheme.lower() == "bearer" and token.strip():
-        return authenticate(request, token.strip())
-    return principal(request)
+        return await anyio.to_thread.run_sync(authenticate, request, token.strip())
+    return await principal(request)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {
