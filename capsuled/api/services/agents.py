@@ -217,11 +217,8 @@ class ControlPlane:
         with self.board.waiting():
             while True:
                 seen = signal.seq
-                final = time.monotonic() >= deadline
-                if not (final or self._moved(host, after_revision)):
-                    got = None
-                else:
-                    got = self._assignments(host, after_revision, final, full)
+                due, final = self._due(host, after_revision, deadline)
+                got = self._assignments(host, after_revision, final, full) if due else None
                 if got is not None:
                     return got
                 signal.wait_blocking(seen, min(_WATCH_RECHECK_SECONDS,
@@ -235,23 +232,22 @@ class ControlPlane:
         with self.board.waiting():
             while True:
                 seen = signal.seq
-                final = time.monotonic() >= deadline
-                if not (final or self._moved(host, after_revision)):
-                    got = None
-                else:
-                    got = await anyio.to_thread.run_sync(self._assignments, host,
-                                                         after_revision, final, full)
+                due, final = self._due(host, after_revision, deadline)
+                got = await anyio.to_thread.run_sync(
+                    self._assignments, host, after_revision, final, full) if due else None
                 if got is not None:
                     return got
                 await signal.wait(seen, min(_WATCH_RECHECK_SECONDS,
                                             max(0.0, deadline - time.monotonic())))
 
-    def _moved(self, host: str, after_revision: int) -> bool:
-        """Whether the host's set may have moved past `after_revision`: the watch board's
-        recent reading when it has one (no query: a recheck of an idle agent's long poll
-        is then free), else True (read the store)."""
+    def _due(self, host: str, after_revision: int, deadline: float) -> tuple[bool, bool]:
+        """(read the store now?, is this the final read?). Before the deadline only when
+        the host's set may have moved past `after_revision`: the watch board's recent
+        reading says so when it has one (no query: a recheck of an idle agent's long poll
+        is then free), else the store is read."""
+        final = time.monotonic() >= deadline
         known = self.board.revision(host)
-        return known is None or known != after_revision
+        return final or known is None or known != after_revision, final
 
     def _assignments(self, host: str, after_revision: int, final: bool,
                      full: bool = True) -> Assignments | None:
