@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import docker.errors
 import httpx
 import pytest
 from conftest import Server, sleeper, template, wait_for
@@ -246,7 +247,10 @@ def test_admins_may_run_privileged_containers(world: World, docker_api) -> None:
     try:
         def privileged(label: str) -> bool | None:
             found = docker_api.containers(all=True, filters={"label": [label]})
-            return docker_api.inspect_container(found[0]["Id"])["HostConfig"]["Privileged"] if found else None
+            try:
+                return docker_api.inspect_container(found[0]["Id"])["HostConfig"]["Privileged"] if found else None
+            except docker.errors.NotFound:  # listed, then gone before the inspect: look again
+                return None
         wait_for(lambda: privileged(f"capsuled.container={r.json()['uuid']}") is True,
                  what="a privileged bare container")
         member_uuid = c.json()["containers"][0]["uuid"]
