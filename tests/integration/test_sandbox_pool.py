@@ -84,7 +84,13 @@ def idle(docker_api: docker.APIClient, instance: str) -> set[str]:
 
 def members(docker_api: docker.APIClient, uuid: str) -> list[dict[str, Any]]:
     rows = docker_api.containers(all=True, filters={"label": [f"{L.CAPSULE}={uuid}"]})
-    return [docker_api.inspect_container(r["Id"]) for r in rows]
+    out = []
+    for r in rows:
+        try:
+            out.append(docker_api.inspect_container(r["Id"]))
+        except docker.errors.NotFound:
+            continue  # replaced since the listing
+    return out
 
 
 def running(api: httpx.Client, uuid: str, timeout: float = 90) -> dict[str, Any]:
@@ -244,7 +250,13 @@ def test_capsuled_killed_mid_claims_leaves_no_orphan_and_no_shared_sandbox(
         claims = json.loads((srv.state_dir / "sandbox-claims.json").read_text())["claims"]
         assert gone not in claims and len({c["sandbox"] for c in claims.values()}) == len(claims)
         for uuid in new:
-            (sid,) = {m["HostConfig"]["NetworkMode"] for m in members(docker_api, uuid)}
+            # A capsule whose claim was lost gets a sandbox of its own (also labelled with
+            # it), and a member being replaced may still be listed: wait for one sandbox.
+            def one_sandbox(uuid: str = uuid) -> str | None:
+                modes = {m["HostConfig"]["NetworkMode"] for m in members(docker_api, uuid)
+                         if m["Config"]["Labels"].get(L.ROLE) == "app"}
+                return modes.pop() if len(modes) == 1 else None
+            sid = wait_for(one_sandbox, timeout=60, what=f"{uuid}'s members in one sandbox")
             assert docker_api.inspect_container(sid.removeprefix("container:"))["State"]["Running"]
         # Every pooled sandbox is claimed by a live capsule or idle; nothing else is left.
         live = {c["sandbox"] for u, c in claims.items() if u in new}
