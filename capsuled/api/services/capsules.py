@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.orm import Session
 
 from capsuled.api.policy import Policy
 from capsuled.api.metrics import ApiMetrics
@@ -54,7 +55,6 @@ class CapsuleService:
 
     def create(self, who: Principal, template: Any) -> Capsule:
         spec = self.parse(who, template)
-        refuse_foreign_images(self._store, who.project_id, spec)
         try:
             row = self._create(who, spec)
         except OverQuota as exc:
@@ -70,7 +70,6 @@ class CapsuleService:
     def rehearse_create(self, who: Principal, template: Any) -> Rehearsal:
         """What `create` would do (dry_run.py): every check, nothing kept."""
         spec = self.parse(who, template)
-        refuse_foreign_images(self._store, who.project_id, spec)
         try:
             self._create(who, spec, rehearse=True)
         except Rehearsed as done:
@@ -97,21 +96,24 @@ class CapsuleService:
 
     def _create(self, who: Principal, spec: CapsuleSpec, rehearse: bool = False) -> Capsule:
         with self._placement.turn(), self._store.transaction() as s:
-            spec = registry_repo.resolve_capsule(s, who.project_id, spec)
-            # Under the project's lock (placement takes it again): a group cannot be
-            # deleted while this create runs.
+            # The project's lock first: every read below is then of what was committed
+            # before it (SQLite: a read first would make the later write fail on a busy
+            # database), and no security group goes while this create names it.
             self._placement.lock(s, who.project_id)
+            spec = registry_repo.resolve_capsule(s, who.project_id, spec)
+            refuse_foreign_images(s, who.project_id, spec)
             sg_repo.check_names(s, who.project_id, spec.security_groups, "spec.securityGroups")
             disk = sum(v.size or 0 for v in spec.volumes)
-            placed = self._placement.place(
+            self._placement.check_quota(
                 s, who.project_id,
                 Delta(capsules=1, containers=len(spec.all_containers), cpu=spec.total_cpu(),
-                      memory=spec.total_memory(), disk=disk),
-                Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
+                      memory=spec.total_memory(), disk=disk))
+            placed = self._placement.choose(
+                s, Request(cpu=spec.total_cpu(), memory=spec.total_memory(),
                         availability_zone=spec.availability_zone, disk=disk,
                         labels=spec.node_selector, ports=tuple(capsule_host_ports(spec)),
                         project_id=who.project_id),
-                f"capsule {spec.name}")
+                f"capsule {spec.name}", who.project_id)
             # No host: Zun answers 202 and records the failure on the capsule; zunclient
             # expects it.
             row = repo.create_capsule(s, spec, who.project_id, who.user_id, placed.host,
@@ -184,14 +186,13 @@ class CapsuleService:
 
 
 
-def refuse_foreign_images(store: Store, project_id: str, spec: CapsuleSpec) -> None:
-    """Another project's committed image is not this project's to run (issue 11)."""
-    with store.transaction() as s:
-        # A read of its own: a placement transaction after it must start with its locks.
-        refs = {c.name: normalise(c.image) for c in spec.all_containers}
-        owner = committed_images.owners(s, refs.values())
-        foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
-                   for c in spec.all_containers
-                   if owner.get(refs[c.name], project_id) != project_id]
+def refuse_foreign_images(s: Session, project_id: str, spec: CapsuleSpec) -> None:
+    """Another project's committed image is not this project's to run (issue 11). Read
+    in the caller's transaction, after its locks."""
+    refs = {c.name: normalise(c.image) for c in spec.all_containers}
+    owner = committed_images.owners(s, refs.values())
+    foreign = [f"image: {c.image} (container {c.name}) is not available to this project"
+               for c in spec.all_containers
+               if owner.get(refs[c.name], project_id) != project_id]
     if foreign:
         raise InvalidInput(foreign)

@@ -146,11 +146,13 @@ class ContainerService:
 
     def _create_bare(self, who: Principal, spec: BareSpec, run: bool, request_id: str) -> str:
         with self._placement.turn(), self._store.transaction() as s:
-            spec = spec.model_copy(update={
-                "container": registry_repo.resolve(s, who.project_id, spec.container)})
+            # The project's lock first, so every read below is of what was committed before
+            # it (on SQLite a read first would make the later write fail on a busy database).
             self._placement.admit(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
                 disk=spec.disk))
+            spec = spec.model_copy(update={
+                "container": registry_repo.resolve(s, who.project_id, spec.container)})
             # Under the project's lock: a group cannot be deleted while this create runs.
             sg_repo.check_names(s, who.project_id, spec.security_groups, "security_groups")
             name = spec.container.name or _default_name(s)

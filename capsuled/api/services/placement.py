@@ -77,6 +77,10 @@ class Placement:
     def admit(self, s: Session, project_id: str, delta: Delta) -> None:
         """Lock the project and refuse what its quota has no room for."""
         self.lock(s, project_id)
+        self.check_quota(s, project_id, delta)
+
+    def check_quota(self, s: Session, project_id: str, delta: Delta) -> None:
+        """Refuse what the project's quota has no room for; the caller holds its lock."""
         self._quotas.check(s, project_id, delta)
 
     def choose(self, s: Session, want: Request, what: str, project_id: str,
@@ -104,12 +108,6 @@ class Placement:
             return Placed(None, Status.ERROR, str(exc), exc.detail)
         finally:
             self._metrics.decided(m.PLACE, result, time.perf_counter() - started)
-
-    def place(self, s: Session, project_id: str, delta: Delta, want: Request,
-              what: str) -> Placed:
-        """Admit, then choose: a new capsule's whole path."""
-        self.admit(s, project_id, delta)
-        return self.choose(s, want, what, project_id)
 
     def grow(self, s: Session, project_id: str, delta: Delta, host: str | None, whose: str,
              cpu: float, memory: int) -> None:

@@ -70,11 +70,11 @@ class RolloutService:
         expected = _revision(body.get("revision"), "revision")
         spec = self._capsules.parse(who, body["template"]) if "template" in body else None
         project = self._project(who, ident)
-        if spec is not None:
-            refuse_foreign_images(self._store, project, spec)
         try:
             with self._store.transaction() as s:
                 capsule = self._locked(s, who, ident, project)
+                if spec is not None:
+                    refuse_foreign_images(s, project, spec)
                 if expected is not None and expected != capsule.revision:
                     raise Conflict(f"revision: capsule {_name(capsule)} is at revision "
                                    f"{capsule.revision}, not {expected}; look at it again")
@@ -86,7 +86,7 @@ class RolloutService:
                     new = apply_quick_changes(current, body["containers"])
                     # A new image in a privileged container is a new privileged program.
                     self._capsules.check_host_access(who, new)
-                    refuse_foreign_images(self._store, project, new)
+                    refuse_foreign_images(s, project, new)
                 else:
                     new = spec if spec.name is not None else spec.model_copy(update={"name": current.name})
                 new = registry_repo.resolve_capsule(s, project, new)

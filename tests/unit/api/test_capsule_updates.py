@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from capsuled.domain.image_ref import normalise
 from capsuled.errors import Conflict, InvalidInput, NotFound, OverQuota
-from capsuled.store import host_ports
+from capsuled.store import capsules as repo
+from capsuled.store import committed_images, host_ports
 from capsuled.store.tables import utcnow
 from tests.unit.api.update_rig import ALICE, Rig, template
 
@@ -379,3 +381,20 @@ def test_an_update_keeps_its_old_host_ports_until_it_ends_so_a_rollback_gets_the
         assert rig.capsules.create(ALICE, template("other", apps=ported(18092))).host == "h1"
     finally:
         rig.close()
+
+
+def test_another_projects_committed_image_is_refused_at_create_and_update(rig: Rig) -> None:
+    # Read in the create's and the update's own transactions, after their locks.
+    with rig.store.transaction() as s:
+        committed_images.claim(s, normalise("bob/secret:v1"), "bob-project", "c-1")
+    uuid = rig.create()
+    theirs = [{"name": "front", "image": "bob/secret:v1", "command": ["httpd", "-f"]}]
+    for attempt in (lambda: rig.capsules.create(ALICE, template("steal", apps=theirs)),
+                    lambda: rig.update(uuid, template=template(apps=theirs)),
+                    lambda: rig.update(uuid, containers=[{"name": "front",
+                                                          "image": "docker.io/bob/secret:v1"}])):
+        with pytest.raises(InvalidInput) as got:
+            attempt()
+        assert "image: " in got.value.message and "not available to this project" in got.value.message
+    assert rig.get(uuid).revision == 1
+    assert [c.name for c in rig.capsules.list(ALICE, repo.Page(limit=10), False, {})] == ["web"]

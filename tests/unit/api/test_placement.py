@@ -38,8 +38,8 @@ def placement(store: Store) -> Placement:
 def test_a_request_that_fits_goes_to_a_host_as_creating(store: Store,
                                                         placement: Placement) -> None:
     with store.transaction() as s:
-        placed = placement.place(s, "p1", Delta(containers=1, cpu=1.0, memory=256),
-                                 Request(cpu=1.0, memory=256), "container web")
+        placement.admit(s, "p1", Delta(containers=1, cpu=1.0, memory=256))
+        placed = placement.choose(s, Request(cpu=1.0, memory=256), "container web", "p1")
     assert placed == Placed("secret-host", Status.CREATING)
 
 
