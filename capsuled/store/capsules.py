@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, cast, delete, exists, func, select, update
+from sqlalchemy import (Select, Text, bindparam, cast, delete, exists, func, insert, select,
+                        update)
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.addresses import parse_stored
@@ -164,11 +165,13 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     revisions.record(session, row, spec, user_id, "created", 1)
     # Members read events: which host it went to is for administrators (the capsule's
     # admin-only `host` field), not for the message.
-    # Its first event: nothing to count it on or to prune yet (add_event's two queries).
-    session.add(Event(capsule_id=row.id, type="Normal", reason="Accepted",
-                      message="capsule accepted and scheduled" if host else "capsule accepted",
-                      container=None, created_at=utcnow(), project_id=project_id,
-                      user_id=user_id))
+    # Its first event: nothing to count it on or to prune yet (add_event's two queries),
+    # and no object to flush.
+    session.execute(_FIRST_EVENT, {
+        "capsule_id": row.id, "type": "Normal", "reason": "Accepted",
+        "message": "capsule accepted and scheduled" if host else "capsule accepted",
+        "container": None, "created_at": utcnow(), "project_id": project_id,
+        "user_id": user_id})
     changed(session, row, "capsule.create.start", "Accepted", "capsule accepted")
     if host:
         changed(session, row, "capsule.update", "Scheduled", "capsule placed on a host")
@@ -176,6 +179,9 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
         changed(session, row, "capsule.create.error", "Unschedulable", status_reason or "")
     bump_host_revision(session, host)
     return row
+
+
+_FIRST_EVENT = insert(table(Event))
 
 
 def changed(session: Session, capsule: Capsule, event_type: str, reason: str,

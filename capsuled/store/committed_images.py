@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from capsuled.errors import Conflict
-from capsuled.store.tables import CommittedImage, utcnow
+from capsuled.store.tables import CommittedImage, table, utcnow
 
 
 def owner(session: Session, ref: str) -> str | None:
@@ -26,8 +26,12 @@ def owners(session: Session, refs: Collection[str]) -> dict[str, str]:
     if not refs:
         return {}
     return {ref: project for ref, project in session.execute(
-        select(CommittedImage.ref, CommittedImage.project_id)
-        .where(CommittedImage.ref.in_(sorted(set(refs)))))}
+        _OWNERS, {"refs": sorted(set(refs))})}
+
+
+# Built once, Core: every create asks.
+_CI = table(CommittedImage).c
+_OWNERS = select(_CI.ref, _CI.project_id).where(_CI.ref.in_(bindparam("refs", expanding=True)))
 
 
 def claim(session: Session, ref: str, project_id: str, container_uuid: str) -> bool:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from capsuled.domain.ports import HostPortKey, capsule_host_ports
 from capsuled.domain.spec import CapsuleSpec
-from capsuled.store.tables import Capsule, CapsuleService, HostPort, ServicePublish
+from capsuled.store.tables import Capsule, CapsuleService, HostPort, ServicePublish, table
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ class PortHolder:
 def held(session: Session) -> dict[str, dict[HostPortKey, PortHolder]]:
     """Per host, every claimed (protocol, port) and its holder."""
     out: dict[str, dict[HostPortKey, PortHolder]] = {}
-    for host, proto, port, project, name, uuid in session.execute(
-            select(HostPort.host, HostPort.protocol, HostPort.port, HostPort.project_id,
-                   Capsule.name, Capsule.uuid).join(Capsule, Capsule.id == HostPort.capsule_id)):
+    for host, proto, port, project, name, uuid in session.execute(_HELD):
         out.setdefault(host, {})[(proto, port)] = PortHolder(project, name or uuid, uuid)
     return out
 
@@ -66,9 +64,15 @@ def claim(session: Session, capsule: Capsule, spec: CapsuleSpec, keep: bool = Fa
 def service_ports(session: Session) -> dict[HostPortKey, PortHolder]:
     """Every host port a service publishes, with its holder: held on every host."""
     out: dict[HostPortKey, PortHolder] = {}
-    for proto, port, project, name, uuid in session.execute(
-            select(ServicePublish.protocol, ServicePublish.port, ServicePublish.project_id,
-                   CapsuleService.name, CapsuleService.uuid)
-            .join(CapsuleService, CapsuleService.id == ServicePublish.service_id)):
+    for proto, port, project, name, uuid in session.execute(_PUBLISHED):
         out[(proto, port)] = PortHolder(project, name, uuid, kind="service")
     return out
+
+
+# Built once, Core: every placement reads both.
+_HP, _C = table(HostPort).c, table(Capsule).c
+_HELD = select(_HP.host, _HP.protocol, _HP.port, _HP.project_id, _C.name, _C.uuid).join_from(
+    table(HostPort), table(Capsule), _C.id == _HP.capsule_id)
+_SP, _CS = table(ServicePublish).c, table(CapsuleService).c
+_PUBLISHED = select(_SP.protocol, _SP.port, _SP.project_id, _CS.name, _CS.uuid).join_from(
+    table(ServicePublish), table(CapsuleService), _CS.id == _SP.service_id)

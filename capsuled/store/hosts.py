@@ -35,6 +35,8 @@ class HostCapacity:
     # Fixed host ports claimed there (store/host_ports.py), and those services publish on
     # every host (store/host_ports.service_ports), with their holders.
     ports: Mapping[HostPortKey, PortHolder] = field(default_factory=dict)
+    # Its underlay address when its project networks span hosts (store/overlay.py).
+    underlay: str | None = None
 
 
 def register_host(session: Session, info: HostInfo, ops_key_sha256: str | None = None) -> Host:
@@ -144,21 +146,23 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
     so it includes everything committed before. Read-only callers pass lock=False."""
     if lock:
         lock_hosts(session)
-    hosts = list(session.scalars(select(Host).order_by(Host.id)
-                                 .execution_options(populate_existing=True)).all())
+    hosts = session.execute(_CAPACITY_ROWS).all()
     used = totals.hosts(session)
     ports = held(session)
     everywhere = service_ports(session)  # services publish on every host
-    return [HostCapacity(name=h.name, enabled=h.enabled, last_seen=h.last_seen,
-                         forced_down=bool(h.forced_down),
-                         availability_zone=h.availability_zone, labels=dict(h.labels or {}),
-                         cpus=h.cpus, memory_mb=h.memory_mb,
-                         cpu_used=used.get(h.name, totals.ZERO).cpu,
-                         memory_used=used.get(h.name, totals.ZERO).memory,
-                         containers=used.get(h.name, totals.ZERO).containers,
-                         disk_gb=h.disk_gb or 0, disk_used=used.get(h.name, totals.ZERO).disk,
-                         ports={**everywhere, **ports.get(h.name, {})})
-            for h in hosts]
+    out = []
+    for h in hosts:
+        u = used.get(h.name, totals.ZERO)
+        underlay = (h.info or {}).get("underlay_address")
+        out.append(HostCapacity(
+            name=h.name, enabled=h.enabled, last_seen=h.last_seen,
+            forced_down=bool(h.forced_down), availability_zone=h.availability_zone,
+            labels=dict(h.labels or {}), cpus=h.cpus, memory_mb=h.memory_mb,
+            cpu_used=u.cpu, memory_used=u.memory, containers=u.containers,
+            disk_gb=h.disk_gb or 0, disk_used=u.disk,
+            ports={**everywhere, **ports.get(h.name, {})},
+            underlay=str(underlay) if underlay else None))
+    return out
 
 
 def lock_hosts(session: Session) -> None:
@@ -176,6 +180,14 @@ def lock_hosts(session: Session) -> None:
 _H = table(Host).c
 _TOUCH_NONE = update(table(Host)).where(false()).values(revision=_H.revision)
 _LOCK_ALL = select(_H.id).order_by(_H.id).with_for_update()
+
+# Built once, and rows rather than Host objects: every placement reads every host.
+_HB = table(HostBeat).c
+_CAPACITY_ROWS = select(
+    _H.name, _H.enabled,
+    select(_HB.last_seen).where(_HB.host == _H.name).scalar_subquery().label("last_seen"),
+    _H.forced_down, _H.availability_zone, _H.labels, _H.cpus, _H.memory_mb, _H.disk_gb,
+    _H.info).order_by(_H.id)
 
 
 def placed_count(session: Session, name: str) -> int:

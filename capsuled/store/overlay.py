@@ -4,7 +4,8 @@ host's agent is told about them.
 Only hosts that registered an underlay address take part; on the others a project network
 stays host-local and the agent picks its own subnet (agent.network_pool), as before.
 
-    ensure_block(s, project, host)   the project's subnet and VNI (made on first use), and
+    ensure_block(s, project, host, underlay)
+                                     the project's subnet and VNI (made on first use), and
                                      the host's block of it; called where work is placed on
                                      a host and when a host registers. Allocation runs under
                                      the host row locks (every allocator takes them, as the
@@ -60,10 +61,12 @@ def underlay_of(session: Session, host: str) -> str | None:
     return str(value) if value else None
 
 
-def ensure_block(session: Session, project_id: str, host: str) -> OverlayBlock | None:
-    """The host's block of the project's network (None: the host has no underlay address,
-    so its project networks are its own). Raises Conflict when the pool has no room left."""
-    if underlay_of(session, host) is None:
+def ensure_block(session: Session, project_id: str, host: str,
+                 underlay: str | None) -> OverlayBlock | None:
+    """The host's block of the project's network (None: `underlay`, the host's underlay
+    address as the caller read it, is None, so its project networks are its own). Raises
+    Conflict when the pool has no room left."""
+    if underlay is None:
         return None
     found = _block(session, project_id, host)
     if found is not None:
@@ -171,13 +174,14 @@ def _bump(session: Session, hosts: Collection[str]) -> None:
 def allocate_present(session: Session, host: str) -> None:
     """A host registered: blocks for every project it has work of (an underlay address
     set on a host that already runs capsules), and its peers told about a changed address."""
-    if underlay_of(session, host) is None:
+    underlay = underlay_of(session, host)
+    if underlay is None:
         return
     projects = set(session.scalars(select(Capsule.project_id).where(Capsule.host == host)))
     projects |= set(session.scalars(select(Container.project_id).where(Container.host == host)))
     for project in sorted(projects):
         try:
-            ensure_block(session, project, host)
+            ensure_block(session, project, host, underlay)
         except Conflict:
             continue  # that project stays host-local here; its next placement says why
     _bump(session, _hosts_of(session, _projects_of(session, host)) - {host})

@@ -7,12 +7,12 @@ under way came from (what a rollback goes back to)."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from capsuled.domain.spec import CapsuleSpec
 from capsuled.errors import NotFound
-from capsuled.store.tables import Capsule, CapsuleRevision, utcnow
+from capsuled.store.tables import Capsule, CapsuleRevision, table, utcnow
 
 MAX_CAUSE_CHARS = 1024
 
@@ -26,15 +26,17 @@ def configure(keep: int) -> None:
 
 
 def record(session: Session, capsule: Capsule, spec: CapsuleSpec, user_id: str,
-           cause: str | None, number: int) -> CapsuleRevision:
-    """Add revision `number` of `capsule` (flushed: the capsule has its id)."""
-    row = CapsuleRevision(capsule_id=capsule.id, revision=number, spec=spec.model_dump(mode="json"),
-                          project_id=capsule.project_id, user_id=user_id,
-                          change_cause=(cause or "")[:MAX_CAUSE_CHARS] or None, created_at=utcnow())
-    session.add(row)
-    session.flush()
+           cause: str | None, number: int) -> None:
+    """Add revision `number` of `capsule` (flushed: the capsule has its id). Core, not a
+    flushed object: every create writes one, and nothing tracks revisions in the session."""
+    session.execute(_INSERT, {
+        "capsule_id": capsule.id, "revision": number, "spec": spec.model_dump(mode="json"),
+        "project_id": capsule.project_id, "user_id": user_id,
+        "change_cause": (cause or "")[:MAX_CAUSE_CHARS] or None, "created_at": utcnow()})
     _prune(session, capsule, number)
-    return row
+
+
+_INSERT = insert(table(CapsuleRevision))
 
 
 def _prune(session: Session, capsule: Capsule, newest: int) -> None:

@@ -108,8 +108,7 @@ class _Queued:
 
 def project(session: Session, project_id: str) -> Amounts:
     """The project's totals, with this session's own changes not yet committed."""
-    row = session.execute(select(*_cols(ProjectUsage))
-                          .where(ProjectUsage.project_id == project_id)).first()
+    row = session.execute(_PROJECT_ROW, {"project": project_id}).first()
     stored = ZERO if row is None else _amounts(row)
     return stored + _pending(session, "projects").get(project_id, ZERO)
 
@@ -117,8 +116,7 @@ def project(session: Session, project_id: str) -> Amounts:
 def hosts(session: Session) -> dict[str, Amounts]:
     """Every host's totals (hosts with nothing placed may be missing), with this session's
     own changes not yet committed."""
-    out = {row[0]: _amounts(row[1:]) for row in session.execute(
-        select(HostUsage.host, *_cols(HostUsage)))}
+    out = {row[0]: _amounts(row[1:]) for row in session.execute(_HOST_ROWS)}
     for host, more in _pending(session, "hosts").items():
         out[host] = out.get(host, ZERO) + more
     return out
@@ -126,6 +124,13 @@ def hosts(session: Session) -> dict[str, Amounts]:
 
 def _cols(model: type[ProjectUsage] | type[HostUsage]) -> list[Any]:
     return [getattr(model, f) for f in _FIELDS]
+
+
+# Built once, Core: every create reads both (building an ORM-enabled select costs more
+# than running it).
+_PROJECT_ROW = select(*(table(ProjectUsage).c[f] for f in _FIELDS)).where(
+    table(ProjectUsage).c.project_id == bindparam("project"))
+_HOST_ROWS = select(table(HostUsage).c.host, *(table(HostUsage).c[f] for f in _FIELDS))
 
 
 def _amounts(row: Iterable[Any]) -> Amounts:

@@ -98,7 +98,8 @@ class Placement:
             host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
             # The project network's block on that host, when it spans hosts (the host
             # rows are locked: see store/overlay.py); no room left refuses the create.
-            overlay.ensure_block(s, project_id, host)
+            overlay.ensure_block(s, project_id, host,
+                                 next(h.underlay for h in hosts if h.name == host))
             result = m.OK
             return Placed(host, Status.CREATING)
         except NoValidHost as exc:
