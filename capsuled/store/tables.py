@@ -134,6 +134,8 @@ class Capsule(Base):
         cascade="all, delete-orphan", passive_deletes=True)
     host_ports: Mapped[list[HostPort]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="HostPort.id")
+    # Looked up by name within a project (show, delete, apply): see Container's.
+    __table_args__ = (Index("ix_capsules_project_name", "project_id", "name"),)
 
 
 class CapsuleRevision(Base):
@@ -265,7 +267,10 @@ class Container(Base):
     registry_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
     capsule: Mapped[Capsule | None] = relationship(back_populates="containers")
-    __table_args__ = (UniqueConstraint("capsule_id", "name", name="uq_containers_capsule_name"),)
+    # A name is looked up within a project (every bare create checks it is free): with
+    # only the one-column indexes, SQLite may walk all of a big project's containers.
+    __table_args__ = (UniqueConstraint("capsule_id", "name", name="uq_containers_capsule_name"),
+                      Index("ix_containers_project_name", "project_id", "name"))
 
 
 class Registry(Base):

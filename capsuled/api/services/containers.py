@@ -131,28 +131,30 @@ class ContainerService:
             self._policy.enforce("container:create:requested_destination", who)
         if spec.capsule is not None:
             return self._add_to_capsule(who, spec, request_id)
-        # Its own short read: the placement transaction below must start with its locks.
-        with self._store.transaction() as s:
-            self._check_image(s, spec.container.image, who.project_id)
         try:
-            uuid = self._create_bare(who, spec, run, request_id)
+            row = self._create_bare(who, spec, run, request_id)
         except OverQuota as exc:
             with self._store.transaction() as s:  # the refusal is a change record too
                 outbox.refused(s, project_id=who.project_id, kind="container",
                                name=spec.container.name, message=exc.message)
             raise
         self._notify()
-        return self.get(who, uuid)
+        # As written (nothing but its agent, whose report is newer than this answer, has
+        # changed it since): a read less.
+        return row
 
-    def _create_bare(self, who: Principal, spec: BareSpec, run: bool, request_id: str) -> str:
+    def _create_bare(self, who: Principal, spec: BareSpec, run: bool,
+                     request_id: str) -> Container:
         with self._placement.turn(), self._store.transaction() as s:
             # The project's lock first, so every read below is of what was committed before
             # it (on SQLite a read first would make the later write fail on a busy database).
-            self._placement.admit(s, who.project_id, Delta(
-                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
-                disk=spec.disk))
+            self._placement.lock(s, who.project_id)
             spec = spec.model_copy(update={
                 "container": registry_repo.resolve(s, who.project_id, spec.container)})
+            self._check_image(s, spec.container.image, who.project_id)
+            self._placement.check_quota(s, who.project_id, Delta(
+                containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
+                disk=spec.disk))
             # Under the project's lock: a group cannot be deleted while this create runs.
             sg_repo.check_names(s, who.project_id, spec.security_groups, "security_groups")
             name = spec.container.name or _default_name(s)
@@ -169,7 +171,8 @@ class ContainerService:
             # Why no host fits, host by host, goes to the admin-only action detail.
             repo.record_action(s, row.uuid, "create", request_id, who.project_id, who.user_id,
                                finished=placed.host is None, error=placed.detail)
-            return row.uuid
+            _ = row.capsule  # None (no query): the view reads it once the session is closed
+            return row
 
     def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
         assert spec.capsule is not None
