@@ -27,6 +27,12 @@ import httpx
 from bench.harness import BENCH_LABEL, BUSYBOX, INFRA, wait_for
 
 SLEEP = ["sleep", "3600"]
+# What Capsuled's agent sets on the containers of `template` under the bench server's
+# settings (harness.Server: limits.default_memory 16; limits.default_cpu and pids_limit
+# at their defaults), so that the raw arm makes the same containers.
+MEMBER_NANO_CPUS = 100_000_000
+MEMBER_MEMORY_BYTES = 16 * 1024 * 1024
+PIDS_LIMIT = 1024
 
 
 def template(name: str, containers: int = 2, labels: dict[str, str] | None = None,
@@ -105,7 +111,8 @@ class RawDocker:
         sb = api.create_container(
             INFRA, name=f"bench-{tag}", labels=self.labels, hostname=f"bench-{tag}", detach=True,
             host_config=api.create_host_config(ipc_mode="shareable", network_mode=self.network,
-                                               restart_policy={"Name": "no"}, init=False),
+                                               restart_policy={"Name": "no"}, init=False,
+                                               pids_limit=PIDS_LIMIT),
             networking_config=api.create_networking_config({
                 self.network: api.create_endpoint_config(aliases=[f"bench-{tag}", tag])}))["Id"]
         api.start(sb)
@@ -117,7 +124,11 @@ class RawDocker:
                 host_config=api.create_host_config(
                     network_mode=ns, ipc_mode=ns, pid_mode=ns,
                     restart_policy={"Name": "always", "MaximumRetryCount": 0},
-                    log_config={"Type": "local", "Config": {}}))["Id"]
+                    log_config={"Type": "local", "Config": {}},
+                    # The limits the agent gives a container that asks for none (the bench
+                    # server's defaults): cgroup settings runc applies at every start.
+                    nano_cpus=MEMBER_NANO_CPUS, mem_limit=MEMBER_MEMORY_BYTES,
+                    pids_limit=PIDS_LIMIT))["Id"]
             api.start(cid)
             return str(cid)
         if members_in_parallel:
