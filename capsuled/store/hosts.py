@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime
 from sqlalchemy import Executable, delete, false, func, select, update
@@ -153,7 +154,6 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
     out = []
     for h in hosts:
         u = used.get(h.name, totals.ZERO)
-        underlay = (h.info or {}).get("underlay_address")
         out.append(HostCapacity(
             name=h.name, enabled=h.enabled, last_seen=h.last_seen,
             forced_down=bool(h.forced_down), availability_zone=h.availability_zone,
@@ -161,8 +161,15 @@ def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
             cpu_used=u.cpu, memory_used=u.memory, containers=u.containers,
             disk_gb=h.disk_gb or 0, disk_used=u.disk,
             ports={**everywhere, **ports.get(h.name, {})},
-            underlay=str(underlay) if underlay else None))
+            underlay=underlay_address(h.info)))
     return out
+
+
+def underlay_address(info: Mapping[str, Any] | None) -> str | None:
+    """The underlay address a host registered (its `info`, as `register_host` writes it),
+    if its project networks span hosts."""
+    value = (info or {}).get("underlay_address")
+    return str(value) if value else None
 
 
 def lock_hosts(session: Session) -> None:

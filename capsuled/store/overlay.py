@@ -35,7 +35,7 @@ from capsuled.domain.addresses import network_uuid, parse_stored
 from capsuled.domain.channel import OverlayNetwork, RemoteName
 from capsuled.domain.overlay import OverlayPool, gateway_of, vni_candidates
 from capsuled.errors import Conflict
-from capsuled.store.hosts import lock_hosts
+from capsuled.store.hosts import lock_hosts, underlay_address
 from capsuled.store.meta import get_meta
 from capsuled.store.tables import Capsule, Container, Host, OverlayBlock, OverlayProject, utcnow
 
@@ -56,9 +56,7 @@ def pool() -> OverlayPool:
 
 
 def underlay_of(session: Session, host: str) -> str | None:
-    info = session.scalar(select(Host.info).where(Host.name == host))
-    value = (info or {}).get("underlay_address")
-    return str(value) if value else None
+    return underlay_address(session.scalar(select(Host.info).where(Host.name == host)))
 
 
 def ensure_block(session: Session, project_id: str, host: str,
