@@ -9,7 +9,10 @@ Now one thread reads every host's revision in one query, after each change this
 replica committed or heard of (`kick`: its own commits and, on PostgreSQL, other
 replicas' notices) and at least every `poll` seconds (what other replicas commit on an
 engine without notices), and fires the signals of exactly the hosts whose revision
-moved. A create therefore wakes one agent. It reads only while someone waits.
+moved. A create therefore wakes one agent. It reads only while someone waits, and at
+most once per `gap` (10 ms): a burst of creates shares reads instead of paying one each
+(at a few hundred creates a second those reads were a tenth of the server's CPU), while
+a change on a quiet board is still read at once.
 
 The service views (`services_for`) follow the same host signals (a host's projects,
 which its view covers, change only with its desired set) and also `services_all`,
@@ -31,10 +34,11 @@ LOG = logging.getLogger(__name__)
 
 class WatchBoard:
     def __init__(self, read: Callable[[], dict[str, int]], kick: Signal,
-                 poll: float = 0.25) -> None:
+                 poll: float = 0.25, gap: float = 0.01) -> None:
         self._read = read  # host name → revision, one query
         self._kick = kick
         self._poll = poll
+        self._gap = gap
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._waiting = 0
@@ -112,11 +116,17 @@ class WatchBoard:
                 while self._waiting == 0 and not self._stop.is_set():
                     self._idle.wait()
             seen = self._kick.seq
+            began = time.monotonic()
             try:
                 self.read_once()
             except Exception as exc:  # noqa: BLE001 - waiters still time out and re-read
                 LOG.warning("reading the hosts' revisions failed: %s", exc)
             self._kick.wait_blocking(seen, self._poll)
+            # Kicks that land meanwhile are covered by the next read, whose `seen` is
+            # taken after this pause.
+            pause = began + self._gap - time.monotonic()
+            if pause > 0:
+                self._stop.wait(pause)
 
     def read_once(self) -> list[str]:
         """Read every revision; fire the hosts whose revision moved (their names)."""

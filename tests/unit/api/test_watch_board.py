@@ -186,3 +186,36 @@ def test_a_watch_that_allows_unchanged_still_gets_a_moved_set(control: ControlPl
     wait_for(lambda: bool(got), timeout=3)
     assert got[0].revision > start and not got[0].unchanged
 
+
+
+def test_a_burst_of_commits_costs_one_read_per_gap_and_the_last_change_is_seen() -> None:
+    # Every create kicks the board. Under a burst (hundreds of creates a second) one read
+    # per commit made the board a tenth of the server's CPU; it now reads at most once
+    # per `gap`, and a kick after the last read still gets a read of its own.
+    revisions = {"a": 0}
+    kick = Signal()
+    board = WatchBoard(lambda: dict(revisions), kick, poll=5.0, gap=0.05)
+    a = board.assigned("a")
+    try:
+        with board.waiting():
+            wait_for(lambda: board.reads >= 1, timeout=2)
+            first = board.reads
+            started = time.monotonic()
+            for i in range(1, 201):
+                revisions["a"] = i
+                kick.fire()
+                time.sleep(0.001)
+            took = time.monotonic() - started
+            wait_for(lambda: board.revision("a") == 200, timeout=2)
+            reads = board.reads - first
+            assert reads <= took / 0.05 + 2, (reads, took)
+            assert a.seq >= 2
+            # A lone change on a quiet board is read at once, not after a poll period.
+            time.sleep(0.1)
+            revisions["a"] = 201
+            at = time.monotonic()
+            kick.fire()
+            wait_for(lambda: board.revision("a") == 201, timeout=2)
+            assert time.monotonic() - at < 1.0
+    finally:
+        board.stop()
