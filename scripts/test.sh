@@ -15,4 +15,7 @@ cd "$ROOT"
 "$VENV/bin/lint-imports" --config pyproject.toml
 # Type errors fail the run before any test starts; the [tool.mypy] section says what is strict.
 "$VENV/bin/mypy"
-exec "$VENV/bin/python" -m pytest "$@"
+# Two workers: the engine tests run one after another on one of them (tests/conftest.py's
+# scheduler keeps them together) while the unit tests take the other core.
+# CAPSULED_TEST_WORKERS=0 runs everything in this process.
+exec "$VENV/bin/python" -m pytest -n "${CAPSULED_TEST_WORKERS:-2}" "$@"

@@ -32,14 +32,34 @@ LATEST = {"OpenStack-API-Version": "container latest"}
 # the suite; one of them losing a race with the machine must not hide the other 2,000. Each
 # gets one more try, and every retry is listed in the summary ("RERUN"), so a test that
 # needed one is seen and fixed. Unit tests get none: they must be deterministic.
-_RETRIED = ("integration", "e2e", "chaos", "contract")
+_ENGINE_DIRS = ("integration", "e2e", "chaos", "contract")
+
+
+def _engine_test(nodeid: str) -> bool:
+    parts = nodeid.split("/", 2)
+    return len(parts) > 2 and parts[0] == "tests" and parts[1] in _ENGINE_DIRS
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.relative_to(ROOT / "tests").parts[0] in _RETRIED \
-                and item.get_closest_marker("flaky") is None:
+        if _engine_test(item.nodeid) and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=1))
+
+
+# The engine tests also share one Docker Engine, one iptables and the host's ports, and some
+# restart dockerd or count every container of a label, so under pytest-xdist (scripts/test.sh
+# runs two workers) they are one unit of work: one worker runs them one after another while
+# the other takes the unit tests, module by module. (A scheduler of our own, not xdist's
+# `xdist_group` marks: xdist 3.8 renames items to group them, which pytest 9 ignores.)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EngineTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "engine" if _engine_test(nodeid) else super()._split_scope(nodeid)
+
+    return EngineTestsTogether(config, log)
 
 
 def free_port() -> int:
