@@ -16,7 +16,8 @@ import secrets
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from ipaddress import IPv4Network, ip_network
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,13 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     sweep_stale_chains()
     subprocess.run(_capsuled("image", "seed"), check=True, capture_output=True,
                    env={**os.environ, "CAPSULED_DOCKER__HOST": hostb_docker})
+    dockers = {"host-a": docker.APIClient(MAIN_DOCKER, version="auto"),
+               "host-b": docker.APIClient(hostb_docker, version="auto")}
     # Project networks span the two hosts over the rig's underlay veth (extra-dockerd.sh).
     # A /16 of the overlay pool of this run's own: the main engine is shared.
     env = {"CAPSULED_API__HOST_DOWN_AFTER": str(DOWN_AFTER), "CAPSULED_LOG_LEVEL": "info",
-           "CAPSULED_OVERLAY__POOL": f"10.{224 + secrets.randbelow(16)}.0.0/16"}
-    c = Cluster([], "", {}, {"host-a": docker.APIClient(MAIN_DOCKER, version="auto"),
-                             "host-b": docker.APIClient(hostb_docker, version="auto")})
+           "CAPSULED_OVERLAY__POOL": str(unused_overlay_pool(dockers.values()))}
+    c = Cluster([], "", {}, dockers)
     apis: list[Proc] = []
     try:  # a start that fails half way stops what it started too
         _start(c, apis, tmp, db_url, env, hostb_docker)
@@ -121,6 +123,19 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")))
         admin.dispose()
+
+
+def unused_overlay_pool(engines: Iterable[docker.APIClient]) -> IPv4Network:
+    """A /16 of 10.224.0.0/12 that no network on either engine overlaps: a rig killed
+    before its clean-up leaves its networks on host-b's engine (its data root outlives the
+    dockerd), and a block of theirs would fail every network this rig makes there."""
+    subnets = [c["Subnet"] for e in engines for n in e.networks()
+               for c in ((n.get("IPAM") or {}).get("Config") or []) if c.get("Subnet")]
+    taken = [t for t in map(ip_network, subnets) if isinstance(t, IPv4Network)]
+    free = [p for p in IPv4Network("10.224.0.0/12").subnets(new_prefix=16)
+            if not any(p.overlaps(t) for t in taken)]
+    assert free, f"every /16 of 10.224.0.0/12 is used by a Docker network: {taken}"
+    return free[secrets.randbelow(len(free))]
 
 
 def _start(c: Cluster, apis: list[Proc], tmp: Path, db_url: str, env: dict[str, str],
