@@ -17,8 +17,8 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
-from ipaddress import IPv4Network, ip_network
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 from typing import Any
 
