@@ -4,6 +4,7 @@
 #
 #   scripts/keystone.sh [start] [--state-dir DIR] [--port PORT] [--container-url URL]
 #   scripts/keystone.sh stop [--state-dir DIR]
+#   scripts/keystone.sh install     (only the virtualenv: scripts/test.sh makes it early)
 #
 # start: makes the Keystone virtualenv ($CAPSULED_KEYSTONE_VENV, default .keystone-venv;
 # pinned by scripts/keystone-constraints.txt; reused while that file is unchanged), writes
@@ -48,6 +49,29 @@ AUTH_URL=http://127.0.0.1:$PORT/v3
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
+# 1. The virtualenv: keystone + uWSGI, separate from the project's. One maker at a time
+# (the test run makes it in the background while a test may already ask for it).
+make_venv() {
+  mkdir -p "$(dirname "$VENV")"
+  exec 9>"$VENV.lock"
+  flock 9
+  local stamp=$VENV/.capsuled-installed
+  if [ ! -f "$stamp" ] || ! cmp -s "$CONSTRAINTS" "$stamp"; then
+    echo "keystone.sh: installing keystone and uwsgi into $VENV" >&2
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -c "$CONSTRAINTS" keystone uwsgi \
+      >"$VENV/install.log" 2>&1 || { tail -40 "$VENV/install.log" >&2; exit 1; }
+    cp "$CONSTRAINTS" "$stamp"
+  fi
+  flock -u 9
+  exec 9>&-
+}
+
+if [ "$action" = install ]; then
+  make_venv
+  exit 0
+fi
+
 if [ "$action" = stop ]; then
   if running; then
     pid=$(cat "$PIDFILE")
@@ -58,17 +82,9 @@ if [ "$action" = stop ]; then
   rm -f "$PIDFILE"
   exit 0
 fi
-[ "$action" = start ] || { echo "keystone.sh: unknown action $action (start|stop)" >&2; exit 2; }
+[ "$action" = start ] || { echo "keystone.sh: unknown action $action (start|stop|install)" >&2; exit 2; }
 
-# 1. The virtualenv: keystone + uWSGI, separate from the project's.
-stamp=$VENV/.capsuled-installed
-if [ ! -f "$stamp" ] || ! cmp -s "$CONSTRAINTS" "$stamp"; then
-  echo "keystone.sh: installing keystone and uwsgi into $VENV" >&2
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$CONSTRAINTS" keystone uwsgi \
-    >"$VENV/install.log" 2>&1 || { tail -40 "$VENV/install.log" >&2; exit 1; }
-  cp "$CONSTRAINTS" "$stamp"
-fi
+make_venv
 
 # 2. Configuration and the database, once per state directory.
 CONF=$STATE/keystone.conf

@@ -40,16 +40,38 @@ def _engine_test(nodeid: str) -> bool:
     return len(parts) > 2 and parts[0] == "tests" and parts[1] in _ENGINE_DIRS
 
 
+# Engine tests that touch neither Docker nor the host's network: the store on real
+# databases, and the simulation on the fake runtime. They run beside the Docker tests
+# (on the other worker, after the unit tests), not in their queue: ~2.5 minutes of it.
+# Each test in them is checked at collection: none may ask for the `docker_api` fixture.
+_DOCKER_FREE = frozenset({
+    "tests/chaos/test_store_db_crash.py",
+    "tests/integration/test_databases.py",
+    "tests/integration/test_host_beats.py",
+    "tests/integration/test_scale_sim.py",
+    "tests/integration/test_update_databases.py",
+    "tests/integration/test_usage_totals.py",
+})
+
+
+def _queued_with_docker(nodeid: str) -> bool:
+    return _engine_test(nodeid) and nodeid.split("::", 1)[0] not in _DOCKER_FREE
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _engine_test(item.nodeid) and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=1))
+        if (item.nodeid.split("::", 1)[0] in _DOCKER_FREE
+                and "docker_api" in getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} uses Docker: take its module out of "
+                                    "_DOCKER_FREE in tests/conftest.py")
 
 
 # The engine tests also share one Docker Engine, one iptables and the host's ports, and some
 # restart dockerd or count every container of a label, so under pytest-xdist (scripts/test.sh
 # runs two workers) they are one unit of work: one worker runs them one after another while
-# the other takes the unit tests, module by module. (A scheduler of our own, not xdist's
+# the other takes the unit tests (and the engine tests without Docker), module by module. (A scheduler of our own, not xdist's
 # `xdist_group` marks: xdist 3.8 renames items to group them, which pytest 9 ignores.)
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -57,7 +79,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class EngineTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "engine" if _engine_test(nodeid) else super()._split_scope(nodeid)
+            return "engine" if _queued_with_docker(nodeid) else super()._split_scope(nodeid)
 
     return EngineTestsTogether(config, log)
 

@@ -203,3 +203,26 @@ def test_an_agent_killed_halfway_through_a_delete_finishes_it_after_a_restart(
     outcome = rig.agent().sync(CAP, desired(deleting=True, generation=2))
     assert outcome.settled and outcome.report is not None and outcome.report.gone
     assert rig.runtime.observe_capsule("inst", CAP) == []
+
+
+def test_a_cold_start_lists_the_capsule_once_and_reports_what_it_started(
+        pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The step that made the apps knows what Docker holds (its own inspects): a second
+    # list + inspect round before the report would only delay the capsule's Running.
+    rig = Rig(pool)
+    lists = []
+    real = rig.runtime.observe_capsule
+    monkeypatch.setattr(rig.runtime, "observe_capsule",
+                        lambda instance, capsule: lists.append(capsule) or real(instance, capsule))
+    apps_only = Assignment(uuid=CAP, generation=1,
+                           spec=CapsuleSpec(name="demo", containers=[WEB, SIDE]))
+    outcome = rig.agent().sync(CAP, apps_only)
+    assert lists == [CAP]
+    assert outcome.settled and running(outcome.report)
+    assert outcome.report is not None
+    assert {c.name: c.runtime_id for c in outcome.report.containers} == {
+        o.labels[L.NAME]: o.id for o in real("inst", CAP) if o.labels.get(L.NAME)}
+    # Nothing changed since: the next sync (a fresh look) has nothing to do.
+    before = len(rig.runtime.history())
+    again = rig.agent().sync(CAP, apps_only)
+    assert again.settled and running(again.report) and len(rig.runtime.history()) == before
