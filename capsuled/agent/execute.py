@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
+from capsuled.agent.own_events import OwnEvents
 from capsuled.agent.plan import Plan, compute_plan, resources
 from capsuled.agent.pool_claims import Claim
 from capsuled.agent.prober import Prober, Target
@@ -76,6 +77,9 @@ class CapsuleExecutor:
         self._infra = infra_image
         self._stop_timeout = stop_timeout
         self._parallel = parallel
+        # The create and start events of what a sync made and observed: no second sync
+        # (agent/own_events.py; the agent's loop begins and ends each sync there).
+        self.own_events = OwnEvents()
 
     def sync(self, uuid: str, desired: Assignment | None) -> Outcome:
         progress = _Progress()
@@ -243,7 +247,10 @@ class CapsuleExecutor:
     def _create_and_observe(self, desired: Assignment, c: ContainerSpec,
                             sandbox: Observed) -> Observed | None:
         """A new app container, as inspected once started (None: gone already)."""
-        return self._rt.observe_container(self._create_member(desired, c, sandbox))
+        observed = self._rt.observe_container(self._create_member(desired, c, sandbox))
+        if observed is not None:
+            self.own_events.made(desired.uuid, observed.id)
+        return observed
 
     def _remove_all(self, ids: list[str]) -> None:
         *members, last = ids
@@ -283,6 +290,7 @@ class CapsuleExecutor:
                 dns=net.dns if net else (), extra_hosts=hosts))
 
         sandbox = self._networks.with_network(desired.project_id, create)
+        self.own_events.made(desired.uuid, sandbox.id)  # inspected once started
         if recreated:
             progress.recreated = True
             progress.event("Warning", "SandboxRecreated",

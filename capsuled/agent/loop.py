@@ -192,7 +192,13 @@ class Agent:
         # uuid is right for both.
         if desired is None:
             self._bare.forget(uuid)
-        outcome = self._executor.sync(uuid, desired)
+        own = self._executor.own_events
+        own.begin(uuid)
+        try:
+            outcome = self._executor.sync(uuid, desired)
+        finally:
+            if own.end(uuid):  # an event it held was not of its own making
+                self.workers.enqueue(uuid)
         if outcome.report is not None:
             self._guard(uuid, outcome.report.gone, outcome.report.addresses)
             if self._services is not None:
@@ -278,7 +284,8 @@ class Agent:
                     delay = 0.5
                     # A pooled sandbox's event: its capsule, if one claimed it.
                     capsule = ev.capsule or self.pool.owner(ev.container_id)
-                    if capsule:
+                    if capsule and not self._executor.own_events.hold(
+                            capsule, ev.container_id, ev.action):
                         self.workers.enqueue(capsule)
                     if self._stop.is_set():
                         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -167,7 +167,7 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     # admin-only `host` field), not for the message.
     # Its first event: nothing to count it on or to prune yet (add_event's two queries),
     # and no object to flush.
-    session.execute(_FIRST_EVENT, {
+    session.execute(_INSERT_EVENT, {
         "capsule_id": row.id, "type": "Normal", "reason": "Accepted",
         "message": "capsule accepted and scheduled" if host else "capsule accepted",
         "container": None, "created_at": utcnow(), "project_id": project_id,
@@ -181,7 +181,7 @@ def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id
     return row
 
 
-_FIRST_EVENT = insert(table(Event))
+_INSERT_EVENT = insert(table(Event))
 
 
 def changed(session: Session, capsule: Capsule, event_type: str, reason: str,
@@ -258,22 +258,50 @@ _AGGREGATE_WITHIN = 10
 
 def add_event(session: Session, capsule: Capsule, type_: str, reason: str, message: str,
               container: str | None = None) -> None:
-    """Record an event. The same event as one of the capsule's newest (a sync that fails
-    on every retry) only counts up that one; a new one prunes what is past retention."""
+    """Record one event (see add_events)."""
+    add_events(session, capsule, [EventRecord(type_, reason, message, container)])
+
+
+def add_events(session: Session, capsule: Capsule, events: Sequence[EventRecord]) -> None:
+    """Record events, in order. One equal to one of the capsule's newest (a sync that fails
+    on every retry) only counts up that one; new ones prune what is past retention. One
+    read, one insert and one prune for all of them: an agent's report carries several (a
+    capsule's start: the sandbox and each container), and each on its own cost a third
+    of the report's time."""
+    if not events:
+        return
     now = utcnow()
-    key = EventRecord(type_, reason, message, container).key
     recent = session.scalars(select(Event).where(Event.capsule_id == capsule.id)
                              .order_by(Event.id.desc()).limit(_AGGREGATE_WITHIN)).all()
-    same = next((e for e in recent
-                 if EventRecord(e.type, e.reason, e.message, e.container).key == key), None)
-    if same is not None:
-        same.count = (same.count or 1) + 1
-        same.last_at = now
-        return
-    session.add(Event(capsule_id=capsule.id, type=type_, reason=reason, message=message,
-                      container=container, created_at=now, project_id=capsule.project_id,
-                      user_id=capsule.user_id))
-    _prune_events(session, capsule.id, now)
+    stored = {EventRecord(e.type, e.reason, e.message, e.container).key: e
+              for e in reversed(recent)}  # the newest of equal ones wins
+    rows: list[dict[str, Any]] = []  # the new ones, in order
+    at: dict[tuple[str, str, str, str | None], int] = {}  # key → its newest new row
+    for event in events:
+        key = event.key
+        if key in at:
+            if len(rows) - at[key] <= _AGGREGATE_WITHIN:  # among the newest few
+                row = rows[at[key]]
+                row["count"], row["last_at"] = row["count"] + 1, now
+                continue
+        elif key in stored and len(rows) + _newer_than(recent, stored[key]) < _AGGREGATE_WITHIN:
+            same = stored[key]
+            same.count = (same.count or 1) + 1
+            same.last_at = now
+            continue
+        at[key] = len(rows)
+        rows.append({"capsule_id": capsule.id, "type": event.type, "reason": event.reason,
+                     "message": event.message, "container": event.container,
+                     "created_at": now, "count": 1, "last_at": None,
+                     "project_id": capsule.project_id, "user_id": capsule.user_id})
+    if rows:
+        session.execute(_INSERT_EVENT, rows)
+        _prune_events(session, capsule.id, now)
+
+
+def _newer_than(recent: Sequence[Event], event: Event) -> int:
+    """How many of `recent` (newest first) are newer than `event`."""
+    return next(i for i, e in enumerate(recent) if e is event)
 
 
 def _prune_events(session: Session, capsule_id: int, now: datetime) -> None:
@@ -458,8 +486,8 @@ def apply_report(session: Session, host: str, report: CapsuleReport) -> None:
                                           report.converged, now)
     capsule.status, capsule.status_reason = status, reason
     status_told = before == capsule.status
+    add_events(session, capsule, fold.events)
     for event in fold.events:
-        add_event(session, capsule, event.type, event.reason, event.message, event.container)
         # The fold's own event for a status change (reason: the new status) is the record
         # that ends a create, in Nova's shape; the others are updates.
         is_status = not status_told and event.container is None and event.reason == capsule.status
