@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from capsuled.agent import pulls
 from capsuled.agent.networks import ProjectNetworks, addresses_of, previous_address
+from capsuled.agent.own_events import OwnEvents
 from capsuled.agent.plan import resources, unhealthy
 from capsuled.domain import labels as L
 from capsuled.domain import naming
@@ -132,8 +133,12 @@ class BareExecutor:
     def __init__(self, runtime: Runtime, networks: ProjectNetworks, volumes: VolumeDriver,
                  instance: str, stop_timeout: int,
                  announce: Callable[[BareReport], None] | None = None,
-                 images: pulls.ImageGate | None = None, publish_address: str = "0.0.0.0") -> None:
+                 images: pulls.ImageGate | None = None, publish_address: str = "0.0.0.0",
+                 own_events: OwnEvents | None = None) -> None:
         self._rt = runtime
+        # What a sync created or started, observed by the sync's next step: Docker's create
+        # and start events of it need no second sync (agent/own_events.py).
+        self._own = own_events if own_events is not None else OwnEvents()
         self._publish_address = publish_address  # where exposed ports bind
         self._images = images if images is not None else pulls.ImageGate(runtime)
         # Reports a container to the store at once (before a one-shot container's first
@@ -209,6 +214,7 @@ class BareExecutor:
         if plan.start:
             # Joins the project network: keep it from being collected meanwhile.
             self._networks.with_network(desired.project_id, lambda _net: self._rt.start(cid))
+            self._own.made(uuid, cid)
         if plan.restart:
             LOG.info("container %s failed its health check; restarting it", uuid)
             self._rt.restart(cid, self._stop_timeout)
@@ -261,6 +267,7 @@ class BareExecutor:
                     self._rt.remove_container(cid, 0)
                     raise
             self._completed.setdefault(uuid, set()).add(cid)
+            self._own.made(uuid, cid)  # the sync's next step observes it
             return cid
 
         self._networks.with_network(desired.project_id, create)

@@ -59,7 +59,7 @@ class CapsuleExecutor:
                  guard: Callable[[str, list[Address]], None] | None = None,
                  services: ServiceAgent | None = None,
                  announce: Callable[[CapsuleReport], None] | None = None,
-                 pool: SandboxPool | None = None) -> None:
+                 pool: SandboxPool | None = None, own_events: OwnEvents | None = None) -> None:
         self._rt = runtime
         self._pool = pool  # the warm sandbox pool (None: every sandbox is made on demand)
         # Puts a capsule's security groups on its sandbox's address (agent/firewall.py);
@@ -79,7 +79,7 @@ class CapsuleExecutor:
         self._parallel = parallel
         # The create and start events of what a sync made and observed: no second sync
         # (agent/own_events.py; the agent's loop begins and ends each sync there).
-        self.own_events = OwnEvents()
+        self.own_events = own_events if own_events is not None else OwnEvents()
 
     def sync(self, uuid: str, desired: Assignment | None) -> Outcome:
         progress = _Progress()

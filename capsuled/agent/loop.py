@@ -21,6 +21,7 @@ from capsuled.agent.image_ledger import ImageLedger
 from capsuled.agent.meters import AgentMeters
 from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.overlay import Overlay
+from capsuled.agent.own_events import OwnEvents
 from capsuled.agent.pool_claims import ClaimBook
 from capsuled.agent.pulls import ImageGate
 from capsuled.agent.prober import Prober, ProbeDriver
@@ -106,6 +107,7 @@ class Agent:
                                 settings.sandbox_pool_idle_seconds,
                                 hosts_for=services.hosts_for if services is not None
                                 else lambda project: (), meter=self.meters.pool)
+        self._own_events = own_events = OwnEvents()  # both kinds of sync note what they made
         self._executor = CapsuleExecutor(runtime, volumes, self._networks, instance, infra_image,
                                          settings.stop_timeout, self._parallel, images,
                                          self._prober, publish_address=publish,
@@ -113,10 +115,11 @@ class Agent:
                                          else self._firewall.observe,
                                          services=services,
                                          announce=lambda r: self._channel.report(self._host, [r]),
-                                         pool=self.pool)
+                                         pool=self.pool, own_events=own_events)
         self._bare = BareExecutor(runtime, self._networks, volumes, instance, settings.stop_timeout,
                                   announce=lambda r: self._channel.report(self._host, [], [r]),
-                                  images=images, publish_address=publish)
+                                  images=images, publish_address=publish,
+                                  own_events=own_events)
         self.workers = CapsuleWorkers(self._sync, settings.workers, settings.backoff_initial,
                                       settings.backoff_max, meter=self.meters.sync)
         self._threads: list[threading.Thread] = []
@@ -181,6 +184,17 @@ class Agent:
             bare = self._desired_bare.get(uuid)
         if desired is None and bare is None and not self._first_watch.is_set():
             return False  # don't judge anything an orphan before the first desired set
+        # Docker's create and start events of what this sync makes are held meanwhile
+        # (agent/own_events.py): only those of something else sync the unit again.
+        self._own_events.begin(uuid)
+        try:
+            return self._sync_unit(uuid, desired, bare)
+        finally:
+            if self._own_events.end(uuid):
+                self.workers.enqueue(uuid)
+
+    def _sync_unit(self, uuid: str, desired: Assignment | None,
+                   bare: ContainerAssignment | None) -> bool:
         if bare is not None:
             done = self._bare.sync(uuid, bare)
             if done.report is not None:
@@ -192,13 +206,7 @@ class Agent:
         # uuid is right for both.
         if desired is None:
             self._bare.forget(uuid)
-        own = self._executor.own_events
-        own.begin(uuid)
-        try:
-            outcome = self._executor.sync(uuid, desired)
-        finally:
-            if own.end(uuid):  # an event it held was not of its own making
-                self.workers.enqueue(uuid)
+        outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
             self._guard(uuid, outcome.report.gone, outcome.report.addresses)
             if self._services is not None:
@@ -284,8 +292,8 @@ class Agent:
                     delay = 0.5
                     # A pooled sandbox's event: its capsule, if one claimed it.
                     capsule = ev.capsule or self.pool.owner(ev.container_id)
-                    if capsule and not self._executor.own_events.hold(
-                            capsule, ev.container_id, ev.action):
+                    if capsule and not self._own_events.hold(capsule, ev.container_id,
+                                                             ev.action):
                         self.workers.enqueue(capsule)
                     if self._stop.is_set():
                         return

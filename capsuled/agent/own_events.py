@@ -1,4 +1,4 @@
-"""The Docker events a capsule's sync caused itself, so that they do not sync it again.
+"""The Docker events a sync caused itself, so that they do not sync its unit again.
 
 A sync that makes a capsule's containers sees Docker's `create` and `start` events of each
 while it runs, and every one marked the capsule for another sync (agent/workers.py: an
@@ -9,7 +9,8 @@ event loop hands its `create` and `start` events here instead; when the sync end
 of containers it made (and inspected once started) are dropped, and any other one syncs
 the capsule again. Every other event (`die`, `oom`, `destroy`, a restart's later `start`
 after a `die`) wakes the capsule as before, and an event that arrives after the sync
-ended syncs it as before.
+ended syncs it as before. A bare container's sync notes what it created or started the
+same way (its next step observes it).
 """
 
 from __future__ import annotations

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from unittest import mock
 
+from capsuled.agent.bare import BareExecutor
+from capsuled.agent.networks import ProjectNetworks
 from capsuled.agent.own_events import OwnEvents
+from capsuled.domain.channel import ContainerAssignment
+from capsuled.domain.spec import BareSpec, ContainerSpec
 from capsuled.drivers.runtime.base import RuntimeEvent
 from capsuled.errors import Unavailable
 from tests.conftest import wait_for
+from tests.unit.agent.rigs import MemoryNetworks, MemoryVolumes, fake_runtime
 from tests.unit.agent.test_loops import make_agent, run_loop
 
 
@@ -53,10 +58,25 @@ def test_the_event_loop_holds_a_running_syncs_creates_and_starts_but_not_a_death
         RuntimeEvent(capsule="cap1", container_id="web", action="die"),
     ])] + [Unavailable("event stream: gone")] * 1000
     agent = make_agent(mock.Mock(), runtime)
-    own = agent._executor.own_events
+    own = agent._own_events
     own.begin("cap1")
     with run_loop(agent, agent._event_loop):
         wait_for(lambda: len(agent.workers.enqueued) >= 2, timeout=5)  # type: ignore[attr-defined]
     assert agent.workers.enqueued == ["cap2", "cap1"]  # type: ignore[attr-defined]
     own.made("cap1", "web")
     assert own.end("cap1") is False
+
+
+def test_a_bare_containers_sync_notes_what_it_made() -> None:
+    runtime = fake_runtime()
+    own = OwnEvents()
+    bare = BareExecutor(runtime, ProjectNetworks(MemoryNetworks(), "inst", grace=60),
+                        MemoryVolumes(), "inst", 1, own_events=own)
+    own.begin("b1")
+    done = bare.sync("b1", ContainerAssignment(uuid="b1", name="b1", generation=1, spec=BareSpec(
+        container=ContainerSpec(name="b", image="busybox", command=["sleep", "60"]))))
+    assert done.report is not None and done.report.container is not None
+    assert done.report.container.state == "running"
+    (made,) = runtime.observe_capsule("inst", "b1")
+    assert own.hold("b1", made.id, "create") and own.hold("b1", made.id, "start")
+    assert own.end("b1") is False
