@@ -10,24 +10,18 @@ import pytest
 
 from capsuled.api.services.placement import Placed, Placement
 from capsuled.api.services.quotas import Delta, QuotaService
-from capsuled.domain.channel import HostInfo
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput, OverQuota
 from capsuled.scheduler.select import Request
-from capsuled.store.engine import Store, make_engine, upgrade
-from capsuled.store.hosts import register_host
+from capsuled.store.engine import Store
+from tests.unit.store.rig import sqlite_store
 
 DEFAULTS = {"capsules": 10, "containers": 40, "cpu": 8, "memory": 8192, "disk": 100}
 
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade(engine)
-    store = Store(engine)
-    with store.transaction() as s:
-        register_host(s, HostInfo(name="secret-host", cpus=4, memory_mb=4096, disk_gb=50))
-    return store
+    return sqlite_store(tmp_path, "secret-host", cpus=4, memory_mb=4096)
 
 
 @pytest.fixture()

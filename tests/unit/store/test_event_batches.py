@@ -6,20 +6,18 @@ within batches, on random sequences and random batch splits."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import pytest
 from sqlalchemy import select
 
-from capsuled.domain.channel import HostInfo
 from capsuled.domain.fold import EventRecord
 from capsuled.domain.template import parse_template
 from capsuled.store import capsules as repo
-from capsuled.store.engine import Store, make_engine, upgrade
-from capsuled.store.hosts import register_host
+from capsuled.store.engine import Store
 from capsuled.store.tables import Event
+from tests.unit.store.rig import sqlite_store
 
 WINDOW = 10  # store/capsules._AGGREGATE_WITHIN
 
@@ -43,18 +41,9 @@ EVENTS = st.builds(EventRecord, st.sampled_from(["Normal", "Warning"]),
                    st.sampled_from([None, "web", "side", "db", "x"]))
 
 
-def _store(tmp: Path) -> Store:
-    engine = make_engine(f"sqlite:///{tmp / 'db.sqlite'}")
-    upgrade(engine)
-    store = Store(engine)
-    with store.transaction() as s:
-        register_host(s, HostInfo(name="h1", cpus=8, memory_mb=8192, disk_gb=50))
-    return store
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    return _store(tmp_path_factory.mktemp("events"))  # migrations once: a capsule per example
+    return sqlite_store(tmp_path_factory.mktemp("events"))  # migrated once: a capsule per example
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
