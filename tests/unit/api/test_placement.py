@@ -14,7 +14,7 @@ from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput, OverQuota
 from capsuled.scheduler.select import Request
 from capsuled.store.engine import Store
-from tests.unit.store.rig import sqlite_store
+from tests.unit.store.sqlite_rig import sqlite_store
 
 DEFAULTS = {"capsules": 10, "containers": 40, "cpu": 8, "memory": 8192, "disk": 100}
 

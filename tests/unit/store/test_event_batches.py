@@ -17,7 +17,7 @@ from capsuled.domain.template import parse_template
 from capsuled.store import capsules as repo
 from capsuled.store.engine import Store
 from capsuled.store.tables import Event
-from tests.unit.store.rig import sqlite_store
+from tests.unit.store.sqlite_rig import sqlite_store
 
 WINDOW = 10  # store/capsules._AGGREGATE_WITHIN
 
