@@ -79,7 +79,7 @@ class CapsuleExecutor:
         self._parallel = parallel
         # The create and start events of what a sync made and observed: no second sync
         # (agent/own_events.py; the agent's loop begins and ends each sync there).
-        self.own_events = own_events if own_events is not None else OwnEvents()
+        self._own = own_events if own_events is not None else OwnEvents()
 
     def sync(self, uuid: str, desired: Assignment | None) -> Outcome:
         progress = _Progress()
@@ -249,7 +249,7 @@ class CapsuleExecutor:
         """A new app container, as inspected once started (None: gone already)."""
         observed = self._rt.observe_container(self._create_member(desired, c, sandbox))
         if observed is not None:
-            self.own_events.made(desired.uuid, observed.id)
+            self._own.made(desired.uuid, observed.id)
         return observed
 
     def _remove_all(self, ids: list[str]) -> None:
@@ -290,7 +290,7 @@ class CapsuleExecutor:
                 dns=net.dns if net else (), extra_hosts=hosts))
 
         sandbox = self._networks.with_network(desired.project_id, create)
-        self.own_events.made(desired.uuid, sandbox.id)  # inspected once started
+        self._own.made(desired.uuid, sandbox.id)  # inspected once started
         if recreated:
             progress.recreated = True
             progress.event("Warning", "SandboxRecreated",
