@@ -1,12 +1,14 @@
 """/metrics and JSON logs on a real `capsuled` (started with --log-format json) driving
 the real Docker Engine: a member is refused, an admin reads the text format, and a real
 capsule moves the request counter, the per-project status gauges and the agent's sync
-counters; every line the server writes is a JSON object, and a request's lines carry its
+counters (a capsule's start is one sync: Docker's events of what it made do not sync it
+again); every line the server writes is a JSON object, and a request's lines carry its
 request id."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,40 @@ def test_every_log_line_is_json_and_a_request_s_lines_carry_its_id(observed: Ser
     assert warned["level"] == "WARNING" and "observed-nowhere" in warned["message"]
     # uvicorn's own lines are JSON too, and claim no request.
     assert any(x["logger"].startswith("uvicorn") and "request_id" not in x for x in lines)
+
+
+def test_a_capsule_start_is_one_sync_on_the_real_engine(tmp_path: Path,
+                                                        docker_api: docker.APIClient) -> None:
+    # Docker's create and start events of the containers a sync made are its own doing
+    # (agent/own_events.py): they no longer sync the capsule a second time. No relist in
+    # the window, so every sync counted is the start's or an event's.
+    srv = start_server(tmp_path, docker_api, CAPSULED_AGENT__HEARTBEAT_INTERVAL="0.3",
+                       CAPSULED_AGENT__RELIST_INTERVAL="3600", CAPSULED_API__METRICS_CACHE="0.2")
+    instance = srv.instance
+
+    def syncs() -> float:
+        return sum(v for k, v in scrape(srv).get("capsuled_agent_loop_rounds_total", {}).items()
+                   if dict(k)["loop"] == "sync")
+
+    def settled() -> tuple[float] | None:
+        first = syncs()
+        time.sleep(1.0)  # three heartbeats: the count the API shows is the agent's
+        return (first,) if syncs() == first else None
+    try:
+        (before,) = wait_for(settled, timeout=30, what="the agent's sync count to settle")
+        with srv.client() as c:
+            caps = Capsules(c)
+            made = caps.create(template("one-sync", [sleeper("web"), sleeper("side")]))
+            caps.wait_status(made["uuid"], "Running")
+            assert len(containers_of(docker_api, made["uuid"])) == 3
+            (after,) = wait_for(settled, timeout=30, what="the agent's sync count to settle")
+            assert after - before == 1
+            # A death is not the sync's doing: it syncs the capsule again.
+            (web,) = [x for x in containers_of(docker_api, made["uuid"])
+                      if x["Labels"].get("capsuled.name") == "web"]
+            docker_api.kill(web["Id"])
+            wait_for(lambda: syncs() > after, timeout=20, what="a sync after the kill")
+            caps.cleanup()
+    finally:
+        srv.stop()
+        remove_instance_objects(docker_api, instance)
