@@ -42,13 +42,6 @@ while [ $# -gt 0 ]; do
     *) echo "keystone.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-mkdir -p "$STATE"
-STATE=$(cd "$STATE" && pwd)
-PIDFILE=$STATE/uwsgi.pid
-AUTH_URL=http://127.0.0.1:$PORT/v3
-
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
-
 # 1. The virtualenv: keystone + uWSGI, separate from the project's. One maker at a time
 # (the test run makes it in the background while a test may already ask for it).
 make_venv() {
@@ -71,6 +64,13 @@ if [ "$action" = install ]; then
   make_venv
   exit 0
 fi
+
+mkdir -p "$STATE"
+STATE=$(cd "$STATE" && pwd)
+PIDFILE=$STATE/uwsgi.pid
+AUTH_URL=http://127.0.0.1:$PORT/v3
+
+running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 if [ "$action" = stop ]; then
   if running; then
