@@ -3,6 +3,7 @@ HTTP client for it, the Docker SDK, and clean-up by label that doubles as an orp
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -59,6 +60,7 @@ def _queued_with_docker(nodeid: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_run_order)  # stable: modules stay whole and in order
     for item in items:
         if _engine_test(item.nodeid) and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=1))
@@ -68,20 +70,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                     "_DOCKER_FREE in tests/conftest.py")
 
 
-# The engine tests also share one Docker Engine, one iptables and the host's ports, and some
-# restart dockerd or count every container of a label, so under pytest-xdist (scripts/test.sh
-# runs two workers) they are one unit of work: one worker runs them one after another while
-# the other takes the unit tests (and the engine tests without Docker), module by module. (A scheduler of our own, not xdist's
-# `xdist_group` marks: xdist 3.8 renames items to group them, which pytest 9 ignores.)
+# The Docker tests share one Docker Engine, one iptables and the host's ports; each
+# capsuled they start labels its objects with its own instance, so two of them can run at
+# once. Under pytest-xdist (scripts/test.sh runs two workers) they are two lanes, each one
+# unit of work run test after test: lane A from the start on one worker, beside the unit
+# tests and the engine tests without Docker on the other, which then takes lane B. The
+# Docker tests mostly wait on containers and processes: one lane left half the machine
+# idle for two thirds of the run. (A scheduler of our own, not xdist's `xdist_group`
+# marks: xdist 3.8 renames items to group them, which pytest 9 ignores.)
+#
+# Lane B: sized from the run times (~10 of ~25 minutes of Docker tests) so that both
+# lanes end together; a module not named here runs in lane A.
+_LANE_B = ("tests/e2e/", "tests/integration/test_fuzz_api.py",
+           "tests/integration/test_containers.py", "tests/integration/test_tenant_streams.py",
+           "tests/integration/test_registries.py")
+# Never in lane B, where they would meet their like: modules that start Docker Engines of
+# their own (host-b's, the chaos rig's) or network namespaces, and those whose capsule
+# services program the host's NAT (two deployments hand out the same VIPs and ports).
+_LANE_A_ONLY = ("tests/chaos/", "tests/integration/test_multihost",
+                "tests/integration/test_agent_failover.py",
+                "tests/integration/test_overlay_deployments.py",
+                "tests/integration/test_capsule_services.py", "tests/e2e/test_cli_services.py")
+
+
+def _lane(nodeid: str) -> str | None:
+    """"engine-a" or "engine-b" for a Docker test, None for any other."""
+    if not _queued_with_docker(nodeid):
+        return None
+    module = nodeid.split("::", 1)[0]
+    in_b = module.startswith(_LANE_B) and not module.startswith(_LANE_A_ONLY)
+    return "engine-b" if in_b else "engine-a"
+
+
+def _run_order(item: pytest.Item) -> int:
+    """Lane A first, the rest, lane B last: xdist hands work out in this order."""
+    return {"engine-a": 0, None: 1, "engine-b": 2}[_lane(item.nodeid)]
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
-    class EngineTestsTogether(LoadScopeScheduling):
+    class TwoDockerLanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "engine" if _queued_with_docker(nodeid) else super()._split_scope(nodeid)
+            return _lane(nodeid) or super()._split_scope(nodeid)
 
-    return EngineTestsTogether(config, log)
+    # In collection order (_run_order), not by size: lane B must wait for the unit tests.
+    config.option.loadscopereorder = False
+    return TwoDockerLanes(config, log)
 
 
 def free_port() -> int:
@@ -206,9 +242,22 @@ def remove_service_rules(instance: str, netns: str | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def docker_api() -> docker.APIClient:
+def docker_api(tmp_path_factory: pytest.TempPathFactory) -> docker.APIClient:
     api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto")
     api.ping()  # in CI a missing engine must fail the run, not skip it
+    # Once per run (the first lane to get here), before any capsuled of this run starts:
+    # the other lane's live servers are no leftovers.
+    base = tmp_path_factory.getbasetemp()  # an xdist worker's is popen-gwN in the run's
+    done = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "docker-swept"
+    with open(done.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            _sweep_leftovers(api)
+            done.touch()
+    return api
+
+
+def _sweep_leftovers(api: docker.APIClient) -> None:
     # Docker has room for ~30 bridge networks: empty project networks that crashed earlier
     # runs left behind would make capsule creates fail here. (Live servers remake theirs.)
     # Only networks older than a test session: another run sharing this engine (a second
@@ -222,7 +271,6 @@ def docker_api() -> docker.APIClient:
     firewall = IptablesFirewall()
     for tag in firewall.deployments() - live:
         firewall.remove_deployment(tag)
-    return api
 
 
 def start_server(tmp: Path, docker_api: docker.APIClient, args: tuple[str, ...] = (),
