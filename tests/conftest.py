@@ -41,6 +41,24 @@ def _engine_test(nodeid: str) -> bool:
     return len(parts) > 2 and parts[0] == "tests" and parts[1] in _ENGINE_DIRS
 
 
+# Why each rerun test failed its first try, printed at the end: "RERUN" alone names the
+# test but not the race it lost.
+_RERUN_REASONS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun":
+        tail = "\n".join(str(report.longrepr).splitlines()[-25:])
+        _RERUN_REASONS.append(f"{report.nodeid} ({report.when}):\n{tail}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _RERUN_REASONS:
+        terminalreporter.section("why tests were rerun")
+        for reason in _RERUN_REASONS:
+            terminalreporter.write_line(reason + "\n")
+
+
 # Engine tests that touch neither Docker nor the host's network: the store on real
 # databases, and the simulation on the fake runtime. They run beside the Docker tests
 # (on the other worker, after the unit tests), not in their queue: ~2.5 minutes of it.
