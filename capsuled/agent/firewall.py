@@ -112,7 +112,7 @@ class Firewall:
             if self._wanted is None:
                 return  # no desired set yet: nothing to decide with
             guards, keep = self._plan()
-            if not verify and self._applied is not None and self._applied == (guards, keep):
+            if not verify and self._applied is not None and _holds(self._applied, guards, keep):
                 return
             try:
                 self._driver.ensure(self._instance, guards, keep)
@@ -143,3 +143,18 @@ class Firewall:
         # In Docker but no longer desired (being removed): closed as it was, until gone.
         orphans = {u for u in self._present if u not in self._wanted and u not in self._gone}
         return guards, unknown | orphans
+
+
+def _holds(applied: tuple[list[Guard], set[str] | None], guards: list[Guard],
+           keep: set[str] | None) -> bool:
+    """Whether the kernel as the last `ensure` left it is already what (`guards`, `keep`)
+    asks for: the same guards, and every unit kept then still kept. Keeping more removes
+    less, so it writes nothing, and reading the table to find that out cost every create
+    an `iptables-save` before its first Docker call (a new capsule is kept until its
+    address is known)."""
+    done_guards, done_keep = applied
+    if done_guards != guards:
+        return False
+    if keep is None:  # before the first relist every unit is kept
+        return True
+    return done_keep is not None and done_keep <= keep
