@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from capsuled.agent import pulls
@@ -46,6 +46,8 @@ class _Progress:
     blocked: str | None = None
     converged: bool = False  # the last plan had nothing left to do for this spec
     waiting: str | None = None  # what an update waits for before its next step
+    # Container name → its image, checked (or pulled) while the sandbox was being made.
+    images: dict[str, Future[str]] = field(default_factory=dict)
 
     def event(self, type_: str, reason: str, message: str, container: str | None = None) -> None:
         self.events.append((type_, reason, message, container))
@@ -196,6 +198,11 @@ class CapsuleExecutor:
         if desired is None:
             return None
         if plan.create_sandbox:
+            # The containers' images are checked (and pulled, where they must be) while the
+            # sandbox is made and guarded, not after: the next step takes them from here.
+            progress.images = {c.name: self._parallel.submit(
+                self._images.ensure, desired.project_id, c, desired.pulls)
+                for c in desired.spec.all_containers}
             # compute_plan removes everything of the capsule before a new sandbox, and asks
             # for nothing else in that step.
             sandbox = self._create_sandbox(desired, progress, plan.sandbox_recreated,
@@ -209,7 +216,7 @@ class CapsuleExecutor:
             progress.event("Normal", "Replaced", f"replaced container {plan.replacing}: its "
                            "spec changed", plan.replacing)
         if plan.run_init is not None and plan.sandbox is not None:
-            self._create_member(desired, plan.run_init, plan.sandbox)
+            self._create_member(desired, plan.run_init, plan.sandbox, progress)
             progress.event("Normal", "Started", f"started init container {plan.run_init.name}",
                            plan.run_init.name)
         if plan.wait_init is not None and plan.start_init:
@@ -217,7 +224,8 @@ class CapsuleExecutor:
         made: list[Observed | None] = []
         if plan.create_apps and plan.sandbox is not None:
             sandbox = plan.sandbox
-            futures = [(c, self._parallel.submit(self._create_and_observe, desired, c, sandbox))
+            futures = [(c, self._parallel.submit(self._create_and_observe, desired, c, sandbox,
+                                                 progress))
                        for c in plan.create_apps]
             failures = []
             for c, fut in futures:
@@ -244,10 +252,10 @@ class CapsuleExecutor:
             return [*observed, *(o for o in made if o is not None)]
         return None
 
-    def _create_and_observe(self, desired: Assignment, c: ContainerSpec,
-                            sandbox: Observed) -> Observed | None:
+    def _create_and_observe(self, desired: Assignment, c: ContainerSpec, sandbox: Observed,
+                            progress: _Progress) -> Observed | None:
         """A new app container, as inspected once started (None: gone already)."""
-        observed = self._rt.observe_container(self._create_member(desired, c, sandbox))
+        observed = self._rt.observe_container(self._create_member(desired, c, sandbox, progress))
         if observed is not None:
             self._own.made(desired.uuid, observed.id)
         return observed
@@ -367,9 +375,16 @@ class CapsuleExecutor:
             progress.event("Normal", "NetworkJoined",
                            f"joined the project network {network_name(self._instance, project)}")
 
-    def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed) -> str:
+    def _create_member(self, desired: Assignment, c: ContainerSpec, sandbox: Observed,
+                       progress: _Progress) -> str:
         spec = desired.spec
-        image = self._images.ensure(desired.project_id, c, desired.pulls)
+        ahead = progress.images.pop(c.name, None)
+        if ahead is not None and ahead.cancel():
+            # Still queued behind other work on the pool: waiting for it from a thread of
+            # that same pool could wait for ever.
+            ahead = None
+        image = ahead.result() if ahead is not None else \
+            self._images.ensure(desired.project_id, c, desired.pulls)
         return self._rt.create_container(ContainerRequest(
             name=naming.container_name(desired.uuid, spec.name, c.name), image=image,
             sandbox_id=sandbox.id, labels=self._member_labels(desired, c, sandbox),

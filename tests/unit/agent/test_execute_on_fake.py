@@ -4,9 +4,12 @@ leaving anything behind."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -226,3 +229,62 @@ def test_a_cold_start_lists_the_capsule_once_and_reports_what_it_started(
     before = len(rig.runtime.history())
     again = rig.agent().sync(CAP, apps_only)
     assert again.settled and running(again.report) and len(rig.runtime.history()) == before
+
+
+def test_the_members_images_are_checked_while_the_sandbox_is_made(
+        pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not after it: the checks (and any pull) then cost a cold start nothing.
+    rig = Rig(pool)
+    checked = threading.Event()
+    during: list[bool] = []
+    real_identity, real_sandbox = rig.runtime.image_identity, rig.runtime.create_sandbox
+
+    def identity(image: str) -> Any:
+        if image != INFRA:
+            checked.set()
+        return real_identity(image)
+
+    def sandbox(req: Any) -> Any:
+        during.append(checked.wait(5))
+        return real_sandbox(req)
+
+    monkeypatch.setattr(rig.runtime, "image_identity", identity)
+    monkeypatch.setattr(rig.runtime, "create_sandbox", sandbox)
+    outcome = rig.agent().sync(CAP, desired())
+    assert during == [True]
+    assert outcome.settled and running(outcome.report)
+
+
+def test_an_image_checked_ahead_that_is_missing_fails_its_container_as_before(
+        pool: ThreadPoolExecutor) -> None:
+    rig = Rig(pool)
+    missing = dataclasses.replace(SIDE, image="nosuch:1", image_pull_policy="Never") \
+        if dataclasses.is_dataclass(SIDE) else SIDE.model_copy(
+            update={"image": "nosuch:1", "image_pull_policy": "Never"})
+    outcome = rig.agent().sync(CAP, desired(apps=(WEB, missing)))
+    assert not outcome.settled and outcome.report is not None
+    assert "nosuch:1" in (outcome.report.error or "")
+    assert rig.roles()["sandbox"] == 1 and "side" not in rig.roles()
+
+
+def test_a_check_still_queued_on_a_busy_pool_is_made_by_the_member_itself() -> None:
+    # The pool's only thread is busy for the whole sandbox step: the init container's
+    # check, still queued when it is made, is cancelled and made inline, not waited for
+    # (from a thread of that pool, waiting could be for ever).
+    with ThreadPoolExecutor(1) as one:
+        rig = Rig(one)
+        busy, over = threading.Event(), threading.Event()
+        one.submit(lambda: (busy.wait(10), over.set()))
+        made_while_busy: list[bool] = []
+        real_create = rig.runtime.create_container
+
+        def create(req: Any) -> Any:
+            if req.labels.get(L.NAME) == "prep":
+                made_while_busy.append(not over.is_set())
+                busy.set()  # the apps' creates need the pool
+            return real_create(req)
+
+        rig.runtime.create_container = create  # type: ignore[method-assign]
+        outcome = rig.agent().sync(CAP, desired(apps=(WEB,)))
+        assert made_while_busy == [True]
+        assert outcome.settled and running(outcome.report)
