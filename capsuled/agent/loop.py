@@ -76,6 +76,10 @@ class Agent:
         self._instance = instance
         self._desired: dict[str, Assignment] = {}
         self._desired_bare: dict[str, ContainerAssignment] = {}
+        # Each unit's addresses as this agent last saw and reported them: newer than the
+        # store's copy in the desired set (the API does not wake this host for them), and
+        # what a remade sandbox or container asks for again.
+        self._reported: dict[str, list[Address]] = {}
         self._lock = threading.Lock()
         # Per container: id, state, exit code, unhealthy.
         self._fingerprints: dict[str, tuple[tuple[str, str, str, bool], ...]] = {}
@@ -182,6 +186,10 @@ class Agent:
         with self._lock:
             desired = self._desired.get(uuid)
             bare = self._desired_bare.get(uuid)
+            seen = self._reported.get(uuid)
+        if seen is not None:
+            desired = desired.model_copy(update={"addresses": seen}) if desired else None
+            bare = bare.model_copy(update={"addresses": seen}) if bare else None
         if desired is None and bare is None and not self._first_watch.is_set():
             return False  # don't judge anything an orphan before the first desired set
         # Docker's create and start events of what this sync makes are held meanwhile
@@ -198,8 +206,9 @@ class Agent:
         if bare is not None:
             done = self._bare.sync(uuid, bare)
             if done.report is not None:
-                self._guard(uuid, done.report.gone,
-                            done.report.container.addresses if done.report.container else [])
+                found = done.report.container.addresses if done.report.container else []
+                self._guard(uuid, done.report.gone, found)
+                self._note(uuid, done.report.gone, found)
                 self._channel.report(self._host, [], [done.report])
             return done.settled
         # A capsule, or an orphan of either kind: removing everything labelled with the
@@ -209,12 +218,23 @@ class Agent:
         outcome = self._executor.sync(uuid, desired)
         if outcome.report is not None:
             self._guard(uuid, outcome.report.gone, outcome.report.addresses)
+            self._note(uuid, outcome.report.gone, outcome.report.addresses)
             if self._services is not None:
                 self._services.observed(outcome.report)  # this host's rules first
             self._channel.report(self._host, [outcome.report])
         elif outcome.settled:
             self._guard(uuid, True, [])  # an orphan, removed
+            self._note(uuid, True, [])
         return outcome.settled
+
+    def _note(self, uuid: str, gone: bool, found: list[Address]) -> None:
+        """Keep the unit's addresses as seen (none seen, e.g. stopped: the last stay, as in
+        the store); forget them once it is gone."""
+        with self._lock:
+            if gone:
+                self._reported.pop(uuid, None)
+            elif found:
+                self._reported[uuid] = list(found)
 
     def _guard(self, uuid: str, gone: bool, found: list[Address]) -> None:
         """Its security groups follow what the sync saw: its address, or that it is gone.

@@ -212,8 +212,11 @@ def members_changed(session: Session, project_id: str, groups: Collection[str],
                     host: str | None) -> None:
     """A member of `groups` on `host` came, went, changed groups or addresses: wake the
     hosts whose firewalls name one of those groups as a remote group, and, since every
-    member is in the project (remote group `default`), the other hosts that name that."""
-    changed = set(groups)
+    member is in the project (remote group `default`), the other hosts that name that.
+    On `host` itself `default` stands for the project's own network, whoever is in it
+    (sg.peers_of): naming it there depends on no member's address, so every capsule's
+    first report would otherwise make its own agent read its whole desired set again."""
+    changed = set(groups) - {sg.DEFAULT}
     by_group = rules_by_name(session, project_id)
     hosts = set()
     for m in members(session, project_id):

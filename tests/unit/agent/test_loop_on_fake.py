@@ -157,3 +157,32 @@ def test_the_host_offers_its_cores_times_the_cpu_allocation_ratio(ratio: float) 
     agent.register()
     physical = runtime.host_info("h1", "nova").cpus
     assert channel.registered[-1].cpus == physical * ratio
+
+
+def test_a_remade_sandbox_asks_for_the_address_the_agent_reported(host: Host) -> None:
+    # The API does not wake a host's agent when one of its capsules first reports an
+    # address (nothing on that host depends on it): the agent keeps what it reported, so
+    # the store's copy in its desired set (empty here: the channel never fills it) is not
+    # what a remade sandbox asks for.
+    def in_p1(uuid: str) -> Assignment:
+        return capsule(uuid, policy="Always").model_copy(update={"project_id": "p1"})
+
+    def addr(uuid: str) -> str | None:
+        r = host.report(uuid)
+        return r.addresses[0].addr if r is not None and r.addresses else None
+
+    host.start_agent()
+    host.channel.assign([in_p1("cap-b")])
+    wait_for(lambda: up(host.report("cap-b")) and addr("cap-b"), timeout=10)
+    host.channel.assign([in_p1("cap-b"), in_p1("cap-a")])
+    wait_for(lambda: up(host.report("cap-a")) and addr("cap-a"), timeout=10)
+    kept = addr("cap-a")
+    host.channel.assign([in_p1("cap-a")])  # cap-b goes: its (lower) address is free
+    wait_for(lambda: host.runtime.observe_capsule("inst", "cap-b") == [], timeout=10)
+    (sandbox,) = [o for o in host.runtime.observe_capsule("inst", "cap-a")
+                  if o.labels[L.ROLE] == L.ROLE_SANDBOX]
+    host.runtime.remove_container(sandbox.id, 0)
+    wait_for(lambda: any(o.labels[L.ROLE] == L.ROLE_SANDBOX and o.id != sandbox.id
+                         for o in host.runtime.observe_capsule("inst", "cap-a")), timeout=10)
+    wait_for(lambda: up(host.report("cap-a")) and addr("cap-a"), timeout=10)
+    assert addr("cap-a") == kept

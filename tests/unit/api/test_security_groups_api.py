@@ -374,3 +374,24 @@ def test_an_update_moves_a_capsule_between_groups_that_exist(api: Api) -> None:
     # The revision's template says so (what `capsule history -o yaml` gives to edit).
     revisions = api.http.get(f"/v1/capsules/{k['uuid']}/revisions", headers=me).json()
     assert revisions["revisions"][-1]["template"]["spec"]["securityGroups"] == ["web"]
+
+
+def test_a_first_address_wakes_only_the_hosts_whose_firewalls_name_it(api: Api) -> None:
+    # `default` stands for the project's own network on a unit's own host, whatever the
+    # addresses there: a capsule's first report wakes its own host only when one of its
+    # other groups is named there, and other hosts for the project's subnets.
+    for h in ("h1", "h2"):
+        api.add_host(h)
+    me = api.as_("team-d")
+    one = api.http.post("/v1/capsules", json=capsule("one"), headers=me).json()
+    two = api.http.post("/v1/capsules", json=capsule("two"), headers=me).json()
+    placed = {a.uuid: h for h in ("h1", "h2") for a in api.assignments(h).capsules}
+    assert placed[one["uuid"]] != placed[two["uuid"]]  # spread: one on each host
+    here, there = placed[one["uuid"]], placed[two["uuid"]]
+    api.run_capsule(there, two["uuid"], "10.208.20.2")
+    before = {h: api.revision(h) for h in ("h1", "h2")}
+    api.run_capsule(here, one["uuid"], "10.208.24.2")
+    assert api.revision(here) == before[here]  # nothing here names its address
+    assert api.revision(there) > before[there]  # there: the project's subnet on `here`
+    fw = next(a for a in api.assignments(there).capsules if a.uuid == two["uuid"]).firewall
+    assert fw is not None and "10.208.24.0/22" in fw.peers["group:default"].cidrs
