@@ -5,6 +5,7 @@ project must."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from typing import Any
 
@@ -214,5 +215,45 @@ def test_capsule_members_show_the_sandbox_address_and_keep_it_when_it_is_remade(
         assert docker_ip(docker_api, again["Id"], project) == ip
         assert caps.get(body["uuid"])["addresses"] == got
     finally:
+        caps.cleanup()
+        api.close()
+
+
+def test_a_remade_sandbox_gets_its_address_back_when_a_lower_one_is_free(
+        server: Server, docker_api: docker.APIClient, unique: Any) -> None:
+    # The address a remade sandbox asks for is the one its agent reported: the API does
+    # not wake the agent for a capsule's first address, and nothing here changes the
+    # host's desired set after it (the lower address is freed behind capsuled's back), so
+    # the store's copy never reaches the agent. Docker's first free one would be lower.
+    project = unique("addr-back")
+    api = server.client(server.issue_token(project, "dan", "member"))
+    caps = Capsules(api)
+    squatter = None
+    try:
+        low = caps.create(template(unique("low"), [sleeper("s")]))
+        caps.wait_status(low["uuid"], "Running")
+        (net,) = docker_api.networks(filters={"label": [
+            f"capsuled.instance={server.instance}", f"capsuled.project={project}"]})
+        squatter = docker_api.create_container(
+            "busybox", command=["sleep", "600"], labels={"capsuled.test": "addr-back"},
+            host_config=docker_api.create_host_config(network_mode=net["Name"]))["Id"]
+        docker_api.start(squatter)
+        keep = caps.create(template(unique("keep"), [sleeper("s")]))
+        caps.wait_status(keep["uuid"], "Running")
+        ip = only_ip(wait_for(lambda: caps.get(keep["uuid"])["addresses"]), project)
+        freed = docker_ip(docker_api, squatter, project)
+        assert ipaddress.ip_address(freed) < ipaddress.ip_address(ip)
+        docker_api.remove_container(squatter, force=True)
+        squatter = None
+        first = sandbox(docker_api, keep["uuid"])
+        docker_api.remove_container(first["Id"], force=True)
+        wait_for(lambda: (s := docker_api.containers(filters={"label": [
+            f"capsuled.capsule={keep['uuid']}", "capsuled.role=sandbox"]})) and s[0]["Id"] != first["Id"],
+            timeout=60, what="a new sandbox")
+        caps.wait_status(keep["uuid"], "Running")
+        assert docker_ip(docker_api, sandbox(docker_api, keep["uuid"])["Id"], project) == ip
+    finally:
+        if squatter is not None:
+            docker_api.remove_container(squatter, force=True)
         caps.cleanup()
         api.close()

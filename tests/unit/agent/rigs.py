@@ -4,14 +4,18 @@ the control plane), typed to their protocols so tests need no `# type: ignore`."
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from capsuled.domain import labels as L
 from capsuled.domain.channel import (AgentStats, Assignment, Assignments, BareReport,
                                      CapsuleReport, ContainerAssignment, HostInfo, Registration)
+from capsuled.drivers.firewall.base import Guard
+from capsuled.drivers.firewall.iptables import IptablesFirewall, Names
 from capsuled.drivers.network.base import NetworkLayout, ProjectNetwork, network_name
 from capsuled.drivers.runtime.fake import FakeRuntime
 from capsuled.drivers.volume.base import VolumeRequest
+from capsuled.errors import DriverError
+from tests.unit.drivers.fake_iptables import FakeIptables
 
 INFRA = "capsuled/infra:latest"
 
@@ -110,3 +114,27 @@ class MemoryChannel:
         with self._changed:
             self.reports.extend(reports)
             self.bare_reports.extend(containers or [])
+
+
+class Kernel:
+    """The iptables driver over an in-memory table that a test can make refuse."""
+
+    def __init__(self) -> None:
+        self.table = FakeIptables()
+        self.driver = IptablesFirewall(self.table)
+        self.refuse = False
+        self.ensures = 0
+
+    def ensure(self, instance: str, guards: Sequence[Guard], keep: Collection[str] | None) -> None:
+        self.ensures += 1
+        if self.refuse:
+            raise DriverError("security groups: iptables-restore failed: refused")
+        self.driver.ensure(instance, guards, keep)
+
+    def remove_all(self, instance: str) -> None:
+        self.driver.remove_all(instance)
+
+    def guarded(self) -> dict[str, str]:
+        """Dispatched address → unit chain."""
+        rules = self.table.chains.get(Names.of("inst").dispatch, [])
+        return {r.split()[1].split("/")[0]: r.split()[-1] for r in rules}

@@ -6,7 +6,7 @@ until it has listed what is there, then removes what is gone."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,13 +16,12 @@ from capsuled.domain import labels as L
 from capsuled.domain.channel import Assignment, ContainerAssignment
 from capsuled.domain.security_groups import Allow, Firewall, Peers
 from capsuled.domain.spec import BareSpec, CapsuleSpec, ContainerSpec
-from capsuled.drivers.firewall.base import Guard
-from capsuled.drivers.firewall.iptables import IptablesFirewall, Names
+from capsuled.drivers.firewall.iptables import Names
 from capsuled.drivers.runtime.base import ContainerRequest
-from capsuled.errors import DriverError
 from tests.conftest import wait_for
-from tests.unit.agent.rigs import INFRA, MemoryChannel, MemoryNetworks, MemoryVolumes, fake_runtime
-from tests.unit.drivers.fake_iptables import FakeIptables, Packet
+from tests.unit.agent.rigs import (INFRA, Kernel, MemoryChannel, MemoryNetworks, MemoryVolumes,
+                                   fake_runtime)
+from tests.unit.drivers.fake_iptables import Packet
 
 WEB = ContainerSpec(uuid="u-web", name="web", image="busybox", command=["sleep", "3600"])
 ONLY_8080 = Firewall(peers={"group:default": Peers(own_network=True)},
@@ -30,30 +29,6 @@ ONLY_8080 = Firewall(peers={"group:default": Peers(own_network=True)},
                                   peers="group:default")])
 OPEN = Firewall(peers={"group:default": Peers(own_network=True)},
                 allow=[Allow(protocol="any", peers="group:default")])
-
-
-class Kernel:
-    """The iptables driver over an in-memory table that a test can make refuse."""
-
-    def __init__(self) -> None:
-        self.table = FakeIptables()
-        self.driver = IptablesFirewall(self.table)
-        self.refuse = False
-        self.ensures = 0
-
-    def ensure(self, instance: str, guards: Sequence[Guard], keep: Collection[str] | None) -> None:
-        self.ensures += 1
-        if self.refuse:
-            raise DriverError("security groups: iptables-restore failed: refused")
-        self.driver.ensure(instance, guards, keep)
-
-    def remove_all(self, instance: str) -> None:
-        self.driver.remove_all(instance)
-
-    def guarded(self) -> dict[str, str]:
-        """Dispatched address → unit chain."""
-        rules = self.table.chains.get(Names.of("inst").dispatch, [])
-        return {r.split()[1].split("/")[0]: r.split()[-1] for r in rules}
 
 
 class Host:
