@@ -7,7 +7,7 @@ stay on their revision, still serving.
 The load balancer is the test's: it sends requests to the capsules the API lists as ready
 (status Running, all containers ready), re-reading the list every 100 ms, and, like nginx's
 proxy_next_upstream (its default `error` condition), tries the next ready capsule when a
-connection is refused or closed before any response came back (a GET is idempotent: a
+connection is refused, or closed or reset before any response came back (a GET is idempotent: a
 container stopped between the list and the request). A request fails when no ready
 capsule answers it with 200."""
 
@@ -92,9 +92,10 @@ class Balancer:
                         r = http.get(f"http://{addr}:8080/index.html")
                     except httpx.ConnectError:
                         continue  # refused: nothing reached it; the next one
-                    except httpx.RemoteProtocolError as exc:
-                        if "without sending a response" in str(exc):
-                            continue  # closed with no answer at all: the next one
+                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                        text = str(exc)
+                        if "without sending a response" in text or "reset by peer" in text:
+                            continue  # closed or reset with no answer at all: the next one
                         self.failures.append(f"{addr}: {exc!r}")
                         break
                     except httpx.HTTPError as exc:
