@@ -121,12 +121,11 @@ def upgrade(engine: Engine) -> Upgraded:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as conn:
-            with _migration_lock(conn):
-                before = MigrationContext.configure(conn).get_current_revision()
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-                after = MigrationContext.configure(conn).get_current_revision()
+        with engine.connect() as conn, _migration_lock(conn), conn.begin():
+            before = MigrationContext.configure(conn).get_current_revision()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            after = MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
         raise unavailable(engine.url, exc) from exc
     return Upgraded(safe_url(engine.url), before, after)
@@ -166,20 +165,33 @@ def schema_status(engine: Engine) -> SchemaStatus:
 
 @contextmanager
 def _migration_lock(conn: Connection) -> Iterator[None]:
+    """Hold the migration lock, at the session's level, until the upgrade's transaction
+    has committed. MariaDB commits each DDL statement at once but the last
+    `alembic_version` update only with the transaction: a lock released before that
+    commit let the next server read the previous revision and run the newest migration
+    a second time."""
     name = conn.dialect.name
     if name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
-        yield  # released when the transaction ends
+        take = text("SELECT pg_advisory_lock(:k)").bindparams(k=MIGRATION_LOCK)
+        release = text("SELECT pg_advisory_unlock(:k)").bindparams(k=MIGRATION_LOCK)
     elif name in ("mysql", "mariadb"):
-        got = conn.execute(text("SELECT GET_LOCK('capsuled.migrate', 300)")).scalar()
-        if got != 1:
-            raise Unavailable("database: another server has been migrating it for 5 minutes")
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT RELEASE_LOCK('capsuled.migrate')"))
+        take = text("SELECT GET_LOCK('capsuled.migrate', 300)")
+        release = text("SELECT RELEASE_LOCK('capsuled.migrate')")
     else:
         yield
+        return
+    got = conn.execute(take).scalar()
+    conn.commit()  # the lock is the session's; the upgrade opens its own transaction
+    if name != "postgresql" and got != 1:
+        raise Unavailable("database: another server has been migrating it for 5 minutes")
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(release)
+            conn.commit()
+        except DBAPIError as exc:  # a lost connection has dropped its locks with it
+            LOG.warning("releasing the migration lock: %s", exc.orig)
 
 
 def unavailable(url: URL, exc: DBAPIError) -> Unavailable:

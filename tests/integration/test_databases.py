@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, func, make_url, select, text
+from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
 from typer.testing import CliRunner
 
 from capsuled.api.policy import Policy
@@ -192,6 +192,26 @@ def test_migrations_build_the_models_schema_and_run_again_as_a_no_op(db: Databas
             assert cols["capsules", "cpu"][0] == "double"
             assert cols["capsules", "created_at"][:2] == ("datetime", 6)
             assert cols["capsules", "name"][2] == "utf8mb4_bin"
+
+
+def test_the_migration_lock_is_released_only_once_the_new_revision_is_visible(
+        db: Database) -> None:
+    """The next server to take the lock must read the revision the last one wrote. On
+    MariaDB the lock was released before the final `alembic_version` update committed,
+    so a server waiting on it ran the newest migration again ("Duplicate key name")."""
+    if db.kind == "sqlite":
+        pytest.skip("one all-in-one process per SQLite file: no lock to take")
+    engine, watcher = db.engine(), db.engine()
+    seen: list[str | None] = []
+
+    def on_release(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "RELEASE_LOCK" in statement or "pg_advisory_unlock" in statement:
+            with watcher.connect() as other:
+                seen.append(MigrationContext.configure(other).get_current_revision())
+
+    event.listen(engine, "before_cursor_execute", on_release)
+    done = upgrade(engine)
+    assert done.after is not None and seen == [done.after]
 
 
 def test_servers_starting_at_once_on_an_empty_database_write_one_admin_token(
