@@ -59,6 +59,7 @@ class Tally:
         self.reported: dict[str, float] = {}  # capsule uuid → when its Running report was accepted
         self.beats: list[float] = []  # heartbeat round trips, seconds
         self.beat_failures = 0
+        self.resyncs = 0  # heartbeats answered "report everything again"
         self.beat_gaps: dict[str, float] = {}  # host → longest time between accepted beats
         self.report_failures = 0
         self.watch_failures = 0
@@ -75,6 +76,7 @@ class Tally:
     def as_json(self) -> dict[str, Any]:
         return {"held": self.held, "reported": self.reported, "beats": self.beats,
                 "beat_failures": self.beat_failures, "beat_gaps": self.beat_gaps,
+                "resyncs": self.resyncs,
                 "report_failures": self.report_failures, "watch_failures": self.watch_failures,
                 "services_failures": self.services_failures,
                 "services_answers": self.services_answers, "errors": self.errors}
@@ -106,6 +108,7 @@ class LightAgent:
         self.auth = {"X-Auth-Token": token}
         self.path = f"/v1/agents/{host}"
         self.done: dict[str, int] = {}  # uuid → generation reported
+        self.assigned: dict[str, dict[str, Any]] = {}  # uuid → its newest assignment
         self.syncs = asyncio.Semaphore(int(cfg.get("workers", 16)))
         self.stats = AgentStats().model_dump(mode="json")
 
@@ -138,9 +141,15 @@ class LightAgent:
             try:
                 r = await self.http.post(self.path + "/heartbeat", json={"stats": self.stats},
                                          headers=self.auth, timeout=interval * 3)
-                ok = r.status_code == 204
+                # 200: accepted, and the host was silent long enough for something of it
+                # to be Unknown: as agent/loop.py, report everything again.
+                ok = r.status_code in (200, 204)
                 if not ok:
                     self.tally.error(f"heartbeat {self.host}: HTTP {r.status_code}")
+                elif r.status_code == 200 and r.json().get("resync"):
+                    self.tally.resyncs += 1
+                    for a in list(self.assigned.values()):
+                        asyncio.create_task(self.sync(a))
             except httpx.HTTPError as exc:
                 ok = False
                 self.tally.error(f"heartbeat {self.host}: {exc!r}")
@@ -179,6 +188,7 @@ class LightAgent:
                 continue
             now = time.monotonic()
             revision, full_at = body["revision"], now
+            self.assigned = {a["uuid"]: a for a in body["capsules"]}
             for a in body["capsules"]:
                 self.tally.held.setdefault(a["uuid"], now)
                 if self.done.get(a["uuid"]) != a["generation"]:
