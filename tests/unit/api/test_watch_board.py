@@ -219,3 +219,37 @@ def test_a_burst_of_commits_costs_one_read_per_gap_and_the_last_change_is_seen()
             assert time.monotonic() - at < 1.0
     finally:
         board.stop()
+
+
+def _counting_views(control: ControlPlane) -> list[str]:
+    views: list[str] = []
+    real = control._services_view
+
+    def counted(host: str) -> Any:
+        views.append(host)
+        return real(host)
+
+    control._services_view = counted  # type: ignore[method-assign]
+    return views
+
+
+def test_an_idle_service_poll_without_services_reads_its_view_only_first_and_last(
+        control: ControlPlane, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rechecks every 0.1 s instead of 5: each would have read the view (four queries).
+    monkeypatch.setattr("capsuled.api.services.agents._WATCH_RECHECK_SECONDS", 0.1)
+    after = control.services("h04", None, 0).version
+    control.services("h04", after, 0.4)  # the board's first read wakes every host once
+    views = _counting_views(control)
+    idle = control.services("h04", after, 1.0)
+    assert idle.version == after
+    assert views == ["h04", "h04"]  # the first read and the answer at the deadline
+    # The host's desired set moving (another replica's commit: no wake-up here) is read.
+    views.clear()
+    threading.Timer(0.4, lambda: _bump(store, "h04")).start()
+    control.services("h04", after, 1.0)
+    assert len(views) >= 3, views
+
+
+def _bump(store: Store, host: str) -> None:
+    with store.transaction() as s:
+        bump_host_revision(s, host)
