@@ -105,8 +105,8 @@ DEFAULTS: dict[str, str] = {
 
 # Decisions remembered per replica. Each is a pure function of the rule and the few values
 # the rules can see (the caller's roles, project and user, the target's project), and the
-# rules never change once loaded; oslo.policy's own evaluation costs ~5 % of an
-# authenticated read's CPU (it inspects each check function's signature on every call).
+# rules never change once loaded; oslo.policy's own evaluation took 100-300 us a decision
+# (it inspects each check function's signature on every call), two or three a request.
 # Bounded: a tenant making up projects or users can only evict, never grow it.
 DECISIONS_KEPT = 4096
 # An `http:`/`https:` check asks a remote server each time, which may answer differently:

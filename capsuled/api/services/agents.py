@@ -319,7 +319,7 @@ class ControlPlane:
             read_at: int | None = None
             while True:
                 seen = signal.seq
-                if view is None or self._services_stale(host, read_at, deadline):
+                if view is None or self._services_stale(host, read_at):
                     read_at = self.board.revision(host)
                     view = self._services_view(host)
                 left = deadline - time.monotonic()
@@ -338,7 +338,7 @@ class ControlPlane:
             read_at: int | None = None
             while True:
                 seen = signal.seq
-                if view is None or self._services_stale(host, read_at, deadline):
+                if view is None or self._services_stale(host, read_at):
                     read_at = self.board.revision(host)
                     view = await anyio.to_thread.run_sync(self._services_view, host)
                 left = deadline - time.monotonic()
@@ -348,7 +348,7 @@ class ControlPlane:
                 if signal.seq != seen:
                     view = None  # woken: something of this host's view may have changed
 
-    def _services_stale(self, host: str, read_at: int | None, deadline: float) -> bool:
+    def _services_stale(self, host: str, read_at: int | None) -> bool:
         """Whether a recheck (no wake-up) must read the view again. Without any capsule
         service (as the watch board's last read saw it) a view is a function of its host's
         desired set alone, whose revision the board knows: an idle agent's recheck is then
