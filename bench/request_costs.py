@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cases import api as api_case
-from bench.harness import Server, log
+from bench.harness import Server, cpu_seconds, log
 
 CLIENTS = 4
 MISSING = "00000000-0000-0000-0000-000000000000"
@@ -45,28 +43,12 @@ REFUSED = {"template": {"kind": "capsule", "metadata": {"name": "x"}, "spec": {
     "containers": [{"name": "a", "image": "busybox", "cpu": "lots"}]}}}
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measure(pid: int, call: Callable[[], bool], seconds: float) -> tuple[float, float]:
     """(requests/s, server CPU ms per request) with CLIENTS threads for `seconds`."""
-    done = [0] * CLIENTS
-    stop = time.monotonic() + seconds
-
-    def worker(i: int) -> None:
-        while time.monotonic() < stop:
-            if call():
-                done[i] += 1
-    c0, t0 = _cpu_seconds(pid), time.monotonic()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    n, elapsed = max(sum(done), 1), time.monotonic() - t0
-    return n / elapsed, (_cpu_seconds(pid) - c0) / n * 1000
+    c0, t0 = cpu_seconds(pid), time.perf_counter()
+    rate = api_case._rate_each(lambda _i: call, CLIENTS, seconds)
+    done = max(rate * (time.perf_counter() - t0), 1.0)
+    return rate, (cpu_seconds(pid) - c0) / done * 1000
 
 
 def main(argv: list[str] | None = None) -> int:

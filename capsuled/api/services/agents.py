@@ -218,8 +218,9 @@ class ControlPlane:
             while True:
                 seen = signal.seq
                 due, final = self._due(host, after_revision, deadline)
-                got = self._unchanged(host, after_revision, final, full) or (
-                    self._assignments(host, after_revision, final, full) if due else None)
+                got = self._unchanged(host, after_revision, final, full)
+                if got is None and due:
+                    got = self._assignments(host, after_revision, final, full)
                 if got is not None:
                     return got
                 signal.wait_blocking(seen, min(_WATCH_RECHECK_SECONDS,
