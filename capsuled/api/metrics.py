@@ -63,9 +63,10 @@ AGENT_STATS_TTL = 600.0
 
 PLACE, GROW = "place", "grow"  # scheduler actions: a new claim; growing a placed one
 # Results: a host (or the room); none fits; the host asked for by name does not exist;
-# its host has no room to grow; anything else went wrong (the database, a bug).
-OK, NO_VALID_HOST, UNKNOWN_HOST, NO_ROOM, ERROR = (
-    "ok", "no_valid_host", "unknown_host", "no_room", "error")
+# its host has no room to grow; an optimistic choice that did not hold under its host's
+# lock (decided again, exactly); anything else went wrong (the database, a bug).
+OK, NO_VALID_HOST, UNKNOWN_HOST, NO_ROOM, CONTENDED, ERROR = (
+    "ok", "no_valid_host", "unknown_host", "no_room", "contended", "error")
 
 
 class ApiMetrics:
@@ -83,11 +84,13 @@ class ApiMetrics:
         self._decisions = Counter("capsuled_scheduler_decisions",
                                   "Placement decisions: place (a host for new work) or grow "
                                   "(room on its host for a resize or an added container), by "
-                                  "result (ok, no_valid_host, unknown_host, no_room, error)",
+                                  "result (ok, no_valid_host, unknown_host, no_room, error; "
+                                  "contended: an optimistic choice that did not hold under its "
+                                  "host's lock, decided again under every host's)",
                                   ["action", "result"], registry=r)
         self._decision_time = Histogram("capsuled_scheduler_duration_seconds",
-                                        "Time to read host capacities (under their row locks) "
-                                        "and decide", ["action"], buckets=SCHEDULER_BUCKETS,
+                                        "Time to read host capacities and decide",
+                                        ["action"], buckets=SCHEDULER_BUCKETS,
                                         registry=r)
         self._reports = Histogram("capsuled_agent_report_duration_seconds",
                                   "Time this API took to store an agent's status report",

@@ -34,10 +34,11 @@ class PortHolder:
     kind: str = "capsule"  # or "service": a service publishes it on every host
 
 
-def held(session: Session) -> dict[str, dict[HostPortKey, PortHolder]]:
-    """Per host, every claimed (protocol, port) and its holder."""
+def held(session: Session, only: str | None = None) -> dict[str, dict[HostPortKey, PortHolder]]:
+    """Per host (or `only` that host), every claimed (protocol, port) and its holder."""
     out: dict[str, dict[HostPortKey, PortHolder]] = {}
-    for host, proto, port, project, name, uuid in session.execute(_HELD):
+    rows = session.execute(_HELD if only is None else _HELD.where(_HP.host == only))
+    for host, proto, port, project, name, uuid in rows:
         out.setdefault(host, {})[(proto, port)] = PortHolder(project, name or uuid, uuid)
     return out
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime
-from sqlalchemy import Executable, delete, false, func, select, update
+from sqlalchemy import Executable, bindparam, delete, false, func, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -139,17 +139,21 @@ def usage(session: Session) -> dict[str, tuple[float, int, int]]:
     return {name: (u.cpu, u.memory, u.containers) for name, u in totals.hosts(session).items()}
 
 
-def capacities(session: Session, lock: bool = True) -> list[HostCapacity]:
-    """Every host with what is claimed on it. With `lock` (what a claim needs: the
-    scheduler picks from these and the caller writes the claim in the same transaction)
-    the host rows stay locked until the transaction ends, so that two creates, from any
-    API replica, never both see a host's last free unit; the usage is read after the lock,
-    so it includes everything committed before. Read-only callers pass lock=False."""
+def capacities(session: Session, lock: bool = True, only: str | None = None
+               ) -> list[HostCapacity]:
+    """Every host (or `only` that one, if it exists) with what is claimed on it. With
+    `lock` (what a claim needs: the scheduler picks from these and the caller writes the
+    claim in the same transaction) the rows read stay locked until the transaction ends,
+    so that two creates, from any API replica, never both see a host's last free unit;
+    the usage is read after the lock, so it includes everything committed before.
+    Read-only callers, and a claim that only chooses from them (api/services/placement.py),
+    pass lock=False."""
     if lock:
-        lock_hosts(session)
-    hosts = session.execute(_CAPACITY_ROWS).all()
-    used = totals.hosts(session)
-    ports = held(session)
+        lock_hosts(session, only)
+    hosts = session.execute(_CAPACITY_ROWS if only is None else
+                            _CAPACITY_ROWS.where(_H.name == only)).all()
+    used = totals.hosts(session, only)
+    ports = held(session, only)
     everywhere = service_ports(session)  # services publish on every host
     out = []
     for h in hosts:
@@ -172,21 +176,26 @@ def underlay_address(info: Mapping[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
-def lock_hosts(session: Session) -> None:
-    """Lock every host row for the rest of the transaction (in id order, so lockers never
-    deadlock each other). SQLite has no row locks: a write that changes nothing takes its
-    database write lock, which its pysqlite driver would otherwise take only at the first
-    real write, after the reads."""
+def lock_hosts(session: Session, only: str | None = None) -> None:
+    """Lock every host row (or `only` that one) for the rest of the transaction. Every
+    host in id order, so lockers never deadlock each other; a holder of one host's lock
+    takes no other host's afterwards (placement.py), so it deadlocks no one either.
+    SQLite has no row locks: a write that changes nothing takes its database write lock,
+    which its pysqlite driver would otherwise take only at the first real write, after the
+    reads."""
     if session.get_bind().dialect.name == "sqlite":
         session.execute(_TOUCH_NONE)
-    else:
+    elif only is None:
         session.execute(_LOCK_ALL)
+    else:
+        session.execute(_LOCK_ONE, {"name": only})
 
 
 # Built once, Core: every placement runs one of them.
 _H = table(Host).c
 _TOUCH_NONE = update(table(Host)).where(false()).values(revision=_H.revision)
 _LOCK_ALL = select(_H.id).order_by(_H.id).with_for_update()
+_LOCK_ONE = select(_H.id).where(_H.name == bindparam("name")).with_for_update()
 
 # Built once, and rows rather than Host objects: every placement reads every host.
 _HB = table(HostBeat).c

@@ -91,6 +91,12 @@ def ensure_block(session: Session, project_id: str, host: str,
     return row
 
 
+def has_block(session: Session, project_id: str, host: str) -> bool:
+    """Whether the project has its block on `host` (`ensure_block` then allocates
+    nothing and takes no lock)."""
+    return _block(session, project_id, host) is not None
+
+
 def _block(session: Session, project_id: str, host: str) -> OverlayBlock | None:
     return session.scalars(select(OverlayBlock).where(
         OverlayBlock.project_id == project_id, OverlayBlock.host == host)).first()

@@ -113,11 +113,15 @@ def project(session: Session, project_id: str) -> Amounts:
     return stored + _pending(session, "projects").get(project_id, ZERO)
 
 
-def hosts(session: Session) -> dict[str, Amounts]:
-    """Every host's totals (hosts with nothing placed may be missing), with this session's
-    own changes not yet committed."""
-    out = {row[0]: _amounts(row[1:]) for row in session.execute(_HOST_ROWS)}
+def hosts(session: Session, only: str | None = None) -> dict[str, Amounts]:
+    """Every host's totals (or `only` that host's; hosts with nothing placed may be
+    missing), with this session's own changes not yet committed."""
+    rows = session.execute(_HOST_ROWS) if only is None else session.execute(
+        _HOST_ROWS.where(table(HostUsage).c.host == only))
+    out = {row[0]: _amounts(row[1:]) for row in rows}
     for host, more in _pending(session, "hosts").items():
+        if only is not None and host != only:
+            continue
         out[host] = out.get(host, ZERO) + more
     return out
 

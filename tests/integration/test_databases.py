@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -28,9 +29,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from capsuled.api.metrics import ApiMetrics
 from capsuled.api.policy import Policy
+from capsuled.api.services import placement as placement_module
+from capsuled.api.services.placement import Placement
 from capsuled.api.services.capsules import CapsuleService
 from capsuled.api.services.containers import ContainerService
 from capsuled.api.services.quotas import QuotaService
@@ -46,6 +51,10 @@ from capsuled.identity.base import Principal
 from capsuled.identity.local import LocalIdentity, bootstrap
 from capsuled.store import hosts as host_repo
 from capsuled.store import overlay
+from capsuled.domain.status import Status
+from capsuled.scheduler.select import Request
+from capsuled.store import capsules as capsule_repo
+from capsuled.store import usage
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store, make_engine, safe_url, upgrade
 from capsuled.store.meta import get_meta
@@ -321,6 +330,81 @@ def test_concurrent_claims_from_different_projects_never_oversubscribe_a_host(
     refused = [c for c in results if isinstance(c, Capsule) and c.host is None]
     assert len(refused) == 7
     assert all(c.status == "Error" and "768 MiB" in (c.status_reason or "") for c in refused)
+
+
+def _lockable(db: Database, host: str) -> bool:
+    """Whether another server could lock `host`'s row now (NOWAIT: no waiting)."""
+    with db.engine().connect() as conn:
+        try:
+            conn.execute(text("SELECT id FROM hosts WHERE name = :n FOR UPDATE NOWAIT"),
+                         {"n": host})
+            return True
+        except DBAPIError:
+            return False
+        finally:
+            conn.rollback()
+
+
+def test_a_new_claim_locks_its_host_row_alone_and_an_exact_one_every_row(db: Database) -> None:
+    """Optimistic placement (api/services/placement.py): creates on different hosts go on
+    at once, from any replica. Decided again exactly, a claim locks every host row."""
+    if db.kind == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time, every claim exact")
+    store = db.ready()
+    add_host(store, "h1")
+    add_host(store, "h2", memory_mb=1024)  # less free memory: spread picks h1
+    placement = Placement(QuotaService(store, QuotaSettings().model_dump()),
+                          timedelta(seconds=180))
+    for exact in (False, True):
+        with store.transaction() as s:
+            if exact:
+                s.info[placement_module._EXACT] = True
+            placement.lock(s, "p")
+            placed = placement.choose(s, Request(cpu=0.1, memory=32), "capsule c", "p")
+            assert placed.host == "h1"
+            assert not _lockable(db, "h1")
+            assert _lockable(db, "h2") is not exact
+        assert _lockable(db, "h1") and _lockable(db, "h2")  # released at the commit
+
+
+def test_a_claim_whose_room_went_meanwhile_is_decided_again_under_every_hosts_lock(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another server's claim commits between the unlocked read and the chosen host's
+    lock and takes its room: the create runs again, exactly, and goes elsewhere; the
+    totals stay equal to a recount."""
+    if db.kind == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time, every claim exact")
+    store = db.ready()
+    add_host(store, "h1", memory_mb=2048)
+    add_host(store, "h2", memory_mb=1024)
+    metrics = ApiMetrics()
+    capsules = CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
+                              quotas=QuotaService(store, QuotaSettings().model_dump()),
+                              metrics=metrics)
+    rival = db.store()  # the other server's own engine
+    read = placement_module.capacities
+    raced: list[str] = []
+
+    def racing(s: Any, lock: bool = True, only: str | None = None) -> Any:
+        got = read(s, lock=lock, only=only)
+        if not lock and not raced:  # the other server commits 1,500 MiB on h1 now
+            with rival.transaction() as r:
+                spec = capsules.parse(member("other"), template("big", memory=1500))
+                raced.append(capsule_repo.create_capsule(r, spec, "other", "u", "h1",
+                                                         Status.CREATING, None).uuid)
+        return got
+
+    monkeypatch.setattr(placement_module, "capacities", racing)
+    made = capsules.create(member("p"), template("web", memory=768))
+    assert raced and made.host == "h2" and made.status == "Creating"
+
+    def decided(result: str) -> float:
+        return metrics.registry.get_sample_value(
+            "capsuled_scheduler_decisions_total", {"action": "place", "result": result}) or 0
+    assert (decided("contended"), decided("ok")) == (1, 1)
+    with store.transaction() as s:
+        assert usage.check(s) == []
+        assert host_repo.usage(s)["h1"][1] == 1500 and host_repo.usage(s)["h2"][1] == 768
 
 
 def test_a_security_group_is_never_deleted_under_a_create_that_names_it(db: Database) -> None:

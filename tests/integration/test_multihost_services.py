@@ -185,7 +185,7 @@ def test_deleting_a_backend_on_the_other_host_under_load_loses_no_request(setup:
         log = stop_load(setup.client, setup.client_id)
     answers = Counter(a for _, a in log)
     failed = [(t, a) for t, a in log if a not in PLACES]
-    assert failed == [], (failed[:5], answers)
+    assert failed == [], (failed[:5], answers, deleted, gone)
     assert any(a == name for t, a in log if t < deleted)  # it served until the delete
     assert not any(a == name for t, a in log if t > gone)
     assert any(t > gone for t, _ in log) and len(log) > 50, answers

@@ -94,13 +94,13 @@ class CapsuleService:
         privileged container), whoever first made it."""
         self._policy.check_host_access(who, capsule_spec_asks(spec))
 
-    def _create(self, who: Principal, spec: CapsuleSpec, rehearse: bool = False) -> Capsule:
-        with self._placement.turn(), self._store.transaction() as s:
+    def _create(self, who: Principal, asked: CapsuleSpec, rehearse: bool = False) -> Capsule:
+        def work(s: Session) -> Capsule:
             # The project's lock first: every read below is then of what was committed
             # before it (SQLite: a read first would make the later write fail on a busy
             # database), and no security group goes while this create names it.
             self._placement.lock(s, who.project_id)
-            spec = registry_repo.resolve_capsule(s, who.project_id, spec)
+            spec = registry_repo.resolve_capsule(s, who.project_id, asked)
             refuse_foreign_images(s, who.project_id, spec)
             sg_repo.check_names(s, who.project_id, spec.security_groups, "spec.securityGroups")
             disk = sum(v.size or 0 for v in spec.volumes)
@@ -122,6 +122,7 @@ class CapsuleService:
                 raise Rehearsed(Rehearsal(name=spec.name, new=CapsuleSpec.model_validate(row.spec),
                                           status=row.status, status_reason=row.status_reason))
             return row
+        return self._placement.run(self._store, work)
 
     def get(self, who: Principal, ident: str) -> Capsule:
         """One capsule; those allowed `capsule:get_one_all_projects` reach any project's."""

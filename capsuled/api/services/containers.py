@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from capsuled.api.policy import Policy
 from capsuled.api.metrics import ApiMetrics
 from capsuled.api.services.placement import Placement
@@ -143,14 +145,14 @@ class ContainerService:
         # changed it since): a read less.
         return row
 
-    def _create_bare(self, who: Principal, spec: BareSpec, run: bool,
+    def _create_bare(self, who: Principal, asked: BareSpec, run: bool,
                      request_id: str) -> Container:
-        with self._placement.turn(), self._store.transaction() as s:
+        def work(s: Session) -> Container:
             # The project's lock first, so every read below is of what was committed before
             # it (on SQLite a read first would make the later write fail on a busy database).
             self._placement.lock(s, who.project_id)
-            spec = spec.model_copy(update={
-                "container": registry_repo.resolve(s, who.project_id, spec.container)})
+            spec = asked.model_copy(update={
+                "container": registry_repo.resolve(s, who.project_id, asked.container)})
             self._check_image(s, spec.container.image, who.project_id)
             self._placement.check_quota(s, who.project_id, Delta(
                 containers=1, cpu=spec.container.cpu or 0.0, memory=spec.container.memory or 0,
@@ -173,6 +175,7 @@ class ContainerService:
                                finished=placed.host is None, error=placed.detail)
             _ = row.capsule  # None (no query): the view reads it once the session is closed
             return row
+        return self._placement.run(self._store, work)
 
     def _add_to_capsule(self, who: Principal, spec: BareSpec, request_id: str) -> Container:
         assert spec.capsule is not None

@@ -3,10 +3,19 @@ containers, containers added to capsules and resizes.
 
 Every step runs in the caller's transaction and under the locks DESIGN decision 6 names:
 `admit` takes the project's quota lock row before reading usage, and `choose`, `ensure_room`
-and `ensure_ports` read host capacities with the host rows locked, so concurrent creates
+and `ensure_ports` read host capacities with host rows locked, so concurrent creates
 and resizes on any API replica never both take a project's or a host's last free unit (or
 the same fixed host port). The claim itself is the row the caller then writes in the same
 transaction (a capsule's host ports: store/host_ports.py, written by the capsule store).
+
+A new claim is optimistic on PostgreSQL and MariaDB (`run`, `choose`): the scheduler
+chooses from every host's capacity read without locks, then only the chosen host's row
+is locked and its capacity read again, exactly, and checked. Creates on different hosts
+thus go on at once, from every replica, and the lock is held from the check to the
+commit only. If the check fails (a claim committed meanwhile took the room), or the
+project needs a new overlay block there (an allocation locks every host), or no host
+fits at all, the whole transaction runs once more, exactly: every host row locked before
+the read, as before. SQLite has one writer at a time anyway and always runs exactly.
 """
 
 from __future__ import annotations
@@ -14,10 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -29,6 +38,7 @@ from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput
 from capsuled.scheduler.select import NoValidHost, Request, Weigher, select_host
 from capsuled.store import overlay
+from capsuled.store.engine import Store
 from capsuled.store.hosts import capacities
 from capsuled.store.tables import utcnow
 
@@ -40,6 +50,15 @@ LOG = logging.getLogger(__name__)
 # threads that can do nothing but wait, at every round trip it makes while it holds the
 # host rows (measured: a convoy of seconds per create with 8 request threads).
 _TURN = threading.Lock()
+
+
+_EXACT = "capsuled.placement.exact"  # session.info: this transaction locks every host
+T = TypeVar("T")
+
+
+class Contended(Exception):
+    """An optimistic choice did not hold under its host's lock: run the transaction
+    again, exactly (`Placement.run`)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +83,19 @@ class Placement:
         self._metrics = metrics or ApiMetrics()
 
     @staticmethod
-    @contextmanager
-    def turn() -> Iterator[None]:
-        """Hold around a create's whole transaction (begin to commit)."""
+    def run(store: Store, work: Callable[[Session], T]) -> T:
+        """`work` (a create's whole transaction, which calls `choose`) in this process's
+        turn: first with an optimistic claim, then, if that one did not hold, once more
+        with every host row locked (nothing of the first try is kept)."""
         with _TURN:
-            yield
+            try:
+                with store.transaction() as s:
+                    return work(s)
+            except Contended:
+                pass
+            with store.transaction() as s:
+                s.info[_EXACT] = True
+                return work(s)
 
     def lock(self, s: Session, project_id: str) -> None:
         """Serialise the project's quota-checked changes; first in the transaction."""
@@ -88,20 +115,31 @@ class Placement:
         """A host for `want` (only `only_host` when one is asked for by name). `what`
         ("capsule web") names it in the administrators' log when no host fits."""
         started, result = time.perf_counter(), m.ERROR
+        optimistic = not s.info.get(_EXACT) and s.get_bind().dialect.name != "sqlite"
         try:
-            hosts = capacities(s)
+            hosts = capacities(s, lock=not optimistic)
             if only_host is not None:
                 hosts = [h for h in hosts if h.name == only_host]
                 if not hosts:
                     result = m.UNKNOWN_HOST
                     raise InvalidInput(f"host: no host named {only_host}")
-            host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            try:
+                host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+            except NoValidHost:
+                if optimistic:  # a refusal is decided on what the locks show
+                    raise Contended() from None
+                raise
+            underlay = next(h.underlay for h in hosts if h.name == host)
+            if optimistic:
+                self._confirm(s, want, project_id, host, underlay)
             # The project network's block on that host, when it spans hosts (the host
             # rows are locked: see store/overlay.py); no room left refuses the create.
-            overlay.ensure_block(s, project_id, host,
-                                 next(h.underlay for h in hosts if h.name == host))
+            overlay.ensure_block(s, project_id, host, underlay)
             result = m.OK
             return Placed(host, Status.CREATING)
+        except Contended:
+            result = m.CONTENDED
+            raise
         except NoValidHost as exc:
             result = m.NO_VALID_HOST
             # Members read str(exc), which names no host; the per-host detail is logged.
@@ -109,6 +147,21 @@ class Placement:
             return Placed(None, Status.ERROR, str(exc), exc.detail)
         finally:
             self._metrics.decided(m.PLACE, result, time.perf_counter() - started)
+
+    def _confirm(self, s: Session, want: Request, project_id: str, host: str,
+                 underlay: str | None) -> None:
+        """Lock the chosen host's row alone and check the choice on its capacity as it is
+        now; Contended if it no longer fits, or if the project has no overlay block there
+        yet (allocating one locks every host row, which a holder of one must not ask for:
+        two of them would deadlock)."""
+        exact = capacities(s, only=host)
+        try:
+            select_host(exact, want, utcnow(), self._down_after, self._weigher)
+        except NoValidHost:
+            raise Contended() from None
+        if exact[0].underlay != underlay or (
+                underlay is not None and not overlay.has_block(s, project_id, host)):
+            raise Contended()
 
     def grow(self, s: Session, project_id: str, delta: Delta, host: str | None, whose: str,
              cpu: float, memory: int) -> None:
