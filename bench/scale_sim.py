@@ -10,7 +10,9 @@ on a replica (the HTTP floor) and each replica's CPU at rest. Then it starts N
 simulated agents in a few processes (bench/sim_agents.py says what they do and why most
 are lightweight stand-ins and a few the real agent loop on the fake runtime), creates
 `per_host` × N capsules through the API from a few client processes (the scheduler
-spreads them) and measures:
+spreads them) and measures. The clients send as fast as they are answered (a closed
+loop: the most the API takes, and every latency at saturation, where it is the clients'
+queue), or, with `--rate`, on a fixed schedule (an open loop: the latency at that load):
 
 - assignment latency: POST sent → the host's agent holds it (its long poll answered
   with it), median and p99; also from the 202;
@@ -100,6 +102,7 @@ class Params:
     baseline_window: float
     settle: float
     create_seconds: float  # 0: until every capsule is created
+    rate: float = 0.0  # creates offered per second, all clients together (0: closed loop)
 
 
 @dataclass
@@ -337,7 +340,8 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
     clients = [spawn("clients", {"urls": dep.urls, "token": project_tokens[k], "index": k,
                                  "count": min(per_client, p.capsules - k * per_client),
                                  "concurrency": p.client_threads, "prefix": f"c{k}",
-                                 "seconds": p.create_seconds},
+                                 "seconds": p.create_seconds,
+                                 "rate": p.rate / p.client_procs},
                      tmp, f"clients{k}") for k in range(p.client_procs)]
     for proc, _ in clients:
         proc.wait()
@@ -394,7 +398,7 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
     result = {
         "agents": p.agents, "capsules": p.capsules, "accepted": len(sent),
         "client_errors": client_errors[:10], "registered_s": round(registered_in, 1),
-        "creates_per_s": round(len(sent) / created_in, 1),
+        "creates_per_s": round(len(sent) / created_in, 1), "offered_per_s": p.rate or None,
         "held": len(assign), "reported_running": len(running), "statuses": statuses,
         "assign_ms": _ms(assign), "assign_from_202_ms": _ms(from_202), "post_ms": _ms(post),
         "running_ms": _ms(running), "http_floor_ms": _ms(floor),
@@ -429,14 +433,16 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'agents':>6} {'capsules':>8} {'creates/s':>9} {'assign p50':>10} {'p99':>7} "
+    head = (f"{'agents':>6} {'capsules':>8} {'offered/s':>9} {'creates/s':>9} "
+            f"{'assign p50':>10} {'p99':>7} "
             f"{'running p50':>11} {'p99':>7} {'GET / p50':>9} {'beat p99':>8} {'gap':>5} "
             f"{'missed':>6} {'cpu/100/min busy':>16} {'rest':>11} {'idle':>11} {'db busy':>7} "
             f"{'ok':>3}")
     lines = [head]
     for r in results:
         lines.append(
-            f"{r['agents']:>6} {r['accepted']:>8} {r['creates_per_s']:>9} "
+            f"{r['agents']:>6} {r['accepted']:>8} {r.get('offered_per_s') or 'max':>9} "
+            f"{r['creates_per_s']:>9} "
             f"{r['assign_ms']['p50']:>8}ms {r['assign_ms']['p99']:>5}ms "
             f"{r['running_ms']['p50']:>9}ms {r['running_ms']['p99']:>5}ms "
             f"{r['http_floor_ms']['p50']:>7}ms {r['heartbeat_ms']['p99']:>6}ms "
@@ -456,7 +462,7 @@ def params_for(n: int, args: argparse.Namespace) -> Params:
                   heartbeat_interval=args.heartbeat_interval, down_after=args.down_after,
                   real_per_proc=args.real, rest_window=args.rest_window,
                   baseline_window=args.baseline_window, settle=args.settle,
-                  create_seconds=args.create_seconds)
+                  create_seconds=args.create_seconds, rate=args.rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--create-seconds", type=float, default=0.0,
                     help="stop creating after this long (0: create them all; --quick: 30)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="creates per second on a fixed schedule (an open loop: the latency "
+                         "at that load); 0, the default: each client sends its next create "
+                         "as soon as the last is answered (a closed loop: the most the API "
+                         "takes, and latency at saturation)")
     ap.add_argument("--keep-going", action="store_true", help="run every step even after a break")
     ap.add_argument("--database-url", default=os.environ.get(
         "CAPSULED_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))

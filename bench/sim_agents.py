@@ -370,13 +370,20 @@ def run_agents(cfg: dict[str, Any], out: Path) -> None:
 
 
 def run_clients(cfg: dict[str, Any], out: Path) -> None:
-    """Create `count` capsules, `concurrency` at a time, alternating the API replicas."""
+    """Create `count` capsules, `concurrency` at a time, alternating the API replicas:
+    each as soon as a thread is free (a closed loop: how many the API takes), or, with a
+    `rate` (per second, this process's share), each at its own time on a fixed schedule
+    (an open loop: latency at a given load). On the schedule, a POST's latency counts from
+    its time, not from when a thread was free to send it: waiting for a free thread is
+    the API's slowness too."""
     sent: dict[str, list[float]] = {}
     errors: list[str] = []
     lock = threading.Lock()
     names = iter(range(int(cfg["count"])))
+    rate = float(cfg.get("rate") or 0.0)
+    start = time.monotonic()
     # A bounded run (--quick on a loaded machine) stops creating at its deadline.
-    deadline = time.monotonic() + float(cfg.get("seconds") or float("inf"))
+    deadline = start + float(cfg.get("seconds") or float("inf"))
 
     def work(url: str) -> None:
         with httpx.Client(base_url=url, timeout=120, headers={
@@ -391,6 +398,9 @@ def run_clients(cfg: dict[str, Any], out: Path) -> None:
                             "image": "busybox", "command": ["sleep", "3600"],
                             "resources": {"requests": {"cpu": 0.1, "memory": 4}}}]}}
                 t0 = time.monotonic()
+                if rate:
+                    t0 = start + i / rate
+                    time.sleep(max(0.0, t0 - time.monotonic()))
                 try:
                     r = api.post("/v1/capsules", json={"template": tmpl})
                 except httpx.HTTPError as exc:
