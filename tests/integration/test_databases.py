@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, func, make_url, select, text
+from sqlalchemy import Engine, create_engine, event, func, make_url, select, text, update
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
@@ -58,7 +58,7 @@ from capsuled.store import usage
 from capsuled.store.capsules import Page
 from capsuled.store.engine import Store, make_engine, safe_url, upgrade
 from capsuled.store.meta import get_meta
-from capsuled.store.tables import (Base, Capsule, ContainerAction, Meta, OverlayBlock,
+from capsuled.store.tables import (Base, Capsule, ContainerAction, Host, Meta, OverlayBlock,
                                    OverlayProject, Token)
 
 ADMIN_URLS = {
@@ -405,6 +405,48 @@ def test_a_claim_whose_room_went_meanwhile_is_decided_again_under_every_hosts_lo
     with store.transaction() as s:
         assert usage.check(s) == []
         assert host_repo.usage(s)["h1"][1] == 1500 and host_repo.usage(s)["h2"][1] == 768
+
+
+def test_optimistic_creates_read_every_host_once_a_second_spread_and_see_a_host_disabled(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between full reads, a create reads only its chosen host; its own claims move the
+    choice on (spread alternates); a host disabled since the full read is seen under its
+    lock, and the create is decided again, exactly."""
+    if db.kind == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time, every claim exact")
+    store = db.ready()
+    add_host(store, "h1")
+    add_host(store, "h2")
+    metrics = ApiMetrics()
+    capsules = CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
+                              quotas=QuotaService(store, QuotaSettings().model_dump()),
+                              metrics=metrics)
+    read = placement_module.capacities
+    full_reads: list[bool] = []
+
+    def counting(s: Any, lock: bool = True, only: str | None = None) -> Any:
+        if only is None:
+            full_reads.append(lock)
+        return read(s, lock=lock, only=only)
+
+    monkeypatch.setattr(placement_module, "capacities", counting)
+    clock = [0.0]
+    monkeypatch.setattr(capsules._placement, "_snapshot",
+                        placement_module._Snapshot(clock=lambda: clock[0]))
+    hosts = [capsules.create(member("p"), template(f"s-{i}")).host for i in range(4)]
+    assert hosts[0::2] == [hosts[0]] * 2 and hosts[1::2] == [hosts[1]] * 2, hosts
+    assert set(hosts) == {"h1", "h2"} and full_reads == [False]
+    with store.transaction() as s:
+        s.execute(update(Host).where(Host.name == hosts[0]).values(enabled=False))
+    assert capsules.create(member("p"), template("s-4")).host == hosts[1]
+    assert full_reads == [False, True]  # decided again under every host's lock
+    assert capsules.create(member("p"), template("s-5")).host == hosts[1]
+    assert full_reads == [False, True, False]  # the snapshot was read again
+    clock[0] += placement_module.SNAPSHOT_SECONDS
+    capsules.create(member("p"), template("s-6"))
+    assert full_reads == [False, True, False, False]
+    with store.transaction() as s:
+        assert usage.check(s) == []
 
 
 def test_a_security_group_is_never_deleted_under_a_create_that_names_it(db: Database) -> None:
