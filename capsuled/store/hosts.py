@@ -188,14 +188,20 @@ def lock_hosts(session: Session, only: str | None = None) -> None:
     elif only is None:
         session.execute(_LOCK_ALL)
     else:
-        session.execute(_LOCK_ONE, {"name": only})
+        # By its id, as `_LOCK_ALL` locks: on MariaDB a lock taken through the name's
+        # index first, then the row, deadlocked with an all-hosts locker that then
+        # updated rows by name (overlay's peers), which takes the two the other way.
+        ident = session.scalar(_ID_OF, {"name": only})
+        if ident is not None:
+            session.execute(_LOCK_ONE, {"id": ident})
 
 
 # Built once, Core: every placement runs one of them.
 _H = table(Host).c
 _TOUCH_NONE = update(table(Host)).where(false()).values(revision=_H.revision)
 _LOCK_ALL = select(_H.id).order_by(_H.id).with_for_update()
-_LOCK_ONE = select(_H.id).where(_H.name == bindparam("name")).with_for_update()
+_ID_OF = select(_H.id).where(_H.name == bindparam("name"))
+_LOCK_ONE = select(_H.id).where(_H.id == bindparam("id")).with_for_update()
 
 # Built once, and rows rather than Host objects: every placement reads every host.
 _HB = table(HostBeat).c

@@ -56,8 +56,9 @@ class Token(Base):
 
 class HostBeat(Base):
     """A host's heartbeats: when it was last seen, and how many beats (registrations
-    included) it sent. Apart from `hosts` because every create locks every host row
-    (store/hosts.lock_hosts): written here, a batch of heartbeats never waits for one.
+    included) it sent. Apart from `hosts` because every create locks its host's row, or
+    every host row (store/hosts.lock_hosts): written here, a batch of heartbeats never
+    waits for one.
     No foreign key either: checking one would take a share lock on the host row, which
     waits for the same locks."""
 

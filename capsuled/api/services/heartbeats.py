@@ -1,7 +1,8 @@
 """Agents' heartbeats, written to the store in batches.
 
 A heartbeat used to be a transaction of its own that updated its host's row. Every
-create locks every host row until it commits (the claim, store/hosts.lock_hosts), so
+create then locked every host row until it committed (the claim, store/hosts.lock_hosts;
+now its chosen host's row, or every row when decided exactly: placement.py), so
 with many agents the heartbeats queued behind the creates, each holding one of the
 replica's worker threads while it waited: a thousand agents beating every ten seconds
 kept a hundred transactions a second waiting on locks, and the reads behind them in

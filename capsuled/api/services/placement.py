@@ -49,12 +49,17 @@ from capsuled.store.tables import utcnow
 
 LOG = logging.getLogger(__name__)
 
-# One create's placement transaction at a time in this process. The database serialises
-# them anyway (project and host locks); queued here, the others wait on a mutex instead of
+# One exact create's transaction at a time in this process. The database serialises
+# them anyway (every host row locked); queued here, the others wait on a mutex instead of
 # on the database's locks, so the holder does not compete for the GIL with a crowd of
 # threads that can do nothing but wait, at every round trip it makes while it holds the
 # host rows (measured: a convoy of seconds per create with 8 request threads).
 _TURN = threading.Lock()
+# Optimistic creates lock one host row each and may go on together (each one's round
+# trips overlap the others'), a few at a time, so that a burst of creates does not take
+# every worker thread.
+OPTIMISTIC_AT_ONCE = 4
+_TRIES = threading.BoundedSemaphore(OPTIMISTIC_AT_ONCE)
 
 
 _EXACT = "capsuled.placement.exact"  # session.info: this transaction locks every host
@@ -94,26 +99,40 @@ class _Snapshot:
         self._hosts: list[HostCapacity] = []
         self._read_at: float | None = None
 
-    def hosts(self, s: Session) -> list[HostCapacity]:
+    def take(self, s: Session, want: Request,
+             pick: Callable[[list[HostCapacity]], str]) -> HostCapacity:
+        """The host `pick` chooses from the snapshot (read again if it is too old), with
+        `want` counted on it at once: creates choosing meanwhile, in other threads, see
+        it taken and move on."""
         with self._lock:
-            if self._read_at is not None and self._clock() - self._read_at < self._max_age:
-                return self._hosts
-        hosts, at = capacities(s, lock=False), self._clock()
+            fresh = self._read_at is not None and self._clock() - self._read_at < self._max_age
+        if not fresh:
+            hosts, at = capacities(s, lock=False), self._clock()
+            with self._lock:
+                self._hosts, self._read_at = hosts, at
         with self._lock:
-            self._hosts, self._read_at = hosts, at
-        return hosts
+            name = pick(self._hosts)
+            chosen = next(h for h in self._hosts if h.name == name)
+            self._put(_plus(chosen, want))
+            return chosen
 
     def claimed(self, exact: HostCapacity, want: Request) -> None:
         """`want` now claimed on `exact` (as read under its lock)."""
-        now = replace(exact, cpu_used=exact.cpu_used + want.cpu,
-                      memory_used=exact.memory_used + want.memory,
-                      disk_used=exact.disk_used + want.disk, containers=exact.containers + 1)
         with self._lock:
-            self._hosts = [now if h.name == exact.name else h for h in self._hosts]
+            self._put(_plus(exact, want))
+
+    def _put(self, host: HostCapacity) -> None:
+        self._hosts = [host if h.name == host.name else h for h in self._hosts]
 
     def forget(self) -> None:
         with self._lock:
             self._read_at = None
+
+
+def _plus(host: HostCapacity, want: Request) -> HostCapacity:
+    return replace(host, cpu_used=host.cpu_used + want.cpu,
+                   memory_used=host.memory_used + want.memory,
+                   disk_used=host.disk_used + want.disk, containers=host.containers + 1)
 
 
 class Placement:
@@ -128,18 +147,20 @@ class Placement:
 
     @staticmethod
     def run(store: Store, work: Callable[[Session], T]) -> T:
-        """`work` (a create's whole transaction, which calls `choose`) in this process's
-        turn: first with an optimistic claim, then, if that one did not hold, once more
-        with every host row locked (nothing of the first try is kept)."""
-        with _TURN:
-            try:
-                with store.transaction() as s:
-                    return work(s)
-            except Contended:
-                pass
-            with store.transaction() as s:
-                s.info[_EXACT] = True
+        """`work` (a create's whole transaction, which calls `choose`): first with an
+        optimistic claim, then, if that one did not hold, once more with every host row
+        locked (nothing of the first try is kept), each in its turn in this process."""
+        if store.engine.dialect.name == "sqlite":  # exact from the start (`choose`)
+            with _TURN, store.transaction() as s:
                 return work(s)
+        try:
+            with _TRIES, store.transaction() as s:
+                return work(s)
+        except Contended:
+            pass
+        with _TURN, store.transaction() as s:
+            s.info[_EXACT] = True
+            return work(s)
 
     def lock(self, s: Session, project_id: str) -> None:
         """Serialise the project's quota-checked changes; first in the transaction."""
@@ -161,24 +182,16 @@ class Placement:
         started, result = time.perf_counter(), m.ERROR
         optimistic = not s.info.get(_EXACT) and s.get_bind().dialect.name != "sqlite"
         try:
-            hosts = self._snapshot.hosts(s) if optimistic else capacities(s)
-            if only_host is not None:
-                hosts = [h for h in hosts if h.name == only_host]
-                if not hosts and optimistic:  # a refusal is decided on what the locks show
-                    raise Contended()
-                if not hosts:
-                    result = m.UNKNOWN_HOST
-                    raise InvalidInput(f"host: no host named {only_host}")
-            try:
-                host = select_host(hosts, want, utcnow(), self._down_after, self._weigher)
-            except NoValidHost:
-                if optimistic:
-                    raise Contended() from None
-                raise
-            underlay = next(h.underlay for h in hosts if h.name == host)
             if optimistic:
+                chosen = self._snapshot.take(s, want, lambda hosts: self._pick(
+                    hosts, want, only_host, optimistic=True))
+                host, underlay = chosen.name, chosen.underlay
                 self._snapshot.claimed(self._confirm(s, want, project_id, host, underlay),
                                        want)
+            else:
+                hosts = capacities(s)
+                host = self._pick(hosts, want, only_host, optimistic=False)
+                underlay = next(h.underlay for h in hosts if h.name == host)
             # The project network's block on that host, when it spans hosts (the host
             # rows are locked: see store/overlay.py); no room left refuses the create.
             overlay.ensure_block(s, project_id, host, underlay)
@@ -188,6 +201,9 @@ class Placement:
             result = m.CONTENDED
             self._snapshot.forget()
             raise
+        except InvalidInput:
+            result = m.UNKNOWN_HOST
+            raise
         except NoValidHost as exc:
             result = m.NO_VALID_HOST
             # Members read str(exc), which names no host; the per-host detail is logged.
@@ -195,6 +211,23 @@ class Placement:
             return Placed(None, Status.ERROR, str(exc), exc.detail)
         finally:
             self._metrics.decided(m.PLACE, result, time.perf_counter() - started)
+
+    def _pick(self, hosts: list[HostCapacity], want: Request, only_host: str | None,
+              optimistic: bool) -> str:
+        """The scheduler's choice among `hosts`. From a snapshot (`optimistic`), a refusal
+        is Contended: it is decided on what the locks show."""
+        if only_host is not None:
+            hosts = [h for h in hosts if h.name == only_host]
+            if not hosts and optimistic:
+                raise Contended()
+            if not hosts:
+                raise InvalidInput(f"host: no host named {only_host}")
+        try:
+            return select_host(hosts, want, utcnow(), self._down_after, self._weigher)
+        except NoValidHost:
+            if optimistic:
+                raise Contended() from None
+            raise
 
     def _confirm(self, s: Session, want: Request, project_id: str, host: str,
                  underlay: str | None) -> HostCapacity:
@@ -223,14 +256,14 @@ class Placement:
     def ensure_room(self, s: Session, host: str | None, whose: str, cpu: float,
                     memory: int, disk: int = 0) -> None:
         """Refuse growing a claim on a host that has not the room for it. `capacities`
-        locks the host rows as the scheduler's claims do, so concurrent creates and
+        locks the host's row, as every claim on it does, so concurrent creates and
         resizes never overcommit it together. The message names neither the host nor its
         free capacity: a member must not learn about other tenants' load."""
         if host is None or (cpu <= 0 and memory <= 0 and disk <= 0):
             return
         started, result = time.perf_counter(), m.ERROR
         try:
-            cap = next((h for h in capacities(s) if h.name == host), None)
+            cap = next(iter(capacities(s, only=host)), None)
             result = m.OK
             if cap is None:
                 return  # the host row is gone: nothing runs there to protect
@@ -253,11 +286,11 @@ class Placement:
     def ensure_ports(s: Session, host: str | None, capsule_uuid: str,
                      ports: Iterable[HostPortKey], project_id: str) -> None:
         """Refuse fixed host ports (a capsule update's new hostPorts) that another capsule
-        holds on `host`, under the host row locks as `choose` reads them; the capsule's
-        own claims do not count. Names the holder only to its own project."""
+        holds on `host`, under its row's lock as `choose` reads it; the capsule's own
+        claims do not count. Names the holder only to its own project."""
         if host is None:
             return
-        cap = next((h for h in capacities(s) if h.name == host), None)
+        cap = next(iter(capacities(s, only=host)), None)
         held = cap.ports if cap is not None else {}
         for key in ports:
             holder = held.get(key)

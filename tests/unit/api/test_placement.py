@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from sqlalchemy.orm import Session
 
+from capsuled.api.services import placement as placement_module
 from capsuled.api.services.placement import Placed, Placement
 from capsuled.api.services.quotas import Delta, QuotaService
 from capsuled.domain.status import Status
 from capsuled.errors import Conflict, InvalidInput, OverQuota
-from capsuled.scheduler.select import Request
+from capsuled.scheduler.select import Request, select_host
 from capsuled.store.engine import Store
+from capsuled.store.hosts import HostCapacity
+from tests.unit.scheduler.test_select import NOW, host
 from tests.unit.store.sqlite_rig import sqlite_store
 
 DEFAULTS = {"capsules": 10, "containers": 40, "cpu": 8, "memory": 8192, "disk": 100}
@@ -80,3 +85,33 @@ def test_growth_on_no_host_or_by_nothing_is_not_checked(store: Store,
         placement.ensure_room(s, None, "capsule's", 100.0, 100000)
         placement.ensure_room(s, "secret-host", "capsule's", -1.0, 0)
         placement.ensure_room(s, "gone-host", "capsule's", 100.0, 0)
+
+
+
+def test_the_snapshot_counts_a_choice_at_once_and_is_read_again_when_old_or_forgotten(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optimistic creates choose from a snapshot (placement._Snapshot): one taken by a
+    thread is counted before the next thread chooses (concurrent creates spread instead
+    of all locking one host row), and the snapshot is read again once it is a second
+    old, or after a choice from it did not hold."""
+    reads: list[int] = []
+
+    def read(_s: Any, lock: bool = True, only: str | None = None) -> list[HostCapacity]:
+        assert not lock and only is None
+        reads.append(1)
+        return [host("h1"), host("h2"), host("h3", memory_used=4000)]
+
+    monkeypatch.setattr(placement_module, "capacities", read)
+    clock = [0.0]
+    snap = placement_module._Snapshot(clock=lambda: clock[0])
+    want = Request(cpu=0.5, memory=512)
+
+    def take() -> str:
+        return snap.take(cast(Session, None), want,
+                         lambda hosts: select_host(hosts, want, NOW)).name
+
+    assert [take() for _ in range(4)] == ["h1", "h2", "h1", "h2"] and len(reads) == 1
+    clock[0] += placement_module.SNAPSHOT_SECONDS
+    assert take() == "h1" and len(reads) == 2
+    snap.forget()
+    assert take() == "h1" and len(reads) == 3
