@@ -23,6 +23,7 @@ from capsuled.domain.status import Status
 from capsuled.domain.template import short
 from capsuled.errors import Conflict, InvalidInput, NotFound
 from capsuled.store import host_ports, outbox, overlay, revisions, rollouts, security_groups
+from capsuled.store.hosts import bump_revisions
 from capsuled.store.tables import (Capsule, CapsuleLabel, Container, ContainerAction, Event, Host,
                                    Volume, table, utcnow)
 
@@ -127,15 +128,11 @@ def _eager(stmt: Select[Capsule]) -> Select[Capsule]:
 
 
 def bump_host_revision(session: Session, host: str | None) -> None:
-    """Every change to a host's desired set bumps its revision, which wakes its agent."""
+    """Every change to a host's desired set bumps its revision, which wakes its agent
+    (Core: Host objects a session holds keep their old revision; hosts.host_revision
+    reads the column)."""
     if host:
-        session.execute(_BUMP, {"host": host})
-
-
-# Built once, Core: every change of a desired set runs it (Host objects a session holds
-# keep their old revision; hosts.host_revision reads the column).
-_BUMP = update(table(Host)).where(table(Host).c.name == bindparam("host")).values(
-    revision=table(Host).c.revision + 1)
+        bump_revisions(session, (host,))
 
 
 def create_capsule(session: Session, spec: CapsuleSpec, project_id: str, user_id: str,

@@ -35,7 +35,7 @@ from capsuled.domain.addresses import network_uuid, parse_stored
 from capsuled.domain.channel import OverlayNetwork, RemoteName
 from capsuled.domain.overlay import OverlayPool, gateway_of, vni_candidates
 from capsuled.errors import Conflict
-from capsuled.store.hosts import lock_hosts, underlay_address
+from capsuled.store.hosts import bump_revisions, lock_hosts, underlay_address
 from capsuled.store.meta import get_meta
 from capsuled.store.tables import Capsule, Container, Host, OverlayBlock, OverlayProject, utcnow
 
@@ -169,10 +169,7 @@ def _hosts_of(session: Session, projects: Iterable[str]) -> set[str]:
 
 
 def _bump(session: Session, hosts: Collection[str]) -> None:
-    if hosts:
-        session.execute(update(Host).where(Host.name.in_(sorted(hosts)))
-                        .values(revision=Host.revision + 1),
-                        execution_options={"synchronize_session": False})
+    bump_revisions(session, hosts)
 
 
 def allocate_present(session: Session, host: str) -> None:

@@ -449,6 +449,35 @@ def test_optimistic_creates_read_every_host_once_a_second_spread_and_see_a_host_
         assert usage.check(s) == []
 
 
+def test_creates_and_deletes_on_one_host_at_once_never_deadlock(db: Database) -> None:
+    """A create locks host rows (its host's, or every one) and then bumps its host's
+    revision; a delete bumps it too. On MariaDB a row lock taken through the name's index
+    and one taken by id, in opposite orders, deadlock: every host lock and bump goes by
+    id. Creates decided exactly (a new overlay block) are in the mix."""
+    store = db.ready()
+    with store.transaction() as s:
+        host_repo.register_host(s, HostInfo(name="h1", cpus=64, memory_mb=65536, disk_gb=100,
+                                            underlay_address="192.0.2.1"))  # type: ignore[arg-type]
+    overlay.configure(OverlayPool(ipaddress.IPv4Network("10.224.0.0/16"), 24, 26))
+    try:
+        capsules = capsule_service(store)
+        live = [capsules.create(member(f"d{i}"), template("c0")) for i in range(8)]
+        for step in range(3):
+            # Half the creates in a project new to the host: decided exactly.
+            projects = [f"d{i}" if i % 2 else f"n{step}-{i}" for i in range(8)]
+
+            def one(i: int) -> Capsule | None:
+                if i < 8:
+                    return capsules.delete(member(live[i].project_id), live[i].uuid)
+                return capsules.create(member(projects[i - 8]), template(f"c{step + 1}"))
+            results = at_once(16, one)
+            assert not [r for r in results if isinstance(r, Exception)], results
+            live = [r for r in results[8:] if isinstance(r, Capsule)]
+            assert len(live) == 8 and all(c.host == "h1" for c in live)
+    finally:
+        overlay.configure(overlay.DEFAULT_POOL)
+
+
 def test_a_security_group_is_never_deleted_under_a_create_that_names_it(db: Database) -> None:
     store = db.ready()
     add_host(store)
