@@ -189,6 +189,51 @@ class Deployment:
         admin.dispose()
 
 
+# Routes whose server-side latency the result gives (the replicas' own histograms).
+SERVER_ROUTES = {"create": ("POST", "/v1/capsules"),
+                 "heartbeat": ("POST", "/v1/agents/{host}/heartbeat")}
+
+
+def server_latency(dep: Deployment) -> dict[str, dict[str, float]]:
+    """p50 and p99 (interpolated within the histogram's buckets) of each route in
+    SERVER_ROUTES, from arrival to answer inside the replicas, both together: beside
+    the clients' own timings, what is the API's and what is the waiting of clients and
+    simulated agents for a CPU on a shared machine."""
+    from prometheus_client.parser import text_string_to_metric_families
+    counts: dict[str, dict[float, float]] = {k: {} for k in SERVER_ROUTES}
+    for i in range(len(dep.urls)):
+        with dep.client(i) as api:
+            text_ = api.get("/metrics").text
+        for family in text_string_to_metric_families(text_):
+            if family.name != "capsuled_http_request_duration_seconds":
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_bucket"):
+                    continue
+                for key, (method, route) in SERVER_ROUTES.items():
+                    if (sample.labels.get("method"), sample.labels.get("route")) == (method, route):
+                        le = float(sample.labels["le"])
+                        counts[key][le] = counts[key].get(le, 0.0) + sample.value
+    return {key: _bucket_quantiles(c) for key, c in counts.items()}
+
+
+def _bucket_quantiles(cumulative: dict[float, float]) -> dict[str, float]:
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    out: dict[str, float] = {"n": total}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        want, lo, below = q * total, 0.0, 0.0
+        value = float("nan")
+        for b in bounds:
+            at = cumulative[b]
+            if total and at >= want:
+                value = b if math.isinf(b) else lo + (b - lo) * (want - below) / max(at - below, 1e-9)
+                break
+            lo, below = (b if not math.isinf(b) else lo), at
+        out[name] = round(value * 1000, 1)
+    return out
+
+
 def wait_up(url: str) -> None:
     for _ in range(600):
         try:
@@ -373,6 +418,7 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
     rest_db = db_cpu_delta(db1, db2) / rest_t * 60
     watchman.stop.set()
     statuses = api_statuses(dep)
+    server = server_latency(dep)
     down_events = host_down_events(dep)
 
     for proc, _ in agents:
@@ -402,6 +448,7 @@ def _measure(p: Params, dep: Deployment,  tmp: Path,
         "held": len(assign), "reported_running": len(running), "statuses": statuses,
         "assign_ms": _ms(assign), "assign_from_202_ms": _ms(from_202), "post_ms": _ms(post),
         "running_ms": _ms(running), "http_floor_ms": _ms(floor),
+        "server_create_ms": server["create"], "server_heartbeat_ms": server["heartbeat"],
         "heartbeat_ms": _ms(beats), "heartbeat_failures": sum(t["beat_failures"] for t in tallies),
         "resyncs": sum(t.get("resyncs", 0) for t in tallies),
         "longest_beat_gap_s": round(max(gaps, default=0.0), 2),

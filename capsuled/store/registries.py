@@ -131,8 +131,11 @@ def with_pulls(session: Session, box: SecretBox, capsules: Sequence[Assignment],
     cache: dict[str, dict[str, Credentials]] = {}
 
     def plans(project: str | None, specs: Sequence[ContainerSpec]) -> list[ImagePull]:
-        own = {} if project is None else cache.setdefault(
-            project, credentials(session, box, project))
+        own: dict[str, Credentials] = {}
+        if project is not None:
+            if project not in cache:  # once per project and answer, not once per unit
+                cache[project] = credentials(session, box, project)
+            own = cache[project]
         if not own and not any(c.registry for c in specs):
             return []
         return [p for p in (plan_pull(c, own) for c in specs) if p is not None]

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, null, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from capsuled.domain import security_groups as sg
@@ -173,16 +173,25 @@ def check_remote_groups(session: Session, project_id: str, new_rules: Sequence[s
 
 # -- members ------------------------------------------------------------------------------
 
-def members(session: Session, project_id: str, deleting: bool = False) -> list[sg.Member]:
+def members(session: Session, project_id: str, deleting: bool = False,
+            elsewhere_than: str | None = None) -> list[sg.Member]:
     """The project's capsules and bare containers with their groups and last known
     addresses (a capsule's are its sandbox's, which every member row holds); those being
-    deleted only with `deleting` (their addresses are on their way out)."""
+    deleted only with `deleting` (their addresses are on their way out). With
+    `elsewhere_than` a host, only those placed on other hosts, and without their groups
+    (every member is in `default`, and the specs they are read from are most of what
+    this reads): what the remote group `default` stands for there (sg.peers_of)."""
     first = (select(Container.addresses).where(Container.capsule_id == Capsule.id)
              .order_by(Container.position, Container.id).limit(1).scalar_subquery())
-    capsules = select(Capsule.uuid, Capsule.host, Capsule.spec, first).where(
-        Capsule.project_id == project_id)
-    bare = select(Container.uuid, Container.host, Container.spec, Container.addresses).where(
-        Container.project_id == project_id, Container.role == BARE)
+    light = elsewhere_than is not None
+    capsules = select(Capsule.uuid, Capsule.host, null() if light else Capsule.spec,
+                      first).where(Capsule.project_id == project_id)
+    bare = select(Container.uuid, Container.host, null() if light else Container.spec,
+                  Container.addresses).where(Container.project_id == project_id,
+                                             Container.role == BARE)
+    if light:
+        capsules = capsules.where(or_(Capsule.host.is_(None), Capsule.host != elsewhere_than))
+        bare = bare.where(or_(Container.host.is_(None), Container.host != elsewhere_than))
     if not deleting:
         capsules = capsules.where(Capsule.deleting.is_(False))
         bare = bare.where(Container.deleting.is_(False))
@@ -266,7 +275,8 @@ def _bump(factory: sessionmaker[Session], hosts: Collection[str]) -> None:
 @dataclass
 class _Project:
     rules: dict[str, list[sg.Rule]]
-    members: list[sg.Member]
+    members: list[sg.Member] | None = None  # read when a group other than default is remote
+    elsewhere: list[sg.Member] | None = None  # read when default is: on other hosts only
 
 
 def with_firewalls(session: Session, host: str, capsules: Sequence[Assignment],
@@ -282,13 +292,19 @@ def with_firewalls(session: Session, host: str, capsules: Sequence[Assignment],
             return None
         known = projects.get(project)
         if known is None:
-            known = projects[project] = _Project(rules_by_name(session, project),
-                                                 members(session, project))
+            known = projects[project] = _Project(rules_by_name(session, project))
 
         def remote(group: str) -> sg.Peers:
             key = (project, group)
             if key not in peers:
-                peers[key] = sg.peers_of(group, known.members, host)
+                if group == sg.DEFAULT:
+                    if known.elsewhere is None:
+                        known.elsewhere = members(session, project, elsewhere_than=host)
+                    peers[key] = sg.peers_of(group, known.elsewhere, host)
+                else:
+                    if known.members is None:
+                        known.members = members(session, project)
+                    peers[key] = sg.peers_of(group, known.members, host)
             return peers[key]
 
         return sg.effective(groups, known.rules, remote, open_ports)
