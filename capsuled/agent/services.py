@@ -18,8 +18,9 @@
     drain          before a serving capsule's containers stop (a delete, or a replacement
                    of its containers): no new connections here at once, the API told (a
                    delete it knows; a replacement is announced in a report), the other
-                   hosts given `drain_grace` to apply the same, then the connections it
-                   holds waited for, up to `drain_timeout`
+                   hosts given `drain_grace` to apply the same and then as long as new
+                   connections still reach it (one of them has not), and the connections
+                   it holds waited for, up to `drain_timeout`
 
 Level-triggered: a missed view costs latency, not correctness, since each reconcile
 computes everything from the latest view and the host's networks.
@@ -298,17 +299,36 @@ class ServiceAgent:
                                 timeout=max(0.0, min(VIEW_WAIT, deadline - self._clock())))
             left = self._departed.get(uuid)
         since = left[2] if left is not None else self._clock()
-        self._stop.wait(max(0.0, min(since + self._drain_grace, deadline) - self._clock()))
-        while ports and not self._stop.is_set() and self._clock() < deadline:
-            try:
-                open_ = self._lb.connections(addr, ports)
-            except CapsuledError as exc:
-                LOG.warning("counting the connections of %s failed: %s", addr, exc.message)
-                break
-            if open_ == 0:
-                break
-            self._stop.wait(DRAIN_POLL)
+        self._wait_quiet(addr, ports, since, deadline)
         LOG.info("drained capsule %s in %.2fs", uuid, self._clock() - started)
+
+    def _wait_quiet(self, addr: str, ports: frozenset[int], since: float,
+                    deadline: float) -> None:
+        """Until `drain_grace` has passed since the capsule left the view (`since`) and
+        since the last new connection to it, and none is open; or `deadline`. The grace
+        is what other hosts get to apply a view without it; a new connection after it
+        says one of them has not (a slow agent, a load balancer not yet rewritten), and
+        its clients would otherwise find the containers gone."""
+        if not ports:
+            self._stop.wait(max(0.0, min(since + self._drain_grace, deadline) - self._clock()))
+            return
+        seen: frozenset[str] | None = None
+        last_new = since
+        while not self._stop.is_set() and self._clock() < deadline:
+            try:
+                flows = self._lb.connections(addr, ports)
+            except CapsuledError as exc:
+                LOG.warning("reading the connections of %s failed: %s", addr, exc.message)
+                self._stop.wait(max(0.0, min(since + self._drain_grace, deadline)
+                                    - self._clock()))
+                return
+            now = self._clock()
+            if seen is not None and flows.keys - seen:
+                last_new = now
+            seen = flows.keys
+            if flows.open == 0 and now - last_new >= self._drain_grace:
+                return
+            self._stop.wait(DRAIN_POLL)
 
     def release(self, uuid: str) -> None:
         """The capsule's containers are on their spec again (or it is gone): it may serve

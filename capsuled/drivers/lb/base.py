@@ -50,7 +50,18 @@ class LbState:
         return not self.frontends
 
 
+@dataclass(frozen=True)
+class Flows:
+    """The TCP connections to a backend address on some of its ports that this host
+    tracks: how many are open, and a key for every one the kernel still remembers, open,
+    closed (kept for a while after) or never answered. A key not seen before is a
+    connection made since: someone still sends new ones there."""
+
+    open: int = 0
+    keys: frozenset[str] = frozenset()
+
+
 class LoadBalancer(Protocol):
     def apply(self, state: LbState) -> None: ...
 
-    def connections(self, addr: str, ports: Collection[int]) -> int: ...
+    def connections(self, addr: str, ports: Collection[int]) -> Flows: ...

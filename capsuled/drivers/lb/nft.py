@@ -52,7 +52,7 @@ from collections.abc import Callable, Collection, Iterable
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from capsuled.drivers.lb.base import Frontend, LbState, Segment
+from capsuled.drivers.lb.base import Flows, Frontend, LbState, Segment
 from capsuled.errors import DriverError
 
 LOG = logging.getLogger(__name__)
@@ -191,9 +191,8 @@ class NftLoadBalancer:
             return None
         return done.stdout if done.returncode == 0 else None
 
-    def connections(self, addr: str, ports: Collection[int]) -> int:
-        lines = self._conntrack_lines(addr)
-        return count_connections(lines, addr, ports)
+    def connections(self, addr: str, ports: Collection[int]) -> Flows:
+        return flows_to(self._conntrack_lines(addr), addr, ports)
 
     def _conntrack_lines(self, addr: str) -> Iterable[str]:
         if not self._enter:
@@ -229,16 +228,16 @@ class NftLoadBalancer:
         return done.stdout
 
 
-def count_connections(lines: Iterable[str], addr: str, ports: Collection[int]) -> int:
-    """Open TCP connections whose reply comes from `addr` on one of `ports`: the backend
-    side of a connection, whether it went through a VIP or straight to the address. One
-    the backend never answered ([UNREPLIED]: it was unreachable, or is gone) carries no
-    request it accepted. Lines as /proc/net/nf_conntrack or `conntrack -L` print them."""
+def flows_to(lines: Iterable[str], addr: str, ports: Collection[int]) -> Flows:
+    """TCP connections whose reply comes from `addr` on one of `ports`: the backend side
+    of a connection, whether it went through a VIP or straight to the address. Open: in a
+    live state and answered (one the backend never answered, [UNREPLIED], carries no
+    request it accepted); keyed: all of them, by the client's side of the tuple. Lines as
+    /proc/net/nf_conntrack or `conntrack -L` print them."""
     wanted = {str(p) for p in ports}
     n = 0
+    keys = set()
     for line in lines:
-        if "[UNREPLIED]" in line:
-            continue
         words = line.split()
         try:
             at = words.index("tcp")
@@ -246,11 +245,16 @@ def count_connections(lines: Iterable[str], addr: str, ports: Collection[int]) -
         except (ValueError, IndexError):
             continue
         srcs = [w[4:] for w in words if w.startswith("src=")]
+        dsts = [w[4:] for w in words if w.startswith("dst=")]
         sports = [w[6:] for w in words if w.startswith("sport=")]
-        if len(srcs) >= 2 and len(sports) >= 2 and srcs[1] == addr and sports[1] in wanted \
-                and state in LIVE:
+        dports = [w[6:] for w in words if w.startswith("dport=")]
+        if not (len(srcs) >= 2 and len(sports) >= 2 and dsts and dports and srcs[1] == addr
+                and sports[1] in wanted):
+            continue
+        keys.add(f"{srcs[0]}:{sports[0]}>{dsts[0]}:{dports[0]}")
+        if state in LIVE and "[UNREPLIED]" not in line:
             n += 1
-    return n
+    return Flows(open=n, keys=frozenset(keys))
 
 
 def render(table: str, state: LbState, comment: str = "", replies_bridged: bool = False) -> str:

@@ -22,7 +22,7 @@ from capsuled.domain.channel import Assignment, CapsuleReport, ContainerReport
 from capsuled.domain.services import (Candidate, ServicePort, ServiceRecord, ServicesView,
                                       build_view)
 from capsuled.domain.spec import CapsuleSpec, ContainerSpec
-from capsuled.drivers.lb.base import LbState, Segment
+from capsuled.drivers.lb.base import Flows, LbState, Segment
 from tests.conftest import wait_for
 from tests.unit.agent.rigs import INFRA, MemoryNetworks, MemoryVolumes, fake_runtime
 
@@ -50,6 +50,7 @@ class RecordingLb:
     def __init__(self) -> None:
         self.applied: list[LbState] = []
         self.open: dict[str, int] = {}
+        self.keys: dict[str, list[str]] = {}  # every connection the kernel remembers
         self.asked: list[str] = []
 
     @property
@@ -59,9 +60,9 @@ class RecordingLb:
     def apply(self, state: LbState) -> None:
         self.applied.append(state)
 
-    def connections(self, addr: str, ports: Collection[int]) -> int:
+    def connections(self, addr: str, ports: Collection[int]) -> Flows:
         self.asked.append(addr)
-        return self.open.get(addr, 0)
+        return Flows(open=self.open.get(addr, 0), keys=frozenset(self.keys.get(addr, ())))
 
 
 class ViewChannel:
@@ -169,6 +170,32 @@ def test_a_drain_is_bounded_by_drain_timeout(rig: Rig) -> None:
     started = time.monotonic()
     rig.agent.drain("a")
     assert 1.9 <= time.monotonic() - started < 3.0
+
+
+def test_a_drain_waits_while_new_connections_still_reach_it_after_the_grace(rig: Rig) -> None:
+    """Another host that has not applied a view without the capsule yet still sends it
+    new connections (each short: none open when the drain looks): the containers stay
+    until none has come for the grace."""
+    rig.agent.take(view("a"))
+    rig.agent.take(view())  # the API dropped it (a delete)
+    feeding = threading.Event()
+    feeding.set()
+
+    def slow_host() -> None:
+        i = 0
+        while feeding.is_set():
+            rig.lb.keys.setdefault("10.208.0.2", []).append(f"10.208.9.9:{i}>10.96.0.1:80")
+            i += 1
+            time.sleep(0.02)
+
+    threading.Thread(target=slow_host, daemon=True).start()
+    done = threading.Event()
+    threading.Thread(target=lambda: (rig.agent.drain("a"), done.set()), daemon=True).start()
+    assert not done.wait(0.5)  # the grace is 0.05 s: only the new connections hold it
+    feeding.clear()
+    stopped = time.monotonic()
+    assert done.wait(1.0)
+    assert time.monotonic() - stopped >= 0.04  # the grace after the last one
 
 
 def test_a_capsule_no_service_uses_is_not_drained(rig: Rig) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from capsuled.drivers.lb.base import Frontend, LbState, Segment
-from capsuled.drivers.lb.nft import (NftLoadBalancer, count_connections, remove_tables, render,
+from capsuled.drivers.lb.base import Flows, Frontend, LbState, Segment
+from capsuled.drivers.lb.nft import (NftLoadBalancer, flows_to, remove_tables, render,
                                      table_name)
 from capsuled.errors import DriverError
 
@@ -156,16 +156,24 @@ PROC = [
 
 
 def test_open_connections_are_those_the_backend_answers_on_its_ports() -> None:
-    assert count_connections(PROC, "10.208.4.3", {8080}) == 2
-    assert count_connections(PROC, "10.208.4.3", {22, 8080}) == 3
-    assert count_connections(PROC, "10.208.4.2", {8080}) == 0
+    assert flows_to(PROC, "10.208.4.3", {8080}).open == 2
+    assert flows_to(PROC, "10.208.4.3", {22, 8080}).open == 3
+    assert flows_to(PROC, "10.208.4.2", {8080}) == Flows()
+
+
+def test_every_connection_to_the_backend_is_keyed_open_closed_or_unanswered() -> None:
+    """A drain tells new connections from the ones it saw by these keys (the client's
+    side of each tuple): finished and unanswered ones count as made, not as open."""
+    assert flows_to(PROC, "10.208.4.3", {8080}).keys == {
+        "10.208.4.5:36572>10.96.0.7:80", "10.208.4.5:36574>10.96.0.7:80",
+        "10.208.4.5:3>10.96.0.7:80", "10.208.4.6:9>10.208.4.3:8080"}
 
 
 def test_connections_reads_the_kernel_table_file(tmp_path: Path) -> None:
     f = tmp_path / "nf_conntrack"
     f.write_text("\n".join(PROC) + "\n")
     lb = NftLoadBalancer("t", conntrack_file=f, run=Recorder())
-    assert lb.connections("10.208.4.3", [8080]) == 2
+    assert lb.connections("10.208.4.3", [8080]).open == 2
 
 
 def test_in_another_namespace_every_command_and_read_is_made_there(tmp_path: Path) -> None:
