@@ -393,7 +393,8 @@ class ServiceSettings(BaseModel):
                                  "containers replaced), for the connections it holds to end")
     drain_grace: float = Field(1.0, ge=0, le=60, description="Seconds other hosts' agents "
                                "are given to stop sending a draining capsule new connections "
-                               "once the API no longer lists it")
+                               "once the API no longer lists it; the drain goes on until none "
+                               "has come for this long")
 
     @model_validator(mode="after")
     def _publish_range_is_ordered(self) -> Self:
