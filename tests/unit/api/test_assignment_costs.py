@@ -5,7 +5,6 @@ group `default` reads only the members on other hosts, without their specs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,15 @@ from capsuled.domain.channel import HostInfo
 from capsuled.domain.template import Limits
 from capsuled.identity.base import Principal
 from capsuled.store.crypto import SecretBox
-from capsuled.store.engine import Store, make_engine, upgrade
+from capsuled.store.engine import Store
+from tests.unit.store.sqlite_rig import sqlite_store
 
 WHO = Principal("p1", "u", frozenset({"member"}))
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Iterator[Store]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade(engine)
-    yield Store(engine)
-    engine.dispose()
+def store(tmp_path: Path) -> Store:
+    return sqlite_store(tmp_path)  # h1, registered again below with a label
 
 
 def _create(capsules: CapsuleService, name: str, host: str) -> None:
