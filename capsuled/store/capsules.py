@@ -10,8 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (Select, Text, bindparam, cast, delete, exists, func, insert, select,
-                        update)
+from sqlalchemy import Select, Text, cast, delete, exists, func, insert, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from capsuled.domain.addresses import parse_stored

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
 from capsuled.domain.addresses import network_uuid, parse_stored
@@ -87,7 +87,7 @@ def ensure_block(session: Session, project_id: str, host: str,
     session.add(row)
     session.flush()
     # The project's other hosts get a new VXLAN peer; this host gets the network.
-    _bump(session, _hosts_of(session, [project_id]))
+    bump_revisions(session, _hosts_of(session, [project_id]))
     return row
 
 
@@ -156,7 +156,7 @@ def _reclaim(session: Session) -> bool:
         projects = {p for _, p in rows}
         hosts = _hosts_of(session, projects)
         session.execute(delete(OverlayBlock).where(OverlayBlock.id.in_([i for i, _ in rows])))
-        _bump(session, hosts)  # they lose a peer (and the freed hosts the network)
+        bump_revisions(session, hosts)  # they lose a peer (and the freed hosts the network)
     gone = session.execute(delete(OverlayProject).where(
         ~exists().where(OverlayBlock.project_id == OverlayProject.project_id)))
     session.flush()
@@ -166,10 +166,6 @@ def _reclaim(session: Session) -> bool:
 def _hosts_of(session: Session, projects: Iterable[str]) -> set[str]:
     return set(session.scalars(select(OverlayBlock.host).where(
         OverlayBlock.project_id.in_(list(projects)))))
-
-
-def _bump(session: Session, hosts: Collection[str]) -> None:
-    bump_revisions(session, hosts)
 
 
 def allocate_present(session: Session, host: str) -> None:
@@ -185,7 +181,7 @@ def allocate_present(session: Session, host: str) -> None:
             ensure_block(session, project, host, underlay)
         except Conflict:
             continue  # that project stays host-local here; its next placement says why
-    _bump(session, _hosts_of(session, _projects_of(session, host)) - {host})
+    bump_revisions(session, _hosts_of(session, _projects_of(session, host)) - {host})
 
 
 def _projects_of(session: Session, host: str) -> set[str]:
@@ -211,7 +207,7 @@ def bump_peers(session: Session, projects: Collection[str], except_host: str) ->
         return
     session.scalars(select(Host.id).where(Host.name.in_(sorted(hosts))).order_by(Host.id)
                     .with_for_update()).all()
-    _bump(session, hosts)
+    bump_revisions(session, hosts)
 
 
 def overlays_for(session: Session, host: str) -> list[OverlayNetwork]:

@@ -41,7 +41,6 @@ from capsuled.store import capsule_services as service_repo
 from capsuled.store import capsules as capsule_repo
 from capsuled.store import containers as container_repo
 from capsuled.store import hosts as host_repo
-from capsuled.store import liveness as liveness_repo
 from capsuled.store import overlay as overlay_repo
 from capsuled.store import registries as registry_repo
 from capsuled.store import security_groups as sg_repo
