@@ -14,7 +14,10 @@ An all-in-one `capsuled` (SQLite) seeded as case 4 seeds it, its simulated host 
   policy, one query and an error body (404);
 - `POST /v1/capsules` with a template refused for two bad fields: authentication, the
   policy and the template's checks, nothing stored (400);
-- `POST /v1/capsules` that is accepted: the whole create (202).
+- `POST /v1/capsules` that is accepted: the whole create (202);
+- an agent's heartbeat (`POST /v1/agents/{host}/heartbeat`), all of whose work is in the
+  event loop: with a thousand agents, a replica answers a hundred a second, so its cost
+  is mostly the HTTP stack's (routing, dependencies) rather than capsuled's.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def _measure(pid: int, call: Callable[[], bool], seconds: float) -> tuple[float,
     return rate, (cpu_seconds(pid) - c0) / done * 1000
 
 
+def _agent_token(admin: httpx.Client, host: str) -> str:
+    r = admin.post("/v1/tokens", json={"project_id": "service", "user_id": f"agent-{host}",
+                                       "roles": ["agent"], "host": host})
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.request_costs")
     ap.add_argument("--capsules", type=int, default=2000, help="capsules seeded first")
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         server.unlimited_quota(client)
         api_case.heartbeat_sim_host(server)
         create = api_case.poster(client)
+        agent = httpx.Client(base_url=server.url, timeout=60, headers={
+            "X-Auth-Token": _agent_token(client, api_case.SIM_HOST)})
         kinds: dict[str, Callable[[], bool]] = {
             "GET /": lambda: public.get("/").status_code == 200,
             "GET a missing capsule (404)": lambda: client.get(
@@ -75,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             "POST a refused template (400)": lambda: client.post(
                 "/v1/capsules", json=REFUSED).status_code == 400,
             "POST a capsule (202)": create,
+            "POST an agent's heartbeat": lambda: agent.post(
+                f"/v1/agents/{api_case.SIM_HOST}/heartbeat").status_code in (200, 204),
         }
         got: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 got[kind].append(_measure(server.pid, kinds[kind], args.seconds))
         client.close()
         public.close()
+        agent.close()
     finally:
         left = server.destroy(docker.APIClient())
         if left:

@@ -83,7 +83,11 @@ def create_app(settings: Settings, identity: IdentityProvider, services: Service
     app.add_middleware(ApiMiddleware, max_body_bytes=settings.api.max_body_bytes,
                        max_agent_body_bytes=settings.api.max_agent_body_bytes,
                        metrics=api_metrics)
-    for module in (root, capsules, containers, hosts, images, quotas, tokens, agents, registries,
+    # FastAPI tries the included routers in this order, matching every route of each
+    # until one fits, on every request: the agent channel (heartbeats, long polls and
+    # reports of every host, most of a replica's requests) goes first; its prefix is
+    # its own, so the order changes no answer.
+    for module in (agents, root, capsules, containers, hosts, images, quotas, tokens, registries,
                    events, subscriptions, security_groups, capsule_services, metrics, whoami):
         app.include_router(module.router)
     app.include_router(security_groups.container_actions)

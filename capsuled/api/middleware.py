@@ -2,17 +2,20 @@
 path normalisation (trailing slash, implicit /v1), the request id (also in the log lines
 the request causes, capsuled.logs), microversion negotiation and its response headers,
 the body size limit (413 before a byte more than the limit is read), a last-resort 500
-in Zun's shape, and the request's count and duration for /metrics (by route template,
+in Zun's shape (a client gone before its body arrived is no fault: nothing is answered and
+it is counted as 499), and the request's count and duration for /metrics (by route template,
 taken from the route that matched: no store access, a few microseconds)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capsuled.api import microversions
@@ -20,6 +23,11 @@ from capsuled.api.errors import internal_error
 from capsuled.api.metrics import ApiMetrics
 from capsuled.errors import PayloadTooLarge, VersionNotAcceptable
 from capsuled.logs import REQUEST_ID
+
+LOG = logging.getLogger(__name__)
+# nginx's code for "client closed request": the status a request that nobody waits for
+# any more is counted under, so it is neither a success nor the server's fault.
+CLIENT_GONE = 499
 
 _UNVERSIONED = ("/", "/openapi.json", "/docs", "/healthz", "/metrics")
 
@@ -51,6 +59,10 @@ class ApiMiddleware:
         reset = REQUEST_ID.set(request_id)
         try:
             await self._handle(scope, receive, counted, request_id)
+        except ClientDisconnect:
+            status = CLIENT_GONE
+            LOG.info("%s %s: the client went away before its request arrived whole",
+                     scope["method"], scope["path"])
         finally:
             REQUEST_ID.reset(reset)
             if self.metrics is not None:
@@ -101,6 +113,8 @@ class ApiMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            raise  # nobody to answer
         except Exception as exc:
             if started:
                 raise
