@@ -449,6 +449,59 @@ def test_optimistic_creates_read_every_host_once_a_second_spread_and_see_a_host_
         assert usage.check(s) == []
 
 
+def test_a_refusal_locks_no_host_row_and_finds_a_host_new_since_the_snapshot(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No host fits in the snapshot: the refusal is decided on every host read again,
+    unlocked, so a member's creates that no host can take hold up nobody's creates; and a
+    host that joined since the snapshot was read is found by that read and claimed."""
+    if db.kind == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time, every claim exact")
+    store = db.ready()
+    add_host(store, "h1", memory_mb=1024)
+    add_host(store, "h2", memory_mb=1024)
+    metrics = ApiMetrics()
+    capsules = CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
+                              quotas=QuotaService(store, QuotaSettings().model_dump()),
+                              metrics=metrics)
+    read = placement_module.capacities
+    full_reads: list[bool] = []
+
+    def counting(s: Any, lock: bool = True, only: str | None = None) -> Any:
+        if only is None:
+            full_reads.append(lock)
+        return read(s, lock=lock, only=only)
+
+    monkeypatch.setattr(placement_module, "capacities", counting)
+    placement = capsules._placement
+    monkeypatch.setattr(placement, "_snapshot", placement_module._Snapshot(clock=lambda: 0.0))
+    assert capsules.create(member("p"), template("small")).host in ("h1", "h2")
+    assert full_reads == [False]
+
+    with store.transaction() as s:
+        placement.lock(s, "p")
+        placed = placement.choose(s, Request(cpu=0.1, memory=4096), "capsule huge", "p")
+        assert (placed.host, placed.status) == (None, Status.ERROR)
+        assert "4096 MiB" in (placed.reason or "")
+        assert _lockable(db, "h1") and _lockable(db, "h2")  # refused, holding no host
+    assert full_reads == [False, False]
+    refused = capsules.create(member("p"), template("huge", memory=4096))
+    assert (refused.host, refused.status) == (None, "Error")
+    assert full_reads == [False] * 3
+
+    add_host(store, "h3")  # 64 GiB: it joins after the snapshot was read
+    made = capsules.create(member("p"), template("big", memory=4096))
+    assert (made.host, made.status) == ("h3", "Creating")
+    assert full_reads == [False] * 4  # none of them under every host's lock
+
+    def decided(result: str) -> float:
+        return metrics.registry.get_sample_value(
+            "capsuled_scheduler_decisions_total", {"action": "place", "result": result}) or 0
+    assert {r: decided(r) for r in ("ok", "no_valid_host", "contended")} == {
+        "ok": 2, "no_valid_host": 2, "contended": 0}
+    with store.transaction() as s:
+        assert usage.check(s) == []
+
+
 def test_creates_and_deletes_on_one_host_at_once_never_deadlock(db: Database) -> None:
     """A create locks host rows (its host's, or every one) and then bumps its host's
     revision; a delete bumps it too. On MariaDB a row lock taken through the name's index

@@ -9,17 +9,20 @@ the same fixed host port). The claim itself is the row the caller then writes in
 transaction (a capsule's host ports: store/host_ports.py, written by the capsule store).
 
 A new claim is optimistic on PostgreSQL and MariaDB (`run`, `choose`): the scheduler
-chooses from a snapshot of every host's capacity (`_Snapshot`: read without locks at most
-once a second, with this process's own claims since added), then only the chosen host's
-row is locked and its capacity read again, exactly, and checked. Creates on different
-hosts thus go on at once, from every replica; the lock is held from the check to the
-commit only; and a create reads one host, not every one (at 1,000 hosts the full read
-cost 25-40 ms of CPU, five times the rest of a create). If the check fails (another
-replica's claim took the room, the host went down or changed), or the project needs a new
-overlay block there (an allocation locks every host), or no host fits at all, the whole
-transaction runs once more, exactly: every host row locked before the read. What is
-decided is thus always decided on exact capacity; the snapshot only steers the choice
-(another replica's recent claims are missing from it: spreading is a little coarser for
+chooses from a snapshot of every host's capacity (`_Snapshot`: read without locks at
+most once a second, with this process's own claims since added), then only the chosen
+host's row is locked and its capacity read again, exactly, and checked. Creates on
+different hosts thus go on at once, from every replica; the lock is held from the check
+to the commit only; and a create reads one host, not every one (at 1,000 hosts the full
+read cost 25-40 ms of CPU, five times the rest of a create). If the check fails (another
+replica's claim took the room, the host went down or changed), or the project needs a
+new overlay block there (an allocation locks every host), the whole transaction runs
+once more, exactly: every host row locked before the read. A refusal (no host fits in
+the snapshot) is decided on every host read again, unlocked, in the create's
+transaction: it claims nothing, so it holds no lock; a host that fits in that read is
+then claimed as any other choice is. What is decided is thus always decided on capacity
+as committed when the decision is taken; the snapshot only steers the choice (another
+replica's recent claims are missing from it: spreading is a little coarser for
 a second). SQLite has one writer at a time anyway and always runs exactly.
 """
 
@@ -99,14 +102,14 @@ class _Snapshot:
         self._hosts: list[HostCapacity] = []
         self._read_at: float | None = None
 
-    def take(self, s: Session, want: Request,
-             pick: Callable[[list[HostCapacity]], str]) -> HostCapacity:
-        """The host `pick` chooses from the snapshot (read again if it is too old), with
-        `want` counted on it at once: creates choosing meanwhile, in other threads, see
-        it taken and move on."""
+    def take(self, s: Session, want: Request, pick: Callable[[list[HostCapacity]], str],
+             reread: bool = False) -> HostCapacity:
+        """The host `pick` chooses from the snapshot (read again if it is too old, or
+        `reread`), with `want` counted on it at once: creates choosing meanwhile, in
+        other threads, see it taken and move on."""
         with self._lock:
             fresh = self._read_at is not None and self._clock() - self._read_at < self._max_age
-        if not fresh:
+        if reread or not fresh:
             hosts, at = capacities(s, lock=False), self._clock()
             with self._lock:
                 self._hosts, self._read_at = hosts, at
@@ -183,8 +186,17 @@ class Placement:
         optimistic = not s.info.get(_EXACT) and s.get_bind().dialect.name != "sqlite"
         try:
             if optimistic:
-                chosen = self._snapshot.take(s, want, lambda hosts: self._pick(
-                    hosts, want, only_host, optimistic=True))
+                try:
+                    chosen = self._snapshot.take(s, want, lambda hosts: self._pick(
+                        hosts, want, only_host, optimistic=True))
+                except Contended:
+                    # No host fits in the snapshot. A refusal claims nothing, so it needs
+                    # no lock: it is decided on every host's capacity read again now,
+                    # unlocked. Under every host's lock instead, a member's stream of
+                    # creates no host can take (a nodeSelector nothing matches) held up
+                    # every other create, on every replica.
+                    chosen = self._snapshot.take(s, want, lambda hosts: self._pick(
+                        hosts, want, only_host, optimistic=False), reread=True)
                 host, underlay = chosen.name, chosen.underlay
                 self._snapshot.claimed(self._confirm(s, want, project_id, host, underlay),
                                        want)
@@ -215,7 +227,7 @@ class Placement:
     def _pick(self, hosts: list[HostCapacity], want: Request, only_host: str | None,
               optimistic: bool) -> str:
         """The scheduler's choice among `hosts`. From a snapshot (`optimistic`), a refusal
-        is Contended: it is decided on what the locks show."""
+        is Contended: it is decided on a read of now."""
         if only_host is not None:
             hosts = [h for h in hosts if h.name == only_host]
             if not hosts and optimistic:
