@@ -18,6 +18,7 @@ from capsuled.api.services.agents import ControlPlane
 from capsuled.api.services.signals import Signal
 from capsuled.api.services.watch_board import WatchBoard
 from capsuled.domain.channel import Assignments, CapsuleReport, HostInfo
+from capsuled.domain.services import ServiceEntry, ServicesView
 from capsuled.store.capsules import bump_host_revision
 from capsuled.store.engine import Store, make_engine, upgrade
 from tests.conftest import wait_for
@@ -249,12 +250,38 @@ def test_an_idle_service_poll_without_services_reads_its_view_once(
     views = _counting_views(control)
     idle = control.services("h04", after, 1.0)
     assert idle.version == after
-    assert views == ["h04"]  # read once, as the poll began
+    # The view read by the last poll still holds (no service, the host's set unmoved):
+    # not read again, neither as the poll began nor at its rechecks.
+    assert views == []
     # The host's desired set moving (another replica's commit: no wake-up here) is read.
-    views.clear()
     threading.Timer(0.4, lambda: _bump(store, "h04")).start()
     control.services("h04", after, 1.0)
-    assert len(views) == 2, views  # the first, and once more after the move
+    assert views == ["h04"], views  # once, after the move
+    views.clear()
+    assert control.services("h04", after, 0.3).version == after
+    assert views == []  # and kept again
+
+
+def test_a_view_with_services_is_read_again_by_every_poll(
+        control: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view that lists a service is never answered from memory: read while the service
+    existed, it would still list it after its deletion, the host's set unmoved."""
+    views = _counting_views(control)
+    real = control._services_view
+
+    def with_a_service(host: str) -> ServicesView:
+        view = real(host)
+        entry = ServiceEntry(uuid="s1", name="web", project_id="p", vip="10.96.0.10",
+                             ports=[], backends=[])
+        return view.model_copy(update={"services": [entry]}).with_version()
+    control._services_view = with_a_service  # type: ignore[method-assign]
+    monkeypatch.setattr(control, "_services_exist", False)
+    first = control.services("h05", None, 0)
+    control.services("h05", first.version, 0.4)  # the board reads the revisions meanwhile
+    assert control.board.revision("h05") is not None
+    views.clear()
+    control.services("h05", first.version, 0)
+    assert views == ["h05"]
 
 
 def _bump(store: Store, host: str) -> None:
