@@ -170,3 +170,42 @@ def test_the_cache_is_bounded(store: Store) -> None:
 def _lookups(reads: list[str]) -> int:
     """Authentications that reached the database (not the revoke's own read)."""
     return len([r for r in reads if "token_hash =" in r])
+
+
+def test_agent_tokens_near_their_ttl_are_checked_together_and_a_revoked_one_drops(
+        store: Store) -> None:
+    """A thousand agents' tokens used to be read once each per TTL, one transaction
+    apiece. The lookup that has to read the store checks every agent token within half
+    its TTL in the same query; the valid ones are kept for another TTL, a revoked one is
+    forgotten as it would have been at its own lookup."""
+    agents = [_issue_agent(store) for _ in range(40)]
+    clock = _Clock()
+    here = LocalIdentity(store, ttl=2, agent_ttl=30, clock=clock)
+    for plain, _ in agents:  # learnt over 10 s, as beats arrive
+        clock.now += 0.25
+        assert here.authenticate(plain) is not None
+    revoked_plain, revoked_uuid = agents[7]
+    TokenService(store).revoke(revoked_uuid)  # through another replica: not told
+    reads = _reads(store)
+    clock.now = 1000.25 + 30.1  # the first one learnt is just past its TTL
+    assert here.authenticate(agents[0][0]) is not None
+    assert len(reads) == 2  # its own lookup, and one for all others near their TTL
+    clock.now += 14  # every other one past the TTL it had at its first lookup
+    assert all(here.remembered(p) is not None for p, _ in agents if p != revoked_plain)
+    assert here.remembered(revoked_plain) is None
+    assert here.authenticate(revoked_plain) is None
+    assert len(reads) == 3
+
+
+def test_unknown_tokens_do_not_each_scan_the_cache(store: Store) -> None:
+    agents = [_issue_agent(store)[0] for _ in range(3)]
+    clock = _Clock()
+    here = LocalIdentity(store, ttl=2, agent_ttl=30, clock=clock)
+    for plain in agents:
+        assert here.authenticate(plain) is not None
+    clock.now += 20  # all three within half their TTL
+    reads = _reads(store)
+    assert here.authenticate("cap_guess-1") is None  # one check of the three, with it
+    assert here.authenticate("cap_guess-2") is None
+    assert here.authenticate("cap_guess-3") is None
+    assert len(reads) == 4
