@@ -407,6 +407,27 @@ def test_a_claim_whose_room_went_meanwhile_is_decided_again_under_every_hosts_lo
         assert host_repo.usage(s)["h1"][1] == 1500 and host_repo.usage(s)["h2"][1] == 768
 
 
+def _metered_capsules(store: Store) -> tuple[CapsuleService, ApiMetrics]:
+    metrics = ApiMetrics()
+    return CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
+                          quotas=QuotaService(store, QuotaSettings().model_dump()),
+                          metrics=metrics), metrics
+
+
+def _count_full_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every read of all hosts' capacities placement makes, as whether it locked them."""
+    read = placement_module.capacities
+    full_reads: list[bool] = []
+
+    def counting(s: Any, lock: bool = True, only: str | None = None) -> Any:
+        if only is None:
+            full_reads.append(lock)
+        return read(s, lock=lock, only=only)
+
+    monkeypatch.setattr(placement_module, "capacities", counting)
+    return full_reads
+
+
 def test_optimistic_creates_read_every_host_once_a_second_spread_and_see_a_host_disabled(
         db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between full reads, a create reads only its chosen host; its own claims move the
@@ -417,19 +438,8 @@ def test_optimistic_creates_read_every_host_once_a_second_spread_and_see_a_host_
     store = db.ready()
     add_host(store, "h1")
     add_host(store, "h2")
-    metrics = ApiMetrics()
-    capsules = CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
-                              quotas=QuotaService(store, QuotaSettings().model_dump()),
-                              metrics=metrics)
-    read = placement_module.capacities
-    full_reads: list[bool] = []
-
-    def counting(s: Any, lock: bool = True, only: str | None = None) -> Any:
-        if only is None:
-            full_reads.append(lock)
-        return read(s, lock=lock, only=only)
-
-    monkeypatch.setattr(placement_module, "capacities", counting)
+    capsules, metrics = _metered_capsules(store)
+    full_reads = _count_full_reads(monkeypatch)
     clock = [0.0]
     monkeypatch.setattr(capsules._placement, "_snapshot",
                         placement_module._Snapshot(clock=lambda: clock[0]))
@@ -459,19 +469,8 @@ def test_a_refusal_locks_no_host_row_and_finds_a_host_new_since_the_snapshot(
     store = db.ready()
     add_host(store, "h1", memory_mb=1024)
     add_host(store, "h2", memory_mb=1024)
-    metrics = ApiMetrics()
-    capsules = CapsuleService(store, cast(Any, _Control()), Limits(), policy=Policy(),
-                              quotas=QuotaService(store, QuotaSettings().model_dump()),
-                              metrics=metrics)
-    read = placement_module.capacities
-    full_reads: list[bool] = []
-
-    def counting(s: Any, lock: bool = True, only: str | None = None) -> Any:
-        if only is None:
-            full_reads.append(lock)
-        return read(s, lock=lock, only=only)
-
-    monkeypatch.setattr(placement_module, "capacities", counting)
+    capsules, metrics = _metered_capsules(store)
+    full_reads = _count_full_reads(monkeypatch)
     placement = capsules._placement
     monkeypatch.setattr(placement, "_snapshot", placement_module._Snapshot(clock=lambda: 0.0))
     assert capsules.create(member("p"), template("small")).host in ("h1", "h2")

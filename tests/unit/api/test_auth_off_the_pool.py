@@ -5,7 +5,6 @@ row locks did that), instead of queueing behind them until the host is seen down
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,32 +12,13 @@ from typing import Any
 import anyio
 import pytest
 
-with warnings.catch_warnings():  # Starlette would like httpx2; httpx is what we ship
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
-
-from capsuled.cli import compose
-from capsuled.config import Settings
-from capsuled.domain.channel import HostInfo
-from capsuled.paths import ADMIN_TOKEN_FILE
+from tests.unit.api.agent_rig import TestClient, agent_channel
 
 
 @pytest.fixture()
 def http(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
-    settings = Settings.model_validate({"state_dir": tmp_path})
-    opened = compose.open_store(settings)
-
-    def no_ops(host: str) -> Any:
-        raise AssertionError("no host operations here")
-    built = compose.build_api(settings, opened.store, no_ops)
-    built.control.register(HostInfo(name="h1", cpus=4, memory_mb=4096, disk_gb=50))
-    with TestClient(built.app, raise_server_exceptions=False) as client:
-        admin = (tmp_path / ADMIN_TOKEN_FILE).read_text().strip()
-        r = client.post("/v1/tokens", headers={"X-Auth-Token": admin}, json={
-            "project_id": "service", "user_id": "agent-h1", "roles": ["agent"], "host": "h1"})
-        assert r.status_code == 201, r.text
-        yield client, r.json()["token"]
-    opened.store.engine.dispose()
+    with agent_channel(tmp_path) as (client, _app, token):
+        yield client, token
 
 
 def _in_time(fn: Any, seconds: float) -> Any:
