@@ -6,12 +6,12 @@ database read on every request. An agent token (one bound to a host) is remember
 agents several times a second, and a short `ttl` would make nearly each of those a
 database read. A lookup that has to read the store also checks, in the same transaction
 and one query, every remembered agent token within half its TTL of being forgotten, and
-keeps the valid ones for another TTL: with a thousand agents, their tokens are read a few times
-per TTL instead of once each (it was a thirteenth of a replica's CPU). A revoke through
-this replica forgets the token at once; one through another replica takes effect here
-within the token's TTL, as each is trusted at most that long after its last check. Unknown tokens are not
-remembered, so guessing cannot fill the cache; it holds at most `size` tokens (the least
-recently used go first: cachetools' TTLCache).
+keeps the valid ones for another TTL: with a thousand agents, their tokens are read a
+few times per TTL instead of once each (it was a thirteenth of a replica's CPU). A
+revoke through this replica forgets the token at once; one through another replica takes
+effect here within the token's TTL, as each is trusted at most that long after its last
+check. Unknown tokens are not remembered, so guessing cannot fill the cache; it holds at
+most `size` tokens (the least recently used go first: cachetools' TTLCache).
 """
 
 from __future__ import annotations

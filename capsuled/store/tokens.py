@@ -58,7 +58,6 @@ def find_token(session: Session, plain: str) -> Token | None:
     return token
 
 
-
 def still_valid(session: Session, digests: list[str], chunk: int = 500) -> set[str]:
     """Those of `digests` whose tokens are neither revoked nor expired, in a few queries."""
     now, valid = utcnow(), set[str]()
